@@ -1,0 +1,132 @@
+//! The command line: flags, subcommands, and the mapping of results to exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+use crate::error::Error;
+use crate::output::OutputFormat;
+
+/// ferry moves a Docker image through your environments over SSH, safely and on the record.
+///
+/// An inventory (TOML) lists targets, groups them into environments (dev, staging, prod) and
+/// defines apps: an image, a `docker run` template and variables. `ferry plan` shows exactly
+/// what would run on each target; nothing touches a network until a deploy.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, max_term_width = 100)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted."
+)]
+pub struct Cli {
+    /// Inventory file [default: ./ferry.toml, or the only *.toml in ./inventories]
+    #[arg(short = 'i', long, env = "FERRY_INVENTORY", global = true, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human, global = true)]
+    pub output: OutputFormat,
+
+    /// Log to stderr: -v info, -vv debug, -vvv trace (or set FERRY_LOG)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the inventory and render every app in every environment
+    Check(CheckArgs),
+    /// Show what a deployment would run on each target (no SSH)
+    Plan(PlanArgs),
+    /// Show an app's resolved variables and where each value came from
+    Vars(VarsArgs),
+}
+
+/// `ferry check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Treat warnings (unused variables, `|safe`) as errors
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// Selects an app in an environment, with the common narrowing flags.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// The app to deploy
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB")]
+    pub limit: Vec<String>,
+
+    /// Override a variable for this run (highest precedence; repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// `ferry plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    /// The app, environment and narrowing flags.
+    pub selection: Selection,
+
+    /// The image tag to deploy [default: latest]
+    #[arg(long, value_name = "TAG")]
+    pub version: Option<String>,
+}
+
+/// `ferry vars`.
+#[derive(Debug, Args)]
+pub struct VarsArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Resolve for this target (adds the target layer)
+    #[arg(short, long, value_name = "TARGET")]
+    pub target: Option<String>,
+
+    /// Override a variable (highest precedence; repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Parses the process arguments, runs the command, prints any error, and returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are successes; every usage error is exit 2 (clap's default).
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    crate::logging::init(cli.verbose);
+    let output = cli.output;
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => report(&error, output),
+    }
+}
+
+fn report(error: &Error, output: OutputFormat) -> i32 {
+    eprintln!("{}", error.to_string().trim_end());
+    if output == OutputFormat::Json {
+        let _ = crate::output::print_json(&error.to_json());
+    }
+    error.exit_code()
+}

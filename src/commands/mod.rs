@@ -1,0 +1,176 @@
+//! One module per subcommand; each wires the pipeline stages together and prints the result.
+//!
+//! The wiring shared by several commands (find the inventory, plan one app in one environment)
+//! lives here, so `check`, `plan` and (later) `deploy` build plans the same way.
+
+pub mod check;
+pub mod plan;
+pub mod vars_cmd;
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command};
+use crate::diagnostic::Diagnostic;
+use crate::error::Error;
+use crate::inventory::{self, Inventory};
+use crate::output::OutputFormat;
+use crate::plan::{Plan, TargetInput, target_plan};
+use crate::render::{Context, Renderer};
+use crate::{select, vars};
+
+/// Runs a parsed command line; returns the exit code of a completed command.
+pub fn run(cli: Cli) -> Result<i32, Error> {
+    let inventory = load_inventory(cli.inventory.as_deref())?;
+    match cli.command {
+        Command::Check(args) => check::run(&inventory, &args, cli.output),
+        Command::Plan(args) => plan::run(&inventory, &args, cli.output),
+        Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
+    }
+}
+
+/// Loads `-i FILE`, else `./ferry.toml`, else the only `*.toml` in `./inventories`.
+pub fn load_inventory(path: Option<&Path>) -> Result<Inventory, Error> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => default_inventory()?,
+    };
+    Ok(Inventory::load(&path)?)
+}
+
+fn default_inventory() -> Result<PathBuf, Error> {
+    let here = PathBuf::from("ferry.toml");
+    if here.is_file() {
+        return Ok(here);
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir("inventories")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Diagnostic::new("no inventory: no ./ferry.toml and no ./inventories/*.toml")
+            .help("pass -i FILE or set FERRY_INVENTORY")
+            .into()),
+        many => Err(Diagnostic::new(format!("{} inventories in ./inventories; which one?", many.len()))
+            .help("pass -i FILE or set FERRY_INVENTORY")
+            .into()),
+    }
+}
+
+/// Reads a variable of the runner's environment (secrets, `FERRY_HASH_KEY`).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// What to plan: one app in one environment, narrowed and overridden from the command line.
+#[derive(Clone)]
+pub struct PlanRequest<'a> {
+    /// App name.
+    pub app: &'a str,
+    /// Environment name.
+    pub environment: &'a str,
+    /// Tag to deploy.
+    pub version: &'a str,
+    /// Digest, once resolved.
+    pub digest: Option<&'a str>,
+    /// `--limit` globs.
+    pub limits: &'a [String],
+    /// `--set` arguments.
+    pub sets: &'a [String],
+    /// The deployment id to stamp into labels.
+    pub deployment: &'a str,
+    /// Where secrets with an `env` source are read from.
+    pub env: EnvLookup<'a>,
+    /// Whether an unavailable secret fails the plan or is reported in [`Plan::problems`].
+    pub missing_secrets: vars::MissingSecrets,
+}
+
+/// Runs select → vars → render → plan for one app in one environment.
+pub fn build_plan(
+    inventory: &Inventory,
+    renderer: &Renderer,
+    request: &PlanRequest<'_>,
+) -> Result<Plan, Error> {
+    let app = inventory.app(request.app)?;
+    let env = inventory.environment(request.environment)?;
+    let sets = vars::parse_sets(request.sets)?;
+    let targets = select::select(inventory, app, env, request.limits)?;
+    let (secrets, problems) =
+        vars::resolve_secrets(inventory, app, env, request.env, request.missing_secrets)?;
+    let hash_key = (request.env)("FERRY_HASH_KEY");
+    let image = image_reference(inventory, app, request.version, request.digest);
+    let container = inventory::container_name(app, &env.name);
+    let mut plans = Vec::with_capacity(targets.len());
+    for target in targets {
+        let variables = vars::resolve(inventory, app, env, Some(target), &sets);
+        let ctx = Context {
+            vars: &variables,
+            app,
+            environment: &env.name,
+            target,
+            image: &image,
+            version: request.version,
+            deployment_id: request.deployment,
+        };
+        let rendered = renderer.render(&ctx)?;
+        let input = TargetInput {
+            target,
+            app: &app.name,
+            environment: &env.name,
+            container: &container,
+            image: &image,
+            version: request.version,
+            digest: request.digest,
+            deployment: request.deployment,
+            secrets: &secrets,
+            hash_key: hash_key.as_deref().map(str::as_bytes),
+        };
+        plans.push(target_plan(&input, rendered));
+    }
+    Ok(Plan {
+        schema: crate::plan::SCHEMA_VERSION,
+        app: app.name.clone(),
+        environment: env.name.clone(),
+        version: request.version.to_string(),
+        image,
+        digest: request.digest.map(str::to_string),
+        deployment: request.deployment.to_string(),
+        rollout: env.rollout,
+        targets: plans,
+        problems,
+    })
+}
+
+/// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
+pub fn image_reference(
+    inventory: &Inventory,
+    app: &inventory::App,
+    version: &str,
+    digest: Option<&str>,
+) -> String {
+    let repository = match app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) {
+        Some(feed) => format!("{}/{}", feed.registry, app.image),
+        None => app.image.clone(),
+    };
+    match digest {
+        Some(d) => format!("{repository}@{d}"),
+        None => format!("{repository}:{version}"),
+    }
+}
+
+/// A new time-ordered deployment id.
+pub fn new_deployment_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// True when the format wants machine output.
+pub fn is_json(output: OutputFormat) -> bool {
+    output == OutputFormat::Json
+}

@@ -1,0 +1,76 @@
+//! `ferry plan`: what a deployment would run on each target, without touching any.
+
+use super::{PlanRequest, build_plan, is_json, new_deployment_id, process_env};
+use crate::cli::PlanArgs;
+use crate::error::Error;
+use crate::inventory::{Batch, Inventory};
+use crate::output::{self, OutputFormat, table};
+use crate::plan::Plan;
+use crate::render::Renderer;
+use crate::vars::MissingSecrets;
+
+/// The tag planned when `--version` is not given.
+const DEFAULT_VERSION: &str = "latest";
+
+/// Runs `ferry plan`.
+pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Result<i32, Error> {
+    let renderer = Renderer::new(inventory).map_err(Error::Render)?;
+    let deployment = new_deployment_id();
+    let version = args.version.as_deref().unwrap_or(DEFAULT_VERSION);
+    let request = PlanRequest {
+        app: &args.selection.app,
+        environment: &args.selection.environment,
+        version,
+        digest: None,
+        limits: &args.selection.limit,
+        sets: &args.selection.sets,
+        deployment: &deployment,
+        env: &process_env,
+        missing_secrets: MissingSecrets::Error,
+    };
+    let plan = build_plan(inventory, &renderer, &request)?;
+    if args.version.is_none() && !is_json(output) {
+        eprintln!("note: no --version given; planned with tag \"{DEFAULT_VERSION}\"");
+    }
+    match output {
+        OutputFormat::Json => output::print_json(&plan)?,
+        OutputFormat::Plain => output::print(&plain(&plan))?,
+        OutputFormat::Human => output::print(&human(&plan))?,
+    }
+    Ok(0)
+}
+
+fn human(plan: &Plan) -> String {
+    let batch = match plan.rollout.batch {
+        Batch::Count(n) => format!("batches of {n}"),
+        Batch::Percent(100) => "all at once".to_string(),
+        Batch::Percent(p) => format!("batches of {p}%"),
+    };
+    let mut out = format!(
+        "plan: {} {} → {}: {} targets, {batch}, max_failures {}\nimage: {}\ndeployment: {}\n",
+        plan.app,
+        plan.version,
+        plan.environment,
+        plan.targets.len(),
+        plan.rollout.max_failures,
+        plan.image,
+        plan.deployment
+    );
+    if let Some(first) = plan.targets.first().filter(|t| !t.secrets.is_empty()) {
+        out += &format!("secrets (env file, values hidden): {}\n", first.secrets.join(", "));
+    }
+    out += "\n";
+    let rows: Vec<Vec<String>> = plan
+        .targets
+        .iter()
+        .map(|t| vec![t.target.clone(), t.host.clone(), t.config_hash[..12].to_string(), t.display.clone()])
+        .collect();
+    out + &table(&["TARGET", "HOST", "CONFIG", "COMMAND"], &rows)
+}
+
+fn plain(plan: &Plan) -> String {
+    plan.targets
+        .iter()
+        .map(|t| format!("{}\t{}\t{}\t{}\n", t.target, t.host, t.config_hash, t.display))
+        .collect()
+}

@@ -1,0 +1,118 @@
+//! `ferry vars`: the resolved variables of an app in an environment, and where each came from.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cli::VarsArgs;
+use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::error::Error;
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+use crate::secret::{MASK, mask};
+use crate::vars::{self, Origin, Variables};
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    app: &'a str,
+    environment: &'a str,
+    target: Option<&'a str>,
+    vars: &'a Variables,
+    env: BTreeMap<&'a str, &'a str>,
+    secrets: BTreeMap<&'a str, SecretReport>,
+}
+
+#[derive(Serialize)]
+struct SecretReport {
+    value: &'static str,
+    source: String,
+    available: bool,
+}
+
+/// Runs `ferry vars`.
+pub fn run(inventory: &Inventory, args: &VarsArgs, output: OutputFormat) -> Result<i32, Error> {
+    let app = inventory.app(&args.app)?;
+    let env = inventory.environment(&args.environment)?;
+    let target = match &args.target {
+        None => None,
+        Some(name) => Some(inventory.target(name).ok_or_else(|| {
+            Diagnostic::new(format!("unknown target \"{name}\"")).maybe_help(did_you_mean(
+                name,
+                env.targets.iter().map(|&i| inventory.targets[i].name.as_str()),
+            ))
+        })?),
+    };
+    let sets = vars::parse_sets(&args.sets)?;
+    let mut resolved = vars::resolve(inventory, app, env, target, &sets);
+    let mut env_values: BTreeMap<&str, &str> =
+        app.env.iter().map(|(k, d)| (k.as_str(), d.text.as_str())).collect();
+    if let Some(o) = app.environments.get(&env.name) {
+        env_values.extend(o.env.iter().map(|(k, d)| (k.as_str(), d.text.as_str())));
+    }
+    let mut values = Vec::new();
+    let secrets: BTreeMap<&str, SecretReport> = vars::secret_defs(app, env)
+        .into_iter()
+        .map(|(name, def)| {
+            let value = vars::read_source(inventory, name, def, &super::process_env).ok();
+            let available = value.is_some();
+            values.extend(value);
+            (name, SecretReport { value: MASK, source: def.source.to_string(), available })
+        })
+        .collect();
+    // A variable that happens to hold a secret's value is shown masked, as in plans.
+    for r in resolved.values_mut() {
+        if let toml::Value::String(text) = &mut r.value {
+            *text = mask(text, &values);
+        }
+    }
+    let target_name = target.map(|t| t.name.as_str());
+    if output == OutputFormat::Json {
+        output::print_json(&Report {
+            schema: 1,
+            app: &app.name,
+            environment: &env.name,
+            target: target_name,
+            vars: &resolved,
+            env: env_values,
+            secrets,
+        })?;
+        return Ok(0);
+    }
+    let from = |o: &Origin| o.describe(&app.name, &env.name, target_name);
+    let rows: Vec<Vec<String>> = resolved
+        .iter()
+        .map(|(name, r)| {
+            let mut origin = from(&r.origin);
+            if let Some(last) = r.overrides.last() {
+                origin += &format!(", overrides {}", from(last));
+            }
+            vec![name.clone(), r.value.to_string(), origin]
+        })
+        .collect();
+    let where_ = target_name.map_or(String::new(), |t| format!(" on {t}"));
+    let mut out = format!("{} in {}{where_}\n\n", app.name, env.name);
+    out += &table(&["VARIABLE", "VALUE", "FROM"], &rows);
+    if !env_values.is_empty() {
+        let rows: Vec<Vec<String>> =
+            env_values.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect();
+        out += "\n";
+        out += &table(&["CONTAINER ENV", "TEMPLATE"], &rows);
+    }
+    if !secrets.is_empty() {
+        let rows: Vec<Vec<String>> = secrets
+            .iter()
+            .map(|(k, s)| {
+                let status = if s.available { "available" } else { "MISSING" };
+                vec![k.to_string(), s.value.to_string(), status.to_string(), s.source.clone()]
+            })
+            .collect();
+        out += "\n";
+        out += &table(&["SECRET", "VALUE", "STATUS", "SOURCE"], &rows);
+    }
+    if target.is_none() && env.targets.iter().any(|&i| !inventory.targets[i].vars.is_empty()) {
+        out += "\nnote: some targets set their own variables; add --target NAME to see them\n";
+    }
+    output::print(&out)?;
+    Ok(0)
+}

@@ -1,0 +1,1066 @@
+//! Stage 1: read an inventory file into a typed, cross-checked model.
+//!
+//! Parsing is two steps. [`raw`] is the file as TOML spells it (every referenced name with its
+//! span); [`Inventory::parse`] then resolves references (environment → targets, app → feed,
+//! template, roles, lifecycle → environments) and collects *every* problem it finds, each a
+//! [`Diagnostic`] pointing at the offending text, so one `ferry check` shows all of them.
+//!
+//! Nothing here touches the network; the only file-system reads are the inventory itself and the
+//! templates folder listing (to check that templates exist and stay inside it).
+
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean, display_path};
+use crate::{duration, glob};
+use raw::{RawInventory, RawSecretSource, RawVars};
+
+/// Names ferry puts into every template context; a variable may not shadow them.
+pub const RESERVED_NAMES: &[&str] =
+    &["image", "version", "app", "environment", "target", "container_env", "deployment", "container"];
+
+/// Errors of the inventory stage.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The file could not be read.
+    #[error("cannot read inventory {}: {source}", path.display())]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid inventory; every problem found.
+    #[error("{}", render_all(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render_all(diagnostics: &[Diagnostic]) -> String {
+    let parts: Vec<String> = diagnostics.iter().map(|d| d.render("error")).collect();
+    parts.join("\n").trim_end().to_string()
+}
+
+/// A validated inventory.
+#[derive(Debug)]
+pub struct Inventory {
+    /// The file's text, for locating spans in messages.
+    pub source: Arc<SourceFile>,
+    /// The folder that relative paths in the file are resolved against.
+    pub dir: PathBuf,
+    /// Where templates are loaded from (nothing outside it is ever read).
+    pub templates_dir: PathBuf,
+    /// `[defaults]`.
+    pub defaults: Defaults,
+    /// `[lifecycle] phases`, in order (empty when there is no lifecycle).
+    pub phases: Vec<String>,
+    /// Environments in file order.
+    pub environments: Vec<Environment>,
+    /// Targets in file order.
+    pub targets: Vec<Target>,
+    /// Feeds by name.
+    pub feeds: BTreeMap<String, Feed>,
+    /// Apps in file order.
+    pub apps: Vec<App>,
+}
+
+/// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// SSH user; `None` means the local user name, as `ssh` does.
+    pub user: Option<String>,
+    /// SSH port (22).
+    pub port: u16,
+    /// Identity file, relative to the inventory folder or `~/`.
+    pub identity: Option<String>,
+    /// known_hosts file, relative to the inventory folder (default `known_hosts`).
+    pub known_hosts: PathBuf,
+    /// The defaults variable layer.
+    pub vars: Vars,
+}
+
+/// Variables of one layer: name → value and where it was written.
+pub type Vars = BTreeMap<String, VarDef>;
+
+/// One variable as written in one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarDef {
+    /// The TOML value.
+    pub value: toml::Value,
+    /// Byte span of the value in the inventory.
+    pub span: Range<usize>,
+}
+
+/// How ferry reaches a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// OpenSSH-compatible SSH (the default).
+    Ssh,
+    /// A local `sh`, for the machine ferry runs on.
+    Local,
+}
+
+/// A deployment target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Its name in `[targets.NAME]`.
+    pub name: String,
+    /// Span of the name.
+    pub name_span: Range<usize>,
+    /// Address (for `local`, `localhost`).
+    pub host: String,
+    /// SSH port.
+    pub port: u16,
+    /// SSH user (falls back to defaults).
+    pub user: Option<String>,
+    /// Identity file (falls back to defaults).
+    pub identity: Option<String>,
+    /// Roles, matched against apps' roles.
+    pub roles: Vec<String>,
+    /// The target variable layer.
+    pub vars: Vars,
+    /// SSH or local.
+    pub transport: Transport,
+}
+
+/// A named set of targets with its own variables and rollout policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// Span of the name.
+    pub name_span: Range<usize>,
+    /// Indices into [`Inventory::targets`], in file order.
+    pub targets: Vec<usize>,
+    /// The environment variable layer.
+    pub vars: Vars,
+    /// How a deployment proceeds through the targets.
+    pub rollout: Rollout,
+}
+
+/// Rollout policy of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Rollout {
+    /// Targets per batch.
+    pub batch: Batch,
+    /// Failed targets tolerated before the rollout stops.
+    pub max_failures: u32,
+}
+
+/// A batch size: a count, or a percentage of the environment's selected targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batch {
+    /// This many targets at once.
+    Count(u32),
+    /// This percentage of the targets (rounded up, at least one).
+    Percent(u8),
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout { batch: Batch::Percent(100), max_failures: 0 }
+    }
+}
+
+/// Where a secret's value comes from on the machine running ferry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (already resolved against the inventory folder).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// A secret source and where the inventory names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDef {
+    /// The source.
+    pub source: SecretSource,
+    /// Span in the inventory.
+    pub span: Range<usize>,
+}
+
+/// A Docker registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feed {
+    /// Its name.
+    pub name: String,
+    /// The URL as written.
+    pub url: String,
+    /// `host[:port]`, the prefix of image references pulled from it.
+    pub registry: String,
+    /// Registry user name source.
+    pub username: Option<SecretDef>,
+    /// Registry password source.
+    pub password: Option<SecretDef>,
+}
+
+/// A container environment value: a template string, or a TOML scalar written as TOML writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvDef {
+    /// The text; for strings, a template rendered against the variables.
+    pub text: String,
+    /// Whether `text` is a template (TOML string) or a literal (number, boolean).
+    pub is_template: bool,
+    /// Span in the inventory.
+    pub span: Range<usize>,
+}
+
+/// The health gate settings of an app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// A templated shell command run on the target, if any.
+    pub cmd: Option<(String, Range<usize>)>,
+    /// How long the gate waits for health.
+    pub timeout: Duration,
+    /// Delay between tries of `cmd`.
+    pub interval: Duration,
+    /// Without a health check: how long the container must keep running.
+    pub grace: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            cmd: None,
+            timeout: Duration::from_secs(60),
+            interval: Duration::from_secs(2),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An app's settings for one environment (`[apps.APP.environments.ENV]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AppEnvironment {
+    /// The app-in-environment variable layer.
+    pub vars: Vars,
+    /// Env values that override the app's.
+    pub env: BTreeMap<String, EnvDef>,
+    /// Secrets that override or add to the app's.
+    pub secrets: BTreeMap<String, SecretDef>,
+}
+
+/// An app: image, template, variables, env, secrets and health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    /// Its name.
+    pub name: String,
+    /// Span of the name.
+    pub name_span: Range<usize>,
+    /// The feed's name, when the image comes from one.
+    pub feed: Option<String>,
+    /// Repository (without tag), e.g. `acme/web`.
+    pub image: String,
+    /// Template file name under the templates folder.
+    pub template: String,
+    /// Span of the template name.
+    pub template_span: Range<usize>,
+    /// Roles a target needs to run the app (`None`: every target of the environment).
+    pub roles: Option<Vec<String>>,
+    /// Container name override (default `{app}-{environment}`).
+    pub container_name: Option<String>,
+    /// The app variable layer.
+    pub vars: Vars,
+    /// Container environment.
+    pub env: BTreeMap<String, EnvDef>,
+    /// Secrets delivered through the env file.
+    pub secrets: BTreeMap<String, SecretDef>,
+    /// Health gate.
+    pub health: Health,
+    /// Per-environment overrides.
+    pub environments: BTreeMap<String, AppEnvironment>,
+}
+
+impl Inventory {
+    /// Reads and validates the inventory at `path`.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| InventoryError::Read { path: path.to_path_buf(), source })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let _span = tracing::debug_span!("inventory", path = %path.display()).entered();
+        let inventory = Self::parse(SourceFile::new(display_path(path), text), &dir)?;
+        tracing::debug!(
+            targets = inventory.targets.len(),
+            environments = inventory.environments.len(),
+            apps = inventory.apps.len(),
+            "inventory loaded"
+        );
+        Ok(inventory)
+    }
+
+    /// Validates `source`, resolving relative paths against `dir`.
+    pub fn parse(source: Arc<SourceFile>, dir: &Path) -> Result<Inventory, InventoryError> {
+        let raw: RawInventory = toml::from_str(&source.text)
+            .map_err(|e| InventoryError::Invalid(vec![toml_diagnostic(&source, &e)]))?;
+        let mut checker = Checker { source: &source, shared: Arc::clone(&source), dir, errors: Vec::new() };
+        let inventory = checker.build(raw);
+        if checker.errors.is_empty() { Ok(inventory) } else { Err(InventoryError::Invalid(checker.errors)) }
+    }
+
+    /// The environment named `name`, or an error with a suggestion.
+    pub fn environment(&self, name: &str) -> Result<&Environment, Diagnostic> {
+        self.environments.iter().find(|e| e.name == name).ok_or_else(|| {
+            Diagnostic::new(format!("unknown environment \"{name}\" in {}", self.source.path.display()))
+                .maybe_help(did_you_mean(name, self.environments.iter().map(|e| e.name.as_str())))
+                .maybe_help_if_none(list_help("environments", self.environments.iter().map(|e| &e.name)))
+        })
+    }
+
+    /// The app named `name`, or an error with a suggestion.
+    pub fn app(&self, name: &str) -> Result<&App, Diagnostic> {
+        self.apps.iter().find(|a| a.name == name).ok_or_else(|| {
+            Diagnostic::new(format!("unknown app \"{name}\" in {}", self.source.path.display()))
+                .maybe_help(did_you_mean(name, self.apps.iter().map(|a| a.name.as_str())))
+                .maybe_help_if_none(list_help("apps", self.apps.iter().map(|a| &a.name)))
+        })
+    }
+
+    /// The target named `name`.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+impl Diagnostic {
+    fn maybe_help_if_none(self, help: Option<String>) -> Self {
+        if self.help.is_none() { self.maybe_help(help) } else { self }
+    }
+}
+
+fn list_help<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> Option<String> {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    (!names.is_empty()).then(|| format!("known {what}: {}", names.join(", ")))
+}
+
+/// Turns a TOML or serde error into a diagnostic, adding a suggestion for unknown keys.
+fn toml_diagnostic(source: &SourceFile, error: &toml::de::Error) -> Diagnostic {
+    let message = error.message().trim().to_string();
+    let span = error.span().unwrap_or(0..0);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let help = did_you_mean(field, valid.iter().copied())
+            .map(|d| format!("{d} (valid keys here: {})", valid.join(", ")))
+            .or_else(|| (!valid.is_empty()).then(|| format!("valid keys here: {}", valid.join(", "))));
+        return Diagnostic::new(format!("unknown key `{field}`")).at(source, span).maybe_help(help);
+    }
+    let says_what_to_do = message.contains("use ") || message.contains("give ");
+    let diagnostic = Diagnostic::new(message.replace('\n', " ")).at(source, span);
+    if says_what_to_do {
+        diagnostic
+    } else {
+        diagnostic.help("fix the TOML at this place; README.md describes every inventory key")
+    }
+}
+
+/// Walks the raw inventory, building the model and collecting every problem.
+struct Checker<'a> {
+    source: &'a SourceFile,
+    shared: Arc<SourceFile>,
+    dir: &'a Path,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, help: Option<String>) {
+        let diagnostic = Diagnostic::new(message).at(self.source, span).maybe_help(help);
+        self.errors.push(diagnostic);
+    }
+
+    fn build(&mut self, raw: RawInventory) -> Inventory {
+        let defaults = self.defaults(raw.defaults);
+        let targets = self.targets(raw.targets, &defaults);
+        let environments = self.environments(raw.environments, &targets);
+        let phases = self.phases(raw.lifecycle, &environments);
+        let feeds = self.feeds(raw.feeds);
+        let templates_dir = self.templates_dir(&defaults.1);
+        let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
+        Inventory {
+            source: Arc::clone(&self.shared),
+            dir: self.dir.to_path_buf(),
+            templates_dir,
+            defaults: defaults.0,
+            phases,
+            environments,
+            targets,
+            feeds,
+            apps,
+        }
+    }
+
+    fn templates_dir(&self, configured: &Option<PathBuf>) -> PathBuf {
+        if let Some(dir) = configured {
+            return dir.clone();
+        }
+        let beside = crate::diagnostic::normalize(&self.dir.join("templates"));
+        let above = crate::diagnostic::normalize(&self.dir.join("..").join("templates"));
+        if !beside.is_dir() && above.is_dir() { above } else { beside }
+    }
+
+    fn defaults(&mut self, raw: raw::RawDefaults) -> (Defaults, Option<PathBuf>) {
+        let port = raw.port.map_or(22, |p| self.port(p));
+        let vars = self.vars(raw.vars);
+        let templates = raw.templates.map(|t| self.dir.join(t));
+        let defaults = Defaults {
+            user: raw.user,
+            port,
+            identity: raw.identity,
+            known_hosts: self.dir.join(raw.known_hosts.unwrap_or_else(|| "known_hosts".into())),
+            vars,
+        };
+        (defaults, templates)
+    }
+
+    fn port(&mut self, port: Spanned<i64>) -> u16 {
+        let span = port.span();
+        match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.error(
+                    span,
+                    format!("port {} is out of range", port.get_ref()),
+                    Some("a port is 1 to 65535".into()),
+                );
+                22
+            }
+        }
+    }
+
+    fn vars(&mut self, raw: RawVars) -> Vars {
+        let mut vars = Vars::new();
+        for (name, value) in raw {
+            let span = name.span();
+            let name = name.into_inner();
+            if !is_identifier(&name) {
+                self.error(
+                    span,
+                    format!("variable name `{name}` cannot be used in a template"),
+                    Some("use letters, digits and `_`, not starting with a digit".into()),
+                );
+            } else if RESERVED_NAMES.contains(&name.as_str()) {
+                self.error(
+                    span,
+                    format!("variable name `{name}` is reserved: ferry sets it in every template"),
+                    Some(format!("rename it; reserved names: {}", RESERVED_NAMES.join(", "))),
+                );
+            }
+            let span = value.span();
+            vars.insert(name, VarDef { value: value.into_inner(), span });
+        }
+        vars
+    }
+
+    fn targets(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawTarget>>,
+        defaults: &(Defaults, Option<PathBuf>),
+    ) -> Vec<Target> {
+        let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+        for (name, target) in raw {
+            let name_span = name.span();
+            let name = name.into_inner();
+            let target_span = target.span();
+            let target = target.into_inner();
+            if !is_target_name(&name) {
+                self.error(
+                    name_span.clone(),
+                    format!("target name \"{name}\" is not usable in selections"),
+                    Some("use letters, digits, `.`, `_` and `-`".into()),
+                );
+            }
+            let transport = match target.transport {
+                None => Transport::Ssh,
+                Some(t) => match t.get_ref().as_str() {
+                    "ssh" => Transport::Ssh,
+                    "local" => Transport::Local,
+                    other => {
+                        let help =
+                            did_you_mean(other, ["ssh", "local"]).or(Some("use \"ssh\" or \"local\"".into()));
+                        self.error(t.span(), format!("unknown transport \"{other}\""), help);
+                        Transport::Ssh
+                    }
+                },
+            };
+            let host = match (target.host, transport) {
+                (Some(host), _)
+                    if host.get_ref().trim().is_empty() || host.get_ref().contains(char::is_whitespace) =>
+                {
+                    self.error(host.span(), "a host must be an address or DNS name without spaces", None);
+                    String::new()
+                }
+                (Some(host), _) => host.into_inner(),
+                (None, Transport::Local) => "localhost".to_string(),
+                (None, Transport::Ssh) => {
+                    self.error(
+                        target_span.start..target_span.start,
+                        format!("target \"{name}\" has no `host`"),
+                        Some("add host = \"ADDRESS\", or transport = \"local\" for this machine".into()),
+                    );
+                    String::new()
+                }
+            };
+            let port = target.port.map_or(defaults.0.port, |p| self.port(p));
+            let roles = target.roles.into_iter().map(Spanned::into_inner).collect();
+            let vars = self.vars(target.vars);
+            targets.push(Target {
+                name,
+                name_span,
+                host,
+                port,
+                user: target.user.or_else(|| defaults.0.user.clone()),
+                identity: target.identity.or_else(|| defaults.0.identity.clone()),
+                roles,
+                vars,
+                transport,
+            });
+        }
+        // File order is the order users expect in tables and rollouts.
+        targets.sort_by_key(|t| t.name_span.start);
+        targets
+    }
+
+    fn environments(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawEnvironment>>,
+        targets: &[Target],
+    ) -> Vec<Environment> {
+        let by_name: HashMap<&str, usize> =
+            targets.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        let mut environments = Vec::with_capacity(raw.len());
+        for (name, env) in raw {
+            let name_span = name.span();
+            let name = name.into_inner();
+            let env = env.into_inner();
+            self.check_object_name(&name, name_span.clone(), "environment");
+            let selected = self.select_targets(&name, &env.targets, targets, &by_name);
+            self.check_duplicate_addresses(&name, &selected, targets);
+            let vars = self.vars(env.vars);
+            let rollout = env.rollout.map(|r| self.rollout(r)).unwrap_or_default();
+            environments.push(Environment { name, name_span, targets: selected, vars, rollout });
+        }
+        environments.sort_by_key(|e| e.name_span.start);
+        environments
+    }
+
+    fn select_targets(
+        &mut self,
+        env: &str,
+        selectors: &Spanned<Vec<Spanned<String>>>,
+        targets: &[Target],
+        by_name: &HashMap<&str, usize>,
+    ) -> Vec<usize> {
+        if selectors.get_ref().is_empty() {
+            self.error(
+                selectors.span(),
+                format!("environment \"{env}\" selects no targets"),
+                Some("list target names or globs, e.g. targets = [\"web-*\"]".into()),
+            );
+        }
+        let mut chosen = BTreeSet::new();
+        for selector in selectors.get_ref() {
+            let pattern = selector.get_ref();
+            if glob::is_glob(pattern) {
+                let before = chosen.len();
+                let mut matched = false;
+                for (i, t) in targets.iter().enumerate() {
+                    if glob::matches(pattern, &t.name) {
+                        matched = true;
+                        chosen.insert(i);
+                    }
+                }
+                if !matched && before == chosen.len() {
+                    self.error(
+                        selector.span(),
+                        format!("target glob \"{pattern}\" in environment \"{env}\" matches no target"),
+                        Some(format!("{} targets are defined; check the pattern", targets.len())),
+                    );
+                }
+            } else if let Some(&i) = by_name.get(pattern.as_str()) {
+                chosen.insert(i);
+            } else {
+                let help = did_you_mean(pattern, targets.iter().map(|t| t.name.as_str()))
+                    .or(Some("define it as [targets.NAME], or use a glob like \"web-*\"".into()));
+                self.error(
+                    selector.span(),
+                    format!("unknown target \"{pattern}\" in environment \"{env}\""),
+                    help,
+                );
+            }
+        }
+        // Indices are in file order already: targets were sorted by position.
+        chosen.into_iter().collect()
+    }
+
+    fn check_duplicate_addresses(&mut self, env: &str, selected: &[usize], targets: &[Target]) {
+        let mut seen: HashMap<(Transport, &str, u16), &Target> = HashMap::new();
+        for &i in selected {
+            let t = &targets[i];
+            let key = match t.transport {
+                Transport::Ssh => (Transport::Ssh, t.host.as_str(), t.port),
+                Transport::Local => (Transport::Local, "", 0),
+            };
+            if let Some(first) = seen.insert(key, t) {
+                self.error(
+                    t.name_span.clone(),
+                    format!(
+                        "targets \"{}\" and \"{}\" in environment \"{env}\" are the same host ({}:{})",
+                        first.name, t.name, t.host, t.port
+                    ),
+                    Some("a deployment would run twice on one Docker engine: remove one of them from the environment".into()),
+                );
+            }
+        }
+    }
+
+    fn rollout(&mut self, raw: Spanned<raw::RawRollout>) -> Rollout {
+        let raw = raw.into_inner();
+        let mut rollout = Rollout::default();
+        if let Some(batch) = raw.batch {
+            let span = batch.span();
+            let parsed = match batch.get_ref() {
+                toml::Value::Integer(n) => u32::try_from(*n).ok().filter(|&n| n > 0).map(Batch::Count),
+                toml::Value::String(s) => s
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse::<u8>().ok())
+                    .filter(|p| (1..=100).contains(p))
+                    .map(Batch::Percent),
+                _ => None,
+            };
+            match parsed {
+                Some(b) => rollout.batch = b,
+                None => self.error(
+                    span,
+                    "invalid rollout batch",
+                    Some("use a count like 2 or a percentage like \"25%\"".into()),
+                ),
+            }
+        }
+        if let Some(max) = raw.max_failures {
+            match u32::try_from(*max.get_ref()) {
+                Ok(m) => rollout.max_failures = m,
+                Err(_) => self.error(max.span(), "max_failures must be 0 or more", None),
+            }
+        }
+        rollout
+    }
+
+    fn phases(&mut self, raw: Option<Spanned<raw::RawLifecycle>>, envs: &[Environment]) -> Vec<String> {
+        let Some(raw) = raw else { return Vec::new() };
+        let mut phases: Vec<String> = Vec::new();
+        for phase in raw.into_inner().phases {
+            let name = phase.get_ref();
+            if !envs.iter().any(|e| &e.name == name) {
+                let help = did_you_mean(name, envs.iter().map(|e| e.name.as_str()))
+                    .or(Some("every phase must be an [environments.NAME]".into()));
+                self.error(phase.span(), format!("lifecycle phase \"{name}\" is not an environment"), help);
+            } else if phases.contains(name) {
+                self.error(phase.span(), format!("lifecycle phase \"{name}\" is listed twice"), None);
+            }
+            phases.push(phase.into_inner());
+        }
+        phases
+    }
+
+    fn feeds(&mut self, raw: raw::SpannedMap<Spanned<raw::RawFeed>>) -> BTreeMap<String, Feed> {
+        let mut feeds = BTreeMap::new();
+        for (name, feed) in raw {
+            let name = name.into_inner();
+            let feed = feed.into_inner();
+            let registry = match registry_of(feed.url.get_ref()) {
+                Some(r) => r,
+                None => {
+                    self.error(
+                        feed.url.span(),
+                        format!("feed \"{name}\" has an invalid url"),
+                        Some(
+                            "write it like \"https://registry.example.com\" or \"http://127.0.0.1:5000\""
+                                .into(),
+                        ),
+                    );
+                    String::new()
+                }
+            };
+            let username = feed.username.map(|s| self.secret_def(s));
+            let password = feed.password.map(|s| self.secret_def(s));
+            let url = feed.url.into_inner();
+            feeds.insert(name.clone(), Feed { name, url, registry, username, password });
+        }
+        feeds
+    }
+
+    fn secret_def(&self, raw: Spanned<RawSecretSource>) -> SecretDef {
+        let span = raw.span();
+        let source = match raw.into_inner() {
+            RawSecretSource::Env(name) => SecretSource::Env(name),
+            RawSecretSource::File(path) => SecretSource::File(self.dir.join(path)),
+        };
+        SecretDef { source, span }
+    }
+
+    fn apps(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawApp>>,
+        feeds: &BTreeMap<String, Feed>,
+        targets: &[Target],
+        envs: &[Environment],
+        templates_dir: &Path,
+    ) -> Vec<App> {
+        let templates = list_templates(templates_dir);
+        let roles: BTreeSet<&str> = targets.iter().flat_map(|t| t.roles.iter().map(String::as_str)).collect();
+        let mut apps = Vec::with_capacity(raw.len());
+        for (name, app) in raw {
+            let name_span = name.span();
+            let name = name.into_inner();
+            let app_span = app.span();
+            let app = app.into_inner();
+            self.check_object_name(&name, name_span.clone(), "app");
+            let feed = app.feed.map(|f| {
+                if !feeds.contains_key(f.get_ref()) {
+                    let help = did_you_mean(f.get_ref(), feeds.keys().map(String::as_str))
+                        .or(Some("define it as [feeds.NAME]".into()));
+                    self.error(f.span(), format!("unknown feed \"{}\"", f.get_ref()), help);
+                }
+                f.into_inner()
+            });
+            self.check_image(&app.image);
+            self.check_template(&app.template, templates_dir, &templates);
+            let app_roles = app.roles.map(|list| {
+                for role in &list {
+                    if !roles.contains(role.get_ref().as_str()) {
+                        let help = did_you_mean(role.get_ref(), roles.iter().copied())
+                            .or(Some("no target has this role; add it to a target's roles".into()));
+                        self.error(role.span(), format!("unknown role \"{}\"", role.get_ref()), help);
+                    }
+                }
+                list.into_iter().map(Spanned::into_inner).collect::<Vec<_>>()
+            });
+            let container_name = app.container_name.map(|c| {
+                if !is_container_name(c.get_ref()) {
+                    self.error(
+                        c.span(),
+                        "invalid container name",
+                        Some("Docker allows [a-zA-Z0-9][a-zA-Z0-9_.-]*".into()),
+                    );
+                }
+                c.into_inner()
+            });
+            let vars = self.vars(app.vars);
+            let env = self.env(app.env);
+            let secrets = self.secrets(app.secrets, &env);
+            let health = app.health.map(|h| self.health(h)).unwrap_or_default();
+            let environments = self.app_environments(app.environments, envs, &env, &secrets);
+            let app = App {
+                name,
+                name_span,
+                feed,
+                image: app.image.into_inner(),
+                template: app.template.get_ref().clone(),
+                template_span: app.template.span(),
+                roles: app_roles,
+                container_name,
+                vars,
+                env,
+                secrets,
+                health,
+                environments,
+            };
+            self.check_app_has_targets(&app, app_span.start, targets, envs);
+            apps.push(app);
+        }
+        apps.sort_by_key(|a| a.name_span.start);
+        self.check_container_names(&apps, envs);
+        apps
+    }
+
+    fn check_object_name(&mut self, name: &str, span: Range<usize>, what: &str) {
+        if !is_container_name(name) {
+            self.error(
+                span,
+                format!("{what} name \"{name}\" cannot be part of a container name"),
+                Some("use letters, digits, `_`, `.` and `-`, starting with a letter or digit".into()),
+            );
+        }
+    }
+
+    fn check_image(&mut self, image: &Spanned<String>) {
+        let text = image.get_ref();
+        let last = text.rsplit('/').next().unwrap_or_default();
+        if text.is_empty() || text.contains(char::is_whitespace) {
+            self.error(
+                image.span(),
+                "invalid image name",
+                Some("write the repository, like \"acme/web\"".into()),
+            );
+        } else if last.contains(':') || text.contains('@') {
+            self.error(
+                image.span(),
+                "the image must not carry a tag or digest",
+                Some("write the repository only (\"acme/web\"); the version comes from --version".into()),
+            );
+        }
+    }
+
+    fn check_template(&mut self, name: &Spanned<String>, dir: &Path, known: &[String]) {
+        let text = name.get_ref();
+        let path = Path::new(text);
+        let escapes = path.is_absolute()
+            || path.components().any(|c| !matches!(c, Component::Normal(_)))
+            || text.is_empty();
+        if escapes {
+            self.error(
+                name.span(),
+                format!("template \"{text}\" is outside the templates folder"),
+                Some(format!(
+                    "name a file inside {} without `..` or an absolute path",
+                    display_path(dir).display()
+                )),
+            );
+            return;
+        }
+        let full = dir.join(path);
+        let inside = match (full.canonicalize(), dir.canonicalize()) {
+            (Ok(f), Ok(d)) => f.starts_with(d) && f.is_file(),
+            _ => false,
+        };
+        if inside {
+            return;
+        }
+        let help = did_you_mean(text, known.iter().map(String::as_str)).or_else(|| {
+            Some(format!(
+                "create {} (templates are read only from {})",
+                display_path(&full).display(),
+                display_path(dir).display()
+            ))
+        });
+        let message = if full.exists() {
+            format!("template \"{text}\" resolves outside the templates folder")
+        } else {
+            format!("template \"{text}\" not found")
+        };
+        self.error(name.span(), message, help);
+    }
+
+    fn env(&mut self, raw: raw::SpannedMap<Spanned<toml::Value>>) -> BTreeMap<String, EnvDef> {
+        let mut env = BTreeMap::new();
+        for (key, value) in raw {
+            let key_span = key.span();
+            let key = key.into_inner();
+            if !is_env_name(&key) {
+                self.error(
+                    key_span,
+                    format!("`{key}` is not a valid environment variable name"),
+                    Some("use letters, digits and `_`, not starting with a digit".into()),
+                );
+            }
+            let span = value.span();
+            let (text, is_template) = match value.into_inner() {
+                toml::Value::String(s) => (s, true),
+                toml::Value::Integer(i) => (i.to_string(), false),
+                toml::Value::Float(f) => (toml::Value::Float(f).to_string(), false),
+                toml::Value::Boolean(b) => (b.to_string(), false),
+                toml::Value::Datetime(d) => (d.to_string(), false),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    self.error(
+                        span.clone(),
+                        format!("env value `{key}` must be a string, number or boolean"),
+                        Some("a container env var holds one value; join lists into a string".into()),
+                    );
+                    (String::new(), false)
+                }
+            };
+            env.insert(key, EnvDef { text, is_template, span });
+        }
+        env
+    }
+
+    fn secrets(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<RawSecretSource>>,
+        env: &BTreeMap<String, EnvDef>,
+    ) -> BTreeMap<String, SecretDef> {
+        let mut secrets = BTreeMap::new();
+        for (key, source) in raw {
+            let key_span = key.span();
+            let key = key.into_inner();
+            if !is_env_name(&key) {
+                self.error(
+                    key_span.clone(),
+                    format!("`{key}` is not a valid environment variable name"),
+                    None,
+                );
+            }
+            if env.contains_key(&key) {
+                self.error(
+                    key_span,
+                    format!("`{key}` is both an env value and a secret"),
+                    Some("keep only one of them".into()),
+                );
+            }
+            let def = self.secret_def(source);
+            secrets.insert(key, def);
+        }
+        secrets
+    }
+
+    fn health(&mut self, raw: Spanned<raw::RawHealth>) -> Health {
+        let raw = raw.into_inner();
+        let mut health =
+            Health { cmd: raw.cmd.map(|c| (c.get_ref().clone(), c.span())), ..Health::default() };
+        for (field, slot) in [
+            (raw.timeout, &mut health.timeout),
+            (raw.interval, &mut health.interval),
+            (raw.grace, &mut health.grace),
+        ] {
+            if let Some(text) = field {
+                match duration::parse(text.get_ref()) {
+                    Ok(d) => *slot = d,
+                    Err(e) => self.errors.push(Diagnostic::new(e).at(self.source, text.span())),
+                }
+            }
+        }
+        health
+    }
+
+    fn app_environments(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawAppEnvironment>>,
+        envs: &[Environment],
+        app_env: &BTreeMap<String, EnvDef>,
+        app_secrets: &BTreeMap<String, SecretDef>,
+    ) -> BTreeMap<String, AppEnvironment> {
+        let mut out = BTreeMap::new();
+        for (name, overrides) in raw {
+            let name_span = name.span();
+            let name = name.into_inner();
+            if !envs.iter().any(|e| e.name == name) {
+                let help = did_you_mean(&name, envs.iter().map(|e| e.name.as_str()))
+                    .or_else(|| list_help("environments", envs.iter().map(|e| &e.name)));
+                self.error(name_span, format!("unknown environment \"{name}\""), help);
+            }
+            let overrides = overrides.into_inner();
+            let vars = self.vars(overrides.vars);
+            let env = self.env(overrides.env);
+            let secrets = self.secrets(overrides.secrets, &env);
+            for (key, def) in &env {
+                if app_secrets.contains_key(key) {
+                    self.error(
+                        def.span.clone(),
+                        format!("`{key}` is a secret of the app; it cannot also be an env value"),
+                        None,
+                    );
+                }
+            }
+            for (key, def) in &secrets {
+                if app_env.contains_key(key) {
+                    self.error(
+                        def.span.clone(),
+                        format!("`{key}` is an env value of the app; it cannot also be a secret"),
+                        None,
+                    );
+                }
+            }
+            out.insert(name, AppEnvironment { vars, env, secrets });
+        }
+        out
+    }
+
+    fn check_app_has_targets(&mut self, app: &App, at: usize, targets: &[Target], envs: &[Environment]) {
+        let Some(roles) = &app.roles else { return };
+        for env in envs {
+            let any = env.targets.iter().any(|&i| targets[i].roles.iter().any(|r| roles.contains(r)));
+            if !any && !env.targets.is_empty() {
+                self.error(
+                    app.name_span.start.min(at)..app.name_span.end,
+                    format!(
+                        "app \"{}\" has no targets in environment \"{}\": no target there has role {}",
+                        app.name,
+                        env.name,
+                        roles.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(" or ")
+                    ),
+                    Some(format!(
+                        "give a target of \"{}\" one of these roles, or change the app's roles",
+                        env.name
+                    )),
+                );
+            }
+        }
+    }
+
+    fn check_container_names(&mut self, apps: &[App], envs: &[Environment]) {
+        for env in envs {
+            let mut seen: HashMap<String, &App> = HashMap::new();
+            for app in apps {
+                let name = container_name(app, &env.name);
+                if let Some(first) = seen.insert(name.clone(), app) {
+                    self.error(
+                        app.name_span.clone(),
+                        format!(
+                            "apps \"{}\" and \"{}\" would both run a container named \"{name}\" in \"{}\"",
+                            first.name, app.name, env.name
+                        ),
+                        Some("set a different container_name on one of them".into()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The container name of `app` in environment `env`: `container_name` or `{app}-{env}`.
+pub fn container_name(app: &App, env: &str) -> String {
+    app.container_name.clone().unwrap_or_else(|| format!("{}-{env}", app.name))
+}
+
+/// `host[:port]` of a registry URL, or `None` when it is not an http(s) URL with a host.
+fn registry_of(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.trim_end_matches('/');
+    let valid = !host.is_empty()
+        && !host.contains(['/', '?', '#', '@', ' '])
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    valid.then(|| host.to_string())
+}
+
+fn list_templates(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect()
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_env_name(name: &str) -> bool {
+    is_identifier(name)
+}
+
+fn is_target_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn is_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

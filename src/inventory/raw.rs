@@ -1,0 +1,186 @@
+//! The inventory file exactly as TOML spells it, before cross-checks.
+//!
+//! Every name that another part of the file refers to is `Spanned`, so a dangling reference can
+//! be reported at its own line and column. `deny_unknown_fields` everywhere: a misspelt key is an
+//! error with a suggestion, never silently ignored.
+
+// Fields are the TOML keys themselves, documented in the README's inventory reference.
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A map whose keys remember where they were written.
+pub type SpannedMap<T> = BTreeMap<Spanned<String>, T>;
+
+/// Variables: any TOML value, with the span of the value.
+pub type RawVars = SpannedMap<Spanned<toml::Value>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    pub lifecycle: Option<Spanned<RawLifecycle>>,
+    #[serde(default)]
+    pub environments: SpannedMap<Spanned<RawEnvironment>>,
+    #[serde(default)]
+    pub targets: SpannedMap<Spanned<RawTarget>>,
+    #[serde(default)]
+    pub feeds: SpannedMap<Spanned<RawFeed>>,
+    #[serde(default)]
+    pub apps: SpannedMap<Spanned<RawApp>>,
+}
+
+/// `[defaults]`: connection settings and the lowest variable layer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub user: Option<String>,
+    pub port: Option<Spanned<i64>>,
+    pub identity: Option<String>,
+    pub known_hosts: Option<String>,
+    pub templates: Option<String>,
+    #[serde(default)]
+    pub vars: RawVars,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    pub phases: Vec<Spanned<String>>,
+}
+
+/// `[environments.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub vars: RawVars,
+    pub rollout: Option<Spanned<RawRollout>>,
+}
+
+/// `rollout = { batch = 1, max_failures = 0 }`; batch may be a count or `"25%"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub batch: Option<Spanned<toml::Value>>,
+    pub max_failures: Option<Spanned<i64>>,
+}
+
+/// `[targets.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub user: Option<String>,
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub vars: RawVars,
+    pub transport: Option<Spanned<String>>,
+}
+
+/// `[feeds.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub url: Spanned<String>,
+    pub username: Option<Spanned<RawSecretSource>>,
+    pub password: Option<Spanned<RawSecretSource>>,
+}
+
+/// `{ env = "NAME" }` or `{ file = "path" }`. A bare string is refused: credentials and secrets
+/// are never written inline in an inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSecretSource {
+    /// An environment variable of the process running ferry.
+    Env(String),
+    /// A file, relative to the inventory's folder.
+    File(String),
+}
+
+impl<'de> Deserialize<'de> for RawSecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = match toml::Value::deserialize(de)? {
+            toml::Value::Table(table) => table,
+            _ => {
+                return Err(D::Error::custom(
+                    "secret values are never written inline: use { env = \"VAR\" } or { file = \"path\" }",
+                ));
+            }
+        };
+        let mut source = None;
+        for (key, value) in table {
+            let text = match value {
+                toml::Value::String(text) if !text.is_empty() => text,
+                _ => return Err(D::Error::custom(format!("`{key}` must be a non-empty string"))),
+            };
+            source = match (key.as_str(), source) {
+                ("env", None) => Some(RawSecretSource::Env(text)),
+                ("file", None) => Some(RawSecretSource::File(text)),
+                ("env" | "file", Some(_)) => {
+                    return Err(D::Error::custom("give only one of `env` or `file`"));
+                }
+                (other, _) => {
+                    return Err(D::Error::custom(format!(
+                        "unknown key `{other}` in a secret source: use {{ env = \"VAR\" }} or {{ file = \"path\" }}"
+                    )));
+                }
+            };
+        }
+        source.ok_or_else(|| {
+            D::Error::custom("a secret source needs `env` or `file`, e.g. { env = \"DB_PASSWORD\" }")
+        })
+    }
+}
+
+/// `[apps.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub feed: Option<Spanned<String>>,
+    pub image: Spanned<String>,
+    pub template: Spanned<String>,
+    pub roles: Option<Vec<Spanned<String>>>,
+    pub container_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub vars: RawVars,
+    #[serde(default)]
+    pub env: SpannedMap<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub secrets: SpannedMap<Spanned<RawSecretSource>>,
+    pub health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
+}
+
+/// `health = { cmd = "...", timeout = "60s", interval = "2s", grace = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub cmd: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
+}
+
+/// `[apps.NAME.environments.ENV]`: the app-in-environment layer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppEnvironment {
+    #[serde(default)]
+    pub vars: RawVars,
+    #[serde(default)]
+    pub env: SpannedMap<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub secrets: SpannedMap<Spanned<RawSecretSource>>,
+}

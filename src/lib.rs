@@ -1,0 +1,25 @@
+//! ferry: an agentless, SSH-driven orchestrator for Docker deployments.
+//!
+//! The crate is a pipeline; each module is one stage and data flows one way:
+//!
+//! inventory → select → vars → render → plan → (apply → report → audit)
+//!
+//! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
+//! [`plan::Plan`], plain data that says exactly what would run where, without any network.
+//! The binary (`src/main.rs`) is a thin wrapper over [`cli::run`].
+
+pub mod cli;
+pub mod commands;
+pub mod diagnostic;
+pub mod duration;
+pub mod error;
+pub mod glob;
+pub mod inventory;
+pub mod logging;
+pub mod output;
+pub mod plan;
+pub mod render;
+pub mod secret;
+pub mod select;
+pub mod shell;
+pub mod vars;

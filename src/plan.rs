@@ -1,0 +1,239 @@
+//! Stage 5: the plan, plain data saying exactly what would run on which target.
+//!
+//! For each target: the final `docker run` argv (template arguments plus the flags ferry manages),
+//! its masked display form, and a config hash. The hash covers what defines the running container
+//! (the argv without per-deployment labels, the image, and a *keyed* hash of each secret value),
+//! so an unchanged deployment is recognised as a no-op on any machine, rotating a secret changes
+//! the hash, and the hash reveals nothing about the secret. Version and deployment id are not
+//! part of it: the same digest with the same config is the same container, whatever tag was asked.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::diagnostic::Diagnostic;
+use crate::inventory::{Rollout, Target, Transport};
+use crate::render::Rendered;
+use crate::secret::{Secret, mask};
+use crate::shell;
+use crate::vars::Secrets;
+
+/// Version of the JSON shape of [`Plan`]; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where the secrets env file is written on a target, relative to the login directory.
+pub const ENV_FILE_DIR: &str = ".ferry/env";
+
+/// What a deployment would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The app.
+    pub app: String,
+    /// The environment.
+    pub environment: String,
+    /// The tag requested.
+    pub version: String,
+    /// The image reference the containers run.
+    pub image: String,
+    /// The manifest digest, once a feed has resolved it.
+    pub digest: Option<String>,
+    /// This deployment's id (a time-ordered UUID).
+    pub deployment: String,
+    /// The environment's rollout policy.
+    pub rollout: Rollout,
+    /// One entry per selected target, in inventory order.
+    pub targets: Vec<TargetPlan>,
+    /// Problems that did not stop planning (secrets unavailable under a placeholder policy).
+    #[serde(skip)]
+    pub problems: Vec<Diagnostic>,
+}
+
+/// What runs on one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetPlan {
+    /// Target name.
+    pub target: String,
+    /// Its address.
+    pub host: String,
+    /// SSH port.
+    pub port: u16,
+    /// SSH user, when set.
+    pub user: Option<String>,
+    /// SSH or local.
+    pub transport: Transport,
+    /// The container name.
+    pub container: String,
+    /// The full argv, secrets masked (they are never in it; masking is defense in depth).
+    pub argv: Vec<String>,
+    /// The argv as one shell-quoted line, masked.
+    pub display: String,
+    /// Hash of what defines the container (see the module docs).
+    pub config_hash: String,
+    /// Names of the secrets delivered through the env file (values never shown).
+    pub secrets: Vec<String>,
+    /// The rendered health command, if the app has one.
+    pub health_cmd: Option<String>,
+    /// The env file with the secret values; never serialized.
+    #[serde(skip)]
+    pub env_file: Option<EnvFile>,
+    /// The unmasked argv for execution (equal to `argv` unless a secret value leaked into it).
+    #[serde(skip)]
+    pub exec_argv: Vec<String>,
+}
+
+/// The secrets env file for one container.
+#[derive(Debug, Clone)]
+pub struct EnvFile {
+    /// Path on the target (relative to the login directory).
+    pub path: String,
+    /// `NAME=value` lines.
+    pub content: Secret,
+}
+
+/// Inputs for one target's plan besides the rendered template.
+#[derive(Debug, Clone)]
+pub struct TargetInput<'a> {
+    /// The target.
+    pub target: &'a Target,
+    /// App name.
+    pub app: &'a str,
+    /// Environment name.
+    pub environment: &'a str,
+    /// Container name.
+    pub container: &'a str,
+    /// Image reference.
+    pub image: &'a str,
+    /// Version requested.
+    pub version: &'a str,
+    /// Digest, when known.
+    pub digest: Option<&'a str>,
+    /// Deployment id.
+    pub deployment: &'a str,
+    /// The environment's secrets.
+    pub secrets: &'a Secrets,
+    /// Optional key mixed into secret hashes (`FERRY_HASH_KEY`).
+    pub hash_key: Option<&'a [u8]>,
+}
+
+/// Builds one target's plan from its rendered template.
+pub fn target_plan(input: &TargetInput<'_>, rendered: Rendered) -> TargetPlan {
+    let env_file = env_file(input);
+    let mut stable = vec![
+        "docker".to_string(),
+        "run".into(),
+        "--detach".into(),
+        "--name".into(),
+        input.container.to_string(),
+        "--label".into(),
+        format!("ferry.app={}", input.app),
+        "--label".into(),
+        format!("ferry.environment={}", input.environment),
+    ];
+    if let Some(file) = &env_file {
+        stable.extend(["--env-file".to_string(), file.path.clone()]);
+    }
+    let labels_end = 9;
+    stable.extend(rendered.args);
+    let config_hash = config_hash(input, &stable);
+    let mut volatile = vec![format!("ferry.version={}", input.version)];
+    if let Some(digest) = input.digest {
+        volatile.push(format!("ferry.digest={digest}"));
+    }
+    volatile.push(format!("ferry.deployment={}", input.deployment));
+    volatile.push(format!("ferry.config-hash={config_hash}"));
+    let mut exec_argv = stable[..labels_end].to_vec();
+    for label in volatile {
+        exec_argv.extend(["--label".to_string(), label]);
+    }
+    exec_argv.extend_from_slice(&stable[labels_end..]);
+    let values: Vec<&Secret> = input.secrets.values().map(|s| &s.value).collect();
+    let argv: Vec<String> = exec_argv.iter().map(|a| mask(a, values.iter().copied())).collect();
+    let display = shell::join(&argv).unwrap_or_else(|_| argv.join(" "));
+    TargetPlan {
+        target: input.target.name.clone(),
+        host: input.target.host.clone(),
+        port: input.target.port,
+        user: input.target.user.clone(),
+        transport: input.target.transport,
+        container: input.container.to_string(),
+        argv,
+        display,
+        config_hash,
+        secrets: input.secrets.keys().cloned().collect(),
+        health_cmd: rendered.health_cmd.map(|c| mask(&c, values.iter().copied())),
+        env_file,
+        exec_argv,
+    }
+}
+
+fn env_file(input: &TargetInput<'_>) -> Option<EnvFile> {
+    if input.secrets.is_empty() {
+        return None;
+    }
+    let content: String = input.secrets.iter().map(|(k, s)| format!("{k}={}\n", s.value.expose())).collect();
+    Some(EnvFile { path: format!("{ENV_FILE_DIR}/{}.env", input.container), content: Secret::new(content) })
+}
+
+/// SHA-256 over a canonical JSON of the stable argv, the image and keyed secret hashes.
+fn config_hash(input: &TargetInput<'_>, stable_argv: &[String]) -> String {
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        v: u32,
+        argv: &'a [String],
+        image: &'a str,
+        digest: Option<&'a str>,
+        secrets: BTreeMap<&'a str, String>,
+    }
+    let secrets =
+        input.secrets.iter().map(|(name, s)| (name.as_str(), secret_hash(input, name, &s.value))).collect();
+    let canonical = Canonical { v: 1, argv: stable_argv, image: input.image, digest: input.digest, secrets };
+    // Serializing plain strings and maps cannot fail; an empty fallback would still hash stably.
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    hex(&Sha256::digest(&bytes))
+}
+
+/// HMAC-SHA256 of a secret value, keyed per app, environment and secret name (and by
+/// `FERRY_HASH_KEY` when set), so equal values in different places hash differently and a
+/// precomputed table of common passwords is useless.
+fn secret_hash(input: &TargetInput<'_>, name: &str, value: &Secret) -> String {
+    let mut key = Sha256::new();
+    for part in [
+        b"ferry.secret.v1".as_slice(),
+        input.hash_key.unwrap_or_default(),
+        input.app.as_bytes(),
+        input.environment.as_bytes(),
+        name.as_bytes(),
+    ] {
+        key.update((part.len() as u64).to_be_bytes());
+        key.update(part);
+    }
+    hex(&hmac_sha256(&key.finalize(), value.expose().as_bytes()))
+}
+
+/// RFC 2104 HMAC with SHA-256 (key already at most one block).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer.into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+}

@@ -1,0 +1,270 @@
+//! Stage 3: layered variables with provenance, and secrets from their sources.
+//!
+//! Layers, lowest first: inventory defaults < app < environment < app-in-environment < target <
+//! `--set` on the command line. Each resolved value remembers the layer that set it and the
+//! layers it overrode, so `ferry vars` can say where a value came from, which is the first
+//! question anyone debugging a deployment asks.
+//!
+//! Secrets are resolved per app and environment from the runner's environment variables or
+//! files, into [`Secret`]s. The lookup of environment variables is a parameter so tests (and
+//! fuzzing) can supply their own environment without touching the process's.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::inventory::{App, Environment, Inventory, SecretDef, SecretSource, Target, Vars};
+use crate::secret::Secret;
+
+/// Errors of the variables stage.
+#[derive(Debug, thiserror::Error)]
+pub enum VarsError {
+    /// A secret's source is missing (unset variable, unreadable file).
+    #[error("{0}")]
+    MissingSecret(Diagnostic),
+    /// A secret's value cannot travel in a Docker env file.
+    #[error("{0}")]
+    InvalidSecret(Diagnostic),
+    /// A `--set` argument is malformed.
+    #[error("{0}")]
+    InvalidSet(Diagnostic),
+}
+
+/// The layer a value was set in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// `[defaults] vars`.
+    Defaults,
+    /// `[apps.APP] vars`.
+    App,
+    /// `[environments.ENV] vars`.
+    Environment,
+    /// `[apps.APP.environments.ENV] vars`.
+    AppEnvironment,
+    /// `[targets.T] vars`.
+    Target,
+    /// `--set k=v`.
+    CommandLine,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Origin {
+    /// The layer.
+    pub layer: Layer,
+    /// `file:line` in the inventory, or `--set`.
+    pub at: String,
+}
+
+impl Origin {
+    /// A phrase for tables: `environment prod (inventories/example.toml:18)`.
+    pub fn describe(&self, app: &str, env: &str, target: Option<&str>) -> String {
+        let layer = match self.layer {
+            Layer::Defaults => "defaults".to_string(),
+            Layer::App => format!("app {app}"),
+            Layer::Environment => format!("environment {env}"),
+            Layer::AppEnvironment => format!("app {app} in {env}"),
+            Layer::Target => format!("target {}", target.unwrap_or("?")),
+            Layer::CommandLine => return "--set".to_string(),
+        };
+        format!("{layer} ({})", self.at)
+    }
+}
+
+/// One resolved variable.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resolved {
+    /// The winning value.
+    pub value: toml::Value,
+    /// Where it was set.
+    pub origin: Origin,
+    /// Lower layers that set it too, lowest first.
+    pub overrides: Vec<Origin>,
+}
+
+/// All variables of one app × environment (× target).
+pub type Variables = BTreeMap<String, Resolved>;
+
+/// Parses `--set k=v` arguments (values are strings, as Ansible's `-e k=v`).
+pub fn parse_sets(args: &[String]) -> Result<Vec<(String, String)>, VarsError> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((k, v)) if is_name(k) => Ok((k.to_string(), v.to_string())),
+            _ => Err(VarsError::InvalidSet(
+                Diagnostic::new(format!("invalid --set \"{arg}\""))
+                    .help("write --set name=value, with a variable name of letters, digits and `_`"),
+            )),
+        })
+        .collect()
+}
+
+fn is_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Resolves the variables of `app` in `env` (and on `target`, when given), highest layer winning.
+pub fn resolve(
+    inventory: &Inventory,
+    app: &App,
+    env: &Environment,
+    target: Option<&Target>,
+    sets: &[(String, String)],
+) -> Variables {
+    let mut out = Variables::new();
+    let empty = Vars::new();
+    let app_env = app.environments.get(&env.name).map_or(&empty, |o| &o.vars);
+    let layers = [
+        (Layer::Defaults, &inventory.defaults.vars),
+        (Layer::App, &app.vars),
+        (Layer::Environment, &env.vars),
+        (Layer::AppEnvironment, app_env),
+        (Layer::Target, target.map_or(&empty, |t| &t.vars)),
+    ];
+    for (layer, vars) in layers {
+        for (name, def) in vars {
+            let at = inventory.source.locate(def.span.clone()).short();
+            set(&mut out, name, def.value.clone(), Origin { layer, at });
+        }
+    }
+    for (name, value) in sets {
+        let origin = Origin { layer: Layer::CommandLine, at: "--set".into() };
+        set(&mut out, name, toml::Value::String(value.clone()), origin);
+    }
+    out
+}
+
+fn set(out: &mut Variables, name: &str, value: toml::Value, origin: Origin) {
+    match out.get_mut(name) {
+        Some(existing) => {
+            let previous = std::mem::replace(&mut existing.origin, origin);
+            existing.overrides.push(previous);
+            existing.value = value;
+        }
+        None => {
+            out.insert(name.to_string(), Resolved { value, origin, overrides: Vec::new() });
+        }
+    }
+}
+
+/// A secret with its value and where it was read from.
+#[derive(Debug, Clone)]
+pub struct ResolvedSecret {
+    /// Where the value came from (shown by `ferry vars`; the value never is).
+    pub source: SecretSource,
+    /// The value.
+    pub value: Secret,
+}
+
+/// The secrets of one app in one environment, by env-var name.
+pub type Secrets = BTreeMap<String, ResolvedSecret>;
+
+/// The secret definitions of `app` in `env` (app-in-environment overriding the app's).
+pub fn secret_defs<'a>(app: &'a App, env: &Environment) -> BTreeMap<&'a str, &'a SecretDef> {
+    let mut defs: BTreeMap<&str, &SecretDef> = app.secrets.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    if let Some(overrides) = app.environments.get(&env.name) {
+        defs.extend(overrides.secrets.iter().map(|(k, v)| (k.as_str(), v)));
+    }
+    defs
+}
+
+/// What to do when a secret's source is not available on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecrets {
+    /// Fail: a plan or deploy needs every real value.
+    Error,
+    /// Use a placeholder and report the problem: `ferry check` validates on machines (a PR's CI
+    /// job, a laptop) that do not hold production secrets.
+    Placeholder,
+}
+
+/// The value that stands in for an unavailable secret under [`MissingSecrets::Placeholder`].
+pub const PLACEHOLDER: &str = "<unavailable>";
+
+/// Reads every secret of `app` in `env`; `lookup_env` reads the runner's environment. Returns
+/// the secrets and, under [`MissingSecrets::Placeholder`], the problems with missing ones.
+pub fn resolve_secrets(
+    inventory: &Inventory,
+    app: &App,
+    env: &Environment,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    missing: MissingSecrets,
+) -> Result<(Secrets, Vec<Diagnostic>), VarsError> {
+    let mut out = Secrets::new();
+    let mut problems = Vec::new();
+    for (name, def) in secret_defs(app, env) {
+        let value = match (read_source(inventory, name, def, lookup_env), missing) {
+            (Ok(value), _) => value,
+            (Err(VarsError::MissingSecret(d)), MissingSecrets::Placeholder) => {
+                problems.push(d);
+                Secret::new(PLACEHOLDER)
+            }
+            (Err(e), _) => return Err(e),
+        };
+        check_env_file_value(inventory, name, &value, def.span.clone())?;
+        tracing::debug!(secret = name, source = %def.source, value = ?value, "secret resolved");
+        out.insert(name.to_string(), ResolvedSecret { source: def.source.clone(), value });
+    }
+    Ok((out, problems))
+}
+
+/// Reads one secret source (also used for feed credentials).
+pub fn read_source(
+    inventory: &Inventory,
+    name: &str,
+    def: &SecretDef,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, VarsError> {
+    let missing = |what: String, help: String| {
+        VarsError::MissingSecret(Diagnostic::new(what).at(&inventory.source, def.span.clone()).help(help))
+    };
+    match &def.source {
+        SecretSource::Env(var) => lookup_env(var).map(Secret::new).ok_or_else(|| {
+            missing(
+                format!("secret {name}: environment variable {var} is not set"),
+                format!("export {var} in the environment that runs ferry (CI secret, cron environment file)"),
+            )
+        }),
+        SecretSource::File(path) => match std::fs::read_to_string(path) {
+            // One trailing newline is what `echo value > file` writes; it is not part of the value.
+            Ok(text) => Ok(Secret::new(
+                text.strip_suffix("\r\n").or_else(|| text.strip_suffix('\n')).unwrap_or(&text),
+            )),
+            Err(e) => Err(missing(
+                format!("secret {name}: cannot read {}: {e}", path.display()),
+                "create the file (readable by the user running ferry) or change the secret's source".into(),
+            )),
+        },
+    }
+}
+
+/// Docker env files hold one `NAME=value` per line: a newline or NUL would change the meaning.
+fn check_env_file_value(
+    inventory: &Inventory,
+    name: &str,
+    value: &Secret,
+    span: Range<usize>,
+) -> Result<(), VarsError> {
+    let bad = value.expose().contains(['\n', '\r', '\0']);
+    if bad {
+        return Err(VarsError::InvalidSecret(
+            Diagnostic::new(format!(
+                "secret {name} contains a newline or NUL byte, which cannot travel in a Docker env file"
+            ))
+            .at(&inventory.source, span)
+            .help(
+                "encode the value (e.g. base64) and decode it in the container; ferry never alters secrets",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The resolved variable names of a target-less resolution, for suggestions.
+pub fn suggest(name: &str, vars: &Variables) -> Option<String> {
+    did_you_mean(name, vars.keys().map(String::as_str))
+}

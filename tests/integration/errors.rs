@@ -1,0 +1,263 @@
+//! Bad input: each case exits 2 with a message naming file, line and column (snapshotted), and
+//! none of them reaches a target (these commands never connect anywhere).
+
+use crate::test::Test;
+
+/// Runs `ferry check` (or `args`) on a broken fixture, expects exit 2, returns stderr.
+fn fails(test: Test, args: &[&str]) -> String {
+    let out = test.args(args.iter().copied()).code(2).run();
+    assert_eq!(out.stdout, "", "nothing on stdout for a failed human run");
+    out.stderr
+}
+
+fn check_fails(test: Test) -> String {
+    fails(test, &["check"])
+}
+
+#[test]
+fn toml_syntax_error() {
+    let test = Test::new().replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"10.0.0.11");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let test = Test::new().replace("ferry.toml", "host = \"10.0.1.12\"", "hots = \"10.0.1.12\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn unknown_environment_on_the_command_line() {
+    insta::assert_snapshot!(fails(Test::new(), &["plan", "web", "--env", "prdo"]));
+}
+
+#[test]
+fn unknown_environment_in_app_overrides() {
+    let test = Test::new().replace(
+        "ferry.toml",
+        "health = {",
+        "environments.stagign = { vars = { port = 1 } }\nhealth = {",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn unknown_app() {
+    insta::assert_snapshot!(fails(Test::new(), &["plan", "wbe", "--env", "prod"]));
+}
+
+#[test]
+fn undefined_template_variable() {
+    let test = Test::new().replace("templates/web.j2", "-p {{ port }}", "-p {{ prot }}");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn undefined_variable_in_an_env_value_points_into_the_inventory() {
+    let test = Test::new().replace("ferry.toml", "{{ log_level }}", "{{ loglevel }}");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn template_with_two_commands() {
+    let test =
+        Test::new().replace("templates/web.j2", "  {{ image }}\n", "  {{ image }}\ndocker run {{ image }}\n");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn template_with_a_shell_operator() {
+    let test =
+        Test::new().replace("templates/web.j2", "  {{ image }}\n", "  {{ image }} && curl evil.example\n");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn unquoted_safe_value_with_operator_is_located_at_the_expression() {
+    let test = Test::new().replace("templates/web.j2", "-p {{ port }}", "-p {{ port|safe }}");
+    insta::assert_snapshot!(fails(test, &["plan", "web", "--env", "prod", "--set", "port=80; reboot"]));
+}
+
+#[test]
+fn template_name_escaping_the_folder() {
+    let test = Test::new().write("secret.j2", "docker run {{ image }}").replace(
+        "ferry.toml",
+        "template = \"web.j2\"",
+        "template = \"../secret.j2\"",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn absolute_template_path() {
+    let test = Test::new().replace("ferry.toml", "template = \"web.j2\"", "template = \"/etc/passwd\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn missing_template_suggests_a_near_name() {
+    let test = Test::new().replace("ferry.toml", "template = \"web.j2\"", "template = \"wbe.j2\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn missing_secret_source() {
+    insta::assert_snapshot!(fails(Test::new().unset("WEB_DATABASE_URL"), &["plan", "web", "--env", "prod"]));
+}
+
+#[test]
+fn missing_secret_is_a_warning_for_check() {
+    let out = Test::new().unset("WEB_DATABASE_URL").args(["check"]).run();
+    assert!(out.stdout.contains("1 warnings"), "{}", out.stdout);
+    let expected = "warning: secret DATABASE_URL: environment variable WEB_DATABASE_URL is not set \
+                    (deploying web to staging, web to prod from here would fail)";
+    assert!(out.stderr.contains(expected), "{}", out.stderr);
+    Test::new().unset("WEB_DATABASE_URL").args(["check", "--deny-warnings"]).code(2).run();
+}
+
+#[test]
+fn missing_secret_file() {
+    let test =
+        Test::new().replace("ferry.toml", "{ env = \"WEB_DATABASE_URL\" }", "{ file = \"secrets/db\" }");
+    let stderr = fails(test, &["plan", "web", "--env", "staging"]);
+    assert!(stderr.contains("secret DATABASE_URL: cannot read"), "{stderr}");
+    assert!(stderr.contains("--> ferry.toml:"), "{stderr}");
+}
+
+#[test]
+fn secret_with_a_newline_is_refused_not_altered() {
+    insta::assert_snapshot!(check_fails(Test::new().env("WEB_DATABASE_URL", "line1\nline2")));
+}
+
+#[test]
+fn inline_secret_is_refused() {
+    let test = Test::new().replace("ferry.toml", "{ env = \"WEB_DATABASE_URL\" }", "\"hunter2\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn target_glob_matching_nothing() {
+    let test = Test::new().replace("ferry.toml", "targets = [\"stg-*\"]", "targets = [\"stag-*\"]");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn unknown_target_name_suggests() {
+    let test = Test::new().replace(
+        "ferry.toml",
+        "targets = [\"prod-1\", \"prod-2\"]",
+        "targets = [\"prod-1\", \"prod2\"]",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn duplicate_target_address_in_one_environment() {
+    let test = Test::new().replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"10.0.1.11\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn same_address_in_different_environments_is_fine() {
+    let test = Test::new().replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"10.0.1.11\"");
+    test.args(["check"]).run();
+}
+
+#[test]
+fn unknown_role_and_app_without_targets() {
+    let test = Test::new().replace(
+        "ferry.toml",
+        "roles = [\"web\"]\nvars = { port = 8080 }",
+        "roles = [\"wbe\"]\nvars = { port = 8080 }",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn lifecycle_phase_that_is_not_an_environment() {
+    let test = Test::new().replace(
+        "ferry.toml",
+        "[environments.staging]",
+        "[lifecycle]\nphases = [\"staging\", \"production\"]\n\n[environments.staging]",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn bad_duration_and_bad_port() {
+    let test = Test::new().replace("ferry.toml", "timeout = \"30s\"", "timeout = \"30\"").replace(
+        "ferry.toml",
+        "host = \"10.0.1.12\"",
+        "host = \"10.0.1.12\"\nport = 70000",
+    );
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn image_with_a_tag_is_refused() {
+    let test = Test::new().replace("ferry.toml", "image = \"acme/web\"", "image = \"acme/web:1.0\"");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn template_that_sets_the_container_name() {
+    let test = Test::new().replace("templates/web.j2", "--restart", "--name mine --restart");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn template_running_another_image() {
+    let test = Test::new().replace("templates/web.j2", "{{ image }}", "nginx:latest");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn template_syntax_error() {
+    let test = Test::new().replace("templates/web.j2", "{% endfor %}", "{% endfr %}");
+    insta::assert_snapshot!(check_fails(test));
+}
+
+#[test]
+fn limit_matching_nothing() {
+    insta::assert_snapshot!(fails(Test::new(), &["plan", "web", "--env", "prod", "--limit", "prod-9"]));
+}
+
+#[test]
+fn bad_set_argument() {
+    insta::assert_snapshot!(fails(Test::new(), &["plan", "web", "--env", "prod", "--set", "no-equals"]));
+}
+
+#[test]
+fn usage_error_is_exit_2() {
+    let out = Test::new().args(["plan", "web"]).code(2).run();
+    assert!(out.stderr.contains("--env <ENV>"), "{}", out.stderr);
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let test = Test::new().replace("ferry.toml", "targets = [\"stg-*\"]", "targets = [\"stag-*\"]").replace(
+        "ferry.toml",
+        "feed = \"main\"",
+        "feed = \"mian\"",
+    );
+    let stderr = check_fails(test);
+    assert!(stderr.contains("matches no target"), "{stderr}");
+    assert!(stderr.contains("unknown feed \"mian\""), "{stderr}");
+    assert!(stderr.contains("did you mean \"main\"?"), "{stderr}");
+}
+
+#[test]
+fn json_errors_are_machine_readable() {
+    let out = Test::new().args(["plan", "web", "--env", "prdo", "--output", "json"]).code(2).run();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    assert_eq!(json["type"], "error");
+    assert_eq!(json["exit_code"], 2);
+    assert_eq!(json["errors"][0]["help"], "did you mean \"prod\"?");
+}
+
+#[test]
+fn missing_inventory() {
+    let test = Test::new().args(["check", "-i", "nope.toml"]).code(2);
+    let out = test.run();
+    assert!(out.stderr.starts_with("cannot read inventory nope.toml:"), "{}", out.stderr);
+}

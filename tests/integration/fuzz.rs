@@ -1,0 +1,278 @@
+//! Fuzzing the parsers: the inventory loader and the renderer must never panic, whatever the
+//! input. proptest drives structure-aware mutations of a valid inventory (cut, duplicated and
+//! spliced lines, TOML tokens inserted at random places) and random templates built from Jinja
+//! and shell tokens; every loaded inventory is then planned for every app and environment.
+//!
+//! Cases per run: `FERRY_FUZZ_CASES` (default 1500 each in the normal suite;
+//! `scripts/fuzz` runs many more). Each test prints how many inputs it executed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proptest::prelude::*;
+
+use ferry::commands::{PlanRequest, build_plan};
+use ferry::diagnostic::SourceFile;
+use ferry::inventory::Inventory;
+use ferry::render::Renderer;
+
+use crate::test::{INVENTORY, TEMPLATE};
+
+fn cases() -> u32 {
+    std::env::var("FERRY_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500)
+}
+
+const TOML_TOKENS: &[&str] = &[
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    "\"",
+    "'",
+    ",",
+    "\n",
+    "#",
+    "[[",
+    "]]",
+    ".",
+    "targets",
+    "apps",
+    "environments",
+    "vars",
+    "roles",
+    "host",
+    "port",
+    "template",
+    "secrets",
+    "env",
+    "{ env = \"X\" }",
+    "{ file = \"/\" }",
+    "\"*\"",
+    "\"[a-\"",
+    "99999999999999999999",
+    "-1",
+    "1.5e308",
+    "true",
+    "1979-05-27T07:32:00Z",
+    "\"\"\"",
+    "\\u0000",
+    "🚀",
+    "rollout = { batch = \"0%\" }",
+    "health = { timeout = \"1h99999999999s\" }",
+    "lifecycle",
+    "phases = [\"prod\", \"prod\"]",
+    "[environments.x]\ntargets = []\n",
+    "transport = \"local\"",
+    "..",
+    "\u{feff}",
+];
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    DeleteLine(usize),
+    DuplicateLine(usize),
+    Insert(usize, usize),
+    Truncate(usize),
+    SwapLines(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::DeleteLine),
+        any::<usize>().prop_map(Mutation::DuplicateLine),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::Insert(a, b)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
+    ]
+}
+
+fn apply(text: &str, mutations: &[Mutation]) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for m in mutations {
+        let n = lines.len().max(1);
+        match *m {
+            Mutation::DeleteLine(i) if !lines.is_empty() => {
+                lines.remove(i % n);
+            }
+            Mutation::DuplicateLine(i) if !lines.is_empty() => {
+                let line = lines[i % n].clone();
+                lines.insert(i % n, line);
+            }
+            Mutation::Insert(i, t) if !lines.is_empty() => {
+                let line = &mut lines[i % n];
+                let mut at = (t / TOML_TOKENS.len()) % (line.len() + 1);
+                while !line.is_char_boundary(at) {
+                    at -= 1;
+                }
+                line.insert_str(at, TOML_TOKENS[t % TOML_TOKENS.len()]);
+            }
+            Mutation::Truncate(i) => lines.truncate(i % (n + 1)),
+            Mutation::SwapLines(a, b) if !lines.is_empty() => lines.swap(a % n, b % n),
+            _ => {}
+        }
+    }
+    lines.join("\n")
+}
+
+/// Plans every app in every environment of a loaded inventory; errors are fine, panics are not.
+fn plan_everything(inventory: &Inventory) {
+    let Ok(renderer) = Renderer::new(inventory) else { return };
+    let lookup = |name: &str| (name != "UNSET").then(|| "secret".to_string());
+    for app in &inventory.apps {
+        for env in &inventory.environments {
+            let request = PlanRequest {
+                app: &app.name,
+                environment: &env.name,
+                version: "1",
+                digest: None,
+                limits: &[],
+                sets: &[],
+                deployment: "d",
+                env: &lookup,
+                missing_secrets: ferry::vars::MissingSecrets::Error,
+            };
+            let _ = build_plan(inventory, &renderer, &request);
+        }
+    }
+}
+
+static LOADER_RUNS: AtomicUsize = AtomicUsize::new(0);
+static RENDER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn templates_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("templates/web.j2"), TEMPLATE).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+#[test]
+fn inventory_loader_never_panics() {
+    let dir = templates_dir();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&prop::collection::vec(mutation(), 1..6), |mutations| {
+        LOADER_RUNS.fetch_add(1, Ordering::Relaxed);
+        let text = apply(INVENTORY, &mutations);
+        if let Ok(inventory) = Inventory::parse(SourceFile::new("fuzz.toml", text), dir.path()) {
+            plan_everything(&inventory);
+        }
+        Ok(())
+    });
+    eprintln!("fuzz: inventory loader executed {} inputs", LOADER_RUNS.load(Ordering::Relaxed));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn arbitrary_text_never_panics_the_loader() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&"\\PC{0,200}", |text| {
+        let _ = Inventory::parse(SourceFile::new("fuzz.toml", text), std::path::Path::new("/nonexistent"));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+const JINJA_TOKENS: &[&str] = &[
+    "{{ ",
+    " }}",
+    "{% ",
+    " %}",
+    "{# ",
+    " #}",
+    "for k, v in container_env|items",
+    "endfor",
+    "if ",
+    "endif",
+    "else",
+    "image",
+    "port",
+    "target.name",
+    "target.roles",
+    "deployment.id",
+    "nope",
+    "|safe",
+    "|upper",
+    "|join(',')",
+    "|items",
+    "range(100000000)",
+    "docker",
+    "run",
+    "-p",
+    "-d",
+    "--name",
+    "--rm",
+    "-e",
+    "--label",
+    "ferry.app=x",
+    ";",
+    "&&",
+    "|",
+    ">",
+    "'",
+    "\"",
+    "\\",
+    "$",
+    "`",
+    "~",
+    "#",
+    "\n",
+    " ",
+    "(",
+    ")",
+    "x",
+    "-",
+    "--",
+    "{% raw %}",
+    "{% endraw %}",
+    "{% set a = 1 %}",
+    "{{ a }}",
+    "loop.index",
+    "{% macro m() %}",
+    "{% endmacro %}",
+    "{{ m() }}",
+    "{% include 'web.j2' %}",
+    "{% extends 'web.j2' %}",
+    "{{ 1/0 }}",
+    "{{ [1,2] }}",
+    "{{ none }}",
+    "é",
+];
+
+#[test]
+fn renderer_never_panics() {
+    let dir = templates_dir();
+    let inventory_text = INVENTORY.replace("template = \"web.j2\"", "template = \"fuzz.j2\"");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let tokens = prop::collection::vec(0..JINJA_TOKENS.len(), 0..40);
+    let result = runner.run(&(tokens, any::<bool>()), |(picks, prefix)| {
+        RENDER_RUNS.fetch_add(1, Ordering::Relaxed);
+        let body: String = picks.iter().map(|&i| JINJA_TOKENS[i]).collect();
+        let text = if prefix { format!("docker run {body} {{{{ image }}}}") } else { body };
+        std::fs::write(dir.path().join("templates/fuzz.j2"), &text)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let inventory = Inventory::parse(SourceFile::new("fuzz.toml", inventory_text.clone()), dir.path())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        plan_everything(&inventory);
+        Ok(())
+    });
+    eprintln!("fuzz: renderer executed {} inputs", RENDER_RUNS.load(Ordering::Relaxed));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
