@@ -29,6 +29,11 @@ impl SourceFile {
         Arc::new(SourceFile { path: path.into(), text, line_starts })
     }
 
+    /// The 1-based line of byte `offset`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset).max(1)
+    }
+
     /// The location of byte `span` (clamped to the text) in this file.
     pub fn locate(&self, span: Range<usize>) -> Location {
         let start = floor_char_boundary(&self.text, span.start.min(self.text.len()));
@@ -71,13 +76,6 @@ pub struct Location {
     /// How many characters the caret underlines.
     #[serde(skip)]
     pub width: usize,
-}
-
-impl Location {
-    /// A location with only a file and line (no snippet), e.g. for a provenance note.
-    pub fn short(&self) -> String {
-        format!("{}:{}", self.path.display(), self.line)
-    }
 }
 
 impl fmt::Display for Location {

@@ -10,24 +10,35 @@ pub fn is_glob(pattern: &str) -> bool {
 
 /// Matches `name` against `pattern`. A `[` without a closing `]` matches itself.
 pub fn matches(pattern: &str, name: &str) -> bool {
+    // Target names are ASCII (the inventory checks it), so the byte path is the common one; it
+    // allocates nothing, which matters when 10,000 targets meet a few globs.
+    if pattern.is_ascii() && name.is_ascii() {
+        return match_from(pattern.as_bytes(), name.as_bytes());
+    }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     match_from(&p, &n)
 }
 
-fn match_from(p: &[char], n: &[char]) -> bool {
+/// A pattern or name unit: a byte of ASCII text or a `char`.
+trait Unit: Copy + Ord + From<u8> {}
+impl Unit for u8 {}
+impl Unit for char {}
+
+fn match_from<T: Unit>(p: &[T], n: &[T]) -> bool {
+    let (star, question, open) = (T::from(b'*'), T::from(b'?'), T::from(b'['));
     let (mut pi, mut ni) = (0, 0);
     // Position to resume from after the last `*`: (pattern index after it, name index).
-    let mut star: Option<(usize, usize)> = None;
+    let mut resume: Option<(usize, usize)> = None;
     while ni < n.len() {
         let step = match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ni));
+            Some(&c) if c == star => {
+                resume = Some((pi + 1, ni));
                 pi += 1;
                 continue;
             }
-            Some('?') => Some(1),
-            Some('[') if has_close(&p[pi..]) => class(&p[pi..], n[ni]),
+            Some(&c) if c == question => Some(1),
+            Some(&c) if c == open && has_close(&p[pi..]) => class(&p[pi..], n[ni]),
             Some(&c) if c == n[ni] => Some(1),
             _ => None,
         };
@@ -36,36 +47,36 @@ fn match_from(p: &[char], n: &[char]) -> bool {
                 pi += width;
                 ni += 1;
             }
-            None => match star {
+            None => match resume {
                 Some((sp, sn)) => {
                     pi = sp;
                     ni = sn + 1;
-                    star = Some((sp, sn + 1));
+                    resume = Some((sp, sn + 1));
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star)
 }
 
 /// True when the `[` at the start of `p` has a closing `]` (else it is a literal `[`).
-fn has_close(p: &[char]) -> bool {
-    p.iter().skip(2).any(|&x| x == ']')
+fn has_close<T: Unit>(p: &[T]) -> bool {
+    p.iter().skip(2).any(|&x| x == T::from(b']'))
 }
 
 /// Matches a `[...]` class at the start of `p` against `c`: `Some(pattern width)` on a match.
-fn class(p: &[char], c: char) -> Option<usize> {
-    let close = p.iter().skip(2).position(|&x| x == ']').map(|i| i + 2)?;
+fn class<T: Unit>(p: &[T], c: T) -> Option<usize> {
+    let close = p.iter().skip(2).position(|&x| x == T::from(b']')).map(|i| i + 2)?;
     let body = &p[1..close];
     let (negate, body) = match body.first() {
-        Some('!' | '^') => (true, &body[1..]),
+        Some(&x) if x == T::from(b'!') || x == T::from(b'^') => (true, &body[1..]),
         _ => (false, body),
     };
     let mut hit = false;
     let mut i = 0;
     while i < body.len() {
-        if i + 2 < body.len() && body[i + 1] == '-' {
+        if i + 2 < body.len() && body[i + 1] == T::from(b'-') {
             hit |= body[i] <= c && c <= body[i + 2];
             i += 3;
         } else {
@@ -93,6 +104,8 @@ mod tests {
         assert!(matches("[", "["));
         assert!(matches("web", "web"));
         assert!(!matches("web", "web2"));
+        assert!(matches("é-*", "é-1"), "non-ASCII takes the char path");
+        assert!(matches("[é]x", "éx"));
     }
 
     proptest::proptest! {

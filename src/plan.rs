@@ -114,8 +114,8 @@ pub struct TargetInput<'a> {
     pub deployment: &'a str,
     /// The environment's secrets.
     pub secrets: &'a Secrets,
-    /// Optional key mixed into secret hashes (`FERRY_HASH_KEY`).
-    pub hash_key: Option<&'a [u8]>,
+    /// Keyed hashes of the secrets, from [`secret_hashes`] (once per plan, not per target).
+    pub secret_hashes: &'a BTreeMap<String, String>,
 }
 
 /// Builds one target's plan from its rendered template.
@@ -187,30 +187,38 @@ fn config_hash(input: &TargetInput<'_>, stable_argv: &[String]) -> String {
         digest: Option<&'a str>,
         secrets: BTreeMap<&'a str, String>,
     }
-    let secrets =
-        input.secrets.iter().map(|(name, s)| (name.as_str(), secret_hash(input, name, &s.value))).collect();
+    let secrets = input.secret_hashes.iter().map(|(name, hash)| (name.as_str(), hash.clone())).collect();
     let canonical = Canonical { v: 1, argv: stable_argv, image: input.image, digest: input.digest, secrets };
     // Serializing plain strings and maps cannot fail; an empty fallback would still hash stably.
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     hex(&Sha256::digest(&bytes))
 }
 
-/// HMAC-SHA256 of a secret value, keyed per app, environment and secret name (and by
+/// HMAC-SHA256 of each secret value, keyed per app, environment and secret name (and by
 /// `FERRY_HASH_KEY` when set), so equal values in different places hash differently and a
 /// precomputed table of common passwords is useless.
-fn secret_hash(input: &TargetInput<'_>, name: &str, value: &Secret) -> String {
-    let mut key = Sha256::new();
-    for part in [
-        b"ferry.secret.v1".as_slice(),
-        input.hash_key.unwrap_or_default(),
-        input.app.as_bytes(),
-        input.environment.as_bytes(),
-        name.as_bytes(),
-    ] {
-        key.update((part.len() as u64).to_be_bytes());
-        key.update(part);
-    }
-    hex(&hmac_sha256(&key.finalize(), value.expose().as_bytes()))
+pub fn secret_hashes(
+    app: &str,
+    environment: &str,
+    secrets: &Secrets,
+    hash_key: Option<&[u8]>,
+) -> BTreeMap<String, String> {
+    let hash = |name: &str, value: &Secret| {
+        let mut key = Sha256::new();
+        let parts = [
+            b"ferry.secret.v1".as_slice(),
+            hash_key.unwrap_or_default(),
+            app.as_bytes(),
+            environment.as_bytes(),
+            name.as_bytes(),
+        ];
+        for part in parts {
+            key.update((part.len() as u64).to_be_bytes());
+            key.update(part);
+        }
+        hex(&hmac_sha256(&key.finalize(), value.expose().as_bytes()))
+    };
+    secrets.iter().map(|(name, s)| (name.clone(), hash(name, &s.value))).collect()
 }
 
 /// RFC 2104 HMAC with SHA-256 (key already at most one block).
@@ -224,7 +232,13 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -156,12 +156,13 @@ impl Renderer {
 
     /// Renders `ctx.app` for `ctx.target`.
     pub fn render(&self, ctx: &Context<'_>) -> Result<Rendered, RenderError> {
-        let mut values = base_context(ctx);
-        let container_env = self.container_env(ctx, &values)?;
+        let base = Value::from(base_context(ctx));
+        let container_env = self.container_env(ctx, &base)?;
         let env_map: BTreeMap<&str, Value> =
             container_env.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
-        values.insert("container_env".into(), Value::from(env_map));
-        let context = Value::from(values);
+        // Layer `container_env` over the base context without copying it.
+        let extra: BTreeMap<&str, Value> = BTreeMap::from([("container_env", Value::from(env_map))]);
+        let context = minijinja::value::merge_maps([Value::from(extra), base]);
         let name = ctx.app.template.as_str();
         let text = self.render_one(name, &context, ctx.vars)?;
         let args = self.command_args(name, &text, &context, ctx.image)?;
@@ -212,13 +213,12 @@ impl Renderer {
     fn container_env(
         &self,
         ctx: &Context<'_>,
-        values: &BTreeMap<String, Value>,
+        context: &Value,
     ) -> Result<BTreeMap<String, String>, RenderError> {
-        let context = Value::from(values.clone());
         let mut out = BTreeMap::new();
         for (key, (def, name)) in env_defs(ctx.app, ctx.environment) {
             let text =
-                if def.is_template { self.render_one(&name, &context, ctx.vars)? } else { def.text.clone() };
+                if def.is_template { self.render_one(&name, context, ctx.vars)? } else { def.text.clone() };
             out.insert(key.to_string(), text);
         }
         Ok(out)

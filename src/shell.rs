@@ -22,13 +22,20 @@ pub struct NulError;
 
 /// Quotes `s` as one shell word: as-is when it is plain, else in single quotes.
 pub fn quote(s: &str) -> Result<String, NulError> {
+    let mut out = String::with_capacity(s.len() + 2);
+    quote_into(&mut out, s)?;
+    Ok(out)
+}
+
+/// Appends `s`, quoted as one shell word, to `out`.
+fn quote_into(out: &mut String, s: &str) -> Result<(), NulError> {
     if s.contains('\0') {
         return Err(NulError);
     }
     if !s.is_empty() && s.chars().all(is_plain) {
-        return Ok(s.to_string());
+        out.push_str(s);
+        return Ok(());
     }
-    let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
         if c == '\'' {
@@ -38,13 +45,19 @@ pub fn quote(s: &str) -> Result<String, NulError> {
         }
     }
     out.push('\'');
-    Ok(out)
+    Ok(())
 }
 
 /// Quotes every word and joins them with spaces: a command line `sh -c` runs as this argv.
 pub fn join<S: AsRef<str>>(argv: &[S]) -> Result<String, NulError> {
-    let words: Result<Vec<String>, NulError> = argv.iter().map(|w| quote(w.as_ref())).collect();
-    Ok(words?.join(" "))
+    let mut out = String::with_capacity(argv.iter().map(|w| w.as_ref().len() + 3).sum());
+    for (i, word) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        quote_into(&mut out, word.as_ref())?;
+    }
+    Ok(out)
 }
 
 /// One word of a split command, with the byte offset in the input where it starts.

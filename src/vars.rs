@@ -55,13 +55,14 @@ pub enum Layer {
 pub struct Origin {
     /// The layer.
     pub layer: Layer,
-    /// `file:line` in the inventory, or `--set`.
-    pub at: String,
+    /// Line in the inventory (none for `--set`). A number, not a formatted `file:line`: a plan
+    /// resolves every variable for every target, and only `ferry vars` shows where they came from.
+    pub line: Option<usize>,
 }
 
 impl Origin {
     /// A phrase for tables: `environment prod (inventories/example.toml:18)`.
-    pub fn describe(&self, app: &str, env: &str, target: Option<&str>) -> String {
+    pub fn describe(&self, file: &std::path::Path, app: &str, env: &str, target: Option<&str>) -> String {
         let layer = match self.layer {
             Layer::Defaults => "defaults".to_string(),
             Layer::App => format!("app {app}"),
@@ -70,7 +71,10 @@ impl Origin {
             Layer::Target => format!("target {}", target.unwrap_or("?")),
             Layer::CommandLine => return "--set".to_string(),
         };
-        format!("{layer} ({})", self.at)
+        match self.line {
+            Some(line) => format!("{layer} ({}:{line})", file.display()),
+            None => layer,
+        }
     }
 }
 
@@ -127,12 +131,12 @@ pub fn resolve(
     ];
     for (layer, vars) in layers {
         for (name, def) in vars {
-            let at = inventory.source.locate(def.span.clone()).short();
-            set(&mut out, name, def.value.clone(), Origin { layer, at });
+            let line = Some(inventory.source.line_of(def.span.start));
+            set(&mut out, name, def.value.clone(), Origin { layer, line });
         }
     }
     for (name, value) in sets {
-        let origin = Origin { layer: Layer::CommandLine, at: "--set".into() };
+        let origin = Origin { layer: Layer::CommandLine, line: None };
         set(&mut out, name, toml::Value::String(value.clone()), origin);
     }
     out

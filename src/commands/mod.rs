@@ -105,8 +105,12 @@ pub fn build_plan(
     let (secrets, problems) =
         vars::resolve_secrets(inventory, app, env, request.env, request.missing_secrets)?;
     let hash_key = (request.env)("FERRY_HASH_KEY");
+    let secret_hashes =
+        crate::plan::secret_hashes(&app.name, &env.name, &secrets, hash_key.as_deref().map(str::as_bytes));
     let image = image_reference(inventory, app, request.version, request.digest);
     let container = inventory::container_name(app, &env.name);
+    // One thread on purpose: on two cores, threads saved 0.08 s of 0.6 s for 10,000 targets but
+    // raised peak memory from 84 to 121 MB (a malloc arena per thread).
     let mut plans = Vec::with_capacity(targets.len());
     for target in targets {
         let variables = vars::resolve(inventory, app, env, Some(target), &sets);
@@ -130,7 +134,7 @@ pub fn build_plan(
             digest: request.digest,
             deployment: request.deployment,
             secrets: &secrets,
-            hash_key: hash_key.as_deref().map(str::as_bytes),
+            secret_hashes: &secret_hashes,
         };
         plans.push(target_plan(&input, rendered));
     }

@@ -15,6 +15,7 @@ use crate::vars::{self, Origin, Variables};
 #[derive(Serialize)]
 struct Report<'a> {
     schema: u32,
+    inventory: String,
     app: &'a str,
     environment: &'a str,
     target: Option<&'a str>,
@@ -70,6 +71,7 @@ pub fn run(inventory: &Inventory, args: &VarsArgs, output: OutputFormat) -> Resu
     if output == OutputFormat::Json {
         output::print_json(&Report {
             schema: 1,
+            inventory: inventory.source.path.display().to_string(),
             app: &app.name,
             environment: &env.name,
             target: target_name,
@@ -79,7 +81,8 @@ pub fn run(inventory: &Inventory, args: &VarsArgs, output: OutputFormat) -> Resu
         })?;
         return Ok(0);
     }
-    let from = |o: &Origin| o.describe(&app.name, &env.name, target_name);
+    let file = &inventory.source.path;
+    let from = |o: &Origin| o.describe(file, &app.name, &env.name, target_name);
     let rows: Vec<Vec<String>> = resolved
         .iter()
         .map(|(name, r)| {
