@@ -15,9 +15,7 @@ use crate::output::OutputFormat;
 /// what would run on each target; nothing touches a network until a deploy.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, max_term_width = 100)]
-#[command(
-    after_help = "Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted."
-)]
+#[command(after_help = EXIT_CODES, after_long_help = EXAMPLES)]
 pub struct Cli {
     /// Inventory file [default: ./ferry.toml, or the only *.toml in ./inventories]
     #[arg(short = 'i', long, env = "FERRY_INVENTORY", global = true, value_name = "FILE")]
@@ -35,6 +33,19 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// One line on the exit codes, under every `-h`.
+const EXIT_CODES: &str =
+    "Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted.";
+
+/// Examples and exit codes, under `--help`.
+const EXAMPLES: &str = "Examples:
+  ferry check -i inventories/example.toml
+  ferry plan web --env prod --version 1.4.2
+  ferry plan web --env prod --version 1.4.2 --limit 'prod-*' --output json
+  ferry vars web --env prod --target prod-1
+
+Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted.";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -129,4 +140,14 @@ fn report(error: &Error, output: OutputFormat) -> i32 {
         let _ = crate::output::print_json(&error.to_json());
     }
     error.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod commands;
 pub mod diagnostic;
+pub mod docker_run;
 pub mod duration;
 pub mod error;
 pub mod glob;

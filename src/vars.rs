@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::diagnostic::Diagnostic;
 use crate::inventory::{App, Environment, Inventory, SecretDef, SecretSource, Target, Vars};
 use crate::secret::Secret;
 
@@ -96,6 +96,10 @@ pub type Variables = BTreeMap<String, Resolved>;
 pub fn parse_sets(args: &[String]) -> Result<Vec<(String, String)>, VarsError> {
     args.iter()
         .map(|arg| match arg.split_once('=') {
+            Some((k, _)) if crate::inventory::RESERVED_NAMES.contains(&k) => Err(VarsError::InvalidSet(
+                Diagnostic::new(format!("--set {k}: `{k}` is set by ferry in every template"))
+                    .help(format!("reserved names: {}", crate::inventory::RESERVED_NAMES.join(", "))),
+            )),
             Some((k, v)) if is_name(k) => Ok((k.to_string(), v.to_string())),
             _ => Err(VarsError::InvalidSet(
                 Diagnostic::new(format!("invalid --set \"{arg}\""))
@@ -266,9 +270,4 @@ fn check_env_file_value(
         ));
     }
     Ok(())
-}
-
-/// The resolved variable names of a target-less resolution, for suggestions.
-pub fn suggest(name: &str, vars: &Variables) -> Option<String> {
-    did_you_mean(name, vars.keys().map(String::as_str))
 }

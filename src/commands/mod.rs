@@ -100,6 +100,7 @@ pub fn build_plan(
 ) -> Result<Plan, Error> {
     let app = inventory.app(request.app)?;
     let env = inventory.environment(request.environment)?;
+    check_tag(request.version)?;
     let sets = vars::parse_sets(request.sets)?;
     let targets = select::select(inventory, app, env, request.limits)?;
     let (secrets, problems) =
@@ -136,8 +137,11 @@ pub fn build_plan(
             secrets: &secrets,
             secret_hashes: &secret_hashes,
         };
-        plans.push(target_plan(&input, rendered));
+        let plan = target_plan(&input, rendered);
+        tracing::trace!(target = %plan.target, config_hash = %plan.config_hash, "target planned");
+        plans.push(plan);
     }
+    tracing::debug!(app = %app.name, environment = %env.name, targets = plans.len(), "plan built");
     Ok(Plan {
         schema: crate::plan::SCHEMA_VERSION,
         app: app.name.clone(),
@@ -150,6 +154,20 @@ pub fn build_plan(
         targets: plans,
         problems,
     })
+}
+
+/// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn check_tag(tag: &str) -> Result<(), Error> {
+    let mut chars = tag.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && tag.len() <= 128;
+    if valid {
+        return Ok(());
+    }
+    Err(Diagnostic::new(format!("invalid version \"{tag}\": not a Docker image tag"))
+        .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`")
+        .into())
 }
 
 /// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.

@@ -261,3 +261,36 @@ fn missing_inventory() {
     let out = test.run();
     assert!(out.stderr.starts_with("cannot read inventory nope.toml:"), "{}", out.stderr);
 }
+
+#[test]
+fn version_must_be_a_docker_tag() {
+    insta::assert_snapshot!(fails(
+        Test::new(),
+        &["plan", "web", "--env", "prod", "--version", "1.0; rm -rf /"]
+    ));
+}
+
+#[test]
+fn set_cannot_override_reserved_names() {
+    insta::assert_snapshot!(fails(
+        Test::new(),
+        &["plan", "web", "--env", "prod", "--set", "image=evil/image"]
+    ));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for command in ["check", "plan", "vars"] {
+        let out = Test::new().args([command, "--help"]).run();
+        assert!(out.stdout.contains("Usage: ferry"), "{command}: {}", out.stdout);
+    }
+}
+
+#[test]
+fn symlink_out_of_the_templates_folder_is_refused() {
+    let test = Test::new().write("outside.j2", "docker run {{ image }}\n");
+    std::os::unix::fs::symlink("../outside.j2", test.path().join("templates/link.j2")).unwrap();
+    let test = test.replace("ferry.toml", "template = \"web.j2\"", "template = \"link.j2\"");
+    let stderr = check_fails(test);
+    assert!(stderr.contains("error: template \"link.j2\" resolves outside the templates folder"), "{stderr}");
+}

@@ -1,6 +1,6 @@
 //! A builder for CLI tests: files in a temp folder, arguments, environment, expected exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A small inventory every test starts from: two environments, three targets, one app with
@@ -121,6 +121,11 @@ impl Test {
     pub fn code(mut self, code: i32) -> Test {
         self.code = code;
         self
+    }
+
+    /// The test folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Runs `ferry` and checks the exit code; returns what it printed.

@@ -1,0 +1,194 @@
+//! What a rendered `docker run` may contain.
+//!
+//! ferry runs exactly one `docker run` per app and target, and owns part of it: the container's
+//! name, detached mode, the `ferry.*` labels (status, drift and rollback read them) and the
+//! image, which it pins to the version being deployed. This module reads the split words the
+//! way the docker CLI does (which flags take a value, where the image is) and refuses a template
+//! that would take any of those over.
+
+use crate::shell;
+
+/// Long `docker run` flags that take no value; every other long flag takes one.
+const BOOLEAN_LONG_FLAGS: &[&str] = &[
+    "--detach",
+    "--disable-content-trust",
+    "--help",
+    "--init",
+    "--interactive",
+    "--no-healthcheck",
+    "--oom-kill-disable",
+    "--privileged",
+    "--publish-all",
+    "--quiet",
+    "--read-only",
+    "--rm",
+    "--sig-proxy",
+    "--tty",
+    "--use-api-socket",
+];
+
+/// Short `docker run` flags that take no value.
+const BOOLEAN_SHORT_FLAGS: &[char] = &['d', 'i', 't', 'P', 'q'];
+
+/// Checks that `words` are one acceptable `docker run` of `image`; returns the words after
+/// `run`. An error is (output offset, message, help).
+pub fn check(words: &[shell::Word], image: &str) -> Result<Vec<String>, (usize, String, Option<String>)> {
+    let first = words.first().map_or(0, |w| w.offset);
+    let start = match words {
+        [d, r, ..] if d.text == "docker" && r.text == "run" => 2,
+        [d, c, r, ..] if d.text == "docker" && c.text == "container" && r.text == "run" => 3,
+        _ => {
+            return Err((
+                first,
+                "a template must be one `docker run` command".into(),
+                Some("start the template with `docker run`".into()),
+            ));
+        }
+    };
+    if let Some(second) = words[start..].iter().find(|w| w.starts_line && w.text == "docker") {
+        return Err((
+            second.offset,
+            "a second command: a template must be exactly one `docker run`".into(),
+            Some(
+                "ferry runs one container per app; put other steps into another app or a post-deploy step"
+                    .into(),
+            ),
+        ));
+    }
+    let args = &words[start..];
+    let image_at = find_image(args)?;
+    match image_at {
+        Some(i) if args[i].text == image => Ok(args.iter().map(|w| w.text.clone()).collect()),
+        Some(i) => Err((
+            args[i].offset,
+            format!("the template runs image \"{}\", not the one ferry deploys", args[i].text),
+            Some("use {{ image }} as the image: ferry pins it to the version being deployed".into()),
+        )),
+        None => Err((
+            words.last().map_or(first, |w| w.offset),
+            "the template names no image".into(),
+            Some("put {{ image }} after the docker run options".into()),
+        )),
+    }
+}
+
+/// Finds the image (the first non-option argument), refusing the flags ferry manages.
+fn find_image(args: &[shell::Word]) -> Result<Option<usize>, (usize, String, Option<String>)> {
+    let mut i = 0;
+    while i < args.len() {
+        let word = &args[i];
+        let text = word.text.as_str();
+        let refuse =
+            |message: &str, help: &str| Err((word.offset, message.to_string(), Some(help.to_string())));
+        if text == "--" || !text.starts_with('-') || text == "-" {
+            return Ok(Some(if text == "--" { i + 1 } else { i }).filter(|&j| j < args.len()));
+        }
+        let (flag, inline_value) = match text.split_once('=') {
+            Some((f, v)) if text.starts_with("--") => (f, Some(v)),
+            _ => (text, None),
+        };
+        let value = |next: Option<&shell::Word>| {
+            inline_value.map(str::to_string).or_else(|| next.map(|w| w.text.clone()))
+        };
+        if flag.starts_with("--") {
+            match flag {
+                "--name" => {
+                    return refuse(
+                        "ferry names the container itself",
+                        "remove --name; set `container_name` on the app to change the name",
+                    );
+                }
+                "--detach" => return refuse("ferry always starts the container detached", "remove --detach"),
+                "--rm" => {
+                    return refuse(
+                        "--rm would delete the old container ferry keeps to restore on failure",
+                        "remove --rm",
+                    );
+                }
+                "--label" if value(args.get(i + 1)).is_some_and(|v| v.starts_with("ferry.")) => {
+                    return refuse("`ferry.*` labels are set by ferry", "use another label prefix");
+                }
+                _ => {}
+            }
+            i += if inline_value.is_some() || BOOLEAN_LONG_FLAGS.contains(&flag) { 1 } else { 2 };
+            continue;
+        }
+        // A cluster of short flags such as -it, or -p8080:80.
+        let mut consumed = 1;
+        for (at, c) in flag[1..].char_indices() {
+            if c == 'd' {
+                return refuse("ferry always starts the container detached", "remove -d");
+            }
+            if BOOLEAN_SHORT_FLAGS.contains(&c) {
+                continue;
+            }
+            let attached = &flag[1 + at + c.len_utf8()..];
+            let value = if attached.is_empty() {
+                args.get(i + 1).map(|w| w.text.clone())
+            } else {
+                Some(attached.to_string())
+            };
+            if c == 'l' && value.as_deref().is_some_and(|v| v.starts_with("ferry.")) {
+                return refuse("`ferry.*` labels are set by ferry", "use another label prefix");
+            }
+            if attached.is_empty() {
+                consumed = 2;
+            }
+            break;
+        }
+        i += consumed;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_text(text: &str) -> Result<Vec<String>, String> {
+        let words = shell::split(text).map_err(|e| e.message)?;
+        check(&words, "img:1").map_err(|e| e.1)
+    }
+
+    #[test]
+    fn accepts_one_docker_run_and_finds_the_image() {
+        assert_eq!(
+            check_text("docker run -p 80:80 -e A=b --init img:1 sh -c x"),
+            Ok(vec![
+                "-p".into(),
+                "80:80".into(),
+                "-e".into(),
+                "A=b".into(),
+                "--init".into(),
+                "img:1".into(),
+                "sh".into(),
+                "-c".into(),
+                "x".into()
+            ])
+        );
+        assert!(check_text("docker container run -it --network=host img:1").is_ok());
+        assert!(
+            check_text("docker run -p8080:80 img:1 --name x -d").is_ok(),
+            "flags after the image belong to the container"
+        );
+    }
+
+    #[test]
+    fn refuses_managed_flags_other_images_and_second_commands() {
+        for (bad, needle) in [
+            ("docker run --name x img:1", "names the container"),
+            ("docker run -d img:1", "detached"),
+            ("docker run -dit img:1", "detached"),
+            ("docker run --rm img:1", "--rm"),
+            ("docker run --label ferry.app=x img:1", "ferry.*"),
+            ("docker run -l ferry.app=x img:1", "ferry.*"),
+            ("docker run other:2", "not the one"),
+            ("docker run -p 80:80", "no image"),
+            ("docker ps", "one `docker run`"),
+            ("docker run img:1\ndocker run img:1", "second command"),
+        ] {
+            let err = check_text(bad).err().unwrap_or_default();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}
