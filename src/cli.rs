@@ -44,6 +44,8 @@ const EXAMPLES: &str = "Examples:
   ferry plan web --env prod --version 1.4.2
   ferry plan web --env prod --version 1.4.2 --limit 'prod-*' --output json
   ferry vars web --env prod --target prod-1
+  ferry trust --env prod
+  ferry run --env prod --role web -- docker ps
 
 Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted.";
 
@@ -56,6 +58,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Show an app's resolved variables and where each value came from
     Vars(VarsArgs),
+    /// Run a shell command on every target of an environment (ad hoc, playbook-style)
+    Run(RunArgs),
+    /// Fetch targets' host keys, show their fingerprints, and record them in known_hosts
+    Trust(TrustArgs),
 }
 
 /// `ferry check`.
@@ -114,6 +120,62 @@ pub struct VarsArgs {
     /// Override a variable (highest precedence; repeatable)
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
+}
+
+/// Connection flags shared by the commands that reach targets.
+#[derive(Debug, Args)]
+pub struct Reach {
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB")]
+    pub limit: Vec<String>,
+
+    /// Targets worked on at once
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
+}
+
+/// `ferry run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which targets, and how to reach them.
+    #[command(flatten)]
+    pub reach: Reach,
+
+    /// Only targets with this role (repeatable)
+    #[arg(long, value_name = "ROLE")]
+    pub role: Vec<String>,
+
+    /// Kill the command on a target after this long (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// The command, run by /bin/sh on each target; its words are joined with spaces, as ssh does
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `ferry trust`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Which targets, and how to reach them.
+    #[command(flatten)]
+    pub reach: Reach,
+
+    /// Record new keys without asking (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Replace the recorded key of this target (name), e.g. after it was rebuilt (repeatable)
+    #[arg(long, value_name = "TARGET")]
+    pub replace: Vec<String>,
 }
 
 /// Parses the process arguments, runs the command, prints any error, and returns the exit code.

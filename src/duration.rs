@@ -50,6 +50,18 @@ pub fn format(d: Duration) -> String {
     out
 }
 
+/// A short human form for tables: `850ms`, `12.3s`, `4m05s`.
+pub fn format_short(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

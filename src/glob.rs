@@ -10,14 +10,24 @@ pub fn is_glob(pattern: &str) -> bool {
 
 /// Matches `name` against `pattern`. A `[` without a closing `]` matches itself.
 pub fn matches(pattern: &str, name: &str) -> bool {
+    matches_with(pattern, name, true)
+}
+
+/// Matches with `*` and `?` only, `[` being literal: OpenSSH's patterns (known_hosts, where
+/// `[host]:port` is a name, not a class).
+pub fn matches_wildcards(pattern: &str, name: &str) -> bool {
+    matches_with(pattern, name, false)
+}
+
+fn matches_with(pattern: &str, name: &str, classes: bool) -> bool {
     // Target names are ASCII (the inventory checks it), so the byte path is the common one; it
     // allocates nothing, which matters when 10,000 targets meet a few globs.
     if pattern.is_ascii() && name.is_ascii() {
-        return match_from(pattern.as_bytes(), name.as_bytes());
+        return match_from(pattern.as_bytes(), name.as_bytes(), classes);
     }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    match_from(&p, &n)
+    match_from(&p, &n, classes)
 }
 
 /// A pattern or name unit: a byte of ASCII text or a `char`.
@@ -25,7 +35,7 @@ trait Unit: Copy + Ord + From<u8> {}
 impl Unit for u8 {}
 impl Unit for char {}
 
-fn match_from<T: Unit>(p: &[T], n: &[T]) -> bool {
+fn match_from<T: Unit>(p: &[T], n: &[T], classes: bool) -> bool {
     let (star, question, open) = (T::from(b'*'), T::from(b'?'), T::from(b'['));
     let (mut pi, mut ni) = (0, 0);
     // Position to resume from after the last `*`: (pattern index after it, name index).
@@ -38,7 +48,7 @@ fn match_from<T: Unit>(p: &[T], n: &[T]) -> bool {
                 continue;
             }
             Some(&c) if c == question => Some(1),
-            Some(&c) if c == open && has_close(&p[pi..]) => class(&p[pi..], n[ni]),
+            Some(&c) if classes && c == open && has_close(&p[pi..]) => class(&p[pi..], n[ni]),
             Some(&c) if c == n[ni] => Some(1),
             _ => None,
         };

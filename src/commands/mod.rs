@@ -5,6 +5,8 @@
 
 pub mod check;
 pub mod plan;
+pub mod run;
+pub mod trust;
 pub mod vars_cmd;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Check(args) => check::run(&inventory, &args, cli.output),
         Command::Plan(args) => plan::run(&inventory, &args, cli.output),
         Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
+        Command::Run(args) => run::run(inventory, &args, cli.output),
+        Command::Trust(args) => trust::run(&inventory, &args, cli.output),
     }
 }
 
@@ -185,6 +189,28 @@ pub fn image_reference(
         Some(d) => format!("{repository}@{d}"),
         None => format!("{repository}:{version}"),
     }
+}
+
+/// Parses a duration flag, naming the flag in the error.
+pub fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, Error> {
+    crate::duration::parse(text).map_err(|e| Diagnostic::new(format!("--{flag}: {e}")).into())
+}
+
+/// The async runtime for commands that reach targets: one worker per core.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The SSH options of a run: the inventory's known_hosts and the connect timeout.
+pub fn ssh_options(inventory: &Inventory, connect_timeout: &str) -> Result<crate::ssh::Options, Error> {
+    let known_hosts = crate::known_hosts::KnownHosts::load(&inventory.defaults.known_hosts).map_err(|e| {
+        Diagnostic::new(format!("cannot read {}: {e}", inventory.defaults.known_hosts.display()))
+            .help("fix its permissions, or point `known_hosts` in [defaults] at another file")
+    })?;
+    Ok(crate::ssh::Options {
+        connect_timeout: duration_flag("connect-timeout", connect_timeout)?,
+        known_hosts: std::sync::Arc::new(known_hosts),
+    })
 }
 
 /// A new time-ordered deployment id.

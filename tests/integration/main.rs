@@ -10,6 +10,7 @@
 mod check;
 mod errors;
 mod fuzz;
+mod lab;
 mod plan;
 mod quoting;
 mod secrets;

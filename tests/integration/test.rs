@@ -78,6 +78,12 @@ impl Test {
             .env("WEB_DATABASE_URL", SECRET)
     }
 
+    /// An empty folder: no inventory, no secret (for tests that bring their own, like the lab's).
+    pub fn bare() -> Test {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Test { dir, args: Vec::new(), env: Vec::new(), code: 0 }
+    }
+
     /// Writes a file (creating folders) relative to the test folder.
     pub fn write(self, path: &str, text: &str) -> Test {
         let full = self.dir.path().join(path);

@@ -1,0 +1,121 @@
+//! `ferry run`: one shell command on every target of an environment, playbook-style.
+//!
+//! Exit code: 0 only if every target exited 0; 4 if a host key was refused (nothing ran there);
+//! 130 if Ctrl-C stopped it; else 1.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{duration_flag, new_deployment_id, process_env, runtime, ssh_options};
+use crate::cli::RunArgs;
+use crate::error::Error;
+use crate::fanout::{self, Settings, TargetResult, Work};
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+use crate::report::{Event, Reporter, Status};
+use crate::secret::Secret;
+use crate::{select, vars};
+
+/// Exit code when Ctrl-C interrupted the run.
+pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code when a gate (here: a host key) refused.
+pub const EXIT_REFUSED: i32 = 4;
+
+/// Runs `ferry run`.
+pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result<i32, Error> {
+    let env = inventory.environment(&args.reach.environment)?;
+    let targets: Vec<_> = select::select_environment(&inventory, env, &args.role, &args.reach.limit)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let work = Work {
+        command: args.command.join(" "),
+        stdin: None,
+        deadline: args.timeout.as_deref().map(|t| duration_flag("timeout", t)).transpose()?,
+    };
+    let settings = Settings {
+        parallel: args.reach.parallel,
+        ssh: ssh_options(&inventory, &args.reach.connect_timeout)?,
+    };
+    let secrets = known_secrets(&inventory, &env.name);
+    let environment = env.name.clone();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let inventory = Arc::new(inventory);
+    let started = Instant::now();
+    let (results, interrupted) = runtime()?.block_on(async move {
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = tokio::spawn(Reporter::new(output, secrets).run(receiver));
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing running targets, starting no more");
+                let _ = cancel_tx.send(true);
+            }
+        });
+        let command = work.command.clone();
+        let _ =
+            events.send(Event::RunStarted { run: new_deployment_id(), command, environment, targets: names });
+        let results =
+            fanout::run(inventory, targets, Arc::new(work), &settings, events.clone(), cancel.clone()).await;
+        let interrupted = *cancel.borrow();
+        let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+        let _ = events.send(Event::RunFinished {
+            ok: count(Status::Ok),
+            failed: results.len() - count(Status::Ok) - count(Status::Skipped),
+            skipped: count(Status::Skipped),
+            interrupted,
+            ms: fanout::millis(started.elapsed()),
+        });
+        drop(events);
+        let _ = reporter.await;
+        (results, interrupted)
+    });
+    if output != OutputFormat::Json {
+        output::print(&summary(&results))?;
+    }
+    Ok(exit_code(&results, interrupted))
+}
+
+/// Secret values this machine can read for the environment's apps: masked in any output.
+fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
+    let Ok(env) = inventory.environment(environment) else { return Vec::new() };
+    let mut out = Vec::new();
+    for app in &inventory.apps {
+        for (name, def) in vars::secret_defs(app, env) {
+            if let Ok(secret) = vars::read_source(inventory, name, def, &process_env) {
+                out.push(secret);
+            }
+        }
+    }
+    out
+}
+
+fn summary(results: &[TargetResult]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let exit = r.exit.as_ref().map_or_else(|| "-".to_string(), ToString::to_string);
+            let detail = r.error.clone().unwrap_or_default();
+            vec![
+                r.target.clone(),
+                r.status.label().to_string(),
+                exit,
+                crate::duration::format_short(r.duration),
+                detail,
+            ]
+        })
+        .collect();
+    format!("\n{}", table(&["TARGET", "STATUS", "EXIT", "TIME", "DETAIL"], &rows))
+}
+
+fn exit_code(results: &[TargetResult], interrupted: bool) -> i32 {
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else if results.iter().any(|r| r.status == Status::Refused) {
+        EXIT_REFUSED
+    } else if results.iter().all(|r| r.status == Status::Ok) {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,206 @@
+//! `ferry trust`: first contact with targets, made explicit.
+//!
+//! Fetches each target's host key (without authenticating), shows its SHA256 fingerprint, and
+//! records new keys in the inventory's known_hosts file only after `--yes` or a confirmed
+//! prompt. A key that differs from the recorded one is never replaced without
+//! `--replace TARGET`: that is what a man in the middle would look like.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use super::{runtime, ssh_options};
+use crate::cli::TrustArgs;
+use crate::diagnostic::Diagnostic;
+use crate::error::Error;
+use crate::host::endpoint;
+use crate::inventory::{Inventory, Target, Transport};
+use crate::known_hosts::{self, HostKey, Verdict};
+use crate::output::{self, OutputFormat, table};
+use crate::select;
+
+use super::run::EXIT_REFUSED;
+
+/// What trust found for one target.
+#[derive(Debug, serde::Serialize)]
+struct Finding {
+    target: String,
+    address: String,
+    algorithm: Option<String>,
+    fingerprint: Option<String>,
+    /// `trusted`, `new`, `changed`, `replace`, `revoked`, `error`, `local`.
+    state: &'static str,
+    error: Option<String>,
+    #[serde(skip)]
+    key: Option<HostKey>,
+    #[serde(skip)]
+    host: String,
+    #[serde(skip)]
+    port: u16,
+}
+
+/// Runs `ferry trust`.
+pub fn run(inventory: &Inventory, args: &TrustArgs, output: OutputFormat) -> Result<i32, Error> {
+    let env = inventory.environment(&args.reach.environment)?;
+    let targets = select::select_environment(inventory, env, &[], &args.reach.limit)?;
+    for name in &args.replace {
+        if !targets.iter().any(|t| &t.name == name) {
+            return Err(Diagnostic::new(format!(
+                "--replace {name}: not a target of environment {}",
+                env.name
+            ))
+            .into());
+        }
+    }
+    let options = ssh_options(inventory, &args.reach.connect_timeout)?;
+    let findings = runtime()?.block_on(fetch_all(inventory, &targets, &options, &args.replace));
+    if output == OutputFormat::Json {
+        output::print_json(&serde_json::json!({ "schema": 1, "type": "trust", "targets": &findings }))?;
+    } else {
+        output::print(&render(&findings))?;
+    }
+    let to_write: Vec<&Finding> = findings.iter().filter(|f| matches!(f.state, "new" | "replace")).collect();
+    let refused = findings.iter().any(|f| matches!(f.state, "changed" | "revoked"));
+    let failed = findings.iter().any(|f| f.state == "error");
+    if !to_write.is_empty() {
+        if !confirmed(args.yes, to_write.len())? {
+            eprintln!("nothing recorded: not confirmed (pass --yes to record without asking)");
+            return Ok(EXIT_REFUSED);
+        }
+        record(&inventory.defaults.known_hosts, &to_write)?;
+        eprintln!("recorded {} host keys in {}", to_write.len(), inventory.defaults.known_hosts.display());
+    }
+    Ok(if refused {
+        EXIT_REFUSED
+    } else if failed {
+        1
+    } else {
+        0
+    })
+}
+
+async fn fetch_all(
+    inventory: &Inventory,
+    targets: &[&Target],
+    options: &crate::ssh::Options,
+    replace: &[String],
+) -> Vec<Finding> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, target) in targets.iter().enumerate() {
+        let endpoint = endpoint(inventory, target);
+        let (options, local) = (options.clone(), target.transport == Transport::Local);
+        let replace = replace.contains(&target.name);
+        tasks.spawn(async move {
+            let mut finding = Finding {
+                target: endpoint.name.clone(),
+                address: known_hosts::host_name(&endpoint.host, endpoint.port),
+                algorithm: None,
+                fingerprint: None,
+                state: "local",
+                error: None,
+                key: None,
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+            };
+            if local {
+                return (index, finding);
+            }
+            match crate::ssh::fetch_host_key(&endpoint, &options).await {
+                Ok((key, verdict)) => {
+                    finding.state = match verdict {
+                        Verdict::Trusted => "trusted",
+                        Verdict::Unknown => "new",
+                        Verdict::Changed { .. } if replace => "replace",
+                        Verdict::Changed { known } => {
+                            let known: Vec<String> = known.iter().map(HostKey::describe).collect();
+                            finding.error = Some(format!(
+                                "recorded: {}; pass --replace {} if the host was rebuilt",
+                                known.join(", "),
+                                endpoint.name
+                            ));
+                            "changed"
+                        }
+                        Verdict::Revoked => "revoked",
+                    };
+                    finding.algorithm = Some(key.algorithm.clone());
+                    finding.fingerprint = Some(key.fingerprint());
+                    finding.key = Some(key);
+                }
+                Err(e) => {
+                    finding.state = "error";
+                    finding.error = Some(e.to_string());
+                }
+            }
+            (index, finding)
+        });
+    }
+    let mut findings: Vec<(usize, Finding)> = Vec::new();
+    while let Some(Ok(pair)) = tasks.join_next().await {
+        findings.push(pair);
+    }
+    findings.sort_by_key(|(i, _)| *i);
+    findings.into_iter().map(|(_, f)| f).collect()
+}
+
+fn render(findings: &[Finding]) -> String {
+    let rows: Vec<Vec<String>> = findings
+        .iter()
+        .map(|f| {
+            vec![
+                f.target.clone(),
+                f.address.clone(),
+                f.state.to_uppercase(),
+                f.algorithm.clone().unwrap_or_default(),
+                f.fingerprint.clone().unwrap_or_default(),
+                f.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["TARGET", "ADDRESS", "STATE", "KEY", "FINGERPRINT", "DETAIL"], &rows)
+}
+
+/// `--yes`, or a `y` typed at a prompt on a terminal; no terminal and no `--yes` is a refusal.
+fn confirmed(yes: bool, count: usize) -> Result<bool, Error> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!(
+        "Record {count} host keys? Compare the fingerprints with the hosts' own (ssh-keygen -lf) first. [y/N] "
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Appends new keys and replaces changed ones, writing the file atomically.
+fn record(path: &Path, findings: &[&Finding]) -> Result<(), Error> {
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let parsed = known_hosts::KnownHosts::parse(path, &current);
+    let mut drop_lines: Vec<usize> = Vec::new();
+    for f in findings.iter().filter(|f| f.state == "replace") {
+        drop_lines.extend(parsed.lines_for(&f.host, f.port));
+    }
+    let mut text: String = current
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !drop_lines.contains(&(i + 1)))
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    for f in findings {
+        if let Some(key) = &f.key {
+            text += &known_hosts::entry_line(&f.host, f.port, key);
+            text.push('\n');
+        }
+    }
+    let temp = path.with_extension("ferry-tmp");
+    std::fs::write(&temp, text)?;
+    std::fs::rename(&temp, path)?;
+    Ok(())
+}

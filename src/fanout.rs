@@ -1,0 +1,173 @@
+//! Stage 6 (the part shared by every command that acts on targets): run work on many targets.
+//!
+//! One connection per target for the whole run, at most `parallel` targets at once, each with
+//! its own result: a target that cannot be reached fails alone. Ctrl-C stops *starting* targets;
+//! those already running finish (or hit their deadline), and the run reports itself interrupted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::exec::ExitStatus;
+use crate::host::Connection;
+use crate::inventory::{Inventory, Target};
+use crate::report::{Event, Events, LineSplitter, Status};
+use crate::ssh;
+
+/// What to run on every target.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// A shell command line (run by `/bin/sh -c` on the target).
+    pub command: String,
+    /// Sent to the command's stdin, then EOF.
+    pub stdin: Option<Vec<u8>>,
+    /// Kill the command after this long.
+    pub deadline: Option<Duration>,
+}
+
+/// How one target ended.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    /// Target name.
+    pub target: String,
+    /// Final state.
+    pub status: Status,
+    /// How the command ended, when it ran to an exit status.
+    pub exit: Option<ExitStatus>,
+    /// What went wrong, for `error` and `refused`.
+    pub error: Option<String>,
+    /// Time spent on the target.
+    pub duration: Duration,
+    /// The last output lines.
+    pub tail: Vec<String>,
+}
+
+/// Fan-out settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Targets at once.
+    pub parallel: usize,
+    /// SSH options shared by all connections.
+    pub ssh: ssh::Options,
+}
+
+/// Becomes true when the run should stop starting targets (Ctrl-C).
+pub type Cancel = watch::Receiver<bool>;
+
+/// Runs `work` on every target; results come back in target order.
+pub async fn run(
+    inventory: Arc<Inventory>,
+    targets: Vec<Target>,
+    work: Arc<Work>,
+    settings: &Settings,
+    events: Events,
+    cancel: Cancel,
+) -> Vec<TargetResult> {
+    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, target) in targets.into_iter().enumerate() {
+        let (inventory, work, events, cancel) =
+            (Arc::clone(&inventory), Arc::clone(&work), events.clone(), cancel.clone());
+        let (permits, options) = (Arc::clone(&permits), settings.ssh.clone());
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return (index, skipped(&target.name, &events));
+            };
+            if *cancel.borrow() {
+                return (index, skipped(&target.name, &events));
+            }
+            (index, one_target(&inventory, &target, &work, &options, &events).await)
+        });
+    }
+    let mut results: Vec<Option<TargetResult>> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        // A panicking task is a bug; its target is simply missing from the results below.
+        if let Ok((index, result)) = joined {
+            if results.len() <= index {
+                results.resize(index + 1, None);
+            }
+            results[index] = Some(result);
+        }
+    }
+    results.into_iter().flatten().collect()
+}
+
+fn skipped(target: &str, events: &Events) -> TargetResult {
+    let result = TargetResult {
+        target: target.to_string(),
+        status: Status::Skipped,
+        exit: None,
+        error: Some("not started: interrupted".into()),
+        duration: Duration::ZERO,
+        tail: Vec::new(),
+    };
+    finished(events, &result);
+    result
+}
+
+async fn one_target(
+    inventory: &Inventory,
+    target: &Target,
+    work: &Work,
+    options: &ssh::Options,
+    events: &Events,
+) -> TargetResult {
+    let started = Instant::now();
+    let mut result = TargetResult {
+        target: target.name.clone(),
+        status: Status::Error,
+        exit: None,
+        error: None,
+        duration: Duration::ZERO,
+        tail: Vec::new(),
+    };
+    let connection = match Connection::open(inventory, target, options).await {
+        Ok(c) => c,
+        Err(e) => {
+            result.status = if e.is_host_key() { Status::Refused } else { Status::Error };
+            result.error = Some(e.to_string());
+            result.duration = started.elapsed();
+            finished(events, &result);
+            return result;
+        }
+    };
+    let _ =
+        events.send(Event::TargetConnected { target: target.name.clone(), ms: millis(started.elapsed()) });
+    let mut sink = LineSplitter::new(&target.name, events.clone());
+    let outcome = connection.exec(&work.command, work.stdin.as_deref(), work.deadline, &mut sink).await;
+    sink.flush();
+    result.tail = sink.tail.into_iter().collect();
+    match outcome {
+        Ok(exit) => {
+            result.status = if exit.success() { Status::Ok } else { Status::Failed };
+            result.exit = Some(exit);
+        }
+        Err(e) => result.error = Some(e.to_string()),
+    }
+    result.duration = started.elapsed();
+    finished(events, &result);
+    connection.close().await;
+    result
+}
+
+fn finished(events: &Events, result: &TargetResult) {
+    let (exit_code, signal) = match &result.exit {
+        Some(ExitStatus::Code(c)) => (Some(*c), None),
+        Some(ExitStatus::Signal(s)) => (None, Some(s.clone())),
+        None => (None, None),
+    };
+    let _ = events.send(Event::TargetFinished {
+        target: result.target.clone(),
+        status: result.status,
+        exit_code,
+        signal,
+        error: result.error.clone(),
+        ms: millis(result.duration),
+    });
+}
+
+/// Milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,262 @@
+//! OpenSSH `known_hosts` files: strict host-key checking without OpenSSH.
+//!
+//! ferry must agree with `ssh` about which key a host may present, or operators would trust one
+//! tool and not the other. So this reads the same format: comma-separated host patterns with
+//! `*`/`?` wildcards and `!` negation, `[host]:port` for other ports, hashed names
+//! (`|1|salt|hmac`, HMAC-SHA1, from `HashKnownHosts yes`), `@revoked` keys (always refused), and
+//! host names compared case-insensitively. `@cert-authority` lines are skipped (ferry does not
+//! accept host certificates). Keys are compared as their algorithm name and base64 blob, so this
+//! module needs no SSH library.
+
+use std::path::{Path, PathBuf};
+
+use base64ct::{Base64, Base64Unpadded, Encoding};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+/// A host's public key as known_hosts stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKey {
+    /// Algorithm name, e.g. `ssh-ed25519`.
+    pub algorithm: String,
+    /// The key blob, base64 as in the file.
+    pub base64: String,
+}
+
+impl HostKey {
+    /// `SHA256:…` as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        match Base64::decode_vec(&self.base64) {
+            Ok(blob) => format!("SHA256:{}", Base64Unpadded::encode_string(&Sha256::digest(&blob))),
+            Err(_) => "SHA256:(invalid key data)".to_string(),
+        }
+    }
+
+    /// `ALGORITHM SHA256:…`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.algorithm, self.fingerprint())
+    }
+}
+
+/// What the file says about a host presenting a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key is listed for this host.
+    Trusted,
+    /// The key is marked `@revoked`.
+    Revoked,
+    /// The host is listed, with other keys: possibly a man in the middle.
+    Changed {
+        /// The keys the file lists for the host.
+        known: Vec<HostKey>,
+    },
+    /// The host is not in the file.
+    Unknown,
+}
+
+/// One parsed line.
+#[derive(Debug, Clone)]
+struct Entry {
+    revoked: bool,
+    patterns: Vec<String>,
+    key: HostKey,
+    line: usize,
+}
+
+/// A parsed known_hosts file.
+#[derive(Debug, Clone, Default)]
+pub struct KnownHosts {
+    /// The file it was read from.
+    pub path: PathBuf,
+    entries: Vec<Entry>,
+}
+
+/// The name OpenSSH looks up: `host` on port 22, else `[host]:port`.
+pub fn host_name(host: &str, port: u16) -> String {
+    if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
+}
+
+impl KnownHosts {
+    /// Reads `path`; a missing file is an empty one (every host is then unknown).
+    pub fn load(path: &Path) -> std::io::Result<KnownHosts> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(KnownHosts::parse(path, &text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(KnownHosts { path: path.to_path_buf(), entries: Vec::new() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Parses the text of a known_hosts file; malformed lines are skipped, as OpenSSH does.
+    pub fn parse(path: &Path, text: &str) -> KnownHosts {
+        let entries = text.lines().enumerate().filter_map(|(i, line)| parse_line(i + 1, line)).collect();
+        KnownHosts { path: path.to_path_buf(), entries }
+    }
+
+    /// Checks `key` presented by `host` on `port`.
+    pub fn check(&self, host: &str, port: u16, key: &HostKey) -> Verdict {
+        let name = host_name(host, port).to_ascii_lowercase();
+        let mut known = Vec::new();
+        for entry in self.entries.iter().filter(|e| matches_host(&e.patterns, &name)) {
+            if entry.key == *key {
+                if entry.revoked {
+                    return Verdict::Revoked;
+                }
+                known.push(entry.key.clone());
+            } else if !entry.revoked {
+                known.push(entry.key.clone());
+            }
+        }
+        if known.contains(key) {
+            Verdict::Trusted
+        } else if known.is_empty() {
+            Verdict::Unknown
+        } else {
+            Verdict::Changed { known }
+        }
+    }
+
+    /// Line numbers of the entries that name `host` on `port` (for `ferry trust --replace`).
+    pub fn lines_for(&self, host: &str, port: u16) -> Vec<usize> {
+        let name = host_name(host, port).to_ascii_lowercase();
+        self.entries
+            .iter()
+            .filter(|e| !e.revoked && matches_host(&e.patterns, &name))
+            .map(|e| e.line)
+            .collect()
+    }
+}
+
+/// The line to append for `host`/`port` presenting `key`.
+pub fn entry_line(host: &str, port: u16, key: &HostKey) -> String {
+    format!("{} {} {}", host_name(host, port), key.algorithm, key.base64)
+}
+
+fn parse_line(line: usize, text: &str) -> Option<Entry> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return None;
+    }
+    let mut fields = text.split_whitespace();
+    let mut first = fields.next()?;
+    let mut revoked = false;
+    if first.starts_with('@') {
+        match first {
+            "@revoked" => revoked = true,
+            _ => return None, // @cert-authority and unknown markers: not host keys
+        }
+        first = fields.next()?;
+    }
+    let algorithm = fields.next()?.to_string();
+    let base64 = fields.next()?.to_string();
+    Base64::decode_vec(&base64).ok()?;
+    let patterns = first.split(',').map(str::to_string).collect();
+    Some(Entry { revoked, patterns, key: HostKey { algorithm, base64 }, line })
+}
+
+/// OpenSSH semantics: a negated match excludes the host whatever else matches.
+fn matches_host(patterns: &[String], name: &str) -> bool {
+    let mut matched = false;
+    for pattern in patterns {
+        if let Some(hashed) = pattern.strip_prefix("|1|") {
+            matched |= hashed_matches(hashed, name);
+        } else if let Some(negated) = pattern.strip_prefix('!') {
+            if crate::glob::matches_wildcards(&negated.to_ascii_lowercase(), name) {
+                return false;
+            }
+        } else {
+            matched |= crate::glob::matches_wildcards(&pattern.to_ascii_lowercase(), name);
+        }
+    }
+    matched
+}
+
+/// `salt|hmac` (both base64): HMAC-SHA1 keyed with the salt over the host name.
+fn hashed_matches(hashed: &str, name: &str) -> bool {
+    let Some((salt, mac)) = hashed.split_once('|') else { return false };
+    let (Ok(salt), Ok(mac)) = (Base64::decode_vec(salt), Base64::decode_vec(mac)) else { return false };
+    hmac_sha1(&salt, name.as_bytes()).as_slice() == mac.as_slice()
+}
+
+fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..20].copy_from_slice(&Sha1::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha1::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    Sha1::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIHbmyPwzIbC38Bj2oeKN2H8+xPcJLNCy8zQ8X3m3fq4L";
+
+    fn key(b: &str) -> HostKey {
+        HostKey { algorithm: "ssh-ed25519".into(), base64: b.into() }
+    }
+
+    #[test]
+    fn plain_ports_wildcards_and_case() {
+        let file = format!(
+            "web1.Example.com,10.0.0.1 ssh-ed25519 {KEY_A}\n[10.0.0.2]:2222 ssh-ed25519 {KEY_A}\n*.lab ssh-ed25519 {KEY_B}\n"
+        );
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.check("WEB1.example.COM", 22, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("10.0.0.1", 22, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("10.0.0.2", 2222, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("10.0.0.2", 22, &key(KEY_A)), Verdict::Unknown, "port matters");
+        assert_eq!(kh.check("h1.lab", 22, &key(KEY_B)), Verdict::Trusted);
+        assert_eq!(kh.check("10.0.0.1", 22, &key(KEY_B)), Verdict::Changed { known: vec![key(KEY_A)] });
+    }
+
+    #[test]
+    fn hashed_entries_match_like_openssh() {
+        // Made with `ssh-keygen -H` for the host name "10.200.0.11".
+        let salt = Base64::encode_string(b"0123456789abcdefghij");
+        let mac = Base64::encode_string(&hmac_sha1(b"0123456789abcdefghij", b"10.200.0.11"));
+        let file = format!("|1|{salt}|{mac} ssh-ed25519 {KEY_A}\n");
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.check("10.200.0.11", 22, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("10.200.0.12", 22, &key(KEY_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn reads_a_line_hashed_by_ssh_keygen() {
+        // `ssh-keygen -H` (OpenSSH 9.2) output for "10.200.0.11".
+        let file =
+            format!("|1|k/BJoQGOchgkX7CA5xImlJMo7Oo=|xCdez3ophyx1njrzfgV4ereDb/w= ssh-ed25519 {KEY_A}\n");
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.check("10.200.0.11", 22, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("10.200.0.12", 22, &key(KEY_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn revoked_and_negated() {
+        let file =
+            format!("@revoked * ssh-ed25519 {KEY_B}\n*,!bad.lab ssh-ed25519 {KEY_A}\n# comment\ngarbage\n");
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.check("any", 22, &key(KEY_B)), Verdict::Revoked);
+        assert_eq!(kh.check("any", 22, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("bad.lab", 22, &key(KEY_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn fingerprint_is_ssh_keygen_style() {
+        assert!(key(KEY_A).fingerprint().starts_with("SHA256:"));
+        assert!(!key(KEY_A).fingerprint().ends_with('='));
+    }
+
+    #[test]
+    fn hmac_sha1_matches_rfc_2202_case_2() {
+        let mac = hmac_sha1(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    }
+}

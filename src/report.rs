@@ -1,0 +1,342 @@
+//! Stage 7: one event stream, three renderers.
+//!
+//! Everything that acts on targets reports through [`Event`]s sent to one [`Reporter`] task, so a
+//! terminal, a cron mail and a CI job's JSON parser see the same facts in the same order:
+//!
+//! * interactive: a spinner line per target (indicatif), only when stderr is a terminal;
+//! * plain: `target | text` lines, for cron and CI logs;
+//! * JSON Lines (`--output json`): one event per line, `{"schema":1,"type":…}`, documented in
+//!   the README.
+//!
+//! Secret values are masked (`***`) in every renderer, in output lines and error messages alike.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::exec::{OutputSink, Stream};
+use crate::output::OutputFormat;
+use crate::secret::{Secret, mask};
+
+/// Version of the JSON Lines event schema.
+pub const EVENT_SCHEMA: u32 = 1;
+
+/// Something that happened during a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The run begins.
+    RunStarted {
+        /// Run id (time-ordered UUID).
+        run: String,
+        /// What runs (the command line).
+        command: String,
+        /// The environment.
+        environment: String,
+        /// Targets in order.
+        targets: Vec<String>,
+    },
+    /// A target's connection is open (host key checked, authenticated).
+    TargetConnected {
+        /// Target name.
+        target: String,
+        /// Time to connect, in milliseconds.
+        ms: u64,
+    },
+    /// One line of a command's output (without its newline).
+    Output {
+        /// Target name.
+        target: String,
+        /// `stdout` or `stderr`.
+        stream: Stream,
+        /// The line, lossily decoded as UTF-8.
+        line: String,
+    },
+    /// A target is done.
+    TargetFinished {
+        /// Target name.
+        target: String,
+        /// `ok`, `failed` (ran, non-zero or signal), `error` (no exit status), `refused` (host
+        /// key), or `skipped` (not started: interrupted).
+        status: Status,
+        /// Exit code, when it exited.
+        exit_code: Option<u32>,
+        /// Signal name, when it was killed.
+        signal: Option<String>,
+        /// What went wrong, when it did.
+        error: Option<String>,
+        /// Time on this target, in milliseconds.
+        ms: u64,
+    },
+    /// The run is over.
+    RunFinished {
+        /// Targets that succeeded.
+        ok: usize,
+        /// Targets that failed in any way.
+        failed: usize,
+        /// Targets never started.
+        skipped: usize,
+        /// Whether Ctrl-C stopped it.
+        interrupted: bool,
+        /// Wall time, in milliseconds.
+        ms: u64,
+    },
+}
+
+/// A target's final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Exit code 0.
+    Ok,
+    /// Ran, and exited non-zero or was killed.
+    Failed,
+    /// No exit status: could not connect, lost the connection, deadline.
+    Error,
+    /// Host key unknown, changed or revoked: nothing was sent.
+    Refused,
+    /// Not started.
+    Skipped,
+}
+
+impl Status {
+    /// The word in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Error => "error",
+            Status::Refused => "refused",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    schema: u32,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// Sends events to the reporter task.
+pub type Events = mpsc::UnboundedSender<Event>;
+
+/// Prints events in one of three styles; see the module docs.
+pub struct Reporter {
+    style: Style,
+    secrets: Vec<Secret>,
+}
+
+enum Style {
+    Json,
+    Plain,
+    Interactive { multi: MultiProgress, bars: HashMap<String, ProgressBar> },
+}
+
+impl Reporter {
+    /// Chooses the renderer: JSON for `--output json`, spinners for `human` on a terminal,
+    /// plain lines otherwise. `secrets` are masked everywhere.
+    pub fn new(output: OutputFormat, secrets: Vec<Secret>) -> Reporter {
+        let style = match output {
+            OutputFormat::Json => Style::Json,
+            OutputFormat::Human if std::io::stderr().is_terminal() => {
+                Style::Interactive { multi: MultiProgress::new(), bars: HashMap::new() }
+            }
+            _ => Style::Plain,
+        };
+        Reporter { style, secrets }
+    }
+
+    /// Runs until every sender is dropped.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut stdout = std::io::BufWriter::new(std::io::stdout());
+        while let Some(event) = events.recv().await {
+            let event = self.masked(event);
+            self.render(&mut stdout, &event);
+            // Flush when caught up, so lines appear as they happen without a write per line.
+            if events.is_empty() {
+                let _ = stdout.flush();
+            }
+        }
+        if let Style::Interactive { multi, .. } = &self.style {
+            let _ = multi.clear();
+        }
+        let _ = stdout.flush();
+    }
+
+    fn masked(&self, event: Event) -> Event {
+        if self.secrets.is_empty() {
+            return event;
+        }
+        match event {
+            Event::Output { target, stream, line } => {
+                Event::Output { target, stream, line: mask(&line, &self.secrets) }
+            }
+            Event::TargetFinished { target, status, exit_code, signal, error, ms } => {
+                let error = error.map(|e| mask(&e, &self.secrets));
+                Event::TargetFinished { target, status, exit_code, signal, error, ms }
+            }
+            other => other,
+        }
+    }
+
+    fn render(&mut self, out: &mut impl Write, event: &Event) {
+        // A closed stdout (`ferry run … | head`) must not stop the run: writes are best-effort.
+        match &mut self.style {
+            Style::Json => {
+                if let Ok(line) = serde_json::to_string(&Envelope { schema: EVENT_SCHEMA, event }) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            Style::Plain => match event {
+                Event::Output { target, line, .. } => {
+                    let _ = writeln!(out, "{target} | {line}");
+                }
+                Event::TargetFinished { target, error: Some(error), .. } => {
+                    let _ = writeln!(out, "{target} ! {error}");
+                }
+                _ => {}
+            },
+            Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
+        }
+    }
+}
+
+fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, ProgressBar>, event: &Event) {
+    match event {
+        Event::RunStarted { targets, .. } => {
+            let width = targets.iter().map(String::len).max().unwrap_or(0);
+            let style =
+                ProgressStyle::with_template(&format!("{{spinner}} {{prefix:{width}}}  {{wide_msg}}"))
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            for name in targets {
+                let bar =
+                    multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(name.clone()));
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(name.clone(), bar);
+            }
+        }
+        Event::TargetConnected { target, .. } => {
+            if let Some(bar) = bars.get(target) {
+                bar.set_message("running");
+            }
+        }
+        Event::Output { target, line, .. } => {
+            let _ = multi.println(format!("{target} | {line}"));
+            if let Some(bar) = bars.get(target) {
+                bar.set_message(line.clone());
+            }
+        }
+        Event::TargetFinished { target, status, exit_code, error, ms, .. } => {
+            if let Some(bar) = bars.get(target) {
+                let detail =
+                    error.clone().or_else(|| exit_code.map(|c| format!("exit {c}"))).unwrap_or_default();
+                bar.finish_with_message(format!("{} {detail} ({ms} ms)", status.label()));
+            }
+        }
+        Event::RunFinished { .. } => {}
+    }
+}
+
+/// Splits a target's output into lines and sends each as an [`Event::Output`]; keeps the last
+/// [`TAIL_LINES`] lines for the target's result.
+pub struct LineSplitter {
+    target: String,
+    events: Events,
+    partial: [Vec<u8>; 2],
+    /// The last lines seen (both streams), oldest first.
+    pub tail: std::collections::VecDeque<String>,
+}
+
+/// How many output lines a target's result keeps.
+pub const TAIL_LINES: usize = 20;
+
+impl LineSplitter {
+    /// A splitter for `target`.
+    pub fn new(target: &str, events: Events) -> LineSplitter {
+        LineSplitter {
+            target: target.to_string(),
+            events,
+            partial: [Vec::new(), Vec::new()],
+            tail: Default::default(),
+        }
+    }
+
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) {
+        let line = String::from_utf8_lossy(bytes).into_owned();
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.clone());
+        let _ = self.events.send(Event::Output { target: self.target.clone(), stream, line });
+    }
+
+    /// Sends what is left of unterminated last lines.
+    pub fn flush(&mut self) {
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let rest = std::mem::take(&mut self.partial[i]);
+            if !rest.is_empty() {
+                self.emit(stream, &rest);
+            }
+        }
+    }
+}
+
+impl OutputSink for LineSplitter {
+    fn output(&mut self, stream: Stream, data: &[u8]) {
+        let i = usize::from(stream == Stream::Stderr);
+        let mut rest = data;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            let mut line = std::mem::take(&mut self.partial[i]);
+            line.extend_from_slice(&rest[..newline]);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.emit(stream, &line);
+            rest = &rest[newline + 1..];
+        }
+        self.partial[i].extend_from_slice(rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_across_chunks_and_flushes_the_rest() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        splitter.output(Stream::Stdout, b"one\ntw");
+        splitter.output(Stream::Stderr, b"err\r\n");
+        splitter.output(Stream::Stdout, b"o\nthree");
+        splitter.flush();
+        let mut lines = Vec::new();
+        while let Ok(Event::Output { line, stream, .. }) = rx.try_recv() {
+            lines.push((stream, line));
+        }
+        assert_eq!(
+            lines,
+            [
+                (Stream::Stdout, "one".to_string()),
+                (Stream::Stderr, "err".to_string()),
+                (Stream::Stdout, "two".to_string()),
+                (Stream::Stdout, "three".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn json_events_carry_schema_and_type() {
+        let event = Event::TargetConnected { target: "h1".into(), ms: 12 };
+        let json =
+            serde_json::to_string(&Envelope { schema: EVENT_SCHEMA, event: &event }).unwrap_or_default();
+        assert_eq!(json, r#"{"schema":1,"type":"target_connected","target":"h1","ms":12}"#);
+    }
+}

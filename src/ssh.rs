@@ -1,0 +1,451 @@
+//! SSH connections to targets, on russh. The only module that names russh types.
+//!
+//! One [`SshSession`] per target and run: every command of the run opens a channel on it, so the
+//! target's sshd forks once per run, not once per command (its fork and re-exec dominate fan-out
+//! cost at 50+ hosts). Choices that matter for operators:
+//!
+//! * Host keys are checked in `check_server_key`, before authentication: an unknown, changed or
+//!   revoked key stops the connection before any credential or command is sent.
+//! * TCP_NODELAY on (it saves three delayed-ACK waits per connection), a connect timeout, and
+//!   keepalives every 15 s, a peer silent for three of them (45 s) being dead, but no inactivity
+//!   timeout: a silent `docker pull` is never cut off, while a dead host is noticed in under a
+//!   minute.
+//! * Authentication tries the target's identity file (passphrase from `FERRY_SSH_PASSPHRASE`),
+//!   then the ssh-agent at `SSH_AUTH_SOCK`, then `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+//! * An exit status is only ever what the server reported: a channel that closes without one
+//!   (connection lost, sshd killed) is an error, never a success.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, AuthResult, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect, Sig};
+
+use crate::exec::{ExecError, ExitStatus, OutputSink, Stream};
+use crate::known_hosts::{HostKey, KnownHosts, Verdict};
+
+/// Keepalive interval.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// A peer is declared dead after three silent intervals (45 s): russh, like OpenSSH's
+/// `ServerAliveCountMax`, disconnects when the count of unanswered probes *exceeds* this, and
+/// the third interval ends with two probes unanswered.
+pub const KEEPALIVE_MAX: usize = 2;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Target name (for messages).
+    pub name: String,
+    /// Address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Identity file, already resolved to a path.
+    pub identity: Option<PathBuf>,
+}
+
+/// Errors reaching or talking to a target over SSH.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No SSH session within the connect timeout.
+    #[error("no SSH session with {addr} within {secs} s")]
+    Timeout {
+        /// `host:port`.
+        addr: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The host's key is not in known_hosts.
+    #[error(
+        "host key of {target} ({addr}) is not known: {} not in {}; check the fingerprint and run `ferry trust`",
+        key.describe(), file.display()
+    )]
+    UnknownHostKey {
+        /// Target name.
+        target: String,
+        /// `host:port`.
+        addr: String,
+        /// The key it presented.
+        key: HostKey,
+        /// The known_hosts file.
+        file: PathBuf,
+    },
+    /// The host presented another key than the one recorded: possibly a man in the middle.
+    #[error(
+        "HOST KEY CHANGED for {target} ({addr}): it presented {} but {} records {}; someone may be \
+         intercepting the connection. If the host was rebuilt, run `ferry trust --replace {target}`",
+        presented.describe(), file.display(),
+        known.iter().map(HostKey::describe).collect::<Vec<_>>().join(", ")
+    )]
+    ChangedHostKey {
+        /// Target name.
+        target: String,
+        /// `host:port`.
+        addr: String,
+        /// The key it presented.
+        presented: HostKey,
+        /// The keys on record.
+        known: Vec<HostKey>,
+        /// The known_hosts file.
+        file: PathBuf,
+    },
+    /// The host's key is marked `@revoked`.
+    #[error("host key of {target} ({addr}) is REVOKED in {}: {}", file.display(), key.describe())]
+    RevokedHostKey {
+        /// Target name.
+        target: String,
+        /// `host:port`.
+        addr: String,
+        /// The key.
+        key: HostKey,
+        /// The known_hosts file.
+        file: PathBuf,
+    },
+    /// No key was accepted.
+    #[error("authentication as {user}@{addr} failed; tried: {}", if tried.is_empty() { "no keys (none found)".to_string() } else { tried.join(", ") })]
+    Auth {
+        /// Remote user.
+        user: String,
+        /// `host:port`.
+        addr: String,
+        /// The keys tried, by file or agent comment.
+        tried: Vec<String>,
+    },
+    /// An identity file could not be used.
+    #[error("cannot use key {}: {message}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The SSH protocol failed (connection lost, refused channel, ...).
+    #[error("SSH with {addr}: {message}")]
+    Protocol {
+        /// `host:port`.
+        addr: String,
+        /// What russh reported.
+        message: String,
+    },
+}
+
+impl SshError {
+    /// True for host-key refusals (exit code 4: refused by a gate).
+    pub fn is_host_key(&self) -> bool {
+        matches!(
+            self,
+            SshError::UnknownHostKey { .. }
+                | SshError::ChangedHostKey { .. }
+                | SshError::RevokedHostKey { .. }
+        )
+    }
+}
+
+/// What happened in the host-key check, kept for the error message after russh aborts.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: HostKey,
+    verdict: Verdict,
+}
+
+/// The russh handler: checks the host key; everything else is defaults.
+struct Client {
+    host: String,
+    port: u16,
+    known_hosts: Arc<KnownHosts>,
+    seen: Arc<Mutex<Option<Seen>>>,
+    /// When true, record the key and refuse the session (for `ferry trust`).
+    capture_only: bool,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = server_key else {
+            return Ok(false); // host certificates are not accepted
+        };
+        let openssh = key.to_openssh().map_err(|e| russh::Error::from(russh::keys::Error::from(e)))?;
+        let mut fields = openssh.split_whitespace();
+        let host_key = HostKey {
+            algorithm: fields.next().unwrap_or_default().to_string(),
+            base64: fields.next().unwrap_or_default().to_string(),
+        };
+        let verdict = self.known_hosts.check(&self.host, self.port, &host_key);
+        let trusted = verdict == Verdict::Trusted && !self.capture_only;
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(Seen { key: host_key, verdict });
+        }
+        Ok(trusted)
+    }
+}
+
+/// Settings shared by every connection of a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Connect + handshake + authentication must finish within this.
+    pub connect_timeout: Duration,
+    /// The known_hosts file, parsed once per run.
+    pub known_hosts: Arc<KnownHosts>,
+}
+
+/// An authenticated SSH connection to one target.
+pub struct SshSession {
+    handle: Handle<Client>,
+    addr: String,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        nodelay: true,
+        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_max: KEEPALIVE_MAX,
+        inactivity_timeout: None,
+        ..client::Config::default()
+    })
+}
+
+fn addr_of(endpoint: &Endpoint) -> String {
+    if endpoint.host.contains(':') {
+        format!("[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("{}:{}", endpoint.host, endpoint.port)
+    }
+}
+
+/// Connects without authenticating and returns the key the host presents (for `ferry trust`),
+/// with what the known_hosts file says about it.
+pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(HostKey, Verdict), SshError> {
+    let addr = addr_of(endpoint);
+    let seen = Arc::new(Mutex::new(None));
+    let client = Client {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        known_hosts: Arc::clone(&options.known_hosts),
+        seen: Arc::clone(&seen),
+        capture_only: true,
+    };
+    let attempt = async {
+        let stream = tcp_connect(&addr).await?;
+        let _ = client::connect_stream(config(), stream, client).await;
+        Ok::<(), SshError>(())
+    };
+    match tokio::time::timeout(options.connect_timeout, attempt).await {
+        Ok(result) => result?,
+        Err(_) => return Err(SshError::Timeout { addr, secs: options.connect_timeout.as_secs() }),
+    }
+    let seen = seen.lock().ok().and_then(|s| s.clone());
+    seen.map(|s| (s.key, s.verdict))
+        .ok_or(SshError::Protocol { addr, message: "the server sent no host key".into() })
+}
+
+async fn tcp_connect(addr: &str) -> Result<tokio::net::TcpStream, SshError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|source| SshError::Connect { addr: addr.to_string(), source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+impl SshSession {
+    /// Connects, checks the host key and authenticates, all within the connect timeout.
+    pub async fn connect(endpoint: &Endpoint, options: &Options) -> Result<SshSession, SshError> {
+        let addr = addr_of(endpoint);
+        let secs = options.connect_timeout.as_secs();
+        match tokio::time::timeout(options.connect_timeout, Self::connect_inner(endpoint, options, &addr))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(SshError::Timeout { addr, secs }),
+        }
+    }
+
+    async fn connect_inner(
+        endpoint: &Endpoint,
+        options: &Options,
+        addr: &str,
+    ) -> Result<SshSession, SshError> {
+        let seen = Arc::new(Mutex::new(None));
+        let client = Client {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            known_hosts: Arc::clone(&options.known_hosts),
+            seen: Arc::clone(&seen),
+            capture_only: false,
+        };
+        let stream = tcp_connect(addr).await?;
+        let handle = match client::connect_stream(config(), stream, client).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                let seen = seen.lock().ok().and_then(|s| s.clone());
+                return Err(host_key_error(endpoint, addr, &options.known_hosts, seen)
+                    .unwrap_or_else(|| protocol(addr, &e)));
+            }
+        };
+        let mut session = SshSession { handle, addr: addr.to_string() };
+        session.authenticate(endpoint).await?;
+        Ok(session)
+    }
+
+    async fn authenticate(&mut self, endpoint: &Endpoint) -> Result<(), SshError> {
+        let mut tried = Vec::new();
+        let user = endpoint.user.as_str();
+        let rsa_hash = self.handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+        if let Some(path) = &endpoint.identity {
+            tried.push(path.display().to_string());
+            if self.try_key_file(user, path, rsa_hash, true).await? {
+                return Ok(());
+            }
+        }
+        if self.try_agent(user, rsa_hash, &mut tried).await {
+            return Ok(());
+        }
+        for path in default_keys() {
+            if endpoint.identity.as_ref() == Some(&path) || !path.is_file() {
+                continue;
+            }
+            tried.push(path.display().to_string());
+            if self.try_key_file(user, &path, rsa_hash, false).await? {
+                return Ok(());
+            }
+        }
+        Err(SshError::Auth { user: user.to_string(), addr: self.addr.clone(), tried })
+    }
+
+    /// Tries one key file; an unreadable explicit identity is an error, a default one is skipped.
+    async fn try_key_file(
+        &mut self,
+        user: &str,
+        path: &Path,
+        rsa_hash: Option<HashAlg>,
+        explicit: bool,
+    ) -> Result<bool, SshError> {
+        let passphrase = std::env::var("FERRY_SSH_PASSPHRASE").ok();
+        let key = match russh::keys::load_secret_key(path, passphrase.as_deref()) {
+            Ok(key) => key,
+            Err(e) if explicit => {
+                let hint =
+                    if passphrase.is_none() { " (if it is encrypted, set FERRY_SSH_PASSPHRASE)" } else { "" };
+                return Err(SshError::Key { path: path.to_path_buf(), message: format!("{e}{hint}") });
+            }
+            Err(_) => return Ok(false),
+        };
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        let result =
+            self.handle.authenticate_publickey(user, key).await.map_err(|e| protocol(&self.addr, &e))?;
+        Ok(matches!(result, AuthResult::Success))
+    }
+
+    async fn try_agent(&mut self, user: &str, rsa_hash: Option<HashAlg>, tried: &mut Vec<String>) -> bool {
+        if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+            return false;
+        }
+        let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await else {
+            return false;
+        };
+        let Ok(identities) = agent.request_identities().await else { return false };
+        for identity in identities {
+            let russh::keys::agent::AgentIdentity::PublicKey { key, comment } = identity else { continue };
+            tried.push(format!("agent key {comment}"));
+            let result = self.handle.authenticate_publickey_with(user, key, rsa_hash, &mut agent).await;
+            if matches!(result, Ok(AuthResult::Success)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs `command` through the login shell, streaming output to `sink` as it arrives, with
+    /// `stdin` sent first and a deadline after which the command is signalled and abandoned.
+    pub async fn exec(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        deadline: Option<Duration>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, ExecError> {
+        let lost = |e: russh::Error| ExecError::Lost(format!("SSH with {}: {e}", self.addr));
+        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        if let Some(data) = stdin {
+            channel.data(data).await.map_err(lost)?;
+        }
+        channel.eof().await.map_err(lost)?;
+        let mut status = None;
+        let run = async {
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => sink.output(Stream::Stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => sink.output(Stream::Stderr, &data),
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(ExitStatus::Code(exit_status)),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        status = Some(ExitStatus::Signal(signal_label(&signal_name)));
+                    }
+                    _ => {}
+                }
+            }
+        };
+        match deadline {
+            Some(limit) => {
+                if tokio::time::timeout(limit, run).await.is_err() {
+                    let _ = channel.signal(Sig::KILL).await;
+                    let _ = channel.close().await;
+                    return Err(ExecError::Deadline(limit));
+                }
+            }
+            None => run.await,
+        }
+        status.ok_or_else(|| {
+            let detail =
+                if self.handle.is_closed() { "the connection was lost" } else { "the channel closed" };
+            ExecError::Lost(format!("{detail} before {} reported an exit status", self.addr))
+        })
+    }
+
+    /// Says goodbye to the server.
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+fn signal_label(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn protocol(addr: &str, e: &russh::Error) -> SshError {
+    SshError::Protocol { addr: addr.to_string(), message: e.to_string() }
+}
+
+/// Turns a recorded host-key verdict into the error for a refused connection.
+fn host_key_error(endpoint: &Endpoint, addr: &str, kh: &KnownHosts, seen: Option<Seen>) -> Option<SshError> {
+    let Seen { key, verdict } = seen?;
+    let (target, addr, file) = (endpoint.name.clone(), addr.to_string(), kh.path.clone());
+    match verdict {
+        Verdict::Trusted => None,
+        Verdict::Unknown => Some(SshError::UnknownHostKey { target, addr, key, file }),
+        Verdict::Revoked => Some(SshError::RevokedHostKey { target, addr, key, file }),
+        Verdict::Changed { known } => {
+            Some(SshError::ChangedHostKey { target, addr, presented: key, known, file })
+        }
+    }
+}
+
+fn default_keys() -> Vec<PathBuf> {
+    let Some(home) = std::env::var_os("HOME") else { return Vec::new() };
+    ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|k| Path::new(&home).join(".ssh").join(k)).collect()
+}

@@ -1,0 +1,328 @@
+//! Tests against the lab: real OpenSSH sshd (and dockerd, and a registry) in network namespaces,
+//! started once per test run by `scripts/test` (see tests/lab/lab.sh).
+//!
+//! Hosts h1–h3 form environment `lab` and are never disturbed. Host h4 is the fault host: tests
+//! that cut its link, drop its packets or stop its sshd hold [`FAULTS`], so they run one at a
+//! time while every other test runs in parallel. Tests that need another known_hosts or key
+//! write their own copy of the inventory in their own folder.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::test::Test;
+
+/// Held by tests that change host h4.
+static FAULTS: Mutex<()> = Mutex::new(());
+
+struct Lab {
+    dir: PathBuf,
+}
+
+fn lab() -> Lab {
+    let dir = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        panic!(
+            "the lab is not running. These tests need real sshd hosts in network namespaces: run the \
+             whole suite as root with `sudo scripts/test` (it starts the lab, runs cargo test, stops the lab)"
+        )
+    });
+    assert!(dir.join("lab.env").is_file(), "no lab is up in {}: run `sudo scripts/test`", dir.display());
+    Lab { dir }
+}
+
+impl Lab {
+    fn inventory(&self) -> String {
+        self.dir.join("lab.toml").display().to_string()
+    }
+
+    /// `ferry -i lab.toml ARGS`.
+    fn ferry(&self, args: &[&str]) -> Test {
+        Test::bare().args(["-i", &self.inventory()]).args(args.iter().copied())
+    }
+
+    /// A copy of the lab inventory in `test`'s folder with another known_hosts text and key.
+    fn custom(&self, test: Test, known_hosts: &str, key: &str) -> Test {
+        self.custom_in(test.path(), known_hosts, key);
+        test
+    }
+
+    /// Writes `custom.toml` (the lab inventory with another key) and `known_hosts` into `dir`;
+    /// returns the inventory's path.
+    fn custom_in(&self, dir: &std::path::Path, known_hosts: &str, key: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join("lab.toml")).unwrap();
+        let key = self.dir.join("ssh").join(key).display().to_string();
+        let text = text.replace("identity = \"ssh/client_key\"", &format!("identity = \"{key}\""));
+        std::fs::write(dir.join("custom.toml"), text).unwrap();
+        std::fs::write(dir.join("known_hosts"), known_hosts).unwrap();
+        dir.join("custom.toml").display().to_string()
+    }
+
+    /// The lab's own known_hosts line for host `n`.
+    fn key_line(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("known_hosts")).unwrap();
+        text.lines().nth(n - 1).unwrap().to_string()
+    }
+
+    /// `ssh-keygen -lf` fingerprint of a public key file in the lab.
+    fn fingerprint(&self, pub_file: &str) -> String {
+        let out = Command::new("ssh-keygen").arg("-lf").arg(self.dir.join(pub_file)).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// Runs `tests/lab/lab.sh ARGS` (cut, restore, drop, sshd-stop, ...).
+    fn ctl(&self, args: &[&str]) {
+        let script = crate::test::repo().join("tests/lab/lab.sh");
+        let status = Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).status().unwrap();
+        assert!(status.success(), "lab.sh {args:?} failed");
+    }
+}
+
+/// Restores host h4 when a fault test ends, also when it fails.
+struct Restore<'a>(&'a Lab, &'static [&'static str]);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.ctl(self.1);
+    }
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
+}
+
+#[test]
+fn run_prints_each_hosts_own_hostname() {
+    let lab = lab();
+    let out = lab.ferry(&["run", "--env", "lab", "--output", "plain", "--", "hostname"]).run();
+    for n in 1..=3 {
+        assert!(out.stdout.contains(&format!("h{n} | ferry-h{n}\n")), "{}", out.stdout);
+    }
+    assert!(out.stdout.contains("TARGET  STATUS  EXIT"), "summary table: {}", out.stdout);
+}
+
+#[test]
+fn json_events_parse_line_by_line_and_follow_the_schema() {
+    let lab = lab();
+    let out = lab.ferry(&["run", "--env", "lab", "--output", "json", "--", "hostname; echo oops >&2"]).run();
+    let events = json_lines(&out.stdout);
+    assert_eq!(events.first().unwrap()["type"], "run_started");
+    assert_eq!(events.last().unwrap()["type"], "run_finished");
+    for e in &events {
+        assert_eq!(e["schema"], 1, "{e}");
+        let fields: &[&str] = match e["type"].as_str().unwrap() {
+            "run_started" => &["run", "command", "environment", "targets"],
+            "target_connected" => &["target", "ms"],
+            "output" => &["target", "stream", "line"],
+            "target_finished" => &["target", "status", "exit_code", "signal", "error", "ms"],
+            "run_finished" => &["ok", "failed", "skipped", "interrupted", "ms"],
+            other => panic!("unknown event type {other}"),
+        };
+        for f in fields {
+            assert!(e.get(*f).is_some(), "{} lacks {f}: {e}", e["type"]);
+        }
+    }
+    let hostnames: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "output" && e["stream"] == "stdout")
+        .map(|e| e["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(hostnames.len(), 3);
+    assert!(events.iter().any(|e| e["type"] == "output" && e["stream"] == "stderr" && e["line"] == "oops"));
+    assert_eq!(events.last().unwrap()["ok"], 3);
+}
+
+#[test]
+fn exit_code_3_is_reported_as_3() {
+    let lab = lab();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", "exit 3"])
+        .code(1)
+        .run();
+    let finished = json_lines(&out.stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap();
+    assert_eq!(finished["exit_code"], 3);
+    assert_eq!(finished["status"], "failed");
+}
+
+#[test]
+fn a_command_killed_by_a_signal() {
+    let lab = lab();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h2", "--output", "json", "--", "kill -9 $$"])
+        .code(1)
+        .run();
+    let finished = json_lines(&out.stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap();
+    assert_eq!(finished["signal"], "KILL");
+    assert_eq!(finished["exit_code"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_command_over_its_deadline_is_killed() {
+    let lab = lab();
+    let started = Instant::now();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h3", "--timeout", "2s", "--", "sleep 30"])
+        .code(1)
+        .run();
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(out.stdout.contains("still running after 2s: killed"), "{}", out.stdout);
+}
+
+#[test]
+fn ten_megabytes_of_output_and_the_exit_status_all_arrive() {
+    let lab = lab();
+    let command = "yes 0123456789012345678901234567890123456789 | head -c 10485760; exit 7";
+    let out =
+        lab.ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", command]).code(1).run();
+    let events = json_lines(&out.stdout);
+    let bytes: usize =
+        events.iter().filter(|e| e["type"] == "output").map(|e| e["line"].as_str().unwrap().len() + 1).sum();
+    // Every line had its newline, except the last one, which `head -c` cut short.
+    assert_eq!(bytes - 1, 10_485_760);
+    let finished = events.iter().find(|e| e["type"] == "target_finished").unwrap();
+    assert_eq!(finished["exit_code"], 7);
+}
+
+#[test]
+fn the_same_command_means_the_same_under_bash_dash_and_sh() {
+    let lab = lab();
+    for user in ["ferry-bash", "ferry-dash", "ferry-sh"] {
+        let command = "echo \"$((1+2)) $(id -un) it's fine\"";
+        let out = lab.ferry(&["run", "--env", user, "--output", "plain", "--", command]).run();
+        assert!(out.stdout.contains(&format!("{user} | 3 {user} it's fine\n")), "{user}: {}", out.stdout);
+    }
+}
+
+#[test]
+fn unknown_host_key_is_refused_and_nothing_runs() {
+    let lab = lab();
+    let marker = format!("/tmp/ferry-marker-{}", std::process::id());
+    let test = lab.custom(Test::bare(), "", "client_key");
+    let out = test
+        .args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", &format!("touch {marker}")])
+        .code(4)
+        .run();
+    assert!(out.stdout.contains("host key of h1 (10.200.0.11:22) is not known"), "{}", out.stdout);
+    assert!(out.stdout.contains(&lab.fingerprint("net/h1/hostkey.pub")), "{}", out.stdout);
+    // The marker must not exist on h1: ask h1 itself, through the trusted lab inventory.
+    let check =
+        lab.ferry(&["run", "--env", "lab", "--limit", "h1", "--", &format!("test ! -e {marker}")]).run();
+    assert!(check.stdout.contains("ok"), "{}", check.stdout);
+}
+
+#[test]
+fn changed_host_key_is_refused_with_both_fingerprints() {
+    let lab = lab();
+    let other = std::fs::read_to_string(lab.dir.join("ssh/other_key.pub")).unwrap();
+    let wrong = format!("10.200.0.11 {}\n", other.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    let test = lab.custom(Test::bare(), &wrong, "client_key");
+    let out =
+        test.args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"]).code(4).run();
+    assert!(out.stdout.contains("HOST KEY CHANGED for h1"), "{}", out.stdout);
+    assert!(out.stdout.contains(&lab.fingerprint("net/h1/hostkey.pub")), "presented: {}", out.stdout);
+    assert!(out.stdout.contains(&lab.fingerprint("ssh/other_key.pub")), "recorded: {}", out.stdout);
+}
+
+#[test]
+fn wrong_key_auth_failure_names_user_and_key() {
+    let lab = lab();
+    let test = lab.custom(Test::bare(), &format!("{}\n", lab.key_line(1)), "other_key");
+    let out =
+        test.args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"]).code(1).run();
+    let key = lab.dir.join("ssh/other_key").display().to_string();
+    assert!(
+        out.stdout.contains(&format!("authentication as root@10.200.0.11:22 failed; tried: {key}")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
+    let lab = lab();
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let inventory = lab.custom_in(dir, "", "client_key");
+    let out = Test::bare().args(["-i", &inventory, "trust", "--env", "lab"]).code(4).run();
+    assert!(out.stdout.contains(&lab.fingerprint("net/h2/hostkey.pub")), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("known_hosts")).unwrap(),
+        "",
+        "no --yes, no terminal: nothing written"
+    );
+    Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes"]).run();
+    let recorded = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
+    assert_eq!(recorded.lines().count(), 3, "{recorded}");
+    Test::bare().args(["-i", &inventory, "run", "--env", "lab", "--", "true"]).run();
+    // A changed key (here: a recorded key swapped for another) needs --replace.
+    let other = std::fs::read_to_string(lab.dir.join("ssh/other_key.pub")).unwrap();
+    let swapped = recorded.replacen(
+        recorded.lines().next().unwrap(),
+        &format!("10.200.0.11 {}", other.split_whitespace().take(2).collect::<Vec<_>>().join(" ")),
+        1,
+    );
+    std::fs::write(dir.join("known_hosts"), &swapped).unwrap();
+    let out = Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes"]).code(4).run();
+    assert!(out.stdout.contains("CHANGED"), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("known_hosts")).unwrap(),
+        swapped,
+        "not replaced without --replace"
+    );
+    Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"]).run();
+    Test::bare().args(["-i", &inventory, "run", "--env", "lab", "--limit", "h1", "--", "true"]).run();
+}
+
+#[test]
+fn a_cut_link_fails_that_host_alone_and_fast() {
+    let lab = lab();
+    let _serial = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    lab.ctl(&["cut", "4"]);
+    let _restore = Restore(&lab, &["restore", "4"]);
+    let started = Instant::now();
+    let args = ["run", "--env", "faulty", "--connect-timeout", "3s", "--output", "json", "--", "hostname"];
+    let out = lab.ferry(&args).code(1).run();
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    let finished: Vec<_> =
+        json_lines(&out.stdout).into_iter().filter(|e| e["type"] == "target_finished").collect();
+    let status = |t: &str| finished.iter().find(|e| e["target"] == t).unwrap()["status"].clone();
+    assert_eq!((status("h1"), status("h2"), status("h4")), ("ok".into(), "ok".into(), "error".into()));
+}
+
+#[test]
+fn a_link_cut_mid_command_fails_within_60_seconds() {
+    let lab = lab();
+    let _serial = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _restore = Restore(&lab, &["undrop", "4"]);
+    let inventory = lab.inventory();
+    let started = Instant::now();
+    let child = std::thread::spawn(move || {
+        Test::bare()
+            .args(["-i", &inventory, "run", "--env", "faulty", "--limit", "h4", "--", "echo up; sleep 30"])
+            .code(1)
+            .run()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    lab.ctl(&["drop", "4"]);
+    let cut_at = Instant::now();
+    let out = child.join().unwrap();
+    assert!(cut_at.elapsed() < Duration::from_secs(60), "noticed {:?} after the cut", cut_at.elapsed());
+    assert!(
+        started.elapsed() > Duration::from_secs(30),
+        "ended before the command could have: {}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("the connection was lost before"), "{}", out.stdout);
+}
+
+#[test]
+fn a_stopped_sshd_fails_that_host() {
+    let lab = lab();
+    let _serial = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    lab.ctl(&["sshd-stop", "4"]);
+    let _restore = Restore(&lab, &["sshd-start", "4"]);
+    let started = Instant::now();
+    let out = lab.ferry(&["run", "--env", "faulty", "--", "true"]).code(1).run();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(out.stdout.contains("cannot connect to 10.200.0.14:22: Connection refused"), "{}", out.stdout);
+}

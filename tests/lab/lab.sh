@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# The test lab: N hosts as network namespaces on a private bridge, each with its own real
+# OpenSSH sshd and its own dockerd, plus a real registry (distribution) with a locally built
+# busybox image. Needs root. Follows ../shared/LAB-NOTES.md:
+#
+#  - the guard route `blackhole 10.200.0.0/16 metric 9999` goes in before any namespace, so no
+#    lab packet can ever leave through the machine's default route, and comes out last, only
+#    when no socket to the lab range is left;
+#  - namespaces get no default route; dockerd runs only inside them; nothing is pulled from a
+#    public registry;
+#  - every daemon's PID is recorded and stopped by PID at `down`;
+#  - an nftables table counts (and drops) packets to the lab range leaving by any interface other
+#    than lo and the lab bridge: `down` fails if that counter is not 0.
+#
+# Usage:
+#   tests/lab/lab.sh up [N]        start N hosts (default 4); writes $FERRY_LAB_DIR/lab.env
+#   tests/lab/lab.sh down          stop everything started by `up`
+#   tests/lab/lab.sh cut N | restore N          take host N's link down / up (bridge side)
+#   tests/lab/lab.sh drop N | undrop N          silently drop host N's SSH traffic (nft in its namespace)
+#   tests/lab/lab.sh sshd-stop N | sshd-start N stop / start host N's sshd
+set -euo pipefail
+
+T=${FERRY_LAB_DIR:-/tmp/ferry-lab}
+BRIDGE=br-ferry
+NET=10.200.0
+GUARD="blackhole 10.200.0.0/16 metric 9999"
+REGISTRY=$NET.1:5000
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+log() { echo "lab: $*" >&2; }
+# alive PID: running and not a zombie (a daemon's zombie lingers when its parent does not reap).
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
+# stop PID: TERM, wait up to 10 s, then KILL.
+stop() {
+  local pid=$1
+  alive "$pid" || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do alive "$pid" || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+ns() { echo "ferry-h$1"; }
+ip_of() { echo "$NET.$((10 + $1))"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "lab: needs root (network namespaces, sshd, dockerd). Run the tests as root: sudo scripts/test" >&2
+    exit 2
+  fi
+}
+
+guard_up() {
+  ip route replace $GUARD
+  nft -f - <<EOF
+table inet ferry_lab_leak
+delete table inet ferry_lab_leak
+table inet ferry_lab_leak {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    ip daddr 10.200.0.0/16 oifname != { "lo", "$BRIDGE" } counter drop
+  }
+}
+EOF
+}
+
+leak_count() {
+  nft list table inet ferry_lab_leak 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
+}
+
+start_sshd_in() { # N: (re)start sshd inside host N's namespaces (its mount namespace keeps /run private)
+  local n=$1 d=$T/net/h$1
+  nsenter -t "$(cat "$d/holder.pid")" -m -u -n /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log"
+  for _ in $(seq 50); do [ -s "$d/sshd.pid" ] && alive "$(cat "$d/sshd.pid")" && return 0; sleep 0.1; done
+  log "sshd on h$n did not start"; cat "$d/sshd.log" >&2; return 1
+}
+
+host_up() { # N
+  local n=$1 name ip d
+  name=$(ns "$n"); ip=$(ip_of "$n"); d=$T/net/h$n
+  mkdir -p "$d/docker-lib" /var/lib/docker
+  ip netns add "$name"
+  ip link add "vh$n" type veth peer name eth0 netns "$name"
+  ip link set "vh$n" master $BRIDGE up
+  ip -n "$name" addr add "$ip/24" dev eth0
+  ip -n "$name" link set eth0 up
+  ip -n "$name" link set lo up                    # and no default route, on purpose
+  [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey" -C "$name"
+  cat > "$d/sshd_config" <<EOF
+ListenAddress $ip:22
+HostKey $d/hostkey
+PidFile $d/sshd.pid
+AuthorizedKeysFile $T/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+MaxStartups 200
+MaxSessions 50
+LogLevel VERBOSE
+EOF
+  # A holder process keeps the host's private mount and UTS namespaces alive: its own /root
+  # (the machine's .bashrc runs pyenv), its own /run (docker.sock, /run/sshd) and hostname.
+  cat > "$d/inner.sh" <<EOF
+#!/bin/sh
+set -e
+mount --make-rprivate /
+mount -t tmpfs -o mode=700 tmpfs /root
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /run/sshd
+hostname $name
+mount --bind $d/docker-lib /var/lib/docker
+dockerd --bip 172.31.$n.1/24 --insecure-registry $REGISTRY --pidfile /run/docker.pid > $d/dockerd.log 2>&1 &
+echo \$! > $d/dockerd.pid
+exec sleep infinity
+EOF
+  chmod +x "$d/inner.sh"
+  # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then finds no cgroups.
+  setsid nohup nsenter --net=/run/netns/"$name" unshare -m -u "$d/inner.sh" > "$d/holder.log" 2>&1 < /dev/null &
+  echo $! > "$d/holder.pid"
+  for _ in $(seq 50); do [ -s "$d/dockerd.pid" ] && break; sleep 0.1; done
+  start_sshd_in "$n"
+}
+
+host_down() { # N
+  local n=$1 d=$T/net/h$1
+  if [ -s "$d/dockerd.pid" ] && alive "$(cat "$d/dockerd.pid")"; then
+    nsenter -t "$(cat "$d/dockerd.pid")" -m -n sh -c 'ids=$(docker ps -aq 2>/dev/null); [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1' || true
+    stop "$(cat "$d/dockerd.pid")"
+  fi
+  [ -s "$d/sshd.pid" ] && stop "$(cat "$d/sshd.pid")"
+  [ -s "$d/holder.pid" ] && stop "$(cat "$d/holder.pid")"
+  # Whatever else lives in the namespace (sshd's per-session processes, their commands) would
+  # keep it, and its veth, alive after `ip netns del`.
+  local pids; pids=$(ip netns pids "$(ns "$n")" 2>/dev/null || true)
+  if [ -n "$pids" ]; then
+    kill $pids 2>/dev/null || true; sleep 0.2; kill -9 $pids 2>/dev/null || true
+  fi
+  ip netns del "$(ns "$n")" 2>/dev/null || true
+  ip link del "vh$n" 2>/dev/null || true
+  rm -f "$d/dockerd.pid" "$d/sshd.pid" "$d/holder.pid"
+}
+
+registry_up() {
+  mkdir -p "$T/registry/data"
+  cat > "$T/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $T/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+  secret: ferry-lab
+EOF
+  setsid nohup docker-registry serve "$T/registry/config.yml" > "$T/registry/log" 2>&1 < /dev/null &
+  echo $! > "$T/registry/pid"
+  for _ in $(seq 50); do curl -fsS "http://$REGISTRY/v2/" > /dev/null 2>&1 && return 0; sleep 0.1; done
+  log "registry did not start"; cat "$T/registry/log" >&2; return 1
+}
+
+image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 with curl only
+  local r=$T/rootfs
+  rm -rf "$r"; mkdir -p "$r/bin" "$r/www" "$r/tmp" "$r/etc"
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $("$r/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
+  echo '<h1>hello from the ferry lab</h1>' > "$r/www/index.html"
+  echo 'root:x:0:0:root:/:/bin/sh' > "$r/etc/passwd"; echo 'root:x:0:' > "$r/etc/group"
+  tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/rootfs.tar" .
+  "$HERE/push-image.sh" "$REGISTRY" ferry/busybox 1.0 "$T/rootfs.tar"
+}
+
+# Users whose login shell is bash, dash or sh: a remote command must mean the same for all.
+SHELL_USERS="ferry-bash:/bin/bash ferry-dash:/bin/dash ferry-sh:/bin/sh"
+
+users_up() {
+  local pair user shell
+  : > "$T/users"
+  for pair in $SHELL_USERS; do
+    user=${pair%%:*}; shell=${pair#*:}
+    if ! id "$user" > /dev/null 2>&1; then
+      mkdir -p "$T/home/$user"
+      useradd -M -d "$T/home/$user" -s "$shell" "$user"
+      usermod -p '*' "$user"                      # UsePAM no: a locked password (!) refuses login
+      chown "$user" "$T/home/$user"
+      echo "$user" >> "$T/users"
+    fi
+  done
+}
+
+users_down() {
+  local user
+  [ -f "$T/users" ] || return 0
+  while read -r user; do userdel "$user" 2>/dev/null || true; done < "$T/users"
+  rm -f "$T/users"
+}
+
+write_inventory() { # N: lab.toml (environment lab = h1..h3, faulty = h1, h2, h4) and known_hosts
+  local n=$1 i
+  : > "$T/known_hosts"
+  for i in $(seq "$n"); do
+    echo "$(ip_of "$i") $(cut -d' ' -f1,2 "$T/net/h$i/hostkey.pub")" >> "$T/known_hosts"
+  done
+  {
+    echo "[defaults]"
+    echo "user = \"root\""
+    echo "identity = \"ssh/client_key\""
+    echo "known_hosts = \"known_hosts\""
+    echo
+    echo "[environments.lab]"
+    echo "targets = [\"h1\", \"h2\", \"h3\"]"
+    echo
+    echo "[environments.faulty]"
+    echo "targets = [\"h1\", \"h2\", \"h4\"]"
+    echo
+    echo "[environments.all]"
+    echo "targets = [\"h*\"]"
+    for i in $(seq "$n"); do
+      echo
+      echo "[targets.h$i]"
+      echo "host = \"$(ip_of "$i")\""
+      echo "roles = [\"web\"]"
+    done
+    # One environment per user: they share h1's address, and an environment never holds one
+    # host twice.
+    for pair in $SHELL_USERS; do
+      echo
+      echo "[targets.${pair%%:*}]"
+      echo "host = \"$(ip_of 1)\""
+      echo "user = \"${pair%%:*}\""
+      echo
+      echo "[environments.${pair%%:*}]"
+      echo "targets = [\"${pair%%:*}\"]"
+    done
+    echo
+    echo "[feeds.lab]"
+    echo "url = \"http://$REGISTRY\""
+  } > "$T/lab.toml"
+}
+
+up() {
+  need_root
+  local n=${1:-4} i
+  if [ -f "$T/lab.env" ]; then log "a lab is already up in $T (run down first)"; exit 1; fi
+  if ip link show $BRIDGE > /dev/null 2>&1 || [ -n "$(ip netns list | grep '^ferry-h')" ]; then
+    log "another ferry lab is up (bridge $BRIDGE or namespaces ferry-h* exist): FERRY_LAB_DIR=DIR $0 down"; exit 1
+  fi
+  mkdir -p "$T/ssh" "$T/net" /run/netns
+  chmod 755 "$T" "$T/ssh"                         # the shell users read authorized_keys
+  guard_up                                        # before any namespace exists
+  ip link add $BRIDGE type bridge
+  ip addr add $NET.1/24 dev $BRIDGE
+  ip link set $BRIDGE up
+  [ -f "$T/ssh/client_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$T/ssh/client_key" -C ferry-lab
+  [ -f "$T/ssh/other_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$T/ssh/other_key" -C not-authorized
+  cp "$T/ssh/client_key.pub" "$T/ssh/authorized_keys"; chmod 644 "$T/ssh/authorized_keys"
+  registry_up
+  users_up
+  for i in $(seq "$n"); do host_up "$i"; done
+  image_up
+  write_inventory "$n"
+  for i in $(seq "$n"); do                        # dockerd answers in each host
+    for _ in $(seq 100); do
+      nsenter -t "$(cat "$T/net/h$i/holder.pid")" -m -n docker info > /dev/null 2>&1 && break; sleep 0.2
+    done
+  done
+  {
+    echo "FERRY_LAB_DIR=$T"
+    echo "FERRY_LAB_HOSTS=$n"
+    echo "FERRY_LAB_REGISTRY=$REGISTRY"
+  } > "$T/lab.env"
+  log "up: $n hosts ($NET.11-$NET.$((10 + n))), registry $REGISTRY, inventory $T/lab.toml"
+}
+
+down() {
+  need_root
+  local i n
+  n=$(ls -d "$T"/net/h* 2>/dev/null | wc -l)
+  for i in $(seq "$n"); do host_down "$i" & done
+  wait
+  [ -s "$T/registry/pid" ] && stop "$(cat "$T/registry/pid")"
+  rm -f "$T/registry/pid"
+  ip link del $BRIDGE 2>/dev/null || true
+  users_down
+  local leaks; leaks=$(leak_count); leaks=${leaks:-0}
+  nft delete table inet ferry_lab_leak 2>/dev/null || true
+  # The guard goes last, and only when no socket to the lab range is left.
+  for _ in $(seq 20); do [ -z "$(ss -Htn dst 10.200.0.0/16)" ] && break; sleep 0.1; done
+  # What is left now has no process behind it (e.g. a FIN that a test's dropped link never
+  # acknowledged): destroy it rather than let it retransmit once the guard is gone.
+  ss -K dst 10.200.0.0/16 > /dev/null 2>&1 || true
+  if [ -n "$(ss -Htn dst 10.200.0.0/16)" ]; then
+    log "sockets to the lab range remain; keeping the guard route:"; ss -tn dst 10.200.0.0/16 >&2
+  else
+    ip route del $GUARD 2>/dev/null || true
+  fi
+  rm -f "$T/lab.env"
+  if [ "$leaks" != 0 ]; then log "LEAK: $leaks packets to the lab range tried to leave by another interface"; exit 1; fi
+  log "down"
+}
+
+case "${1:-}" in
+  up) shift; up "$@" ;;
+  down) down ;;
+  cut) ip route show | grep -q "^blackhole 10.200.0.0/16" || { log "guard route missing"; exit 1; }
+       ip link set "vh$2" down ;;
+  restore) ip link set "vh$2" up
+           ip neigh flush to "$(ip_of "$2")" dev $BRIDGE 2>/dev/null || true ;;  # a FAILED ARP entry would refuse at once
+  drop) ip netns exec "$(ns "$2")" nft -f - <<EOF
+table inet ferry_cut {
+  chain input { type filter hook input priority 0; policy accept; tcp dport 22 drop; }
+  chain output { type filter hook output priority 0; policy accept; tcp sport 22 drop; }
+}
+EOF
+        ;;
+  undrop) ip netns exec "$(ns "$2")" nft delete table inet ferry_cut ;;
+  sshd-stop) stop "$(cat "$T/net/h$2/sshd.pid")" ;;
+  sshd-start) rm -f "$T/net/h$2/sshd.pid"; start_sshd_in "$2" ;;
+  leaks) leak_count ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
+esac
