@@ -26,12 +26,15 @@ pub enum Connection {
 /// The SSH endpoint of `target` (user and identity resolved against the inventory).
 pub fn endpoint(inventory: &Inventory, target: &Target) -> Endpoint {
     let user = target.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into());
+    // One hop: the inventory refuses a jump host that has a jump host itself.
+    let jump = target.jump.as_deref().and_then(|name| inventory.target(name)).filter(|j| j.jump.is_none());
     Endpoint {
         name: target.name.clone(),
         host: target.host.clone(),
         port: target.port,
         user,
         identity: target.identity.as_deref().map(|p| resolve_path(&inventory.dir, p)),
+        jump: jump.map(|j| Box::new(endpoint(inventory, j))),
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub user: String,
     /// Identity file, already resolved to a path.
     pub identity: Option<PathBuf>,
+    /// The jump host to tunnel through (a direct-tcpip channel), if any.
+    pub jump: Option<Box<Endpoint>>,
 }
 
 /// Errors reaching or talking to a target over SSH.
@@ -205,6 +207,8 @@ pub struct Options {
 pub struct SshSession {
     handle: Handle<Client>,
     addr: String,
+    /// The jump host's session, kept open for as long as the tunnel through it is used.
+    _via: Option<Box<SshSession>>,
 }
 
 fn config() -> Arc<client::Config> {
@@ -285,8 +289,27 @@ impl SshSession {
             seen: Arc::clone(&seen),
             capture_only: false,
         };
-        let stream = tcp_connect(addr).await?;
-        let handle = match client::connect_stream(config(), stream, client).await {
+        let (handshake, via) = match &endpoint.jump {
+            None => (client::connect_stream(config(), tcp_connect(addr).await?, client).await, None),
+            Some(jump) => {
+                // The target's key is still checked against the target's own name and port.
+                let bastion = Box::pin(Self::connect_inner(jump, options, &addr_of(jump))).await?;
+                let port = u32::from(endpoint.port);
+                let channel = bastion
+                    .handle
+                    .channel_open_direct_tcpip(endpoint.host.clone(), port, "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| SshError::Protocol {
+                        addr: addr.to_string(),
+                        message: format!("jump host {} cannot reach it: {e}", jump.name),
+                    })?;
+                (
+                    client::connect_stream(config(), channel.into_stream(), client).await,
+                    Some(Box::new(bastion)),
+                )
+            }
+        };
+        let handle = match handshake {
             Ok(handle) => handle,
             Err(e) => {
                 let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -294,7 +317,7 @@ impl SshSession {
                     .unwrap_or_else(|| protocol(addr, &e)));
             }
         };
-        let mut session = SshSession { handle, addr: addr.to_string() };
+        let mut session = SshSession { handle, addr: addr.to_string(), _via: via };
         session.authenticate(endpoint).await?;
         Ok(session)
     }

@@ -128,6 +128,8 @@ pub struct Target {
     pub vars: Vars,
     /// SSH or local.
     pub transport: Transport,
+    /// Another target to reach this one through (an SSH jump host / bastion).
+    pub jump: Option<String>,
 }
 
 /// A named set of targets with its own variables and rollout policy.
@@ -475,6 +477,7 @@ impl Checker<'_> {
         defaults: &(Defaults, Option<PathBuf>),
     ) -> Vec<Target> {
         let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+        let mut jumps: Vec<(String, Spanned<String>)> = Vec::new();
         for (name, target) in raw {
             let name_span = name.span();
             let name = name.into_inner();
@@ -521,6 +524,10 @@ impl Checker<'_> {
             let port = target.port.map_or(defaults.0.port, |p| self.port(p));
             let roles = target.roles.into_iter().map(Spanned::into_inner).collect();
             let vars = self.vars(target.vars);
+            let jump = target.jump.map(|j| {
+                jumps.push((name.clone(), j.clone()));
+                j.into_inner()
+            });
             targets.push(Target {
                 name,
                 name_span,
@@ -531,11 +538,42 @@ impl Checker<'_> {
                 roles,
                 vars,
                 transport,
+                jump,
             });
         }
         // File order is the order users expect in tables and rollouts.
         targets.sort_by_key(|t| t.name_span.start);
+        self.check_jumps(&targets, &jumps);
         targets
+    }
+
+    /// A jump host must be another SSH target that is reached directly (one hop).
+    fn check_jumps(&mut self, targets: &[Target], jumps: &[(String, Spanned<String>)]) {
+        for (name, jump) in jumps {
+            let via = targets.iter().find(|t| &t.name == jump.get_ref());
+            let this = targets.iter().find(|t| &t.name == name);
+            let problem = match (via, this) {
+                (None, _) => Some((
+                    format!("unknown jump host \"{}\" for target \"{name}\"", jump.get_ref()),
+                    did_you_mean(jump.get_ref(), targets.iter().map(|t| t.name.as_str()))
+                        .or(Some("a jump host is another [targets.NAME]".into())),
+                )),
+                (Some(v), _) if v.name == *name => {
+                    Some((format!("target \"{name}\" cannot be its own jump host"), None))
+                }
+                (Some(v), _) if v.jump.is_some() => Some((
+                    format!("jump host \"{}\" has a jump host itself", v.name),
+                    Some("ferry goes through one jump host; reach the bastion directly".into()),
+                )),
+                (Some(v), Some(t)) if v.transport == Transport::Local || t.transport == Transport::Local => {
+                    Some(("jump hosts work only between SSH targets".to_string(), None))
+                }
+                _ => None,
+            };
+            if let Some((message, help)) = problem {
+                self.error(jump.span(), message, help);
+            }
+        }
     }
 
     fn environments(

@@ -86,6 +86,7 @@ pub struct RawTarget {
     #[serde(default)]
     pub vars: RawVars,
     pub transport: Option<Spanned<String>>,
+    pub jump: Option<Spanned<String>>,
 }
 
 /// `[feeds.NAME]`.

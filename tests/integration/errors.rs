@@ -294,3 +294,10 @@ fn symlink_out_of_the_templates_folder_is_refused() {
     let stderr = check_fails(test);
     assert!(stderr.contains("error: template \"link.j2\" resolves outside the templates folder"), "{stderr}");
 }
+
+#[test]
+fn unknown_jump_host() {
+    let test =
+        Test::new().replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"10.0.1.12\"\njump = \"prod-3\"");
+    insta::assert_snapshot!(check_fails(test));
+}

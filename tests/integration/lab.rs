@@ -326,3 +326,60 @@ fn a_stopped_sshd_fails_that_host() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(out.stdout.contains("cannot connect to 10.200.0.14:22: Connection refused"), "{}", out.stdout);
 }
+
+#[test]
+fn ctrl_c_finishes_running_targets_starts_no_more_and_exits_130() {
+    let lab = lab();
+    let child = Command::new(crate::test::binary())
+        .args([
+            "-i",
+            &lab.inventory(),
+            "run",
+            "--env",
+            "lab",
+            "--parallel",
+            "1",
+            "--output",
+            "json",
+            "--",
+            "sleep 2; echo done",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events = json_lines(&stdout);
+    let status_of = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "target_finished" && e["target"] == t)
+            .map(|e| e["status"].clone())
+    };
+    assert_eq!(status_of("h1"), Some("ok".into()), "the running target finishes: {stdout}");
+    assert_eq!(status_of("h2"), Some("skipped".into()), "{stdout}");
+    assert_eq!(status_of("h3"), Some("skipped".into()), "{stdout}");
+    assert_eq!(events.last().unwrap()["interrupted"], true);
+}
+
+#[test]
+fn a_jump_host_reaches_a_target_only_it_can_see() {
+    let lab = lab();
+    // "inner" is 127.0.0.1 seen from h1: the only sshd there is h1's own.
+    let out = lab.ferry(&["run", "--env", "inner", "--output", "plain", "--", "hostname"]).run();
+    assert!(out.stdout.contains("inner | ferry-h1\n"), "{}", out.stdout);
+    // The target's key is checked against the target's name, also through the tunnel.
+    let known = std::fs::read_to_string(lab.dir.join("known_hosts")).unwrap();
+    let without_inner: String =
+        known.lines().filter(|l| !l.starts_with("127.0.0.1 ")).map(|l| format!("{l}\n")).collect();
+    let test = lab.custom(Test::bare(), &without_inner, "client_key");
+    let out = test.args(["-i", "custom.toml", "run", "--env", "inner", "--", "true"]).code(4).run();
+    assert!(out.stdout.contains("host key of inner (127.0.0.1:22) is not known"), "{}", out.stdout);
+}

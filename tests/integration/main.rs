@@ -13,6 +13,7 @@ mod fuzz;
 mod lab;
 mod plan;
 mod quoting;
+mod run;
 mod secrets;
 mod test;
 mod vars;

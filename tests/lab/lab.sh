@@ -86,6 +86,7 @@ host_up() { # N
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey" -C "$name"
   cat > "$d/sshd_config" <<EOF
 ListenAddress $ip:22
+ListenAddress 127.0.0.1:22
 HostKey $d/hostkey
 PidFile $d/sshd.pid
 AuthorizedKeysFile $T/ssh/authorized_keys
@@ -207,6 +208,7 @@ write_inventory() { # N: lab.toml (environment lab = h1..h3, faulty = h1, h2, h4
   for i in $(seq "$n"); do
     echo "$(ip_of "$i") $(cut -d' ' -f1,2 "$T/net/h$i/hostkey.pub")" >> "$T/known_hosts"
   done
+  echo "127.0.0.1 $(cut -d' ' -f1,2 "$T/net/h1/hostkey.pub")" >> "$T/known_hosts"   # target "inner"
   {
     echo "[defaults]"
     echo "user = \"root\""
@@ -227,6 +229,14 @@ write_inventory() { # N: lab.toml (environment lab = h1..h3, faulty = h1, h2, h4
       echo "host = \"$(ip_of "$i")\""
       echo "roles = [\"web\"]"
     done
+    # Reachable only through h1: its own loopback (nothing listens on 127.0.0.1:22 outside).
+    echo
+    echo "[targets.inner]"
+    echo "host = \"127.0.0.1\""
+    echo "jump = \"h1\""
+    echo
+    echo "[environments.inner]"
+    echo "targets = [\"inner\"]"
     # One environment per user: they share h1's address, and an environment never holds one
     # host twice.
     for pair in $SHELL_USERS; do
