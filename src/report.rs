@@ -139,12 +139,14 @@ enum Style {
 }
 
 impl Reporter {
-    /// Chooses the renderer: JSON for `--output json`, spinners for `human` on a terminal,
-    /// plain lines otherwise. `secrets` are masked everywhere.
+    /// Chooses the renderer: JSON for `--output json`, spinners for `human` on a terminal
+    /// (stdout and stderr), plain lines otherwise. `secrets` are masked everywhere.
     pub fn new(output: OutputFormat, secrets: Vec<Secret>) -> Reporter {
         let style = match output {
             OutputFormat::Json => Style::Json,
-            OutputFormat::Human if std::io::stderr().is_terminal() => {
+            // Spinners draw on stderr and print output lines above them: only when both
+            // streams are a terminal, so `ferry run … | grep` still gets every line on stdout.
+            OutputFormat::Human if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() => {
                 Style::Interactive { multi: MultiProgress::new(), bars: HashMap::new() }
             }
             _ => Style::Plain,
@@ -174,6 +176,11 @@ impl Reporter {
             return event;
         }
         match event {
+            // The operator's own command line may contain a secret (`run -- echo $TOKEN` expanded
+            // by their shell): it is output like any other.
+            Event::RunStarted { run, command, environment, targets } => {
+                Event::RunStarted { run, command: mask(&command, &self.secrets), environment, targets }
+            }
             Event::Output { target, stream, line } => {
                 Event::Output { target, stream, line: mask(&line, &self.secrets) }
             }

@@ -13,7 +13,7 @@ use crate::fanout::{self, Settings, TargetResult, Work};
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::report::{Event, Reporter, Status};
-use crate::secret::Secret;
+use crate::secret::{Secret, mask};
 use crate::{select, vars};
 
 /// Exit code when Ctrl-C interrupted the run.
@@ -38,6 +38,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         ssh: ssh_options(&inventory, &args.reach.connect_timeout)?,
     };
     let secrets = known_secrets(&inventory, &env.name);
+    let mask_with = secrets.clone();
     let environment = env.name.clone();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let inventory = Arc::new(inventory);
@@ -71,7 +72,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         (results, interrupted)
     });
     if output != OutputFormat::Json {
-        output::print(&summary(&results))?;
+        output::print(&mask(&summary(&results), &mask_with))?;
     }
     Ok(exit_code(&results, interrupted))
 }

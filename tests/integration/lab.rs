@@ -383,3 +383,44 @@ fn a_jump_host_reaches_a_target_only_it_can_see() {
     let out = test.args(["-i", "custom.toml", "run", "--env", "inner", "--", "true"]).code(4).run();
     assert!(out.stdout.contains("host key of inner (127.0.0.1:22) is not known"), "{}", out.stdout);
 }
+
+/// Collects what a command printed (for library-level tests).
+#[derive(Default)]
+struct Collect(Vec<u8>);
+
+impl ferry::exec::OutputSink for Collect {
+    fn output(&mut self, _stream: ferry::exec::Stream, data: &[u8]) {
+        self.0.extend_from_slice(data);
+    }
+}
+
+#[test]
+fn one_connection_carries_several_commands_and_stdin() {
+    let lab = lab();
+    let inventory = ferry::inventory::Inventory::load(&lab.dir.join("lab.toml")).unwrap();
+    let target = inventory.target("h2").unwrap().clone();
+    let known_hosts = ferry::known_hosts::KnownHosts::load(&inventory.defaults.known_hosts).unwrap();
+    let options = ferry::ssh::Options {
+        connect_timeout: Duration::from_secs(10),
+        known_hosts: std::sync::Arc::new(known_hosts),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let connection = ferry::host::Connection::open(&inventory, &target, &options).await.unwrap();
+        // Secret env files will travel this way: on stdin, never in a command line.
+        let payload = b"DATABASE_URL=postgres://x\nline two\n".repeat(1000);
+        let mut sink = Collect::default();
+        let status = connection.exec("cat", Some(&payload), None, &mut sink).await.unwrap();
+        assert!(status.success());
+        assert_eq!(sink.0, payload);
+        // The same session again: sshd sees one connection.
+        let mut sink = Collect::default();
+        let status = connection.exec("echo $PPID", None, None, &mut sink).await.unwrap();
+        let first = String::from_utf8_lossy(&sink.0).trim().to_string();
+        let mut again = Collect::default();
+        connection.exec("echo $PPID", None, None, &mut again).await.unwrap();
+        assert!(status.success());
+        assert_ne!(first, "", "a parent pid");
+        connection.close().await;
+    });
+}

@@ -47,3 +47,13 @@ fn unknown_role_and_limit_are_input_errors() {
 fn run_requires_a_command() {
     local().args(["run", "--env", "staging"]).code(2).run();
 }
+
+#[test]
+fn secrets_of_the_environment_are_masked_in_run_output() {
+    let command = format!("echo db={}", crate::test::SECRET);
+    for format in ["plain", "json", "human"] {
+        let out = local().args(["run", "--env", "staging", "--output", format, "--", &command]).run();
+        assert!(!out.stdout.contains(crate::test::SECRET), "{format}: {}", out.stdout);
+        assert!(out.stdout.contains("db=***"), "{format}: {}", out.stdout);
+    }
+}
