@@ -62,6 +62,57 @@ pub enum Command {
     Run(RunArgs),
     /// Fetch targets' host keys, show their fingerprints, and record them in known_hosts
     Trust(TrustArgs),
+    /// The audit log, newest first: who ran what, where, when, and how it ended
+    History(HistoryArgs),
+    /// Check the audit log's hash chain, or benchmark appends
+    Audit(AuditArgs),
+}
+
+/// `ferry history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this app
+    pub app: Option<String>,
+
+    /// Only this environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+
+    /// Only runs started within this long (e.g. 24h, 7d)
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+
+    /// At most this many runs
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+}
+
+/// `ferry audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: AuditAction,
+}
+
+/// `ferry audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Walk the hash chain; name the first record that was edited, deleted or moved
+    Verify {
+        /// Verify this file instead of the inventory's log
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Append synthetic `bench` records and report the time per append (fsync included)
+    Bench {
+        /// How many records
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        records: usize,
+        /// Append to this file instead of the inventory's log
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
 }
 
 /// `ferry check`.

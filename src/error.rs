@@ -35,6 +35,9 @@ pub enum Error {
     /// Several independent problems (e.g. `ferry check` over every app and environment).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
     Multiple(Vec<Error>),
+    /// The audit log could not be written: nothing is reported done that is not on record.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// Writing output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -64,7 +67,7 @@ impl Error {
                 EXIT_INVALID
             }
             Error::Multiple(errors) => errors.iter().map(Error::exit_code).max().unwrap_or(EXIT_INVALID),
-            Error::Output(_) => 1,
+            Error::Output(_) | Error::Audit(_) => 1,
         }
     }
 

@@ -24,7 +24,13 @@ pub struct Work {
     pub stdin: Option<Vec<u8>>,
     /// Kill the command after this long.
     pub deadline: Option<Duration>,
+    /// When set, a line `TIME PREFIX -> OUTCOME` is appended to `~/.ferry/audit.log` on each
+    /// target touched, so someone logged into the host can see what ferry did there.
+    pub mirror: Option<String>,
 }
+
+/// How long the mirror line may take; it never holds up a run for longer.
+const MIRROR_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How one target ended.
 #[derive(Debug, Clone)]
@@ -146,9 +152,28 @@ async fn one_target(
         Err(e) => result.error = Some(e.to_string()),
     }
     result.duration = started.elapsed();
+    // A local target is the machine that holds the audit log itself: no mirror.
+    if let (Some(prefix), Connection::Ssh(_)) = (&work.mirror, &connection) {
+        mirror(&connection, prefix, &result).await;
+    }
     finished(events, &result);
     connection.close().await;
     result
+}
+
+/// Appends the target's audit mirror line. Best effort: the local log is the record.
+async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
+    let outcome = match (&result.exit, &result.error) {
+        (Some(exit), _) => exit.to_string(),
+        (None, Some(error)) => format!("error: {error}"),
+        (None, None) => "unknown".to_string(),
+    };
+    let line = format!("{} {prefix} -> {outcome}\n", crate::time::now_rfc3339());
+    let mut sink = crate::report::Discard;
+    let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
+    if let Err(e) = connection.exec(command, Some(line.as_bytes()), Some(MIRROR_DEADLINE), &mut sink).await {
+        tracing::debug!(target = %result.target, error = %e, "audit mirror not written");
+    }
 }
 
 fn finished(events: &Events, result: &TargetResult) {

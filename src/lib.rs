@@ -8,6 +8,7 @@
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
 //! The binary (`src/main.rs`) is a thin wrapper over [`cli::run`].
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod diagnostic;
@@ -29,4 +30,5 @@ pub mod secret;
 pub mod select;
 pub mod shell;
 pub mod ssh;
+pub mod time;
 pub mod vars;

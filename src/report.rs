@@ -130,6 +130,72 @@ pub type Events = mpsc::UnboundedSender<Event>;
 pub struct Reporter {
     style: Style,
     secrets: Vec<Secret>,
+    audit: Option<AuditTrail>,
+}
+
+/// Records each target's outcome and the run's end in the audit log, before they are shown.
+pub struct AuditTrail {
+    /// The log.
+    pub log: crate::audit::Log,
+    /// The run id.
+    pub run: String,
+    /// The command name (`run`).
+    pub command: String,
+    /// The environment.
+    pub environment: String,
+    /// Last output lines per target (masked), for the outcome record.
+    tails: HashMap<String, std::collections::VecDeque<String>>,
+}
+
+/// Output lines an outcome record keeps.
+const AUDIT_TAIL_LINES: usize = 10;
+
+impl AuditTrail {
+    /// A trail for one run.
+    pub fn new(log: crate::audit::Log, run: &str, command: &str, environment: &str) -> AuditTrail {
+        AuditTrail {
+            log,
+            run: run.to_string(),
+            command: command.to_string(),
+            environment: environment.to_string(),
+            tails: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, event: &Event) -> Result<(), crate::audit::AuditError> {
+        let entry = |kind: &str, targets: Vec<String>, detail: serde_json::Value| crate::audit::Entry {
+            kind: kind.to_string(),
+            run: self.run.clone(),
+            command: self.command.clone(),
+            environment: Some(self.environment.clone()),
+            targets,
+            detail,
+            ..crate::audit::Entry::default()
+        };
+        let record = match event {
+            Event::Output { target, line, .. } => {
+                let tail = self.tails.entry(target.clone()).or_default();
+                if tail.len() == AUDIT_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                return Ok(());
+            }
+            Event::TargetFinished { target, status, exit_code, signal, error, ms } => {
+                let tail: Vec<String> = self.tails.remove(target).map(Vec::from).unwrap_or_default();
+                let detail = serde_json::json!({
+                    "status": status, "exit_code": exit_code, "signal": signal, "error": error, "ms": ms, "tail": tail,
+                });
+                entry("target_outcome", vec![target.clone()], detail)
+            }
+            Event::RunFinished { ok, failed, skipped, interrupted, ms } => {
+                let detail = serde_json::json!({ "ok": ok, "failed": failed, "skipped": skipped, "interrupted": interrupted, "ms": ms });
+                entry("run_finished", Vec::new(), detail)
+            }
+            Event::RunStarted { .. } | Event::TargetConnected { .. } => return Ok(()),
+        };
+        self.log.append(record).map(|_| ())
+    }
 }
 
 enum Style {
@@ -151,14 +217,28 @@ impl Reporter {
             }
             _ => Style::Plain,
         };
-        Reporter { style, secrets }
+        Reporter { style, secrets, audit: None }
     }
 
-    /// Runs until every sender is dropped.
-    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+    /// Also records outcomes in the audit log (each one before it is shown).
+    pub fn with_audit(mut self, trail: AuditTrail) -> Reporter {
+        self.audit = Some(trail);
+        self
+    }
+
+    /// Runs until every sender is dropped; returns the first audit failure, if any.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) -> Result<(), crate::audit::AuditError> {
         let mut stdout = std::io::BufWriter::new(std::io::stdout());
+        let mut failure = None;
         while let Some(event) = events.recv().await {
             let event = self.masked(event);
+            if let Some(Err(e)) = self.audit.as_mut().map(|trail| trail.record(&event)) {
+                eprintln!("error: {e}");
+                failure.get_or_insert(e);
+            }
             self.render(&mut stdout, &event);
             // Flush when caught up, so lines appear as they happen without a write per line.
             if events.is_empty() {
@@ -169,6 +249,7 @@ impl Reporter {
             let _ = multi.clear();
         }
         let _ = stdout.flush();
+        failure.map_or(Ok(()), Err)
     }
 
     fn masked(&self, event: Event) -> Event {
@@ -249,6 +330,13 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         }
         Event::RunFinished { .. } => {}
     }
+}
+
+/// Drops output (for ferry's own bookkeeping commands on targets).
+pub struct Discard;
+
+impl OutputSink for Discard {
+    fn output(&mut self, _stream: Stream, _data: &[u8]) {}
 }
 
 /// Splits a target's output into lines and sends each as an [`Event::Output`]; keeps the last

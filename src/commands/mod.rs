@@ -3,7 +3,9 @@
 //! The wiring shared by several commands (find the inventory, plan one app in one environment)
 //! lives here, so `check`, `plan` and (later) `deploy` build plans the same way.
 
+pub mod audit_cmd;
 pub mod check;
+pub mod history;
 pub mod plan;
 pub mod run;
 pub mod trust;
@@ -29,6 +31,8 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
         Command::Run(args) => run::run(inventory, &args, cli.output),
         Command::Trust(args) => trust::run(&inventory, &args, cli.output),
+        Command::History(args) => history::run(&inventory, &args, cli.output),
+        Command::Audit(args) => audit_cmd::run(&inventory, &args, cli.output),
     }
 }
 
@@ -211,6 +215,18 @@ pub fn ssh_options(inventory: &Inventory, connect_timeout: &str) -> Result<crate
         connect_timeout: duration_flag("connect-timeout", connect_timeout)?,
         known_hosts: std::sync::Arc::new(known_hosts),
     })
+}
+
+/// The state folder: `FERRY_STATE_DIR`, else the inventory's `state_dir`.
+pub fn state_dir(inventory: &Inventory) -> std::path::PathBuf {
+    process_env("FERRY_STATE_DIR").map_or_else(|| inventory.defaults.state_dir.clone(), Into::into)
+}
+
+/// The inventory's audit log, written as the actor detected from this process.
+pub fn audit_log(inventory: &Inventory) -> crate::audit::Log {
+    use std::io::IsTerminal;
+    let actor = crate::audit::Actor::detect(&process_env, std::io::stdin().is_terminal());
+    crate::audit::Log::new(&state_dir(inventory), actor)
 }
 
 /// A new time-ordered deployment id.

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{duration_flag, new_deployment_id, process_env, runtime, ssh_options};
+use super::{audit_log, duration_flag, new_deployment_id, process_env, runtime, ssh_options};
+use crate::audit::Entry;
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
-use crate::report::{Event, Reporter, Status};
+use crate::report::{AuditTrail, Event, Reporter, Status};
 use crate::secret::{Secret, mask};
 use crate::{select, vars};
 
@@ -28,24 +29,40 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         .into_iter()
         .cloned()
         .collect();
+    let secrets = known_secrets(&inventory, &env.name);
+    let command = args.command.join(" ");
+    let shown = mask(&command, &secrets);
+    let run_id = new_deployment_id();
+    let log = audit_log(&inventory);
     let work = Work {
-        command: args.command.join(" "),
+        command: command.clone(),
         stdin: None,
         deadline: args.timeout.as_deref().map(|t| duration_flag("timeout", t)).transpose()?,
+        mirror: Some(format!("ferry run {run_id} by {}: {shown}", log.actor().describe())),
     };
     let settings = Settings {
         parallel: args.reach.parallel,
         ssh: ssh_options(&inventory, &args.reach.connect_timeout)?,
     };
-    let secrets = known_secrets(&inventory, &env.name);
-    let mask_with = secrets.clone();
     let environment = env.name.clone();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    // On record before anything touches a target: if it cannot be written, nothing runs.
+    log.append(Entry {
+        kind: "run_started".into(),
+        run: run_id.clone(),
+        command: "run".into(),
+        environment: Some(environment.clone()),
+        targets: names.clone(),
+        detail: serde_json::json!({ "command_line": shown }),
+        ..Entry::default()
+    })?;
+    let trail = AuditTrail::new(log, &run_id, "run", &environment);
+    let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
     let inventory = Arc::new(inventory);
     let started = Instant::now();
-    let (results, interrupted) = runtime()?.block_on(async move {
+    let (results, interrupted, audited) = runtime()?.block_on(async move {
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let reporter = tokio::spawn(Reporter::new(output, secrets).run(receiver));
+        let reporter = tokio::spawn(reporter.run(receiver));
         let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -53,9 +70,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
                 let _ = cancel_tx.send(true);
             }
         });
-        let command = work.command.clone();
-        let _ =
-            events.send(Event::RunStarted { run: new_deployment_id(), command, environment, targets: names });
+        let _ = events.send(Event::RunStarted { run: run_id, command, environment, targets: names });
         let results =
             fanout::run(inventory, targets, Arc::new(work), &settings, events.clone(), cancel.clone()).await;
         let interrupted = *cancel.borrow();
@@ -68,13 +83,15 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             ms: fanout::millis(started.elapsed()),
         });
         drop(events);
-        let _ = reporter.await;
-        (results, interrupted)
+        let audited = matches!(reporter.await, Ok(Ok(())));
+        (results, interrupted, audited)
     });
     if output != OutputFormat::Json {
-        output::print(&mask(&summary(&results), &mask_with))?;
+        output::print(&mask(&summary(&results), &secrets))?;
     }
-    Ok(exit_code(&results, interrupted))
+    // A run whose outcome is not on record did not fully succeed.
+    let code = exit_code(&results, interrupted);
+    Ok(if code == 0 && !audited { 1 } else { code })
 }
 
 /// Secret values this machine can read for the environment's apps: masked in any output.

@@ -81,6 +81,8 @@ pub struct Defaults {
     pub identity: Option<String>,
     /// known_hosts file, relative to the inventory folder (default `known_hosts`).
     pub known_hosts: PathBuf,
+    /// Where the audit log and local locks live (default `.ferry` beside the inventory).
+    pub state_dir: PathBuf,
     /// The defaults variable layer.
     pub vars: Vars,
 }
@@ -427,6 +429,7 @@ impl Checker<'_> {
             port,
             identity: raw.identity,
             known_hosts: self.dir.join(raw.known_hosts.unwrap_or_else(|| "known_hosts".into())),
+            state_dir: self.dir.join(raw.state_dir.unwrap_or_else(|| ".ferry".into())),
             vars,
         };
         (defaults, templates)

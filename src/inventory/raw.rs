@@ -44,6 +44,7 @@ pub struct RawDefaults {
     pub identity: Option<String>,
     pub known_hosts: Option<String>,
     pub templates: Option<String>,
+    pub state_dir: Option<String>,
     #[serde(default)]
     pub vars: RawVars,
 }

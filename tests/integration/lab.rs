@@ -424,3 +424,52 @@ fn one_connection_carries_several_commands_and_stdin() {
         connection.close().await;
     });
 }
+
+#[test]
+fn each_target_gets_a_mirror_line_and_no_secret_reaches_it() {
+    let lab = lab();
+    let folder = tempfile::tempdir().unwrap();
+    let inventory = lab.custom_in(
+        folder.path(),
+        &std::fs::read_to_string(lab.dir.join("known_hosts")).unwrap(),
+        "client_key",
+    );
+    // An app with a secret makes the secret's value known to ferry, so it is masked everywhere.
+    let app = "\n[apps.web]\nimage = \"ferry/busybox\"\ntemplate = \"web.j2\"\nsecrets = { TOKEN = { env = \"LAB_TOKEN\" } }\n";
+    std::fs::write(&inventory, std::fs::read_to_string(&inventory).unwrap() + app).unwrap();
+    std::fs::create_dir_all(folder.path().join("templates")).unwrap();
+    std::fs::write(folder.path().join("templates/web.j2"), "docker run {{ image }}\n").unwrap();
+    let token = "lab-token-Kq3-never-shown";
+    let marker = format!("mirror-{}", std::process::id());
+    let out = Test::bare()
+        .env("LAB_TOKEN", token)
+        .args([
+            "-i",
+            &inventory,
+            "run",
+            "--env",
+            "lab",
+            "--limit",
+            "h2",
+            "--output",
+            "json",
+            "--",
+            &format!("echo {marker} {token}"),
+        ])
+        .run();
+    assert!(!out.stdout.contains(token), "{}", out.stdout);
+    let run_id = json_lines(&out.stdout)[0]["run"].as_str().unwrap().to_string();
+    let mirror = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h2", "--output", "plain", "--", "cat ~/.ferry/audit.log"])
+        .run();
+    let line = mirror
+        .stdout
+        .lines()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no mirror line: {}", mirror.stdout));
+    assert!(line.contains(&format!("ferry run {run_id} by ")), "{line}");
+    assert!(line.contains(&format!("echo {marker} ***")) && line.ends_with("-> exit 0"), "{line}");
+    assert!(!mirror.stdout.contains(token));
+    let log = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
+    assert!(!log.contains(token) && log.contains(&run_id));
+}

@@ -7,6 +7,7 @@
 // A failing test is a panic: that is how the harness reports it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod check;
 mod errors;
 mod fuzz;

@@ -129,6 +129,12 @@ impl Test {
         self
     }
 
+    /// Keeps the folder (and the files written so far) beyond this test run: for tests that run
+    /// several commands against one inventory.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        self.dir
+    }
+
     /// The test folder.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -1,0 +1,409 @@
+//! Stage 8: the audit log, an append-only, hash-chained JSON Lines file.
+//!
+//! Every mutating action appends records to `STATE_DIR/audit.jsonl`: who (user, host, CI job or
+//! cron), what, where, when, and the outcome. Three properties matter more than anything else:
+//!
+//! * **Whole lines.** Each record is one `write` of one line, under an exclusive lock of the
+//!   file, so concurrent ferry processes (a cron job and a CI job on one machine) interleave
+//!   records, never bytes.
+//! * **Durable before reported.** `append` returns only after `fsync`: a step shown as done is on
+//!   disk, even if the machine dies right after.
+//! * **Tamper evidence.** Each record carries the hash of the previous record, and its own hash
+//!   over a canonical encoding; `verify` walks the chain and names the first record that was
+//!   edited, deleted or reordered. A line torn by a crash mid-write is recognised as such: it is
+//!   reported, the chain continues across it, and later appends are not affected.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Errors of the audit stage.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The log could not be opened, locked, written or synced.
+    #[error("audit log {}: {source}", path.display())]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Local user name.
+    pub user: String,
+    /// Host name of the machine running ferry.
+    pub host: String,
+    /// `github-actions`, `gitlab-ci`, `jenkins`, `buildkite`, `ci`, `cron`, or `terminal`.
+    pub via: String,
+    /// The CI job, when one is detected (e.g. `owner/repo run 1234`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+impl Actor {
+    /// Detects the actor from the environment (`lookup`) and whether stdin is a terminal.
+    pub fn detect(lookup: &dyn Fn(&str) -> Option<String>, stdin_is_terminal: bool) -> Actor {
+        let user = lookup("USER")
+            .or_else(|| lookup("LOGNAME"))
+            .or_else(user_of_process)
+            .unwrap_or_else(|| "unknown".into());
+        let host = lookup("HOSTNAME")
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        let get = |k: &str| lookup(k).filter(|v| !v.is_empty());
+        let (via, job) = if get("GITHUB_ACTIONS").is_some() {
+            let job = [
+                get("GITHUB_REPOSITORY"),
+                get("GITHUB_WORKFLOW"),
+                get("GITHUB_RUN_ID").map(|r| format!("run {r}")),
+            ];
+            ("github-actions", join_some(&job))
+        } else if get("GITLAB_CI").is_some() {
+            let job = [get("CI_PROJECT_PATH"), get("CI_JOB_ID").map(|j| format!("job {j}"))];
+            ("gitlab-ci", join_some(&job))
+        } else if get("JENKINS_URL").is_some() {
+            ("jenkins", get("BUILD_TAG").or_else(|| get("BUILD_URL")))
+        } else if get("BUILDKITE").is_some() {
+            ("buildkite", get("BUILDKITE_BUILD_URL"))
+        } else if get("CI").is_some_and(|v| v != "false" && v != "0") {
+            ("ci", None)
+        } else if !stdin_is_terminal {
+            ("cron", None)
+        } else {
+            ("terminal", None)
+        };
+        Actor { user, host, via: via.to_string(), job }
+    }
+
+    /// `user@host (via job)`, for messages and the target mirror.
+    pub fn describe(&self) -> String {
+        let job = self.job.as_ref().map_or(String::new(), |j| format!(" {j}"));
+        format!("{}@{} ({}{job})", self.user, self.host, self.via)
+    }
+}
+
+/// The name of this process's real uid, from /proc and /etc/passwd (cron jobs often have no
+/// `$USER`).
+fn user_of_process() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&uid.as_str()))
+        .map(|f| f[0].to_string())
+}
+
+fn join_some(parts: &[Option<String>]) -> Option<String> {
+    let present: Vec<&str> = parts.iter().flatten().map(String::as_str).collect();
+    (!present.is_empty()).then(|| present.join(" "))
+}
+
+/// What a caller records; the log adds sequence, time, id and the chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// `run_started`, `target_outcome`, `run_finished`, `lock_acquired`, `lock_released`,
+    /// `lock_broken`, `trust_recorded`, ...
+    pub kind: String,
+    /// The run or deployment this belongs to.
+    pub run: String,
+    /// The command (`run`, `deploy`, `lock`, `trust`).
+    pub command: String,
+    /// App, when the action concerns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Version (tag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Image digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Targets concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// Kind-specific facts (exit status, duration, masked output tail, counts, plan hashes).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// 1, 2, 3, … without gaps.
+    pub seq: u64,
+    /// RFC 3339 UTC, milliseconds.
+    pub time: String,
+    /// Time-ordered unique id (UUID v7).
+    pub id: String,
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// `hash` of the previous record ([`GENESIS`] for the first).
+    pub prev: String,
+    /// SHA-256 of this record's canonical encoding (the line without this field).
+    pub hash: String,
+}
+
+/// The canonical encoding a record's hash covers: the record as JSON with `hash` empty. Field
+/// order is the struct's and `detail` is written by serde_json in key order, so it is stable.
+fn canonical_hash(record: &Record) -> String {
+    let mut unhashed = record.clone();
+    unhashed.hash = String::new();
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The audit log of one state folder.
+#[derive(Debug, Clone)]
+pub struct Log {
+    path: PathBuf,
+    actor: Actor,
+}
+
+impl Log {
+    /// The log at `STATE_DIR/audit.jsonl`, written as `actor`.
+    pub fn new(state_dir: &Path, actor: Actor) -> Log {
+        Log { path: state_dir.join("audit.jsonl"), actor }
+    }
+
+    /// The same writer, appending to another file (benchmarks, tests).
+    pub fn with_file(mut self, path: &Path) -> Log {
+        self.path = path.to_path_buf();
+        self
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Who this log writes as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Appends one record, durably (fsync) and atomically with respect to other writers.
+    pub fn append(&self, entry: Entry) -> Result<Record, AuditError> {
+        let io = |source| AuditError::Io { path: self.path.clone(), source };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file =
+            OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(io)?;
+        file.lock().map_err(io)?;
+        let (last, torn) = last_record(&mut file).map_err(io)?;
+        let mut record = Record {
+            seq: last.as_ref().map_or(1, |r| r.seq + 1),
+            time: crate::time::now_rfc3339(),
+            id: uuid::Uuid::now_v7().to_string(),
+            actor: self.actor.clone(),
+            entry,
+            prev: last.map_or_else(|| GENESIS.to_string(), |r| r.hash),
+            hash: String::new(),
+        };
+        record.hash = canonical_hash(&record);
+        let mut line = if torn { b"\n".to_vec() } else { Vec::new() };
+        line.extend(serde_json::to_vec(&record).unwrap_or_default());
+        line.push(b'\n');
+        file.write_all(&line).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        // Dropping the file releases the lock.
+        Ok(record)
+    }
+
+    /// Reads every well-formed record, in file order (torn lines skipped).
+    pub fn read(&self) -> Result<Vec<Record>, AuditError> {
+        let io = |source| AuditError::Io { path: self.path.clone(), source };
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut records = Vec::new();
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.map_err(io)?;
+            if let Ok(record) = serde_json::from_slice::<Record>(&line) {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// The last well-formed record, and whether the file ends in a torn (unterminated) line.
+fn last_record(file: &mut File) -> std::io::Result<(Option<Record>, bool)> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok((None, false));
+    }
+    // Records are small; read a growing tail until it holds a whole, parseable line.
+    let mut window = 4096u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.take(len - start).read_to_end(&mut tail)?;
+        let torn = tail.last() != Some(&b'\n');
+        let lines: Vec<&[u8]> = tail.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        // The first line of a partial window may be cut; skip it unless the window is the file.
+        let usable = if start == 0 { &lines[..] } else { lines.get(1..).unwrap_or(&[]) };
+        if let Some(record) = usable.iter().rev().find_map(|l| serde_json::from_slice::<Record>(l).ok()) {
+            return Ok((Some(record), torn));
+        }
+        if start == 0 {
+            return Ok((None, torn));
+        }
+        window *= 4;
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Well-formed records checked.
+    pub records: usize,
+    /// Lines that are not records (torn by a crash): line numbers.
+    pub torn_lines: Vec<usize>,
+    /// The first integrity failure: (line number, what is wrong).
+    pub broken: Option<(usize, String)>,
+}
+
+/// Walks the chain of the log at `path`.
+pub fn verify(path: &Path) -> Result<Verification, AuditError> {
+    let io = |source| AuditError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io)?;
+    let mut out = Verification { records: 0, torn_lines: Vec::new(), broken: None };
+    let mut prev_hash = GENESIS.to_string();
+    let mut prev_seq = 0u64;
+    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line_no = index + 1;
+        let line = line.map_err(io)?;
+        if line.is_empty() {
+            continue;
+        }
+        let Ok(record) = serde_json::from_slice::<Record>(&line) else {
+            out.torn_lines.push(line_no);
+            continue;
+        };
+        let problem = if canonical_hash(&record) != record.hash {
+            Some(format!("record seq {} was modified (its hash does not match its content)", record.seq))
+        } else if record.prev != prev_hash {
+            Some(format!(
+                "record seq {} does not follow the record before it (a record was deleted, inserted or moved)",
+                record.seq
+            ))
+        } else if record.seq != prev_seq + 1 {
+            Some(format!("record seq {} follows seq {prev_seq}", record.seq))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            out.broken = Some((line_no, problem));
+            return Ok(out);
+        }
+        out.records += 1;
+        prev_hash = record.hash;
+        prev_seq = record.seq;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(dir: &Path) -> Log {
+        let actor = Actor { user: "u".into(), host: "h".into(), via: "terminal".into(), job: None };
+        Log::new(dir, actor)
+    }
+
+    fn entry(kind: &str) -> Entry {
+        Entry { kind: kind.into(), run: "r".into(), command: "run".into(), ..Entry::default() }
+    }
+
+    #[test]
+    fn appends_chain_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let a = log.append(entry("run_started")).unwrap();
+        let b = log.append(entry("run_finished")).unwrap();
+        assert_eq!((a.seq, b.seq), (1, 2));
+        assert_eq!(a.prev, GENESIS);
+        assert_eq!(b.prev, a.hash);
+        let v = verify(log.path()).unwrap();
+        assert_eq!((v.records, v.broken, v.torn_lines.len()), (2, None, 0));
+    }
+
+    #[test]
+    fn detects_edits_deletions_and_reordering() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        for k in ["a", "b", "c", "d"] {
+            log.append(entry(k)).unwrap();
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let check = |lines: Vec<String>| {
+            let path = dir.path().join("copy.jsonl");
+            std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+            verify(&path).unwrap().broken
+        };
+        let edited: Vec<String> =
+            lines.iter().map(|l| l.replace("\"kind\":\"b\"", "\"kind\":\"x\"")).collect();
+        assert_eq!(check(edited).map(|b| b.0), Some(2));
+        let deleted: Vec<String> =
+            lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l.to_string()).collect();
+        assert_eq!(check(deleted).map(|b| b.0), Some(2));
+        let mut reordered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        reordered.swap(1, 2);
+        assert_eq!(check(reordered).map(|b| b.0), Some(2));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_reported_and_later_appends_continue_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        log.append(entry("a")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":2,\"time\":\"2026-").unwrap();
+        drop(f);
+        let v = verify(log.path()).unwrap();
+        assert_eq!((v.records, v.torn_lines.clone(), v.broken), (1, vec![2], None));
+        let c = log.append(entry("c")).unwrap();
+        assert_eq!(c.seq, 2);
+        let v = verify(log.path()).unwrap();
+        assert_eq!((v.records, v.torn_lines, v.broken), (2, vec![2], None));
+    }
+
+    #[test]
+    fn detects_ci_and_cron() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let gh = Actor::detect(
+            &env(&[("GITHUB_ACTIONS", "true"), ("GITHUB_REPOSITORY", "acme/web"), ("GITHUB_RUN_ID", "42")]),
+            false,
+        );
+        assert_eq!((gh.via.as_str(), gh.job.as_deref()), ("github-actions", Some("acme/web run 42")));
+        assert_eq!(Actor::detect(&env(&[("CI", "true")]), false).via, "ci");
+        assert_eq!(Actor::detect(&env(&[]), false).via, "cron");
+        assert_eq!(Actor::detect(&env(&[]), true).via, "terminal");
+    }
+}

@@ -1,0 +1,123 @@
+//! `ferry history`: the audit log as runs, newest first.
+//!
+//! Records are grouped by run id. A run with a `run_started` but no `run_finished` record was
+//! killed (a crash, `kill -9`, a lost machine) and is shown as `interrupted`.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{audit_log, duration_flag};
+use crate::audit::Record;
+use crate::cli::HistoryArgs;
+use crate::error::Error;
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+
+/// One run as history shows it.
+#[derive(Debug, Serialize)]
+struct Run<'a> {
+    run: &'a str,
+    started: &'a str,
+    actor: String,
+    command: &'a str,
+    app: Option<&'a str>,
+    environment: Option<&'a str>,
+    version: Option<&'a str>,
+    targets: usize,
+    /// `ok`, `failed`, `interrupted`, or the record kind for single-record actions.
+    outcome: String,
+    /// Short facts: the command line, counts.
+    summary: String,
+}
+
+/// Runs `ferry history`.
+pub fn run(inventory: &Inventory, args: &HistoryArgs, output: OutputFormat) -> Result<i32, Error> {
+    let records = audit_log(inventory).read()?;
+    let since = match &args.since {
+        Some(d) => Some(
+            crate::time::now_ms() - i64::try_from(duration_flag("since", d)?.as_millis()).unwrap_or(i64::MAX),
+        ),
+        None => None,
+    };
+    let runs = group(&records);
+    let selected: Vec<Run<'_>> = runs
+        .into_iter()
+        .rev()
+        .filter(|r| args.app.as_deref().is_none_or(|a| r.app == Some(a)))
+        .filter(|r| args.environment.as_deref().is_none_or(|e| r.environment == Some(e)))
+        .filter(|r| since.is_none_or(|s| crate::time::parse_ms(r.started).is_some_and(|t| t >= s)))
+        .take(args.limit)
+        .collect();
+    if output == OutputFormat::Json {
+        output::print_json(&serde_json::json!({ "schema": 1, "type": "history", "runs": selected }))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = selected
+        .iter()
+        .map(|r| {
+            vec![
+                r.started.get(..19).unwrap_or(r.started).replace('T', " "),
+                r.run.get(..13).unwrap_or(r.run).to_string(),
+                r.actor.clone(),
+                r.command.to_string(),
+                r.app.unwrap_or("-").to_string(),
+                r.environment.unwrap_or("-").to_string(),
+                r.targets.to_string(),
+                r.outcome.clone(),
+                r.summary.clone(),
+            ]
+        })
+        .collect();
+    let headers = ["STARTED (UTC)", "RUN", "ACTOR", "COMMAND", "APP", "ENV", "TARGETS", "OUTCOME", "SUMMARY"];
+    output::print(&table(&headers, &rows))?;
+    Ok(0)
+}
+
+/// Runs in order of their first record.
+fn group(records: &[Record]) -> Vec<Run<'_>> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for r in records {
+        let list = by_run.entry(r.entry.run.as_str()).or_default();
+        if list.is_empty() {
+            order.push(&r.entry.run);
+        }
+        list.push(r);
+    }
+    order.into_iter().filter_map(|id| by_run.get(id).map(|list| summarize(id, list))).collect()
+}
+
+fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
+    let first = list[0];
+    let finished = list.iter().find(|r| r.entry.kind == "run_finished");
+    let started = list.iter().find(|r| r.entry.kind == "run_started");
+    let outcome = match (started, finished) {
+        (Some(_), None) => "interrupted".to_string(),
+        (_, Some(f)) if f.entry.detail["interrupted"] == true => "interrupted".to_string(),
+        (_, Some(f)) if f.entry.detail["failed"].as_u64().unwrap_or(0) > 0 => "failed".to_string(),
+        (_, Some(_)) => "ok".to_string(),
+        (None, None) => first.entry.kind.clone(),
+    };
+    let summary = match finished {
+        Some(f) => format!(
+            "{} ok, {} failed, {} skipped",
+            f.entry.detail["ok"].as_u64().unwrap_or(0),
+            f.entry.detail["failed"].as_u64().unwrap_or(0),
+            f.entry.detail["skipped"].as_u64().unwrap_or(0)
+        ),
+        None => first.entry.detail["command_line"].as_str().unwrap_or_default().to_string(),
+    };
+    Run {
+        run: id,
+        started: &first.time,
+        actor: first.actor.describe(),
+        command: &first.entry.command,
+        app: first.entry.app.as_deref(),
+        environment: first.entry.environment.as_deref(),
+        version: first.entry.version.as_deref(),
+        targets: first.entry.targets.len(),
+        outcome,
+        summary,
+    }
+}

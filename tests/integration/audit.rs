@@ -1,0 +1,142 @@
+//! The audit log through the CLI: what `ferry run` records, `audit verify` on tampered copies,
+//! concurrent writers, a `kill -9` in the middle of a run, and secrets kept out of every record.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::test::{SECRET, Test, binary};
+
+fn local() -> Test {
+    Test::new().replace(
+        "ferry.toml",
+        "[targets.stg-1]\nhost = \"10.0.0.11\"",
+        "[targets.stg-1]\ntransport = \"local\"",
+    )
+}
+
+/// `ferry -i FOLDER/ferry.toml …` with the test secret set.
+fn ferry(folder: &tempfile::TempDir) -> Test {
+    let inventory = folder.path().join("ferry.toml").display().to_string();
+    Test::bare().env("WEB_DATABASE_URL", SECRET).args(["-i", &inventory])
+}
+
+fn records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn run_is_recorded_and_history_shows_outcomes() {
+    let folder = local().into_dir();
+    let dir = folder.path();
+    ferry(&folder).args(["run", "--env", "staging", "--", "echo hi"]).run();
+    ferry(&folder).args(["run", "--env", "staging", "--", "exit 4"]).code(1).run();
+    let kinds: Vec<String> = records(dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        kinds,
+        ["run_started", "target_outcome", "run_finished", "run_started", "target_outcome", "run_finished"]
+    );
+    let recs = records(dir);
+    assert_eq!(recs[1]["detail"]["tail"][0], "hi", "masked output tail in the outcome");
+    assert_eq!(recs[4]["detail"]["exit_code"], 4);
+    assert!(recs.iter().all(|r| r["actor"]["user"].is_string() && r["actor"]["via"].is_string()));
+    let out = ferry(&folder).args(["history"]).run();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[1].contains("failed"), "newest first: {}", out.stdout);
+    assert!(lines[2].contains(" ok "), "{}", out.stdout);
+    let out = ferry(&folder).args(["history", "--output", "json"]).run();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["runs"].as_array().map(Vec::len), Some(2));
+    let out = ferry(&folder).args(["audit", "verify"]).run();
+    assert!(out.stdout.contains("ok, 6 records, chain intact"), "{}", out.stdout);
+}
+
+#[test]
+fn verify_names_the_record_that_was_edited_deleted_or_moved() {
+    let folder = local().into_dir();
+    let dir = folder.path();
+    ferry(&folder).args(["run", "--env", "staging", "--", "true"]).run();
+    let text = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let verify = |name: &str, lines: &[String], code: i32| {
+        std::fs::write(dir.join(name), lines.join("\n") + "\n").unwrap();
+        ferry(&folder)
+            .args(["audit", "verify", "--log", &dir.join(name).display().to_string()])
+            .code(code)
+            .run()
+            .stdout
+    };
+    assert!(verify("same.jsonl", &lines, 0).contains("chain intact"));
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("\"ms\":", "\"ms\":1");
+    assert!(verify("edited.jsonl", &edited, 1).contains(":2: BROKEN: record seq 2 was modified"));
+    let deleted: Vec<String> =
+        lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l.clone()).collect();
+    assert!(verify("deleted.jsonl", &deleted, 1).contains(":2: BROKEN: record seq 3 does not follow"));
+    let mut moved = lines.clone();
+    moved.swap(0, 1);
+    assert!(verify("moved.jsonl", &moved, 1).contains(":1: BROKEN: record seq 2 does not follow"));
+}
+
+#[test]
+fn a_thousand_appends_from_four_processes_make_a_thousand_whole_lines_and_a_valid_chain() {
+    let test = local();
+    let log = test.path().join("shared.jsonl").display().to_string();
+    let inventory = test.path().join("ferry.toml").display().to_string();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(binary())
+                .args(["-i", &inventory, "audit", "bench", "--records", "250", "--log", &log])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "whole lines only");
+    let out = Test::bare().args(["-i", &inventory, "audit", "verify", "--log", &log]).run();
+    assert!(out.stdout.contains("ok, 1000 records, chain intact"), "{}", out.stdout);
+}
+
+#[test]
+fn kill_9_mid_run_leaves_a_verifiable_log_and_an_interrupted_run() {
+    let folder = local().into_dir();
+    let inventory = folder.path().join("ferry.toml").display().to_string();
+    let mut child = Command::new(binary())
+        .args(["-i", &inventory, "run", "--env", "staging", "--", "sleep 5"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WEB_DATABASE_URL", SECRET)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let out = ferry(&folder).args(["audit", "verify"]).run();
+    assert!(out.stdout.contains("chain intact"), "{}", out.stdout);
+    let out = ferry(&folder).args(["history"]).run();
+    assert!(out.stdout.lines().nth(1).is_some_and(|l| l.contains("interrupted")), "{}", out.stdout);
+    // And the log takes appends after the crash.
+    ferry(&folder).args(["run", "--env", "staging", "--", "true"]).run();
+    ferry(&folder).args(["audit", "verify"]).run();
+}
+
+#[test]
+fn secrets_never_reach_the_audit_log_or_history() {
+    let folder = local().into_dir();
+    ferry(&folder)
+        .args(["run", "--env", "staging", "--", &format!("echo {SECRET}; echo $WEB_DATABASE_URL")])
+        .run();
+    let log = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
+    assert!(!log.contains(SECRET), "{log}");
+    assert!(log.contains("***"), "{log}");
+    for args in [&["history"][..], &["history", "--output", "json"][..]] {
+        let out = ferry(&folder).args(args.iter().copied()).run();
+        assert!(!out.stdout.contains(SECRET), "{}", out.stdout);
+    }
+}
