@@ -66,6 +66,59 @@ pub enum Command {
     History(HistoryArgs),
     /// Check the audit log's hash chain, or benchmark appends
     Audit(AuditArgs),
+    /// Show, take or release an environment's lock (e.g. to freeze prod)
+    Lock(LockArgs),
+}
+
+/// `ferry lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: LockAction,
+}
+
+/// `ferry lock` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Who holds the environment's lock on each target
+    Status(LockTarget),
+    /// Take the lock on every target of the environment
+    Acquire {
+        /// Which environment.
+        #[command(flatten)]
+        target: LockTarget,
+        /// Why (shown to everyone who finds the environment locked)
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        message: String,
+        /// The lock expires after this long
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        ttl: String,
+        /// Take it over even if someone else holds it (audited)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Release the lock (yours; someone else's only with --force, audited)
+    Release {
+        /// Which environment.
+        #[command(flatten)]
+        target: LockTarget,
+        /// Break a lock held by someone else
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The environment of a `ferry lock` command.
+#[derive(Debug, Args)]
+pub struct LockTarget {
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
 }
 
 /// `ferry history`.
@@ -207,6 +260,18 @@ pub struct RunArgs {
     /// Kill the command on a target after this long (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+
+    /// Take the environment lock for the run (ad-hoc reads do not need it)
+    #[arg(long)]
+    pub lock: bool,
+
+    /// With --lock: wait this long for a held lock instead of failing at once (exit 3)
+    #[arg(long, value_name = "DURATION", requires = "lock")]
+    pub lock_wait: Option<String>,
+
+    /// With --lock: the lock expires after this long if the run dies without releasing it
+    #[arg(long, value_name = "DURATION", default_value = "1h", requires = "lock")]
+    pub lock_ttl: String,
 
     /// The command, run by /bin/sh on each target; its words are joined with spaces, as ssh does
     #[arg(last = true, required = true, value_name = "COMMAND")]

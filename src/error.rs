@@ -13,6 +13,8 @@ use crate::vars::VarsError;
 
 /// Exit code: invalid input (usage, inventory, template, unknown app or environment).
 pub const EXIT_INVALID: i32 = 2;
+/// Exit code: the environment is locked by someone else (and `--lock-wait` ran out).
+pub const EXIT_LOCKED: i32 = 3;
 
 /// Any error a ferry command can end with.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum Error {
     /// The audit log could not be written: nothing is reported done that is not on record.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// An environment lock could not be taken (boxed: it carries the holder's details).
+    #[error(transparent)]
+    Lock(Box<crate::lock::LockError>),
     /// Writing output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -50,6 +55,12 @@ fn render_errors(errors: &[RenderError]) -> String {
 impl From<RenderError> for Error {
     fn from(e: RenderError) -> Self {
         Error::Render(vec![e])
+    }
+}
+
+impl From<crate::lock::LockError> for Error {
+    fn from(e: crate::lock::LockError) -> Self {
+        Error::Lock(Box::new(e))
     }
 }
 
@@ -67,7 +78,8 @@ impl Error {
                 EXIT_INVALID
             }
             Error::Multiple(errors) => errors.iter().map(Error::exit_code).max().unwrap_or(EXIT_INVALID),
-            Error::Output(_) | Error::Audit(_) => 1,
+            Error::Lock(e) if matches!(**e, crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
+            Error::Output(_) | Error::Audit(_) | Error::Lock(_) => 1,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod glob;
 pub mod host;
 pub mod inventory;
 pub mod known_hosts;
+pub mod lock;
 pub mod logging;
 pub mod output;
 pub mod plan;

@@ -94,12 +94,16 @@ fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
     let started = list.iter().find(|r| r.entry.kind == "run_started");
     let outcome = match (started, finished) {
         (Some(_), None) => "interrupted".to_string(),
+        (_, Some(f)) if f.entry.detail["refused"].is_string() => "refused".to_string(),
         (_, Some(f)) if f.entry.detail["interrupted"] == true => "interrupted".to_string(),
         (_, Some(f)) if f.entry.detail["failed"].as_u64().unwrap_or(0) > 0 => "failed".to_string(),
         (_, Some(_)) => "ok".to_string(),
         (None, None) => first.entry.kind.clone(),
     };
     let summary = match finished {
+        Some(f) if f.entry.detail["refused"].is_string() => {
+            f.entry.detail["refused"].as_str().unwrap_or_default().to_string()
+        }
         Some(f) => format!(
             "{} ok, {} failed, {} skipped",
             f.entry.detail["ok"].as_u64().unwrap_or(0),

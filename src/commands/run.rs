@@ -6,12 +6,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{audit_log, duration_flag, new_deployment_id, process_env, runtime, ssh_options};
+use super::{
+    all_connected, audit_log, connect_environment, duration_flag, new_deployment_id, process_env, runtime,
+    ssh_options, state_dir,
+};
 use crate::audit::Entry;
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
 use crate::inventory::Inventory;
+use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
 use crate::report::{AuditTrail, Event, Reporter, Status};
 use crate::secret::{Secret, mask};
@@ -56,11 +60,34 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         detail: serde_json::json!({ "command_line": shown }),
         ..Entry::default()
     })?;
+    let lock_request = match args.lock {
+        false => None,
+        true => Some(LockRequest {
+            info: LockInfo {
+                holder: log.actor().describe(),
+                run: run_id.clone(),
+                since_ms: crate::time::now_ms(),
+                expires_ms: crate::time::now_ms()
+                    + i64::try_from(duration_flag("lock-ttl", &args.lock_ttl)?.as_millis())
+                        .unwrap_or(i64::MAX / 2),
+                message: format!("ferry run: {shown}"),
+            },
+            wait: args.lock_wait.as_deref().map(|w| duration_flag("lock-wait", w)).transpose()?,
+            state_dir: state_dir(&inventory),
+            environment: env.clone(),
+        }),
+    };
+    let lock_log = log.clone();
+    let (refused_log, refused_run) = (log.clone(), run_id.clone());
     let trail = AuditTrail::new(log, &run_id, "run", &environment);
     let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
     let inventory = Arc::new(inventory);
     let started = Instant::now();
-    let (results, interrupted, audited) = runtime()?.block_on(async move {
+    let outcome = runtime()?.block_on(async move {
+        let held = match &lock_request {
+            Some(request) => Some(take_lock(&inventory, request, &settings, &lock_log).await?),
+            None => None,
+        };
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::spawn(reporter.run(receiver));
         let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
@@ -70,7 +97,12 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
                 let _ = cancel_tx.send(true);
             }
         });
-        let _ = events.send(Event::RunStarted { run: run_id, command, environment, targets: names });
+        let _ = events.send(Event::RunStarted {
+            run: run_id,
+            command,
+            environment: environment.clone(),
+            targets: names,
+        });
         let results =
             fanout::run(inventory, targets, Arc::new(work), &settings, events.clone(), cancel.clone()).await;
         let interrupted = *cancel.borrow();
@@ -84,14 +116,94 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         });
         drop(events);
         let audited = matches!(reporter.await, Ok(Ok(())));
-        (results, interrupted, audited)
+        if let Some(held) = held {
+            let run = held.run.clone();
+            let stuck = held.release().await;
+            let detail = serde_json::json!({ "not_released": stuck });
+            lock_log.append(lock_entry("lock_released", &run, &environment, Vec::new(), detail))?;
+        }
+        Ok::<_, Error>((results, interrupted, audited))
     });
+    let (results, interrupted, audited) = match outcome {
+        Ok(values) => values,
+        Err(error) => {
+            // Refused before anything ran (a held lock, an unreachable target): on record too.
+            let detail = serde_json::json!({ "ok": 0, "failed": 0, "skipped": 0, "interrupted": false, "refused": error.to_string() });
+            refused_log.append(Entry {
+                kind: "run_finished".into(),
+                run: refused_run,
+                command: "run".into(),
+                detail,
+                ..Entry::default()
+            })?;
+            return Err(error);
+        }
+    };
     if output != OutputFormat::Json {
         output::print(&mask(&summary(&results), &secrets))?;
     }
     // A run whose outcome is not on record did not fully succeed.
     let code = exit_code(&results, interrupted);
     Ok(if code == 0 && !audited { 1 } else { code })
+}
+
+/// What `--lock` asks for.
+struct LockRequest {
+    info: LockInfo,
+    wait: Option<std::time::Duration>,
+    state_dir: std::path::PathBuf,
+    environment: crate::inventory::Environment,
+}
+
+/// Takes the environment lock on every target of the environment, and audits it.
+async fn take_lock(
+    inventory: &Inventory,
+    request: &LockRequest,
+    settings: &Settings,
+    log: &crate::audit::Log,
+) -> Result<lock::EnvironmentLock, Error> {
+    let name = request.environment.name.clone();
+    let connections =
+        all_connected(&name, connect_environment(inventory, &request.environment, &settings.ssh).await)?;
+    let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+    let held = lock::lock_environment(
+        Some(&request.state_dir),
+        &name,
+        &request.info,
+        connections,
+        false,
+        request.wait,
+    )
+    .await?;
+    for (target, taken) in &held.taken_over {
+        let previous = match taken {
+            Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
+            Taken::Fresh => None,
+        };
+        let detail = serde_json::json!({ "reason": "expired", "previous": previous });
+        log.append(lock_entry("lock_broken", &request.info.run, &name, vec![target.clone()], detail))?;
+    }
+    let detail = serde_json::json!({ "expires": crate::time::format_ms(request.info.expires_ms) });
+    log.append(lock_entry("lock_acquired", &request.info.run, &name, names, detail))?;
+    Ok(held)
+}
+
+fn lock_entry(
+    kind: &str,
+    run: &str,
+    environment: &str,
+    targets: Vec<String>,
+    detail: serde_json::Value,
+) -> Entry {
+    Entry {
+        kind: kind.into(),
+        run: run.into(),
+        command: "run".into(),
+        environment: Some(environment.into()),
+        targets,
+        detail,
+        ..Entry::default()
+    }
 }
 
 /// Secret values this machine can read for the environment's apps: masked in any output.

@@ -8,7 +8,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use super::{runtime, ssh_options};
+use super::{audit_log, runtime, ssh_options};
 use crate::cli::TrustArgs;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
@@ -67,6 +67,19 @@ pub fn run(inventory: &Inventory, args: &TrustArgs, output: OutputFormat) -> Res
             return Ok(EXIT_REFUSED);
         }
         record(&inventory.defaults.known_hosts, &to_write)?;
+        let keys: Vec<serde_json::Value> = to_write
+            .iter()
+            .map(|f| serde_json::json!({ "target": f.target, "address": f.address, "fingerprint": f.fingerprint, "replaced": f.state == "replace" }))
+            .collect();
+        audit_log(inventory).append(crate::audit::Entry {
+            kind: "trust_recorded".into(),
+            run: super::new_deployment_id(),
+            command: "trust".into(),
+            environment: Some(env.name.clone()),
+            targets: to_write.iter().map(|f| f.target.clone()).collect(),
+            detail: serde_json::json!({ "known_hosts": inventory.defaults.known_hosts, "keys": keys }),
+            ..crate::audit::Entry::default()
+        })?;
         eprintln!("recorded {} host keys in {}", to_write.len(), inventory.defaults.known_hosts.display());
     }
     Ok(if refused {

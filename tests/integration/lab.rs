@@ -270,6 +270,13 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
         "not replaced without --replace"
     );
     Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"]).run();
+    let audit = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.matches("\"kind\":\"trust_recorded\"").count(),
+        2,
+        "new keys and the replacement are audited"
+    );
+    assert!(audit.contains("\"replaced\":true"));
     Test::bare().args(["-i", &inventory, "run", "--env", "lab", "--limit", "h1", "--", "true"]).run();
 }
 
@@ -472,4 +479,176 @@ fn each_target_gets_a_mirror_line_and_no_secret_reaches_it() {
     assert!(!mirror.stdout.contains(token));
     let log = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
     assert!(!log.contains(token) && log.contains(&run_id));
+}
+
+/// A copy of the lab inventory with two extra environments of its own, so lock tests never meet
+/// other tests' locks; returns (folder, inventory path).
+fn lock_lab(lab: &Lab, suffix: &str) -> (tempfile::TempDir, String) {
+    let folder = tempfile::tempdir().unwrap();
+    let known = std::fs::read_to_string(lab.dir.join("known_hosts")).unwrap();
+    let inventory = lab.custom_in(folder.path(), &known, "client_key");
+    let extra = format!("\n[environments.lock-{suffix}]\ntargets = [\"h1\", \"h2\", \"h3\"]\n");
+    std::fs::write(&inventory, std::fs::read_to_string(&inventory).unwrap() + &extra).unwrap();
+    (folder, inventory)
+}
+
+/// `ferry` with its own state folder: a "machine".
+fn machine(inventory: &str, state: &std::path::Path) -> Command {
+    let mut command = Command::new(crate::test::binary());
+    command
+        .args(["-i", inventory])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FERRY_STATE_DIR", state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+#[test]
+fn two_machines_one_lock_exactly_one_runs_and_a_waiter_runs_after() {
+    let lab = lab();
+    let (folder, inventory) = lock_lab(&lab, "two");
+    let (state_a, state_b) = (folder.path().join("machine-a"), folder.path().join("machine-b"));
+    let log = format!("/tmp/ferry-lock-order-{}", std::process::id());
+    let first = machine(&inventory, &state_a)
+        .args([
+            "run",
+            "--env",
+            "lock-two",
+            "--lock",
+            "--limit",
+            "h1",
+            "--",
+            &format!("echo a-start >> {log}; sleep 3; echo a-end >> {log}"),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let refused = machine(&inventory, &state_b)
+        .args([
+            "run",
+            "--env",
+            "lock-two",
+            "--lock",
+            "--limit",
+            "h1",
+            "--",
+            &format!("echo refused >> {log}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("environment lock-two is locked on h1 by root@"), "{stderr}");
+    assert!(stderr.contains("--lock-wait"), "says what to do: {stderr}");
+    let waiter = machine(&inventory, &state_b)
+        .args([
+            "run",
+            "--env",
+            "lock-two",
+            "--lock",
+            "--lock-wait",
+            "60s",
+            "--limit",
+            "h1",
+            "--",
+            &format!("echo b >> {log}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(waiter.status.code(), Some(0), "{}", String::from_utf8_lossy(&waiter.stderr));
+    assert!(first.wait_with_output().unwrap().status.success());
+    let order = lab
+        .ferry(&[
+            "run",
+            "--env",
+            "lab",
+            "--limit",
+            "h1",
+            "--output",
+            "plain",
+            "--",
+            &format!("cat {log}; rm {log}"),
+        ])
+        .run();
+    let lines: Vec<&str> = order.stdout.lines().filter_map(|l| l.strip_prefix("h1 | ")).collect();
+    assert_eq!(
+        lines,
+        ["a-start", "a-end", "b"],
+        "the refused run ran nothing; the waiter ran after: {}",
+        order.stdout
+    );
+    // Machine B's log says why its first run did not happen.
+    let out = Test::bare()
+        .env("FERRY_STATE_DIR", &state_b.display().to_string())
+        .args(["-i", &inventory, "history"])
+        .run();
+    assert!(out.stdout.contains("refused"), "{}", out.stdout);
+}
+
+#[test]
+fn kill_9_while_holding_the_lock_then_expiry_or_force_frees_it() {
+    let lab = lab();
+    let (folder, inventory) = lock_lab(&lab, "kill");
+    let state = folder.path().join("state");
+    let hold = |ttl: &str| {
+        let mut child = machine(&inventory, &state)
+            .args(["run", "--env", "lock-kill", "--lock", "--lock-ttl", ttl, "--", "sleep 30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        child.kill().unwrap(); // SIGKILL: no release
+        child.wait().unwrap();
+    };
+    let attempt = |extra: &[&str]| {
+        machine(&inventory, &state)
+            .args(["run", "--env", "lock-kill", "--lock"])
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    hold("1h");
+    assert_eq!(attempt(&[]).status.code(), Some(3), "the dead run's lock is still there");
+    let release = machine(&inventory, &state)
+        .args(["lock", "release", "--env", "lock-kill", "--force"])
+        .output()
+        .unwrap();
+    assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+    assert_eq!(attempt(&[]).status.code(), Some(0), "free after --force");
+    hold("3s");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attempt(&[]).status.code(), Some(0), "taken over after expiry");
+    let records = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(records.contains("\"kind\":\"lock_broken\""), "takeover and force are audited");
+    let verify = machine(&inventory, &state).args(["audit", "verify"]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let history = machine(&inventory, &state).args(["history"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&history.stdout).contains("interrupted"));
+}
+
+#[test]
+fn operators_freeze_an_environment_and_only_force_breaks_someone_elses_lock() {
+    let lab = lab();
+    let (folder, inventory) = lock_lab(&lab, "ops");
+    let state = folder.path().join("state").display().to_string();
+    let ferry =
+        |user: &str| Test::bare().env("USER", user).env("FERRY_STATE_DIR", &state).args(["-i", &inventory]);
+    ferry("alice").args(["lock", "acquire", "--env", "lock-ops", "--message", "release freeze"]).run();
+    let status = ferry("bob").args(["lock", "status", "--env", "lock-ops"]).run();
+    assert_eq!(status.stdout.matches("LOCKED  alice@").count(), 3, "{}", status.stdout);
+    assert!(status.stdout.contains("release freeze"));
+    let refused = ferry("bob").args(["run", "--env", "lock-ops", "--lock", "--", "true"]).code(3).run();
+    assert!(
+        refused.stderr.contains("by alice@") && refused.stderr.contains("release freeze"),
+        "{}",
+        refused.stderr
+    );
+    ferry("bob").args(["lock", "release", "--env", "lock-ops"]).code(3).run();
+    ferry("bob").args(["lock", "release", "--env", "lock-ops", "--force"]).run();
+    let status = ferry("bob").args(["lock", "status", "--env", "lock-ops"]).run();
+    assert_eq!(status.stdout.matches(" free").count(), 3, "{}", status.stdout);
+    ferry("alice").args(["lock", "acquire", "--env", "lock-ops"]).run();
+    ferry("alice").args(["lock", "release", "--env", "lock-ops"]).run();
 }
