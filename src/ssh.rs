@@ -172,6 +172,21 @@ struct Client {
     capture_only: bool,
 }
 
+impl Client {
+    /// A handler for `endpoint`, and the slot where it leaves what the host-key check saw.
+    fn new(endpoint: &Endpoint, options: &Options, capture_only: bool) -> (Client, Arc<Mutex<Option<Seen>>>) {
+        let seen = Arc::new(Mutex::new(None));
+        let client = Client {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            known_hosts: Arc::clone(&options.known_hosts),
+            seen: Arc::clone(&seen),
+            capture_only,
+        };
+        (client, seen)
+    }
+}
+
 impl client::Handler for Client {
     type Error = russh::Error;
 
@@ -233,14 +248,7 @@ fn addr_of(endpoint: &Endpoint) -> String {
 /// with what the known_hosts file says about it.
 pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(HostKey, Verdict), SshError> {
     let addr = addr_of(endpoint);
-    let seen = Arc::new(Mutex::new(None));
-    let client = Client {
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        known_hosts: Arc::clone(&options.known_hosts),
-        seen: Arc::clone(&seen),
-        capture_only: true,
-    };
+    let (client, seen) = Client::new(endpoint, options, true);
     let attempt = async {
         let stream = tcp_connect(&addr).await?;
         let _ = client::connect_stream(config(), stream, client).await;
@@ -281,14 +289,7 @@ impl SshSession {
         options: &Options,
         addr: &str,
     ) -> Result<SshSession, SshError> {
-        let seen = Arc::new(Mutex::new(None));
-        let client = Client {
-            host: endpoint.host.clone(),
-            port: endpoint.port,
-            known_hosts: Arc::clone(&options.known_hosts),
-            seen: Arc::clone(&seen),
-            capture_only: false,
-        };
+        let (client, seen) = Client::new(endpoint, options, false);
         let (handshake, via) = match &endpoint.jump {
             None => (client::connect_stream(config(), tcp_connect(addr).await?, client).await, None),
             Some(jump) => {

@@ -87,6 +87,11 @@ impl Drop for Restore<'_> {
     }
 }
 
+/// The `target_finished` event of a one-target JSON run.
+fn finished_event(stdout: &str) -> serde_json::Value {
+    json_lines(stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap()
+}
+
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
 }
@@ -139,7 +144,7 @@ fn exit_code_3_is_reported_as_3() {
         .ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", "exit 3"])
         .code(1)
         .run();
-    let finished = json_lines(&out.stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap();
+    let finished = finished_event(&out.stdout);
     assert_eq!(finished["exit_code"], 3);
     assert_eq!(finished["status"], "failed");
 }
@@ -151,7 +156,7 @@ fn a_command_killed_by_a_signal() {
         .ferry(&["run", "--env", "lab", "--limit", "h2", "--output", "json", "--", "kill -9 $$"])
         .code(1)
         .run();
-    let finished = json_lines(&out.stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap();
+    let finished = finished_event(&out.stdout);
     assert_eq!(finished["signal"], "KILL");
     assert_eq!(finished["exit_code"], serde_json::Value::Null);
 }
@@ -651,4 +656,26 @@ fn operators_freeze_an_environment_and_only_force_breaks_someone_elses_lock() {
     assert_eq!(status.stdout.matches(" free").count(), 3, "{}", status.stdout);
     ferry("alice").args(["lock", "acquire", "--env", "lock-ops"]).run();
     ferry("alice").args(["lock", "release", "--env", "lock-ops"]).run();
+}
+
+#[test]
+fn ctrl_c_releases_the_lock() {
+    let lab = lab();
+    let (folder, inventory) = lock_lab(&lab, "int");
+    let state = folder.path().join("state");
+    let child = machine(&inventory, &state)
+        .args(["run", "--env", "lock-int", "--lock", "--parallel", "1", "--", "sleep 1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
+    let status = machine(&inventory, &state).args(["lock", "status", "--env", "lock-int"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(text.matches(" free").count(), 3, "released on every target: {text}");
+    let next = machine(&inventory, &state)
+        .args(["run", "--env", "lock-int", "--lock", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(next.status.code(), Some(0));
 }
