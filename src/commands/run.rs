@@ -84,19 +84,14 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     let inventory = Arc::new(inventory);
     let started = Instant::now();
     let outcome = runtime()?.block_on(async move {
+        // First thing, so a Ctrl-C while locks are being taken still ends in an orderly release.
+        let cancel = interrupt_handler();
         let held = match &lock_request {
             Some(request) => Some(take_lock(&inventory, request, &settings, &lock_log).await?),
             None => None,
         };
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::spawn(reporter.run(receiver));
-        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: finishing running targets, starting no more");
-                let _ = cancel_tx.send(true);
-            }
-        });
         let _ = events.send(Event::RunStarted {
             run: run_id,
             command,
@@ -145,6 +140,23 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     // A run whose outcome is not on record did not fully succeed.
     let code = exit_code(&results, interrupted);
     Ok(if code == 0 && !audited { 1 } else { code })
+}
+
+/// The first Ctrl-C stops starting targets (running ones finish, locks are released); a second
+/// one exits at once, leaving any lock to expire.
+fn interrupt_handler() -> fanout::Cancel {
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing running targets, starting no more (Ctrl-C again to quit now)");
+            let _ = cancel_tx.send(true);
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted again: quitting now; a held lock expires after its --lock-ttl");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+    });
+    cancel
 }
 
 /// What `--lock` asks for.
