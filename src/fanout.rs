@@ -72,31 +72,43 @@ pub async fn run(
 ) -> Vec<TargetResult> {
     let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
+    let mut cancel = cancel;
+    // Permits are taken here, in inventory order, so targets start in that order (with
+    // `--parallel 1`, one after another); a Ctrl-C while waiting skips the rest.
     for (index, target) in targets.into_iter().enumerate() {
-        let (inventory, work, events, cancel) =
-            (Arc::clone(&inventory), Arc::clone(&work), events.clone(), cancel.clone());
-        let (permits, options) = (Arc::clone(&permits), settings.ssh.clone());
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+            () = cancelled(&mut cancel) => None,
+        };
+        let Some(permit) = permit.filter(|_| !*cancel.borrow()) else {
+            results[index] = Some(skipped(&target.name, &events));
+            continue;
+        };
+        let (inventory, work, events, options) =
+            (Arc::clone(&inventory), Arc::clone(&work), events.clone(), settings.ssh.clone());
         tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return (index, skipped(&target.name, &events));
-            };
-            if *cancel.borrow() {
-                return (index, skipped(&target.name, &events));
-            }
-            (index, one_target(&inventory, &target, &work, &options, &events).await)
+            let result = one_target(&inventory, &target, &work, &options, &events).await;
+            drop(permit);
+            (index, result)
         });
     }
-    let mut results: Vec<Option<TargetResult>> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         // A panicking task is a bug; its target is simply missing from the results below.
         if let Ok((index, result)) = joined {
-            if results.len() <= index {
-                results.resize(index + 1, None);
-            }
             results[index] = Some(result);
         }
     }
     results.into_iter().flatten().collect()
+}
+
+/// Resolves when the run is cancelled (never, if the sender is gone without cancelling).
+async fn cancelled(cancel: &mut Cancel) {
+    while !*cancel.borrow() {
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 fn skipped(target: &str, events: &Events) -> TargetResult {

@@ -679,3 +679,25 @@ fn ctrl_c_releases_the_lock() {
         .unwrap();
     assert_eq!(next.status.code(), Some(0));
 }
+
+#[test]
+fn parallel_1_runs_targets_one_after_another_in_inventory_order() {
+    let lab = lab();
+    let out =
+        lab.ferry(&["run", "--env", "lab", "--parallel", "1", "--output", "json", "--", "sleep 0.2"]).run();
+    let events = json_lines(&out.stdout);
+    let order: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["type"] == "target_connected" || e["type"] == "target_finished")
+        .map(|e| (e["type"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    let expected = [
+        ("target_connected", "h1"),
+        ("target_finished", "h1"),
+        ("target_connected", "h2"),
+        ("target_finished", "h2"),
+        ("target_connected", "h3"),
+        ("target_finished", "h3"),
+    ];
+    assert_eq!(order, expected);
+}
