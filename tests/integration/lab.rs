@@ -24,10 +24,10 @@ fn lab() -> Lab {
     let dir = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
         panic!(
             "the lab is not running. These tests need real sshd hosts in network namespaces: run the \
-             whole suite as root with `sudo scripts/test` (it starts the lab, runs cargo test, stops the lab)"
+             whole suite as root with `scripts/test` (as a normal user: `sudo scripts/test`; it starts the lab, runs cargo test, stops the lab)"
         )
     });
-    assert!(dir.join("lab.env").is_file(), "no lab is up in {}: run `sudo scripts/test`", dir.display());
+    assert!(dir.join("lab.env").is_file(), "no lab is up in {}: run the suite as root with `scripts/test`", dir.display());
     Lab { dir }
 }
 

@@ -43,7 +43,7 @@ ip_of() { echo "$NET.$((10 + $1))"; }
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
-    echo "lab: needs root (network namespaces, sshd, dockerd). Run the tests as root: sudo scripts/test" >&2
+    echo "lab: needs root (network namespaces, sshd, dockerd). Run the tests as root: scripts/test (or sudo scripts/test)" >&2
     exit 2
   fi
 }
