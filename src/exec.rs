@@ -21,6 +21,32 @@ pub trait OutputSink: Send {
     fn output(&mut self, stream: Stream, data: &[u8]);
 }
 
+/// Drops all output (ferry's own bookkeeping commands on targets).
+pub struct Discard;
+
+impl OutputSink for Discard {
+    fn output(&mut self, _stream: Stream, _data: &[u8]) {}
+}
+
+/// Keeps stdout (for ferry's own commands whose answer it reads); stderr is dropped.
+#[derive(Debug, Default)]
+pub struct Capture(Vec<u8>);
+
+impl Capture {
+    /// What was printed, lossily decoded.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl OutputSink for Capture {
+    fn output(&mut self, stream: Stream, data: &[u8]) {
+        if stream == Stream::Stdout {
+            self.0.extend_from_slice(data);
+        }
+    }
+}
+
 /// How a command ended, as the target reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

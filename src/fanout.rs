@@ -181,7 +181,7 @@ async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
         (None, None) => "unknown".to_string(),
     };
     let line = format!("{} {prefix} -> {outcome}\n", crate::time::now_rfc3339());
-    let mut sink = crate::report::Discard;
+    let mut sink = crate::exec::Discard;
     let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
     if let Err(e) = connection.exec(command, Some(line.as_bytes()), Some(MIRROR_DEADLINE), &mut sink).await {
         tracing::debug!(target = %result.target, error = %e, "audit mirror not written");

@@ -53,11 +53,18 @@ impl Connection {
         target: &Target,
         options: &ssh::Options,
     ) -> Result<Connection, SshError> {
-        match target.transport {
+        Self::open_endpoint(target.transport, &endpoint(inventory, target), options).await
+    }
+
+    /// Opens a connection from owned parts (for tasks that outlive the inventory borrow).
+    pub async fn open_endpoint(
+        transport: Transport,
+        endpoint: &Endpoint,
+        options: &ssh::Options,
+    ) -> Result<Connection, SshError> {
+        match transport {
             Transport::Local => Ok(Connection::Local),
-            Transport::Ssh => {
-                Ok(Connection::Ssh(SshSession::connect(&endpoint(inventory, target), options).await?))
-            }
+            Transport::Ssh => Ok(Connection::Ssh(SshSession::connect(endpoint, options).await?)),
         }
     }
 
@@ -87,6 +94,29 @@ impl Connection {
             session.close().await;
         }
     }
+}
+
+/// Opens a connection to each of `targets` at once; results in the same order. Locks use it:
+/// they must reach every target of an environment before any work starts.
+pub async fn connect_all(
+    inventory: &Inventory,
+    targets: &[&Target],
+    options: &ssh::Options,
+) -> Vec<(String, Result<Connection, SshError>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, target) in targets.iter().enumerate() {
+        let (name, transport) = (target.name.clone(), target.transport);
+        let (endpoint, options) = (endpoint(inventory, target), options.clone());
+        tasks.spawn(
+            async move { (index, name, Connection::open_endpoint(transport, &endpoint, &options).await) },
+        );
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(item)) = tasks.join_next().await {
+        out.push(item);
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, name, c)| (name, c)).collect()
 }
 
 async fn local_exec(

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::exec::ExecError;
+use crate::exec::{Capture, ExecError};
 use crate::host::Connection;
 
 /// Who holds a lock and why.
@@ -164,20 +164,30 @@ fn dir(environment: &str) -> String {
 }
 
 async fn sh(connection: &Connection, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
-    struct Text(Vec<u8>);
-    impl crate::exec::OutputSink for Text {
-        fn output(&mut self, stream: crate::exec::Stream, data: &[u8]) {
-            if stream == crate::exec::Stream::Stdout {
-                self.0.extend_from_slice(data);
-            }
-        }
-    }
-    let mut out = Text(Vec::new());
+    let mut out = Capture::default();
     let status = connection.exec(script, stdin, Some(std::time::Duration::from_secs(30)), &mut out).await?;
     if !status.success() {
         return Err(ExecError::Lost(format!("lock command ended with {status}")));
     }
-    Ok(String::from_utf8_lossy(&out.0).into_owned())
+    Ok(out.text())
+}
+
+/// All connections, or the first target that could not be reached: a lock must cover every
+/// target of the environment.
+pub fn all_connected(
+    environment: &str,
+    connections: Vec<(String, Result<Connection, crate::ssh::SshError>)>,
+) -> Result<Vec<(String, Connection)>, LockError> {
+    connections
+        .into_iter()
+        .map(|(name, c)| {
+            c.map(|c| (name.clone(), c)).map_err(|e| LockError::Unreachable {
+                environment: environment.to_string(),
+                target: name,
+                message: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Reads the lock of `environment` on a target (`None`: free).

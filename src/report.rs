@@ -332,13 +332,6 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
     }
 }
 
-/// Drops output (for ferry's own bookkeeping commands on targets).
-pub struct Discard;
-
-impl OutputSink for Discard {
-    fn output(&mut self, _stream: Stream, _data: &[u8]) {}
-}
-
 /// Splits a target's output into lines and sends each as an [`Event::Output`]; keeps the last
 /// [`TAIL_LINES`] lines for the target's result.
 pub struct LineSplitter {

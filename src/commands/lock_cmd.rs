@@ -1,12 +1,11 @@
 //! `ferry lock status|acquire|release`: operators' control of environment locks, e.g. to freeze
 //! prod during an incident. Taking, releasing and breaking locks is audited.
 
-use super::{
-    all_connected, audit_log, connect_environment, duration_flag, new_deployment_id, runtime, ssh_options,
-};
+use super::{audit_log, duration_flag, environment_targets, new_deployment_id, runtime, ssh_options};
 use crate::audit::Entry;
 use crate::cli::{LockAction, LockArgs};
 use crate::error::Error;
+use crate::host::connect_all;
 use crate::inventory::Inventory;
 use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
@@ -34,7 +33,7 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
         })
     };
     runtime()?.block_on(async {
-        let connections = connect_environment(inventory, env, &options).await;
+        let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
             LockAction::Status(_) => {
                 let mut rows = Vec::new();
@@ -69,7 +68,7 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
                 Ok(0)
             }
             LockAction::Acquire { message, ttl, force, .. } => {
-                let connections = all_connected(&env.name, connections)?;
+                let connections = lock::all_connected(&env.name, connections)?;
                 let now = crate::time::now_ms();
                 let ttl = duration_flag("ttl", ttl)?;
                 let info = LockInfo {
@@ -96,7 +95,7 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
                 Ok(0)
             }
             LockAction::Release { force, .. } => {
-                let connections = all_connected(&env.name, connections)?;
+                let connections = lock::all_connected(&env.name, connections)?;
                 let mut released = Vec::new();
                 for (name, connection) in &connections {
                     let Some(holder) = lock::read_remote(connection, &env.name).await.map_err(|e| lock_unreachable(&env.name, name, e))? else {

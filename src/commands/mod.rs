@@ -231,51 +231,12 @@ pub fn audit_log(inventory: &Inventory) -> crate::audit::Log {
     crate::audit::Log::new(&state_dir(inventory), actor)
 }
 
-/// Opens a connection to every target of `env`, in parallel; results in inventory order. For
-/// locks, which must reach every target of the environment.
-pub async fn connect_environment(
-    inventory: &Inventory,
+/// The targets of `env`, in inventory order (locks cover all of them, whatever `--limit` says).
+pub fn environment_targets<'a>(
+    inventory: &'a Inventory,
     env: &inventory::Environment,
-    options: &crate::ssh::Options,
-) -> Vec<(String, Result<crate::host::Connection, crate::ssh::SshError>)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, &i) in env.targets.iter().enumerate() {
-        let target = inventory.targets[i].clone();
-        let (endpoint, options) = (crate::host::endpoint(inventory, &target), options.clone());
-        tasks.spawn(async move {
-            let connection = match target.transport {
-                inventory::Transport::Local => Ok(crate::host::Connection::Local),
-                inventory::Transport::Ssh => crate::ssh::SshSession::connect(&endpoint, &options)
-                    .await
-                    .map(crate::host::Connection::Ssh),
-            };
-            (index, target.name, connection)
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, c)| (name, c)).collect()
-}
-
-/// All connections, or the first target that could not be reached as a lock error.
-pub fn all_connected(
-    environment: &str,
-    connections: Vec<(String, Result<crate::host::Connection, crate::ssh::SshError>)>,
-) -> Result<Vec<(String, crate::host::Connection)>, crate::lock::LockError> {
-    connections
-        .into_iter()
-        .map(|(name, c)| match c {
-            Ok(c) => Ok((name, c)),
-            Err(e) => Err(crate::lock::LockError::Unreachable {
-                environment: environment.to_string(),
-                target: name,
-                message: e.to_string(),
-            }),
-        })
-        .collect()
+) -> Vec<&'a inventory::Target> {
+    env.targets.iter().map(|&i| &inventory.targets[i]).collect()
 }
 
 /// A new time-ordered deployment id.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    all_connected, audit_log, connect_environment, duration_flag, new_deployment_id, process_env, runtime,
-    ssh_options, state_dir,
+    audit_log, duration_flag, environment_targets, new_deployment_id, process_env, runtime, ssh_options,
+    state_dir,
 };
 use crate::audit::Entry;
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
+use crate::host::connect_all;
 use crate::inventory::Inventory;
 use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
@@ -175,8 +176,10 @@ async fn take_lock(
     log: &crate::audit::Log,
 ) -> Result<lock::EnvironmentLock, Error> {
     let name = request.environment.name.clone();
-    let connections =
-        all_connected(&name, connect_environment(inventory, &request.environment, &settings.ssh).await)?;
+    let connections = lock::all_connected(
+        &name,
+        connect_all(inventory, &environment_targets(inventory, &request.environment), &settings.ssh).await,
+    )?;
     let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
     let held = lock::lock_environment(
         Some(&request.state_dir),

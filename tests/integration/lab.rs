@@ -27,7 +27,11 @@ fn lab() -> Lab {
              whole suite as root with `scripts/test` (as a normal user: `sudo scripts/test`; it starts the lab, runs cargo test, stops the lab)"
         )
     });
-    assert!(dir.join("lab.env").is_file(), "no lab is up in {}: run the suite as root with `scripts/test`", dir.display());
+    assert!(
+        dir.join("lab.env").is_file(),
+        "no lab is up in {}: run the suite as root with `scripts/test`",
+        dir.display()
+    );
     Lab { dir }
 }
 
@@ -396,16 +400,6 @@ fn a_jump_host_reaches_a_target_only_it_can_see() {
     assert!(out.stdout.contains("host key of inner (127.0.0.1:22) is not known"), "{}", out.stdout);
 }
 
-/// Collects what a command printed (for library-level tests).
-#[derive(Default)]
-struct Collect(Vec<u8>);
-
-impl ferry::exec::OutputSink for Collect {
-    fn output(&mut self, _stream: ferry::exec::Stream, data: &[u8]) {
-        self.0.extend_from_slice(data);
-    }
-}
-
 #[test]
 fn one_connection_carries_several_commands_and_stdin() {
     let lab = lab();
@@ -421,15 +415,15 @@ fn one_connection_carries_several_commands_and_stdin() {
         let connection = ferry::host::Connection::open(&inventory, &target, &options).await.unwrap();
         // Secret env files will travel this way: on stdin, never in a command line.
         let payload = b"DATABASE_URL=postgres://x\nline two\n".repeat(1000);
-        let mut sink = Collect::default();
+        let mut sink = ferry::exec::Capture::default();
         let status = connection.exec("cat", Some(&payload), None, &mut sink).await.unwrap();
         assert!(status.success());
-        assert_eq!(sink.0, payload);
+        assert_eq!(sink.text().as_bytes(), &payload[..]);
         // The same session again: sshd sees one connection.
-        let mut sink = Collect::default();
+        let mut sink = ferry::exec::Capture::default();
         let status = connection.exec("echo $PPID", None, None, &mut sink).await.unwrap();
-        let first = String::from_utf8_lossy(&sink.0).trim().to_string();
-        let mut again = Collect::default();
+        let first = sink.text().trim().to_string();
+        let mut again = ferry::exec::Capture::default();
         connection.exec("echo $PPID", None, None, &mut again).await.unwrap();
         assert!(status.success());
         assert_ne!(first, "", "a parent pid");
