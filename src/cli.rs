@@ -45,6 +45,11 @@ const EXAMPLES: &str = "Examples:
   ferry plan web --env prod --version 1.4.2 --limit 'prod-*' --output json
   ferry vars web --env prod --target prod-1
   ferry trust --env prod
+  ferry plan web --env prod --version 1.4.2 --diff
+  ferry deploy web --env prod --version 1.4.2
+  ferry deploy web --env dev --version 1.4.2 --yes --output plain   # cron, CI
+  ferry status web --env prod
+  ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
 
 Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted.";
@@ -58,6 +63,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// Show an app's resolved variables and where each value came from
     Vars(VarsArgs),
+    /// Deploy a version of an app to an environment: pull, replace, health-gate, record
+    Deploy(DeployArgs),
+    /// Redeploy the previous successful deployment's recorded version and config
+    Rollback(RollbackArgs),
+    /// What runs on each target, and drift against the last successful deployment
+    Status(StatusArgs),
     /// Run a shell command on every target of an environment (ad hoc, playbook-style)
     Run(RunArgs),
     /// Fetch targets' host keys, show their fingerprints, and record them in known_hosts
@@ -205,6 +216,96 @@ pub struct PlanArgs {
     /// The image tag to deploy [default: latest]
     #[arg(long, value_name = "TAG")]
     pub version: Option<String>,
+
+    /// Connect to the targets and show per target: create, replace (and why) or no change
+    #[arg(long)]
+    pub diff: bool,
+
+    /// With --diff: give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
+}
+
+/// Flags of the commands that change containers (`deploy`, `rollback`).
+#[derive(Debug, Args)]
+pub struct ApplyFlags {
+    /// Go ahead without the confirmation prompt (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Replace containers even when their config is unchanged
+    #[arg(long)]
+    pub force: bool,
+
+    /// Targets changed at once inside a rollout batch
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
+
+    /// Wait this long for a held environment lock instead of failing at once (exit 3)
+    #[arg(long, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
+
+    /// The lock expires after this long if ferry dies without releasing it
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub lock_ttl: String,
+}
+
+/// `ferry deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    /// The app, environment and narrowing flags.
+    pub selection: Selection,
+
+    /// The image tag to deploy
+    #[arg(long, value_name = "TAG", required = true)]
+    pub version: String,
+
+    #[command(flatten)]
+    /// Confirmation, parallelism and lock flags.
+    pub apply: ApplyFlags,
+}
+
+/// `ferry rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Roll back to this deployment (an id from `ferry history`) instead of the previous one
+    #[arg(long, value_name = "DEPLOYMENT_ID")]
+    pub to: Option<String>,
+
+    #[command(flatten)]
+    /// Confirmation, parallelism and lock flags.
+    pub apply: ApplyFlags,
+}
+
+/// `ferry status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB")]
+    pub limit: Vec<String>,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
 }
 
 /// `ferry vars`.

@@ -15,6 +15,8 @@ use crate::vars::VarsError;
 pub const EXIT_INVALID: i32 = 2;
 /// Exit code: the environment is locked by someone else (and `--lock-wait` ran out).
 pub const EXIT_LOCKED: i32 = 3;
+/// Exit code: refused by a gate (an unconfirmed prompt, an untrusted host key, the lifecycle).
+pub const EXIT_REFUSED: i32 = 4;
 
 /// Any error a ferry command can end with.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,12 @@ pub enum Error {
     /// An environment lock could not be taken (boxed: it carries the holder's details).
     #[error(transparent)]
     Lock(Box<crate::lock::LockError>),
+    /// A gate refused: an unconfirmed prompt, a lifecycle rule (exit 4; nothing changed).
+    #[error("{0}")]
+    Refused(Diagnostic),
+    /// The command could not do its work, for a reason outside the input (exit 1).
+    #[error("{0}")]
+    Failed(Diagnostic),
     /// Writing output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -79,7 +87,8 @@ impl Error {
             }
             Error::Multiple(errors) => errors.iter().map(Error::exit_code).max().unwrap_or(EXIT_INVALID),
             Error::Lock(e) if matches!(**e, crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
-            Error::Output(_) | Error::Audit(_) | Error::Lock(_) => 1,
+            Error::Refused(_) => EXIT_REFUSED,
+            Error::Output(_) | Error::Audit(_) | Error::Lock(_) | Error::Failed(_) => 1,
         }
     }
 
@@ -87,7 +96,7 @@ impl Error {
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         let one = |d: &Diagnostic| vec![d.clone()];
         match self {
-            Error::Input(d) => one(d),
+            Error::Input(d) | Error::Refused(d) | Error::Failed(d) => one(d),
             Error::Inventory(InventoryError::Invalid(ds)) => ds.clone(),
             Error::Select(SelectError::LimitMatchesNothing(d)) => one(d),
             Error::Vars(

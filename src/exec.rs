@@ -28,21 +28,32 @@ impl OutputSink for Discard {
     fn output(&mut self, _stream: Stream, _data: &[u8]) {}
 }
 
-/// Keeps stdout (for ferry's own commands whose answer it reads); stderr is dropped.
+/// Keeps what a command prints (for ferry's own commands whose answer it reads).
 #[derive(Debug, Default)]
-pub struct Capture(Vec<u8>);
+pub struct Capture {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
 
 impl Capture {
-    /// What was printed, lossily decoded.
+    /// What was printed on stdout, lossily decoded.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// What was printed on stderr, lossily decoded and trimmed (for error messages).
+    pub fn errors(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
     }
 }
 
 impl OutputSink for Capture {
     fn output(&mut self, stream: Stream, data: &[u8]) {
-        if stream == Stream::Stdout {
-            self.0.extend_from_slice(data);
+        match stream {
+            Stream::Stdout => self.stdout.extend_from_slice(data),
+            // Bounded: an error message is read, not a log.
+            Stream::Stderr if self.stderr.len() < 64 * 1024 => self.stderr.extend_from_slice(data),
+            Stream::Stderr => {}
         }
     }
 }

@@ -103,7 +103,7 @@ pub async fn run(
 }
 
 /// Resolves when the run is cancelled (never, if the sender is gone without cancelling).
-async fn cancelled(cancel: &mut Cancel) {
+pub async fn cancelled(cancel: &mut Cancel) {
     while !*cancel.borrow() {
         if cancel.changed().await.is_err() {
             std::future::pending::<()>().await;
@@ -201,6 +201,9 @@ fn finished(events: &Events, result: &TargetResult) {
         signal,
         error: result.error.clone(),
         ms: millis(result.duration),
+        action: None,
+        container: None,
+        logs: Vec::new(),
     });
 }
 

@@ -4,14 +4,19 @@
 //!
 //! inventory → select → vars → render → plan → (apply → report → audit)
 //!
+//! [`apply`] rolls a plan out in batches over SSH; [`docker`] holds the scripts it runs on targets.
+//!
 //! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
 //! The binary (`src/main.rs`) is a thin wrapper over [`cli::run`].
 
+pub mod apply;
 pub mod audit;
 pub mod cli;
 pub mod commands;
+pub mod deployments;
 pub mod diagnostic;
+pub mod docker;
 pub mod docker_run;
 pub mod duration;
 pub mod error;
@@ -27,6 +32,7 @@ pub mod output;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod rollout;
 pub mod secret;
 pub mod select;
 pub mod shell;

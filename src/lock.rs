@@ -14,6 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::exec::{Capture, ExecError};
 use crate::host::Connection;
@@ -271,7 +272,7 @@ pub struct EnvironmentLock {
     pub run: String,
     environment: String,
     _local: Option<LocalLock>,
-    connections: Vec<(String, Connection)>,
+    connections: Vec<(String, Arc<Connection>)>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
 }
@@ -294,7 +295,7 @@ pub async fn lock_environment(
                     run: info.run.clone(),
                     environment: environment.to_string(),
                     _local: local,
-                    connections,
+                    connections: connections.into_iter().map(|(n, c)| (n, Arc::new(c))).collect(),
                     taken_over,
                 });
             }
@@ -339,6 +340,12 @@ async fn try_lock_environment(
 }
 
 impl EnvironmentLock {
+    /// The lock's open connection to `target`, for the work done under the lock: a deployment
+    /// uses one connection per target for locking and deploying.
+    pub fn connection(&self, target: &str) -> Option<Arc<Connection>> {
+        self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
+    }
+
     /// Releases the targets' locks (those this run holds) and the local lock; closes the
     /// connections. Returns the targets whose lock could not be removed.
     pub async fn release(self) -> Vec<String> {
@@ -347,7 +354,10 @@ impl EnvironmentLock {
             if !matches!(unlock_remote(&connection, &self.environment, Some(&self.run)).await, Ok(true)) {
                 failed.push(target);
             }
-            connection.close().await;
+            // Closed politely when the work has let go of it; else dropping it closes it.
+            if let Ok(connection) = Arc::try_unwrap(connection) {
+                connection.close().await;
+            }
         }
         failed
     }

@@ -76,6 +76,10 @@ pub struct TargetPlan {
     pub secrets: Vec<String>,
     /// The rendered health command, if the app has one.
     pub health_cmd: Option<String>,
+    /// The argv without the per-deployment labels (masked): what the config hash covers, and
+    /// what the audit record keeps so a rollback can run exactly this again.
+    #[serde(skip)]
+    pub stable_argv: Vec<String>,
     /// The env file with the secret values; never serialized.
     #[serde(skip)]
     pub env_file: Option<EnvFile>,
@@ -120,8 +124,15 @@ pub struct TargetInput<'a> {
 
 /// Builds one target's plan from its rendered template.
 pub fn target_plan(input: &TargetInput<'_>, rendered: Rendered) -> TargetPlan {
-    let env_file = env_file(input);
-    let mut stable = vec![
+    let mut stable = managed_prefix(input);
+    stable.extend(rendered.args);
+    finish(input, stable, rendered.health_cmd)
+}
+
+/// The flags ferry manages that do not change per deployment: `docker run --detach --name C`,
+/// the `ferry.app` / `ferry.environment` labels and the env file.
+fn managed_prefix(input: &TargetInput<'_>) -> Vec<String> {
+    let mut argv = vec![
         "docker".to_string(),
         "run".into(),
         "--detach".into(),
@@ -132,11 +143,19 @@ pub fn target_plan(input: &TargetInput<'_>, rendered: Rendered) -> TargetPlan {
         "--label".into(),
         format!("ferry.environment={}", input.environment),
     ];
-    if let Some(file) = &env_file {
-        stable.extend(["--env-file".to_string(), file.path.clone()]);
+    if !input.secrets.is_empty() {
+        argv.extend(["--env-file".to_string(), env_file_path(input.container)]);
     }
-    let labels_end = 9;
-    stable.extend(rendered.args);
+    argv
+}
+
+/// Where the labels that change per deployment go in the argv: after the two stable ones.
+const LABELS_END: usize = 9;
+
+/// Builds a target's plan from a stable argv (as [`target_plan`] makes it, or as an audit
+/// record kept it, for a rollback): adds the per-deployment labels and computes the hash.
+pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<String>) -> TargetPlan {
+    let env_file = env_file(input);
     let config_hash = config_hash(input, &stable);
     let mut volatile = vec![format!("ferry.version={}", input.version)];
     if let Some(digest) = input.digest {
@@ -144,13 +163,16 @@ pub fn target_plan(input: &TargetInput<'_>, rendered: Rendered) -> TargetPlan {
     }
     volatile.push(format!("ferry.deployment={}", input.deployment));
     volatile.push(format!("ferry.config-hash={config_hash}"));
-    let mut exec_argv = stable[..labels_end].to_vec();
+    let split = LABELS_END.min(stable.len());
+    let mut exec_argv = stable[..split].to_vec();
     for label in volatile {
         exec_argv.extend(["--label".to_string(), label]);
     }
-    exec_argv.extend_from_slice(&stable[labels_end..]);
+    exec_argv.extend_from_slice(&stable[split..]);
     let values: Vec<&Secret> = input.secrets.values().map(|s| &s.value).collect();
-    let argv: Vec<String> = exec_argv.iter().map(|a| mask(a, values.iter().copied())).collect();
+    let masked =
+        |args: &[String]| -> Vec<String> { args.iter().map(|a| mask(a, values.iter().copied())).collect() };
+    let argv = masked(&exec_argv);
     let display = shell::join(&argv).unwrap_or_else(|_| argv.join(" "));
     TargetPlan {
         target: input.target.name.clone(),
@@ -163,10 +185,15 @@ pub fn target_plan(input: &TargetInput<'_>, rendered: Rendered) -> TargetPlan {
         display,
         config_hash,
         secrets: input.secrets.keys().cloned().collect(),
-        health_cmd: rendered.health_cmd.map(|c| mask(&c, values.iter().copied())),
+        health_cmd: health_cmd.map(|c| mask(&c, values.iter().copied())),
+        stable_argv: masked(&stable),
         env_file,
         exec_argv,
     }
+}
+
+fn env_file_path(container: &str) -> String {
+    format!("{ENV_FILE_DIR}/{container}.env")
 }
 
 fn env_file(input: &TargetInput<'_>) -> Option<EnvFile> {
@@ -174,7 +201,7 @@ fn env_file(input: &TargetInput<'_>) -> Option<EnvFile> {
         return None;
     }
     let content: String = input.secrets.iter().map(|(k, s)| format!("{k}={}\n", s.value.expose())).collect();
-    Some(EnvFile { path: format!("{ENV_FILE_DIR}/{}.env", input.container), content: Secret::new(content) })
+    Some(EnvFile { path: env_file_path(input.container), content: Secret::new(content) })
 }
 
 /// SHA-256 over a canonical JSON of the stable argv, the image and keyed secret hashes.

@@ -151,6 +151,22 @@ impl Renderer {
         Ok(Rendered { args, container_env, health_cmd })
     }
 
+    /// Renders the app's `post_deploy` script for `ctx.target`, with the new container's
+    /// details as `container`; `None` when the app has none.
+    pub fn render_post_deploy(
+        &self,
+        ctx: &Context<'_>,
+        container: &crate::docker::ContainerDetails,
+    ) -> Result<Option<String>, RenderError> {
+        if ctx.app.post_deploy.is_none() {
+            return Ok(None);
+        }
+        let base = Value::from(base_context(ctx));
+        let extra = BTreeMap::from([("container", container_value(container))]);
+        let context = minijinja::value::merge_maps([Value::from(extra), base]);
+        self.render_one(&post_deploy_name(&ctx.app.name), &context, ctx.vars).map(Some)
+    }
+
     /// Names that templates of `app` read at top level (for "unused variable" warnings).
     pub fn referenced_names(&self, app: &App) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
@@ -369,6 +385,10 @@ fn health_name(app: &str) -> String {
     format!("health:{app}")
 }
 
+fn post_deploy_name(app: &str) -> String {
+    format!("post_deploy:{app}")
+}
+
 /// The templates an app keeps inside the inventory: env values and the health command.
 fn inline_templates(app: &App) -> Vec<(String, String, Range<usize>)> {
     let mut out = Vec::new();
@@ -384,6 +404,9 @@ fn inline_templates(app: &App) -> Vec<(String, String, Range<usize>)> {
     }
     if let Some((cmd, span)) = &app.health.cmd {
         out.push((health_name(&app.name), cmd.clone(), span.clone()));
+    }
+    if let Some((script, span)) = &app.post_deploy {
+        out.push((post_deploy_name(&app.name), script.clone(), span.clone()));
     }
     out
 }
@@ -418,6 +441,39 @@ fn base_context(ctx: &Context<'_>) -> BTreeMap<String, Value> {
     let deployment: BTreeMap<&str, Value> = [("id", Value::from(ctx.deployment_id))].into_iter().collect();
     values.insert("deployment".into(), Value::from(deployment));
     values
+}
+
+/// A container's details as a template value: `id`, `name`, `image`, `digest`, `ip`, `ips`
+/// (per network) and `ports` (each `container`, `host_ip`, `host_port`).
+fn container_value(c: &crate::docker::ContainerDetails) -> Value {
+    let ports: Vec<Value> = c
+        .ports
+        .iter()
+        .map(|p| {
+            let port: BTreeMap<&str, Value> = [
+                ("container", Value::from(p.container.as_str())),
+                ("host_ip", Value::from(p.host_ip.as_str())),
+                ("host_port", Value::from(p.host_port.as_str())),
+            ]
+            .into_iter()
+            .collect();
+            Value::from(port)
+        })
+        .collect();
+    let ips: BTreeMap<&str, Value> =
+        c.ips.iter().map(|(n, ip)| (n.as_str(), Value::from(ip.as_str()))).collect();
+    let map: BTreeMap<&str, Value> = [
+        ("id", Value::from(c.id.as_str())),
+        ("name", Value::from(c.name.as_str())),
+        ("image", Value::from(c.image.as_str())),
+        ("digest", Value::from(c.digest.clone().unwrap_or_default())),
+        ("ip", Value::from(c.ip.as_str())),
+        ("ips", Value::from(ips)),
+        ("ports", Value::from(ports)),
+    ]
+    .into_iter()
+    .collect();
+    Value::from(map)
 }
 
 /// A TOML value as a template value (datetimes become their TOML text).

@@ -71,6 +71,29 @@ pub enum Event {
         error: Option<String>,
         /// Time on this target, in milliseconds.
         ms: u64,
+        /// Deployments: what happened to the target's container.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        action: Option<crate::docker::Action>,
+        /// Deployments: the running container's details, after a success.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        container: Option<Box<crate::docker::ContainerDetails>>,
+        /// Deployments: the new container's last log lines, after a failure.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logs: Vec<String>,
+    },
+    /// A step of a deployment on one target (`pulling`, `replacing`, `health gate`, ...).
+    TargetStep {
+        /// Target name.
+        target: String,
+        /// What it is doing now, or what it just found.
+        step: String,
+    },
+    /// A rollout batch begins.
+    BatchStarted {
+        /// 1, 2, ...
+        batch: usize,
+        /// Its targets.
+        targets: Vec<String>,
     },
     /// The run is over.
     RunFinished {
@@ -84,11 +107,18 @@ pub enum Event {
         interrupted: bool,
         /// Wall time, in milliseconds.
         ms: u64,
+        /// Deployments: why the rollout stopped before the end (failures beyond the policy).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stopped: Option<String>,
+        /// The audit record of the run's end, when the command has more to say than the counts
+        /// (a deployment's version, digest and per-target plan); the counts are added to it.
+        #[serde(skip)]
+        record: Option<Box<crate::audit::Entry>>,
     },
 }
 
 /// A target's final state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Exit code 0.
@@ -143,6 +173,8 @@ pub struct AuditTrail {
     pub command: String,
     /// The environment.
     pub environment: String,
+    /// The app, for deployments.
+    pub app: Option<String>,
     /// Last output lines per target (masked), for the outcome record.
     tails: HashMap<String, std::collections::VecDeque<String>>,
 }
@@ -158,8 +190,15 @@ impl AuditTrail {
             run: run.to_string(),
             command: command.to_string(),
             environment: environment.to_string(),
+            app: None,
             tails: HashMap::new(),
         }
+    }
+
+    /// Records concern this app.
+    pub fn with_app(mut self, app: &str) -> AuditTrail {
+        self.app = Some(app.to_string());
+        self
     }
 
     fn record(&mut self, event: &Event) -> Result<(), crate::audit::AuditError> {
@@ -167,6 +206,7 @@ impl AuditTrail {
             kind: kind.to_string(),
             run: self.run.clone(),
             command: self.command.clone(),
+            app: self.app.clone(),
             environment: Some(self.environment.clone()),
             targets,
             detail,
@@ -181,18 +221,47 @@ impl AuditTrail {
                 tail.push_back(line.clone());
                 return Ok(());
             }
-            Event::TargetFinished { target, status, exit_code, signal, error, ms } => {
+            Event::TargetFinished {
+                target,
+                status,
+                exit_code,
+                signal,
+                error,
+                ms,
+                action,
+                container,
+                logs,
+            } => {
                 let tail: Vec<String> = self.tails.remove(target).map(Vec::from).unwrap_or_default();
-                let detail = serde_json::json!({
+                let mut detail = serde_json::json!({
                     "status": status, "exit_code": exit_code, "signal": signal, "error": error, "ms": ms, "tail": tail,
                 });
+                if let Some(action) = action {
+                    detail["action"] = serde_json::json!(action);
+                    detail["container"] = serde_json::json!(container);
+                    detail["logs"] = serde_json::json!(logs);
+                }
                 entry("target_outcome", vec![target.clone()], detail)
             }
-            Event::RunFinished { ok, failed, skipped, interrupted, ms } => {
-                let detail = serde_json::json!({ "ok": ok, "failed": failed, "skipped": skipped, "interrupted": interrupted, "ms": ms });
-                entry("run_finished", Vec::new(), detail)
+            Event::RunFinished { ok, failed, skipped, interrupted, ms, stopped, record } => {
+                let counts = serde_json::json!({ "ok": ok, "failed": failed, "skipped": skipped, "interrupted": interrupted, "ms": ms, "stopped": stopped });
+                match record {
+                    Some(record) => {
+                        let mut record = (**record).clone();
+                        if let (Some(detail), Some(counts)) =
+                            (record.detail.as_object_mut(), counts.as_object())
+                        {
+                            detail.extend(counts.clone());
+                        }
+                        record
+                    }
+                    None => entry("run_finished", Vec::new(), counts),
+                }
             }
-            Event::RunStarted { .. } | Event::TargetConnected { .. } => return Ok(()),
+            Event::RunStarted { .. }
+            | Event::TargetConnected { .. }
+            | Event::TargetStep { .. }
+            | Event::BatchStarted { .. } => return Ok(()),
         };
         self.log.append(record).map(|_| ())
     }
@@ -265,9 +334,33 @@ impl Reporter {
             Event::Output { target, stream, line } => {
                 Event::Output { target, stream, line: mask(&line, &self.secrets) }
             }
-            Event::TargetFinished { target, status, exit_code, signal, error, ms } => {
+            Event::TargetFinished {
+                target,
+                status,
+                exit_code,
+                signal,
+                error,
+                ms,
+                action,
+                container,
+                logs,
+            } => {
                 let error = error.map(|e| mask(&e, &self.secrets));
-                Event::TargetFinished { target, status, exit_code, signal, error, ms }
+                let logs = logs.iter().map(|l| mask(l, &self.secrets)).collect();
+                Event::TargetFinished {
+                    target,
+                    status,
+                    exit_code,
+                    signal,
+                    error,
+                    ms,
+                    action,
+                    container,
+                    logs,
+                }
+            }
+            Event::TargetStep { target, step } => {
+                Event::TargetStep { target, step: mask(&step, &self.secrets) }
             }
             other => other,
         }
@@ -287,6 +380,12 @@ impl Reporter {
                 }
                 Event::TargetFinished { target, error: Some(error), .. } => {
                     let _ = writeln!(out, "{target} ! {error}");
+                }
+                Event::TargetStep { target, step } => {
+                    let _ = writeln!(out, "{target} - {step}");
+                }
+                Event::BatchStarted { batch, targets } => {
+                    let _ = writeln!(out, "batch {batch}: {}", targets.join(", "));
                 }
                 _ => {}
             },
@@ -321,12 +420,23 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
                 bar.set_message(line.clone());
             }
         }
-        Event::TargetFinished { target, status, exit_code, error, ms, .. } => {
+        Event::TargetFinished { target, status, exit_code, error, ms, action, .. } => {
             if let Some(bar) = bars.get(target) {
-                let detail =
-                    error.clone().or_else(|| exit_code.map(|c| format!("exit {c}"))).unwrap_or_default();
+                let detail = error
+                    .clone()
+                    .or_else(|| action.map(|a| a.label().to_string()))
+                    .or_else(|| exit_code.map(|c| format!("exit {c}")))
+                    .unwrap_or_default();
                 bar.finish_with_message(format!("{} {detail} ({ms} ms)", status.label()));
             }
+        }
+        Event::TargetStep { target, step } => {
+            if let Some(bar) = bars.get(target) {
+                bar.set_message(step.clone());
+            }
+        }
+        Event::BatchStarted { batch, targets } => {
+            let _ = multi.println(format!("batch {batch}: {}", targets.join(", ")));
         }
         Event::RunFinished { .. } => {}
     }

@@ -5,10 +5,15 @@
 
 pub mod audit_cmd;
 pub mod check;
+pub mod deploy;
+pub mod diff;
+pub mod guard;
 pub mod history;
 pub mod lock_cmd;
 pub mod plan;
+pub mod rollback;
 pub mod run;
+pub mod status;
 pub mod trust;
 pub mod vars_cmd;
 
@@ -30,6 +35,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Check(args) => check::run(&inventory, &args, cli.output),
         Command::Plan(args) => plan::run(&inventory, &args, cli.output),
         Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
+        Command::Deploy(args) => deploy::run(inventory, &args, cli.output),
+        Command::Rollback(args) => rollback::run(inventory, &args, cli.output),
+        Command::Status(args) => status::run(&inventory, &args, cli.output),
         Command::Run(args) => run::run(inventory, &args, cli.output),
         Command::Trust(args) => trust::run(&inventory, &args, cli.output),
         Command::History(args) => history::run(&inventory, &args, cli.output),

@@ -32,6 +32,9 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
     if args.version.is_none() && !is_json(output) {
         eprintln!("note: no --version given; planned with tag \"{DEFAULT_VERSION}\"");
     }
+    if args.diff {
+        return super::diff::run(inventory, &renderer, &request, plan, &args.connect_timeout, output);
+    }
     match output {
         OutputFormat::Json => output::print_json(&plan)?,
         OutputFormat::Plain => output::print(&plain(&plan))?,
@@ -40,7 +43,8 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
     Ok(0)
 }
 
-fn human(plan: &Plan) -> String {
+/// The plan as a header and a table (also shown by `deploy`'s confirmation prompt).
+pub fn human(plan: &Plan) -> String {
     let batch = match plan.rollout.batch {
         Batch::Count(n) => format!("batches of {n}"),
         Batch::Percent(100) => "all at once".to_string(),

@@ -6,24 +6,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{
-    audit_log, duration_flag, environment_targets, new_deployment_id, process_env, runtime, ssh_options,
-    state_dir,
-};
+use super::guard::{LockRequest, LockTiming, interrupt_handler, known_secrets, release_lock, take_lock};
+use super::{audit_log, duration_flag, new_deployment_id, runtime, ssh_options};
 use crate::audit::Entry;
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
-use crate::host::connect_all;
 use crate::inventory::Inventory;
-use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
 use crate::report::{AuditTrail, Event, Reporter, Status};
-use crate::secret::{Secret, mask};
-use crate::{select, vars};
+use crate::secret::mask;
+use crate::select;
 
-/// Exit code when Ctrl-C interrupted the run.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use super::guard::EXIT_INTERRUPTED;
 /// Exit code when a gate (here: a host key) refused.
 pub const EXIT_REFUSED: i32 = 4;
 
@@ -63,20 +58,14 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     })?;
     let lock_request = match args.lock {
         false => None,
-        true => Some(LockRequest {
-            info: LockInfo {
-                holder: log.actor().describe(),
-                run: run_id.clone(),
-                since_ms: crate::time::now_ms(),
-                expires_ms: crate::time::now_ms()
-                    + i64::try_from(duration_flag("lock-ttl", &args.lock_ttl)?.as_millis())
-                        .unwrap_or(i64::MAX / 2),
-                message: format!("ferry run: {shown}"),
-            },
-            wait: args.lock_wait.as_deref().map(|w| duration_flag("lock-wait", w)).transpose()?,
-            state_dir: state_dir(&inventory),
-            environment: env.clone(),
-        }),
+        true => Some(LockRequest::new(
+            &inventory,
+            env,
+            &log,
+            (&run_id, "run"),
+            format!("ferry run: {shown}"),
+            LockTiming::from_flags(&args.lock_ttl, args.lock_wait.as_deref())?,
+        )),
     };
     let lock_log = log.clone();
     let (refused_log, refused_run) = (log.clone(), run_id.clone());
@@ -88,7 +77,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         // First thing, so a Ctrl-C while locks are being taken still ends in an orderly release.
         let cancel = interrupt_handler();
         let held = match &lock_request {
-            Some(request) => Some(take_lock(&inventory, request, &settings, &lock_log).await?),
+            Some(request) => Some(take_lock(&inventory, request, &settings.ssh, &lock_log).await?),
             None => None,
         };
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -109,14 +98,13 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             skipped: count(Status::Skipped),
             interrupted,
             ms: fanout::millis(started.elapsed()),
+            stopped: None,
+            record: None,
         });
         drop(events);
         let audited = matches!(reporter.await, Ok(Ok(())));
-        if let Some(held) = held {
-            let run = held.run.clone();
-            let stuck = held.release().await;
-            let detail = serde_json::json!({ "not_released": stuck });
-            lock_log.append(lock_entry("lock_released", &run, &environment, Vec::new(), detail))?;
+        if let (Some(held), Some(request)) = (held, &lock_request) {
+            release_lock(held, request, &lock_log).await?;
         }
         Ok::<_, Error>((results, interrupted, audited))
     });
@@ -141,98 +129,6 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     // A run whose outcome is not on record did not fully succeed.
     let code = exit_code(&results, interrupted);
     Ok(if code == 0 && !audited { 1 } else { code })
-}
-
-/// The first Ctrl-C stops starting targets (running ones finish, locks are released); a second
-/// one exits at once, leaving any lock to expire.
-fn interrupt_handler() -> fanout::Cancel {
-    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing running targets, starting no more (Ctrl-C again to quit now)");
-            let _ = cancel_tx.send(true);
-        }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted again: quitting now; a held lock expires after its --lock-ttl");
-            std::process::exit(EXIT_INTERRUPTED);
-        }
-    });
-    cancel
-}
-
-/// What `--lock` asks for.
-struct LockRequest {
-    info: LockInfo,
-    wait: Option<std::time::Duration>,
-    state_dir: std::path::PathBuf,
-    environment: crate::inventory::Environment,
-}
-
-/// Takes the environment lock on every target of the environment, and audits it.
-async fn take_lock(
-    inventory: &Inventory,
-    request: &LockRequest,
-    settings: &Settings,
-    log: &crate::audit::Log,
-) -> Result<lock::EnvironmentLock, Error> {
-    let name = request.environment.name.clone();
-    let connections = lock::all_connected(
-        &name,
-        connect_all(inventory, &environment_targets(inventory, &request.environment), &settings.ssh).await,
-    )?;
-    let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-    let held = lock::lock_environment(
-        Some(&request.state_dir),
-        &name,
-        &request.info,
-        connections,
-        false,
-        request.wait,
-    )
-    .await?;
-    for (target, taken) in &held.taken_over {
-        let previous = match taken {
-            Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
-            Taken::Fresh => None,
-        };
-        let detail = serde_json::json!({ "reason": "expired", "previous": previous });
-        log.append(lock_entry("lock_broken", &request.info.run, &name, vec![target.clone()], detail))?;
-    }
-    let detail = serde_json::json!({ "expires": crate::time::format_ms(request.info.expires_ms) });
-    log.append(lock_entry("lock_acquired", &request.info.run, &name, names, detail))?;
-    Ok(held)
-}
-
-fn lock_entry(
-    kind: &str,
-    run: &str,
-    environment: &str,
-    targets: Vec<String>,
-    detail: serde_json::Value,
-) -> Entry {
-    Entry {
-        kind: kind.into(),
-        run: run.into(),
-        command: "run".into(),
-        environment: Some(environment.into()),
-        targets,
-        detail,
-        ..Entry::default()
-    }
-}
-
-/// Secret values this machine can read for the environment's apps: masked in any output.
-fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
-    let Ok(env) = inventory.environment(environment) else { return Vec::new() };
-    let mut out = Vec::new();
-    for app in &inventory.apps {
-        for (name, def) in vars::secret_defs(app, env) {
-            if let Ok(secret) = vars::read_source(inventory, name, def, &process_env) {
-                out.push(secret);
-            }
-        }
-    }
-    out
 }
 
 fn summary(results: &[TargetResult]) -> String {

@@ -289,6 +289,9 @@ pub struct App {
     pub secrets: BTreeMap<String, SecretDef>,
     /// Health gate.
     pub health: Health,
+    /// A shell script template run on each target after a healthy start (a smoke test); it sees
+    /// the new container's details as `container`. Its failure fails the target's deployment.
+    pub post_deploy: Option<(String, Range<usize>)>,
     /// Per-environment overrides.
     pub environments: BTreeMap<String, AppEnvironment>,
 }
@@ -822,6 +825,7 @@ impl Checker<'_> {
                 env,
                 secrets,
                 health,
+                post_deploy: app.post_deploy.map(|p| (p.get_ref().clone(), p.span())),
                 environments,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);

@@ -161,6 +161,7 @@ pub struct RawApp {
     #[serde(default)]
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub health: Option<Spanned<RawHealth>>,
+    pub post_deploy: Option<Spanned<String>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
 }

@@ -175,6 +175,36 @@ image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 
   echo 'root:x:0:0:root:/:/bin/sh' > "$r/etc/passwd"; echo 'root:x:0:' > "$r/etc/group"
   tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/rootfs.tar" .
   "$HERE/push-image.sh" "$REGISTRY" ferry/busybox 1.0 "$T/rootfs.tar"
+  web_images_up
+}
+
+# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in five versions.
+#   1.0, 2.0  healthy, answering "ferry web 1.0" / "ferry web 2.0"
+#   bad       httpd exits at once with an error on stderr (a broken build)
+#   health    has a HEALTHCHECK that passes once httpd answers
+#   sick      has a HEALTHCHECK that never passes
+web_images_up() {
+  local r=$T/rootfs v
+  local plain='{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-p","80","-h","/www"]}'
+  local check='"Healthcheck":{"Test":["CMD-SHELL","wget -q -O /dev/null http://127.0.0.1/ || exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
+  local never='"Healthcheck":{"Test":["CMD-SHELL","exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
+  for v in 1.0 2.0 bad health sick; do
+    echo "ferry web $v" > "$r/www/index.html"
+    rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
+    if [ "$v" = bad ]; then
+      rm "$r/bin/httpd"
+      printf '#!/bin/sh\necho "httpd: cannot load /etc/web.conf: no such file (broken build)" >&2\nexit 3\n' > "$r/bin/httpd"
+      chmod 755 "$r/bin/httpd"
+    fi
+    tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/web-$v.tar" .
+    case $v in
+      health) CONFIG="${plain%\}},$check}" ;;
+      sick) CONFIG="${plain%\}},$never}" ;;
+      *) CONFIG=$plain ;;
+    esac
+    CONFIG=$CONFIG "$HERE/push-image.sh" "$REGISTRY" ferry/web "$v" "$T/web-$v.tar"
+  done
+  rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
 }
 
 # Users whose login shell is bash, dash or sh: a remote command must mean the same for all.

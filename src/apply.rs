@@ -1,0 +1,604 @@
+//! Stage 6 for deployments: roll a plan out over the targets' open connections.
+//!
+//! The rollout goes batch by batch (see [`crate::rollout`]). In each batch, every target first
+//! pulls the image; only when the pulls are done does any running container change, so a
+//! registry problem never leaves a batch half replaced. The first batch pulls by tag and pins
+//! the digest the first target got: from then on every target runs `image@digest`, so all of
+//! them run the same bytes even if the tag moves during the rollout.
+//!
+//! One target's deployment (the docker run step):
+//!
+//! 1. list the app's containers in this environment (this also proves `docker` answers);
+//! 2. the running container's `ferry.config-hash` equals the plan's → nothing to do; equal but
+//!    stopped → start it and gate it;
+//! 3. else write the env file through stdin (0600), stop the old container and rename it aside,
+//!    `docker run` the new one, remove the env file;
+//! 4. health gate, then `post_deploy`; success → remove the old container; failure → remove the
+//!    new one, give the old one its name back and start it, report the new one's last logs.
+//!
+//! Targets fail alone. After a batch, failures beyond `max_failures` stop the rollout, and
+//! Ctrl-C stops it too: targets already started finish (or are restored), no new one starts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::docker::{self, Action, ContainerDetails, DockerError, GateResult, Started};
+use crate::fanout::{Cancel, millis};
+use crate::host::Connection;
+use crate::plan::{Plan, TargetPlan};
+use crate::report::{Event, Events, LineSplitter, Status};
+
+/// What the rollout needs from the planning stages, which it cannot compute itself.
+pub trait Planner: Send + Sync {
+    /// The same plan, pinned to `digest` (image `repo@digest`, labels and config hashes).
+    fn pinned(&self, digest: &str) -> Result<Plan, String>;
+    /// The target's `post_deploy` script, rendered with the new container's details.
+    fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String>;
+}
+
+/// Deployment settings besides the plan.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Targets at once inside a batch.
+    pub parallel: usize,
+    /// Replace containers even when their config hash matches.
+    pub force: bool,
+    /// The health gate (the plan carries each target's rendered `health.cmd`).
+    pub timeout: Duration,
+    /// Between health attempts.
+    pub interval: Duration,
+    /// Without a health check: how long a new container must keep running.
+    pub grace: Duration,
+    /// Written to each target's `~/.ferry/audit.log`, with the outcome.
+    pub mirror: String,
+}
+
+/// How one target ended.
+#[derive(Debug, Clone)]
+pub struct TargetReport {
+    /// Target name.
+    pub target: String,
+    /// `ok`, `failed` (restored or untouched), `error` (connection lost), `skipped`.
+    pub status: Status,
+    /// What happened to its container.
+    pub action: Option<Action>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Time on the target.
+    pub duration: Duration,
+    /// The container that runs there now, after a success.
+    pub container: Option<ContainerDetails>,
+    /// The failed container's last log lines.
+    pub logs: Vec<String>,
+}
+
+/// What the rollout did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The plan as finally run (pinned to a digest once one was pulled).
+    pub plan: Plan,
+    /// One report per target of the plan, in its order.
+    pub reports: Vec<TargetReport>,
+    /// Why the rollout stopped early, if it did (failures beyond the policy).
+    pub stopped: Option<String>,
+    /// Whether Ctrl-C stopped it.
+    pub interrupted: bool,
+}
+
+/// The targets' connections, by target name.
+pub type Connections = HashMap<String, Arc<Connection>>;
+
+/// Rolls `plan` out; see the module docs.
+pub async fn apply(
+    mut plan: Plan,
+    planner: Arc<dyn Planner>,
+    connections: &Connections,
+    settings: &Settings,
+    events: &Events,
+    cancel: Cancel,
+) -> Applied {
+    let count = plan.targets.len();
+    let mut reports: Vec<Option<TargetReport>> = vec![None; count];
+    let mut failures = 0;
+    let mut stopped: Option<String> = None;
+    for (index, batch) in crate::rollout::batches(count, &plan.rollout).into_iter().enumerate() {
+        if *cancel.borrow() || stopped.is_some() {
+            let why = stopped.clone().unwrap_or_else(|| "not started: interrupted".into());
+            skip(&plan, batch, &why, &mut reports, events);
+            continue;
+        }
+        let names = plan.targets[batch.clone()].iter().map(|t| t.target.clone()).collect();
+        let _ = events.send(Event::BatchStarted { batch: index + 1, targets: names });
+        let ready =
+            pull_batch(&mut plan, &planner, batch.clone(), connections, settings, events, &mut reports).await;
+        let pull_failures = batch.len() - ready.len();
+        if crate::rollout::exceeded(failures + pull_failures, &plan.rollout) {
+            failures += pull_failures;
+            let why = format!("not started: {failures} failed, more than max_failures allows");
+            let untouched: Vec<usize> = ready.clone();
+            for i in untouched {
+                reports[i] = Some(report(&plan.targets[i].target, Status::Skipped, None, Some(why.clone())));
+                finished(events, reports[i].as_ref());
+            }
+            stopped = Some(format!(
+                "rollout stopped: {failures} failed (max_failures {})",
+                plan.rollout.max_failures
+            ));
+            continue;
+        }
+        let done = deploy_batch(&plan, &planner, &ready, connections, settings, events, cancel.clone()).await;
+        for (i, r) in done {
+            reports[i] = Some(r);
+        }
+        failures =
+            reports.iter().flatten().filter(|r| matches!(r.status, Status::Failed | Status::Error)).count();
+        if crate::rollout::exceeded(failures, &plan.rollout) {
+            stopped = Some(format!(
+                "rollout stopped after batch {}: {failures} failed (max_failures {})",
+                index + 1,
+                plan.rollout.max_failures
+            ));
+        }
+    }
+    let interrupted = *cancel.borrow();
+    let reports = reports
+        .into_iter()
+        .zip(&plan.targets)
+        .map(|(r, t)| {
+            r.unwrap_or_else(|| report(&t.target, Status::Skipped, None, Some("not started".into())))
+        })
+        .collect();
+    Applied { plan, reports, stopped, interrupted }
+}
+
+fn report(target: &str, status: Status, action: Option<Action>, error: Option<String>) -> TargetReport {
+    TargetReport {
+        target: target.to_string(),
+        status,
+        action,
+        error,
+        duration: Duration::ZERO,
+        container: None,
+        logs: Vec::new(),
+    }
+}
+
+fn skip(
+    plan: &Plan,
+    batch: std::ops::Range<usize>,
+    why: &str,
+    reports: &mut [Option<TargetReport>],
+    events: &Events,
+) {
+    for i in batch {
+        reports[i] = Some(report(&plan.targets[i].target, Status::Skipped, None, Some(why.to_string())));
+        finished(events, reports[i].as_ref());
+    }
+}
+
+/// Pulls the image on every target of the batch; pins the digest after the first pull. Returns
+/// the indexes that are ready; the others get a failed report.
+async fn pull_batch(
+    plan: &mut Plan,
+    planner: &Arc<dyn Planner>,
+    batch: std::ops::Range<usize>,
+    connections: &Connections,
+    settings: &Settings,
+    events: &Events,
+    reports: &mut [Option<TargetReport>],
+) -> Vec<usize> {
+    let image = plan.image.clone();
+    let pulls = pull_all(plan, &batch, &image, connections, settings.parallel, events).await;
+    let mut digests: Vec<(usize, Option<String>)> = Vec::new();
+    for (i, outcome) in pulls {
+        match outcome {
+            Ok(digest) => digests.push((i, digest)),
+            Err((e, ms)) => {
+                let mut r = report(&plan.targets[i].target, failed_status(&e), Some(Action::Untouched), None);
+                r.error = Some(format!("pull {image}: {e}"));
+                r.duration = ms;
+                finished(events, Some(&r));
+                reports[i] = Some(r);
+            }
+        }
+    }
+    if plan.digest.is_none() {
+        let first = digests.iter().find_map(|(_, d)| d.clone());
+        if let Some(digest) = first {
+            match planner.pinned(&digest) {
+                Ok(pinned) => *plan = pinned,
+                Err(e) => {
+                    for (i, _) in digests.drain(..) {
+                        let r = report(
+                            &plan.targets[i].target,
+                            Status::Failed,
+                            Some(Action::Untouched),
+                            Some(e.clone()),
+                        );
+                        finished(events, Some(&r));
+                        reports[i] = Some(r);
+                    }
+                    return Vec::new();
+                }
+            }
+            // A target that got other bytes (the tag moved between pulls) pulls the pinned ones.
+            let moved: Vec<usize> = digests
+                .iter()
+                .filter(|(_, d)| d.as_deref() != Some(digest.as_str()))
+                .map(|(i, _)| *i)
+                .collect();
+            if !moved.is_empty() {
+                let pinned_image = plan.image.clone();
+                for (i, outcome) in
+                    pull_all(plan, &moved, &pinned_image, connections, settings.parallel, events).await
+                {
+                    if let Err((e, _)) = outcome {
+                        let r = report(
+                            &plan.targets[i].target,
+                            failed_status(&e),
+                            Some(Action::Untouched),
+                            Some(format!("pull {pinned_image}: {e}")),
+                        );
+                        finished(events, Some(&r));
+                        reports[i] = Some(r);
+                        digests.retain(|(j, _)| *j != i);
+                    }
+                }
+            }
+        }
+    }
+    digests.into_iter().map(|(i, _)| i).collect()
+}
+
+type PullOutcome = Result<Option<String>, (DockerError, Duration)>;
+
+/// Pulls `image` on the targets at `indexes`, at most `parallel` at once.
+async fn pull_all(
+    plan: &Plan,
+    indexes: &(impl IntoIterator<Item = usize> + Clone),
+    image: &str,
+    connections: &Connections,
+    parallel: usize,
+    events: &Events,
+) -> Vec<(usize, PullOutcome)> {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in indexes.clone() {
+        let name = plan.targets[i].target.clone();
+        let Some(connection) = connections.get(&name).cloned() else { continue };
+        let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = Instant::now();
+            let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
+            let outcome = docker::pull(&connection, &image).await;
+            if let Ok(Some(digest)) = &outcome {
+                let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+            }
+            (i, outcome.map_err(|e| (e, started.elapsed())))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(item) = joined {
+            out.push(item);
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+fn failed_status(e: &DockerError) -> Status {
+    if e.is_connection() { Status::Error } else { Status::Failed }
+}
+
+/// Deploys to the ready targets of a batch, at most `parallel` at once, in order; a Ctrl-C
+/// skips those not started yet.
+async fn deploy_batch(
+    plan: &Plan,
+    planner: &Arc<dyn Planner>,
+    ready: &[usize],
+    connections: &Connections,
+    settings: &Settings,
+    events: &Events,
+    mut cancel: Cancel,
+) -> Vec<(usize, TargetReport)> {
+    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    for &i in ready {
+        let tp = plan.targets[i].clone();
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+            () = crate::fanout::cancelled(&mut cancel) => None,
+        };
+        let (Some(permit), Some(connection)) =
+            (permit.filter(|_| !*cancel.borrow()), connections.get(&tp.target).cloned())
+        else {
+            let r = report(&tp.target, Status::Skipped, None, Some("not started: interrupted".into()));
+            finished(events, Some(&r));
+            out.push((i, r));
+            continue;
+        };
+        let job = Job {
+            app: plan.app.clone(),
+            environment: plan.environment.clone(),
+            deployment: plan.deployment.clone(),
+            target: tp,
+            planner: Arc::clone(planner),
+            settings: settings.clone(),
+            events: events.clone(),
+        };
+        tasks.spawn(async move {
+            let r = job.run(&connection).await;
+            drop(permit);
+            (i, r)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(item) = joined {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// One target's deployment.
+struct Job {
+    app: String,
+    environment: String,
+    deployment: String,
+    target: TargetPlan,
+    planner: Arc<dyn Planner>,
+    settings: Settings,
+    events: Events,
+}
+
+/// Where a failing step leaves the target.
+struct Failure {
+    status: Status,
+    action: Action,
+    error: String,
+    logs: Vec<String>,
+}
+
+impl Failure {
+    fn untouched(e: DockerError) -> Failure {
+        let status = failed_status(&e);
+        let error = match status {
+            Status::Error => format!("connection lost: {e}"),
+            _ => e.to_string(),
+        };
+        Failure { status, action: Action::Untouched, error, logs: Vec::new() }
+    }
+
+    /// The connection failed after containers were touched: nothing is known any more.
+    fn lost(e: DockerError, state: &str) -> Failure {
+        Failure {
+            status: Status::Error,
+            action: Action::Untouched,
+            error: format!("connection lost ({e}); {state}"),
+            logs: Vec::new(),
+        }
+    }
+}
+
+impl Job {
+    fn step(&self, step: impl Into<String>) {
+        let _ = self.events.send(Event::TargetStep { target: self.target.target.clone(), step: step.into() });
+    }
+
+    async fn run(self, connection: &Connection) -> TargetReport {
+        let started = Instant::now();
+        let outcome = self.deploy(connection).await;
+        let mut r = report(&self.target.target, Status::Ok, None, None);
+        match outcome {
+            Ok((action, container)) => {
+                r.action = Some(action);
+                r.container = container;
+            }
+            Err(f) => {
+                r.status = f.status;
+                r.action = Some(f.action);
+                r.error = Some(f.error);
+                r.logs = f.logs;
+            }
+        }
+        r.duration = started.elapsed();
+        if let Connection::Ssh(_) = connection {
+            self.mirror(connection, &r).await;
+        }
+        finished(&self.events, Some(&r));
+        r
+    }
+
+    async fn deploy(&self, connection: &Connection) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        let tp = &self.target;
+        let containers =
+            docker::list(connection, &self.app, &self.environment).await.map_err(Failure::untouched)?;
+        for extra in containers.iter().filter(|c| c.details.name != tp.container) {
+            self.step(format!("found another container of this app: {} (left alone)", extra.details.name));
+        }
+        let current = containers.into_iter().find(|c| c.details.name == tp.container);
+        if let Some(current) = &current
+            && current.label("ferry.config-hash") == Some(tp.config_hash.as_str())
+            && !self.settings.force
+        {
+            if current.running() {
+                self.step("unchanged: the running container has the planned config");
+                return Ok((Action::Unchanged, Some(current.details.clone())));
+            }
+            return self.start_stopped(connection, current).await;
+        }
+        let old = current.as_ref().map(|c| (c.details.id.as_str(), c.running()));
+        self.step(match &current {
+            Some(c) if c.label("ferry.config-hash").is_some() => "replacing: the config changed",
+            Some(_) => "replacing a container without ferry's config hash",
+            None => "creating",
+        });
+        let keep_as = format!("{}-ferry-old-{}", tp.container, short_id(&self.deployment));
+        let env_file = tp.env_file.as_ref().map(|f| (f.path.as_str(), f.content.expose().as_bytes()));
+        let replace = docker::Replace {
+            name: &tp.container,
+            old: old.map(|(id, _)| id),
+            keep_as: &keep_as,
+            env_file,
+            argv: &tp.exec_argv,
+        };
+        let unknown = "the old container may be stopped and renamed; run `ferry status` when it is back";
+        match docker::start_replacement(connection, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
+            Started::NotStarted(why) => Err(Failure {
+                status: Status::Failed,
+                action: Action::Untouched,
+                error: why,
+                logs: Vec::new(),
+            }),
+            Started::RunFailed(why) => {
+                Err(self.restore(connection, old, format!("docker run failed: {why}")).await)
+            }
+            Started::Running(id) => {
+                let action = if old.is_some() { Action::Replaced } else { Action::Created };
+                self.gate_and_finish(connection, &id, old, action).await
+            }
+        }
+    }
+
+    /// The planned container exists but is stopped: start it and gate it (not recreated).
+    async fn start_stopped(
+        &self,
+        connection: &Connection,
+        current: &docker::Container,
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        self.step("starting: the container has the planned config but was stopped");
+        docker::start(connection, &current.details.id).await.map_err(Failure::untouched)?;
+        match self.gate(connection, &current.details.id).await {
+            Ok(container) => Ok((Action::Started, Some(container.details))),
+            Err(why) => {
+                let logs = docker::logs(connection, &current.details.id).await;
+                let _ = docker::stop(connection, &current.details.id).await;
+                Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
+            }
+        }
+    }
+
+    async fn gate_and_finish(
+        &self,
+        connection: &Connection,
+        id: &str,
+        old: Option<(&str, bool)>,
+        action: Action,
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        let container = match self.gate(connection, id).await {
+            Ok(container) => container,
+            Err(why) => return Err(self.restore(connection, old, why).await),
+        };
+        match self.planner.post_deploy(&self.target.target, &container.details) {
+            Ok(None) => {}
+            Ok(Some(script)) => {
+                self.step("post_deploy");
+                let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
+                let outcome = docker::post_deploy(connection, &script, &mut sink).await;
+                sink.flush();
+                if let Err(e) = outcome {
+                    return Err(self.restore(connection, old, e.to_string()).await);
+                }
+            }
+            Err(e) => return Err(self.restore(connection, old, format!("post_deploy: {e}")).await),
+        }
+        if let Some((old_id, _)) = old
+            && let Err(e) = docker::remove(connection, old_id).await
+        {
+            self.step(format!("the old container {old_id} could not be removed: {e}"));
+        }
+        Ok((action, Some(container.details)))
+    }
+
+    /// The gate's verdict: the healthy container, or why not.
+    async fn gate(&self, connection: &Connection, id: &str) -> Result<docker::Container, String> {
+        self.step("health gate");
+        let gate = docker::Gate {
+            cmd: self.target.health_cmd.as_deref(),
+            timeout: self.settings.timeout,
+            interval: self.settings.interval,
+            grace: self.settings.grace,
+        };
+        match docker::gate(connection, id, &gate).await {
+            Ok(GateResult::Healthy(how, container)) => {
+                self.step(how);
+                Ok(*container)
+            }
+            Ok(GateResult::Unhealthy(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Removes the failed new container and brings the old one back.
+    async fn restore(&self, connection: &Connection, old: Option<(&str, bool)>, why: String) -> Failure {
+        self.step(match old {
+            Some(_) => "failed: restoring the old container",
+            None => "failed: removing the new container",
+        });
+        let logs = docker::logs(connection, &self.target.container).await;
+        let (old_id, was_running) = old.map_or((None, false), |(id, running)| (Some(id), running));
+        match docker::restore(connection, &self.target.container, old_id, was_running).await {
+            Ok(()) => Failure { status: Status::Failed, action: Action::Restored, error: why, logs },
+            Err(e) => Failure {
+                status: Status::Error,
+                action: Action::Untouched,
+                error: format!("{why}; and restoring the old container failed: {e}"),
+                logs,
+            },
+        }
+    }
+
+    /// Appends the target's audit mirror line. Best effort: the local log is the record.
+    async fn mirror(&self, connection: &Connection, r: &TargetReport) {
+        let outcome = match (&r.action, &r.error) {
+            (_, Some(e)) => format!("{}: {e}", r.status.label()),
+            (Some(a), None) => a.label().to_string(),
+            (None, None) => r.status.label().to_string(),
+        };
+        let line = format!("{} {} -> {outcome}\n", crate::time::now_rfc3339(), self.settings.mirror);
+        let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
+        let mut sink = crate::exec::Discard;
+        let deadline = Some(Duration::from_secs(10));
+        if let Err(e) = connection.exec(command, Some(line.as_bytes()), deadline, &mut sink).await {
+            tracing::debug!(target = %r.target, error = %e, "audit mirror not written");
+        }
+    }
+}
+
+/// The last 12 hex digits of a deployment id (the random part of a UUID v7).
+fn short_id(deployment: &str) -> String {
+    let hex: String = deployment.chars().filter(char::is_ascii_hexdigit).collect();
+    hex[hex.len().saturating_sub(12)..].to_string()
+}
+
+fn finished(events: &Events, report: Option<&TargetReport>) {
+    let Some(r) = report else { return };
+    let _ = events.send(Event::TargetFinished {
+        target: r.target.clone(),
+        status: r.status,
+        exit_code: None,
+        signal: None,
+        error: r.error.clone(),
+        ms: millis(r.duration),
+        action: r.action,
+        container: r.container.clone().map(Box::new),
+        logs: r.logs.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_the_random_tail() {
+        assert_eq!(short_id("019ad0c1-0000-7000-8000-0123456789ab"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+    }
+}

@@ -1,0 +1,386 @@
+//! `ferry deploy`: plan → confirm → lock → pull → replace → health gate → audit → report.
+//!
+//! The rollout itself is [`crate::apply`]; this file wires it to the inventory (planning and
+//! re-planning with the pinned digest, rendering `post_deploy`), the lock, the audit log and the
+//! summary. `rollback` runs through the same [`execute`] with a plan rebuilt from the record.
+//!
+//! Exit code: 0 when every target runs the planned container (changed or already up to date);
+//! 1 when a target failed or the rollout stopped; 3 locked; 4 not confirmed; 130 interrupted.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::guard::{
+    EXIT_INTERRUPTED, LockRequest, LockTiming, interrupt_handler, known_secrets, release_lock, take_lock,
+};
+use super::{PlanRequest, audit_log, build_plan, new_deployment_id, process_env, runtime, ssh_options};
+use crate::apply::{self, Applied, Connections, Planner};
+use crate::audit::Entry;
+use crate::cli::{ApplyFlags, DeployArgs};
+use crate::diagnostic::Diagnostic;
+use crate::docker::ContainerDetails;
+use crate::error::Error;
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+use crate::plan::Plan;
+use crate::render::{Context, Renderer};
+use crate::report::{AuditTrail, Event, Reporter, Status};
+use crate::secret::mask;
+use crate::vars::{self, MissingSecrets};
+
+/// Runs `ferry deploy`.
+pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Result<i32, Error> {
+    let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
+    let planner = InventoryPlanner {
+        renderer,
+        app: args.selection.app.clone(),
+        environment: args.selection.environment.clone(),
+        version: args.version.clone(),
+        limits: args.selection.limit.clone(),
+        sets: args.selection.sets.clone(),
+        deployment: new_deployment_id(),
+        digest: Mutex::new(None),
+        inventory: Arc::new(inventory),
+    };
+    let plan = planner.plan(None)?;
+    let inventory = Arc::clone(&planner.inventory);
+    execute(&inventory, plan, Arc::new(planner), Kind::Deploy, &args.apply, output, None)
+}
+
+/// Plans from the inventory: the first plan, the pinned one, and `post_deploy` scripts.
+pub struct InventoryPlanner {
+    /// The inventory.
+    pub inventory: Arc<Inventory>,
+    /// Its compiled templates.
+    pub renderer: Renderer,
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// Tag asked for.
+    pub version: String,
+    /// `--limit`.
+    pub limits: Vec<String>,
+    /// `--set`.
+    pub sets: Vec<String>,
+    /// Deployment id.
+    pub deployment: String,
+    /// The digest once pinned (for `post_deploy`'s `image`).
+    pub digest: Mutex<Option<String>>,
+}
+
+impl InventoryPlanner {
+    /// The plan for `digest` (none: by tag).
+    pub fn plan(&self, digest: Option<&str>) -> Result<Plan, Error> {
+        let request = PlanRequest {
+            app: &self.app,
+            environment: &self.environment,
+            version: &self.version,
+            digest,
+            limits: &self.limits,
+            sets: &self.sets,
+            deployment: &self.deployment,
+            env: &process_env,
+            missing_secrets: MissingSecrets::Error,
+        };
+        build_plan(&self.inventory, &self.renderer, &request)
+    }
+}
+
+impl Planner for InventoryPlanner {
+    fn pinned(&self, digest: &str) -> Result<Plan, String> {
+        if let Ok(mut pinned) = self.digest.lock() {
+            *pinned = Some(digest.to_string());
+        }
+        self.plan(Some(digest)).map_err(|e| e.to_string())
+    }
+
+    fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String> {
+        let post = PostDeploy {
+            inventory: &self.inventory,
+            renderer: &self.renderer,
+            app: &self.app,
+            environment: &self.environment,
+            version: &self.version,
+            sets: &self.sets,
+            deployment: &self.deployment,
+        };
+        let digest = self.digest.lock().ok().and_then(|d| d.clone());
+        post.render(target, digest.as_deref(), container)
+    }
+}
+
+/// What rendering an app's `post_deploy` for one target needs.
+pub struct PostDeploy<'a> {
+    /// The inventory.
+    pub inventory: &'a Inventory,
+    /// Its compiled templates.
+    pub renderer: &'a Renderer,
+    /// App name.
+    pub app: &'a str,
+    /// Environment name.
+    pub environment: &'a str,
+    /// Tag deployed.
+    pub version: &'a str,
+    /// `--set` arguments.
+    pub sets: &'a [String],
+    /// Deployment id.
+    pub deployment: &'a str,
+}
+
+impl PostDeploy<'_> {
+    /// The target's script with `container` in its context; `None` when the app has none.
+    pub fn render(
+        &self,
+        target: &str,
+        digest: Option<&str>,
+        container: &ContainerDetails,
+    ) -> Result<Option<String>, String> {
+        let inventory = self.inventory;
+        let (Ok(app), Ok(env), Some(target)) =
+            (inventory.app(self.app), inventory.environment(self.environment), inventory.target(target))
+        else {
+            return Ok(None);
+        };
+        if app.post_deploy.is_none() {
+            return Ok(None);
+        }
+        let sets = vars::parse_sets(self.sets).map_err(|e| e.to_string())?;
+        let variables = vars::resolve(inventory, app, env, Some(target), &sets);
+        let image = super::image_reference(inventory, app, self.version, digest);
+        let ctx = Context {
+            vars: &variables,
+            app,
+            environment: &env.name,
+            target,
+            image: &image,
+            version: self.version,
+            deployment_id: self.deployment,
+        };
+        self.renderer.render_post_deploy(&ctx, container).map_err(|e| e.to_string())
+    }
+}
+
+/// Which command is rolling out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `ferry deploy`.
+    Deploy,
+    /// `ferry rollback`, to the deployment with this id.
+    Rollback,
+}
+
+impl Kind {
+    fn command(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+/// Confirms, locks, rolls `plan` out, records and reports it; returns the exit code. For a
+/// rollback, `rollback_to` names the deployment it returns to (kept in the record).
+pub fn execute(
+    inventory: &Arc<Inventory>,
+    plan: Plan,
+    planner: Arc<dyn Planner>,
+    kind: Kind,
+    flags: &ApplyFlags,
+    output: OutputFormat,
+    rollback_to: Option<String>,
+) -> Result<i32, Error> {
+    let command = kind.command();
+    let env = inventory.environment(&plan.environment)?.clone();
+    let app = inventory.app(&plan.app)?.clone();
+    confirm(&plan, flags.yes, command)?;
+    let log = audit_log(inventory);
+    let secrets = known_secrets(inventory, &env.name);
+    let names: Vec<String> = plan.targets.iter().map(|t| t.target.clone()).collect();
+    let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
+    let base_entry = Entry {
+        run: plan.deployment.clone(),
+        command: command.into(),
+        app: Some(plan.app.clone()),
+        environment: Some(env.name.clone()),
+        version: Some(plan.version.clone()),
+        digest: plan.digest.clone(),
+        ..Entry::default()
+    };
+    // On record before anything touches a target: if it cannot be written, nothing runs.
+    log.append(Entry {
+        kind: "run_started".into(),
+        targets: names.clone(),
+        detail: serde_json::json!({ "image": plan.image, "rollback_to": rollback_to, "force": flags.force }),
+        ..base_entry.clone()
+    })?;
+    let settings = apply::Settings {
+        parallel: flags.parallel,
+        force: flags.force,
+        timeout: app.health.timeout,
+        interval: app.health.interval,
+        grace: app.health.grace,
+        mirror: format!("ferry {what} ({}) by {}", plan.deployment, log.actor().describe()),
+    };
+    let ssh = ssh_options(inventory, &flags.connect_timeout)?;
+    let lock_request = LockRequest::new(
+        inventory,
+        &env,
+        &log,
+        (&plan.deployment, command),
+        format!("ferry {what}"),
+        LockTiming::from_flags(&flags.lock_ttl, flags.lock_wait.as_deref())?,
+    );
+    let trail = AuditTrail::new(log.clone(), &plan.deployment, command, &env.name).with_app(&plan.app);
+    let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
+    let started = Instant::now();
+    let refused_entry = base_entry.clone();
+    let outcome = runtime()?.block_on(async {
+        // First thing, so a Ctrl-C while locks are being taken still ends in an orderly release.
+        let cancel = interrupt_handler();
+        let held = take_lock(inventory, &lock_request, &ssh, &log).await?;
+        let connections: Connections =
+            names.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect();
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = tokio::spawn(reporter.run(receiver));
+        let _ = events.send(Event::RunStarted {
+            run: plan.deployment.clone(),
+            command: what.clone(),
+            environment: env.name.clone(),
+            targets: names.clone(),
+        });
+        let applied = apply::apply(plan, planner, &connections, &settings, &events, cancel.clone()).await;
+        drop(connections);
+        let recorded = crate::deployments::detail(
+            &applied.plan,
+            &applied.reports,
+            applied.interrupted,
+            rollback_to.as_deref(),
+        );
+        let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
+        let record = Entry {
+            kind: "run_finished".into(),
+            digest: applied.plan.digest.clone(),
+            detail: serde_json::json!({ "deployment": recorded }),
+            ..base_entry
+        };
+        let _ = events.send(Event::RunFinished {
+            ok: count(Status::Ok),
+            failed: applied.reports.len() - count(Status::Ok) - count(Status::Skipped),
+            skipped: count(Status::Skipped),
+            interrupted: applied.interrupted,
+            ms: crate::fanout::millis(started.elapsed()),
+            stopped: applied.stopped.clone(),
+            record: Some(Box::new(record)),
+        });
+        drop(events);
+        let audited = matches!(reporter.await, Ok(Ok(())));
+        release_lock(held, &lock_request, &log).await?;
+        Ok::<_, Error>((applied, audited))
+    });
+    let (applied, audited) = match outcome {
+        Ok(values) => values,
+        Err(error) => {
+            // Refused before anything changed (a held lock, an unreachable target): on record.
+            let detail = serde_json::json!({ "ok": 0, "failed": 0, "skipped": 0, "interrupted": false, "refused": error.to_string() });
+            log.append(Entry { kind: "run_finished".into(), detail, ..refused_entry })?;
+            return Err(error);
+        }
+    };
+    if output != OutputFormat::Json {
+        output::print(&mask(&summary(&applied, &what), &secrets))?;
+    }
+    let code = exit_code(&applied);
+    // A deployment whose outcome is not on record did not fully succeed.
+    Ok(if code == 0 && !audited { 1 } else { code })
+}
+
+/// `--yes`, or `y` at a prompt that shows the plan; no terminal and no `--yes` is a refusal.
+fn confirm(plan: &Plan, yes: bool, command: &str) -> Result<(), Error> {
+    if yes {
+        return Ok(());
+    }
+    let what = format!(
+        "{command} {} {} to {} ({} targets)",
+        plan.app,
+        plan.version,
+        plan.environment,
+        plan.targets.len()
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Refused(
+            Diagnostic::new(format!("refusing to {what} without a confirmation: stdin is not a terminal"))
+                .help("pass --yes (cron, CI), or run it from a terminal and answer the prompt"),
+        ));
+    }
+    eprintln!("{}", super::plan::human(plan));
+    eprint!("{}? [y/N] ", capitalized(&what));
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Refused(Diagnostic::new(format!("not confirmed: nothing was changed ({what})"))))
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |c| c.to_uppercase().collect::<String>() + chars.as_str())
+}
+
+fn summary(applied: &Applied, what: &str) -> String {
+    let rows: Vec<Vec<String>> = applied
+        .reports
+        .iter()
+        .map(|r| {
+            let c = r.container.as_ref();
+            let ports = c.map_or_else(String::new, |c| {
+                let shown: Vec<String> = c.ports.iter().map(published).collect();
+                shown.join(",")
+            });
+            vec![
+                r.target.clone(),
+                r.status.label().to_string(),
+                r.action.map_or("-", |a| a.label()).to_string(),
+                c.map_or_else(|| "-".into(), |c| c.id.chars().take(12).collect()),
+                c.map_or_else(|| "-".into(), |c| if c.ip.is_empty() { "-".into() } else { c.ip.clone() }),
+                if ports.is_empty() { "-".into() } else { ports },
+                crate::duration::format_short(r.duration),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let plan = &applied.plan;
+    let image =
+        plan.digest.as_ref().map_or_else(|| plan.image.clone(), |d| format!("{} ({d})", plan.version));
+    let mut out = format!("\n{what}: {image}\n");
+    out += &table(&["TARGET", "STATUS", "ACTION", "CONTAINER", "IP", "PORTS", "TIME", "DETAIL"], &rows);
+    for r in applied.reports.iter().filter(|r| !r.logs.is_empty()) {
+        out += &format!("\n{}: last log lines of the new container:\n", r.target);
+        for line in &r.logs {
+            out += &format!("  | {line}\n");
+        }
+    }
+    if let Some(why) = &applied.stopped {
+        out += &format!("\n{why}; the remaining targets were not touched\n");
+    }
+    out
+}
+
+fn published(p: &crate::docker::PublishedPort) -> String {
+    let host = if p.host_ip.contains(':') { format!("[{}]", p.host_ip) } else { p.host_ip.clone() };
+    format!("{host}:{}->{}", p.host_port, p.container)
+}
+
+fn exit_code(applied: &Applied) -> i32 {
+    if applied.interrupted {
+        EXIT_INTERRUPTED
+    } else if applied.reports.iter().all(|r| r.status == Status::Ok) {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,259 @@
+//! `ferry plan --diff`: the plan compared with what runs, per target, without changing anything.
+//!
+//! Each target says `create` (no container of the app there), `unchanged` (same config hash,
+//! running), `start` (same config, stopped) or `replace`, with the reasons: another image digest
+//! or version, the `docker run` arguments that were removed or added (against the argv that the
+//! audit log recorded for the running container's deployment), or, when the arguments and image
+//! are the same, changed secret values (seen only through their keyed hashes).
+//!
+//! The digest is read from the targets' own image stores (what their last pull of the tag
+//! fetched); the feed client, when there is one, will ask the registry instead.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{PlanRequest, audit_log, build_plan, runtime, ssh_options};
+use crate::deployments::{self, Deployment};
+use crate::docker::{self, Container};
+use crate::error::Error;
+use crate::host::connect_all;
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+use crate::plan::{Plan, TargetPlan};
+use crate::render::Renderer;
+
+/// What would happen to one target.
+#[derive(Debug, Serialize)]
+struct TargetDiff {
+    target: String,
+    /// `create`, `replace`, `start`, `unchanged`, `unknown` (unreachable).
+    change: &'static str,
+    reasons: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    app: &'a str,
+    environment: &'a str,
+    version: &'a str,
+    digest: Option<&'a str>,
+    targets: &'a [TargetDiff],
+}
+
+/// Runs `ferry plan --diff` for a plan built by tag; re-plans with the digest the targets know.
+pub fn run(
+    inventory: &Inventory,
+    renderer: &Renderer,
+    request: &PlanRequest<'_>,
+    plan: Plan,
+    connect_timeout: &str,
+    output: OutputFormat,
+) -> Result<i32, Error> {
+    let ssh = ssh_options(inventory, connect_timeout)?;
+    let targets: Vec<_> = plan.targets.iter().filter_map(|t| inventory.target(&t.target)).collect();
+    let observed = runtime()?.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, (name, connection)) in
+            connect_all(inventory, &targets, &ssh).await.into_iter().enumerate()
+        {
+            let (app, env, image) = (plan.app.clone(), plan.environment.clone(), plan.image.clone());
+            tasks.spawn(async move {
+                let seen = match connection {
+                    Ok(c) => {
+                        let listed = docker::list(&c, &app, &env).await;
+                        let digest = docker::local_digest(&c, &image).await;
+                        c.close().await;
+                        listed.and_then(|l| digest.map(|d| (l, d))).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                (index, name, seen)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(Ok(item)) = tasks.join_next().await {
+            out.push(item);
+        }
+        out.sort_by_key(|(i, _, _)| *i);
+        out
+    });
+    let digest = observed.iter().find_map(|(_, _, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone()));
+    let plan = match &digest {
+        Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
+        None => plan,
+    };
+    let history = deployments::read(&audit_log(inventory), &plan.app, &plan.environment)?;
+    let diffs: Vec<TargetDiff> = plan
+        .targets
+        .iter()
+        .zip(observed)
+        .map(|(tp, (_, _, seen))| compare(&plan, tp, seen.map(|(c, _)| c), &history))
+        .collect();
+    match output {
+        OutputFormat::Json => output::print_json(&Report {
+            schema: 1,
+            app: &plan.app,
+            environment: &plan.environment,
+            version: &plan.version,
+            digest: plan.digest.as_deref(),
+            targets: &diffs,
+        })?,
+        OutputFormat::Plain => output::print(
+            &diffs
+                .iter()
+                .map(|d| format!("{}\t{}\t{}\n", d.target, d.change, d.reasons.join("; ")))
+                .collect::<String>(),
+        )?,
+        OutputFormat::Human => {
+            let image = plan
+                .digest
+                .as_ref()
+                .map_or_else(|| plan.image.clone(), |d| format!("{} ({d})", plan.version));
+            let rows: Vec<Vec<String>> = diffs
+                .iter()
+                .map(|d| vec![d.target.clone(), d.change.to_string(), d.reasons.join("; ")])
+                .collect();
+            let head =
+                format!("plan --diff: {} {} → {}: {image}\n\n", plan.app, plan.version, plan.environment);
+            output::print(&(head + &table(&["TARGET", "CHANGE", "WHY"], &rows)))?;
+        }
+    }
+    Ok(0)
+}
+
+fn compare(
+    plan: &Plan,
+    tp: &TargetPlan,
+    seen: Result<Vec<Container>, String>,
+    history: &[Deployment],
+) -> TargetDiff {
+    let diff = |change, reasons| TargetDiff { target: tp.target.clone(), change, reasons };
+    let containers = match seen {
+        Ok(c) => c,
+        Err(e) => return diff("unknown", vec![format!("unreachable: {e}")]),
+    };
+    let Some(current) = containers.iter().find(|c| c.details.name == tp.container) else {
+        return diff("create", vec![format!("no container {} there", tp.container)]);
+    };
+    if current.label("ferry.config-hash") == Some(tp.config_hash.as_str()) {
+        return match current.running() {
+            true => diff("unchanged", Vec::new()),
+            false => diff("start", vec![format!("the container is {}", current.status)]),
+        };
+    }
+    let mut reasons = Vec::new();
+    if current.label("ferry.config-hash").is_none() {
+        reasons.push("the container was not started by ferry (no ferry.config-hash label)".to_string());
+    }
+    match (current.details.digest.as_deref(), plan.digest.as_deref()) {
+        (Some(now), Some(planned)) if now != planned => reasons.push(format!("image: {now} → {planned}")),
+        (_, None) => {
+            reasons.push("image: the tag's digest is not known on the targets yet (not pulled)".into())
+        }
+        _ => {}
+    }
+    if let Some(version) = current.label("ferry.version").filter(|v| *v != plan.version) {
+        reasons.push(format!("version: {version} → {}", plan.version));
+    }
+    let recorded = current
+        .label("ferry.deployment")
+        .and_then(|id| history.iter().rev().find(|d| d.id == id))
+        .and_then(|d| d.recorded.targets.get(&tp.target));
+    match recorded {
+        Some(r) => {
+            // The image has its own reason above.
+            let images = [current.details.image.as_str(), plan.image.as_str()];
+            let changes = argv_changes(&r.argv, &tp.stable_argv, &images);
+            if changes.is_empty() && reasons.is_empty() {
+                reasons.push("secret values changed (their keyed hashes differ)".into());
+            }
+            reasons.extend(changes);
+        }
+        None if reasons.is_empty() => {
+            reasons
+                .push("config hash differs; this machine's audit log has no record of its arguments".into());
+        }
+        None => {}
+    }
+    diff("replace", reasons)
+}
+
+/// The `docker run` arguments removed and added, as units: an option with its value
+/// (`-e K=V`, `-p 80:80`) or a lone word.
+fn argv_changes(old: &[String], new: &[String], skip: &[&str]) -> Vec<String> {
+    let keep = |units: Vec<String>| -> Vec<String> {
+        units.into_iter().filter(|u| !skip.contains(&u.as_str())).collect()
+    };
+    let (old, new) = (keep(units(old)), keep(units(new)));
+    fn count(units: &[String]) -> BTreeMap<&str, usize> {
+        let mut map: BTreeMap<&str, usize> = BTreeMap::new();
+        for u in units {
+            *map.entry(u.as_str()).or_default() += 1;
+        }
+        map
+    }
+    let (old_count, new_count) = (count(&old), count(&new));
+    let missing = |from: &[String], other: &BTreeMap<&str, usize>| -> Vec<String> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        from.iter()
+            .filter(|u| {
+                let n = seen.entry(u.as_str()).or_default();
+                *n += 1;
+                *n > other.get(u.as_str()).copied().unwrap_or(0)
+            })
+            .cloned()
+            .collect()
+    };
+    let removed = missing(&old, &new_count);
+    let added = missing(&new, &old_count);
+    let mut out = Vec::new();
+    if !removed.is_empty() {
+        out.push(format!("removed: {}", removed.join(" ")));
+    }
+    if !added.is_empty() {
+        out.push(format!("added: {}", added.join(" ")));
+    }
+    out
+}
+
+fn units(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut words = argv.iter().peekable();
+    while let Some(word) = words.next() {
+        let quoted = crate::shell::quote(word).unwrap_or_else(|_| word.clone());
+        let takes_value = word.starts_with('-') && !word.contains('=');
+        match words.peek() {
+            Some(value) if takes_value && !value.starts_with('-') => {
+                let value = crate::shell::quote(value).unwrap_or_else(|_| (*value).clone());
+                out.push(format!("{quoted} {value}"));
+                words.next();
+            }
+            _ => out.push(quoted),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &str) -> Vec<String> {
+        words.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn names_removed_and_added_options() {
+        let old = argv("docker run -p 80:80 -e LOG=info -e A=1 img");
+        let new = argv("docker run -p 80:80 -e LOG=debug img");
+        assert_eq!(argv_changes(&old, &new, &[]), vec!["removed: -e LOG=info -e A=1", "added: -e LOG=debug"]);
+        assert!(argv_changes(&old, &old, &[]).is_empty());
+        let moved = argv("docker run other");
+        assert_eq!(
+            argv_changes(&old, &moved, &["img", "other"]),
+            vec!["removed: -p 80:80 -e LOG=info -e A=1"]
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! `ferry status`: what runs on each target, and drift against the record.
+//!
+//! Per target: the app's container in this environment (by its `ferry.*` labels), its version,
+//! digest, config hash, health and uptime. Drift is judged against the last successful
+//! deployment in the audit log: a missing or stopped container, another config hash, an
+//! unhealthy check, extra containers of the app, an unreachable target. Exit 1 on any drift, so
+//! a cron job or a monitoring check can alert on it. It changes nothing.
+
+use serde::Serialize;
+
+use super::{audit_log, runtime, ssh_options};
+use crate::cli::StatusArgs;
+use crate::deployments::{self, Deployment};
+use crate::docker::{self, Container, ContainerDetails};
+use crate::error::Error;
+use crate::host::connect_all;
+use crate::inventory::{self, Inventory};
+use crate::output::{self, OutputFormat, table};
+use crate::select;
+
+/// One target's state.
+#[derive(Debug, Serialize)]
+struct TargetStatus {
+    target: String,
+    container: Option<ContainerDetails>,
+    state: Option<String>,
+    version: Option<String>,
+    digest: Option<String>,
+    config_hash: Option<String>,
+    health: Option<String>,
+    uptime_s: Option<i64>,
+    drift: Vec<String>,
+}
+
+/// `--output json`.
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    app: &'a str,
+    environment: &'a str,
+    deployment: Option<RecordRef<'a>>,
+    drift: bool,
+    targets: &'a [TargetStatus],
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    id: &'a str,
+    version: &'a str,
+    digest: Option<&'a str>,
+    time: &'a str,
+}
+
+/// Runs `ferry status`.
+pub fn run(inventory: &Inventory, args: &StatusArgs, output: OutputFormat) -> Result<i32, Error> {
+    let app = inventory.app(&args.app)?;
+    let env = inventory.environment(&args.environment)?;
+    let targets = select::select(inventory, app, env, &args.limit)?;
+    let history = deployments::read(&audit_log(inventory), &app.name, &env.name)?;
+    let last = deployments::last_success(&history);
+    let ssh = ssh_options(inventory, &args.connect_timeout)?;
+    let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
+    let container = inventory::container_name(app, &env.name);
+    let statuses: Vec<TargetStatus> =
+        observed.into_iter().map(|(name, seen)| judge(&name, seen, last, &container)).collect();
+    let drift = statuses.iter().any(|s| !s.drift.is_empty());
+    match output {
+        OutputFormat::Json => {
+            let deployment = last.map(|d| RecordRef {
+                id: &d.id,
+                version: &d.version,
+                digest: d.digest.as_deref(),
+                time: &d.time,
+            });
+            let report = Report {
+                schema: 1,
+                app: &app.name,
+                environment: &env.name,
+                deployment,
+                drift,
+                targets: &statuses,
+            };
+            output::print_json(&report)?;
+        }
+        OutputFormat::Plain => output::print(&plain(&statuses))?,
+        OutputFormat::Human => output::print(&human(&app.name, &env.name, last, &statuses))?,
+    }
+    Ok(i32::from(drift))
+}
+
+/// Lists the app's containers on every target at once.
+async fn observe(
+    inventory: &Inventory,
+    targets: &[&inventory::Target],
+    ssh: &crate::ssh::Options,
+    app: &str,
+    environment: &str,
+) -> Vec<(String, Result<Vec<Container>, String>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (name, connection)) in connect_all(inventory, targets, ssh).await.into_iter().enumerate() {
+        let (app, environment) = (app.to_string(), environment.to_string());
+        tasks.spawn(async move {
+            let seen = match connection {
+                Ok(connection) => {
+                    let listed =
+                        docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string());
+                    connection.close().await;
+                    listed
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            (index, name, seen)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(item)) = tasks.join_next().await {
+        out.push(item);
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, name, seen)| (name, seen)).collect()
+}
+
+fn judge(
+    target: &str,
+    seen: Result<Vec<Container>, String>,
+    last: Option<&Deployment>,
+    default_container: &str,
+) -> TargetStatus {
+    let mut status = TargetStatus {
+        target: target.to_string(),
+        container: None,
+        state: None,
+        version: None,
+        digest: None,
+        config_hash: None,
+        health: None,
+        uptime_s: None,
+        drift: Vec::new(),
+    };
+    let containers = match seen {
+        Ok(c) => c,
+        Err(e) => {
+            status.drift.push(format!("unreachable: {e}"));
+            return status;
+        }
+    };
+    let recorded = last.and_then(|d| d.recorded.targets.get(target));
+    let name = recorded.map_or(default_container, |r| r.container.as_str());
+    let extras: Vec<&str> =
+        containers.iter().filter(|c| c.details.name != name).map(|c| c.details.name.as_str()).collect();
+    if !extras.is_empty() {
+        status.drift.push(format!("extra containers of the app: {}", extras.join(", ")));
+    }
+    let Some(current) = containers.iter().find(|c| c.details.name == name) else {
+        if let (Some(d), Some(_)) = (last, recorded) {
+            status.drift.push(format!("missing container {name} (deployment {} ran it)", d.id));
+        }
+        return status;
+    };
+    status.container = Some(current.details.clone());
+    status.state = Some(current.status.clone());
+    status.version = current.label("ferry.version").map(str::to_string);
+    status.digest = current.details.digest.clone();
+    status.config_hash = current.label("ferry.config-hash").map(str::to_string);
+    status.health = Some(current.health.clone().unwrap_or_else(|| current.status.clone()));
+    status.uptime_s = current.running().then(|| uptime_seconds(&current.started_at)).flatten();
+    if !current.running() {
+        status.drift.push(format!("container {name} is {}", current.status));
+    }
+    if current.health.as_deref() == Some("unhealthy") {
+        status.drift.push("unhealthy (HEALTHCHECK)".into());
+    }
+    match (last, recorded) {
+        (Some(d), Some(r)) if status.config_hash.as_deref() != Some(r.config_hash.as_str()) => {
+            status.drift.push(format!("config differs from deployment {} ({})", d.id, d.version));
+        }
+        (Some(d), None) => status.drift.push(format!("not part of deployment {}", d.id)),
+        _ => {}
+    }
+    status
+}
+
+/// Seconds since Docker's `StartedAt` (nanosecond RFC 3339, read to the millisecond).
+fn uptime_seconds(started_at: &str) -> Option<i64> {
+    let ms_text = match started_at.split_once('.') {
+        Some((whole, frac)) => {
+            format!("{whole}.{:0<3}Z", frac.trim_end_matches('Z').chars().take(3).collect::<String>())
+        }
+        None => started_at.to_string(),
+    };
+    let started = crate::time::parse_ms(&ms_text)?;
+    Some((crate::time::now_ms() - started).max(0) / 1000)
+}
+
+fn short(text: Option<&str>, n: usize) -> String {
+    text.map_or_else(|| "-".to_string(), |t| t.trim_start_matches("sha256:").chars().take(n).collect())
+}
+
+fn human(app: &str, env: &str, last: Option<&Deployment>, statuses: &[TargetStatus]) -> String {
+    let mut out = match last {
+        Some(d) => format!(
+            "{app} in {env}: last successful deployment {} ({} {}, {})\n\n",
+            d.id,
+            d.version,
+            d.digest.as_deref().unwrap_or("no digest"),
+            d.time
+        ),
+        None => {
+            format!("{app} in {env}: no successful deployment on record here; nothing to compare against\n\n")
+        }
+    };
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| {
+            vec![
+                s.target.clone(),
+                short(s.container.as_ref().map(|c| c.id.as_str()), 12),
+                s.version.clone().unwrap_or_else(|| "-".into()),
+                short(s.digest.as_deref(), 12),
+                short(s.config_hash.as_deref(), 12),
+                s.health.clone().unwrap_or_else(|| "-".into()),
+                s.uptime_s.map_or_else(
+                    || "-".into(),
+                    |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
+                ),
+                if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
+            ]
+        })
+        .collect();
+    out +=
+        &table(&["TARGET", "CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"], &rows);
+    out
+}
+
+fn plain(statuses: &[TargetStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                s.target,
+                s.version.as_deref().unwrap_or("-"),
+                s.digest.as_deref().unwrap_or("-"),
+                s.health.as_deref().unwrap_or("-"),
+                if s.drift.is_empty() { "ok".to_string() } else { s.drift.join("; ") }
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_dockers_nanoseconds() {
+        let now = crate::time::now_ms();
+        let ten_ago = crate::time::format_ms(now - 10_000);
+        let docker_style = ten_ago.replace('Z', "456789Z");
+        let up = uptime_seconds(&docker_style).unwrap();
+        assert!((9..=11).contains(&up), "{up}");
+        assert_eq!(uptime_seconds("0001-01-01T00:00:00Z").map(|u| u > 0), Some(true));
+        assert_eq!(uptime_seconds("garbage"), None);
+    }
+}

@@ -1,0 +1,617 @@
+//! What ferry asks a target's Docker Engine, and how it reads the answers.
+//!
+//! Every operation is a short `/bin/sh` script run over the target's one connection, built here
+//! from shell-quoted values, and answered on stdout (`docker inspect` JSON, a container id, a
+//! `gate:` line). Keeping the scripts in one module keeps the contract with the target in one
+//! place: the deploy stage decides *what* to do, this module knows *how* Docker is asked.
+//!
+//! Each step is its own script, so that a step that fails leaves ferry in charge of what comes
+//! next (restore the old container, report the new one's logs), and a step never reads stdin
+//! unless it is the env file being written.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{Capture, ExecError};
+use crate::host::Connection;
+use crate::shell;
+
+/// How long ferry waits for a pull before calling the target failed.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a bookkeeping command (list, inspect, rename, remove) may take.
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+/// Log lines of a failed container that a report keeps.
+pub const LOG_LINES: usize = 20;
+
+/// What happened to a target's container in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// No container of the app ran there; one was started.
+    Created,
+    /// The old container was replaced by a healthy new one and removed.
+    Replaced,
+    /// The container had the planned config but was stopped; it was started and is healthy.
+    Started,
+    /// The running container already had the planned config: nothing was done.
+    Unchanged,
+    /// The new container failed; it was removed and the old one restored.
+    Restored,
+    /// Failed before any container was touched (pull, env file, stop).
+    Untouched,
+}
+
+impl Action {
+    /// The word in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Replaced => "replaced",
+            Action::Started => "started",
+            Action::Unchanged => "unchanged",
+            Action::Restored => "restored",
+            Action::Untouched => "untouched",
+        }
+    }
+}
+
+/// A container's details as later steps and records see them (Octopus's `Output.Docker.Inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDetails {
+    /// Full container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// The image reference it was started from.
+    pub image: String,
+    /// The image's manifest digest, when known (`ferry.digest`, or an `@sha256:` reference).
+    pub digest: Option<String>,
+    /// The first IP address of its networks (empty with `--network host`).
+    pub ip: String,
+    /// IP address per network name.
+    pub ips: BTreeMap<String, String>,
+    /// Published ports.
+    pub ports: Vec<PublishedPort>,
+}
+
+/// One published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The container's side, e.g. `80/tcp`.
+    pub container: String,
+    /// The host address it is bound to (`0.0.0.0` for all).
+    pub host_ip: String,
+    /// The host port.
+    pub host_port: String,
+}
+
+/// A container of an app as `docker inspect` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Id, name, image, addresses and ports.
+    pub details: ContainerDetails,
+    /// `running`, `exited`, `created`, `restarting`, `paused`, `dead`.
+    pub status: String,
+    /// Times Docker restarted it (its restart policy).
+    pub restarts: u64,
+    /// The HEALTHCHECK's verdict, when the image or run has one.
+    pub health: Option<String>,
+    /// When it was last started (RFC 3339 with nanoseconds, as Docker writes it).
+    pub started_at: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Container {
+    /// A label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// Whether it is running (not restarting, not paused).
+    pub fn running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+/// Why a Docker step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerError {
+    /// The connection failed under the step: the target's state is not known.
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+    /// The step ran and failed; `message` is what Docker said.
+    #[error("{step}: {message}")]
+    Failed {
+        /// What ferry was doing.
+        step: &'static str,
+        /// Docker's error (stderr), or the exit status.
+        message: String,
+    },
+}
+
+impl DockerError {
+    /// True when the connection, not Docker, failed.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, DockerError::Exec(_))
+    }
+}
+
+/// Runs `script`; a non-zero exit is a [`DockerError::Failed`] carrying stderr.
+async fn sh(
+    connection: &Connection,
+    step: &'static str,
+    script: &str,
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<Capture, DockerError> {
+    let mut out = Capture::default();
+    let status = connection.exec(script, stdin, Some(deadline), &mut out).await?;
+    if status.success() {
+        return Ok(out);
+    }
+    let errors = out.errors();
+    let message = if errors.is_empty() { status.to_string() } else { last_lines(&errors, 3) };
+    Err(DockerError::Failed { step, message })
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("; ")
+}
+
+/// Quotes a value for a script. Values here are names, ids and paths that ferry produced or
+/// validated; a NUL (the only thing `quote` refuses) cannot be in them.
+fn q(value: &str) -> String {
+    shell::quote(value).unwrap_or_else(|_| "''".into())
+}
+
+/// The containers labelled as `app` in `environment` (also stopped ones); this also proves that
+/// `docker` answers on the target.
+pub async fn list(
+    connection: &Connection,
+    app: &str,
+    environment: &str,
+) -> Result<Vec<Container>, DockerError> {
+    let script = format!(
+        "ids=$(docker ps -aq --no-trunc --filter label=ferry.app={} --filter label=ferry.environment={}) || exit 1; \
+         if [ -z \"$ids\" ]; then echo '[]'; else docker inspect $ids; fi",
+        q(app),
+        q(environment)
+    );
+    let out = sh(connection, "list containers", &script, None, STEP_DEADLINE).await?;
+    parse_inspect(&out.text()).map_err(|message| DockerError::Failed { step: "read docker inspect", message })
+}
+
+/// One container by name or id.
+pub async fn inspect(connection: &Connection, container: &str) -> Result<Container, DockerError> {
+    let out =
+        sh(connection, "inspect", &format!("docker inspect {}", q(container)), None, STEP_DEADLINE).await?;
+    one_container(&out.text())
+}
+
+fn one_container(json: &str) -> Result<Container, DockerError> {
+    let failed = |message: String| DockerError::Failed { step: "read docker inspect", message };
+    parse_inspect(json).map_err(failed)?.into_iter().next().ok_or_else(|| failed("no container".into()))
+}
+
+/// Pulls `image`; returns the manifest digest Docker reports (`Digest: sha256:…`).
+pub async fn pull(connection: &Connection, image: &str) -> Result<Option<String>, DockerError> {
+    let out =
+        sh(connection, "docker pull", &format!("docker pull {}", q(image)), None, PULL_DEADLINE).await?;
+    Ok(pulled_digest(&out.text()))
+}
+
+/// The digest line of `docker pull`'s output.
+pub fn pulled_digest(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Digest: "))
+        .map(str::trim)
+        .filter(|d| d.starts_with("sha256:"))
+        .map(str::to_string)
+}
+
+/// The manifest digest of `image` as the target's image store knows it (from its last pull),
+/// without pulling; `None` when the image is not there.
+pub async fn local_digest(connection: &Connection, image: &str) -> Result<Option<String>, DockerError> {
+    let script = format!(
+        "docker image inspect --format '{{{{json .RepoDigests}}}}' {} 2>/dev/null || echo '[]'",
+        q(image)
+    );
+    let out = sh(connection, "docker image inspect", &script, None, STEP_DEADLINE).await?;
+    let digests: Vec<String> = serde_json::from_str(out.text().trim()).unwrap_or_default();
+    let repository = repository_of(image);
+    Ok(digests
+        .iter()
+        .filter_map(|d| d.split_once('@'))
+        .find(|(repo, _)| *repo == repository)
+        .map(|(_, digest)| digest.to_string()))
+}
+
+/// `registry/repo` of `registry/repo:tag` or `registry/repo@digest` (a registry port is not a tag).
+pub fn repository_of(image: &str) -> &str {
+    if let Some((repo, _)) = image.split_once('@') {
+        return repo;
+    }
+    match image.rfind(':') {
+        Some(colon) if !image[colon..].contains('/') => &image[..colon],
+        _ => image,
+    }
+}
+
+/// What a replacement needs on the target.
+#[derive(Debug, Clone)]
+pub struct Replace<'a> {
+    /// The name the new container gets.
+    pub name: &'a str,
+    /// The running (or stopped) container to keep aside, by id.
+    pub old: Option<&'a str>,
+    /// The name the old container is kept under until the new one is healthy.
+    pub keep_as: &'a str,
+    /// The env file: its path (relative to the login folder) and content, sent through stdin.
+    pub env_file: Option<(&'a str, &'a [u8])>,
+    /// The `docker run` argv.
+    pub argv: &'a [String],
+}
+
+/// Exit codes of the replace script for steps before `docker run`: nothing was changed.
+const EXIT_ENV_FILE: u32 = 90;
+const EXIT_STOP: u32 = 91;
+const EXIT_RENAME: u32 = 92;
+
+/// How a replacement attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// The new container runs (its id).
+    Running(String),
+    /// `docker run` failed (Docker's message); the old container is stopped and renamed.
+    RunFailed(String),
+    /// A step before `docker run` failed; the old container is as it was.
+    NotStarted(String),
+}
+
+/// Writes the env file (mode 0600, through stdin), stops and renames the old container, runs
+/// the new one and removes the env file, all in one script. `docker stop` waits the container's
+/// own stop timeout (10 s unless the template sets `--stop-timeout`).
+pub async fn start_replacement(
+    connection: &Connection,
+    replace: &Replace<'_>,
+) -> Result<Started, DockerError> {
+    let run = shell::join(replace.argv)
+        .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
+    let (env_path, stdin) = match replace.env_file {
+        Some((path, content)) => (path, Some(content)),
+        None => ("", None),
+    };
+    let script = format!(
+        "c={name}; old={old}; keep={keep}; envf={envf}\n\
+         if [ -n \"$envf\" ]; then (umask 077 && mkdir -p \"${{envf%/*}}\" && cat > \"$envf\") || exit {EXIT_ENV_FILE}; fi\n\
+         if [ -n \"$old\" ]; then\n\
+           docker stop \"$old\" > /dev/null || {{ rm -f \"$envf\"; exit {EXIT_STOP}; }}\n\
+           docker rename \"$old\" \"$keep\" || {{ docker start \"$old\" > /dev/null; rm -f \"$envf\"; exit {EXIT_RENAME}; }}\n\
+         fi\n\
+         {run}\n\
+         rc=$?\n\
+         [ -z \"$envf\" ] || rm -f \"$envf\"\n\
+         exit $rc",
+        name = q(replace.name),
+        old = q(replace.old.unwrap_or_default()),
+        keep = q(replace.keep_as),
+        envf = q(env_path),
+    );
+    let mut out = Capture::default();
+    let status = connection.exec(&script, stdin, Some(STEP_DEADLINE), &mut out).await?;
+    let errors = last_lines(&out.errors(), 3);
+    Ok(match status {
+        crate::exec::ExitStatus::Code(0) => {
+            let id = out.text().lines().last().unwrap_or_default().trim().to_string();
+            Started::Running(id)
+        }
+        crate::exec::ExitStatus::Code(EXIT_ENV_FILE) => {
+            Started::NotStarted(format!("cannot write the env file: {errors}"))
+        }
+        crate::exec::ExitStatus::Code(EXIT_STOP) => {
+            Started::NotStarted(format!("cannot stop the old container: {errors}"))
+        }
+        crate::exec::ExitStatus::Code(EXIT_RENAME) => {
+            Started::NotStarted(format!("cannot rename the old container: {errors}"))
+        }
+        other => Started::RunFailed(if errors.is_empty() { format!("docker run: {other}") } else { errors }),
+    })
+}
+
+/// The last lines a container wrote (stdout and stderr), oldest first.
+pub async fn logs(connection: &Connection, container: &str) -> Vec<String> {
+    let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
+    match sh(connection, "docker logs", &script, None, STEP_DEADLINE).await {
+        Ok(out) => out.text().lines().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes the failed new container `name` and gives its name back to `old` (started again when
+/// `start_old`).
+pub async fn restore(
+    connection: &Connection,
+    name: &str,
+    old: Option<&str>,
+    start_old: bool,
+) -> Result<(), DockerError> {
+    let mut script = format!("docker rm -f {} > /dev/null 2>&1; ", q(name));
+    if let Some(old) = old {
+        script += &format!("docker rename {old} {name}", old = q(old), name = q(name));
+        if start_old {
+            script += &format!(" && docker start {} > /dev/null", q(old));
+        }
+    }
+    sh(connection, "restore the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
+}
+
+/// Removes a container (the old one, once the new one is healthy).
+pub async fn remove(connection: &Connection, container: &str) -> Result<(), DockerError> {
+    let script = format!("docker rm -f {} > /dev/null", q(container));
+    sh(connection, "remove the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
+}
+
+/// Starts a stopped container.
+pub async fn start(connection: &Connection, container: &str) -> Result<(), DockerError> {
+    let script = format!("docker start {} > /dev/null", q(container));
+    sh(connection, "docker start", &script, None, STEP_DEADLINE).await.map(|_| ())
+}
+
+/// Stops a container (a restarted one that failed its gate goes back to how it was).
+pub async fn stop(connection: &Connection, container: &str) -> Result<(), DockerError> {
+    let script = format!("docker stop {} > /dev/null", q(container));
+    sh(connection, "docker stop", &script, None, STEP_DEADLINE).await.map(|_| ())
+}
+
+/// The health gate's settings.
+#[derive(Debug, Clone)]
+pub struct Gate<'a> {
+    /// The app's `health.cmd`, rendered, run on the target.
+    pub cmd: Option<&'a str>,
+    /// How long to wait for health.
+    pub timeout: Duration,
+    /// Between attempts.
+    pub interval: Duration,
+    /// Without a check: how long the container must keep running.
+    pub grace: Duration,
+}
+
+/// How the gate ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateResult {
+    /// Healthy: how it was judged, and the container's details.
+    Healthy(String, Box<Container>),
+    /// Not healthy: why, with the check's last output lines.
+    Unhealthy(String),
+}
+
+/// Waits until `container` is healthy: its HEALTHCHECK says `healthy`; else `health.cmd`
+/// succeeds; else it still runs, never restarted, after the grace period. A container that
+/// stops or restarts fails at once. The loop runs on the target: one round trip, not one per poll.
+pub async fn gate(
+    connection: &Connection,
+    container: &str,
+    gate: &Gate<'_>,
+) -> Result<GateResult, DockerError> {
+    let secs = |d: Duration| d.as_secs_f64();
+    let timeout = gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1);
+    let script = format!(
+        "c={c}; timeout={timeout}; interval={interval:.3}; grace={grace}; cmd={cmd}\n\
+         ok() {{ echo \"gate: $1\"; echo '--- inspect'; docker inspect \"$c\"; exit 0; }}\n\
+         start=$(date +%s); out=''\n\
+         while :; do\n\
+           st=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $st\"; exit 1; }}\n\
+           set -- $st\n\
+           elapsed=$(( $(date +%s) - start )); nap=$interval\n\
+           [ \"$1\" = running ] || {{ echo \"gate: the container is $1 (it exited)\"; exit 1; }}\n\
+           [ \"$2\" = 0 ] || {{ echo \"gate: the container restarted $2 times\"; exit 1; }}\n\
+           case $3 in\n\
+             healthy) ok 'healthy (image HEALTHCHECK)' ;;\n\
+             unhealthy) echo 'gate: unhealthy (image HEALTHCHECK)'; docker inspect -f '{{{{range .State.Health.Log}}}}{{{{.Output}}}}{{{{end}}}}' \"$c\" | tail -n 5; exit 1 ;;\n\
+             none)\n\
+               if [ -n \"$cmd\" ]; then\n\
+                 if out=$(sh -c \"$cmd\" 2>&1 < /dev/null); then ok 'health.cmd passed'; fi\n\
+               else\n\
+                 [ \"$elapsed\" -lt \"$grace\" ] || ok \"still running after ${{grace}}s\"\n\
+                 nap=1\n\
+               fi ;;\n\
+           esac\n\
+           if [ \"$elapsed\" -ge \"$timeout\" ]; then\n\
+             echo \"gate: not healthy after ${{timeout}}s\"; [ -z \"$out\" ] || printf '%s\\n' \"$out\" | tail -n 5; exit 1\n\
+           fi\n\
+           sleep \"$nap\"\n\
+         done",
+        c = q(container),
+        interval = secs(gate.interval).max(0.1),
+        grace = gate.grace.as_secs_f64().ceil() as u64,
+        cmd = q(gate.cmd.unwrap_or_default()),
+    );
+    let deadline = Duration::from_secs(timeout) + STEP_DEADLINE;
+    let mut out = Capture::default();
+    let status = connection.exec(&script, None, Some(deadline), &mut out).await?;
+    let text = out.text();
+    let (verdict, inspect) = text.split_once("--- inspect\n").unwrap_or((&text, ""));
+    let reason = verdict.lines().find_map(|l| l.strip_prefix("gate: ")).unwrap_or("").to_string();
+    if !status.success() {
+        let extra: Vec<&str> = verdict.lines().filter(|l| !l.starts_with("gate: ")).collect();
+        let mut why = if reason.is_empty() { format!("health gate: {status}") } else { reason };
+        if !extra.is_empty() {
+            why = format!("{why}: {}", extra.join("; "));
+        }
+        return Ok(GateResult::Unhealthy(why));
+    }
+    Ok(GateResult::Healthy(reason, Box::new(one_container(inspect)?)))
+}
+
+/// Runs a rendered `post_deploy` script; its output goes to `sink`.
+pub async fn post_deploy(
+    connection: &Connection,
+    script: &str,
+    sink: &mut dyn crate::exec::OutputSink,
+) -> Result<(), DockerError> {
+    let status = connection.exec(script, None, Some(STEP_DEADLINE), sink).await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(DockerError::Failed { step: "post_deploy", message: status.to_string() })
+    }
+}
+
+/// The parts of `docker inspect`'s JSON that ferry reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspected {
+    id: String,
+    name: String,
+    #[serde(default)]
+    restart_count: u64,
+    state: InspectedState,
+    config: InspectedConfig,
+    #[serde(default)]
+    network_settings: InspectedNetwork,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedState {
+    status: String,
+    #[serde(default)]
+    started_at: String,
+    health: Option<InspectedHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedHealth {
+    status: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedConfig {
+    image: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedNetwork {
+    #[serde(default)]
+    networks: Option<BTreeMap<String, InspectedEndpoint>>,
+    #[serde(default)]
+    ports: Option<BTreeMap<String, Option<Vec<InspectedBinding>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedEndpoint {
+    #[serde(rename = "IPAddress", default)]
+    ip_address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedBinding {
+    #[serde(default)]
+    host_ip: String,
+    #[serde(default)]
+    host_port: String,
+}
+
+/// Reads `docker inspect` output (a JSON array of containers).
+pub fn parse_inspect(json: &str) -> Result<Vec<Container>, String> {
+    let inspected: Vec<Inspected> = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
+    Ok(inspected.into_iter().map(container).collect())
+}
+
+fn container(c: Inspected) -> Container {
+    let labels = c.config.labels.unwrap_or_default();
+    let ips: BTreeMap<String, String> = c
+        .network_settings
+        .networks
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, e)| !e.ip_address.is_empty())
+        .map(|(n, e)| (n, e.ip_address))
+        .collect();
+    let mut ports = Vec::new();
+    for (port, bindings) in c.network_settings.ports.unwrap_or_default() {
+        for b in bindings.unwrap_or_default() {
+            ports.push(PublishedPort { container: port.clone(), host_ip: b.host_ip, host_port: b.host_port });
+        }
+    }
+    let digest = labels.get("ferry.digest").cloned().or_else(|| {
+        c.config.image.split_once('@').map(|(_, d)| d.to_string()).filter(|d| d.starts_with("sha256:"))
+    });
+    Container {
+        details: ContainerDetails {
+            id: c.id,
+            name: c.name.trim_start_matches('/').to_string(),
+            image: c.config.image,
+            digest,
+            ip: ips.values().next().cloned().unwrap_or_default(),
+            ips,
+            ports,
+        },
+        status: c.state.status,
+        restarts: c.restart_count,
+        health: c.state.health.map(|h| h.status),
+        started_at: c.state.started_at,
+        labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSPECT: &str = r#"[{"Id":"abc123","Name":"/web-lab","RestartCount":0,
+      "State":{"Status":"running","Running":true,"StartedAt":"2026-12-01T10:00:00.123456789Z","Health":{"Status":"healthy","Log":[]}},
+      "Config":{"Image":"10.200.0.1:5000/ferry/web@sha256:feed","Labels":{"ferry.app":"web","ferry.config-hash":"h1"}},
+      "NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.31.1.2"}},
+        "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],"443/tcp":null}}}]"#;
+
+    #[test]
+    fn reads_what_inspect_says() {
+        let c = &parse_inspect(INSPECT).unwrap()[0];
+        assert_eq!(c.details.name, "web-lab");
+        assert_eq!(c.details.digest.as_deref(), Some("sha256:feed"));
+        assert_eq!(c.details.ip, "172.31.1.2");
+        assert_eq!(c.details.ports.len(), 2);
+        assert_eq!(c.details.ports[0].host_port, "8080");
+        assert_eq!(c.health.as_deref(), Some("healthy"));
+        assert_eq!(c.label("ferry.config-hash"), Some("h1"));
+        assert!(c.running());
+    }
+
+    #[test]
+    fn host_network_and_no_labels_are_fine() {
+        let json = r#"[{"Id":"x","Name":"/n","State":{"Status":"exited"},"Config":{"Image":"img:1","Labels":null},
+          "NetworkSettings":{"Networks":{"host":{"IPAddress":""}},"Ports":{}}}]"#;
+        let c = &parse_inspect(json).unwrap()[0];
+        assert_eq!((c.details.ip.as_str(), c.details.digest.clone(), c.running()), ("", None, false));
+        assert!(parse_inspect("not json").is_err());
+        assert_eq!(parse_inspect("[]").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn repository_without_tag_or_digest() {
+        assert_eq!(repository_of("10.200.0.1:5000/ferry/web:1.0"), "10.200.0.1:5000/ferry/web");
+        assert_eq!(repository_of("10.200.0.1:5000/ferry/web"), "10.200.0.1:5000/ferry/web");
+        assert_eq!(repository_of("web@sha256:ab"), "web");
+        assert_eq!(repository_of("web:latest"), "web");
+    }
+
+    #[test]
+    fn finds_the_pulled_digest() {
+        let out = "1.0: Pulling from ferry/web\nDigest: sha256:0123\nStatus: Image is up to date\n";
+        assert_eq!(pulled_digest(out).as_deref(), Some("sha256:0123"));
+        assert_eq!(pulled_digest("10.200.0.1:5000/ferry/web:1.0\n"), None);
+    }
+}
