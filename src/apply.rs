@@ -530,8 +530,8 @@ impl Job {
                 self.step(how);
                 Ok(*container)
             }
-            Ok(GateResult::Unhealthy(why)) => Err(why),
-            Err(e) => Err(e.to_string()),
+            Ok(GateResult::Unhealthy(why)) => Err(format!("health gate: {why}")),
+            Err(e) => Err(format!("health gate: {e}")),
         }
     }
 

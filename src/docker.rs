@@ -391,8 +391,9 @@ pub enum GateResult {
 }
 
 /// Waits until `container` is healthy: its HEALTHCHECK says `healthy`; else `health.cmd`
-/// succeeds; else it still runs, never restarted, after the grace period. A container that
-/// stops or restarts fails at once. The loop runs on the target: one round trip, not one per poll.
+/// succeeds; else it still runs, never restarted, after the grace period (counted in the time
+/// slept, so it is never shorter). A container that stops or restarts fails at once. The loop
+/// runs on the target: one round trip, not one per poll.
 pub async fn gate(
     connection: &Connection,
     container: &str,
@@ -401,13 +402,13 @@ pub async fn gate(
     let secs = |d: Duration| d.as_secs_f64();
     let timeout = gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1);
     let script = format!(
-        "c={c}; timeout={timeout}; interval={interval:.3}; grace={grace}; cmd={cmd}\n\
+        "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
          ok() {{ echo \"gate: $1\"; echo '--- inspect'; docker inspect \"$c\"; exit 0; }}\n\
-         start=$(date +%s); out=''\n\
+         start=$(date +%s); out=''; slept=0\n\
          while :; do\n\
            st=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $st\"; exit 1; }}\n\
            set -- $st\n\
-           elapsed=$(( $(date +%s) - start )); nap=$interval\n\
+           elapsed=$(( $(date +%s) - start )); nap=$interval; nap_ms=0\n\
            [ \"$1\" = running ] || {{ echo \"gate: the container is $1 (it exited)\"; exit 1; }}\n\
            [ \"$2\" = 0 ] || {{ echo \"gate: the container restarted $2 times\"; exit 1; }}\n\
            case $3 in\n\
@@ -417,18 +418,19 @@ pub async fn gate(
                if [ -n \"$cmd\" ]; then\n\
                  if out=$(sh -c \"$cmd\" 2>&1 < /dev/null); then ok 'health.cmd passed'; fi\n\
                else\n\
-                 [ \"$elapsed\" -lt \"$grace\" ] || ok \"still running after ${{grace}}s\"\n\
-                 nap=1\n\
+                 [ \"$slept\" -lt \"$grace_ms\" ] || ok \"still running after the grace period\"\n\
+                 nap_ms=$((grace_ms - slept)); [ \"$nap_ms\" -le 1000 ] || nap_ms=1000\n\
+                 nap=$(printf '%d.%03d' $((nap_ms / 1000)) $((nap_ms % 1000)))\n\
                fi ;;\n\
            esac\n\
            if [ \"$elapsed\" -ge \"$timeout\" ]; then\n\
              echo \"gate: not healthy after ${{timeout}}s\"; [ -z \"$out\" ] || printf '%s\\n' \"$out\" | tail -n 5; exit 1\n\
            fi\n\
-           sleep \"$nap\"\n\
+           sleep \"$nap\"; slept=$((slept + nap_ms))\n\
          done",
         c = q(container),
         interval = secs(gate.interval).max(0.1),
-        grace = gate.grace.as_secs_f64().ceil() as u64,
+        grace_ms = gate.grace.as_millis(),
         cmd = q(gate.cmd.unwrap_or_default()),
     );
     let deadline = Duration::from_secs(timeout) + STEP_DEADLINE;

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use crate::test::Test;
 
 /// Held by tests that change host h4.
-static FAULTS: Mutex<()> = Mutex::new(());
+pub static FAULTS: Mutex<()> = Mutex::new(());
 
-struct Lab {
-    dir: PathBuf,
+pub struct Lab {
+    pub dir: PathBuf,
 }
 
-fn lab() -> Lab {
+pub fn lab() -> Lab {
     let dir = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
         panic!(
             "the lab is not running. These tests need real sshd hosts in network namespaces: run the \
@@ -75,7 +75,7 @@ impl Lab {
     }
 
     /// Runs `tests/lab/lab.sh ARGS` (cut, restore, drop, sshd-stop, ...).
-    fn ctl(&self, args: &[&str]) {
+    pub fn ctl(&self, args: &[&str]) {
         let script = crate::test::repo().join("tests/lab/lab.sh");
         let status = Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).status().unwrap();
         assert!(status.success(), "lab.sh {args:?} failed");
@@ -83,7 +83,7 @@ impl Lab {
 }
 
 /// Restores host h4 when a fault test ends, also when it fails.
-struct Restore<'a>(&'a Lab, &'static [&'static str]);
+pub struct Restore<'a>(pub &'a Lab, pub &'static [&'static str]);
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
@@ -96,7 +96,7 @@ fn finished_event(stdout: &str) -> serde_json::Value {
     json_lines(stdout).into_iter().find(|e| e["type"] == "target_finished").unwrap()
 }
 
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
 }
 

@@ -9,6 +9,7 @@
 
 mod audit;
 mod check;
+mod deploy;
 mod errors;
 mod fuzz;
 mod lab;
