@@ -77,8 +77,9 @@ impl Lab {
     /// Runs `tests/lab/lab.sh ARGS` (cut, restore, drop, sshd-stop, ...).
     pub fn ctl(&self, args: &[&str]) {
         let script = crate::test::repo().join("tests/lab/lab.sh");
-        let status = Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).status().unwrap();
-        assert!(status.success(), "lab.sh {args:?} failed");
+        let out = Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "lab.sh {args:?} failed ({}):\n{stdout}\n{stderr}", out.status);
     }
 }
 

@@ -348,7 +348,8 @@ down() {
 case "${1:-}" in
   up) shift; up "$@" ;;
   down) down ;;
-  cut) ip route show | grep -q "^blackhole 10.200.0.0/16" || { log "guard route missing"; exit 1; }
+  # Not `grep -q`: under pipefail, grep leaving early can fail `ip` with SIGPIPE.
+  cut) ip route show | grep "^blackhole 10.200.0.0/16" > /dev/null || { log "guard route missing"; exit 1; }
        ip link set "vh$2" down ;;
   restore) ip link set "vh$2" up
            ip neigh flush to "$(ip_of "$2")" dev $BRIDGE 2>/dev/null || true ;;  # a FAILED ARP entry would refuse at once
