@@ -8,7 +8,8 @@
 //!
 //! One target's deployment (the docker run step):
 //!
-//! 1. list the app's containers in this environment (this also proves `docker` answers);
+//! 1. list the app's containers in this environment (with the pull, in one round trip; this
+//!    also proves `docker` answers);
 //! 2. the running container's `ferry.config-hash` equals the plan's → nothing to do; equal but
 //!    stopped → start it and gate it;
 //! 3. else write the env file through stdin (0600), stop the old container and rename it aside,
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::docker::{self, Action, ContainerDetails, DockerError, GateResult, Started};
+use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult, Started};
 use crate::fanout::{Cancel, millis};
 use crate::host::Connection;
 use crate::plan::{Plan, TargetPlan};
@@ -118,8 +119,7 @@ pub async fn apply(
         if crate::rollout::exceeded(failures + pull_failures, &plan.rollout) {
             failures += pull_failures;
             let why = format!("not started: {failures} failed, more than max_failures allows");
-            let untouched: Vec<usize> = ready.clone();
-            for i in untouched {
+            for (i, _) in ready {
                 reports[i] = Some(report(&plan.targets[i].target, Status::Skipped, None, Some(why.clone())));
                 finished(events, reports[i].as_ref());
             }
@@ -129,7 +129,7 @@ pub async fn apply(
             ));
             continue;
         }
-        let done = deploy_batch(&plan, &planner, &ready, connections, settings, events, cancel.clone()).await;
+        let done = deploy_batch(&plan, &planner, ready, connections, settings, events, cancel.clone()).await;
         for (i, r) in done {
             reports[i] = Some(r);
         }
@@ -179,8 +179,9 @@ fn skip(
     }
 }
 
-/// Pulls the image on every target of the batch; pins the digest after the first pull. Returns
-/// the indexes that are ready; the others get a failed report.
+/// Pulls the image on every target of the batch (listing the app's containers in the same round
+/// trip); pins the digest after the first pull. Returns the targets that are ready, with their
+/// containers; the others get a failed report.
 async fn pull_batch(
     plan: &mut Plan,
     planner: &Arc<dyn Planner>,
@@ -189,13 +190,17 @@ async fn pull_batch(
     settings: &Settings,
     events: &Events,
     reports: &mut [Option<TargetReport>],
-) -> Vec<usize> {
+) -> Vec<(usize, Vec<Brief>)> {
     let image = plan.image.clone();
     let pulls = pull_all(plan, &batch, &image, connections, settings.parallel, events).await;
     let mut digests: Vec<(usize, Option<String>)> = Vec::new();
+    let mut containers: HashMap<usize, Vec<Brief>> = HashMap::new();
     for (i, outcome) in pulls {
         match outcome {
-            Ok(digest) => digests.push((i, digest)),
+            Ok((digest, listed)) => {
+                digests.push((i, digest));
+                containers.insert(i, listed);
+            }
             Err((e, ms)) => {
                 let mut r = report(&plan.targets[i].target, failed_status(&e), Some(Action::Untouched), None);
                 r.error = Some(format!("pull {image}: {e}"));
@@ -250,10 +255,10 @@ async fn pull_batch(
             }
         }
     }
-    digests.into_iter().map(|(i, _)| i).collect()
+    digests.into_iter().map(|(i, _)| (i, containers.remove(&i).unwrap_or_default())).collect()
 }
 
-type PullOutcome = Result<Option<String>, (DockerError, Duration)>;
+type PullOutcome = Result<(Option<String>, Vec<Brief>), (DockerError, Duration)>;
 
 /// Pulls `image` on the targets at `indexes`, at most `parallel` at once.
 async fn pull_all(
@@ -270,12 +275,13 @@ async fn pull_all(
         let name = plan.targets[i].target.clone();
         let Some(connection) = connections.get(&name).cloned() else { continue };
         let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
+        let (app, environment) = (plan.app.clone(), plan.environment.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let started = Instant::now();
             let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
-            let outcome = docker::pull(&connection, &image).await;
-            if let Ok(Some(digest)) = &outcome {
+            let outcome = docker::pull_and_list(&connection, &image, &app, &environment).await;
+            if let Ok((Some(digest), _)) = &outcome {
                 let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
             }
             (i, outcome.map_err(|e| (e, started.elapsed())))
@@ -300,7 +306,7 @@ fn failed_status(e: &DockerError) -> Status {
 async fn deploy_batch(
     plan: &Plan,
     planner: &Arc<dyn Planner>,
-    ready: &[usize],
+    ready: Vec<(usize, Vec<Brief>)>,
     connections: &Connections,
     settings: &Settings,
     events: &Events,
@@ -309,7 +315,7 @@ async fn deploy_batch(
     let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut out = Vec::new();
-    for &i in ready {
+    for (i, containers) in ready {
         let tp = plan.targets[i].clone();
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
@@ -324,10 +330,9 @@ async fn deploy_batch(
             continue;
         };
         let job = Job {
-            app: plan.app.clone(),
-            environment: plan.environment.clone(),
             deployment: plan.deployment.clone(),
             target: tp,
+            containers,
             planner: Arc::clone(planner),
             settings: settings.clone(),
             events: events.clone(),
@@ -348,10 +353,10 @@ async fn deploy_batch(
 
 /// One target's deployment.
 struct Job {
-    app: String,
-    environment: String,
     deployment: String,
     target: TargetPlan,
+    /// The app's containers there, as listed when the image was pulled.
+    containers: Vec<Brief>,
     planner: Arc<dyn Planner>,
     settings: Settings,
     events: Events,
@@ -417,25 +422,24 @@ impl Job {
 
     async fn deploy(&self, connection: &Connection) -> Result<(Action, Option<ContainerDetails>), Failure> {
         let tp = &self.target;
-        let containers =
-            docker::list(connection, &self.app, &self.environment).await.map_err(Failure::untouched)?;
-        for extra in containers.iter().filter(|c| c.details.name != tp.container) {
-            self.step(format!("found another container of this app: {} (left alone)", extra.details.name));
+        for extra in self.containers.iter().filter(|c| c.name != tp.container) {
+            self.step(format!("found another container of this app: {} (left alone)", extra.name));
         }
-        let current = containers.into_iter().find(|c| c.details.name == tp.container);
-        if let Some(current) = &current
-            && current.label("ferry.config-hash") == Some(tp.config_hash.as_str())
+        let current = self.containers.iter().find(|c| c.name == tp.container);
+        if let Some(current) = current
+            && current.config_hash.as_deref() == Some(tp.config_hash.as_str())
             && !self.settings.force
         {
-            if current.running() {
+            if current.running {
                 self.step("unchanged: the running container has the planned config");
-                return Ok((Action::Unchanged, Some(current.details.clone())));
+                let container = docker::inspect(connection, &current.id).await.map_err(Failure::untouched)?;
+                return Ok((Action::Unchanged, Some(container.details)));
             }
-            return self.start_stopped(connection, current).await;
+            return self.start_stopped(connection, &current.id).await;
         }
-        let old = current.as_ref().map(|c| (c.details.id.as_str(), c.running()));
-        self.step(match &current {
-            Some(c) if c.label("ferry.config-hash").is_some() => "replacing: the config changed",
+        let old = current.map(|c| (c.id.as_str(), c.running));
+        self.step(match current {
+            Some(c) if c.config_hash.is_some() => "replacing: the config changed",
             Some(_) => "replacing a container without ferry's config hash",
             None => "creating",
         });
@@ -470,15 +474,15 @@ impl Job {
     async fn start_stopped(
         &self,
         connection: &Connection,
-        current: &docker::Container,
+        id: &str,
     ) -> Result<(Action, Option<ContainerDetails>), Failure> {
         self.step("starting: the container has the planned config but was stopped");
-        docker::start(connection, &current.details.id).await.map_err(Failure::untouched)?;
-        match self.gate(connection, &current.details.id).await {
+        docker::start(connection, id).await.map_err(Failure::untouched)?;
+        match self.gate(connection, id).await {
             Ok(container) => Ok((Action::Started, Some(container.details))),
             Err(why) => {
-                let logs = docker::logs(connection, &current.details.id).await;
-                let _ = docker::stop(connection, &current.details.id).await;
+                let logs = docker::logs(connection, id).await;
+                let _ = docker::stop(connection, id).await;
                 Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
             }
         }

@@ -204,6 +204,59 @@ pub async fn pull(connection: &Connection, image: &str) -> Result<Option<String>
     Ok(pulled_digest(&out.text()))
 }
 
+/// What a deployment needs to know about an existing container to decide what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brief {
+    /// Full container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// Whether it is running.
+    pub running: bool,
+    /// Its `ferry.config-hash` label.
+    pub config_hash: Option<String>,
+}
+
+/// Pulls `image` and lists the containers of `app` in `environment`, in one round trip and
+/// one `docker ps` (a deployment's hot path: each docker CLI start costs tens of milliseconds
+/// of CPU on the target).
+pub async fn pull_and_list(
+    connection: &Connection,
+    image: &str,
+    app: &str,
+    environment: &str,
+) -> Result<(Option<String>, Vec<Brief>), DockerError> {
+    let script = format!(
+        "docker pull {image} || exit 1; echo '--- containers'; \
+         docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
+           --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}'",
+        image = q(image),
+        app = q(app),
+        env = q(environment),
+    );
+    let out = sh(connection, "docker pull", &script, None, PULL_DEADLINE).await?;
+    let text = out.text();
+    let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
+    Ok((pulled_digest(pulled), parse_briefs(listed)))
+}
+
+/// Reads the `docker ps` lines of [`pull_and_list`].
+fn parse_briefs(text: &str) -> Vec<Brief> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let (id, name, state) = (fields.next()?, fields.next()?, fields.next()?);
+            let hash = fields.next().map(str::trim).filter(|h| !h.is_empty() && *h != "<no value>");
+            Some(Brief {
+                id: id.to_string(),
+                name: name.to_string(),
+                running: state == "running",
+                config_hash: hash.map(str::to_string),
+            })
+        })
+        .collect()
+}
+
 /// The digest line of `docker pull`'s output.
 pub fn pulled_digest(output: &str) -> Option<String> {
     output
@@ -403,11 +456,11 @@ pub async fn gate(
     let timeout = gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1);
     let script = format!(
         "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
-         ok() {{ echo \"gate: $1\"; echo '--- inspect'; docker inspect \"$c\"; exit 0; }}\n\
+         ok() {{ echo \"gate: $1\"; echo '--- inspect'; printf '[%s]\\n' \"$json\"; exit 0; }}\n\
          start=$(date +%s); out=''; slept=0\n\
          while :; do\n\
-           st=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $st\"; exit 1; }}\n\
-           set -- $st\n\
+           all=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}{{{{\"\\n\"}}}}{{{{json .}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $all\"; exit 1; }}\n\
+           json=$(printf '%s\\n' \"$all\" | sed 1d); set -- $(printf '%s\\n' \"$all\" | sed -n 1p)\n\
            elapsed=$(( $(date +%s) - start )); nap=$interval; nap_ms=0\n\
            [ \"$1\" = running ] || {{ echo \"gate: the container is $1 (it exited)\"; exit 1; }}\n\
            [ \"$2\" = 0 ] || {{ echo \"gate: the container restarted $2 times\"; exit 1; }}\n\
@@ -608,6 +661,14 @@ mod tests {
         assert_eq!(repository_of("10.200.0.1:5000/ferry/web"), "10.200.0.1:5000/ferry/web");
         assert_eq!(repository_of("web@sha256:ab"), "web");
         assert_eq!(repository_of("web:latest"), "web");
+    }
+
+    #[test]
+    fn reads_docker_ps_lines() {
+        let briefs = parse_briefs("abc\tweb-lab\trunning\th1\ndef\tweb-lab-ferry-old-1\texited\t\n");
+        assert_eq!(briefs.len(), 2);
+        assert_eq!((briefs[0].running, briefs[0].config_hash.as_deref()), (true, Some("h1")));
+        assert_eq!((briefs[1].running, briefs[1].config_hash.as_deref()), (false, None));
     }
 
     #[test]
