@@ -55,6 +55,8 @@ pub struct Settings {
     pub grace: Duration,
     /// Written to each target's `~/.ferry/audit.log`, with the outcome.
     pub mirror: String,
+    /// When the feed needs credentials: targets log in before they pull.
+    pub login: Option<docker::Login>,
 }
 
 /// How one target ended.
@@ -192,7 +194,7 @@ async fn pull_batch(
     reports: &mut [Option<TargetReport>],
 ) -> Vec<(usize, Vec<Brief>)> {
     let image = plan.image.clone();
-    let pulls = pull_all(plan, &batch, &image, connections, settings.parallel, events).await;
+    let pulls = pull_all(plan, &batch, &image, connections, settings, events).await;
     let mut digests: Vec<(usize, Option<String>)> = Vec::new();
     let mut containers: HashMap<usize, Vec<Brief>> = HashMap::new();
     for (i, outcome) in pulls {
@@ -237,8 +239,7 @@ async fn pull_batch(
                 .collect();
             if !moved.is_empty() {
                 let pinned_image = plan.image.clone();
-                for (i, outcome) in
-                    pull_all(plan, &moved, &pinned_image, connections, settings.parallel, events).await
+                for (i, outcome) in pull_all(plan, &moved, &pinned_image, connections, settings, events).await
                 {
                     if let Err((e, _)) = outcome {
                         let r = report(
@@ -266,21 +267,22 @@ async fn pull_all(
     indexes: &(impl IntoIterator<Item = usize> + Clone),
     image: &str,
     connections: &Connections,
-    parallel: usize,
+    settings: &Settings,
     events: &Events,
 ) -> Vec<(usize, PullOutcome)> {
-    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in indexes.clone() {
         let name = plan.targets[i].target.clone();
         let Some(connection) = connections.get(&name).cloned() else { continue };
         let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
-        let (app, environment) = (plan.app.clone(), plan.environment.clone());
+        let (app, environment, login) = (plan.app.clone(), plan.environment.clone(), settings.login.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let started = Instant::now();
             let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
-            let outcome = docker::pull_and_list(&connection, &image, &app, &environment).await;
+            let outcome =
+                docker::pull_and_list(&connection, &image, &app, &environment, login.as_ref()).await;
             if let Ok((Some(digest), _)) = &outcome {
                 let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
             }

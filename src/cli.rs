@@ -48,6 +48,8 @@ const EXAMPLES: &str = "Examples:
   ferry plan web --env prod --version 1.4.2 --diff
   ferry deploy web --env prod --version 1.4.2
   ferry deploy web --env dev --version 1.4.2 --yes --output plain   # cron, CI
+  ferry versions web
+  ferry deploy web --env dev --version latest --yes
   ferry status web --env prod
   ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
@@ -69,6 +71,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// What runs on each target, and drift against the last successful deployment
     Status(StatusArgs),
+    /// The app's versions in its feed, newest first, with digests
+    Versions(VersionsArgs),
     /// Run a shell command on every target of an environment (ad hoc, playbook-style)
     Run(RunArgs),
     /// Fetch targets' host keys, show their fingerprints, and record them in known_hosts
@@ -261,7 +265,7 @@ pub struct DeployArgs {
     /// The app, environment and narrowing flags.
     pub selection: Selection,
 
-    /// The image tag to deploy
+    /// The image tag to deploy; `latest` means the newest version the app's rules allow
     #[arg(long, value_name = "TAG", required = true)]
     pub version: String,
 
@@ -287,6 +291,17 @@ pub struct RollbackArgs {
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
     pub apply: ApplyFlags,
+}
+
+/// `ferry versions`.
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The app
+    pub app: String,
+
+    /// Show the digests of this many of the newest versions
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub digests: usize,
 }
 
 /// `ferry status`.

@@ -204,6 +204,17 @@ pub async fn pull(connection: &Connection, image: &str) -> Result<Option<String>
     Ok(pulled_digest(&out.text()))
 }
 
+/// Registry credentials for `docker login` on a target.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// `host[:port]`.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password (sent through stdin).
+    pub password: crate::secret::Secret,
+}
+
 /// What a deployment needs to know about an existing container to decide what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Brief {
@@ -225,16 +236,26 @@ pub async fn pull_and_list(
     image: &str,
     app: &str,
     environment: &str,
+    login: Option<&Login>,
 ) -> Result<(Option<String>, Vec<Brief>), DockerError> {
+    // The password reaches `docker login` through the channel's stdin, never a command line.
+    let login_step = login.map_or_else(String::new, |l| {
+        format!(
+            "docker login --username {} --password-stdin {} > /dev/null || exit 1; ",
+            q(&l.username),
+            q(&l.registry)
+        )
+    });
+    let stdin = login.map(|l| l.password.expose().as_bytes());
     let script = format!(
-        "docker pull {image} || exit 1; echo '--- containers'; \
+        "{login_step}docker pull {image} || exit 1; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
            --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}'",
         image = q(image),
         app = q(app),
         env = q(environment),
     );
-    let out = sh(connection, "docker pull", &script, None, PULL_DEADLINE).await?;
+    let out = sh(connection, "docker pull", &script, stdin, PULL_DEADLINE).await?;
     let text = out.text();
     let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
     Ok((pulled_digest(pulled), parse_briefs(listed)))

@@ -32,18 +32,23 @@ use crate::vars::{self, MissingSecrets};
 /// Runs `ferry deploy`.
 pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Result<i32, Error> {
     let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
+    // The feed says which tag `latest` is and which bytes the tag names, once, before any
+    // target is touched: every target then pulls and runs those bytes.
+    let app = inventory.app(&args.selection.app)?;
+    inventory.environment(&args.selection.environment)?;
+    let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
     let planner = InventoryPlanner {
         renderer,
         app: args.selection.app.clone(),
         environment: args.selection.environment.clone(),
-        version: args.version.clone(),
+        version,
         limits: args.selection.limit.clone(),
         sets: args.selection.sets.clone(),
         deployment: new_deployment_id(),
-        digest: Mutex::new(None),
+        digest: Mutex::new(digest.clone()),
         inventory: Arc::new(inventory),
     };
-    let plan = planner.plan(None)?;
+    let plan = planner.plan(digest.as_deref())?;
     let inventory = Arc::clone(&planner.inventory);
     execute(&inventory, plan, Arc::new(planner), Kind::Deploy, &args.apply, output, None)
 }
@@ -196,7 +201,10 @@ pub fn execute(
     let app = inventory.app(&plan.app)?.clone();
     confirm(&plan, flags.yes, command)?;
     let log = audit_log(inventory);
-    let secrets = known_secrets(inventory, &env.name);
+    let login = super::feed::login_for(inventory, &app)?;
+    let mut secrets = known_secrets(inventory, &env.name);
+    // The registry password too: Docker or a target could echo it in an error.
+    secrets.extend(login.iter().map(|l| l.password.clone()));
     let names: Vec<String> = plan.targets.iter().map(|t| t.target.clone()).collect();
     let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
     let base_entry = Entry {
@@ -222,6 +230,7 @@ pub fn execute(
         interval: app.health.interval,
         grace: app.health.grace,
         mirror: format!("ferry {what} ({}) by {}", plan.deployment, log.actor().describe()),
+        login,
     };
     let ssh = ssh_options(inventory, &flags.connect_timeout)?;
     let lock_request = LockRequest::new(

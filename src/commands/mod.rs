@@ -7,6 +7,7 @@ pub mod audit_cmd;
 pub mod check;
 pub mod deploy;
 pub mod diff;
+pub mod feed;
 pub mod guard;
 pub mod history;
 pub mod lock_cmd;
@@ -16,6 +17,7 @@ pub mod run;
 pub mod status;
 pub mod trust;
 pub mod vars_cmd;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Deploy(args) => deploy::run(inventory, &args, cli.output),
         Command::Rollback(args) => rollback::run(inventory, &args, cli.output),
         Command::Status(args) => status::run(&inventory, &args, cli.output),
+        Command::Versions(args) => versions::run(&inventory, &args, cli.output),
         Command::Run(args) => run::run(inventory, &args, cli.output),
         Command::Trust(args) => trust::run(&inventory, &args, cli.output),
         Command::History(args) => history::run(&inventory, &args, cli.output),

@@ -16,12 +16,20 @@ const DEFAULT_VERSION: &str = "latest";
 pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Result<i32, Error> {
     let renderer = Renderer::new(inventory).map_err(Error::Render)?;
     let deployment = new_deployment_id();
-    let version = args.version.as_deref().unwrap_or(DEFAULT_VERSION);
+    let asked = args.version.as_deref().unwrap_or(DEFAULT_VERSION);
+    // Only `--version latest` asks the feed (which version is newest); any other tag is planned
+    // offline, by tag.
+    let (version, digest) = match (args.version.as_deref(), inventory.app(&args.selection.app)) {
+        (Some(super::feed::LATEST), Ok(app)) => {
+            super::runtime()?.block_on(super::feed::resolve(inventory, app, asked))?
+        }
+        _ => (asked.to_string(), None),
+    };
     let request = PlanRequest {
         app: &args.selection.app,
         environment: &args.selection.environment,
-        version,
-        digest: None,
+        version: &version,
+        digest: digest.as_deref(),
         limits: &args.selection.limit,
         sets: &args.selection.sets,
         deployment: &deployment,

@@ -214,6 +214,8 @@ pub struct Feed {
     pub username: Option<SecretDef>,
     /// Registry password source.
     pub password: Option<SecretDef>,
+    /// Extra CA certificates (PEM) to trust for this registry, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A container environment value: a template string, or a TOML scalar written as TOML writes it.
@@ -292,6 +294,8 @@ pub struct App {
     /// A shell script template run on each target after a healthy start (a smoke test); it sees
     /// the new container's details as `container`. Its failure fails the target's deployment.
     pub post_deploy: Option<(String, Range<usize>)>,
+    /// Which tags count as versions (`--version latest`, `ferry versions`).
+    pub versions: crate::version::Rules,
     /// Per-environment overrides.
     pub environments: BTreeMap<String, AppEnvironment>,
 }
@@ -746,7 +750,8 @@ impl Checker<'_> {
             let username = feed.username.map(|s| self.secret_def(s));
             let password = feed.password.map(|s| self.secret_def(s));
             let url = feed.url.into_inner();
-            feeds.insert(name.clone(), Feed { name, url, registry, username, password });
+            let ca_file = feed.ca_file.map(|f| self.dir.join(f));
+            feeds.insert(name.clone(), Feed { name, url, registry, username, password, ca_file });
         }
         feeds
     }
@@ -811,6 +816,7 @@ impl Checker<'_> {
             let env = self.env(app.env);
             let secrets = self.secrets(app.secrets, &env);
             let health = app.health.map(|h| self.health(h)).unwrap_or_default();
+            let versions = app.versions.map(|v| self.versions(v)).unwrap_or_default();
             let environments = self.app_environments(app.environments, envs, &env, &secrets);
             let app = App {
                 name,
@@ -826,6 +832,7 @@ impl Checker<'_> {
                 secrets,
                 health,
                 post_deploy: app.post_deploy.map(|p| (p.get_ref().clone(), p.span())),
+                versions,
                 environments,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
@@ -964,6 +971,17 @@ impl Checker<'_> {
             secrets.insert(key, def);
         }
         secrets
+    }
+
+    fn versions(&mut self, raw: raw::RawVersions) -> crate::version::Rules {
+        let pattern = raw.pattern.and_then(|p| match crate::version::anchored(p.get_ref()) {
+            Ok(regex) => Some(regex),
+            Err(e) => {
+                self.error(p.span(), format!("invalid version pattern: {e}"), Some("a regular expression that a whole tag must match, e.g. \"v\\\\d+\\\\.\\\\d+\\\\.\\\\d+\"".into()));
+                None
+            }
+        });
+        crate::version::Rules { pattern, prerelease: raw.prerelease.unwrap_or(false) }
     }
 
     fn health(&mut self, raw: Spanned<raw::RawHealth>) -> Health {

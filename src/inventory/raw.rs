@@ -97,6 +97,7 @@ pub struct RawFeed {
     pub url: Spanned<String>,
     pub username: Option<Spanned<RawSecretSource>>,
     pub password: Option<Spanned<RawSecretSource>>,
+    pub ca_file: Option<String>,
 }
 
 /// `{ env = "NAME" }` or `{ file = "path" }`. A bare string is refused: credentials and secrets
@@ -162,8 +163,17 @@ pub struct RawApp {
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub health: Option<Spanned<RawHealth>>,
     pub post_deploy: Option<Spanned<String>>,
+    pub versions: Option<RawVersions>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
+}
+
+/// `versions = { pattern = "regex", prerelease = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersions {
+    pub pattern: Option<Spanned<String>>,
+    pub prerelease: Option<bool>,
 }
 
 /// `health = { cmd = "...", timeout = "60s", interval = "2s", grace = "5s" }`.

@@ -11,6 +11,7 @@ mod audit;
 mod check;
 mod deploy;
 mod errors;
+mod feeds;
 mod fuzz;
 mod lab;
 mod plan;

@@ -25,6 +25,7 @@ BRIDGE=br-ferry
 NET=10.200.0
 GUARD="blackhole 10.200.0.0/16 metric 9999"
 REGISTRY=$NET.1:5000
+SECURE_REGISTRY=$NET.1:5001   # the same storage behind TLS (the lab's own CA) and htpasswd
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "lab: $*" >&2; }
@@ -112,7 +113,7 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd
 hostname $name
 mount --bind $d/docker-lib /var/lib/docker
-dockerd --bip 172.31.$n.1/24 --insecure-registry $REGISTRY --pidfile /run/docker.pid > $d/dockerd.log 2>&1 &
+dockerd --bip 172.31.$n.1/24 --insecure-registry $REGISTRY --insecure-registry $SECURE_REGISTRY --pidfile /run/docker.pid > $d/dockerd.log 2>&1 &
 echo \$! > $d/dockerd.pid
 exec sleep infinity
 EOF
@@ -162,8 +163,39 @@ http:
 EOF
   setsid nohup docker-registry serve "$T/registry/config.yml" > "$T/registry/log" 2>&1 < /dev/null &
   echo $! > "$T/registry/pid"
-  for _ in $(seq 50); do curl -fsS "http://$REGISTRY/v2/" > /dev/null 2>&1 && return 0; sleep 0.1; done
-  log "registry did not start"; cat "$T/registry/log" >&2; return 1
+  for _ in $(seq 50); do curl -fsS "http://$REGISTRY/v2/" > /dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "http://$REGISTRY/v2/" > /dev/null 2>&1 || { log "registry did not start"; cat "$T/registry/log" >&2; return 1; }
+  secure_registry_up
+}
+
+# The same storage behind TLS with a CA of the lab's own, and htpasswd (user tester).
+secure_registry_up() {
+  local d=$T/registry2
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj '/CN=ferry lab CA' \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2> /dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$NET.1" \
+    -keyout "$d/tls.key" -out "$d/tls.csr" 2> /dev/null
+  printf 'subjectAltName=IP:%s\n' "$NET.1" > "$d/san.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/san.ext" -out "$d/tls.crt" 2> /dev/null
+  htpasswd -Bbn tester s3cret-lab > "$d/htpasswd"
+  sed -e "s#addr: $REGISTRY#addr: $SECURE_REGISTRY#" "$T/registry/config.yml" > "$d/config.yml"
+  cat >> "$d/config.yml" <<EOF
+  tls:
+    certificate: $d/tls.crt
+    key: $d/tls.key
+auth:
+  htpasswd:
+    realm: ferry-lab
+    path: $d/htpasswd
+EOF
+  setsid nohup docker-registry serve "$d/config.yml" > "$d/log" 2>&1 < /dev/null &
+  echo $! > "$d/pid"
+  for _ in $(seq 50); do
+    curl -fsS --cacert "$d/ca.crt" -u tester:s3cret-lab "https://$SECURE_REGISTRY/v2/" > /dev/null 2>&1 && return 0; sleep 0.1
+  done
+  log "TLS registry did not start"; cat "$d/log" >&2; return 1
 }
 
 image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 with curl only
@@ -205,6 +237,22 @@ web_images_up() {
     CONFIG=$CONFIG "$HERE/push-image.sh" "$REGISTRY" ferry/web "$v" "$T/web-$v.tar"
   done
   rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
+  many_tags_up
+}
+
+# ferry/many: one image under 250 version tags (and a few that are not versions), for tag
+# listing and ordering: 0.0.0 … 19.9.0, v20.0 … v20.24, 21.0.0.0 … 21.0.0.24.
+many_tags_up() {
+  local m=$T/many-manifest.json i tags=()
+  "$HERE/push-image.sh" "$REGISTRY" ferry/many 0.0.0 "$T/web-1.0.tar"
+  curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$REGISTRY/v2/ferry/many/manifests/0.0.0" -o "$m"
+  for i in $(seq 1 199); do tags+=("$((i / 10)).$((i % 10)).0"); done
+  for i in $(seq 0 24); do tags+=("v20.$i" "21.0.0.$i"); done
+  tags+=(latest main sha-3f9a1c7 22.0.0-rc.1)
+  printf '%s\n' "${tags[@]}" | xargs -P 8 -I{} curl -fsS -X PUT -o /dev/null \
+    -H 'Content-Type: application/vnd.docker.distribution.manifest.v2+json' --data-binary "@$m" \
+    "http://$REGISTRY/v2/ferry/many/manifests/{}"
 }
 
 # Users whose login shell is bash, dash or sh: a remote command must mean the same for all.
@@ -314,6 +362,7 @@ up() {
     echo "FERRY_LAB_DIR=$T"
     echo "FERRY_LAB_HOSTS=$n"
     echo "FERRY_LAB_REGISTRY=$REGISTRY"
+    echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
   } > "$T/lab.env"
   log "up: $n hosts ($NET.11-$NET.$((10 + n))), registry $REGISTRY, inventory $T/lab.toml"
 }
@@ -324,8 +373,10 @@ down() {
   n=$(ls -d "$T"/net/h* 2>/dev/null | wc -l)
   for i in $(seq "$n"); do host_down "$i" & done
   wait
-  [ -s "$T/registry/pid" ] && stop "$(cat "$T/registry/pid")"
-  rm -f "$T/registry/pid"
+  for pidfile in "$T/registry/pid" "$T/registry2/pid"; do
+    [ -s "$pidfile" ] && stop "$(cat "$pidfile")"
+    rm -f "$pidfile"
+  done
   ip link del $BRIDGE 2>/dev/null || true
   users_down
   local leaks; leaks=$(leak_count); leaks=${leaks:-0}

@@ -1,0 +1,615 @@
+//! The feed client: the Docker Registry HTTP API v2, as Docker itself speaks it.
+//!
+//! A registry says how it wants to be authenticated when it refuses a request: `401` with
+//! `WWW-Authenticate: Bearer realm=…,service=…,scope=…` (get a token from the realm, with Basic
+//! credentials or anonymously; the answer carries `token` or `access_token`, cached until it
+//! expires) or `Basic realm=…` (send the credentials on every request). The client follows
+//! whichever it is told, so one code path serves distribution, Harbor, GHCR and Docker Hub.
+//!
+//! Tags are listed following `Link: <…>; rel="next"` to the end (registries page at 100 or
+//! 1000 tags). Digests come from `Docker-Content-Digest` of a manifest `HEAD` (falling back to a
+//! `GET` and hashing the body), with the `Accept` types of OCI indexes and manifests and of
+//! Docker manifest lists and v2 manifests, so a multi-arch tag yields the index digest that
+//! `docker pull` would record. TLS uses the system roots plus the feed's `ca_file`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64ct::Encoding;
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+
+/// The manifest media types ferry accepts, most specific first.
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pages a tag listing may have before ferry calls it a loop.
+const MAX_PAGES: usize = 10_000;
+
+/// What can go wrong talking to a registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No TCP connection, a timeout, or a broken HTTP exchange.
+    #[error("registry {registry} cannot be reached: {message}")]
+    Unreachable {
+        /// The registry.
+        registry: String,
+        /// Why.
+        message: String,
+    },
+    /// The TLS handshake failed (unknown CA, wrong name, plain HTTP port).
+    #[error(
+        "registry {registry}: TLS failed: {message} (give the feed's CA certificate as `ca_file`, or check the url's scheme)"
+    )]
+    Tls {
+        /// The registry.
+        registry: String,
+        /// Why.
+        message: String,
+    },
+    /// The credentials were refused, or none were given where some are needed.
+    #[error("registry {registry} refused the credentials: {message}")]
+    AuthRefused {
+        /// The registry.
+        registry: String,
+        /// What it said, and what ferry sent.
+        message: String,
+    },
+    /// The repository does not exist (or is hidden from these credentials).
+    #[error("repository {repository} not found in registry {registry}")]
+    RepositoryNotFound {
+        /// The registry.
+        registry: String,
+        /// The repository.
+        repository: String,
+    },
+    /// The tag does not exist.
+    #[error("tag {tag} not found in {registry}/{repository}")]
+    TagNotFound {
+        /// The registry.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The tag.
+        tag: String,
+    },
+    /// The registry answered something ferry does not understand.
+    #[error("registry {registry}: {message}")]
+    Protocol {
+        /// The registry.
+        registry: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The client could not be set up (a bad `ca_file`).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Registry credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: Secret,
+}
+
+/// Where the client connects and how it maps names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https://host[:port]` (Docker Hub's `docker.io` becomes `https://registry-1.docker.io`).
+    pub base: String,
+    /// The registry as image references name it (`host[:port]`, `docker.io`).
+    pub registry: String,
+}
+
+impl Endpoint {
+    /// From a feed URL (`https://registry.example.com`, `http://10.200.0.1:5000`,
+    /// `https://docker.io`).
+    pub fn from_url(url: &str) -> Option<Endpoint> {
+        let (scheme, rest) = url.split_once("://")?;
+        if scheme != "http" && scheme != "https" {
+            return None;
+        }
+        let registry = rest.trim_end_matches('/').to_string();
+        let base = match registry.as_str() {
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+                "https://registry-1.docker.io".to_string()
+            }
+            _ => format!("{scheme}://{registry}"),
+        };
+        Some(Endpoint { base, registry })
+    }
+
+    /// The repository path as the registry knows it: Docker Hub's official images live under
+    /// `library/`.
+    pub fn repository(&self, image: &str) -> String {
+        if self.base == "https://registry-1.docker.io" && !image.contains('/') {
+            format!("library/{image}")
+        } else {
+            image.to_string()
+        }
+    }
+}
+
+/// A client for one registry.
+#[derive(Clone)]
+pub struct Registry {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    credentials: Option<Credentials>,
+    /// Bearer tokens by scope, with their expiry.
+    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Bearer realm=…,service=…,scope=…`.
+    Bearer {
+        /// Token endpoint.
+        realm: String,
+        /// `service` parameter.
+        service: Option<String>,
+        /// `scope` parameter.
+        scope: Option<String>,
+    },
+    /// `Basic realm=…`.
+    Basic,
+}
+
+impl Registry {
+    /// A client for `endpoint`; `ca_file` adds PEM certificates to the system roots.
+    pub fn new(
+        endpoint: Endpoint,
+        credentials: Option<Credentials>,
+        ca_file: Option<&Path>,
+    ) -> Result<Registry, RegistryError> {
+        let tls = tls_config(ca_file)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RegistryError::Setup(format!("cannot set up the registry client: {e}")))?;
+        Ok(Registry { http, endpoint, credentials, tokens: Arc::new(Mutex::new(HashMap::new())) })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Probes `/v2/` (authenticating if asked): the registry is there and these credentials work.
+    pub async fn probe(&self) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.endpoint.base);
+        self.send(reqwest::Method::GET, &url, None, "").await.map(|_| ())
+    }
+
+    /// Every tag of `repository`, following pagination to the end.
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        let scope = format!("repository:{repository}:pull");
+        let mut url = format!("{}/v2/{repository}/tags/list", self.endpoint.base);
+        let mut tags = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self.send(reqwest::Method::GET, &url, None, &scope).await;
+            let response = match response {
+                Err(RegistryError::Protocol { message, .. }) if message.starts_with("404") => {
+                    return Err(RegistryError::RepositoryNotFound {
+                        registry: self.endpoint.registry.clone(),
+                        repository: repository.to_string(),
+                    });
+                }
+                other => other?,
+            };
+            let next = next_link(response.headers());
+            let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+            #[derive(serde::Deserialize)]
+            struct Page {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let page: Page = serde_json::from_str(&body)
+                .map_err(|e| self.protocol(format!("the tag list is not JSON ({e})")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = self.absolute(&next),
+                None => return Ok(tags),
+            }
+        }
+        Err(self.protocol(format!("the tag list of {repository} has more than {MAX_PAGES} pages")))
+    }
+
+    /// The manifest digest of `repository:tag` (what `docker pull` records).
+    pub async fn digest(&self, repository: &str, tag: &str) -> Result<String, RegistryError> {
+        let scope = format!("repository:{repository}:pull");
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.endpoint.base);
+        let head = self.send(reqwest::Method::HEAD, &url, Some(MANIFEST_TYPES), &scope).await;
+        let response = match head {
+            Err(RegistryError::Protocol { message, .. }) if message.starts_with("404") => {
+                // A missing tag, if the repository lists tags; else a missing repository.
+                return Err(match self.tags(repository).await {
+                    Ok(_) => RegistryError::TagNotFound {
+                        registry: self.endpoint.registry.clone(),
+                        repository: repository.to_string(),
+                        tag: tag.to_string(),
+                    },
+                    Err(e) => e,
+                });
+            }
+            other => other?,
+        };
+        if let Some(digest) = header_digest(response.headers()) {
+            return Ok(digest);
+        }
+        // Some registries leave the header off HEAD answers: hash the manifest itself.
+        let response = self.send(reqwest::Method::GET, &url, Some(MANIFEST_TYPES), &scope).await?;
+        if let Some(digest) = header_digest(response.headers()) {
+            return Ok(digest);
+        }
+        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Ok(format!("sha256:{}", hex(&Sha256::digest(&body))))
+    }
+
+    /// Sends a request, answering an authentication challenge once.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        accept: Option<&str>,
+        scope: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let cached = self.cached_token(scope);
+        let first = self.request(method.clone(), url, accept, cached.as_deref().map(Auth::Bearer)).await?;
+        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return self.check(first);
+        }
+        let challenge = first
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+            .ok_or_else(|| {
+                self.protocol("401 without a WWW-Authenticate challenge ferry understands".into())
+            })?;
+        let auth = match challenge {
+            Challenge::Basic => match &self.credentials {
+                Some(c) => Auth::Basic(c),
+                None => return Err(self.refused("it asks for a user name and password; the feed has none")),
+            },
+            Challenge::Bearer { realm, service, scope: asked } => {
+                let scope = asked.unwrap_or_else(|| scope.to_string());
+                let token = self.token(&realm, service.as_deref(), &scope).await?;
+                return self.retry_bearer(method, url, accept, &token).await;
+            }
+        };
+        let second = self.request(method, url, accept, Some(auth)).await?;
+        if second.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let who = self
+                .credentials
+                .as_ref()
+                .map_or("no credentials".to_string(), |c| format!("user {}", c.username));
+            return Err(self.refused(&format!("401 Unauthorized for {who}")));
+        }
+        self.check(second)
+    }
+
+    async fn retry_bearer(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        accept: Option<&str>,
+        token: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = self.request(method, url, accept, Some(Auth::Bearer(token))).await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(self.refused("the token it issued was refused"));
+        }
+        self.check(response)
+    }
+
+    fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, RegistryError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(self.refused("403 Forbidden: these credentials may not read it"));
+        }
+        Err(self.protocol(format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("error"))))
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<Auth<'_>>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut request = self.http.request(method, url);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        request = match auth {
+            Some(Auth::Bearer(token)) => request.bearer_auth(token),
+            Some(Auth::Basic(c)) => request.basic_auth(&c.username, Some(c.password.expose())),
+            None => request,
+        };
+        request.send().await.map_err(|e| self.unreachable(&e))
+    }
+
+    /// Gets a token from `realm` (with Basic credentials when the feed has them).
+    async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, RegistryError> {
+        let mut url =
+            format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, encode(scope));
+        if let Some(service) = service {
+            url += &format!("&service={}", encode(service));
+        }
+        let mut request = self.http.get(&url);
+        if let Some(c) = &self.credentials {
+            request = request.basic_auth(&c.username, Some(c.password.expose()));
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            let who =
+                self.credentials.as_ref().map_or("anonymous".to_string(), |c| format!("user {}", c.username));
+            return Err(self.refused(&format!("its token service refused {who} ({})", status.as_u16())));
+        }
+        if !status.is_success() {
+            return Err(self.protocol(format!("token service answered {}", status.as_u16())));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let answer: TokenAnswer = serde_json::from_str(&body)
+            .map_err(|e| self.protocol(format!("the token answer is not JSON ({e})")))?;
+        let token =
+            answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
+                self.protocol("the token answer has neither `token` nor `access_token`".into())
+            })?;
+        // Docker's default lifetime is 60 s; renew a little early.
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(scope.to_string(), (token.clone(), Instant::now() + lifetime));
+        }
+        Ok(token)
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+    }
+
+    fn absolute(&self, link: &str) -> String {
+        if link.starts_with("http://") || link.starts_with("https://") {
+            link.to_string()
+        } else {
+            format!("{}{link}", self.endpoint.base)
+        }
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> RegistryError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        let registry = self.endpoint.registry.clone();
+        let tls = ["certificate", "tls", "TLS", "handshake", "InvalidContentType", "CorruptMessage"];
+        if tls.iter().any(|t| message.contains(t)) {
+            return RegistryError::Tls { registry, message };
+        }
+        RegistryError::Unreachable { registry, message }
+    }
+
+    fn refused(&self, message: &str) -> RegistryError {
+        RegistryError::AuthRefused { registry: self.endpoint.registry.clone(), message: message.to_string() }
+    }
+
+    fn protocol(&self, message: String) -> RegistryError {
+        RegistryError::Protocol { registry: self.endpoint.registry.clone(), message }
+    }
+}
+
+enum Auth<'a> {
+    Bearer(&'a str),
+    Basic(&'a Credentials),
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = parse_params(params);
+    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
+}
+
+/// `k="v", k2=v2` pairs; quoted values may hold commas (`scope="repository:a:pull,push"`).
+fn parse_params(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        rest = rest[eq + 1..].trim_start();
+        let value;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            value = quoted[..end].to_string();
+            rest = quoted.get(end + 1..).unwrap_or("");
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = rest[..end].trim().to_string();
+            rest = &rest[end..];
+        }
+        rest = rest.trim_start().trim_start_matches(',');
+        out.push((key, value));
+    }
+    out
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers.get_all(reqwest::header::LINK).iter().filter_map(|v| v.to_str().ok()).find_map(parse_next_link)
+}
+
+/// `<url>; rel="next"` → `url`.
+pub fn parse_next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        next.then(|| target.to_string())
+    })
+}
+
+fn header_digest(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|d| d.starts_with("sha256:") && d.len() == 71)
+        .map(str::to_string)
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// rustls with ring, the system roots, and the feed's CA file.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RegistryError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: a feed with its own `ca_file` still works.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let setup = |e: String| RegistryError::Setup(format!("ca_file {}: {e}", path.display()));
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| setup(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| setup(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(setup("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| setup(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RegistryError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Credentials for `registry` from a Docker client config (`~/.docker/config.json` `auths`).
+pub fn docker_config_credentials(config: &str, registry: &str) -> Option<Credentials> {
+    let value: serde_json::Value = serde_json::from_str(config).ok()?;
+    let auths = value.get("auths")?.as_object()?;
+    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry);
+    let keys = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        format!("https://{registry}/v1/"),
+        if hub { "https://index.docker.io/v1/".to_string() } else { String::new() },
+    ];
+    let entry = keys.iter().filter(|k| !k.is_empty()).find_map(|k| auths.get(k))?;
+    let auth = entry.get("auth")?.as_str()?;
+    let decoded = base64ct::Base64::decode_vec(auth).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (username, password) = text.split_once(':')?;
+    Some(Credentials { username: username.to_string(), password: Secret::new(password.to_string()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_challenges() {
+        let bearer = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#;
+        assert_eq!(
+            parse_challenge(bearer),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull,push".into()),
+            })
+        );
+        assert_eq!(parse_challenge(r#"Basic realm="test-realm""#), Some(Challenge::Basic));
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge("Bearer service=x"), None, "a realm is required");
+    }
+
+    #[test]
+    fn reads_next_links() {
+        assert_eq!(
+            parse_next_link(r#"</v2/ferry/many/tags/list?n=100&last=1.0.99>; rel="next""#).as_deref(),
+            Some("/v2/ferry/many/tags/list?n=100&last=1.0.99")
+        );
+        assert_eq!(parse_next_link(r#"<https://x/a>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn maps_docker_hub() {
+        let hub = Endpoint::from_url("https://docker.io").unwrap();
+        assert_eq!(hub.base, "https://registry-1.docker.io");
+        assert_eq!(hub.repository("nginx"), "library/nginx");
+        assert_eq!(hub.repository("acme/web"), "acme/web");
+        let lab = Endpoint::from_url("http://10.200.0.1:5000/").unwrap();
+        assert_eq!((lab.base.as_str(), lab.registry.as_str()), ("http://10.200.0.1:5000", "10.200.0.1:5000"));
+        assert_eq!(lab.repository("nginx"), "nginx");
+        assert!(Endpoint::from_url("ftp://x").is_none());
+    }
+
+    #[test]
+    fn reads_docker_config_auths() {
+        let config = r#"{"auths":{"10.200.0.1:5001":{"auth":"dGVzdGVyOnMzY3JldA=="},"https://index.docker.io/v1/":{"auth":"aHViOnB3"}}}"#;
+        let lab = docker_config_credentials(config, "10.200.0.1:5001").unwrap();
+        assert_eq!((lab.username.as_str(), lab.password.expose()), ("tester", "s3cret"));
+        assert_eq!(docker_config_credentials(config, "docker.io").unwrap().username, "hub");
+        assert!(docker_config_credentials(config, "other:5000").is_none());
+        assert!(docker_config_credentials("not json", "x").is_none());
+    }
+}
