@@ -51,6 +51,7 @@ const EXAMPLES: &str = "Examples:
   ferry versions web
   ferry deploy web --env dev --version latest --yes
   ferry status web --env prod
+  ferry promote web --to prod
   ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
 
@@ -67,6 +68,8 @@ pub enum Command {
     Vars(VarsArgs),
     /// Deploy a version of an app to an environment: pull, replace, health-gate, record
     Deploy(DeployArgs),
+    /// Deploy what last succeeded in the previous lifecycle phase
+    Promote(PromoteArgs),
     /// Redeploy the previous successful deployment's recorded version and config
     Rollback(RollbackArgs),
     /// What runs on each target, and drift against the last successful deployment
@@ -268,6 +271,37 @@ pub struct DeployArgs {
     /// The image tag to deploy; `latest` means the newest version the app's rules allow
     #[arg(long, value_name = "TAG", required = true)]
     pub version: String,
+
+    /// Deploy even though the release has not passed the previous lifecycle phase (audited)
+    #[arg(long, requires = "reason")]
+    pub skip_lifecycle: bool,
+
+    /// Why the lifecycle is skipped (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "skip_lifecycle")]
+    pub reason: Option<String>,
+
+    #[command(flatten)]
+    /// Confirmation, parallelism and lock flags.
+    pub apply: ApplyFlags,
+}
+
+/// `ferry promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment to promote to; the release comes from the phase before it
+    #[arg(long = "to", value_name = "ENV")]
+    pub to: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB")]
+    pub limit: Vec<String>,
+
+    /// Override a variable for this run (highest precedence; repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
 
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.

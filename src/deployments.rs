@@ -53,7 +53,7 @@ pub struct Recorded {
 pub struct Deployment {
     /// Deployment id.
     pub id: String,
-    /// `deploy` or `rollback`.
+    /// `deploy`, `rollback` or `promote`.
     pub command: String,
     /// When it finished.
     pub time: String,
@@ -105,7 +105,7 @@ pub fn read(log: &Log, app: &str, environment: &str) -> Result<Vec<Deployment>, 
 fn from_record(record: Record, app: &str, environment: &str) -> Option<Deployment> {
     let entry = record.entry;
     let ours = entry.kind == "run_finished"
-        && matches!(entry.command.as_str(), "deploy" | "rollback")
+        && matches!(entry.command.as_str(), "deploy" | "rollback" | "promote")
         && entry.app.as_deref() == Some(app)
         && entry.environment.as_deref() == Some(environment);
     if !ours {

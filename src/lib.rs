@@ -26,6 +26,7 @@ pub mod glob;
 pub mod host;
 pub mod inventory;
 pub mod known_hosts;
+pub mod lifecycle;
 pub mod lock;
 pub mod logging;
 pub mod output;

@@ -31,26 +31,131 @@ use crate::vars::{self, MissingSecrets};
 
 /// Runs `ferry deploy`.
 pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Result<i32, Error> {
-    let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
     // The feed says which tag `latest` is and which bytes the tag names, once, before any
     // target is touched: every target then pulls and runs those bytes.
     let app = inventory.app(&args.selection.app)?;
     inventory.environment(&args.selection.environment)?;
     let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
+    let skip = args.skip_lifecycle.then(|| args.reason.clone().unwrap_or_default());
+    let notes =
+        lifecycle_gate(&inventory, app, &args.selection.environment, &version, digest.as_deref(), skip)?;
+    let release = Release { version, digest, kind: Kind::Deploy, notes };
+    deploy_release(inventory, &args.selection, release, &args.apply, output)
+}
+
+/// A version to roll out, and why it may.
+pub struct Release {
+    /// The tag.
+    pub version: String,
+    /// Its digest, when known before the rollout.
+    pub digest: Option<String>,
+    /// The command.
+    pub kind: Kind,
+    /// What the record says about it besides the plan.
+    pub notes: Notes,
+}
+
+/// Facts about a rollout that its `run_started` record keeps.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Notes {
+    /// A rollback: the deployment it returns to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
+    /// A promotion: the deployment (and phase) whose release it deploys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
+    /// The lifecycle gate's verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<String>,
+    /// `--skip-lifecycle --reason`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_lifecycle: Option<String>,
+}
+
+/// Plans `release` from the inventory and runs it.
+pub fn deploy_release(
+    inventory: Inventory,
+    selection: &crate::cli::Selection,
+    release: Release,
+    flags: &ApplyFlags,
+    output: OutputFormat,
+) -> Result<i32, Error> {
+    let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
     let planner = InventoryPlanner {
         renderer,
-        app: args.selection.app.clone(),
-        environment: args.selection.environment.clone(),
-        version,
-        limits: args.selection.limit.clone(),
-        sets: args.selection.sets.clone(),
+        app: selection.app.clone(),
+        environment: selection.environment.clone(),
+        version: release.version,
+        limits: selection.limit.clone(),
+        sets: selection.sets.clone(),
         deployment: new_deployment_id(),
-        digest: Mutex::new(digest.clone()),
+        digest: Mutex::new(release.digest.clone()),
         inventory: Arc::new(inventory),
     };
-    let plan = planner.plan(digest.as_deref())?;
+    let plan = planner.plan(release.digest.as_deref())?;
     let inventory = Arc::clone(&planner.inventory);
-    execute(&inventory, plan, Arc::new(planner), Kind::Deploy, &args.apply, output, None)
+    execute(&inventory, plan, Arc::new(planner), release.kind, flags, output, release.notes)
+}
+
+/// Refuses (exit 4) a release that has not passed the earlier phase, unless skipped with a
+/// reason; returns what the record should say.
+pub fn lifecycle_gate(
+    inventory: &Inventory,
+    app: &crate::inventory::App,
+    environment: &str,
+    version: &str,
+    digest: Option<&str>,
+    skip: Option<String>,
+) -> Result<Notes, Error> {
+    let log = audit_log(inventory);
+    let mut by_phase = std::collections::HashMap::new();
+    for phase in &inventory.phases {
+        let successes: Vec<_> = crate::deployments::read(&log, &app.name, phase)?
+            .into_iter()
+            .filter(|d| d.recorded.succeeded)
+            .collect();
+        by_phase.insert(phase.clone(), successes);
+    }
+    let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
+    let release = digest.unwrap_or(version);
+    let gate = crate::lifecycle::check(
+        &inventory.phases,
+        &inventory.optional_phases,
+        environment,
+        release,
+        successes,
+    );
+    let mut notes = Notes::default();
+    match gate {
+        crate::lifecycle::Gate::Free => {}
+        crate::lifecycle::Gate::Passed { phase, deployment } => {
+            notes.lifecycle = Some(format!("passed {phase} in deployment {deployment}"));
+        }
+        crate::lifecycle::Gate::Refused { missing } => {
+            let what = format!("{} {version} ({release})", app.name);
+            match skip {
+                Some(reason) if !reason.trim().is_empty() => {
+                    eprintln!(
+                        "warning: lifecycle skipped: {what} never succeeded in {missing}; reason: {reason}"
+                    );
+                    notes.lifecycle = Some(format!("skipped: never succeeded in {missing}"));
+                    notes.skip_lifecycle = Some(reason);
+                }
+                _ => {
+                    return Err(Error::Refused(
+                        Diagnostic::new(format!(
+                            "lifecycle: {what} has no successful deployment to {missing}, the phase before {environment}"
+                        ))
+                        .help(format!(
+                            "deploy it to {missing} first (or `ferry promote {} --to {missing}`); to override, pass --skip-lifecycle --reason TEXT (audited)",
+                            app.name
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(notes)
 }
 
 /// Plans from the inventory: the first plan, the pinned one, and `post_deploy` scripts.
@@ -174,6 +279,8 @@ pub enum Kind {
     Deploy,
     /// `ferry rollback`, to the deployment with this id.
     Rollback,
+    /// `ferry promote`.
+    Promote,
 }
 
 impl Kind {
@@ -181,12 +288,13 @@ impl Kind {
         match self {
             Kind::Deploy => "deploy",
             Kind::Rollback => "rollback",
+            Kind::Promote => "promote",
         }
     }
 }
 
-/// Confirms, locks, rolls `plan` out, records and reports it; returns the exit code. For a
-/// rollback, `rollback_to` names the deployment it returns to (kept in the record).
+/// Confirms, locks, rolls `plan` out, records and reports it; returns the exit code. `notes`
+/// go into the `run_started` record (a rollback's target, the lifecycle verdict).
 pub fn execute(
     inventory: &Arc<Inventory>,
     plan: Plan,
@@ -194,7 +302,7 @@ pub fn execute(
     kind: Kind,
     flags: &ApplyFlags,
     output: OutputFormat,
-    rollback_to: Option<String>,
+    notes: Notes,
 ) -> Result<i32, Error> {
     let command = kind.command();
     let env = inventory.environment(&plan.environment)?.clone();
@@ -220,7 +328,7 @@ pub fn execute(
     log.append(Entry {
         kind: "run_started".into(),
         targets: names.clone(),
-        detail: serde_json::json!({ "image": plan.image, "rollback_to": rollback_to, "force": flags.force }),
+        detail: serde_json::json!({ "image": plan.image, "force": flags.force, "notes": notes }),
         ..base_entry.clone()
     })?;
     let settings = apply::Settings {
@@ -265,7 +373,7 @@ pub fn execute(
             &applied.plan,
             &applied.reports,
             applied.interrupted,
-            rollback_to.as_deref(),
+            notes.rollback_to.as_deref(),
         );
         let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
         let record = Entry {

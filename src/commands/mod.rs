@@ -12,6 +12,7 @@ pub mod guard;
 pub mod history;
 pub mod lock_cmd;
 pub mod plan;
+pub mod promote;
 pub mod rollback;
 pub mod run;
 pub mod status;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Plan(args) => plan::run(&inventory, &args, cli.output),
         Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
         Command::Deploy(args) => deploy::run(inventory, &args, cli.output),
+        Command::Promote(args) => promote::run(inventory, &args, cli.output),
         Command::Rollback(args) => rollback::run(inventory, &args, cli.output),
         Command::Status(args) => status::run(&inventory, &args, cli.output),
         Command::Versions(args) => versions::run(&inventory, &args, cli.output),

@@ -53,7 +53,8 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
     );
     let inventory = Arc::clone(&planner.inventory);
     let to_id = to.id.clone();
-    execute(&inventory, plan, Arc::new(planner), Kind::Rollback, &args.apply, output, Some(to_id))
+    let notes = super::deploy::Notes { rollback_to: Some(to_id), ..Default::default() };
+    execute(&inventory, plan, Arc::new(planner), Kind::Rollback, &args.apply, output, notes)
 }
 
 /// Plans from a deployment record.

@@ -60,6 +60,8 @@ pub struct Inventory {
     pub defaults: Defaults,
     /// `[lifecycle] phases`, in order (empty when there is no lifecycle).
     pub phases: Vec<String>,
+    /// `[lifecycle] optional`: phases a release may skip.
+    pub optional_phases: Vec<String>,
     /// Environments in file order.
     pub environments: Vec<Environment>,
     /// Targets in file order.
@@ -401,7 +403,7 @@ impl Checker<'_> {
         let defaults = self.defaults(raw.defaults);
         let targets = self.targets(raw.targets, &defaults);
         let environments = self.environments(raw.environments, &targets);
-        let phases = self.phases(raw.lifecycle, &environments);
+        let (phases, optional_phases) = self.phases(raw.lifecycle, &environments);
         let feeds = self.feeds(raw.feeds);
         let templates_dir = self.templates_dir(&defaults.1);
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
@@ -411,6 +413,7 @@ impl Checker<'_> {
             templates_dir,
             defaults: defaults.0,
             phases,
+            optional_phases,
             environments,
             targets,
             feeds,
@@ -711,10 +714,15 @@ impl Checker<'_> {
         rollout
     }
 
-    fn phases(&mut self, raw: Option<Spanned<raw::RawLifecycle>>, envs: &[Environment]) -> Vec<String> {
-        let Some(raw) = raw else { return Vec::new() };
+    fn phases(
+        &mut self,
+        raw: Option<Spanned<raw::RawLifecycle>>,
+        envs: &[Environment],
+    ) -> (Vec<String>, Vec<String>) {
+        let Some(raw) = raw else { return (Vec::new(), Vec::new()) };
+        let raw = raw.into_inner();
         let mut phases: Vec<String> = Vec::new();
-        for phase in raw.into_inner().phases {
+        for phase in raw.phases {
             let name = phase.get_ref();
             if !envs.iter().any(|e| &e.name == name) {
                 let help = did_you_mean(name, envs.iter().map(|e| e.name.as_str()))
@@ -725,7 +733,20 @@ impl Checker<'_> {
             }
             phases.push(phase.into_inner());
         }
-        phases
+        let mut optional = Vec::new();
+        for phase in raw.optional {
+            if !phases.contains(phase.get_ref()) {
+                let help = did_you_mean(phase.get_ref(), phases.iter().map(String::as_str))
+                    .or(Some("an optional phase must be one of `phases`".into()));
+                self.error(
+                    phase.span(),
+                    format!("optional phase \"{}\" is not in the lifecycle", phase.get_ref()),
+                    help,
+                );
+            }
+            optional.push(phase.into_inner());
+        }
+        (phases, optional)
     }
 
     fn feeds(&mut self, raw: raw::SpannedMap<Spanned<raw::RawFeed>>) -> BTreeMap<String, Feed> {

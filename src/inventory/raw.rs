@@ -54,6 +54,8 @@ pub struct RawDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawLifecycle {
     pub phases: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub optional: Vec<Spanned<String>>,
 }
 
 /// `[environments.NAME]`.

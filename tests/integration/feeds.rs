@@ -343,3 +343,167 @@ fn a_token_registry_is_answered_with_a_bearer_token() {
         .run();
     assert!(refused.stderr.contains("token service refused user tester"), "{}", refused.stderr);
 }
+
+/// An inventory with the lifecycle dev → staging → prod, one lab host per phase.
+fn lifecycle_inventory(dir: &std::path::Path, suffix: &str, rollout: &str) -> String {
+    let lab = lab();
+    let mut text = format!(
+        "[defaults]\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n\n\
+         [lifecycle]\nphases = [\"dev-{suffix}\", \"staging-{suffix}\", \"prod-{suffix}\"]\n\n\
+         [feeds.lab]\nurl = \"http://10.200.0.1:5000\"\n",
+        lab.dir.join("ssh/client_key").display(),
+        lab.dir.join("known_hosts").display(),
+    );
+    for n in 1..=3 {
+        text += &format!("\n[targets.h{n}]\nhost = \"10.200.0.{}\"\n", 10 + n);
+    }
+    // Each phase its own host port: dev and prod share h1.
+    let base = if suffix == "lc" { 18410 } else { 18420 };
+    for (i, (env, hosts)) in
+        [("dev", "\"h1\""), ("staging", "\"h2\""), ("prod", "\"h1\", \"h2\", \"h3\"")].iter().enumerate()
+    {
+        text += &format!(
+            "\n[environments.{env}-{suffix}]\ntargets = [{hosts}]\nvars = {{ port = {} }}\n{rollout}\n",
+            base + i
+        );
+        for n in 1..=3 {
+            // A lab kept up between runs may hold this test's containers from the last run.
+            let holder = std::fs::read_to_string(lab.dir.join(format!("net/h{n}/holder.pid"))).unwrap();
+            let _ = std::process::Command::new("nsenter")
+                .args(["-t", holder.trim(), "-m", "-n", "sh", "-c"])
+                .arg(format!("docker rm -f web-{env}-{suffix} > /dev/null 2>&1; rm -rf /root/.ferry/locks/{env}-{suffix}"))
+                .status();
+        }
+    }
+    text += "\n[apps.web]\nfeed = \"lab\"\nimage = \"ferry/web\"\ntemplate = \"web.j2\"\nhealth = { grace = \"1s\" }\n";
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("templates/web.j2"),
+        "docker run --stop-timeout 1 -p {{ port }}:80 {{ image }}\n",
+    )
+    .unwrap();
+    dir.join("ferry.toml").display().to_string()
+}
+
+fn image_on(n: usize, container: &str) -> String {
+    let lab = lab();
+    let holder = std::fs::read_to_string(lab.dir.join(format!("net/h{n}/holder.pid"))).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", holder.trim(), "-m", "-n", "docker", "inspect", "-f", "{{.Config.Image}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn promote_moves_one_digest_through_the_lifecycle_and_skipping_a_phase_is_refused_or_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = lifecycle_inventory(dir.path(), "lc", "");
+    let state = dir.path().join("state").display().to_string();
+    let ferry = |args: &[&str]| {
+        Test::bare().args(["-i", &inv]).args(args.iter().copied()).env("FERRY_STATE_DIR", &state)
+    };
+    let refused = ferry(&["deploy", "web", "--env", "prod-lc", "--version", "1.0", "--yes"]).code(4).run();
+    assert!(refused.stderr.contains("no successful deployment to staging-lc"), "{}", refused.stderr);
+    ferry(&["deploy", "web", "--env", "dev-lc", "--version", "1.0", "--yes"]).run();
+    let early = ferry(&["promote", "web", "--to", "prod-lc", "--yes"]).code(4).run();
+    assert!(early.stderr.contains("no successful deployment to staging-lc"), "{}", early.stderr);
+    ferry(&["promote", "web", "--to", "staging-lc", "--yes"]).run();
+    ferry(&["promote", "web", "--to", "prod-lc", "--yes"]).run();
+    let dev_image = image_on(1, "web-dev-lc");
+    assert!(dev_image.contains("@sha256:"), "{dev_image}");
+    for n in 1..=3 {
+        assert_eq!(image_on(n, "web-prod-lc"), dev_image, "prod runs the bytes that passed dev and staging");
+    }
+    // 2.0 never ran in staging: refused, unless skipped with a reason, which is audited.
+    ferry(&["deploy", "web", "--env", "prod-lc", "--version", "2.0", "--yes"]).code(4).run();
+    ferry(&[
+        "deploy",
+        "web",
+        "--env",
+        "prod-lc",
+        "--version",
+        "2.0",
+        "--yes",
+        "--skip-lifecycle",
+        "--reason",
+        "hotfix INC-7",
+    ])
+    .run();
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
+    let started: Vec<Value> = json_lines(&audit).into_iter().filter(|r| r["kind"] == "run_started").collect();
+    let last = started.last().unwrap();
+    assert_eq!(last["detail"]["notes"]["skip_lifecycle"], "hotfix INC-7");
+    assert!(
+        started
+            .iter()
+            .any(|r| r["command"] == "promote" && r["detail"]["notes"]["promoted_from"].is_string())
+    );
+}
+
+#[test]
+fn a_tag_moved_during_the_rollout_does_not_change_what_later_batches_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = lifecycle_inventory(dir.path(), "mv", "rollout = { batch = 1 }");
+    let tag = format!("moving-{}", std::process::id());
+    let manifest = |t: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json"])
+            .arg(format!("http://10.200.0.1:5000/v2/ferry/web/manifests/{t}"))
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    let put = |body: &[u8]| {
+        let file = dir.path().join("manifest.json");
+        std::fs::write(&file, body).unwrap();
+        let status = std::process::Command::new("curl")
+            .args([
+                "-fsS",
+                "-o",
+                "/dev/null",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/vnd.docker.distribution.manifest.v2+json",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://10.200.0.1:5000/v2/ferry/web/manifests/{tag}"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    put(&manifest("1.0"));
+    let child = std::process::Command::new(crate::test::binary())
+        .args([
+            "-i",
+            &inv,
+            "deploy",
+            "web",
+            "--env",
+            "prod-mv",
+            "--version",
+            &tag,
+            "--yes",
+            "--skip-lifecycle",
+        ])
+        .args(["--reason", "test", "--output", "json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FERRY_STATE_DIR", dir.path().join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // batch 1 is running
+    put(&manifest("2.0"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = image_on(1, "web-prod-mv");
+    assert!(first.contains("@sha256:"));
+    for n in 2..=3 {
+        assert_eq!(image_on(n, "web-prod-mv"), first, "h{n} runs what h1 runs, not the moved tag");
+    }
+}

@@ -1,0 +1,63 @@
+//! `ferry promote APP --to ENV`: deploy, to a lifecycle phase, the release that last succeeded
+//! in the phase before it: the same version and the same digest (the registry is not asked
+//! again, so a tag that moved since does not change what is promoted).
+
+use super::audit_log;
+use super::deploy::{Kind, Notes, Release, deploy_release};
+use crate::cli::{PromoteArgs, Selection};
+use crate::diagnostic::Diagnostic;
+use crate::error::Error;
+use crate::inventory::Inventory;
+use crate::output::OutputFormat;
+
+/// Runs `ferry promote`.
+pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Result<i32, Error> {
+    let app = inventory.app(&args.app)?.name.clone();
+    inventory.environment(&args.to)?;
+    let log = audit_log(&inventory);
+    let mut by_phase = std::collections::HashMap::new();
+    for phase in &inventory.phases {
+        let successes: Vec<_> = crate::deployments::read(&log, &app, phase)?
+            .into_iter()
+            .filter(|d| d.recorded.succeeded)
+            .collect();
+        by_phase.insert(phase.clone(), successes);
+    }
+    let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
+    let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, &args.to, successes)
+        .map_err(|why| {
+            Error::Refused(
+                Diagnostic::new(format!("cannot promote {app} to {}: {why}", args.to))
+                    .help("deploy to the earlier phase first; `ferry history` shows what is on record"),
+            )
+        })?;
+    let source_env = by_phase
+        .iter()
+        .find(|(_, ds)| ds.iter().any(|d| d.id == source.id))
+        .map_or_else(String::new, |(p, _)| p.clone());
+    eprintln!(
+        "promote: {app} {} ({}) from {source_env} (deployment {}) to {}",
+        source.version,
+        source.digest.as_deref().unwrap_or("no digest recorded"),
+        source.id,
+        args.to
+    );
+    let notes = Notes {
+        promoted_from: Some(format!("{source_env} deployment {}", source.id)),
+        lifecycle: Some(format!("passed {source_env} in deployment {}", source.id)),
+        ..Notes::default()
+    };
+    let release = Release {
+        version: source.version.clone(),
+        digest: source.digest.clone(),
+        kind: Kind::Promote,
+        notes,
+    };
+    let selection = Selection {
+        app: args.app.clone(),
+        environment: args.to.clone(),
+        limit: args.limit.clone(),
+        sets: args.sets.clone(),
+    };
+    deploy_release(inventory, &selection, release, &args.apply, output)
+}
