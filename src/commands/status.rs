@@ -40,6 +40,8 @@ struct Report<'a> {
     environment: &'a str,
     deployment: Option<RecordRef<'a>>,
     drift: bool,
+    /// Deployed tags that now point at other bytes in the feed.
+    warnings: &'a [String],
     targets: &'a [TargetStatus],
 }
 
@@ -63,6 +65,10 @@ pub fn run(inventory: &Inventory, args: &StatusArgs, output: OutputFormat) -> Re
     let container = inventory::container_name(app, &env.name);
     let statuses: Vec<TargetStatus> =
         observed.into_iter().map(|(name, seen)| judge(&name, seen, last, &container)).collect();
+    let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let drift = statuses.iter().any(|s| !s.drift.is_empty());
     match output {
         OutputFormat::Json => {
@@ -78,6 +84,7 @@ pub fn run(inventory: &Inventory, args: &StatusArgs, output: OutputFormat) -> Re
                 environment: &env.name,
                 deployment,
                 drift,
+                warnings: &warnings,
                 targets: &statuses,
             };
             output::print_json(&report)?;
@@ -86,6 +93,37 @@ pub fn run(inventory: &Inventory, args: &StatusArgs, output: OutputFormat) -> Re
         OutputFormat::Human => output::print(&human(&app.name, &env.name, last, &statuses))?,
     }
     Ok(i32::from(drift))
+}
+
+/// Warnings for deployed tags that the feed now resolves to other bytes (the tag moved since:
+/// a redeploy of "the same version" would change what runs). Not drift: what runs is what was
+/// deployed.
+async fn moved_tags(inventory: &Inventory, app: &inventory::App, statuses: &[TargetStatus]) -> Vec<String> {
+    let client = match super::feed::registry_for(inventory, app) {
+        Ok(Some(client)) => client,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![format!("cannot ask the feed whether tags moved: {e}")],
+    };
+    let (registry, repository) = client;
+    let mut asked: std::collections::BTreeMap<String, Result<String, String>> = Default::default();
+    let mut out = Vec::new();
+    for s in statuses {
+        let (Some(version), Some(digest)) = (&s.version, &s.digest) else { continue };
+        if !asked.contains_key(version) {
+            let now = registry.digest(&repository, version).await.map_err(|e| e.to_string());
+            asked.insert(version.clone(), now);
+        }
+        match &asked[version] {
+            Ok(now) if now != digest => out.push(format!(
+                "{}: tag {version} now points at {now} in the feed; this target runs {digest}",
+                s.target
+            )),
+            Err(e) => out.push(format!("{}: cannot resolve tag {version} in the feed: {e}", s.target)),
+            Ok(_) => {}
+        }
+    }
+    out.dedup();
+    out
 }
 
 /// Lists the app's containers on every target at once.

@@ -506,4 +506,16 @@ fn a_tag_moved_during_the_rollout_does_not_change_what_later_batches_run() {
     for n in 2..=3 {
         assert_eq!(image_on(n, "web-prod-mv"), first, "h{n} runs what h1 runs, not the moved tag");
     }
+    // The tag now names other bytes: status warns (what runs is still what was deployed).
+    let status = Test::bare()
+        .args(["-i", &inv, "status", "web", "--env", "prod-mv", "--output", "json"])
+        .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
+        .run();
+    let report: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(report["drift"], false, "{report}");
+    assert!(
+        report["warnings"][0].as_str().unwrap().contains(&format!("tag {tag} now points at")),
+        "{report}"
+    );
+    assert!(status.stderr.contains("now points at"), "{}", status.stderr);
 }
