@@ -119,6 +119,46 @@ pub async fn connect_all(
     out.into_iter().map(|(_, name, c)| (name, c)).collect()
 }
 
+/// Connects to each of `targets` at once and runs `work` on each connection (then closes it);
+/// results in target order. A target that cannot be reached gets its connection error. For
+/// read-only commands (`status`, `plan --diff`) that ask every target one thing.
+pub async fn on_each<T, F, Fut>(
+    inventory: &Inventory,
+    targets: &[&Target],
+    options: &ssh::Options,
+    work: F,
+) -> Vec<(String, Result<T, String>)>
+where
+    T: Send + 'static,
+    F: Fn(std::sync::Arc<Connection>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (name, connection)) in connect_all(inventory, targets, options).await.into_iter().enumerate()
+    {
+        let job = connection.map(std::sync::Arc::new).map(|c| (std::sync::Arc::clone(&c), work(c)));
+        tasks.spawn(async move {
+            let outcome = match job {
+                Ok((connection, job)) => {
+                    let outcome = job.await;
+                    if let Ok(connection) = std::sync::Arc::try_unwrap(connection) {
+                        connection.close().await;
+                    }
+                    outcome
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            (index, name, outcome)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(item)) = tasks.join_next().await {
+        out.push(item);
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, name, outcome)| (name, outcome)).collect()
+}
+
 async fn local_exec(
     command: &str,
     stdin: Option<&[u8]>,

@@ -17,7 +17,6 @@ use super::{PlanRequest, audit_log, build_plan, runtime, ssh_options};
 use crate::deployments::{self, Deployment};
 use crate::docker::{self, Container};
 use crate::error::Error;
-use crate::host::connect_all;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::plan::{Plan, TargetPlan};
@@ -53,33 +52,16 @@ pub fn run(
 ) -> Result<i32, Error> {
     let ssh = ssh_options(inventory, connect_timeout)?;
     let targets: Vec<_> = plan.targets.iter().filter_map(|t| inventory.target(&t.target)).collect();
-    let observed = runtime()?.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, (name, connection)) in
-            connect_all(inventory, &targets, &ssh).await.into_iter().enumerate()
-        {
-            let (app, env, image) = (plan.app.clone(), plan.environment.clone(), plan.image.clone());
-            tasks.spawn(async move {
-                let seen = match connection {
-                    Ok(c) => {
-                        let listed = docker::list(&c, &app, &env).await;
-                        let digest = docker::local_digest(&c, &image).await;
-                        c.close().await;
-                        listed.and_then(|l| digest.map(|d| (l, d))).map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                (index, name, seen)
-            });
+    let (app, env, image) = (plan.app.clone(), plan.environment.clone(), plan.image.clone());
+    let observed = runtime()?.block_on(crate::host::on_each(inventory, &targets, &ssh, |connection| {
+        let (app, env, image) = (app.clone(), env.clone(), image.clone());
+        async move {
+            let listed = docker::list(&connection, &app, &env).await.map_err(|e| e.to_string())?;
+            let digest = docker::local_digest(&connection, &image).await.map_err(|e| e.to_string())?;
+            Ok((listed, digest))
         }
-        let mut out = Vec::new();
-        while let Some(Ok(item)) = tasks.join_next().await {
-            out.push(item);
-        }
-        out.sort_by_key(|(i, _, _)| *i);
-        out
-    });
-    let digest = observed.iter().find_map(|(_, _, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone()));
+    }));
+    let digest = observed.iter().find_map(|(_, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone()));
     let plan = match &digest {
         Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
         None => plan,
@@ -89,7 +71,7 @@ pub fn run(
         .targets
         .iter()
         .zip(observed)
-        .map(|(tp, (_, _, seen))| compare(&plan, tp, seen.map(|(c, _)| c), &history))
+        .map(|(tp, (_, seen))| compare(&plan, tp, seen.map(|(c, _)| c), &history))
         .collect();
     match output {
         OutputFormat::Json => output::print_json(&Report {

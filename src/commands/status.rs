@@ -13,7 +13,6 @@ use crate::cli::StatusArgs;
 use crate::deployments::{self, Deployment};
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
-use crate::host::connect_all;
 use crate::inventory::{self, Inventory};
 use crate::output::{self, OutputFormat, table};
 use crate::select;
@@ -134,28 +133,11 @@ async fn observe(
     app: &str,
     environment: &str,
 ) -> Vec<(String, Result<Vec<Container>, String>)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (name, connection)) in connect_all(inventory, targets, ssh).await.into_iter().enumerate() {
+    crate::host::on_each(inventory, targets, ssh, |connection| {
         let (app, environment) = (app.to_string(), environment.to_string());
-        tasks.spawn(async move {
-            let seen = match connection {
-                Ok(connection) => {
-                    let listed =
-                        docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string());
-                    connection.close().await;
-                    listed
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            (index, name, seen)
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, seen)| (name, seen)).collect()
+        async move { docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string()) }
+    })
+    .await
 }
 
 fn judge(
