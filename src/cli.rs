@@ -14,7 +14,7 @@ use crate::output::OutputFormat;
 /// defines apps: an image, a `docker run` template and variables. `ferry plan` shows exactly
 /// what would run on each target; nothing touches a network until a deploy.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, max_term_width = 100)]
+#[command(name = "ferry", version = VERSION, max_term_width = 100)]
 #[command(after_help = EXIT_CODES, after_long_help = EXAMPLES)]
 pub struct Cli {
     /// Inventory file [default: ./ferry.toml, or the only *.toml in ./inventories]
@@ -33,6 +33,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// `ferry --version`: the crate version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FERRY_COMMIT"), ")");
 
 /// One line on the exit codes, under every `-h`.
 const EXIT_CODES: &str =
@@ -86,6 +89,13 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show, take or release an environment's lock (e.g. to freeze prod)
     Lock(LockArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print ferry's man page (roff), e.g. `ferry man > /usr/local/share/man/man1/ferry.1`
+    Man,
 }
 
 /// `ferry lock`.
@@ -243,6 +253,10 @@ pub struct ApplyFlags {
     /// Replace containers even when their config is unchanged
     #[arg(long)]
     pub force: bool,
+
+    /// Print nothing on stdout unless a target changed or failed (cron: a no-op is silent)
+    #[arg(short, long)]
+    pub quiet: bool,
 
     /// Targets changed at once inside a rollout batch
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -456,9 +470,30 @@ pub fn run() -> i32 {
     };
     crate::logging::init(cli.verbose);
     let output = cli.output;
+    // These two need no inventory.
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(*shell),
+        Command::Man => return print_man(),
+        _ => {}
+    }
     match commands::run(cli) {
         Ok(code) => code,
         Err(error) => report(&error, output),
+    }
+}
+
+fn print_completions(shell: clap_complete::Shell) -> i32 {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+    0
+}
+
+fn print_man() -> i32 {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) if crate::output::print(&String::from_utf8_lossy(&out)).is_ok() => 0,
+        _ => 1,
     }
 }
 

@@ -270,7 +270,12 @@ impl AuditTrail {
 enum Style {
     Json,
     Plain,
-    Interactive { multi: MultiProgress, bars: HashMap<String, ProgressBar> },
+    /// Nothing (`--quiet`): the audit trail still records everything.
+    Quiet,
+    Interactive {
+        multi: MultiProgress,
+        bars: HashMap<String, ProgressBar>,
+    },
 }
 
 impl Reporter {
@@ -287,6 +292,14 @@ impl Reporter {
             _ => Style::Plain,
         };
         Reporter { style, secrets, audit: None }
+    }
+
+    /// Shows nothing, except with `--output json` (machines always get every event).
+    pub fn quiet(mut self) -> Reporter {
+        if !matches!(self.style, Style::Json) {
+            self.style = Style::Quiet;
+        }
+        self
     }
 
     /// Also records outcomes in the audit log (each one before it is shown).
@@ -390,6 +403,7 @@ impl Reporter {
                 _ => {}
             },
             Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
+            Style::Quiet => {}
         }
     }
 }

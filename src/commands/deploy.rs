@@ -351,6 +351,7 @@ pub fn execute(
     );
     let trail = AuditTrail::new(log.clone(), &plan.deployment, command, &env.name).with_app(&plan.app);
     let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
+    let reporter = if flags.quiet { reporter.quiet() } else { reporter };
     let started = Instant::now();
     let refused_entry = base_entry.clone();
     let outcome = runtime()?.block_on(async {
@@ -405,7 +406,12 @@ pub fn execute(
             return Err(error);
         }
     };
-    if output != OutputFormat::Json {
+    let nothing_to_say = flags.quiet
+        && applied
+            .reports
+            .iter()
+            .all(|r| r.status == Status::Ok && r.action == Some(crate::docker::Action::Unchanged));
+    if output != OutputFormat::Json && !nothing_to_say {
         output::print(&mask(&summary(&applied, &what), &secrets))?;
     }
     let code = exit_code(&applied);

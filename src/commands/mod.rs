@@ -48,6 +48,8 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::History(args) => history::run(&inventory, &args, cli.output),
         Command::Audit(args) => audit_cmd::run(&inventory, &args, cli.output),
         Command::Lock(args) => lock_cmd::run(&inventory, &args, cli.output),
+        // Handled before an inventory is loaded (see `cli::run`).
+        Command::Completions { .. } | Command::Man => Ok(0),
     }
 }
 

@@ -574,3 +574,19 @@ fn deploy_without_a_terminal_needs_yes_and_changes_nothing() {
     assert!(fleet.inspect(1).is_none());
     assert!(fleet.audit().is_empty(), "nothing happened, so nothing is on record");
 }
+
+#[test]
+fn the_crontab_recipe_is_silent_when_nothing_changed() {
+    let fleet = Fleet::new(Spec { env: "d-cron", port: 18111, ..Spec::default() });
+    // The README's crontab line: ferry deploy web --env dev --version latest --yes --quiet
+    let recipe = ["deploy", "web", "--env", "d-cron", "--version", "latest", "--yes", "--quiet"];
+    let first = fleet.ferry(&recipe).run();
+    assert!(first.stdout.contains("created"), "a change is reported: {}", first.stdout);
+    let ids = fleet.ids();
+    assert_eq!(fleet.http(1), "ferry web 2.0\n", "latest is the newest version, 2.0");
+    let second = fleet.ferry(&recipe).run();
+    assert_eq!(second.stdout, "", "a no-op prints nothing on stdout");
+    assert_eq!(fleet.ids(), ids, "and restarts nothing");
+    let records = fleet.audit();
+    assert_eq!(records.iter().filter(|r| r["kind"] == "run_finished").count(), 2, "both runs are on record");
+}

@@ -9,6 +9,7 @@
 
 mod audit;
 mod check;
+mod cli;
 mod deploy;
 mod errors;
 mod feeds;

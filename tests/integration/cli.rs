@@ -1,0 +1,79 @@
+//! The command line as documented: `--version`, completions, the man page, and every command
+//! and flag the README names.
+
+use crate::test::Test;
+
+#[test]
+fn version_names_the_commit() {
+    let out = Test::bare().args(["--version"]).run();
+    let version = out.stdout.trim();
+    assert!(version.starts_with("ferry 0.1.0 (commit "), "{version}");
+    let commit =
+        version.trim_start_matches("ferry 0.1.0 (commit ").trim_end_matches(')').trim_end_matches("-dirty");
+    assert!(
+        commit == "unknown" || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Test::bare().args(["completions", shell]).run();
+        assert!(out.stdout.contains("deploy") && out.stdout.contains("rollback"), "{shell}: {}", out.stdout);
+    }
+    Test::bare().args(["completions", "tcsh"]).code(2).run();
+    let man = Test::bare().args(["man"]).run();
+    assert!(man.stdout.contains(".TH ferry 1") && man.stdout.contains("deploy"), "{}", man.stdout);
+}
+
+/// Every `ferry COMMAND [SUBCOMMAND] … --flag` in the README's code blocks exists.
+#[test]
+fn every_command_and_flag_the_readme_names_exists() {
+    let readme = std::fs::read_to_string(crate::test::repo().join("README.md")).unwrap();
+    let mut in_code = false;
+    let mut checked = 0;
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        for (at, _) in line.match_indices("ferry ") {
+            // `ferry` as a word: not the end of `cargo-ferry` or a path.
+            if at > 0 && !line[..at].ends_with([' ', '(', '`', '$', '&', '|', ';']) {
+                continue;
+            }
+            let words: Vec<&str> = line[at + 6..].split_whitespace().collect();
+            let Some(command) = words.first().filter(|w| w.chars().all(|c| c.is_ascii_lowercase())) else {
+                continue;
+            };
+            // `ferry lock status|acquire|release --env …`: a flag must exist in one of them.
+            let subs: Vec<&str> = match (*command, words.get(1)) {
+                ("lock" | "audit", Some(sub)) if !sub.starts_with('-') => sub.split('|').collect(),
+                _ => vec![""],
+            };
+            let mut help = String::new();
+            for sub in &subs {
+                let args: Vec<&str> = [*command, sub].into_iter().filter(|w| !w.is_empty()).collect();
+                help += &Test::bare().args(args).args(["--help"]).run().stdout;
+            }
+            let path = [*command, subs.join("|").as_str()].join(" ");
+            let flags: Vec<String> = words
+                .iter()
+                .take_while(|w| !["&&", "|", ";", "#", "--"].contains(w))
+                .flat_map(|w| w.split(['[', ']', '|', '=']))
+                .filter(|w| w.starts_with("--") && w.len() > 2)
+                .map(|w| w.trim_end_matches([',', '.', ')']).to_string())
+                .collect();
+            for flag in flags {
+                let global = ["--output", "--inventory", "--verbose"].contains(&flag.as_str());
+                assert!(global || help.contains(&flag), "README: `ferry {path}` has no {flag} ({line})");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} commands found in the README's code blocks");
+}
