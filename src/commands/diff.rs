@@ -6,8 +6,8 @@
 //! audit log recorded for the running container's deployment), or, when the arguments and image
 //! are the same, changed secret values (seen only through their keyed hashes).
 //!
-//! The digest is read from the targets' own image stores (what their last pull of the tag
-//! fetched); the feed client, when there is one, will ask the registry instead.
+//! The digest comes from the app's feed (the registry); for an app without one, from the
+//! targets' own image stores (what their last pull of the tag fetched).
 
 use std::collections::BTreeMap;
 
@@ -61,7 +61,15 @@ pub fn run(
             Ok((listed, digest))
         }
     }));
-    let digest = observed.iter().find_map(|(_, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone()));
+    // The feed knows which bytes the tag names; without one, the targets' last pulls do.
+    let from_feed = match inventory.app(&plan.app) {
+        Ok(app) if app.feed.is_some() && plan.digest.is_none() => {
+            runtime()?.block_on(super::feed::resolve(inventory, app, &plan.version))?.1
+        }
+        _ => plan.digest.clone(),
+    };
+    let digest = from_feed
+        .or_else(|| observed.iter().find_map(|(_, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone())));
     let plan = match &digest {
         Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
         None => plan,
