@@ -27,53 +27,62 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(man.stdout.contains(".TH ferry 1") && man.stdout.contains("deploy"), "{}", man.stdout);
 }
 
-/// Every `ferry COMMAND [SUBCOMMAND] … --flag` in the README's code blocks exists.
+/// Every `ferry COMMAND [SUBCOMMAND] … --flag` the README names, in code blocks and in inline
+/// code, exists.
 #[test]
 fn every_command_and_flag_the_readme_names_exists() {
     let readme = std::fs::read_to_string(crate::test::repo().join("README.md")).unwrap();
     let mut in_code = false;
-    let mut checked = 0;
+    let mut snippets: Vec<String> = Vec::new();
     for line in readme.lines() {
         if line.trim_start().starts_with("```") {
             in_code = !in_code;
-            continue;
-        }
-        if !in_code {
-            continue;
-        }
-        for (at, _) in line.match_indices("ferry ") {
-            // `ferry` as a word: not the end of `cargo-ferry` or a path.
-            if at > 0 && !line[..at].ends_with([' ', '(', '`', '$', '&', '|', ';']) {
-                continue;
-            }
-            let words: Vec<&str> = line[at + 6..].split_whitespace().collect();
-            let Some(command) = words.first().filter(|w| w.chars().all(|c| c.is_ascii_lowercase())) else {
-                continue;
-            };
-            // `ferry lock status|acquire|release --env …`: a flag must exist in one of them.
-            let subs: Vec<&str> = match (*command, words.get(1)) {
-                ("lock" | "audit", Some(sub)) if !sub.starts_with('-') => sub.split('|').collect(),
-                _ => vec![""],
-            };
-            let mut help = String::new();
-            for sub in &subs {
-                let args: Vec<&str> = [*command, sub].into_iter().filter(|w| !w.is_empty()).collect();
-                help += &Test::bare().args(args).args(["--help"]).run().stdout;
-            }
-            let path = [*command, subs.join("|").as_str()].join(" ");
-            let flags: Vec<String> = words
-                .iter()
-                .take_while(|w| !["&&", "|", ";", "#", "--"].contains(w))
-                .flat_map(|w| w.split(['[', ']', '|', '=']))
-                .filter(|w| w.starts_with("--") && w.len() > 2)
-                .map(|w| w.trim_end_matches([',', '.', ')']).to_string())
-                .collect();
-            for flag in flags {
-                let global = ["--output", "--inventory", "--verbose"].contains(&flag.as_str());
-                assert!(global || help.contains(&flag), "README: `ferry {path}` has no {flag} ({line})");
-            }
-            checked += 1;
+        } else if in_code {
+            snippets.push(line.to_string());
+        } else {
+            // Inline code: the odd pieces between backticks.
+            snippets.extend(line.split('`').skip(1).step_by(2).map(str::to_string));
         }
     }
-    assert!(checked >= 15, "only {checked} commands found in the README's code blocks");
+    let checked: usize = snippets.iter().map(|s| check_commands(s)).sum();
+    assert!(checked >= 40, "only {checked} commands found in the README");
+}
+
+/// Checks each `ferry …` in `line`; returns how many it checked.
+fn check_commands(line: &str) -> usize {
+    let mut checked = 0;
+    for (at, _) in line.match_indices("ferry ") {
+        // `ferry` as a word: not the end of `cargo-ferry` or a path.
+        if at > 0 && !line[..at].ends_with([' ', '(', '$', '&', '|', ';']) {
+            continue;
+        }
+        let words: Vec<&str> = line[at + 6..].split_whitespace().collect();
+        let Some(command) = words.first().filter(|w| w.chars().all(|c| c.is_ascii_lowercase())) else {
+            continue;
+        };
+        // `ferry lock status|acquire|release --env …`: a flag must exist in one of them.
+        let subs: Vec<&str> = match (*command, words.get(1)) {
+            ("lock" | "audit", Some(sub)) if !sub.starts_with('-') => sub.split('|').collect(),
+            _ => vec![""],
+        };
+        let mut help = String::new();
+        for sub in &subs {
+            let args: Vec<&str> = [*command, sub].into_iter().filter(|w| !w.is_empty()).collect();
+            help += &Test::bare().args(args).args(["--help"]).run().stdout;
+        }
+        let path = [*command, subs.join("|").as_str()].join(" ");
+        let flags: Vec<String> = words
+            .iter()
+            .take_while(|w| !["&&", "|", ";", "#", "--"].contains(w))
+            .flat_map(|w| w.split(['[', ']', '|', '=']))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.trim_end_matches([',', '.', ')']).to_string())
+            .collect();
+        for flag in flags {
+            let global = ["--output", "--inventory", "--verbose"].contains(&flag.as_str());
+            assert!(global || help.contains(&flag), "README: `ferry {path}` has no {flag} ({line})");
+        }
+        checked += 1;
+    }
+    checked
 }
