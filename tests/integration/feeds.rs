@@ -519,3 +519,27 @@ fn a_tag_moved_during_the_rollout_does_not_change_what_later_batches_run() {
     );
     assert!(status.stderr.contains("now points at"), "{}", status.stderr);
 }
+
+#[test]
+fn registry_failures_say_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = "url = \"http://10.200.0.1:5000\"";
+    let inv = inventory(dir.path(), plain, "ferry/nope", "f-err");
+    let repo = Test::bare().args(["-i", &inv, "versions", "many"]).code(1).run();
+    assert!(
+        repo.stderr.contains("repository ferry/nope not found in registry 10.200.0.1:5000"),
+        "{}",
+        repo.stderr
+    );
+    let inv = inventory(dir.path(), plain, "ferry/web", "f-err");
+    let tag = Test::bare()
+        .args(["-i", &inv, "deploy", "many", "--env", "f-err", "--version", "9.9.9", "--yes"])
+        .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
+        .code(1)
+        .run();
+    assert!(tag.stderr.contains("tag 9.9.9 not found in 10.200.0.1:5000/ferry/web"), "{}", tag.stderr);
+    // Nothing listens on port 1 of this machine's loopback.
+    let inv = inventory(dir.path(), "url = \"http://127.0.0.1:1\"", "ferry/web", "f-err");
+    let down = Test::bare().args(["-i", &inv, "versions", "many"]).code(1).run();
+    assert!(down.stderr.contains("registry 127.0.0.1:1 cannot be reached"), "{}", down.stderr);
+}
