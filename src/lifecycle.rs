@@ -75,8 +75,11 @@ pub fn source<'a>(
     Err("no successful deployment in an earlier phase on record".into())
 }
 
+/// A digest matches the recorded digest. A tag (an app without a feed, whose digest is known only
+/// once a target pulled it) matches the recorded version: weaker, but all ferry can know before
+/// the rollout.
 fn matches(d: &Deployment, release: &str) -> bool {
-    d.digest.as_deref() == Some(release) || (d.digest.is_none() && d.version == release)
+    if release.starts_with("sha256:") { d.digest.as_deref() == Some(release) } else { d.version == release }
 }
 
 #[cfg(test)]
@@ -140,5 +143,10 @@ mod tests {
         assert_eq!(source(&phases, &optional, "prod", lookup(true)).unwrap().id, "b");
         assert!(source(&phases, &optional, "prod", lookup(false)).unwrap_err().contains("staging"));
         assert!(source(&phases, &optional, "dev", lookup(true)).is_err());
+        // Without a feed, only the tag is known before the rollout: it matches the version.
+        assert_eq!(
+            check(&phases, &optional, "prod", "1.0", lookup(true)),
+            Gate::Passed { phase: "staging".into(), deployment: "b".into() }
+        );
     }
 }
