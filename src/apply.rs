@@ -2,9 +2,10 @@
 //!
 //! The rollout goes batch by batch (see [`crate::rollout`]). In each batch, every target first
 //! pulls the image; only when the pulls are done does any running container change, so a
-//! registry problem never leaves a batch half replaced. The first batch pulls by tag and pins
-//! the digest the first target got: from then on every target runs `image@digest`, so all of
-//! them run the same bytes even if the tag moves during the rollout.
+//! registry problem never leaves a batch half replaced. A plan usually arrives pinned (the feed
+//! resolved the tag to a digest); for an app without a feed, the first batch pulls by tag and
+//! pins the digest the first target got. Either way every target runs `image@digest`, so all
+//! of them run the same bytes even if the tag moves during the rollout.
 //!
 //! One target's deployment (the docker run step):
 //!

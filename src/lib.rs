@@ -5,6 +5,8 @@
 //! inventory → select → vars → render → plan → (apply → report → audit)
 //!
 //! [`apply`] rolls a plan out in batches over SSH; [`docker`] holds the scripts it runs on targets.
+//! [`registry`] is the feed client, [`version`] orders tags, [`deployments`] reads deployments
+//! back from the audit log for `status`, `rollback` and the [`lifecycle`] gate.
 //!
 //! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
