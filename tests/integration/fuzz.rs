@@ -276,3 +276,78 @@ fn renderer_never_panics() {
         panic!("{e}");
     }
 }
+
+/// Pieces of what registries, Docker and tags really send, for the answer parsers.
+const ANSWER_TOKENS: &[&str] = &[
+    "Bearer ",
+    "Basic ",
+    "realm=",
+    "service=",
+    "scope=",
+    "\"",
+    ",",
+    " ",
+    "=",
+    "<",
+    ">",
+    ";",
+    "rel=\"next\"",
+    "/v2/a/tags/list?n=1&last=x",
+    "https://h/t",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "\"Id\"",
+    "\"Name\"",
+    "\"State\"",
+    "\"Status\"",
+    "\"Config\"",
+    "\"Image\"",
+    "\"Labels\"",
+    "null",
+    "1",
+    "v",
+    ".",
+    "-",
+    "+",
+    "rc",
+    "0",
+    "99999999999999999999",
+    "sha256:",
+    "@",
+    "é",
+    "\n",
+    "\t",
+];
+
+#[test]
+fn answer_parsers_never_panic_and_versions_order_totally() {
+    use ferry::version::Version;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let text = prop::collection::vec(0..ANSWER_TOKENS.len(), 0..30)
+        .prop_map(|picks| picks.iter().map(|&i| ANSWER_TOKENS[i]).collect::<String>());
+    let result = runner.run(&(text.clone(), text, any::<String>()), |(a, b, raw)| {
+        for input in [&a, &b, &raw] {
+            let _ = ferry::registry::parse_challenge(input);
+            let _ = ferry::registry::parse_next_link(input);
+            let _ = ferry::registry::docker_config_credentials(input, "h");
+            let _ = ferry::docker::parse_inspect(input);
+            let _ = ferry::docker::pulled_digest(input);
+            let _ = ferry::docker::repository_of(input);
+        }
+        if let (Some(x), Some(y)) = (Version::parse(&a), Version::parse(&b)) {
+            prop_assert_eq!(x.cmp(&y), y.cmp(&x).reverse(), "{} vs {}", a, b);
+            prop_assert_eq!(x.cmp(&y) == std::cmp::Ordering::Equal, a == b);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
