@@ -561,20 +561,15 @@ impl Job {
         }
     }
 
-    /// Appends the target's audit mirror line. Best effort: the local log is the record.
+    /// Appends the target's audit mirror line.
     async fn mirror(&self, connection: &Connection, r: &TargetReport) {
         let outcome = match (&r.action, &r.error) {
             (_, Some(e)) => format!("{}: {e}", r.status.label()),
             (Some(a), None) => a.label().to_string(),
             (None, None) => r.status.label().to_string(),
         };
-        let line = format!("{} {} -> {outcome}\n", crate::time::now_rfc3339(), self.settings.mirror);
-        let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
-        let mut sink = crate::exec::Discard;
-        let deadline = Some(Duration::from_secs(10));
-        if let Err(e) = connection.exec(command, Some(line.as_bytes()), deadline, &mut sink).await {
-            tracing::debug!(target = %r.target, error = %e, "audit mirror not written");
-        }
+        crate::fanout::write_mirror(connection, &r.target, &format!("{} -> {outcome}", self.settings.mirror))
+            .await;
     }
 }
 

@@ -122,6 +122,21 @@ fn from_record(record: Record, app: &str, environment: &str) -> Option<Deploymen
     })
 }
 
+/// The successful deployments of `app` in each lifecycle phase, oldest first (for the lifecycle
+/// gate and `promote`).
+pub fn successes_by_phase(
+    log: &Log,
+    app: &str,
+    phases: &[String],
+) -> Result<std::collections::HashMap<String, Vec<Deployment>>, AuditError> {
+    let mut by_phase = std::collections::HashMap::new();
+    for phase in phases {
+        let successes = read(log, app, phase)?.into_iter().filter(|d| d.recorded.succeeded).collect();
+        by_phase.insert(phase.clone(), successes);
+    }
+    Ok(by_phase)
+}
+
 /// The last successful deployment.
 pub fn last_success(deployments: &[Deployment]) -> Option<&Deployment> {
     deployments.iter().rev().find(|d| d.recorded.succeeded)

@@ -180,11 +180,17 @@ async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
         (None, Some(error)) => format!("error: {error}"),
         (None, None) => "unknown".to_string(),
     };
-    let line = format!("{} {prefix} -> {outcome}\n", crate::time::now_rfc3339());
+    write_mirror(connection, &result.target, &format!("{prefix} -> {outcome}")).await;
+}
+
+/// Appends `TIME text` to the target's `~/.ferry/audit.log` (run and deploy both write it).
+/// Best effort, bounded by [`MIRROR_DEADLINE`]: the local log is the record.
+pub async fn write_mirror(connection: &Connection, target: &str, text: &str) {
+    let line = format!("{} {text}\n", crate::time::now_rfc3339());
     let mut sink = crate::exec::Discard;
     let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
     if let Err(e) = connection.exec(command, Some(line.as_bytes()), Some(MIRROR_DEADLINE), &mut sink).await {
-        tracing::debug!(target = %result.target, error = %e, "audit mirror not written");
+        tracing::debug!(target = %target, error = %e, "audit mirror not written");
     }
 }
 

@@ -108,14 +108,7 @@ pub fn lifecycle_gate(
     skip: Option<String>,
 ) -> Result<Notes, Error> {
     let log = audit_log(inventory);
-    let mut by_phase = std::collections::HashMap::new();
-    for phase in &inventory.phases {
-        let successes: Vec<_> = crate::deployments::read(&log, &app.name, phase)?
-            .into_iter()
-            .filter(|d| d.recorded.succeeded)
-            .collect();
-        by_phase.insert(phase.clone(), successes);
-    }
+    let by_phase = crate::deployments::successes_by_phase(&log, &app.name, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let release = digest.unwrap_or(version);
     let gate = crate::lifecycle::check(

@@ -15,14 +15,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let app = inventory.app(&args.app)?.name.clone();
     inventory.environment(&args.to)?;
     let log = audit_log(&inventory);
-    let mut by_phase = std::collections::HashMap::new();
-    for phase in &inventory.phases {
-        let successes: Vec<_> = crate::deployments::read(&log, &app, phase)?
-            .into_iter()
-            .filter(|d| d.recorded.succeeded)
-            .collect();
-        by_phase.insert(phase.clone(), successes);
-    }
+    let by_phase = crate::deployments::successes_by_phase(&log, &app, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, &args.to, successes)
         .map_err(|why| {
