@@ -1,12 +1,21 @@
 //! The command line: flags, subcommands, and the mapping of results to exit codes.
+//!
+//! Flags are converted here, once, into the validated values of [`crate::request`] (ripgrep's
+//! way): every duration, `--set`, `--limit` and `--version` goes through a value parser, so a bad
+//! flag is a usage error (exit 2) before any command starts, records, locks or connects. The
+//! clap structs below never leave this module.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
+use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::output::OutputFormat;
+use crate::request::{self, Request, Set};
 
 /// ferry moves a Docker image through your environments over SSH, safely and on the record.
 ///
@@ -120,8 +129,8 @@ pub enum LockAction {
         #[arg(long, value_name = "TEXT", default_value = "")]
         message: String,
         /// The lock expires after this long
-        #[arg(long, value_name = "DURATION", default_value = "24h")]
-        ttl: String,
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = flag(duration))]
+        ttl: Duration,
         /// Take it over even if someone else holds it (audited)
         #[arg(long)]
         force: bool,
@@ -145,8 +154,8 @@ pub struct LockTarget {
     pub environment: String,
 
     /// Give up on a target whose SSH session is not up within this time
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
 }
 
 /// `ferry history`.
@@ -160,8 +169,8 @@ pub struct HistoryArgs {
     pub environment: Option<String>,
 
     /// Only runs started within this long (e.g. 24h, 7d)
-    #[arg(long, value_name = "DURATION")]
-    pub since: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub since: Option<Duration>,
 
     /// At most this many runs
     #[arg(long, default_value_t = 20, value_name = "N")]
@@ -215,12 +224,12 @@ pub struct Selection {
     pub environment: String,
 
     /// Only targets matching these globs (repeat, or separate with commas)
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
     pub limit: Vec<String>,
 
     /// Override a variable for this run (highest precedence; repeatable)
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    pub sets: Vec<String>,
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = flag(set))]
+    pub sets: Vec<Set>,
 }
 
 /// `ferry plan`.
@@ -231,7 +240,7 @@ pub struct PlanArgs {
     pub selection: Selection,
 
     /// The image tag to deploy [default: latest]
-    #[arg(long, value_name = "TAG")]
+    #[arg(long, value_name = "TAG", value_parser = flag(tag))]
     pub version: Option<String>,
 
     /// Connect to the targets and show per target: create, replace (and why) or no change
@@ -239,8 +248,8 @@ pub struct PlanArgs {
     pub diff: bool,
 
     /// With --diff: give up on a target whose SSH session is not up within this time
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
 }
 
 /// Flags of the commands that change containers (`deploy`, `rollback`).
@@ -263,16 +272,16 @@ pub struct ApplyFlags {
     pub parallel: usize,
 
     /// Give up on a target whose SSH session is not up within this time
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
 
     /// Wait this long for a held environment lock instead of failing at once (exit 3)
-    #[arg(long, value_name = "DURATION")]
-    pub lock_wait: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub lock_wait: Option<Duration>,
 
     /// The lock expires after this long if ferry dies without releasing it
-    #[arg(long, value_name = "DURATION", default_value = "1h")]
-    pub lock_ttl: String,
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = flag(duration))]
+    pub lock_ttl: Duration,
 }
 
 /// `ferry deploy`.
@@ -283,7 +292,7 @@ pub struct DeployArgs {
     pub selection: Selection,
 
     /// The image tag to deploy; `latest` means the newest version the app's rules allow
-    #[arg(long, value_name = "TAG", required = true)]
+    #[arg(long, value_name = "TAG", required = true, value_parser = flag(tag))]
     pub version: String,
 
     /// Deploy even though the release has not passed the previous lifecycle phase (audited)
@@ -310,12 +319,12 @@ pub struct PromoteArgs {
     pub to: String,
 
     /// Only targets matching these globs (repeat, or separate with commas)
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
     pub limit: Vec<String>,
 
     /// Override a variable for this run (highest precedence; repeatable)
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    pub sets: Vec<String>,
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = flag(set))]
+    pub sets: Vec<Set>,
 
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
@@ -363,12 +372,12 @@ pub struct StatusArgs {
     pub environment: String,
 
     /// Only targets matching these globs (repeat, or separate with commas)
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
     pub limit: Vec<String>,
 
     /// Give up on a target whose SSH session is not up within this time
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
 }
 
 /// `ferry vars`.
@@ -386,8 +395,8 @@ pub struct VarsArgs {
     pub target: Option<String>,
 
     /// Override a variable (highest precedence; repeatable)
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    pub sets: Vec<String>,
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = flag(set))]
+    pub sets: Vec<Set>,
 }
 
 /// Connection flags shared by the commands that reach targets.
@@ -398,7 +407,7 @@ pub struct Reach {
     pub environment: String,
 
     /// Only targets matching these globs (repeat, or separate with commas)
-    #[arg(long, value_name = "GLOB")]
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
     pub limit: Vec<String>,
 
     /// Targets worked on at once
@@ -406,8 +415,8 @@ pub struct Reach {
     pub parallel: usize,
 
     /// Give up on a target whose SSH session is not up within this time
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
 }
 
 /// `ferry run`.
@@ -422,20 +431,20 @@ pub struct RunArgs {
     pub role: Vec<String>,
 
     /// Kill the command on a target after this long (e.g. 30s, 5m)
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub timeout: Option<Duration>,
 
     /// Take the environment lock for the run (ad-hoc reads do not need it)
     #[arg(long)]
     pub lock: bool,
 
     /// With --lock: wait this long for a held lock instead of failing at once (exit 3)
-    #[arg(long, value_name = "DURATION", requires = "lock")]
-    pub lock_wait: Option<String>,
+    #[arg(long, value_name = "DURATION", requires = "lock", value_parser = flag(duration))]
+    pub lock_wait: Option<Duration>,
 
     /// With --lock: the lock expires after this long if the run dies without releasing it
-    #[arg(long, value_name = "DURATION", default_value = "1h", requires = "lock")]
-    pub lock_ttl: String,
+    #[arg(long, value_name = "DURATION", default_value = "1h", requires = "lock", value_parser = flag(duration))]
+    pub lock_ttl: Duration,
 
     /// The command, run by /bin/sh on each target; its words are joined with spaces, as ssh does
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -462,23 +471,207 @@ pub struct TrustArgs {
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Help and version are successes; every usage error is exit 2 (clap's default).
-            let _ = e.print();
-            return e.exit_code();
-        }
+        Err(e) => return usage_error(&e),
     };
     crate::logging::init(cli.verbose);
-    let output = cli.output;
-    // These two need no inventory.
-    match &cli.command {
-        Command::Completions { shell } => return print_completions(*shell),
+    let global = request::Global { inventory: cli.inventory, output: cli.output };
+    let request = match cli.command {
+        // These two need no inventory.
+        Command::Completions { shell } => return print_completions(shell),
         Command::Man => return print_man(),
-        _ => {}
-    }
-    match commands::run(cli) {
+        command => command.into_request(),
+    };
+    match commands::run(&global, request) {
         Ok(code) => code,
-        Err(error) => report(&error, output),
+        Err(error) => report(&error, global.output),
+    }
+}
+
+/// Prints a clap error; a flag our value parsers refused is shown as ferry's own diagnostic
+/// (the same words a bad value in the inventory gets). Help and version are successes; every
+/// usage error is exit 2 (clap's default).
+fn usage_error(e: &clap::Error) -> i32 {
+    use std::error::Error as _;
+    if let Some(refused) = e.source().and_then(|s| s.downcast_ref::<Refused>()) {
+        eprintln!("{}", refused.0);
+        return crate::error::EXIT_INVALID;
+    }
+    let _ = e.print();
+    e.exit_code()
+}
+
+/// A flag value a parser refused, carried through clap to [`usage_error`].
+#[derive(Debug)]
+struct Refused(Diagnostic);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A value parser from a check that is told the flag's name (`--lock-ttl: invalid duration …`).
+#[derive(Clone, Copy)]
+struct FlagParser<T>(fn(&str, &str) -> Result<T, Diagnostic>);
+
+/// Wraps a check as a clap value parser.
+fn flag<T>(check: fn(&str, &str) -> Result<T, Diagnostic>) -> FlagParser<T> {
+    FlagParser(check)
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for FlagParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg.and_then(clap::Arg::get_long).unwrap_or("value").to_string();
+        let check = self.0;
+        // A closure parser is how clap keeps our error as the source of its own.
+        let parse = move |text: &str| check(&name, text).map_err(Refused);
+        parse.parse_ref(cmd, arg, value)
+    }
+}
+
+fn duration(name: &str, text: &str) -> Result<Duration, Diagnostic> {
+    crate::duration::parse(text).map_err(|e| Diagnostic::new(format!("--{name}: {e}")))
+}
+
+fn glob(name: &str, text: &str) -> Result<String, Diagnostic> {
+    match text.trim() {
+        "" => Err(Diagnostic::new(format!("--{name}: an empty pattern"))
+            .help("write target names or globs, e.g. --limit 'prod-*'")),
+        pattern => Ok(pattern.to_string()),
+    }
+}
+
+fn set(_: &str, text: &str) -> Result<Set, Diagnostic> {
+    request::parse_set(text)
+}
+
+fn tag(_: &str, text: &str) -> Result<String, Diagnostic> {
+    request::check_tag(text).map(|()| text.to_string())
+}
+
+impl Command {
+    /// The validated request this command line asks for.
+    fn into_request(self) -> Request {
+        match self {
+            Command::Check(a) => Request::Check(request::Check { deny_warnings: a.deny_warnings }),
+            Command::Plan(a) => Request::Plan(request::Plan {
+                selection: a.selection.into(),
+                version: a.version,
+                diff: a.diff,
+                connect_timeout: a.connect_timeout,
+            }),
+            Command::Vars(a) => Request::Vars(request::Vars {
+                app: a.app,
+                environment: a.environment,
+                target: a.target,
+                sets: a.sets,
+            }),
+            Command::Deploy(a) => Request::Deploy(request::Deploy {
+                selection: a.selection.into(),
+                version: a.version,
+                skip_lifecycle: a.skip_lifecycle.then(|| a.reason.unwrap_or_default()),
+                apply: a.apply.into(),
+            }),
+            Command::Promote(a) => Request::Promote(request::Promote {
+                selection: request::Selection {
+                    app: a.app,
+                    environment: a.to,
+                    limits: a.limit,
+                    sets: a.sets,
+                },
+                apply: a.apply.into(),
+            }),
+            Command::Rollback(a) => Request::Rollback(request::Rollback {
+                app: a.app,
+                environment: a.environment,
+                to: a.to,
+                apply: a.apply.into(),
+            }),
+            Command::Status(a) => Request::Status(request::Status {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                connect_timeout: a.connect_timeout,
+            }),
+            Command::Versions(a) => Request::Versions(request::Versions { app: a.app, digests: a.digests }),
+            Command::Run(a) => Request::Run(request::Run {
+                reach: a.reach.into(),
+                roles: a.role,
+                timeout: a.timeout,
+                lock: a.lock.then_some(request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait }),
+                command: a.command,
+            }),
+            Command::Trust(a) => {
+                Request::Trust(request::Trust { reach: a.reach.into(), yes: a.yes, replace: a.replace })
+            }
+            Command::History(a) => Request::History(request::History {
+                app: a.app,
+                environment: a.environment,
+                since: a.since,
+                limit: a.limit,
+            }),
+            Command::Audit(a) => Request::Audit(match a.action {
+                AuditAction::Verify { log } => request::Audit::Verify { log },
+                AuditAction::Bench { records, log } => request::Audit::Bench { records, log },
+            }),
+            Command::Lock(a) => Request::Lock(a.action.into()),
+            // Answered by `run` before a request is made.
+            Command::Completions { .. } | Command::Man => {
+                Request::Check(request::Check { deny_warnings: false })
+            }
+        }
+    }
+}
+
+impl From<Selection> for request::Selection {
+    fn from(a: Selection) -> Self {
+        request::Selection { app: a.app, environment: a.environment, limits: a.limit, sets: a.sets }
+    }
+}
+
+impl From<ApplyFlags> for request::Apply {
+    fn from(a: ApplyFlags) -> Self {
+        request::Apply {
+            yes: a.yes,
+            force: a.force,
+            quiet: a.quiet,
+            parallel: a.parallel,
+            connect_timeout: a.connect_timeout,
+            lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+        }
+    }
+}
+
+impl From<Reach> for request::Reach {
+    fn from(a: Reach) -> Self {
+        request::Reach {
+            environment: a.environment,
+            limits: a.limit,
+            parallel: a.parallel,
+            connect_timeout: a.connect_timeout,
+        }
+    }
+}
+
+impl From<LockAction> for request::Lock {
+    fn from(action: LockAction) -> Self {
+        let (target, action) = match action {
+            LockAction::Status(target) => (target, request::LockAction::Status),
+            LockAction::Acquire { target, message, ttl, force } => {
+                (target, request::LockAction::Acquire { message, ttl, force })
+            }
+            LockAction::Release { target, force } => (target, request::LockAction::Release { force }),
+        };
+        request::Lock { environment: target.environment, connect_timeout: target.connect_timeout, action }
     }
 }
 

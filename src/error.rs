@@ -99,9 +99,7 @@ impl Error {
             Error::Input(d) | Error::Refused(d) | Error::Failed(d) => one(d),
             Error::Inventory(InventoryError::Invalid(ds)) => ds.clone(),
             Error::Select(SelectError::LimitMatchesNothing(d)) => one(d),
-            Error::Vars(
-                VarsError::MissingSecret(d) | VarsError::InvalidSecret(d) | VarsError::InvalidSet(d),
-            ) => one(d),
+            Error::Vars(VarsError::MissingSecret(d) | VarsError::InvalidSecret(d)) => one(d),
             Error::Render(errors) => errors
                 .iter()
                 .map(|e| match e {

@@ -36,6 +36,7 @@ pub mod plan;
 pub mod registry;
 pub mod render;
 pub mod report;
+pub mod request;
 pub mod rollout;
 pub mod secret;
 pub mod select;

@@ -27,9 +27,6 @@ pub enum VarsError {
     /// A secret's value cannot travel in a Docker env file.
     #[error("{0}")]
     InvalidSecret(Diagnostic),
-    /// A `--set` argument is malformed.
-    #[error("{0}")]
-    InvalidSet(Diagnostic),
 }
 
 /// The layer a value was set in.
@@ -91,29 +88,6 @@ pub struct Resolved {
 
 /// All variables of one app × environment (× target).
 pub type Variables = BTreeMap<String, Resolved>;
-
-/// Parses `--set k=v` arguments (values are strings, as Ansible's `-e k=v`).
-pub fn parse_sets(args: &[String]) -> Result<Vec<(String, String)>, VarsError> {
-    args.iter()
-        .map(|arg| match arg.split_once('=') {
-            Some((k, _)) if crate::inventory::RESERVED_NAMES.contains(&k) => Err(VarsError::InvalidSet(
-                Diagnostic::new(format!("--set {k}: `{k}` is set by ferry in every template"))
-                    .help(format!("reserved names: {}", crate::inventory::RESERVED_NAMES.join(", "))),
-            )),
-            Some((k, v)) if is_name(k) => Ok((k.to_string(), v.to_string())),
-            _ => Err(VarsError::InvalidSet(
-                Diagnostic::new(format!("invalid --set \"{arg}\""))
-                    .help("write --set name=value, with a variable name of letters, digits and `_`"),
-            )),
-        })
-        .collect()
-}
-
-fn is_name(k: &str) -> bool {
-    let mut chars = k.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// Resolves the variables of `app` in `env` (and on `target`, when given), highest layer winning.
 pub fn resolve(

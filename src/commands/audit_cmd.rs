@@ -4,17 +4,17 @@ use std::time::Instant;
 
 use super::audit_log;
 use crate::audit::{self, Entry};
-use crate::cli::{AuditAction, AuditArgs};
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat};
+use crate::request::Audit;
 
 /// Runs `ferry audit …`. `verify` exits 0 for an intact chain (torn lines from crashes are
 /// reported but do not break it) and 1 when a record was edited, deleted or moved.
-pub fn run(inventory: &Inventory, args: &AuditArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<i32, Error> {
     let log = audit_log(inventory);
-    match &args.action {
-        AuditAction::Verify { log: path } => {
+    match args {
+        Audit::Verify { log: path } => {
             let path = path.clone().unwrap_or_else(|| log.path().to_path_buf());
             let result = audit::verify(&path)?;
             if output == OutputFormat::Json {
@@ -41,7 +41,7 @@ pub fn run(inventory: &Inventory, args: &AuditArgs, output: OutputFormat) -> Res
             }
             Ok(if result.broken.is_some() { 1 } else { 0 })
         }
-        AuditAction::Bench { records, log: path } => {
+        Audit::Bench { records, log: path } => {
             let log = match path {
                 Some(p) => log.with_file(p),
                 None => log,

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{PlanRequest, build_plan, is_json, process_env};
-use crate::cli::CheckArgs;
 use crate::diagnostic::Diagnostic;
 use crate::error::{EXIT_INVALID, Error};
 use crate::inventory::{Inventory, Vars};
 use crate::output::{self, OutputFormat};
 use crate::render::Renderer;
+use crate::request::Check;
 use crate::vars::MissingSecrets;
 
 /// Version and deployment id used for check renders (any string renders like a real tag).
@@ -35,7 +35,7 @@ struct Report<'a> {
 }
 
 /// Runs `ferry check`.
-pub fn run(inventory: &Inventory, args: &CheckArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<i32, Error> {
     let renderer = Renderer::new(inventory).map_err(Error::Render)?;
     let mut renders = 0;
     let mut errors: Vec<Error> = Vec::new();

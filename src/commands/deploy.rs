@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::guard::{
-    EXIT_INTERRUPTED, LockRequest, LockTiming, interrupt_handler, known_secrets, release_lock, take_lock,
+    EXIT_INTERRUPTED, LockRequest, interrupt_handler, known_secrets, release_lock, take_lock,
 };
 use super::{PlanRequest, audit_log, build_plan, new_deployment_id, process_env, runtime, ssh_options};
 use crate::apply::{self, Applied, Connections, Planner};
 use crate::audit::Entry;
-use crate::cli::{ApplyFlags, DeployArgs};
 use crate::diagnostic::Diagnostic;
 use crate::docker::ContainerDetails;
 use crate::error::Error;
@@ -26,6 +25,7 @@ use crate::output::{self, OutputFormat, table};
 use crate::plan::Plan;
 use crate::render::{Context, Renderer};
 use crate::report::{AuditTrail, Event, Reporter, Status};
+use crate::request::{Apply as ApplyFlags, Deploy as DeployArgs, Selection, Set};
 use crate::secret::mask;
 use crate::vars::{self, MissingSecrets};
 
@@ -36,7 +36,7 @@ pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Res
     let app = inventory.app(&args.selection.app)?;
     inventory.environment(&args.selection.environment)?;
     let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
-    let skip = args.skip_lifecycle.then(|| args.reason.clone().unwrap_or_default());
+    let skip = args.skip_lifecycle.clone();
     let notes =
         lifecycle_gate(&inventory, app, &args.selection.environment, &version, digest.as_deref(), skip)?;
     let release = Release { version, digest, kind: Kind::Deploy, notes };
@@ -75,7 +75,7 @@ pub struct Notes {
 /// Plans `release` from the inventory and runs it.
 pub fn deploy_release(
     inventory: Inventory,
-    selection: &crate::cli::Selection,
+    selection: &Selection,
     release: Release,
     flags: &ApplyFlags,
     output: OutputFormat,
@@ -86,7 +86,7 @@ pub fn deploy_release(
         app: selection.app.clone(),
         environment: selection.environment.clone(),
         version: release.version,
-        limits: selection.limit.clone(),
+        limits: selection.limits.clone(),
         sets: selection.sets.clone(),
         deployment: new_deployment_id(),
         digest: Mutex::new(release.digest.clone()),
@@ -166,7 +166,7 @@ pub struct InventoryPlanner {
     /// `--limit`.
     pub limits: Vec<String>,
     /// `--set`.
-    pub sets: Vec<String>,
+    pub sets: Vec<Set>,
     /// Deployment id.
     pub deployment: String,
     /// The digest once pinned (for `post_deploy`'s `image`).
@@ -227,7 +227,7 @@ pub struct PostDeploy<'a> {
     /// Tag deployed.
     pub version: &'a str,
     /// `--set` arguments.
-    pub sets: &'a [String],
+    pub sets: &'a [Set],
     /// Deployment id.
     pub deployment: &'a str,
 }
@@ -249,8 +249,7 @@ impl PostDeploy<'_> {
         if app.post_deploy.is_none() {
             return Ok(None);
         }
-        let sets = vars::parse_sets(self.sets).map_err(|e| e.to_string())?;
-        let variables = vars::resolve(inventory, app, env, Some(target), &sets);
+        let variables = vars::resolve(inventory, app, env, Some(target), self.sets);
         let image = super::image_reference(inventory, app, self.version, digest);
         let ctx = Context {
             vars: &variables,
@@ -333,14 +332,14 @@ pub fn execute(
         mirror: format!("ferry {what} ({}) by {}", plan.deployment, log.actor().describe()),
         login,
     };
-    let ssh = ssh_options(inventory, &flags.connect_timeout)?;
+    let ssh = ssh_options(inventory, flags.connect_timeout)?;
     let lock_request = LockRequest::new(
         inventory,
         &env,
         &log,
         (&plan.deployment, command),
         format!("ferry {what}"),
-        LockTiming::from_flags(&flags.lock_ttl, flags.lock_wait.as_deref())?,
+        flags.lock,
     );
     let trail = AuditTrail::new(log.clone(), &plan.deployment, command, &env.name).with_app(&plan.app);
     let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);

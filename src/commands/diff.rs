@@ -47,7 +47,7 @@ pub fn run(
     renderer: &Renderer,
     request: &PlanRequest<'_>,
     plan: Plan,
-    connect_timeout: &str,
+    connect_timeout: std::time::Duration,
     output: OutputFormat,
 ) -> Result<i32, Error> {
     let ssh = ssh_options(inventory, connect_timeout)?;

@@ -46,24 +46,7 @@ pub struct LockRequest {
     pub command: &'static str,
 }
 
-/// How long a lock lasts and how long to wait for a held one (`--lock-ttl`, `--lock-wait`).
-#[derive(Debug, Clone, Copy)]
-pub struct LockTiming {
-    /// The lock expires after this long if the run dies without releasing it.
-    pub ttl: std::time::Duration,
-    /// How long to wait for a held lock.
-    pub wait: Option<std::time::Duration>,
-}
-
-impl LockTiming {
-    /// From the flags' text.
-    pub fn from_flags(ttl: &str, wait: Option<&str>) -> Result<LockTiming, Error> {
-        Ok(LockTiming {
-            ttl: super::duration_flag("lock-ttl", ttl)?,
-            wait: wait.map(|w| super::duration_flag("lock-wait", w)).transpose()?,
-        })
-    }
-}
+pub use crate::request::LockTiming;
 
 impl LockRequest {
     /// A lock for run `run` of `command`, saying `message` to anyone who finds it held.

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{audit_log, duration_flag};
+use super::audit_log;
 use crate::audit::Record;
-use crate::cli::HistoryArgs;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
+use crate::request::History;
 
 /// One run as history shows it.
 #[derive(Debug, Serialize)]
@@ -32,14 +32,10 @@ struct Run<'a> {
 }
 
 /// Runs `ferry history`.
-pub fn run(inventory: &Inventory, args: &HistoryArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &History, output: OutputFormat) -> Result<i32, Error> {
     let records = audit_log(inventory).read()?;
-    let since = match &args.since {
-        Some(d) => Some(
-            crate::time::now_ms() - i64::try_from(duration_flag("since", d)?.as_millis()).unwrap_or(i64::MAX),
-        ),
-        None => None,
-    };
+    let since =
+        args.since.map(|d| crate::time::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
     let runs = group(&records);
     let selected: Vec<Run<'_>> = runs
         .into_iter()

@@ -1,24 +1,19 @@
 //! `ferry lock status|acquire|release`: operators' control of environment locks, e.g. to freeze
 //! prod during an incident. Taking, releasing and breaking locks is audited.
 
-use super::{audit_log, duration_flag, environment_targets, new_deployment_id, runtime, ssh_options};
+use super::{audit_log, environment_targets, new_deployment_id, runtime, ssh_options};
 use crate::audit::Entry;
-use crate::cli::{LockAction, LockArgs};
 use crate::error::Error;
 use crate::host::connect_all;
 use crate::inventory::Inventory;
 use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
+use crate::request::{Lock, LockAction};
 
 /// Runs `ferry lock …`.
-pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Result<i32, Error> {
-    let target = match &args.action {
-        LockAction::Status(t)
-        | LockAction::Acquire { target: t, .. }
-        | LockAction::Release { target: t, .. } => t,
-    };
-    let env = inventory.environment(&target.environment)?;
-    let options = ssh_options(inventory, &target.connect_timeout)?;
+pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i32, Error> {
+    let env = inventory.environment(&args.environment)?;
+    let options = ssh_options(inventory, args.connect_timeout)?;
     let log = audit_log(inventory);
     let me = log.actor().describe();
     let record = |kind: &str, run: &str, targets: Vec<String>, detail: serde_json::Value| {
@@ -35,7 +30,7 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
     runtime()?.block_on(async {
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
-            LockAction::Status(_) => {
+            LockAction::Status => {
                 let mut rows = Vec::new();
                 let now = crate::time::now_ms();
                 for (name, connection) in &connections {
@@ -67,10 +62,9 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
                 }
                 Ok(0)
             }
-            LockAction::Acquire { message, ttl, force, .. } => {
+            LockAction::Acquire { message, ttl, force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
                 let now = crate::time::now_ms();
-                let ttl = duration_flag("ttl", ttl)?;
                 let info = LockInfo {
                     holder: me.clone(),
                     run: new_deployment_id(),
@@ -94,7 +88,7 @@ pub fn run(inventory: &Inventory, args: &LockArgs, output: OutputFormat) -> Resu
                 drop(held);
                 Ok(0)
             }
-            LockAction::Release { force, .. } => {
+            LockAction::Release { force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
                 let mut released = Vec::new();
                 for (name, connection) in &connections {

@@ -22,34 +22,33 @@ pub mod versions;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Cli, Command};
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
 use crate::output::OutputFormat;
 use crate::plan::{Plan, TargetInput, target_plan};
 use crate::render::{Context, Renderer};
+use crate::request::{Global, Request, Set};
 use crate::{select, vars};
 
-/// Runs a parsed command line; returns the exit code of a completed command.
-pub fn run(cli: Cli) -> Result<i32, Error> {
-    let inventory = load_inventory(cli.inventory.as_deref())?;
-    match cli.command {
-        Command::Check(args) => check::run(&inventory, &args, cli.output),
-        Command::Plan(args) => plan::run(&inventory, &args, cli.output),
-        Command::Vars(args) => vars_cmd::run(&inventory, &args, cli.output),
-        Command::Deploy(args) => deploy::run(inventory, &args, cli.output),
-        Command::Promote(args) => promote::run(inventory, &args, cli.output),
-        Command::Rollback(args) => rollback::run(inventory, &args, cli.output),
-        Command::Status(args) => status::run(&inventory, &args, cli.output),
-        Command::Versions(args) => versions::run(&inventory, &args, cli.output),
-        Command::Run(args) => run::run(inventory, &args, cli.output),
-        Command::Trust(args) => trust::run(&inventory, &args, cli.output),
-        Command::History(args) => history::run(&inventory, &args, cli.output),
-        Command::Audit(args) => audit_cmd::run(&inventory, &args, cli.output),
-        Command::Lock(args) => lock_cmd::run(&inventory, &args, cli.output),
-        // Handled before an inventory is loaded (see `cli::run`).
-        Command::Completions { .. } | Command::Man => Ok(0),
+/// Runs a validated request; returns the exit code of a completed command.
+pub fn run(global: &Global, request: Request) -> Result<i32, Error> {
+    let inventory = load_inventory(global.inventory.as_deref())?;
+    let output = global.output;
+    match request {
+        Request::Check(r) => check::run(&inventory, &r, output),
+        Request::Plan(r) => plan::run(&inventory, &r, output),
+        Request::Vars(r) => vars_cmd::run(&inventory, &r, output),
+        Request::Deploy(r) => deploy::run(inventory, &r, output),
+        Request::Promote(r) => promote::run(inventory, &r, output),
+        Request::Rollback(r) => rollback::run(inventory, &r, output),
+        Request::Status(r) => status::run(&inventory, &r, output),
+        Request::Versions(r) => versions::run(&inventory, &r, output),
+        Request::Run(r) => run::run(inventory, &r, output),
+        Request::Trust(r) => trust::run(&inventory, &r, output),
+        Request::History(r) => history::run(&inventory, &r, output),
+        Request::Audit(r) => audit_cmd::run(&inventory, &r, output),
+        Request::Lock(r) => lock_cmd::run(&inventory, &r, output),
     }
 }
 
@@ -107,8 +106,8 @@ pub struct PlanRequest<'a> {
     pub digest: Option<&'a str>,
     /// `--limit` globs.
     pub limits: &'a [String],
-    /// `--set` arguments.
-    pub sets: &'a [String],
+    /// `--set` pairs.
+    pub sets: &'a [Set],
     /// The deployment id to stamp into labels.
     pub deployment: &'a str,
     /// Where secrets with an `env` source are read from.
@@ -125,8 +124,9 @@ pub fn build_plan(
 ) -> Result<Plan, Error> {
     let app = inventory.app(request.app)?;
     let env = inventory.environment(request.environment)?;
-    check_tag(request.version)?;
-    let sets = vars::parse_sets(request.sets)?;
+    // Checked again here: a version read back from a record did not pass the command line.
+    crate::request::check_tag(request.version)?;
+    let sets = request.sets;
     let targets = select::select(inventory, app, env, request.limits)?;
     let (secrets, problems) =
         vars::resolve_secrets(inventory, app, env, request.env, request.missing_secrets)?;
@@ -139,7 +139,7 @@ pub fn build_plan(
     // raised peak memory from 84 to 121 MB (a malloc arena per thread).
     let mut plans = Vec::with_capacity(targets.len());
     for target in targets {
-        let variables = vars::resolve(inventory, app, env, Some(target), &sets);
+        let variables = vars::resolve(inventory, app, env, Some(target), sets);
         let ctx = Context {
             vars: &variables,
             app,
@@ -181,20 +181,6 @@ pub fn build_plan(
     })
 }
 
-/// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn check_tag(tag: &str) -> Result<(), Error> {
-    let mut chars = tag.chars();
-    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && tag.len() <= 128;
-    if valid {
-        return Ok(());
-    }
-    Err(Diagnostic::new(format!("invalid version \"{tag}\": not a Docker image tag"))
-        .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`")
-        .into())
-}
-
 /// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
 pub fn image_reference(
     inventory: &Inventory,
@@ -212,26 +198,21 @@ pub fn image_reference(
     }
 }
 
-/// Parses a duration flag, naming the flag in the error.
-pub fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, Error> {
-    crate::duration::parse(text).map_err(|e| Diagnostic::new(format!("--{flag}: {e}")).into())
-}
-
 /// The async runtime for commands that reach targets: one worker per core.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// The SSH options of a run: the inventory's known_hosts and the connect timeout.
-pub fn ssh_options(inventory: &Inventory, connect_timeout: &str) -> Result<crate::ssh::Options, Error> {
+pub fn ssh_options(
+    inventory: &Inventory,
+    connect_timeout: std::time::Duration,
+) -> Result<crate::ssh::Options, Error> {
     let known_hosts = crate::known_hosts::KnownHosts::load(&inventory.defaults.known_hosts).map_err(|e| {
         Diagnostic::new(format!("cannot read {}: {e}", inventory.defaults.known_hosts.display()))
             .help("fix its permissions, or point `known_hosts` in [defaults] at another file")
     })?;
-    Ok(crate::ssh::Options {
-        connect_timeout: duration_flag("connect-timeout", connect_timeout)?,
-        known_hosts: std::sync::Arc::new(known_hosts),
-    })
+    Ok(crate::ssh::Options { connect_timeout, known_hosts: std::sync::Arc::new(known_hosts) })
 }
 
 /// The state folder: `FERRY_STATE_DIR`, else the inventory's `state_dir`.

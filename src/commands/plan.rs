@@ -1,12 +1,12 @@
 //! `ferry plan`: what a deployment would run on each target, without touching any.
 
 use super::{PlanRequest, build_plan, is_json, new_deployment_id, process_env};
-use crate::cli::PlanArgs;
 use crate::error::Error;
 use crate::inventory::{Batch, Inventory};
 use crate::output::{self, OutputFormat, table};
 use crate::plan::Plan;
 use crate::render::Renderer;
+use crate::request::Plan as PlanArgs;
 use crate::vars::MissingSecrets;
 
 /// The tag planned when `--version` is not given.
@@ -30,7 +30,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
         environment: &args.selection.environment,
         version: &version,
         digest: digest.as_deref(),
-        limits: &args.selection.limit,
+        limits: &args.selection.limits,
         sets: &args.selection.sets,
         deployment: &deployment,
         env: &process_env,
@@ -41,7 +41,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
         eprintln!("note: no --version given; planned with tag \"{DEFAULT_VERSION}\"");
     }
     if args.diff {
-        return super::diff::run(inventory, &renderer, &request, plan, &args.connect_timeout, output);
+        return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output);
     }
     match output {
         OutputFormat::Json => output::print_json(&plan)?,

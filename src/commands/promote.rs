@@ -4,23 +4,24 @@
 
 use super::audit_log;
 use super::deploy::{Kind, Notes, Release, deploy_release};
-use crate::cli::{PromoteArgs, Selection};
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::OutputFormat;
+use crate::request::Promote as PromoteArgs;
 
 /// Runs `ferry promote`.
 pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Result<i32, Error> {
-    let app = inventory.app(&args.app)?.name.clone();
-    inventory.environment(&args.to)?;
+    let to = &args.selection.environment;
+    let app = inventory.app(&args.selection.app)?.name.clone();
+    inventory.environment(to)?;
     let log = audit_log(&inventory);
     let by_phase = crate::deployments::successes_by_phase(&log, &app, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
-    let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, &args.to, successes)
+    let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
         .map_err(|why| {
             Error::Refused(
-                Diagnostic::new(format!("cannot promote {app} to {}: {why}", args.to))
+                Diagnostic::new(format!("cannot promote {app} to {to}: {why}"))
                     .help("deploy to the earlier phase first; `ferry history` shows what is on record"),
             )
         })?;
@@ -33,7 +34,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
         source.version,
         source.digest.as_deref().unwrap_or("no digest recorded"),
         source.id,
-        args.to
+        to
     );
     let notes = Notes {
         promoted_from: Some(format!("{source_env} deployment {}", source.id)),
@@ -46,11 +47,5 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
         kind: Kind::Promote,
         notes,
     };
-    let selection = Selection {
-        app: args.app.clone(),
-        environment: args.to.clone(),
-        limit: args.limit.clone(),
-        sets: args.sets.clone(),
-    };
-    deploy_release(inventory, &selection, release, &args.apply, output)
+    deploy_release(inventory, &args.selection, release, &args.apply, output)
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use super::deploy::{Kind, execute};
 use super::{audit_log, new_deployment_id, process_env};
 use crate::apply::Planner;
-use crate::cli::RollbackArgs;
 use crate::deployments::{self, Deployment};
 use crate::diagnostic::Diagnostic;
 use crate::docker::ContainerDetails;
@@ -21,6 +20,7 @@ use crate::inventory::Inventory;
 use crate::output::OutputFormat;
 use crate::plan::{Plan, TargetInput, finish};
 use crate::render::{Context, Renderer};
+use crate::request::Rollback as RollbackArgs;
 use crate::vars::{self, MissingSecrets};
 
 /// Runs `ferry rollback`.

@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::guard::{LockRequest, LockTiming, interrupt_handler, known_secrets, release_lock, take_lock};
-use super::{audit_log, duration_flag, new_deployment_id, runtime, ssh_options};
+use super::guard::{LockRequest, interrupt_handler, known_secrets, release_lock, take_lock};
+use super::{audit_log, new_deployment_id, runtime, ssh_options};
 use crate::audit::Entry;
-use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::report::{AuditTrail, Event, Reporter, Status};
+use crate::request::Run as RunArgs;
 use crate::secret::mask;
 use crate::select;
 
@@ -25,7 +25,7 @@ pub const EXIT_REFUSED: i32 = 4;
 /// Runs `ferry run`.
 pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result<i32, Error> {
     let env = inventory.environment(&args.reach.environment)?;
-    let targets: Vec<_> = select::select_environment(&inventory, env, &args.role, &args.reach.limit)?
+    let targets: Vec<_> = select::select_environment(&inventory, env, &args.roles, &args.reach.limits)?
         .into_iter()
         .cloned()
         .collect();
@@ -37,13 +37,11 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     let work = Work {
         command: command.clone(),
         stdin: None,
-        deadline: args.timeout.as_deref().map(|t| duration_flag("timeout", t)).transpose()?,
+        deadline: args.timeout,
         mirror: Some(format!("ferry run {run_id} by {}: {shown}", log.actor().describe())),
     };
-    let settings = Settings {
-        parallel: args.reach.parallel,
-        ssh: ssh_options(&inventory, &args.reach.connect_timeout)?,
-    };
+    let settings =
+        Settings { parallel: args.reach.parallel, ssh: ssh_options(&inventory, args.reach.connect_timeout)? };
     let environment = env.name.clone();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     // On record before anything touches a target: if it cannot be written, nothing runs.
@@ -56,17 +54,9 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         detail: serde_json::json!({ "command_line": shown }),
         ..Entry::default()
     })?;
-    let lock_request = match args.lock {
-        false => None,
-        true => Some(LockRequest::new(
-            &inventory,
-            env,
-            &log,
-            (&run_id, "run"),
-            format!("ferry run: {shown}"),
-            LockTiming::from_flags(&args.lock_ttl, args.lock_wait.as_deref())?,
-        )),
-    };
+    let lock_request = args.lock.map(|timing| {
+        LockRequest::new(&inventory, env, &log, (&run_id, "run"), format!("ferry run: {shown}"), timing)
+    });
     let lock_log = log.clone();
     let (refused_log, refused_run) = (log.clone(), run_id.clone());
     let trail = AuditTrail::new(log, &run_id, "run", &environment);

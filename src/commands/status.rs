@@ -9,12 +9,12 @@
 use serde::Serialize;
 
 use super::{audit_log, runtime, ssh_options};
-use crate::cli::StatusArgs;
 use crate::deployments::{self, Deployment};
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
 use crate::output::{self, OutputFormat, table};
+use crate::request::Status;
 use crate::select;
 
 /// One target's state.
@@ -53,13 +53,13 @@ struct RecordRef<'a> {
 }
 
 /// Runs `ferry status`.
-pub fn run(inventory: &Inventory, args: &StatusArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
-    let targets = select::select(inventory, app, env, &args.limit)?;
+    let targets = select::select(inventory, app, env, &args.limits)?;
     let history = deployments::read(&audit_log(inventory), &app.name, &env.name)?;
     let last = deployments::last_success(&history);
-    let ssh = ssh_options(inventory, &args.connect_timeout)?;
+    let ssh = ssh_options(inventory, args.connect_timeout)?;
     let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
     let container = inventory::container_name(app, &env.name);
     let statuses: Vec<TargetStatus> =

@@ -9,13 +9,13 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use super::{audit_log, runtime, ssh_options};
-use crate::cli::TrustArgs;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::host::endpoint;
 use crate::inventory::{Inventory, Target, Transport};
 use crate::known_hosts::{self, HostKey, Verdict};
 use crate::output::{self, OutputFormat, table};
+use crate::request::Trust;
 use crate::select;
 
 use super::run::EXIT_REFUSED;
@@ -39,9 +39,9 @@ struct Finding {
 }
 
 /// Runs `ferry trust`.
-pub fn run(inventory: &Inventory, args: &TrustArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<i32, Error> {
     let env = inventory.environment(&args.reach.environment)?;
-    let targets = select::select_environment(inventory, env, &[], &args.reach.limit)?;
+    let targets = select::select_environment(inventory, env, &[], &args.reach.limits)?;
     for name in &args.replace {
         if !targets.iter().any(|t| &t.name == name) {
             return Err(Diagnostic::new(format!(
@@ -51,7 +51,7 @@ pub fn run(inventory: &Inventory, args: &TrustArgs, output: OutputFormat) -> Res
             .into());
         }
     }
-    let options = ssh_options(inventory, &args.reach.connect_timeout)?;
+    let options = ssh_options(inventory, args.reach.connect_timeout)?;
     let findings = runtime()?.block_on(fetch_all(inventory, &targets, &options, &args.replace));
     if output == OutputFormat::Json {
         output::print_json(&serde_json::json!({ "schema": 1, "type": "trust", "targets": &findings }))?;

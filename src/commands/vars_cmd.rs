@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::cli::VarsArgs;
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
+use crate::request::Vars;
 use crate::secret::{MASK, mask};
 use crate::vars::{self, Origin, Variables};
 
@@ -32,7 +32,7 @@ struct SecretReport {
 }
 
 /// Runs `ferry vars`.
-pub fn run(inventory: &Inventory, args: &VarsArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
     let target = match &args.target {
@@ -44,8 +44,8 @@ pub fn run(inventory: &Inventory, args: &VarsArgs, output: OutputFormat) -> Resu
             ))
         })?),
     };
-    let sets = vars::parse_sets(&args.sets)?;
-    let mut resolved = vars::resolve(inventory, app, env, target, &sets);
+    let sets = &args.sets;
+    let mut resolved = vars::resolve(inventory, app, env, target, sets);
     let mut env_values: BTreeMap<&str, &str> =
         app.env.iter().map(|(k, d)| (k.as_str(), d.text.as_str())).collect();
     if let Some(o) = app.environments.get(&env.name) {

@@ -5,11 +5,11 @@ use serde::Serialize;
 
 use super::feed::{feed_error, registry_for};
 use super::runtime;
-use crate::cli::VersionsArgs;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
+use crate::request::Versions;
 
 #[derive(Serialize)]
 struct Listed {
@@ -29,7 +29,7 @@ struct Report<'a> {
 }
 
 /// Runs `ferry versions`.
-pub fn run(inventory: &Inventory, args: &VersionsArgs, output: OutputFormat) -> Result<i32, Error> {
+pub fn run(inventory: &Inventory, args: &Versions, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?;
     let (client, repository) = registry_for(inventory, app)?.ok_or_else(|| {
         Diagnostic::new(format!("app {} has no feed: there is no registry to list", app.name))

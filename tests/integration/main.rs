@@ -13,6 +13,7 @@ mod cli;
 mod deploy;
 mod errors;
 mod feeds;
+mod flags;
 mod fuzz;
 mod lab;
 mod plan;

@@ -88,7 +88,7 @@ proptest! {
     fn any_value_survives_the_template_and_a_real_shell(value in awkward()) {
         let fixture = fixture();
         let renderer = Renderer::new(&fixture.inventory).unwrap_or_else(|_| panic!("template compiles"));
-        let sets = vec![format!("v={value}")];
+        let sets = vec![("v".to_string(), value.to_string())];
         let lookup = |_: &str| None;
         let request = PlanRequest {
             app: "app", environment: "prod", version: "1", digest: None, limits: &[], sets: &sets,
@@ -112,7 +112,7 @@ proptest! {
 fn nul_in_a_value_is_a_clean_error() {
     let fixture = fixture();
     let renderer = Renderer::new(&fixture.inventory).unwrap_or_else(|_| panic!("template compiles"));
-    let sets = vec!["v=a\0b".to_string()];
+    let sets = vec![("v".to_string(), "a\0b".to_string())];
     let lookup = |_: &str| None;
     let request = PlanRequest {
         app: "app",

@@ -1,0 +1,341 @@
+//! What the user asked for, as validated values.
+//!
+//! The command line's flags are converted once, at the door, by clap's value parsers (see
+//! [`crate::cli`]): a duration is a [`Duration`], a `--set` is a checked `(name, value)` pair, a
+//! `--limit` is a list of non-empty globs. A bad flag is therefore exit 2 before anything is
+//! recorded, locked or connected, and commands receive these plain structs, never clap types
+//! (so nothing outside `cli` depends on how flags are spelled).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::diagnostic::Diagnostic;
+use crate::output::OutputFormat;
+
+/// Flags every command takes.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// `-i FILE`, or `FERRY_INVENTORY`.
+    pub inventory: Option<PathBuf>,
+    /// `--output`.
+    pub output: OutputFormat,
+}
+
+/// One command, with its validated arguments.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// `ferry check`.
+    Check(Check),
+    /// `ferry plan`.
+    Plan(Plan),
+    /// `ferry vars`.
+    Vars(Vars),
+    /// `ferry deploy`.
+    Deploy(Deploy),
+    /// `ferry promote`.
+    Promote(Promote),
+    /// `ferry rollback`.
+    Rollback(Rollback),
+    /// `ferry status`.
+    Status(Status),
+    /// `ferry versions`.
+    Versions(Versions),
+    /// `ferry run`.
+    Run(Run),
+    /// `ferry trust`.
+    Trust(Trust),
+    /// `ferry history`.
+    History(History),
+    /// `ferry audit …`.
+    Audit(Audit),
+    /// `ferry lock …`.
+    Lock(Lock),
+}
+
+/// `--set NAME=VALUE`, checked: a variable name, not one ferry sets itself.
+pub type Set = (String, String);
+
+/// An app in an environment, narrowed by `--limit` and overridden by `--set`.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs (comma lists already split).
+    pub limits: Vec<String>,
+    /// `--set` pairs, in command-line order.
+    pub sets: Vec<Set>,
+}
+
+/// How long an environment lock lasts and how long to wait for a held one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTiming {
+    /// The lock expires after this long if the run dies without releasing it (`--lock-ttl`).
+    pub ttl: Duration,
+    /// How long to wait for a held lock (`--lock-wait`); none: fail at once.
+    pub wait: Option<Duration>,
+}
+
+/// Flags of the commands that change containers (`deploy`, `promote`, `rollback`).
+#[derive(Debug, Clone)]
+pub struct Apply {
+    /// `--yes`: no confirmation prompt.
+    pub yes: bool,
+    /// `--force`: replace containers even when their config is unchanged.
+    pub force: bool,
+    /// `--quiet`: nothing on stdout unless a target changed or failed.
+    pub quiet: bool,
+    /// Targets changed at once inside a batch.
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// The environment lock.
+    pub lock: LockTiming,
+}
+
+/// `ferry check`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Warnings fail the check.
+    pub deny_warnings: bool,
+}
+
+/// `ferry plan`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What to plan.
+    pub selection: Selection,
+    /// `--version`; none: the tag `latest`.
+    pub version: Option<String>,
+    /// `--diff`: compare with what runs on the targets.
+    pub diff: bool,
+    /// With `--diff`.
+    pub connect_timeout: Duration,
+}
+
+/// `ferry vars`.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// Resolve for this target.
+    pub target: Option<String>,
+    /// `--set` pairs.
+    pub sets: Vec<Set>,
+}
+
+/// `ferry deploy`.
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    /// What to deploy where.
+    pub selection: Selection,
+    /// The tag, or `latest`.
+    pub version: String,
+    /// `--skip-lifecycle --reason TEXT`: the reason.
+    pub skip_lifecycle: Option<String>,
+    /// Confirmation, parallelism, lock.
+    pub apply: Apply,
+}
+
+/// `ferry promote`.
+#[derive(Debug, Clone)]
+pub struct Promote {
+    /// The app, the phase promoted to, and narrowing.
+    pub selection: Selection,
+    /// Confirmation, parallelism, lock.
+    pub apply: Apply,
+}
+
+/// `ferry rollback`.
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--to ID`: this deployment instead of the previous one.
+    pub to: Option<String>,
+    /// Confirmation, parallelism, lock.
+    pub apply: Apply,
+}
+
+/// `ferry status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs.
+    pub limits: Vec<String>,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+}
+
+/// `ferry versions`.
+#[derive(Debug, Clone)]
+pub struct Versions {
+    /// App name.
+    pub app: String,
+    /// Digests of this many of the newest versions.
+    pub digests: usize,
+}
+
+/// Which targets of an environment, and how to reach them (`run`, `trust`).
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs.
+    pub limits: Vec<String>,
+    /// Targets at once.
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+}
+
+/// `ferry run`.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Which targets.
+    pub reach: Reach,
+    /// `--role`: only targets with one of these roles.
+    pub roles: Vec<String>,
+    /// Kill the command on a target after this long.
+    pub timeout: Option<Duration>,
+    /// `--lock`: take the environment lock for the run.
+    pub lock: Option<LockTiming>,
+    /// The command's words (joined with spaces, as ssh does).
+    pub command: Vec<String>,
+}
+
+/// `ferry trust`.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Which targets.
+    pub reach: Reach,
+    /// Record new keys without asking.
+    pub yes: bool,
+    /// Replace the recorded key of these targets.
+    pub replace: Vec<String>,
+}
+
+/// `ferry history`.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only runs started within this long.
+    pub since: Option<Duration>,
+    /// At most this many runs.
+    pub limit: usize,
+}
+
+/// `ferry audit …`.
+#[derive(Debug, Clone)]
+pub enum Audit {
+    /// Walk the hash chain (of this file, or the inventory's log).
+    Verify {
+        /// Another log file.
+        log: Option<PathBuf>,
+    },
+    /// Append synthetic records and time them.
+    Bench {
+        /// How many.
+        records: usize,
+        /// Another log file.
+        log: Option<PathBuf>,
+    },
+}
+
+/// `ferry lock …`.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    /// Environment name.
+    pub environment: String,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// What to do.
+    pub action: LockAction,
+}
+
+/// What `ferry lock` does.
+#[derive(Debug, Clone)]
+pub enum LockAction {
+    /// Show who holds it.
+    Status,
+    /// Take it.
+    Acquire {
+        /// Why (shown to whoever finds it held).
+        message: String,
+        /// It expires after this long.
+        ttl: Duration,
+        /// Take it over from someone else.
+        force: bool,
+    },
+    /// Release it.
+    Release {
+        /// Break someone else's.
+        force: bool,
+    },
+}
+
+/// Parses a `--set NAME=VALUE` argument (values are strings, as Ansible's `-e k=v`).
+pub fn parse_set(arg: &str) -> Result<Set, Diagnostic> {
+    match arg.split_once('=') {
+        Some((k, _)) if crate::inventory::RESERVED_NAMES.contains(&k) => {
+            Err(Diagnostic::new(format!("--set {k}: `{k}` is set by ferry in every template"))
+                .help(format!("reserved names: {}", crate::inventory::RESERVED_NAMES.join(", "))))
+        }
+        Some((k, v)) if is_name(k) => Ok((k.to_string(), v.to_string())),
+        _ => Err(Diagnostic::new(format!("invalid --set \"{arg}\""))
+            .help("write --set name=value, with a variable name of letters, digits and `_`")),
+    }
+}
+
+fn is_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<(), Diagnostic> {
+    let mut chars = tag.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && tag.len() <= 128;
+    if valid {
+        return Ok(());
+    }
+    Err(Diagnostic::new(format!("invalid version \"{tag}\": not a Docker image tag"))
+        .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_are_names_with_values() {
+        assert_eq!(parse_set("port=80").unwrap(), ("port".into(), "80".into()));
+        assert_eq!(parse_set("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_set("no-equals").unwrap_err().message.contains("invalid --set"));
+        assert!(parse_set("1x=2").is_err());
+        assert!(parse_set("image=x").unwrap_err().message.contains("set by ferry"));
+    }
+
+    #[test]
+    fn tags_follow_docker() {
+        assert!(check_tag("1.4.2").is_ok());
+        assert!(check_tag("v1_x-rc.1").is_ok());
+        assert!(check_tag("-x").is_err());
+        assert!(check_tag("").is_err());
+        assert!(check_tag(&"a".repeat(129)).is_err());
+    }
+}
