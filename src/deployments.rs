@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::TargetReport;
-use crate::audit::{AuditError, Log, Record};
+use crate::audit::Record;
 use crate::docker::Action;
 use crate::plan::Plan;
 use crate::report::Status;
@@ -97,21 +97,16 @@ pub fn detail(
     }
 }
 
-/// The deployments of `app` in `environment`, oldest first.
-pub fn read(log: &Log, app: &str, environment: &str) -> Result<Vec<Deployment>, AuditError> {
-    Ok(log.read()?.into_iter().filter_map(|r| from_record(r, app, environment)).collect())
-}
-
-fn from_record(record: Record, app: &str, environment: &str) -> Option<Deployment> {
-    let entry = record.entry;
-    let ours = entry.kind == "run_finished"
-        && matches!(entry.command.as_str(), "deploy" | "rollback" | "promote")
-        && entry.app.as_deref() == Some(app)
-        && entry.environment.as_deref() == Some(environment);
+/// The deployment a record holds, when it is the end of a deployment of `app` in `environment`.
+pub fn from_record(record: Record, app: &str, environment: &str) -> Option<Deployment> {
+    let ours = matches!(record.entry.command.as_str(), "deploy" | "rollback" | "promote")
+        && record.entry.app.as_deref() == Some(app)
+        && record.entry.environment.as_deref() == Some(environment);
     if !ours {
         return None;
     }
-    let recorded: Recorded = serde_json::from_value(entry.detail.get("deployment")?.clone()).ok()?;
+    let recorded = record.run_finished()?.deployment?;
+    let entry = record.entry;
     Some(Deployment {
         id: entry.run,
         command: entry.command,
@@ -120,26 +115,6 @@ fn from_record(record: Record, app: &str, environment: &str) -> Option<Deploymen
         digest: entry.digest,
         recorded,
     })
-}
-
-/// The successful deployments of `app` in each lifecycle phase, oldest first (for the lifecycle
-/// gate and `promote`).
-pub fn successes_by_phase(
-    log: &Log,
-    app: &str,
-    phases: &[String],
-) -> Result<std::collections::HashMap<String, Vec<Deployment>>, AuditError> {
-    let mut by_phase = std::collections::HashMap::new();
-    for phase in phases {
-        let successes = read(log, app, phase)?.into_iter().filter(|d| d.recorded.succeeded).collect();
-        by_phase.insert(phase.clone(), successes);
-    }
-    Ok(by_phase)
-}
-
-/// The last successful deployment.
-pub fn last_success(deployments: &[Deployment]) -> Option<&Deployment> {
-    deployments.iter().rev().find(|d| d.recorded.succeeded)
 }
 
 /// What `rollback` goes back to: with `to`, that deployment (it must have succeeded); else the

@@ -42,6 +42,9 @@ pub enum Error {
     /// The audit log could not be written: nothing is reported done that is not on record.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The records could not be read or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// An environment lock could not be taken (boxed: it carries the holder's details).
     #[error(transparent)]
     Lock(Box<crate::lock::LockError>),
@@ -88,7 +91,7 @@ impl Error {
             Error::Multiple(errors) => errors.iter().map(Error::exit_code).max().unwrap_or(EXIT_INVALID),
             Error::Lock(e) if matches!(**e, crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
             Error::Refused(_) => EXIT_REFUSED,
-            Error::Output(_) | Error::Audit(_) | Error::Lock(_) | Error::Failed(_) => 1,
+            Error::Output(_) | Error::Audit(_) | Error::Store(_) | Error::Lock(_) | Error::Failed(_) => 1,
         }
     }
 

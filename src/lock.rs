@@ -271,16 +271,18 @@ pub struct EnvironmentLock {
     /// Run id written into the targets' lock info.
     pub run: String,
     environment: String,
-    _local: Option<LocalLock>,
+    info: LockInfo,
+    _local: Option<Box<dyn crate::store::Lease>>,
     connections: Vec<(String, Arc<Connection>)>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
 }
 
-/// Takes `environment`'s lock: the local one (when `state_dir` is given) and one on each of
-/// `connections` in order; all or nothing. With `wait`, retries until it is free or `wait` ends.
+/// Takes `environment`'s lock: the runner-side lease (when a `store` is given) and one on each
+/// of `connections` in order; all or nothing. With `wait`, retries until it is free or `wait`
+/// ends.
 pub async fn lock_environment(
-    state_dir: Option<&Path>,
+    store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
     connections: Vec<(String, Connection)>,
@@ -289,11 +291,12 @@ pub async fn lock_environment(
 ) -> Result<EnvironmentLock, LockError> {
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     loop {
-        match try_lock_environment(state_dir, environment, info, &connections, force).await {
+        match try_lock_environment(store, environment, info, &connections, force).await {
             Ok((local, taken_over)) => {
                 return Ok(EnvironmentLock {
                     run: info.run.clone(),
                     environment: environment.to_string(),
+                    info: info.clone(),
                     _local: local,
                     connections: connections.into_iter().map(|(n, c)| (n, Arc::new(c))).collect(),
                     taken_over,
@@ -311,14 +314,14 @@ pub async fn lock_environment(
 }
 
 async fn try_lock_environment(
-    state_dir: Option<&Path>,
+    store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
     connections: &[(String, Connection)],
     force: bool,
-) -> Result<(Option<LocalLock>, Vec<(String, Taken)>), LockError> {
-    let local = match state_dir {
-        Some(dir) => Some(lock_local(dir, environment, info)?),
+) -> Result<(Option<Box<dyn crate::store::Lease>>, Vec<(String, Taken)>), LockError> {
+    let local = match store {
+        Some(store) => Some(store.lease(environment, info)?),
         None => None,
     };
     let mut taken: Vec<(String, Taken)> = Vec::new();
@@ -344,6 +347,26 @@ impl EnvironmentLock {
     /// uses one connection per target for locking and deploying.
     pub fn connection(&self, target: &str) -> Option<Arc<Connection>> {
         self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
+    }
+
+    /// Pushes the expiry of every target's lock that still names this run to `expires_ms`;
+    /// returns the targets where it could not be renewed (unreachable, or no longer ours).
+    pub async fn renew(&self, expires_ms: i64) -> Vec<String> {
+        let info = LockInfo { expires_ms, ..self.info.clone() };
+        let d = dir(&self.environment);
+        let script = format!(
+            "if [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {} ]; then cat > {d}/info.new && mv {d}/info.new {d}/info && echo renewed; fi",
+            crate::shell::quote(&self.run).unwrap_or_default()
+        );
+        let text = info.to_text();
+        let mut lost = Vec::new();
+        for (target, connection) in &self.connections {
+            if !matches!(sh(connection, &script, Some(text.as_bytes())).await, Ok(out) if out.starts_with("renewed"))
+            {
+                lost.push(target.clone());
+            }
+        }
+        lost
     }
 
     /// Releases the targets' locks (those this run holds) and the local lock; closes the

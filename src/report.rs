@@ -1,6 +1,8 @@
 //! Stage 7: one event stream, three renderers.
 //!
-//! Everything that acts on targets reports through [`Event`]s sent to one [`Reporter`] task, so a
+//! Everything that acts on targets reports through [`Event`]s sent to one [`dispatch`] task,
+//! which masks each event once and hands it to its [`Subscriber`]s in order: the [`AuditTrail`]
+//! first (an outcome is on record before it is shown), then the [`Reporter`] that renders it. A
 //! terminal, a cron mail and a CI job's JSON parser see the same facts in the same order:
 //!
 //! * interactive: a spinner line per target (indicatif), only when stderr is a terminal;
@@ -20,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::exec::{OutputSink, Stream};
 use crate::output::OutputFormat;
+use crate::records::{self, Kind};
 use crate::secret::{Secret, mask};
 
 /// Version of the JSON Lines event schema.
@@ -156,17 +159,55 @@ struct Envelope<'a> {
 /// Sends events to the reporter task.
 pub type Events = mpsc::UnboundedSender<Event>;
 
+/// One consumer of the event stream (a renderer, the audit trail, later a notifier).
+pub trait Subscriber: Send {
+    /// Takes one event (already masked); an error is shown and makes the run's outcome
+    /// "not fully on record", but does not stop the stream.
+    fn event(&mut self, event: &Event) -> Result<(), String>;
+
+    /// Every event sent so far was taken (a good moment to flush).
+    fn idle(&mut self) {}
+
+    /// The stream has ended (e.g. clear the spinners).
+    fn finish(&mut self) {}
+}
+
+/// Masks every event once and hands it to each subscriber in order, until every sender is
+/// dropped; returns the first subscriber failure, if any.
+pub async fn dispatch(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    secrets: Vec<Secret>,
+    mut subscribers: Vec<Box<dyn Subscriber>>,
+) -> Result<(), String> {
+    let mut failure = None;
+    while let Some(event) = events.recv().await {
+        let event = masked(&secrets, event);
+        for subscriber in &mut subscribers {
+            if let Err(e) = subscriber.event(&event) {
+                eprintln!("error: {e}");
+                failure.get_or_insert(e);
+            }
+        }
+        if events.is_empty() {
+            subscribers.iter_mut().for_each(|s| s.idle());
+        }
+    }
+    for subscriber in &mut subscribers {
+        subscriber.finish();
+    }
+    failure.map_or(Ok(()), Err)
+}
+
 /// Prints events in one of three styles; see the module docs.
 pub struct Reporter {
     style: Style,
-    secrets: Vec<Secret>,
-    audit: Option<AuditTrail>,
+    stdout: std::io::BufWriter<std::io::Stdout>,
 }
 
-/// Records each target's outcome and the run's end in the audit log, before they are shown.
+/// Records each target's outcome and the run's end through the store, before they are shown.
 pub struct AuditTrail {
-    /// The log.
-    pub log: crate::audit::Log,
+    /// Where the records go.
+    pub store: std::sync::Arc<dyn crate::store::Store>,
     /// The run id.
     pub run: String,
     /// The command name (`run`).
@@ -184,9 +225,14 @@ const AUDIT_TAIL_LINES: usize = 10;
 
 impl AuditTrail {
     /// A trail for one run.
-    pub fn new(log: crate::audit::Log, run: &str, command: &str, environment: &str) -> AuditTrail {
+    pub fn new(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        run: &str,
+        command: &str,
+        environment: &str,
+    ) -> AuditTrail {
         AuditTrail {
-            log,
+            store,
             run: run.to_string(),
             command: command.to_string(),
             environment: environment.to_string(),
@@ -201,16 +247,14 @@ impl AuditTrail {
         self
     }
 
-    fn record(&mut self, event: &Event) -> Result<(), crate::audit::AuditError> {
-        let entry = |kind: &str, targets: Vec<String>, detail: serde_json::Value| crate::audit::Entry {
-            kind: kind.to_string(),
+    fn record(&mut self, event: &Event) -> Result<(), crate::store::StoreError> {
+        let entry = |kind: Kind, targets: Vec<String>, detail: serde_json::Value| crate::audit::Entry {
             run: self.run.clone(),
             command: self.command.clone(),
             app: self.app.clone(),
             environment: Some(self.environment.clone()),
             targets,
-            detail,
-            ..crate::audit::Entry::default()
+            ..records::entry(kind, &detail)
         };
         let record = match event {
             Event::Output { target, line, .. } => {
@@ -232,30 +276,41 @@ impl AuditTrail {
                 container,
                 logs,
             } => {
-                let tail: Vec<String> = self.tails.remove(target).map(Vec::from).unwrap_or_default();
-                let mut detail = serde_json::json!({
-                    "status": status, "exit_code": exit_code, "signal": signal, "error": error, "ms": ms, "tail": tail,
-                });
-                if let Some(action) = action {
-                    detail["action"] = serde_json::json!(action);
-                    detail["container"] = serde_json::json!(container);
-                    detail["logs"] = serde_json::json!(logs);
-                }
-                entry("target_outcome", vec![target.clone()], detail)
+                let outcome = records::TargetOutcome {
+                    status: *status,
+                    exit_code: *exit_code,
+                    signal: signal.clone(),
+                    error: error.clone(),
+                    ms: *ms,
+                    tail: self.tails.remove(target).map(Vec::from).unwrap_or_default(),
+                    action: *action,
+                    container: action.and(container.clone()),
+                    logs: action.map(|_| logs.clone()),
+                };
+                entry(
+                    Kind::TargetOutcome,
+                    vec![target.clone()],
+                    serde_json::to_value(&outcome).unwrap_or_default(),
+                )
             }
             Event::RunFinished { ok, failed, skipped, interrupted, ms, stopped, record } => {
-                let counts = serde_json::json!({ "ok": ok, "failed": failed, "skipped": skipped, "interrupted": interrupted, "ms": ms, "stopped": stopped });
+                let mut finished = record.as_ref().and_then(|r| r.run_finished()).unwrap_or_default();
+                finished.ok = *ok;
+                finished.failed = *failed;
+                finished.skipped = *skipped;
+                finished.interrupted = *interrupted;
+                finished.ms = Some(*ms);
+                finished.stopped = stopped.clone();
                 match record {
-                    Some(record) => {
-                        let mut record = (**record).clone();
-                        if let (Some(detail), Some(counts)) =
-                            (record.detail.as_object_mut(), counts.as_object())
-                        {
-                            detail.extend(counts.clone());
-                        }
-                        record
-                    }
-                    None => entry("run_finished", Vec::new(), counts),
+                    Some(record) => crate::audit::Entry {
+                        detail: serde_json::to_value(&finished).unwrap_or_default(),
+                        ..(**record).clone()
+                    },
+                    None => entry(
+                        Kind::RunFinished,
+                        Vec::new(),
+                        serde_json::to_value(&finished).unwrap_or_default(),
+                    ),
                 }
             }
             Event::RunStarted { .. }
@@ -263,7 +318,13 @@ impl AuditTrail {
             | Event::TargetStep { .. }
             | Event::BatchStarted { .. } => return Ok(()),
         };
-        self.log.append(record).map(|_| ())
+        self.store.append(&record).map(|_| ())
+    }
+}
+
+impl Subscriber for AuditTrail {
+    fn event(&mut self, event: &Event) -> Result<(), String> {
+        self.record(event).map_err(|e| e.to_string())
     }
 }
 
@@ -280,8 +341,8 @@ enum Style {
 
 impl Reporter {
     /// Chooses the renderer: JSON for `--output json`, spinners for `human` on a terminal
-    /// (stdout and stderr), plain lines otherwise. `secrets` are masked everywhere.
-    pub fn new(output: OutputFormat, secrets: Vec<Secret>) -> Reporter {
+    /// (stdout and stderr), plain lines otherwise.
+    pub fn new(output: OutputFormat) -> Reporter {
         let style = match output {
             OutputFormat::Json => Style::Json,
             // Spinners draw on stderr and print output lines above them: only when both
@@ -291,7 +352,7 @@ impl Reporter {
             }
             _ => Style::Plain,
         };
-        Reporter { style, secrets, audit: None }
+        Reporter { style, stdout: std::io::BufWriter::new(std::io::stdout()) }
     }
 
     /// Shows nothing, except with `--output json` (machines always get every event).
@@ -301,110 +362,76 @@ impl Reporter {
         }
         self
     }
+}
 
-    /// Also records outcomes in the audit log (each one before it is shown).
-    pub fn with_audit(mut self, trail: AuditTrail) -> Reporter {
-        self.audit = Some(trail);
-        self
-    }
-
-    /// Runs until every sender is dropped; returns the first audit failure, if any.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<Event>,
-    ) -> Result<(), crate::audit::AuditError> {
-        let mut stdout = std::io::BufWriter::new(std::io::stdout());
-        let mut failure = None;
-        while let Some(event) = events.recv().await {
-            let event = self.masked(event);
-            if let Some(Err(e)) = self.audit.as_mut().map(|trail| trail.record(&event)) {
-                eprintln!("error: {e}");
-                failure.get_or_insert(e);
-            }
-            self.render(&mut stdout, &event);
-            // Flush when caught up, so lines appear as they happen without a write per line.
-            if events.is_empty() {
-                let _ = stdout.flush();
+fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
+    // A closed stdout (`ferry run … | head`) must not stop the run: writes are best-effort.
+    match style {
+        Style::Json => {
+            if let Ok(line) = serde_json::to_string(&Envelope { schema: EVENT_SCHEMA, event }) {
+                let _ = writeln!(out, "{line}");
             }
         }
+        Style::Plain => match event {
+            Event::Output { target, line, .. } => {
+                let _ = writeln!(out, "{target} | {line}");
+            }
+            Event::TargetFinished { target, error: Some(error), .. } => {
+                let _ = writeln!(out, "{target} ! {error}");
+            }
+            Event::TargetStep { target, step } => {
+                let _ = writeln!(out, "{target} - {step}");
+            }
+            Event::BatchStarted { batch, targets } => {
+                let _ = writeln!(out, "batch {batch}: {}", targets.join(", "));
+            }
+            _ => {}
+        },
+        Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
+        Style::Quiet => {}
+    }
+}
+
+/// The event with every secret value masked.
+fn masked(secrets: &[Secret], event: Event) -> Event {
+    if secrets.is_empty() {
+        return event;
+    }
+    match event {
+        // The operator's own command line may contain a secret (`run -- echo $TOKEN` expanded
+        // by their shell): it is output like any other.
+        Event::RunStarted { run, command, environment, targets } => {
+            Event::RunStarted { run, command: mask(&command, secrets), environment, targets }
+        }
+        Event::Output { target, stream, line } => {
+            Event::Output { target, stream, line: mask(&line, secrets) }
+        }
+        Event::TargetFinished { target, status, exit_code, signal, error, ms, action, container, logs } => {
+            let error = error.map(|e| mask(&e, secrets));
+            let logs = logs.iter().map(|l| mask(l, secrets)).collect();
+            Event::TargetFinished { target, status, exit_code, signal, error, ms, action, container, logs }
+        }
+        Event::TargetStep { target, step } => Event::TargetStep { target, step: mask(&step, secrets) },
+        other => other,
+    }
+}
+
+impl Subscriber for Reporter {
+    fn event(&mut self, event: &Event) -> Result<(), String> {
+        render(&mut self.style, &mut self.stdout, event);
+        Ok(())
+    }
+
+    fn idle(&mut self) {
+        // Lines appear as they happen, without a write per line.
+        let _ = self.stdout.flush();
+    }
+
+    fn finish(&mut self) {
         if let Style::Interactive { multi, .. } = &self.style {
             let _ = multi.clear();
         }
-        let _ = stdout.flush();
-        failure.map_or(Ok(()), Err)
-    }
-
-    fn masked(&self, event: Event) -> Event {
-        if self.secrets.is_empty() {
-            return event;
-        }
-        match event {
-            // The operator's own command line may contain a secret (`run -- echo $TOKEN` expanded
-            // by their shell): it is output like any other.
-            Event::RunStarted { run, command, environment, targets } => {
-                Event::RunStarted { run, command: mask(&command, &self.secrets), environment, targets }
-            }
-            Event::Output { target, stream, line } => {
-                Event::Output { target, stream, line: mask(&line, &self.secrets) }
-            }
-            Event::TargetFinished {
-                target,
-                status,
-                exit_code,
-                signal,
-                error,
-                ms,
-                action,
-                container,
-                logs,
-            } => {
-                let error = error.map(|e| mask(&e, &self.secrets));
-                let logs = logs.iter().map(|l| mask(l, &self.secrets)).collect();
-                Event::TargetFinished {
-                    target,
-                    status,
-                    exit_code,
-                    signal,
-                    error,
-                    ms,
-                    action,
-                    container,
-                    logs,
-                }
-            }
-            Event::TargetStep { target, step } => {
-                Event::TargetStep { target, step: mask(&step, &self.secrets) }
-            }
-            other => other,
-        }
-    }
-
-    fn render(&mut self, out: &mut impl Write, event: &Event) {
-        // A closed stdout (`ferry run … | head`) must not stop the run: writes are best-effort.
-        match &mut self.style {
-            Style::Json => {
-                if let Ok(line) = serde_json::to_string(&Envelope { schema: EVENT_SCHEMA, event }) {
-                    let _ = writeln!(out, "{line}");
-                }
-            }
-            Style::Plain => match event {
-                Event::Output { target, line, .. } => {
-                    let _ = writeln!(out, "{target} | {line}");
-                }
-                Event::TargetFinished { target, error: Some(error), .. } => {
-                    let _ = writeln!(out, "{target} ! {error}");
-                }
-                Event::TargetStep { target, step } => {
-                    let _ = writeln!(out, "{target} - {step}");
-                }
-                Event::BatchStarted { batch, targets } => {
-                    let _ = writeln!(out, "batch {batch}: {}", targets.join(", "));
-                }
-                _ => {}
-            },
-            Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-            Style::Quiet => {}
-        }
+        let _ = self.stdout.flush();
     }
 }
 

@@ -7,6 +7,7 @@ use crate::audit::{self, Entry};
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat};
+use crate::records;
 use crate::request::Audit;
 
 /// Runs `ferry audit …`. `verify` exits 0 for an intact chain (torn lines from crashes are
@@ -49,13 +50,10 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
             let mut times = Vec::with_capacity(*records);
             for i in 0..*records {
                 let started = Instant::now();
-                let detail = serde_json::json!({ "n": i });
                 log.append(Entry {
-                    kind: "bench".into(),
                     run: "bench".into(),
                     command: "audit bench".into(),
-                    detail,
-                    ..Entry::default()
+                    ..records::entry(records::Kind::Bench, &serde_json::json!({ "n": i }))
                 })?;
                 times.push(started.elapsed());
             }

@@ -7,15 +7,11 @@
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
 //! 1 when a target failed or the rollout stopped; 3 locked; 4 not confirmed; 130 interrupted.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use super::guard::{
-    EXIT_INTERRUPTED, LockRequest, interrupt_handler, known_secrets, release_lock, take_lock,
-};
-use super::{PlanRequest, audit_log, build_plan, new_deployment_id, process_env, runtime, ssh_options};
-use crate::apply::{self, Applied, Connections, Planner};
+use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::{PlanRequest, build_plan, new_deployment_id, process_env, runtime, ssh_options, store};
+use crate::apply::{self, Applied, Planner};
 use crate::audit::Entry;
 use crate::diagnostic::Diagnostic;
 use crate::docker::ContainerDetails;
@@ -23,8 +19,9 @@ use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::plan::Plan;
-use crate::render::{Context, Renderer};
-use crate::report::{AuditTrail, Event, Reporter, Status};
+use crate::records::{RunFinished, RunStarted};
+use crate::render::{Context as RenderContext, Renderer};
+use crate::report::Status;
 use crate::request::{Apply as ApplyFlags, Deploy as DeployArgs, Selection, Set};
 use crate::secret::mask;
 use crate::vars::{self, MissingSecrets};
@@ -107,8 +104,7 @@ pub fn lifecycle_gate(
     digest: Option<&str>,
     skip: Option<String>,
 ) -> Result<Notes, Error> {
-    let log = audit_log(inventory);
-    let by_phase = crate::deployments::successes_by_phase(&log, &app.name, &inventory.phases)?;
+    let by_phase = super::store(inventory).successes_by_phase(&app.name, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let release = digest.unwrap_or(version);
     let gate = crate::lifecycle::check(
@@ -251,7 +247,7 @@ impl PostDeploy<'_> {
         }
         let variables = vars::resolve(inventory, app, env, Some(target), self.sets);
         let image = super::image_reference(inventory, app, self.version, digest);
-        let ctx = Context {
+        let ctx = RenderContext {
             vars: &variables,
             app,
             environment: &env.name,
@@ -299,105 +295,72 @@ pub fn execute(
     let command = kind.command();
     let env = inventory.environment(&plan.environment)?.clone();
     let app = inventory.app(&plan.app)?.clone();
-    confirm(&plan, flags.yes, command)?;
-    let log = audit_log(inventory);
+    let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
+    let prompt = format!("{what} ({} targets)", plan.targets.len());
+    Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
+    let store = store(inventory);
     let login = super::feed::login_for(inventory, &app)?;
     let mut secrets = known_secrets(inventory, &env.name);
     // The registry password too: Docker or a target could echo it in an error.
     secrets.extend(login.iter().map(|l| l.password.clone()));
     let names: Vec<String> = plan.targets.iter().map(|t| t.target.clone()).collect();
-    let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
-    let base_entry = Entry {
-        run: plan.deployment.clone(),
-        command: command.into(),
-        app: Some(plan.app.clone()),
-        environment: Some(env.name.clone()),
-        version: Some(plan.version.clone()),
-        digest: plan.digest.clone(),
-        ..Entry::default()
-    };
-    // On record before anything touches a target: if it cannot be written, nothing runs.
-    log.append(Entry {
-        kind: "run_started".into(),
-        targets: names.clone(),
-        detail: serde_json::json!({ "image": plan.image, "force": flags.force, "notes": notes }),
-        ..base_entry.clone()
-    })?;
     let settings = apply::Settings {
         parallel: flags.parallel,
         force: flags.force,
         timeout: app.health.timeout,
         interval: app.health.interval,
         grace: app.health.grace,
-        mirror: format!("ferry {what} ({}) by {}", plan.deployment, log.actor().describe()),
+        mirror: format!("ferry {what} ({}) by {}", plan.deployment, store.actor().describe()),
         login,
     };
-    let ssh = ssh_options(inventory, flags.connect_timeout)?;
-    let lock_request = LockRequest::new(
-        inventory,
-        &env,
-        &log,
-        (&plan.deployment, command),
-        format!("ferry {what}"),
-        flags.lock,
-    );
-    let trail = AuditTrail::new(log.clone(), &plan.deployment, command, &env.name).with_app(&plan.app);
-    let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
-    let reporter = if flags.quiet { reporter.quiet() } else { reporter };
-    let started = Instant::now();
-    let refused_entry = base_entry.clone();
-    let outcome = runtime()?.block_on(async {
-        // First thing, so a Ctrl-C while locks are being taken still ends in an orderly release.
-        let cancel = interrupt_handler();
-        let held = take_lock(inventory, &lock_request, &ssh, &log).await?;
-        let connections: Connections =
-            names.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect();
-        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let reporter = tokio::spawn(reporter.run(receiver));
-        let _ = events.send(Event::RunStarted {
+    let session = Session {
+        inventory: Arc::clone(inventory),
+        store,
+        base: Entry {
             run: plan.deployment.clone(),
-            command: what.clone(),
-            environment: env.name.clone(),
-            targets: names.clone(),
-        });
-        let applied = apply::apply(plan, planner, &connections, &settings, &events, cancel.clone()).await;
-        drop(connections);
-        let recorded = crate::deployments::detail(
+            command: command.into(),
+            app: Some(plan.app.clone()),
+            environment: Some(env.name.clone()),
+            version: Some(plan.version.clone()),
+            digest: plan.digest.clone(),
+            ..Entry::default()
+        },
+        environment: env,
+        secrets: secrets.clone(),
+        output,
+        quiet: flags.quiet,
+        lock: Some((flags.lock, format!("ferry {what}"))),
+        ssh: ssh_options(inventory, flags.connect_timeout)?,
+    };
+    let started = RunStarted {
+        image: Some(plan.image.clone()),
+        force: Some(flags.force),
+        notes: serde_json::to_value(&notes).ok(),
+        ..RunStarted::default()
+    };
+    let outcome = session.run(names, started, |context: Context| async move {
+        let applied =
+            apply::apply(plan, planner, &context.connections, &settings, &context.events, context.cancel)
+                .await;
+        drop(context.connections);
+        let deployment = crate::deployments::detail(
             &applied.plan,
             &applied.reports,
             applied.interrupted,
             notes.rollback_to.as_deref(),
         );
         let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
-        let record = Entry {
-            kind: "run_finished".into(),
-            digest: applied.plan.digest.clone(),
-            detail: serde_json::json!({ "deployment": recorded }),
-            ..base_entry
-        };
-        let _ = events.send(Event::RunFinished {
+        Finish {
             ok: count(Status::Ok),
             failed: applied.reports.len() - count(Status::Ok) - count(Status::Skipped),
             skipped: count(Status::Skipped),
             interrupted: applied.interrupted,
-            ms: crate::fanout::millis(started.elapsed()),
             stopped: applied.stopped.clone(),
-            record: Some(Box::new(record)),
-        });
-        drop(events);
-        let audited = matches!(reporter.await, Ok(Ok(())));
-        release_lock(held, &lock_request, &log).await?;
-        Ok::<_, Error>((applied, audited))
-    });
-    let (applied, audited) = match outcome {
-        Ok(values) => values,
-        Err(error) => {
-            // Refused before anything changed (a held lock, an unreachable target): on record.
-            let detail = serde_json::json!({ "ok": 0, "failed": 0, "skipped": 0, "interrupted": false, "refused": error.to_string() });
-            log.append(Entry { kind: "run_finished".into(), detail, ..refused_entry })?;
-            return Err(error);
+            record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
+            value: applied,
         }
-    };
+    })?;
+    let Outcome::Finished { value: applied, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let nothing_to_say = flags.quiet
         && applied
             .reports
@@ -409,41 +372,6 @@ pub fn execute(
     let code = exit_code(&applied);
     // A deployment whose outcome is not on record did not fully succeed.
     Ok(if code == 0 && !audited { 1 } else { code })
-}
-
-/// `--yes`, or `y` at a prompt that shows the plan; no terminal and no `--yes` is a refusal.
-fn confirm(plan: &Plan, yes: bool, command: &str) -> Result<(), Error> {
-    if yes {
-        return Ok(());
-    }
-    let what = format!(
-        "{command} {} {} to {} ({} targets)",
-        plan.app,
-        plan.version,
-        plan.environment,
-        plan.targets.len()
-    );
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Refused(
-            Diagnostic::new(format!("refusing to {what} without a confirmation: stdin is not a terminal"))
-                .help("pass --yes (cron, CI), or run it from a terminal and answer the prompt"),
-        ));
-    }
-    eprintln!("{}", super::plan::human(plan));
-    eprint!("{}? [y/N] ", capitalized(&what));
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Refused(Diagnostic::new(format!("not confirmed: nothing was changed ({what})"))))
-    }
-}
-
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |c| c.to_uppercase().collect::<String>() + chars.as_str())
 }
 
 fn summary(applied: &Applied, what: &str) -> String {

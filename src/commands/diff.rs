@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{PlanRequest, audit_log, build_plan, runtime, ssh_options};
-use crate::deployments::{self, Deployment};
+use super::{PlanRequest, build_plan, runtime, ssh_options, store};
+use crate::deployments::Deployment;
 use crate::docker::{self, Container};
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -74,7 +74,7 @@ pub fn run(
         Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
         None => plan,
     };
-    let history = deployments::read(&audit_log(inventory), &plan.app, &plan.environment)?;
+    let history = store(inventory).deployments(&plan.app, &plan.environment)?;
     let diffs: Vec<TargetDiff> = plan
         .targets
         .iter()

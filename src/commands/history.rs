@@ -7,12 +7,14 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::audit_log;
+use super::store;
 use crate::audit::Record;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
+use crate::records::{Kind, RunFinished};
 use crate::request::History;
+use crate::store::HistoryFilter;
 
 /// One run as history shows it.
 #[derive(Debug, Serialize)]
@@ -33,18 +35,16 @@ struct Run<'a> {
 
 /// Runs `ferry history`.
 pub fn run(inventory: &Inventory, args: &History, output: OutputFormat) -> Result<i32, Error> {
-    let records = audit_log(inventory).read()?;
-    let since =
-        args.since.map(|d| crate::time::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-    let runs = group(&records);
-    let selected: Vec<Run<'_>> = runs
-        .into_iter()
-        .rev()
-        .filter(|r| args.app.as_deref().is_none_or(|a| r.app == Some(a)))
-        .filter(|r| args.environment.as_deref().is_none_or(|e| r.environment == Some(e)))
-        .filter(|r| since.is_none_or(|s| crate::time::parse_ms(r.started).is_some_and(|t| t >= s)))
-        .take(args.limit)
-        .collect();
+    let filter = HistoryFilter {
+        app: args.app.clone(),
+        environment: args.environment.clone(),
+        since_ms: args
+            .since
+            .map(|d| crate::time::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
+        limit: args.limit,
+    };
+    let records = store(inventory).history(&filter)?;
+    let selected: Vec<Run<'_>> = group(&records).into_iter().rev().collect();
     if output == OutputFormat::Json {
         output::print_json(&serde_json::json!({ "schema": 1, "type": "history", "runs": selected }))?;
         return Ok(0);
@@ -86,27 +86,20 @@ fn group(records: &[Record]) -> Vec<Run<'_>> {
 
 fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
     let first = list[0];
-    let finished = list.iter().find(|r| r.entry.kind == "run_finished");
-    let started = list.iter().find(|r| r.entry.kind == "run_started");
-    let outcome = match (started, finished) {
+    let finished = list.iter().find_map(|r| r.run_finished());
+    let started = list.iter().find(|r| r.kind() == Some(Kind::RunStarted));
+    let outcome = match (started, &finished) {
         (Some(_), None) => "interrupted".to_string(),
-        (_, Some(f)) if f.entry.detail["refused"].is_string() => "refused".to_string(),
-        (_, Some(f)) if f.entry.detail["interrupted"] == true => "interrupted".to_string(),
-        (_, Some(f)) if f.entry.detail["failed"].as_u64().unwrap_or(0) > 0 => "failed".to_string(),
+        (_, Some(f)) if f.refused.is_some() => "refused".to_string(),
+        (_, Some(f)) if f.interrupted => "interrupted".to_string(),
+        (_, Some(f)) if f.failed > 0 => "failed".to_string(),
         (_, Some(_)) => "ok".to_string(),
         (None, None) => first.entry.kind.clone(),
     };
     let summary = match finished {
-        Some(f) if f.entry.detail["refused"].is_string() => {
-            f.entry.detail["refused"].as_str().unwrap_or_default().to_string()
-        }
-        Some(f) => format!(
-            "{} ok, {} failed, {} skipped",
-            f.entry.detail["ok"].as_u64().unwrap_or(0),
-            f.entry.detail["failed"].as_u64().unwrap_or(0),
-            f.entry.detail["skipped"].as_u64().unwrap_or(0)
-        ),
-        None => first.entry.detail["command_line"].as_str().unwrap_or_default().to_string(),
+        Some(RunFinished { refused: Some(why), .. }) => why,
+        Some(f) => format!("{} ok, {} failed, {} skipped", f.ok, f.failed, f.skipped),
+        None => first.run_started().and_then(|s| s.command_line).unwrap_or_default(),
     };
     Run {
         run: id,

@@ -8,13 +8,13 @@ pub mod check;
 pub mod deploy;
 pub mod diff;
 pub mod feed;
-pub mod guard;
 pub mod history;
 pub mod lock_cmd;
 pub mod plan;
 pub mod promote;
 pub mod rollback;
 pub mod run;
+pub mod session;
 pub mod status;
 pub mod trust;
 pub mod vars_cmd;
@@ -220,11 +220,20 @@ pub fn state_dir(inventory: &Inventory) -> std::path::PathBuf {
     process_env("FERRY_STATE_DIR").map_or_else(|| inventory.defaults.state_dir.clone(), Into::into)
 }
 
-/// The inventory's audit log, written as the actor detected from this process.
+/// The inventory's records, written as the actor detected from this process.
+pub fn store(inventory: &Inventory) -> std::sync::Arc<dyn crate::store::Store> {
+    std::sync::Arc::new(crate::store::FileStore::new(&state_dir(inventory), actor()))
+}
+
+/// The inventory's audit log file itself (`ferry audit verify --log`, `ferry audit bench`).
 pub fn audit_log(inventory: &Inventory) -> crate::audit::Log {
+    crate::audit::Log::new(&state_dir(inventory), actor())
+}
+
+/// Who runs this process (user, host, CI job, cron or terminal).
+fn actor() -> crate::audit::Actor {
     use std::io::IsTerminal;
-    let actor = crate::audit::Actor::detect(&process_env, std::io::stdin().is_terminal());
-    crate::audit::Log::new(&state_dir(inventory), actor)
+    crate::audit::Actor::detect(&process_env, std::io::stdin().is_terminal())
 }
 
 /// The targets of `env`, in inventory order (locks cover all of them, whatever `--limit` says).

@@ -2,8 +2,8 @@
 //! in the phase before it: the same version and the same digest (the registry is not asked
 //! again, so a tag that moved since does not change what is promoted).
 
-use super::audit_log;
 use super::deploy::{Kind, Notes, Release, deploy_release};
+use super::store;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -15,8 +15,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let to = &args.selection.environment;
     let app = inventory.app(&args.selection.app)?.name.clone();
     inventory.environment(to)?;
-    let log = audit_log(&inventory);
-    let by_phase = crate::deployments::successes_by_phase(&log, &app, &inventory.phases)?;
+    let by_phase = store(&inventory).successes_by_phase(&app, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
         .map_err(|why| {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::deploy::{Kind, execute};
-use super::{audit_log, new_deployment_id, process_env};
+use super::{new_deployment_id, process_env, store};
 use crate::apply::Planner;
 use crate::deployments::{self, Deployment};
 use crate::diagnostic::Diagnostic;
@@ -27,7 +27,7 @@ use crate::vars::{self, MissingSecrets};
 pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
-    let history = deployments::read(&audit_log(&inventory), &app, &env)?;
+    let history = store(&inventory).deployments(&app, &env)?;
     let to = deployments::rollback_target(&history, args.to.as_deref()).map_err(|why| {
         Error::Failed(
             Diagnostic::new(format!("cannot roll back {app} in {env}: {why}"))

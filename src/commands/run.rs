@@ -4,114 +4,86 @@
 //! 130 if Ctrl-C stopped it; else 1.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::guard::{LockRequest, interrupt_handler, known_secrets, release_lock, take_lock};
-use super::{audit_log, new_deployment_id, runtime, ssh_options};
+use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::{new_deployment_id, ssh_options, store};
 use crate::audit::Entry;
 use crate::error::Error;
 use crate::fanout::{self, Settings, TargetResult, Work};
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
-use crate::report::{AuditTrail, Event, Reporter, Status};
+use crate::records::RunStarted;
+use crate::report::Status;
 use crate::request::Run as RunArgs;
 use crate::secret::mask;
 use crate::select;
 
-pub use super::guard::EXIT_INTERRUPTED;
 /// Exit code when a gate (here: a host key) refused.
 pub const EXIT_REFUSED: i32 = 4;
 
 /// Runs `ferry run`.
 pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result<i32, Error> {
-    let env = inventory.environment(&args.reach.environment)?;
-    let targets: Vec<_> = select::select_environment(&inventory, env, &args.roles, &args.reach.limits)?
+    let env = inventory.environment(&args.reach.environment)?.clone();
+    let targets: Vec<_> = select::select_environment(&inventory, &env, &args.roles, &args.reach.limits)?
         .into_iter()
         .cloned()
         .collect();
     let secrets = known_secrets(&inventory, &env.name);
     let command = args.command.join(" ");
     let shown = mask(&command, &secrets);
+    let store = store(&inventory);
     let run_id = new_deployment_id();
-    let log = audit_log(&inventory);
     let work = Work {
-        command: command.clone(),
+        command,
         stdin: None,
         deadline: args.timeout,
-        mirror: Some(format!("ferry run {run_id} by {}: {shown}", log.actor().describe())),
+        mirror: Some(format!("ferry run {run_id} by {}: {shown}", store.actor().describe())),
     };
     let settings =
         Settings { parallel: args.reach.parallel, ssh: ssh_options(&inventory, args.reach.connect_timeout)? };
-    let environment = env.name.clone();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    // On record before anything touches a target: if it cannot be written, nothing runs.
-    log.append(Entry {
-        kind: "run_started".into(),
-        run: run_id.clone(),
-        command: "run".into(),
-        environment: Some(environment.clone()),
-        targets: names.clone(),
-        detail: serde_json::json!({ "command_line": shown }),
-        ..Entry::default()
-    })?;
-    let lock_request = args.lock.map(|timing| {
-        LockRequest::new(&inventory, env, &log, (&run_id, "run"), format!("ferry run: {shown}"), timing)
-    });
-    let lock_log = log.clone();
-    let (refused_log, refused_run) = (log.clone(), run_id.clone());
-    let trail = AuditTrail::new(log, &run_id, "run", &environment);
-    let reporter = Reporter::new(output, secrets.clone()).with_audit(trail);
-    let inventory = Arc::new(inventory);
-    let started = Instant::now();
-    let outcome = runtime()?.block_on(async move {
-        // First thing, so a Ctrl-C while locks are being taken still ends in an orderly release.
-        let cancel = interrupt_handler();
-        let held = match &lock_request {
-            Some(request) => Some(take_lock(&inventory, request, &settings.ssh, &lock_log).await?),
-            None => None,
-        };
-        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let reporter = tokio::spawn(reporter.run(receiver));
-        let _ = events.send(Event::RunStarted {
+    let session = Session {
+        inventory: Arc::new(inventory),
+        store,
+        base: Entry {
             run: run_id,
-            command,
-            environment: environment.clone(),
-            targets: names,
-        });
-        let results =
-            fanout::run(inventory, targets, Arc::new(work), &settings, events.clone(), cancel.clone()).await;
-        let interrupted = *cancel.borrow();
+            command: "run".into(),
+            environment: Some(env.name.clone()),
+            ..Entry::default()
+        },
+        environment: env,
+        secrets: secrets.clone(),
+        output,
+        quiet: false,
+        lock: args.lock.map(|timing| (timing, format!("ferry run: {shown}"))),
+        ssh: settings.ssh.clone(),
+    };
+    let inventory = Arc::clone(&session.inventory);
+    let started = RunStarted { command_line: Some(shown), ..RunStarted::default() };
+    let outcome = session.run(names, started, |context: Context| async move {
+        let results = fanout::run(
+            inventory,
+            targets,
+            Arc::new(work),
+            &settings,
+            context.events,
+            context.cancel.clone(),
+        )
+        .await;
         let count = |s: Status| results.iter().filter(|r| r.status == s).count();
-        let _ = events.send(Event::RunFinished {
+        let interrupted = *context.cancel.borrow();
+        Finish {
             ok: count(Status::Ok),
             failed: results.len() - count(Status::Ok) - count(Status::Skipped),
             skipped: count(Status::Skipped),
             interrupted,
-            ms: fanout::millis(started.elapsed()),
             stopped: None,
             record: None,
-        });
-        drop(events);
-        let audited = matches!(reporter.await, Ok(Ok(())));
-        if let (Some(held), Some(request)) = (held, &lock_request) {
-            release_lock(held, request, &lock_log).await?;
+            value: (results, interrupted),
         }
-        Ok::<_, Error>((results, interrupted, audited))
-    });
-    let (results, interrupted, audited) = match outcome {
-        Ok(values) => values,
-        Err(error) => {
-            // Refused before anything ran (a held lock, an unreachable target): on record too.
-            let detail = serde_json::json!({ "ok": 0, "failed": 0, "skipped": 0, "interrupted": false, "refused": error.to_string() });
-            refused_log.append(Entry {
-                kind: "run_finished".into(),
-                run: refused_run,
-                command: "run".into(),
-                detail,
-                ..Entry::default()
-            })?;
-            return Err(error);
-        }
+    })?;
+    let Outcome::Finished { value: (results, interrupted), audited } = outcome else {
+        return Ok(EXIT_INTERRUPTED);
     };
     if output != OutputFormat::Json {
         output::print(&mask(&summary(&results), &secrets))?;

@@ -8,8 +8,8 @@
 
 use serde::Serialize;
 
-use super::{audit_log, runtime, ssh_options};
-use crate::deployments::{self, Deployment};
+use super::{runtime, ssh_options, store};
+use crate::deployments::Deployment;
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
@@ -57,8 +57,8 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
     let targets = select::select(inventory, app, env, &args.limits)?;
-    let history = deployments::read(&audit_log(inventory), &app.name, &env.name)?;
-    let last = deployments::last_success(&history);
+    let last = store(inventory).last_success(&app.name, &env.name)?;
+    let last = last.as_ref();
     let ssh = ssh_options(inventory, args.connect_timeout)?;
     let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
     let container = inventory::container_name(app, &env.name);

@@ -8,13 +8,14 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use super::{audit_log, runtime, ssh_options};
+use super::{runtime, ssh_options, store};
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::host::endpoint;
 use crate::inventory::{Inventory, Target, Transport};
 use crate::known_hosts::{self, HostKey, Verdict};
 use crate::output::{self, OutputFormat, table};
+use crate::records;
 use crate::request::Trust;
 use crate::select;
 
@@ -71,14 +72,13 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
             .iter()
             .map(|f| serde_json::json!({ "target": f.target, "address": f.address, "fingerprint": f.fingerprint, "replaced": f.state == "replace" }))
             .collect();
-        audit_log(inventory).append(crate::audit::Entry {
-            kind: "trust_recorded".into(),
+        let detail = serde_json::json!({ "known_hosts": inventory.defaults.known_hosts, "keys": keys });
+        store(inventory).append(&crate::audit::Entry {
             run: super::new_deployment_id(),
             command: "trust".into(),
             environment: Some(env.name.clone()),
             targets: to_write.iter().map(|f| f.target.clone()).collect(),
-            detail: serde_json::json!({ "known_hosts": inventory.defaults.known_hosts, "keys": keys }),
-            ..crate::audit::Entry::default()
+            ..records::entry(records::Kind::TrustRecorded, &detail)
         })?;
         eprintln!("recorded {} host keys in {}", to_write.len(), inventory.defaults.known_hosts.display());
     }

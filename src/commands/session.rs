@@ -1,0 +1,378 @@
+//! One run session: what every command that changes targets shares, written once.
+//!
+//! `run`, `deploy`, `promote` and `rollback` each supply only their own work (an async closure);
+//! the session owns the rest, in this order:
+//!
+//! 1. the confirmation (`--yes`, or a prompt on a terminal);
+//! 2. `run_started` on record before anything touches a target (if it cannot be written,
+//!    nothing runs);
+//! 3. one tokio runtime for the whole command, with SIGINT and SIGTERM handled the same way:
+//!    the first signal is graceful (in-flight targets finish or restore, no new one starts), the
+//!    second is quick (the work is abandoned, but the run is still recorded as interrupted and
+//!    the lock released, with a short deadline); nothing calls `process::exit` from a task;
+//! 4. the environment lock: taken (locally through the [`Store`] and on every target), renewed
+//!    while the run lives, released at the end, each step on record;
+//! 5. the event stream, with the audit trail and the renderer as its subscribers;
+//! 6. `run_finished`, or, when the run was refused before any work (a held lock, an unreachable
+//!    target), a `run_finished` that says why.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::audit::Entry;
+use crate::diagnostic::Diagnostic;
+use crate::error::Error;
+use crate::fanout::Cancel;
+use crate::host::connect_all;
+use crate::inventory::{Environment, Inventory};
+use crate::lock::{self, EnvironmentLock, LockInfo, Taken};
+use crate::output::OutputFormat;
+use crate::records::{self, Kind, LockChange, RunFinished, RunStarted};
+use crate::report::{AuditTrail, Event, Events, Reporter, Subscriber};
+use crate::request::LockTiming;
+use crate::secret::Secret;
+use crate::store::Store;
+
+/// Exit code when a signal interrupted the run.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// How long a quit-now (second signal) may spend on releasing the lock.
+const QUICK_RELEASE: Duration = Duration::from_secs(5);
+
+/// A mutating command's run: see the module docs.
+pub struct Session {
+    /// The inventory.
+    pub inventory: Arc<Inventory>,
+    /// Where records go.
+    pub store: Arc<dyn Store>,
+    /// The environment worked on.
+    pub environment: Environment,
+    /// What every record of this run carries: run id, command, app, version, digest.
+    pub base: Entry,
+    /// Secret values masked in every event, record and message.
+    pub secrets: Vec<Secret>,
+    /// `--output`.
+    pub output: OutputFormat,
+    /// `--quiet`.
+    pub quiet: bool,
+    /// The environment lock, when the command takes one; the message its holders see.
+    pub lock: Option<(LockTiming, String)>,
+    /// How to reach targets.
+    pub ssh: crate::ssh::Options,
+}
+
+/// What the work gets from the session.
+pub struct Context {
+    /// Events for the renderers and the audit trail.
+    pub events: Events,
+    /// Becomes true at the first signal: start no more targets.
+    pub cancel: Cancel,
+    /// The held lock's open connections (empty without a lock).
+    pub connections: crate::apply::Connections,
+}
+
+/// How the work ended, for `run_finished`.
+pub struct Finish<T> {
+    /// What the command wants back (results, the applied plan).
+    pub value: T,
+    /// Targets that succeeded.
+    pub ok: usize,
+    /// Targets that failed in any way.
+    pub failed: usize,
+    /// Targets never started.
+    pub skipped: usize,
+    /// A signal stopped it.
+    pub interrupted: bool,
+    /// Why a rollout stopped early.
+    pub stopped: Option<String>,
+    /// The command's own `run_finished` detail (a deployment's record), if any.
+    pub record: Option<RunFinished>,
+}
+
+/// What the session hands back.
+pub enum Outcome<T> {
+    /// The work ran to its end; `audited` is false when a record could not be written.
+    Finished {
+        /// The work's value.
+        value: T,
+        /// Every record of the run was written.
+        audited: bool,
+    },
+    /// A second signal abandoned the work; the run is recorded as interrupted.
+    Abandoned,
+}
+
+/// The lifecycle of one signal-driven stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Graceful,
+    Now,
+}
+
+impl Session {
+    /// `--yes`, or `y` at a prompt that shows `shown()`; no terminal and no `--yes` is a refusal.
+    pub fn confirm(yes: bool, what: &str, shown: impl FnOnce() -> String) -> Result<(), Error> {
+        if yes {
+            return Ok(());
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Refused(
+                Diagnostic::new(format!(
+                    "refusing to {what} without a confirmation: stdin is not a terminal"
+                ))
+                .help("pass --yes (cron, CI), or run it from a terminal and answer the prompt"),
+            ));
+        }
+        eprintln!("{}", shown());
+        eprint!("{}? [y/N] ", capitalized(what));
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if matches!(answer.trim(), "y" | "Y" | "yes") {
+            Ok(())
+        } else {
+            Err(Error::Refused(Diagnostic::new(format!("not confirmed: nothing was changed ({what})"))))
+        }
+    }
+
+    /// Runs `work` for `targets` inside the session; see the module docs.
+    pub fn run<T, W, F>(self, targets: Vec<String>, started: RunStarted, work: W) -> Result<Outcome<T>, Error>
+    where
+        W: FnOnce(Context) -> F,
+        F: std::future::Future<Output = Finish<T>>,
+    {
+        // On record before anything touches a target: if it cannot be written, nothing runs.
+        self.store.append(&Entry { targets: targets.clone(), ..self.entry(Kind::RunStarted, &started) })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let outcome = runtime.block_on(self.supervise(targets, work));
+        // Tasks the work left behind (a quick stop) are dropped with the runtime, not awaited.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        outcome
+    }
+
+    async fn supervise<T, W, F>(&self, targets: Vec<String>, work: W) -> Result<Outcome<T>, Error>
+    where
+        W: FnOnce(Context) -> F,
+        F: std::future::Future<Output = Finish<T>>,
+    {
+        // First thing, so a signal while locks are being taken still ends in an orderly release.
+        let (stop, cancel) = signals();
+        let held = match self.take_lock().await {
+            Ok(held) => held,
+            Err(error) => {
+                // Refused before anything changed (a held lock, an unreachable target): on record.
+                let refused = RunFinished { refused: Some(error.to_string()), ..RunFinished::default() };
+                self.store.append(&self.entry(Kind::RunFinished, &refused))?;
+                return Err(error);
+            }
+        };
+        let renewal = held.as_ref().map(|held| self.renew_while_running(Arc::clone(held)));
+        let connections = held.as_ref().map_or_else(Default::default, |held| {
+            targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
+        });
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let subscribers = self.subscribers();
+        let dispatcher = tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
+        let _ = events.send(Event::RunStarted {
+            run: self.base.run.clone(),
+            command: self.what(),
+            environment: self.environment.name.clone(),
+            targets,
+        });
+        let started = Instant::now();
+        let context = Context { events: events.clone(), cancel, connections };
+        let mut quit = stop.clone();
+        let finish = tokio::select! {
+            finish = work(context) => Some(finish),
+            _ = quit.wait_for(|s| *s == Stop::Now) => None,
+        };
+        let outcome = match finish {
+            Some(finish) => {
+                let _ = events.send(Event::RunFinished {
+                    ok: finish.ok,
+                    failed: finish.failed,
+                    skipped: finish.skipped,
+                    interrupted: finish.interrupted,
+                    ms: crate::fanout::millis(started.elapsed()),
+                    stopped: finish.stopped,
+                    record: finish.record.map(|r| Box::new(self.entry(Kind::RunFinished, &r))),
+                });
+                drop(events);
+                let audited = matches!(dispatcher.await, Ok(Ok(())));
+                Outcome::Finished { value: finish.value, audited }
+            }
+            None => {
+                // The work is gone mid-flight: what each target did is unknown, but the run's
+                // end is on record and no later reader mistakes it for a crash.
+                drop(events);
+                dispatcher.abort();
+                let abandoned = RunFinished { interrupted: true, ..RunFinished::default() };
+                self.store.append(&self.entry(Kind::RunFinished, &abandoned))?;
+                Outcome::Abandoned
+            }
+        };
+        if let Some(renewal) = renewal {
+            renewal.abort();
+        }
+        if let Some(held) = held {
+            let quick = matches!(outcome, Outcome::Abandoned);
+            self.release_lock(held, quick).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The audit trail first (an outcome is on record before it is shown), then the renderer.
+    fn subscribers(&self) -> Vec<Box<dyn Subscriber>> {
+        let command = self.base.command.clone();
+        let mut trail =
+            AuditTrail::new(Arc::clone(&self.store), &self.base.run, &command, &self.environment.name);
+        if let Some(app) = &self.base.app {
+            trail = trail.with_app(app);
+        }
+        let reporter = Reporter::new(self.output);
+        let reporter = if self.quiet { reporter.quiet() } else { reporter };
+        vec![Box::new(trail), Box::new(reporter)]
+    }
+
+    /// `deploy web 1.4 to prod`, `run: docker ps`: what the run does, for events and locks.
+    pub fn what(&self) -> String {
+        match (&self.base.app, &self.base.version) {
+            (Some(app), Some(version)) => {
+                format!("{} {app} {version} to {}", self.base.command, self.environment.name)
+            }
+            _ => self.lock.as_ref().map_or_else(|| self.base.command.clone(), |(_, m)| m.clone()),
+        }
+    }
+
+    /// An entry of this run.
+    fn entry(&self, kind: Kind, detail: &impl serde::Serialize) -> Entry {
+        let typed = records::entry(kind, detail);
+        Entry { kind: typed.kind, detail: typed.detail, ..self.base.clone() }
+    }
+
+    fn lock_info(&self, timing: LockTiming, message: &str) -> LockInfo {
+        let now = crate::time::now_ms();
+        LockInfo {
+            holder: self.store.actor().describe(),
+            run: self.base.run.clone(),
+            since_ms: now,
+            expires_ms: now.saturating_add(millis(timing.ttl)),
+            message: message.to_string(),
+        }
+    }
+
+    /// Takes the environment lock on every target of the environment, and records it. The lock
+    /// keeps the connections open; the work under it uses them.
+    async fn take_lock(&self) -> Result<Option<Arc<EnvironmentLock>>, Error> {
+        let Some((timing, message)) = &self.lock else { return Ok(None) };
+        let info = self.lock_info(*timing, message);
+        let name = self.environment.name.clone();
+        let targets = super::environment_targets(&self.inventory, &self.environment);
+        let connections =
+            lock::all_connected(&name, connect_all(&self.inventory, &targets, &self.ssh).await)?;
+        let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        let held =
+            lock::lock_environment(Some(&*self.store), &name, &info, connections, false, timing.wait).await?;
+        for (target, taken) in &held.taken_over {
+            let previous = match taken {
+                Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
+                Taken::Fresh => None,
+            };
+            let change = LockChange { reason: Some("expired".into()), previous, ..LockChange::default() };
+            self.store
+                .append(&Entry { targets: vec![target.clone()], ..self.entry(Kind::LockBroken, &change) })?;
+        }
+        let change =
+            LockChange { expires: Some(crate::time::format_ms(info.expires_ms)), ..LockChange::default() };
+        self.store.append(&Entry { targets: names, ..self.entry(Kind::LockAcquired, &change) })?;
+        Ok(Some(Arc::new(held)))
+    }
+
+    /// Keeps the lock from expiring under a run that outlives its TTL: pushes the expiry one
+    /// TTL ahead at every third of it.
+    fn renew_while_running(&self, held: Arc<EnvironmentLock>) -> tokio::task::JoinHandle<()> {
+        let ttl = self.lock.as_ref().map_or(Duration::from_secs(3600), |(t, _)| t.ttl);
+        tokio::spawn(async move {
+            let every = (ttl / 3).max(Duration::from_secs(1));
+            loop {
+                tokio::time::sleep(every).await;
+                let expires = crate::time::now_ms().saturating_add(millis(ttl));
+                let lost = held.renew(expires).await;
+                if !lost.is_empty() {
+                    tracing::warn!(targets = ?lost, "lock not renewed");
+                }
+            }
+        })
+    }
+
+    /// Releases the lock and records it (naming the targets where it could not be removed).
+    async fn release_lock(&self, held: Arc<EnvironmentLock>, quick: bool) -> Result<(), Error> {
+        let Ok(held) = Arc::try_unwrap(held) else {
+            tracing::warn!("lock still shared at release; it expires after its TTL");
+            return Ok(());
+        };
+        let stuck = if quick {
+            tokio::time::timeout(QUICK_RELEASE, held.release())
+                .await
+                .unwrap_or_else(|_| vec!["(timed out)".into()])
+        } else {
+            held.release().await
+        };
+        let change = LockChange { not_released: Some(stuck), ..LockChange::default() };
+        self.store.append(&self.entry(Kind::LockReleased, &change))?;
+        Ok(())
+    }
+}
+
+/// Installs the SIGINT and SIGTERM handler: the first signal sets `cancel` (graceful), the
+/// second asks the session to quit now.
+fn signals() -> (watch::Receiver<Stop>, Cancel) {
+    let (stop_tx, stop) = watch::channel(Stop::Running);
+    let (cancel_tx, cancel) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            tracing::warn!("cannot install the signal handlers");
+            return;
+        };
+        let next = async |int: &mut tokio::signal::unix::Signal, term: &mut tokio::signal::unix::Signal| {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        };
+        next(&mut int, &mut term).await;
+        eprintln!("interrupted: finishing running targets, starting no more (Ctrl-C again to quit now)");
+        let _ = cancel_tx.send(true);
+        let _ = stop_tx.send(Stop::Graceful);
+        next(&mut int, &mut term).await;
+        eprintln!("interrupted again: quitting now; recording the run and releasing the lock");
+        let _ = stop_tx.send(Stop::Now);
+    });
+    (stop, cancel)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |c| c.to_uppercase().collect::<String>() + chars.as_str())
+}
+
+/// Secret values this machine can read for the environment's apps: masked in any output.
+pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
+    let Ok(env) = inventory.environment(environment) else { return Vec::new() };
+    let mut out = Vec::new();
+    for app in &inventory.apps {
+        for (name, def) in crate::vars::secret_defs(app, env) {
+            if let Ok(secret) = crate::vars::read_source(inventory, name, def, &super::process_env) {
+                out.push(secret);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,184 @@
+//! Everything ferry remembers, behind one trait: the audit chain, the runner-side environment
+//! lease, and the questions commands ask about past deployments.
+//!
+//! Commands never open `audit.jsonl` or a lock file themselves; they ask a [`Store`]. Today's
+//! implementation is [`FileStore`], the files beside the inventory (nothing to install). The
+//! trait is shaped for a database shared by every runner (CI jobs, cron hosts, laptops): each
+//! method is a question an indexed query can answer ("the successful deployments of APP in ENV",
+//! "one deployment by id", "the last N runs matching a filter"), never "read everything and
+//! filter", and [`Store::append`] takes the entry by reference, so when a store cannot be
+//! reached the caller still holds the record and can keep it for later instead of losing it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::audit::{Actor, AuditError, Entry, Log, Record, Verification};
+use crate::deployments::Deployment;
+use crate::lock::{LockError, LockInfo};
+
+/// Why a store could not answer or record.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The files could not be read or written.
+    #[error(transparent)]
+    Files(#[from] AuditError),
+}
+
+/// Which runs `ferry history` shows.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only runs started at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// At most this many runs (the newest).
+    pub limit: usize,
+}
+
+/// The runner-side hold on an environment: released when dropped (or when the process dies).
+pub trait Lease: Send + Sync + std::fmt::Debug {}
+
+impl Lease for crate::lock::LocalLock {}
+
+/// What ferry remembers; see the module docs.
+pub trait Store: Send + Sync {
+    /// Where the records live, for messages (`.ferry/audit.jsonl`).
+    fn describe(&self) -> String;
+
+    /// Who this store writes as.
+    fn actor(&self) -> &Actor;
+
+    /// Appends one record to the chain; returns only once it is durable. On an error nothing
+    /// was recorded and the caller still holds `entry`.
+    fn append(&self, entry: &Entry) -> Result<Record, StoreError>;
+
+    /// The deployments (deploy, rollback, promote) of `app` in `environment`, oldest first.
+    fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError>;
+
+    /// The successful deployments of `app` in each of `phases`, oldest first.
+    fn successes_by_phase(
+        &self,
+        app: &str,
+        phases: &[String],
+    ) -> Result<HashMap<String, Vec<Deployment>>, StoreError>;
+
+    /// The last successful deployment of `app` in `environment`.
+    fn last_success(&self, app: &str, environment: &str) -> Result<Option<Deployment>, StoreError>;
+
+    /// The records of the newest runs matching `filter`, in the order they were written.
+    fn history(&self, filter: &HistoryFilter) -> Result<Vec<Record>, StoreError>;
+
+    /// Walks the chain.
+    fn verify(&self) -> Result<Verification, StoreError>;
+
+    /// Takes the runner-side lease of `environment`, recording `info` in it; a held lease is
+    /// [`LockError::Held`] naming its holder.
+    fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError>;
+}
+
+/// The records as files in a state folder: `audit.jsonl` and `locks/ENV.lock`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+    log: Log,
+}
+
+impl FileStore {
+    /// The store in `dir`, writing as `actor`.
+    pub fn new(dir: &Path, actor: Actor) -> FileStore {
+        FileStore { dir: dir.to_path_buf(), log: Log::new(dir, actor) }
+    }
+
+    /// The audit log file.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn records(&self) -> Result<Vec<Record>, StoreError> {
+        Ok(self.log.read()?)
+    }
+}
+
+impl Store for FileStore {
+    fn describe(&self) -> String {
+        crate::diagnostic::display_path(self.log.path()).display().to_string()
+    }
+
+    fn actor(&self) -> &Actor {
+        self.log.actor()
+    }
+
+    fn append(&self, entry: &Entry) -> Result<Record, StoreError> {
+        Ok(self.log.append(entry.clone())?)
+    }
+
+    fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError> {
+        // A file has no index: this store reads the log once per question.
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter_map(|r| crate::deployments::from_record(r, app, environment))
+            .collect())
+    }
+
+    fn successes_by_phase(
+        &self,
+        app: &str,
+        phases: &[String],
+    ) -> Result<HashMap<String, Vec<Deployment>>, StoreError> {
+        let records = self.records()?;
+        let mut by_phase = HashMap::new();
+        for phase in phases {
+            let successes = records
+                .iter()
+                .filter_map(|r| crate::deployments::from_record(r.clone(), app, phase))
+                .filter(|d| d.recorded.succeeded)
+                .collect();
+            by_phase.insert(phase.clone(), successes);
+        }
+        Ok(by_phase)
+    }
+
+    fn last_success(&self, app: &str, environment: &str) -> Result<Option<Deployment>, StoreError> {
+        Ok(self.deployments(app, environment)?.into_iter().rev().find(|d| d.recorded.succeeded))
+    }
+
+    fn history(&self, filter: &HistoryFilter) -> Result<Vec<Record>, StoreError> {
+        let records = self.records()?;
+        // A run is described by its first record (start time, app, environment).
+        let mut first: HashMap<&str, &Record> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for record in &records {
+            if !first.contains_key(record.entry.run.as_str()) {
+                first.insert(&record.entry.run, record);
+                order.push(&record.entry.run);
+            }
+        }
+        let wanted: std::collections::HashSet<&str> = order
+            .iter()
+            .rev()
+            .filter(|run| {
+                let head = first[*run];
+                let (app, env) = (head.entry.app.as_deref(), head.entry.environment.as_deref());
+                filter.app.as_deref().is_none_or(|a| app == Some(a))
+                    && filter.environment.as_deref().is_none_or(|e| env == Some(e))
+                    && filter
+                        .since_ms
+                        .is_none_or(|s| crate::time::parse_ms(&head.time).is_some_and(|t| t >= s))
+            })
+            .take(filter.limit)
+            .copied()
+            .collect();
+        Ok(records.iter().filter(|r| wanted.contains(r.entry.run.as_str())).cloned().collect())
+    }
+
+    fn verify(&self) -> Result<Verification, StoreError> {
+        Ok(crate::audit::verify(self.log.path())?)
+    }
+
+    fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError> {
+        Ok(Box::new(crate::lock::lock_local(&self.dir, environment, info)?))
+    }
+}
