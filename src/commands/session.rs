@@ -216,7 +216,9 @@ impl Session {
             }
         };
         if let Some(renewal) = renewal {
+            // Awaited, so its hold on the lock is gone before the lock is released.
             renewal.abort();
+            let _ = renewal.await;
         }
         if let Some(held) = held {
             let quick = matches!(outcome, Outcome::Abandoned);
