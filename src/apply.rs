@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult, Started};
 use crate::fanout::{Cancel, millis};
-use crate::host::Connection;
+use crate::host::Host;
 use crate::plan::{Plan, TargetPlan};
 use crate::report::{Event, Events, LineSplitter, Status};
 
@@ -65,7 +65,7 @@ pub struct Settings {
 pub struct TargetReport {
     /// Target name.
     pub target: String,
-    /// `ok`, `failed` (restored or untouched), `error` (connection lost), `skipped`.
+    /// `ok`, `failed` (restored or untouched), `error` (host lost), `skipped`.
     pub status: Status,
     /// What happened to its container.
     pub action: Option<Action>,
@@ -93,7 +93,7 @@ pub struct Applied {
 }
 
 /// The targets' connections, by target name.
-pub type Connections = HashMap<String, Arc<Connection>>;
+pub type Connections = HashMap<String, Arc<dyn Host>>;
 
 /// Rolls `plan` out; see the module docs.
 pub async fn apply(
@@ -275,15 +275,14 @@ async fn pull_all(
     let mut tasks = tokio::task::JoinSet::new();
     for i in indexes.clone() {
         let name = plan.targets[i].target.clone();
-        let Some(connection) = connections.get(&name).cloned() else { continue };
+        let Some(host) = connections.get(&name).cloned() else { continue };
         let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
         let (app, environment, login) = (plan.app.clone(), plan.environment.clone(), settings.login.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let started = Instant::now();
             let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
-            let outcome =
-                docker::pull_and_list(&connection, &image, &app, &environment, login.as_ref()).await;
+            let outcome = docker::pull_and_list(&host, &image, &app, &environment, login.as_ref()).await;
             if let Ok((Some(digest), _)) = &outcome {
                 let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
             }
@@ -324,7 +323,7 @@ async fn deploy_batch(
             permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
             () = crate::fanout::cancelled(&mut cancel) => None,
         };
-        let (Some(permit), Some(connection)) =
+        let (Some(permit), Some(host)) =
             (permit.filter(|_| !*cancel.borrow()), connections.get(&tp.target).cloned())
         else {
             let r = report(&tp.target, Status::Skipped, None, Some("not started: interrupted".into()));
@@ -341,7 +340,7 @@ async fn deploy_batch(
             events: events.clone(),
         };
         tasks.spawn(async move {
-            let r = job.run(&connection).await;
+            let r = job.run(&host).await;
             drop(permit);
             (i, r)
         });
@@ -377,18 +376,18 @@ impl Failure {
     fn untouched(e: DockerError) -> Failure {
         let status = failed_status(&e);
         let error = match status {
-            Status::Error => format!("connection lost: {e}"),
+            Status::Error => format!("host lost: {e}"),
             _ => e.to_string(),
         };
         Failure { status, action: Action::Untouched, error, logs: Vec::new() }
     }
 
-    /// The connection failed after containers were touched: nothing is known any more.
+    /// The host failed after containers were touched: nothing is known any more.
     fn lost(e: DockerError, state: &str) -> Failure {
         Failure {
             status: Status::Error,
             action: Action::Untouched,
-            error: format!("connection lost ({e}); {state}"),
+            error: format!("host lost ({e}); {state}"),
             logs: Vec::new(),
         }
     }
@@ -399,9 +398,9 @@ impl Job {
         let _ = self.events.send(Event::TargetStep { target: self.target.target.clone(), step: step.into() });
     }
 
-    async fn run(self, connection: &Connection) -> TargetReport {
+    async fn run(self, host: &dyn Host) -> TargetReport {
         let started = Instant::now();
-        let outcome = self.deploy(connection).await;
+        let outcome = self.deploy(host).await;
         let mut r = report(&self.target.target, Status::Ok, None, None);
         match outcome {
             Ok((action, container)) => {
@@ -416,14 +415,15 @@ impl Job {
             }
         }
         r.duration = started.elapsed();
-        if let Connection::Ssh(_) = connection {
-            self.mirror(connection, &r).await;
+        // A local target is the machine that holds the audit log itself: no mirror.
+        if !host.is_local() {
+            self.mirror(host, &r).await;
         }
         finished(&self.events, Some(&r));
         r
     }
 
-    async fn deploy(&self, connection: &Connection) -> Result<(Action, Option<ContainerDetails>), Failure> {
+    async fn deploy(&self, host: &dyn Host) -> Result<(Action, Option<ContainerDetails>), Failure> {
         let tp = &self.target;
         for extra in self.containers.iter().filter(|c| c.name != tp.container) {
             self.step(format!("found another container of this app: {} (left alone)", extra.name));
@@ -435,10 +435,10 @@ impl Job {
         {
             if current.running {
                 self.step("unchanged: the running container has the planned config");
-                let container = docker::inspect(connection, &current.id).await.map_err(Failure::untouched)?;
+                let container = docker::inspect(host, &current.id).await.map_err(Failure::untouched)?;
                 return Ok((Action::Unchanged, Some(container.details)));
             }
-            return self.start_stopped(connection, &current.id).await;
+            return self.start_stopped(host, &current.id).await;
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
         self.step(match current {
@@ -456,7 +456,7 @@ impl Job {
             argv: &tp.exec_argv,
         };
         let unknown = "the old container may be stopped and renamed; run `ferry status` when it is back";
-        match docker::start_replacement(connection, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
+        match docker::start_replacement(host, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
             Started::NotStarted(why) => Err(Failure {
                 status: Status::Failed,
                 action: Action::Untouched,
@@ -464,11 +464,11 @@ impl Job {
                 logs: Vec::new(),
             }),
             Started::RunFailed(why) => {
-                Err(self.restore(connection, old, format!("docker run failed: {why}")).await)
+                Err(self.restore(host, old, format!("docker run failed: {why}")).await)
             }
             Started::Running(id) => {
                 let action = if old.is_some() { Action::Replaced } else { Action::Created };
-                self.gate_and_finish(connection, &id, old, action).await
+                self.gate_and_finish(host, &id, old, action).await
             }
         }
     }
@@ -476,16 +476,16 @@ impl Job {
     /// The planned container exists but is stopped: start it and gate it (not recreated).
     async fn start_stopped(
         &self,
-        connection: &Connection,
+        host: &dyn Host,
         id: &str,
     ) -> Result<(Action, Option<ContainerDetails>), Failure> {
         self.step("starting: the container has the planned config but was stopped");
-        docker::start(connection, id).await.map_err(Failure::untouched)?;
-        match self.gate(connection, id).await {
+        docker::start(host, id).await.map_err(Failure::untouched)?;
+        match self.gate(host, id).await {
             Ok(container) => Ok((Action::Started, Some(container.details))),
             Err(why) => {
-                let logs = docker::logs(connection, id).await;
-                let _ = docker::stop(connection, id).await;
+                let logs = docker::logs(host, id).await;
+                let _ = docker::stop(host, id).await;
                 Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
             }
         }
@@ -493,30 +493,30 @@ impl Job {
 
     async fn gate_and_finish(
         &self,
-        connection: &Connection,
+        host: &dyn Host,
         id: &str,
         old: Option<(&str, bool)>,
         action: Action,
     ) -> Result<(Action, Option<ContainerDetails>), Failure> {
-        let container = match self.gate(connection, id).await {
+        let container = match self.gate(host, id).await {
             Ok(container) => container,
-            Err(why) => return Err(self.restore(connection, old, why).await),
+            Err(why) => return Err(self.restore(host, old, why).await),
         };
         match self.planner.post_deploy(&self.target.target, &container.details) {
             Ok(None) => {}
             Ok(Some(script)) => {
                 self.step("post_deploy");
                 let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
-                let outcome = docker::post_deploy(connection, &script, &mut sink).await;
+                let outcome = docker::post_deploy(host, &script, &mut sink).await;
                 sink.flush();
                 if let Err(e) = outcome {
-                    return Err(self.restore(connection, old, e.to_string()).await);
+                    return Err(self.restore(host, old, e.to_string()).await);
                 }
             }
-            Err(e) => return Err(self.restore(connection, old, format!("post_deploy: {e}")).await),
+            Err(e) => return Err(self.restore(host, old, format!("post_deploy: {e}")).await),
         }
         if let Some((old_id, _)) = old
-            && let Err(e) = docker::remove(connection, old_id).await
+            && let Err(e) = docker::remove(host, old_id).await
         {
             self.step(format!("the old container {old_id} could not be removed: {e}"));
         }
@@ -524,7 +524,7 @@ impl Job {
     }
 
     /// The gate's verdict: the healthy container, or why not.
-    async fn gate(&self, connection: &Connection, id: &str) -> Result<docker::Container, String> {
+    async fn gate(&self, host: &dyn Host, id: &str) -> Result<docker::Container, String> {
         self.step("health gate");
         let gate = docker::Gate {
             cmd: self.target.health_cmd.as_deref(),
@@ -532,7 +532,7 @@ impl Job {
             interval: self.settings.interval,
             grace: self.settings.grace,
         };
-        match docker::gate(connection, id, &gate).await {
+        match docker::gate(host, id, &gate).await {
             Ok(GateResult::Healthy(how, container)) => {
                 self.step(how);
                 Ok(*container)
@@ -543,14 +543,14 @@ impl Job {
     }
 
     /// Removes the failed new container and brings the old one back.
-    async fn restore(&self, connection: &Connection, old: Option<(&str, bool)>, why: String) -> Failure {
+    async fn restore(&self, host: &dyn Host, old: Option<(&str, bool)>, why: String) -> Failure {
         self.step(match old {
             Some(_) => "failed: restoring the old container",
             None => "failed: removing the new container",
         });
-        let logs = docker::logs(connection, &self.target.container).await;
+        let logs = docker::logs(host, &self.target.container).await;
         let (old_id, was_running) = old.map_or((None, false), |(id, running)| (Some(id), running));
-        match docker::restore(connection, &self.target.container, old_id, was_running).await {
+        match docker::restore(host, &self.target.container, old_id, was_running).await {
             Ok(()) => Failure { status: Status::Failed, action: Action::Restored, error: why, logs },
             Err(e) => Failure {
                 status: Status::Error,
@@ -562,14 +562,13 @@ impl Job {
     }
 
     /// Appends the target's audit mirror line.
-    async fn mirror(&self, connection: &Connection, r: &TargetReport) {
+    async fn mirror(&self, host: &dyn Host, r: &TargetReport) {
         let outcome = match (&r.action, &r.error) {
             (_, Some(e)) => format!("{}: {e}", r.status.label()),
             (Some(a), None) => a.label().to_string(),
             (None, None) => r.status.label().to_string(),
         };
-        crate::fanout::write_mirror(connection, &r.target, &format!("{} -> {outcome}", self.settings.mirror))
-            .await;
+        crate::fanout::write_mirror(host, &r.target, &format!("{} -> {outcome}", self.settings.mirror)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 
 use crate::exec::ExitStatus;
-use crate::host::Connection;
+use crate::host::{self, Host};
 use crate::inventory::{Inventory, Target};
 use crate::report::{Event, Events, LineSplitter, Status};
 use crate::ssh;
@@ -140,7 +140,7 @@ async fn one_target(
         duration: Duration::ZERO,
         tail: Vec::new(),
     };
-    let connection = match Connection::open(inventory, target, options).await {
+    let connection = match host::open(inventory, target, options).await {
         Ok(c) => c,
         Err(e) => {
             result.status = if e.is_host_key() { Status::Refused } else { Status::Error };
@@ -165,8 +165,8 @@ async fn one_target(
     }
     result.duration = started.elapsed();
     // A local target is the machine that holds the audit log itself: no mirror.
-    if let (Some(prefix), Connection::Ssh(_)) = (&work.mirror, &connection) {
-        mirror(&connection, prefix, &result).await;
+    if let (Some(prefix), false) = (&work.mirror, connection.is_local()) {
+        mirror(&*connection, prefix, &result).await;
     }
     finished(events, &result);
     connection.close().await;
@@ -174,7 +174,7 @@ async fn one_target(
 }
 
 /// Appends the target's audit mirror line. Best effort: the local log is the record.
-async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
+async fn mirror(connection: &dyn Host, prefix: &str, result: &TargetResult) {
     let outcome = match (&result.exit, &result.error) {
         (Some(exit), _) => exit.to_string(),
         (None, Some(error)) => format!("error: {error}"),
@@ -185,7 +185,7 @@ async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
 
 /// Appends `TIME text` to the target's `~/.ferry/audit.log` (run and deploy both write it).
 /// Best effort, bounded by [`MIRROR_DEADLINE`]: the local log is the record.
-pub async fn write_mirror(connection: &Connection, target: &str, text: &str) {
+pub async fn write_mirror(connection: &dyn Host, target: &str, text: &str) {
     let line = format!("{} {text}\n", crate::time::now_rfc3339());
     let mut sink = crate::exec::Discard;
     let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::exec::{Capture, ExecError};
-use crate::host::Connection;
+use crate::host::{Connected, Host, Opened};
 
 /// Who holds a lock and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,9 +164,9 @@ fn dir(environment: &str) -> String {
     format!(".ferry/locks/{environment}")
 }
 
-async fn sh(connection: &Connection, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
+async fn sh(host: &dyn Host, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
     let mut out = Capture::default();
-    let status = connection.exec(script, stdin, Some(std::time::Duration::from_secs(30)), &mut out).await?;
+    let status = host.exec(script, stdin, Some(std::time::Duration::from_secs(30)), &mut out).await?;
     if !status.success() {
         return Err(ExecError::Lost(format!("lock command ended with {status}")));
     }
@@ -175,10 +175,7 @@ async fn sh(connection: &Connection, script: &str, stdin: Option<&[u8]>) -> Resu
 
 /// All connections, or the first target that could not be reached: a lock must cover every
 /// target of the environment.
-pub fn all_connected(
-    environment: &str,
-    connections: Vec<(String, Result<Connection, crate::ssh::SshError>)>,
-) -> Result<Vec<(String, Connection)>, LockError> {
+pub fn all_connected(environment: &str, connections: Vec<Opened>) -> Result<Vec<Connected>, LockError> {
     connections
         .into_iter()
         .map(|(name, c)| {
@@ -192,19 +189,15 @@ pub fn all_connected(
 }
 
 /// Reads the lock of `environment` on a target (`None`: free).
-pub async fn read_remote(
-    connection: &Connection,
-    environment: &str,
-) -> Result<Option<Option<LockInfo>>, ExecError> {
+pub async fn read_remote(host: &dyn Host, environment: &str) -> Result<Option<Option<LockInfo>>, ExecError> {
     let d = dir(environment);
-    let out =
-        sh(connection, &format!("if [ -d {d} ]; then echo held; cat {d}/info 2>/dev/null; fi"), None).await?;
+    let out = sh(host, &format!("if [ -d {d} ]; then echo held; cat {d}/info 2>/dev/null; fi"), None).await?;
     Ok(out.strip_prefix("held\n").map(LockInfo::parse))
 }
 
 /// Takes the lock on one target: free → taken; held and expired (or `force`) → taken over.
 pub async fn lock_remote(
-    connection: &Connection,
+    host: &dyn Host,
     target: &str,
     environment: &str,
     info: &LockInfo,
@@ -220,7 +213,7 @@ pub async fn lock_remote(
         "mkdir -p .ferry/locks && if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi"
     );
     let text = info.to_text();
-    let out = sh(connection, &acquire, Some(text.as_bytes())).await.map_err(unreachable)?;
+    let out = sh(host, &acquire, Some(text.as_bytes())).await.map_err(unreachable)?;
     if out.starts_with("acquired") {
         return Ok(Taken::Fresh);
     }
@@ -240,7 +233,7 @@ pub async fn lock_remote(
          if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi",
         crate::shell::quote(&previous_run).unwrap_or_default()
     );
-    let out = sh(connection, &takeover, Some(text.as_bytes())).await.map_err(unreachable)?;
+    let out = sh(host, &takeover, Some(text.as_bytes())).await.map_err(unreachable)?;
     if out.starts_with("acquired") {
         Ok(if expired { Taken::Expired(holder) } else { Taken::Forced(holder) })
     } else {
@@ -250,11 +243,7 @@ pub async fn lock_remote(
 }
 
 /// Releases the lock on one target if `run` holds it (or any lock, with `force`).
-pub async fn unlock_remote(
-    connection: &Connection,
-    environment: &str,
-    run: Option<&str>,
-) -> Result<bool, ExecError> {
+pub async fn unlock_remote(host: &dyn Host, environment: &str, run: Option<&str>) -> Result<bool, ExecError> {
     let d = dir(environment);
     let script = match run {
         Some(run) => format!(
@@ -263,7 +252,7 @@ pub async fn unlock_remote(
         ),
         None => format!("if [ -d {d} ]; then rm -rf {d}; echo released; fi"),
     };
-    Ok(sh(connection, &script, None).await?.starts_with("released"))
+    Ok(sh(host, &script, None).await?.starts_with("released"))
 }
 
 /// An environment lock held by this process: the local lock and the targets' locks.
@@ -272,7 +261,7 @@ pub struct EnvironmentLock {
     pub run: String,
     environment: String,
     _local: Option<LocalLock>,
-    connections: Vec<(String, Arc<Connection>)>,
+    connections: Vec<Connected>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
 }
@@ -283,7 +272,7 @@ pub async fn lock_environment(
     state_dir: Option<&Path>,
     environment: &str,
     info: &LockInfo,
-    connections: Vec<(String, Connection)>,
+    connections: Vec<Connected>,
     force: bool,
     wait: Option<std::time::Duration>,
 ) -> Result<EnvironmentLock, LockError> {
@@ -295,7 +284,7 @@ pub async fn lock_environment(
                     run: info.run.clone(),
                     environment: environment.to_string(),
                     _local: local,
-                    connections: connections.into_iter().map(|(n, c)| (n, Arc::new(c))).collect(),
+                    connections,
                     taken_over,
                 });
             }
@@ -314,7 +303,7 @@ async fn try_lock_environment(
     state_dir: Option<&Path>,
     environment: &str,
     info: &LockInfo,
-    connections: &[(String, Connection)],
+    connections: &[Connected],
     force: bool,
 ) -> Result<(Option<LocalLock>, Vec<(String, Taken)>), LockError> {
     let local = match state_dir {
@@ -322,13 +311,13 @@ async fn try_lock_environment(
         None => None,
     };
     let mut taken: Vec<(String, Taken)> = Vec::new();
-    for (target, connection) in connections {
-        match lock_remote(connection, target, environment, info, force).await {
+    for (target, host) in connections {
+        match lock_remote(&**host, target, environment, info, force).await {
             Ok(t) => taken.push((target.clone(), t)),
             Err(e) => {
                 for (name, _) in &taken {
                     if let Some((_, c)) = connections.iter().find(|(n, _)| n == name) {
-                        let _ = unlock_remote(c, environment, Some(&info.run)).await;
+                        let _ = unlock_remote(&**c, environment, Some(&info.run)).await;
                     }
                 }
                 return Err(e);
@@ -342,7 +331,7 @@ async fn try_lock_environment(
 impl EnvironmentLock {
     /// The lock's open connection to `target`, for the work done under the lock: a deployment
     /// uses one connection per target for locking and deploying.
-    pub fn connection(&self, target: &str) -> Option<Arc<Connection>> {
+    pub fn connection(&self, target: &str) -> Option<Arc<dyn Host>> {
         self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
     }
 
@@ -350,13 +339,13 @@ impl EnvironmentLock {
     /// connections. Returns the targets whose lock could not be removed.
     pub async fn release(self) -> Vec<String> {
         let mut failed = Vec::new();
-        for (target, connection) in self.connections {
-            if !matches!(unlock_remote(&connection, &self.environment, Some(&self.run)).await, Ok(true)) {
+        for (target, host) in self.connections {
+            if !matches!(unlock_remote(&*host, &self.environment, Some(&self.run)).await, Ok(true)) {
                 failed.push(target);
             }
             // Closed politely when the work has let go of it; else dropping it closes it.
-            if let Ok(connection) = Arc::try_unwrap(connection) {
-                connection.close().await;
+            if Arc::strong_count(&host) == 1 {
+                host.close().await;
             }
         }
         failed

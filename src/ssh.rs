@@ -439,7 +439,7 @@ impl SshSession {
     }
 
     /// Says goodbye to the server.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
     }
 }
