@@ -25,8 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-
 use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult, Started};
 use crate::fanout::{Cancel, millis};
 use crate::host::Host;
@@ -271,32 +269,44 @@ async fn pull_all(
     settings: &Settings,
     events: &Events,
 ) -> Vec<(usize, PullOutcome)> {
-    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in indexes.clone() {
-        let name = plan.targets[i].target.clone();
-        let Some(host) = connections.get(&name).cloned() else { continue };
-        let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
-        let (app, environment, login) = (plan.app.clone(), plan.environment.clone(), settings.login.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let started = Instant::now();
-            let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
-            let outcome = docker::pull_and_list(&host, &image, &app, &environment, login.as_ref()).await;
-            if let Ok((Some(digest), _)) = &outcome {
-                let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+    let reachable: Vec<(usize, Arc<dyn Host>)> = indexes
+        .clone()
+        .into_iter()
+        .filter_map(|i| connections.get(&plan.targets[i].target).map(|c| (i, Arc::clone(c))))
+        .collect();
+    let order: Vec<usize> = reachable.iter().map(|(i, _)| *i).collect();
+    let outcomes = crate::fanout::ordered(
+        reachable,
+        crate::fanout::Limits::parallel(settings.parallel),
+        |_, (i, host)| {
+            let (name, image, events) = (plan.targets[i].target.clone(), image.to_string(), events.clone());
+            let (app, environment, login) =
+                (plan.app.clone(), plan.environment.clone(), settings.login.clone());
+            async move {
+                let started = Instant::now();
+                let _ =
+                    events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
+                let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
+                if let Ok((Some(digest), _)) = &outcome {
+                    let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+                }
+                outcome.map_err(|e| (e, started.elapsed()))
             }
-            (i, outcome.map_err(|e| (e, started.elapsed())))
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(item) = joined {
-            out.push(item);
-        }
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out
+        },
+        |_, _| {},
+    )
+    .await;
+    order
+        .into_iter()
+        .zip(outcomes)
+        .map(|(i, outcome)| {
+            // A crashed pull task fails its target like a failed pull: nothing was touched.
+            let crashed = |e: crate::fanout::Unfinished| {
+                Err((DockerError::Failed { step: "docker pull", message: e.to_string() }, Duration::ZERO))
+            };
+            (i, outcome.unwrap_or_else(crashed))
+        })
+        .collect()
 }
 
 fn failed_status(e: &DockerError) -> Status {
@@ -312,45 +322,62 @@ async fn deploy_batch(
     connections: &Connections,
     settings: &Settings,
     events: &Events,
-    mut cancel: Cancel,
+    cancel: Cancel,
 ) -> Vec<(usize, TargetReport)> {
-    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut out = Vec::new();
-    for (i, containers) in ready {
-        let tp = plan.targets[i].clone();
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
-            () = crate::fanout::cancelled(&mut cancel) => None,
-        };
-        let (Some(permit), Some(host)) =
-            (permit.filter(|_| !*cancel.borrow()), connections.get(&tp.target).cloned())
-        else {
-            let r = report(&tp.target, Status::Skipped, None, Some("not started: interrupted".into()));
-            finished(events, Some(&r));
-            out.push((i, r));
-            continue;
-        };
-        let job = Job {
-            deployment: plan.deployment.clone(),
-            target: tp,
-            containers,
-            planner: Arc::clone(planner),
-            settings: settings.clone(),
-            events: events.clone(),
-        };
-        tasks.spawn(async move {
-            let r = job.run(&host).await;
-            drop(permit);
+    let order: Vec<usize> = ready.iter().map(|(i, _)| *i).collect();
+    let limits = crate::fanout::Limits { parallel: settings.parallel, cancel: Some(cancel) };
+    let outcomes = crate::fanout::ordered(
+        ready,
+        limits,
+        |_, (i, containers)| {
+            let tp = plan.targets[i].clone();
+            let connection = connections.get(&tp.target).cloned();
+            let job = Job {
+                deployment: plan.deployment.clone(),
+                target: tp,
+                containers,
+                planner: Arc::clone(planner),
+                settings: settings.clone(),
+                events: events.clone(),
+            };
+            async move {
+                match connection {
+                    Some(host) => job.run(&*host).await,
+                    None => {
+                        let why = "not started: no connection".to_string();
+                        let r = report(&job.target.target, Status::Skipped, None, Some(why));
+                        finished(&job.events, Some(&r));
+                        r
+                    }
+                }
+            }
+        },
+        |_, (i, _)| {
+            let why = crate::fanout::Unfinished::Skipped.to_string();
+            finished(events, Some(&report(&plan.targets[i].target, Status::Skipped, None, Some(why))));
+        },
+    )
+    .await;
+    order
+        .into_iter()
+        .zip(outcomes)
+        .map(|(i, outcome)| {
+            let r = match outcome {
+                Ok(r) => r,
+                Err(e @ crate::fanout::Unfinished::Skipped) => {
+                    report(&plan.targets[i].target, Status::Skipped, None, Some(e.to_string()))
+                }
+                // Nothing is known about the target: like a lost connection, say so.
+                Err(e) => {
+                    let why = format!("{e}; run `ferry status` to see what runs there");
+                    let r = report(&plan.targets[i].target, Status::Error, None, Some(why));
+                    finished(events, Some(&r));
+                    r
+                }
+            };
             (i, r)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(item) = joined {
-            out.push(item);
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// One target's deployment.

@@ -219,21 +219,30 @@ pub async fn open_endpoint(
     }
 }
 
-/// Opens a connection to each of `targets` at once; results in the same order. Locks use it:
-/// they must reach every target of an environment before any work starts.
+/// Opens a connection to each of `targets` at once; one result per target, in the same order.
+/// Locks use it: they must reach every target of an environment before any work starts.
 pub async fn connect_all(inventory: &Inventory, targets: &[&Target], options: &ssh::Options) -> Vec<Opened> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let (name, transport) = (target.name.clone(), target.transport);
-        let (endpoint, options) = (endpoint(inventory, target), options.clone());
-        tasks.spawn(async move { (index, name, open_endpoint(transport, &endpoint, &options).await) });
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, c)| (name, c)).collect()
+    let parts: Vec<(Transport, Endpoint)> =
+        targets.iter().map(|t| (t.transport, endpoint(inventory, t))).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let outcomes = crate::fanout::ordered(
+        parts,
+        crate::fanout::Limits::parallel(targets.len()),
+        |_, (transport, endpoint)| {
+            let options = options.clone();
+            async move { open_endpoint(transport, &endpoint, &options).await }
+        },
+        |_, _| {},
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| match outcome {
+            Ok(opened) => (name, opened),
+            Err(crashed) => (name, Err(SshError::Task(crashed.to_string()))),
+        })
+        .collect()
 }
 
 /// Connects to each of `targets` at once and runs `work` on each connection (then closes it);
@@ -250,28 +259,32 @@ where
     F: Fn(Arc<dyn Host>) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (name, connection)) in connect_all(inventory, targets, options).await.into_iter().enumerate()
-    {
-        let job = connection.map(|c| (Arc::clone(&c), work(c)));
-        tasks.spawn(async move {
-            let outcome = match job {
-                Ok((connection, job)) => {
-                    let outcome = job.await;
-                    connection.close().await;
-                    outcome
+    let opened = connect_all(inventory, targets, options).await;
+    let names: Vec<String> = opened.iter().map(|(name, _)| name.clone()).collect();
+    let outcomes = crate::fanout::ordered(
+        opened,
+        crate::fanout::Limits::parallel(targets.len()),
+        |_, (_, connection)| {
+            let job = connection.map(|c| (Arc::clone(&c), work(c)));
+            async move {
+                match job {
+                    Ok((connection, job)) => {
+                        let outcome = job.await;
+                        connection.close().await;
+                        outcome
+                    }
+                    Err(e) => Err(e.to_string()),
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            (index, name, outcome)
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, outcome)| (name, outcome)).collect()
+            }
+        },
+        |_, _| {},
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| (name, outcome.unwrap_or_else(|e| Err(e.to_string()))))
+        .collect()
 }
 
 async fn local_exec(
