@@ -63,7 +63,7 @@ pub struct Settings {
 pub struct TargetReport {
     /// Target name.
     pub target: String,
-    /// `ok`, `failed` (restored or untouched), `error` (host lost), `skipped`.
+    /// `ok`, `failed` (restored or untouched), `error` (connection lost), `skipped`.
     pub status: Status,
     /// What happened to its container.
     pub action: Option<Action>,
@@ -88,6 +88,64 @@ pub struct Applied {
     pub stopped: Option<String>,
     /// Whether Ctrl-C stopped it.
     pub interrupted: bool,
+}
+
+/// What a deployment does to a target, given the container that runs there now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No container by the plan's name: run one.
+    Create,
+    /// The running container has the planned config: nothing to do.
+    Unchanged,
+    /// The container has the planned config but is stopped: start it (and gate it).
+    Start,
+    /// The container differs from the plan (or `--force`): replace it.
+    Replace,
+}
+
+impl Decision {
+    /// The word `plan --diff` shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Create => "create",
+            Decision::Unchanged => "unchanged",
+            Decision::Start => "start",
+            Decision::Replace => "replace",
+        }
+    }
+}
+
+/// What [`decide`] needs to know about the container that has the plan's name on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live<'a> {
+    /// Whether it is running.
+    pub running: bool,
+    /// Its `ferry.config-hash` label.
+    pub config_hash: Option<&'a str>,
+}
+
+impl<'a> From<&'a Brief> for Live<'a> {
+    fn from(brief: &'a Brief) -> Live<'a> {
+        Live { running: brief.running, config_hash: brief.config_hash.as_deref() }
+    }
+}
+
+impl<'a> From<&'a docker::Container> for Live<'a> {
+    fn from(container: &'a docker::Container) -> Live<'a> {
+        Live { running: container.running(), config_hash: container.label("ferry.config-hash") }
+    }
+}
+
+/// The one rule for what happens to a target, shared by the rollout and `plan --diff`: same
+/// config hash and running → unchanged, same hash but stopped → start, any other container →
+/// replace, none → create. `force` replaces even a container with the planned config.
+pub fn decide(live: Option<Live<'_>>, plan: &TargetPlan, force: bool) -> Decision {
+    match live {
+        None => Decision::Create,
+        Some(live) if force || live.config_hash != Some(plan.config_hash.as_str()) => Decision::Replace,
+        Some(Live { running: true, .. }) => Decision::Unchanged,
+        Some(Live { running: false, .. }) => Decision::Start,
+    }
 }
 
 /// The targets' connections, by target name.
@@ -403,18 +461,18 @@ impl Failure {
     fn untouched(e: DockerError) -> Failure {
         let status = failed_status(&e);
         let error = match status {
-            Status::Error => format!("host lost: {e}"),
+            Status::Error => format!("connection lost: {e}"),
             _ => e.to_string(),
         };
         Failure { status, action: Action::Untouched, error, logs: Vec::new() }
     }
 
-    /// The host failed after containers were touched: nothing is known any more.
+    /// The connection failed after containers were touched: nothing is known any more.
     fn lost(e: DockerError, state: &str) -> Failure {
         Failure {
             status: Status::Error,
             action: Action::Untouched,
-            error: format!("host lost ({e}); {state}"),
+            error: format!("connection lost ({e}); {state}"),
             logs: Vec::new(),
         }
     }
@@ -456,16 +514,14 @@ impl Job {
             self.step(format!("found another container of this app: {} (left alone)", extra.name));
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
-        if let Some(current) = current
-            && current.config_hash.as_deref() == Some(tp.config_hash.as_str())
-            && !self.settings.force
-        {
-            if current.running {
+        match (decide(current.map(Live::from), tp, self.settings.force), current) {
+            (Decision::Unchanged, Some(current)) => {
                 self.step("unchanged: the running container has the planned config");
                 let container = docker::inspect(host, &current.id).await.map_err(Failure::untouched)?;
                 return Ok((Action::Unchanged, Some(container.details)));
             }
-            return self.start_stopped(host, &current.id).await;
+            (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
+            _ => {}
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
         self.step(match current {
@@ -623,10 +679,329 @@ fn finished(events: &Events, report: Option<&TargetReport>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{FakeHost, Reply};
+    use crate::inventory::{Batch, Rollout, Transport};
 
     #[test]
     fn short_ids_are_the_random_tail() {
         assert_eq!(short_id("019ad0c1-0000-7000-8000-0123456789ab"), "0123456789ab");
         assert_eq!(short_id("abc"), "abc");
+    }
+
+    const PLANNED: &str = "hash-new";
+    const DIGEST: &str = "sha256:0123";
+
+    fn target_plan(name: &str) -> TargetPlan {
+        TargetPlan {
+            target: name.to_string(),
+            host: "10.0.0.1".into(),
+            port: 22,
+            user: None,
+            transport: Transport::Ssh,
+            container: "web-dev".into(),
+            argv: vec!["docker".into(), "run".into(), "--name".into(), "web-dev".into(), "img".into()],
+            display: "docker run --name web-dev img".into(),
+            config_hash: PLANNED.into(),
+            secrets: Vec::new(),
+            health_cmd: None,
+            stable_argv: Vec::new(),
+            env_file: None,
+            exec_argv: vec![
+                "docker".into(),
+                "run".into(),
+                "--detach".into(),
+                "--name".into(),
+                "web-dev".into(),
+                "img".into(),
+            ],
+        }
+    }
+
+    fn plan(targets: &[&str]) -> Plan {
+        Plan {
+            schema: crate::plan::SCHEMA_VERSION,
+            app: "web".into(),
+            environment: "dev".into(),
+            version: "1.0".into(),
+            image: format!("registry/web@{DIGEST}"),
+            digest: Some(DIGEST.into()),
+            deployment: "019ad0c1-0000-7000-8000-0123456789ab".into(),
+            rollout: Rollout { batch: Batch::Count(10), max_failures: 10 },
+            targets: targets.iter().map(|t| target_plan(t)).collect(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The plan is already pinned; `post_deploy` is the script given, if any.
+    struct TestPlanner(Option<String>);
+
+    impl Planner for TestPlanner {
+        fn pinned(&self, _digest: &str) -> Result<Plan, String> {
+            Err("the test plan is pinned already".into())
+        }
+        fn post_deploy(
+            &self,
+            _target: &str,
+            _container: &ContainerDetails,
+        ) -> Result<Option<String>, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            parallel: 2,
+            force: false,
+            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            mirror: "ferry deploy web 1.0 to dev".into(),
+            login: None,
+        }
+    }
+
+    /// What `docker ps` lists: the old container `old1` with another config hash.
+    fn listed(hash: &str, state: &str) -> String {
+        format!("Digest: {DIGEST}\n--- containers\nold1\tweb-dev\t{state}\t{hash}\n")
+    }
+
+    const INSPECT: &str = r#"[{"Id":"new1","Name":"/web-dev","State":{"Status":"running"},"Config":{"Image":"registry/web@sha256:0123","Labels":{}},"NetworkSettings":{}}]"#;
+
+    fn healthy() -> Reply {
+        Reply::ok(&format!("gate: health.cmd passed\n--- inspect\n{INSPECT}\n"))
+    }
+
+    // Patterns that pick out each docker step's script (see `crate::docker`).
+    const PULL: &str = "docker pull";
+    const REPLACE: &str = "envf=";
+    const GATE: &str = "grace_ms=";
+    const LOGS: &str = "docker logs --tail";
+    const RESTORE: &str = "> /dev/null 2>&1; ";
+    const REMOVE_OLD: &str = "docker rm -f old1 > /dev/null";
+    const MIRROR: &str = "audit.log";
+    const POST_DEPLOY: &str = "notify-deployed";
+
+    /// A target where every step succeeds unless `overrides` (checked first) say otherwise.
+    fn target(name: &str, overrides: Vec<(&str, Reply)>) -> FakeHost {
+        let mut host = FakeHost::new(name);
+        for (pattern, reply) in overrides {
+            host = host.on(pattern, reply);
+        }
+        host.on(PULL, Reply::ok(&listed("hash-old", "running")))
+            .on(REPLACE, Reply::ok("new1\n"))
+            .on(GATE, healthy())
+            .on(LOGS, Reply::ok("log line 1\nlog line 2\n"))
+            .on(RESTORE, Reply::ok(""))
+            .on(REMOVE_OLD, Reply::ok(""))
+            .on(POST_DEPLOY, Reply::ok("notified\n"))
+            .on(MIRROR, Reply::ok(""))
+    }
+
+    /// Which steps ran, in order, named by their pattern.
+    fn steps(host: &FakeHost) -> Vec<&'static str> {
+        let names = [
+            PULL,
+            REPLACE,
+            GATE,
+            LOGS,
+            RESTORE,
+            REMOVE_OLD,
+            POST_DEPLOY,
+            MIRROR,
+            "docker inspect",
+            "docker start",
+        ];
+        host.calls()
+            .iter()
+            .map(|c| names.iter().find(|p| c.command.contains(**p)).copied().unwrap_or("?"))
+            .collect()
+    }
+
+    async fn deploy(hosts: Vec<Arc<FakeHost>>, post_deploy: Option<&str>, force: bool) -> Applied {
+        let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
+        let plan = plan(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let connections: Connections =
+            hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect();
+        let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let planner: Arc<dyn Planner> = Arc::new(TestPlanner(post_deploy.map(str::to_string)));
+        let settings = Settings { force, ..settings() };
+        apply(plan, planner, &connections, &settings, &events, cancel).await
+    }
+
+    async fn deploy_one(host: FakeHost, post_deploy: Option<&str>) -> (Arc<FakeHost>, TargetReport) {
+        let host = Arc::new(host);
+        let applied = deploy(vec![Arc::clone(&host)], post_deploy, false).await;
+        let report = applied.reports.into_iter().next().unwrap();
+        (host, report)
+    }
+
+    /// The restore script gave the old container its name back and started it again.
+    fn restored_and_started(host: &FakeHost) -> bool {
+        host.ran(RESTORE).iter().any(|c| c.contains("docker rename old1 web-dev && docker start old1"))
+    }
+
+    #[tokio::test]
+    async fn a_changed_config_replaces_the_container_and_removes_the_old_one() {
+        let (host, r) = deploy_one(target("t1", vec![]), Some("notify-deployed")).await;
+        assert_eq!((r.status, r.action, r.error.as_deref()), (Status::Ok, Some(Action::Replaced), None));
+        assert_eq!(r.container.as_ref().map(|c| c.id.as_str()), Some("new1"));
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, REMOVE_OLD, MIRROR]);
+        let replace = &host.ran(REPLACE)[0];
+        assert!(
+            replace.contains("old=old1") && replace.contains("keep=web-dev-ferry-old-0123456789ab"),
+            "{replace}"
+        );
+        let mirror = host.calls().into_iter().find(|c| c.command.contains(MIRROR)).unwrap();
+        let line = String::from_utf8(mirror.stdin.unwrap()).unwrap();
+        assert!(line.ends_with("ferry deploy web 1.0 to dev -> replaced\n"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_gate_restores_and_restarts_the_old_container() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: not healthy after 5s\nconnection refused\n".into(),
+            stderr: String::new(),
+        };
+        let (host, r) = deploy_one(target("t1", vec![(GATE, unhealthy)]), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("health gate: not healthy after 5s: connection refused"));
+        assert_eq!(r.logs, ["log line 1", "log line 2"]);
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host), "{:?}", host.calls());
+    }
+
+    #[tokio::test]
+    async fn a_failed_pull_touches_nothing() {
+        let (host, r) =
+            deploy_one(target("t1", vec![(PULL, Reply::fail(1, "manifest unknown"))]), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(format!("pull registry/web@{DIGEST}: docker pull: manifest unknown").as_str())
+        );
+        assert_eq!(
+            steps(&host),
+            [PULL],
+            "no container was touched, no mirror line: the target was never started"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replace_script_that_cannot_stop_the_old_container_changes_nothing() {
+        let overrides = vec![(REPLACE, Reply::fail(91, "Error response from daemon: cannot stop"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("cannot stop the old container: Error response from daemon: cannot stop")
+        );
+        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR], "nothing to restore");
+    }
+
+    #[tokio::test]
+    async fn a_failed_docker_run_restores_the_old_container() {
+        let overrides = vec![(REPLACE, Reply::fail(125, "docker: invalid reference format"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("docker run failed: docker: invalid reference format"));
+        assert_eq!(steps(&host), [PULL, REPLACE, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host));
+    }
+
+    #[tokio::test]
+    async fn a_failed_post_deploy_restores_the_old_container() {
+        let overrides = vec![(POST_DEPLOY, Reply::fail(2, ""))];
+        let (host, r) = deploy_one(target("t1", overrides), Some("notify-deployed")).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("post_deploy: exit 2"));
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host));
+    }
+
+    #[tokio::test]
+    async fn a_failed_restore_is_an_error_that_says_so() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: the container is exited (it exited)\n".into(),
+            stderr: String::new(),
+        };
+        let overrides = vec![(GATE, unhealthy), (RESTORE, Reply::fail(1, "No such container: old1"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "health gate: the container is exited (it exited); and restoring the old container failed: restore the old container: No such container: old1"
+            )
+        );
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn a_link_lost_after_the_old_container_stopped_is_an_error_pointing_at_status() {
+        let (host, r) = deploy_one(target("t1", vec![(REPLACE, Reply::Lost)]), None).await;
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        let error = r.error.unwrap_or_default();
+        assert!(error.starts_with("connection lost (fake host t1: connection lost)"), "{error}");
+        assert!(error.contains("run `ferry status` when it is back"), "{error}");
+        // The mirror line was attempted on the dead link, and nothing else ran after the loss.
+        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_running_container_is_left_alone_and_a_stopped_one_is_started() {
+        let running = target(
+            "t1",
+            vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), ("docker inspect", Reply::ok(INSPECT))],
+        );
+        let (host, r) = deploy_one(running, None).await;
+        assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Unchanged)));
+        assert_eq!(steps(&host), [PULL, "docker inspect", MIRROR]);
+
+        let stopped = target(
+            "t2",
+            vec![(PULL, Reply::ok(&listed(PLANNED, "exited"))), ("docker start", Reply::ok(""))],
+        );
+        let (host, r) = deploy_one(stopped, None).await;
+        assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Started)));
+        assert_eq!(steps(&host), [PULL, "docker start", GATE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn targets_fail_alone_and_reports_keep_the_plans_order() {
+        let hosts = vec![
+            Arc::new(target("a", vec![])),
+            Arc::new(target("b", vec![(PULL, Reply::Lost)])),
+            Arc::new(target("c", vec![])),
+        ];
+        let applied = deploy(hosts.clone(), None, false).await;
+        let got: Vec<(&str, Status)> =
+            applied.reports.iter().map(|r| (r.target.as_str(), r.status)).collect();
+        assert_eq!(got, [("a", Status::Ok), ("b", Status::Error), ("c", Status::Ok)]);
+        assert!(hosts[1].ran(REPLACE).is_empty());
+    }
+
+    #[test]
+    fn decide_is_one_rule_for_the_rollout_and_the_diff() {
+        let tp = target_plan("t");
+        let live = |running, hash| Some(Live { running, config_hash: hash });
+        assert_eq!(decide(None, &tp, false), Decision::Create);
+        assert_eq!(decide(None, &tp, true), Decision::Create);
+        assert_eq!(decide(live(true, Some(PLANNED)), &tp, false), Decision::Unchanged);
+        assert_eq!(decide(live(false, Some(PLANNED)), &tp, false), Decision::Start);
+        assert_eq!(decide(live(true, Some(PLANNED)), &tp, true), Decision::Replace, "--force");
+        assert_eq!(decide(live(false, Some(PLANNED)), &tp, true), Decision::Replace, "--force");
+        assert_eq!(decide(live(true, Some("other")), &tp, false), Decision::Replace);
+        assert_eq!(decide(live(false, None), &tp, false), Decision::Replace, "not ferry's container");
+        let brief = Brief {
+            id: "x".into(),
+            name: "web-dev".into(),
+            running: false,
+            config_hash: Some(PLANNED.into()),
+        };
+        assert_eq!(decide(Some(Live::from(&brief)), &tp, false), Decision::Start);
+        assert_eq!(Decision::Unchanged.label(), "unchanged");
     }
 }

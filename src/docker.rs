@@ -1,6 +1,6 @@
 //! What ferry asks a target's Docker Engine, and how it reads the answers.
 //!
-//! Every operation is a short `/bin/sh` script run over the target's one host, built here
+//! Every operation is a short `/bin/sh` script run over the target's one connection, built here
 //! from shell-quoted values, and answered on stdout (`docker inspect` JSON, a container id, a
 //! `gate:` line). Keeping the scripts in one module keeps the contract with the target in one
 //! place: the deploy stage decides *what* to do, this module knows *how* Docker is asked.
@@ -119,7 +119,7 @@ impl Container {
 /// Why a Docker step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DockerError {
-    /// The host failed under the step: the target's state is not known.
+    /// The connection failed under the step: the target's state is not known.
     #[error("{0}")]
     Exec(#[from] ExecError),
     /// The step ran and failed; `message` is what Docker said.
@@ -133,7 +133,7 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    /// True when the host, not Docker, failed.
+    /// True when the connection, not Docker, failed.
     pub fn is_connection(&self) -> bool {
         matches!(self, DockerError::Exec(_))
     }
