@@ -119,7 +119,16 @@ pub enum LockError {
 /// The local lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct LocalLock {
-    _file: File,
+    file: File,
+}
+
+impl LocalLock {
+    /// Rewrites the holder's record in the file (a renewal); the lock itself stays held.
+    fn rewrite(&self, info: &LockInfo) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.set_len(0)?;
+        self.file.write_all_at(info.to_text().as_bytes(), 0)
+    }
 }
 
 /// Takes the state folder's lock for `environment`, recording `info` in it.
@@ -133,7 +142,7 @@ pub fn lock_local(state_dir: &Path, environment: &str, info: &LockInfo) -> Resul
         Ok(()) => {
             file.set_len(0).map_err(local)?;
             file.write_all(info.to_text().as_bytes()).map_err(local)?;
-            Ok(LocalLock { _file: file })
+            Ok(LocalLock { file })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
@@ -255,12 +264,38 @@ pub async fn unlock_remote(host: &dyn Host, environment: &str, run: Option<&str>
     Ok(sh(host, &script, None).await?.starts_with("released"))
 }
 
+/// How renewing the lock on one target went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lock names this run and now has the later expiry.
+    Renewed,
+    /// The lock no longer names this run (it was broken or taken over): not touched.
+    Lost,
+    /// The target could not be asked.
+    Unreachable(String),
+}
+
+/// Rewrites the lock info of `environment` on a target with `info`, only if the lock there
+/// still names `info.run`. The new info is written aside and moved in, so a reader never sees
+/// half of it.
+pub async fn renew_remote(host: &dyn Host, environment: &str, info: &LockInfo) -> Result<bool, ExecError> {
+    let d = dir(environment);
+    let script = format!(
+        "if [ -d {d} ] && [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {run} ]; then \
+         cat > {d}/info.new && mv -f {d}/info.new {d}/info && echo renewed; fi",
+        run = crate::shell::quote(&info.run).unwrap_or_default()
+    );
+    Ok(sh(host, &script, Some(info.to_text().as_bytes())).await?.starts_with("renewed"))
+}
+
 /// An environment lock held by this process: the local lock and the targets' locks.
 pub struct EnvironmentLock {
     /// Run id written into the targets' lock info.
     pub run: String,
     environment: String,
-    _local: Option<LocalLock>,
+    /// What the lock says about its holder (renewals rewrite it with a later expiry).
+    info: LockInfo,
+    local: Option<LocalLock>,
     connections: Vec<Connected>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
@@ -283,7 +318,8 @@ pub async fn lock_environment(
                 return Ok(EnvironmentLock {
                     run: info.run.clone(),
                     environment: environment.to_string(),
-                    _local: local,
+                    info: info.clone(),
+                    local,
                     connections,
                     taken_over,
                 });
@@ -333,6 +369,45 @@ impl EnvironmentLock {
     /// uses one connection per target for locking and deploying.
     pub fn connection(&self, target: &str) -> Option<Arc<dyn Host>> {
         self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
+    }
+
+    /// Moves the lock's expiry to `expires_ms` (ms since the epoch) on every target where the
+    /// lock still names this run, and in the local lock; one answer per target, in order (the
+    /// local lock, when there is one, answers as `local`, first). A long run renews its lock
+    /// before it expires, so that no one takes it over as stale while the run still works.
+    pub async fn renew(&self, expires_ms: i64) -> Vec<(String, Renewal)> {
+        let info = LockInfo { expires_ms, ..self.info.clone() };
+        let mut out = Vec::new();
+        if let Some(local) = &self.local {
+            let renewal = match local.rewrite(&info) {
+                Ok(()) => Renewal::Renewed,
+                Err(e) => Renewal::Unreachable(e.to_string()),
+            };
+            out.push(("local".to_string(), renewal));
+        }
+        let names: Vec<String> = self.connections.iter().map(|(n, _)| n.clone()).collect();
+        let targets = self.connections.iter().map(|(_, c)| Arc::clone(c)).collect();
+        let (environment, info) = (Arc::new(self.environment.clone()), Arc::new(info));
+        let answers = crate::fanout::ordered(
+            targets,
+            crate::fanout::Limits::parallel(names.len()),
+            |_, host| {
+                let (environment, info) = (Arc::clone(&environment), Arc::clone(&info));
+                async move { renew_remote(&*host, &environment, &info).await }
+            },
+            |_, _| {},
+        )
+        .await;
+        for (name, answer) in names.into_iter().zip(answers) {
+            let renewal = match answer {
+                Ok(Ok(true)) => Renewal::Renewed,
+                Ok(Ok(false)) => Renewal::Lost,
+                Ok(Err(e)) => Renewal::Unreachable(e.to_string()),
+                Err(e) => Renewal::Unreachable(e.to_string()),
+            };
+            out.push((name, renewal));
+        }
+        out
     }
 
     /// Releases the targets' locks (those this run holds) and the local lock; closes the
@@ -386,5 +461,148 @@ mod tests {
         assert!(matches!(second, Err(LockError::Held { ref target, .. }) if target == "local"), "{second:?}");
         drop(first);
         assert!(lock_local(dir.path(), "prod", &info).is_ok());
+    }
+
+    use crate::host::fake::{FakeHost, Reply};
+
+    const ACQUIRE: &str = "mkdir -p .ferry/locks && if mkdir";
+    const TAKEOVER: &str = "then rm -rf .ferry/locks/dev; fi; if mkdir";
+    const RELEASE: &str = "echo released";
+    const RENEW: &str = "echo renewed";
+
+    fn info(run: &str, expires_ms: i64) -> LockInfo {
+        LockInfo {
+            holder: "ci@runner".into(),
+            run: run.into(),
+            since_ms: 1_796_118_600_000,
+            expires_ms,
+            message: "deploy web".into(),
+        }
+    }
+
+    fn in_an_hour() -> i64 {
+        crate::time::now_ms() + 3_600_000
+    }
+
+    fn held_by(other: &LockInfo) -> Reply {
+        Reply::ok(&format!("held\n{}", other.to_text()))
+    }
+
+    fn connected(hosts: &[Arc<FakeHost>]) -> Vec<Connected> {
+        hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_free_lock_is_taken_with_the_holders_info_on_stdin() {
+        let host = FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n"));
+        let mine = info("r1", in_an_hour());
+        assert_eq!(lock_remote(&host, "t1", "dev", &mine, false).await.unwrap(), Taken::Fresh);
+        let calls = host.calls();
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].command.contains("mkdir .ferry/locks/dev 2>/dev/null"), "{}", calls[0].command);
+        assert_eq!(calls[0].stdin.as_deref(), Some(mine.to_text().as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_is_taken_over_only_if_it_is_still_the_one_read() {
+        let stale = info("old-run", crate::time::now_ms() - 1_000);
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&stale)).on(TAKEOVER, Reply::ok("acquired\n"));
+        let taken = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await.unwrap();
+        assert_eq!(taken, Taken::Expired(Some(stale)));
+        let takeover = &host.ran(TAKEOVER)[0];
+        assert!(takeover.contains("= old-run ]; then rm -rf .ferry/locks/dev"), "{takeover}");
+    }
+
+    #[tokio::test]
+    async fn a_live_lock_is_refused_unless_forced() {
+        let live = info("other-run", in_an_hour());
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&live)).on(TAKEOVER, Reply::ok("acquired\n"));
+        let refused = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await;
+        assert!(
+            matches!(&refused, Err(LockError::Held { target, info: Some(i), .. }) if target == "t1" && i.run == "other-run"),
+            "{refused:?}"
+        );
+        assert!(host.ran(TAKEOVER).is_empty(), "a live lock is not touched");
+        let forced = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), true).await.unwrap();
+        assert_eq!(forced, Taken::Forced(Some(live)));
+    }
+
+    #[tokio::test]
+    async fn a_lock_refused_on_the_third_of_five_targets_is_released_on_the_first_two_only() {
+        let live = info("other-run", in_an_hour());
+        let hosts: Vec<Arc<FakeHost>> = (1..=5)
+            .map(|n| {
+                let acquire = if n == 3 { held_by(&live) } else { Reply::ok("acquired\n") };
+                Arc::new(
+                    FakeHost::new(&format!("t{n}")).on(ACQUIRE, acquire).on(RELEASE, Reply::ok("released\n")),
+                )
+            })
+            .collect();
+        let mine = info("r1", in_an_hour());
+        let result = lock_environment(None, "dev", &mine, connected(&hosts), false, None).await;
+        assert!(
+            matches!(&result, Err(LockError::Held { target, .. }) if target == "t3"),
+            "{:?}",
+            result.err()
+        );
+        let released: Vec<usize> = hosts.iter().map(|h| h.ran(RELEASE).len()).collect();
+        assert_eq!(released, [1, 1, 0, 0, 0], "released on exactly t1 and t2");
+        for host in &hosts[..2] {
+            assert!(
+                host.ran(RELEASE)[0].contains("= r1 ]; then rm -rf .ferry/locks/dev"),
+                "only this run's lock"
+            );
+        }
+        assert!(hosts[3].calls().is_empty() && hosts[4].calls().is_empty(), "t4 and t5 were never asked");
+    }
+
+    #[tokio::test]
+    async fn release_removes_this_runs_locks_and_names_the_targets_where_it_could_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = [
+            Arc::new(
+                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::ok("released\n")),
+            ),
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::Lost)),
+        ];
+        let mine = info("r1", in_an_hour());
+        // The lock closes a connection only once no one else holds it: give it connections of
+        // its own (an `Arc` around each shared fake), as a deployment that has let go of them.
+        let own: Vec<Connected> =
+            hosts.iter().map(|h| (h.name().to_string(), Arc::new(Arc::clone(h)) as Arc<dyn Host>)).collect();
+        let held = lock_environment(Some(dir.path()), "dev", &mine, own, false, None).await.unwrap();
+        assert!(held.taken_over.is_empty());
+        assert!(lock_local(dir.path(), "dev", &mine).is_err(), "the local lock is held meanwhile");
+        assert_eq!(held.release().await, ["t2"]);
+        assert!(hosts[0].closed(), "connections are closed once released");
+        assert!(lock_local(dir.path(), "dev", &mine).is_ok(), "the local lock is free again");
+    }
+
+    #[tokio::test]
+    async fn renew_rewrites_the_expiry_where_the_lock_is_still_this_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec![
+            Arc::new(
+                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok("renewed\n")),
+            ),
+            // Someone broke the lock and took it: the script finds another run and says nothing.
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok(""))),
+            Arc::new(FakeHost::new("t3").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::Lost)),
+        ];
+        let mine = info("r1", in_an_hour());
+        let held =
+            lock_environment(Some(dir.path()), "dev", &mine, connected(&hosts), false, None).await.unwrap();
+        let later = mine.expires_ms + 600_000;
+        let renewed = held.renew(later).await;
+        assert_eq!(renewed[0], ("local".to_string(), Renewal::Renewed));
+        assert_eq!(renewed[1], ("t1".to_string(), Renewal::Renewed));
+        assert_eq!(renewed[2], ("t2".to_string(), Renewal::Lost));
+        assert!(matches!(&renewed[3], (t, Renewal::Unreachable(_)) if t == "t3"), "{renewed:?}");
+        let call = hosts[0].calls().into_iter().find(|c| c.command.contains(RENEW)).unwrap();
+        assert!(call.command.contains("= r1 ]; then cat > .ferry/locks/dev/info.new"), "{}", call.command);
+        let sent = LockInfo::parse(&String::from_utf8(call.stdin.unwrap()).unwrap()).unwrap();
+        assert_eq!(sent, LockInfo { expires_ms: later, ..mine.clone() });
+        let local = std::fs::read_to_string(dir.path().join("locks/dev.lock")).unwrap();
+        assert_eq!(LockInfo::parse(&local).map(|i| i.expires_ms), Some(later));
     }
 }
