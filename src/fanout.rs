@@ -454,4 +454,31 @@ mod tests {
         }
         assert_eq!(finished, 3, "one target_finished event per target");
     }
+
+    #[tokio::test]
+    async fn run_after_a_cancel_skips_every_target_and_reports_each_one() {
+        let (dir, inventory) = local_inventory(&["a", "b"]);
+        let targets: Vec<Target> = inventory.targets.clone();
+        let work = Work { command: "exit 0".into(), stdin: None, deadline: None, mirror: None };
+        let settings = Settings {
+            parallel: 1,
+            ssh: ssh::Options {
+                connect_timeout: Duration::from_secs(1),
+                known_hosts: Arc::new(crate::known_hosts::KnownHosts::parse(&dir.path().join("kh"), "")),
+            },
+        };
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = watch::channel(true);
+        let results = run(Arc::new(inventory), targets, Arc::new(work), &settings, events, cancel).await;
+        let got: Vec<(&str, Status)> = results.iter().map(|r| (r.target.as_str(), r.status)).collect();
+        assert_eq!(got, [("a", Status::Skipped), ("b", Status::Skipped)]);
+        assert!(results.iter().all(|r| r.error.as_deref() == Some("not started: interrupted")));
+        let mut skipped = Vec::new();
+        while let Ok(event) = received.try_recv() {
+            if let Event::TargetFinished { target, status: Status::Skipped, .. } = event {
+                skipped.push(target);
+            }
+        }
+        assert_eq!(skipped, ["a", "b"], "each skip is reported once");
+    }
 }
