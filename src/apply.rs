@@ -25,11 +25,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-
 use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult, Started};
 use crate::fanout::{Cancel, millis};
-use crate::host::Connection;
+use crate::host::Host;
 use crate::plan::{Plan, TargetPlan};
 use crate::report::{Event, Events, LineSplitter, Status};
 
@@ -92,8 +90,66 @@ pub struct Applied {
     pub interrupted: bool,
 }
 
+/// What a deployment does to a target, given the container that runs there now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No container by the plan's name: run one.
+    Create,
+    /// The running container has the planned config: nothing to do.
+    Unchanged,
+    /// The container has the planned config but is stopped: start it (and gate it).
+    Start,
+    /// The container differs from the plan (or `--force`): replace it.
+    Replace,
+}
+
+impl Decision {
+    /// The word `plan --diff` shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Create => "create",
+            Decision::Unchanged => "unchanged",
+            Decision::Start => "start",
+            Decision::Replace => "replace",
+        }
+    }
+}
+
+/// What [`decide`] needs to know about the container that has the plan's name on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live<'a> {
+    /// Whether it is running.
+    pub running: bool,
+    /// Its `ferry.config-hash` label.
+    pub config_hash: Option<&'a str>,
+}
+
+impl<'a> From<&'a Brief> for Live<'a> {
+    fn from(brief: &'a Brief) -> Live<'a> {
+        Live { running: brief.running, config_hash: brief.config_hash.as_deref() }
+    }
+}
+
+impl<'a> From<&'a docker::Container> for Live<'a> {
+    fn from(container: &'a docker::Container) -> Live<'a> {
+        Live { running: container.running(), config_hash: container.label("ferry.config-hash") }
+    }
+}
+
+/// The one rule for what happens to a target, shared by the rollout and `plan --diff`: same
+/// config hash and running → unchanged, same hash but stopped → start, any other container →
+/// replace, none → create. `force` replaces even a container with the planned config.
+pub fn decide(live: Option<Live<'_>>, plan: &TargetPlan, force: bool) -> Decision {
+    match live {
+        None => Decision::Create,
+        Some(live) if force || live.config_hash != Some(plan.config_hash.as_str()) => Decision::Replace,
+        Some(Live { running: true, .. }) => Decision::Unchanged,
+        Some(Live { running: false, .. }) => Decision::Start,
+    }
+}
+
 /// The targets' connections, by target name.
-pub type Connections = HashMap<String, Arc<Connection>>;
+pub type Connections = HashMap<String, Arc<dyn Host>>;
 
 /// Rolls `plan` out; see the module docs.
 pub async fn apply(
@@ -271,33 +327,44 @@ async fn pull_all(
     settings: &Settings,
     events: &Events,
 ) -> Vec<(usize, PullOutcome)> {
-    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in indexes.clone() {
-        let name = plan.targets[i].target.clone();
-        let Some(connection) = connections.get(&name).cloned() else { continue };
-        let (permits, image, events) = (Arc::clone(&permits), image.to_string(), events.clone());
-        let (app, environment, login) = (plan.app.clone(), plan.environment.clone(), settings.login.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let started = Instant::now();
-            let _ = events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
-            let outcome =
-                docker::pull_and_list(&connection, &image, &app, &environment, login.as_ref()).await;
-            if let Ok((Some(digest), _)) = &outcome {
-                let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+    let reachable: Vec<(usize, Arc<dyn Host>)> = indexes
+        .clone()
+        .into_iter()
+        .filter_map(|i| connections.get(&plan.targets[i].target).map(|c| (i, Arc::clone(c))))
+        .collect();
+    let order: Vec<usize> = reachable.iter().map(|(i, _)| *i).collect();
+    let outcomes = crate::fanout::ordered(
+        reachable,
+        crate::fanout::Limits::parallel(settings.parallel),
+        |_, (i, host)| {
+            let (name, image, events) = (plan.targets[i].target.clone(), image.to_string(), events.clone());
+            let (app, environment, login) =
+                (plan.app.clone(), plan.environment.clone(), settings.login.clone());
+            async move {
+                let started = Instant::now();
+                let _ =
+                    events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
+                let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
+                if let Ok((Some(digest), _)) = &outcome {
+                    let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+                }
+                outcome.map_err(|e| (e, started.elapsed()))
             }
-            (i, outcome.map_err(|e| (e, started.elapsed())))
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(item) = joined {
-            out.push(item);
-        }
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out
+        },
+        |_, _| {},
+    )
+    .await;
+    order
+        .into_iter()
+        .zip(outcomes)
+        .map(|(i, outcome)| {
+            // A crashed pull task fails its target like a failed pull: nothing was touched.
+            let crashed = |e: crate::fanout::Unfinished| {
+                Err((DockerError::Failed { step: "docker pull", message: e.to_string() }, Duration::ZERO))
+            };
+            (i, outcome.unwrap_or_else(crashed))
+        })
+        .collect()
 }
 
 fn failed_status(e: &DockerError) -> Status {
@@ -313,45 +380,62 @@ async fn deploy_batch(
     connections: &Connections,
     settings: &Settings,
     events: &Events,
-    mut cancel: Cancel,
+    cancel: Cancel,
 ) -> Vec<(usize, TargetReport)> {
-    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut out = Vec::new();
-    for (i, containers) in ready {
-        let tp = plan.targets[i].clone();
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
-            () = crate::fanout::cancelled(&mut cancel) => None,
-        };
-        let (Some(permit), Some(connection)) =
-            (permit.filter(|_| !*cancel.borrow()), connections.get(&tp.target).cloned())
-        else {
-            let r = report(&tp.target, Status::Skipped, None, Some("not started: interrupted".into()));
-            finished(events, Some(&r));
-            out.push((i, r));
-            continue;
-        };
-        let job = Job {
-            deployment: plan.deployment.clone(),
-            target: tp,
-            containers,
-            planner: Arc::clone(planner),
-            settings: settings.clone(),
-            events: events.clone(),
-        };
-        tasks.spawn(async move {
-            let r = job.run(&connection).await;
-            drop(permit);
+    let order: Vec<usize> = ready.iter().map(|(i, _)| *i).collect();
+    let limits = crate::fanout::Limits { parallel: settings.parallel, cancel: Some(cancel) };
+    let outcomes = crate::fanout::ordered(
+        ready,
+        limits,
+        |_, (i, containers)| {
+            let tp = plan.targets[i].clone();
+            let connection = connections.get(&tp.target).cloned();
+            let job = Job {
+                deployment: plan.deployment.clone(),
+                target: tp,
+                containers,
+                planner: Arc::clone(planner),
+                settings: settings.clone(),
+                events: events.clone(),
+            };
+            async move {
+                match connection {
+                    Some(host) => job.run(&*host).await,
+                    None => {
+                        let why = "not started: no connection".to_string();
+                        let r = report(&job.target.target, Status::Skipped, None, Some(why));
+                        finished(&job.events, Some(&r));
+                        r
+                    }
+                }
+            }
+        },
+        |_, (i, _)| {
+            let why = crate::fanout::Unfinished::Skipped.to_string();
+            finished(events, Some(&report(&plan.targets[i].target, Status::Skipped, None, Some(why))));
+        },
+    )
+    .await;
+    order
+        .into_iter()
+        .zip(outcomes)
+        .map(|(i, outcome)| {
+            let r = match outcome {
+                Ok(r) => r,
+                Err(e @ crate::fanout::Unfinished::Skipped) => {
+                    report(&plan.targets[i].target, Status::Skipped, None, Some(e.to_string()))
+                }
+                // Nothing is known about the target: like a lost connection, say so.
+                Err(e) => {
+                    let why = format!("{e}; run `ferry status` to see what runs there");
+                    let r = report(&plan.targets[i].target, Status::Error, None, Some(why));
+                    finished(events, Some(&r));
+                    r
+                }
+            };
             (i, r)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(item) = joined {
-            out.push(item);
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// One target's deployment.
@@ -399,9 +483,9 @@ impl Job {
         let _ = self.events.send(Event::TargetStep { target: self.target.target.clone(), step: step.into() });
     }
 
-    async fn run(self, connection: &Connection) -> TargetReport {
+    async fn run(self, host: &dyn Host) -> TargetReport {
         let started = Instant::now();
-        let outcome = self.deploy(connection).await;
+        let outcome = self.deploy(host).await;
         let mut r = report(&self.target.target, Status::Ok, None, None);
         match outcome {
             Ok((action, container)) => {
@@ -416,29 +500,28 @@ impl Job {
             }
         }
         r.duration = started.elapsed();
-        if let Connection::Ssh(_) = connection {
-            self.mirror(connection, &r).await;
+        // A local target is the machine that holds the audit log itself: no mirror.
+        if !host.is_local() {
+            self.mirror(host, &r).await;
         }
         finished(&self.events, Some(&r));
         r
     }
 
-    async fn deploy(&self, connection: &Connection) -> Result<(Action, Option<ContainerDetails>), Failure> {
+    async fn deploy(&self, host: &dyn Host) -> Result<(Action, Option<ContainerDetails>), Failure> {
         let tp = &self.target;
         for extra in self.containers.iter().filter(|c| c.name != tp.container) {
             self.step(format!("found another container of this app: {} (left alone)", extra.name));
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
-        if let Some(current) = current
-            && current.config_hash.as_deref() == Some(tp.config_hash.as_str())
-            && !self.settings.force
-        {
-            if current.running {
+        match (decide(current.map(Live::from), tp, self.settings.force), current) {
+            (Decision::Unchanged, Some(current)) => {
                 self.step("unchanged: the running container has the planned config");
-                let container = docker::inspect(connection, &current.id).await.map_err(Failure::untouched)?;
+                let container = docker::inspect(host, &current.id).await.map_err(Failure::untouched)?;
                 return Ok((Action::Unchanged, Some(container.details)));
             }
-            return self.start_stopped(connection, &current.id).await;
+            (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
+            _ => {}
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
         self.step(match current {
@@ -456,7 +539,7 @@ impl Job {
             argv: &tp.exec_argv,
         };
         let unknown = "the old container may be stopped and renamed; run `ferry status` when it is back";
-        match docker::start_replacement(connection, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
+        match docker::start_replacement(host, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
             Started::NotStarted(why) => Err(Failure {
                 status: Status::Failed,
                 action: Action::Untouched,
@@ -464,11 +547,11 @@ impl Job {
                 logs: Vec::new(),
             }),
             Started::RunFailed(why) => {
-                Err(self.restore(connection, old, format!("docker run failed: {why}")).await)
+                Err(self.restore(host, old, format!("docker run failed: {why}")).await)
             }
             Started::Running(id) => {
                 let action = if old.is_some() { Action::Replaced } else { Action::Created };
-                self.gate_and_finish(connection, &id, old, action).await
+                self.gate_and_finish(host, &id, old, action).await
             }
         }
     }
@@ -476,16 +559,16 @@ impl Job {
     /// The planned container exists but is stopped: start it and gate it (not recreated).
     async fn start_stopped(
         &self,
-        connection: &Connection,
+        host: &dyn Host,
         id: &str,
     ) -> Result<(Action, Option<ContainerDetails>), Failure> {
         self.step("starting: the container has the planned config but was stopped");
-        docker::start(connection, id).await.map_err(Failure::untouched)?;
-        match self.gate(connection, id).await {
+        docker::start(host, id).await.map_err(Failure::untouched)?;
+        match self.gate(host, id).await {
             Ok(container) => Ok((Action::Started, Some(container.details))),
             Err(why) => {
-                let logs = docker::logs(connection, id).await;
-                let _ = docker::stop(connection, id).await;
+                let logs = docker::logs(host, id).await;
+                let _ = docker::stop(host, id).await;
                 Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
             }
         }
@@ -493,30 +576,30 @@ impl Job {
 
     async fn gate_and_finish(
         &self,
-        connection: &Connection,
+        host: &dyn Host,
         id: &str,
         old: Option<(&str, bool)>,
         action: Action,
     ) -> Result<(Action, Option<ContainerDetails>), Failure> {
-        let container = match self.gate(connection, id).await {
+        let container = match self.gate(host, id).await {
             Ok(container) => container,
-            Err(why) => return Err(self.restore(connection, old, why).await),
+            Err(why) => return Err(self.restore(host, old, why).await),
         };
         match self.planner.post_deploy(&self.target.target, &container.details) {
             Ok(None) => {}
             Ok(Some(script)) => {
                 self.step("post_deploy");
                 let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
-                let outcome = docker::post_deploy(connection, &script, &mut sink).await;
+                let outcome = docker::post_deploy(host, &script, &mut sink).await;
                 sink.flush();
                 if let Err(e) = outcome {
-                    return Err(self.restore(connection, old, e.to_string()).await);
+                    return Err(self.restore(host, old, e.to_string()).await);
                 }
             }
-            Err(e) => return Err(self.restore(connection, old, format!("post_deploy: {e}")).await),
+            Err(e) => return Err(self.restore(host, old, format!("post_deploy: {e}")).await),
         }
         if let Some((old_id, _)) = old
-            && let Err(e) = docker::remove(connection, old_id).await
+            && let Err(e) = docker::remove(host, old_id).await
         {
             self.step(format!("the old container {old_id} could not be removed: {e}"));
         }
@@ -524,7 +607,7 @@ impl Job {
     }
 
     /// The gate's verdict: the healthy container, or why not.
-    async fn gate(&self, connection: &Connection, id: &str) -> Result<docker::Container, String> {
+    async fn gate(&self, host: &dyn Host, id: &str) -> Result<docker::Container, String> {
         self.step("health gate");
         let gate = docker::Gate {
             cmd: self.target.health_cmd.as_deref(),
@@ -532,7 +615,7 @@ impl Job {
             interval: self.settings.interval,
             grace: self.settings.grace,
         };
-        match docker::gate(connection, id, &gate).await {
+        match docker::gate(host, id, &gate).await {
             Ok(GateResult::Healthy(how, container)) => {
                 self.step(how);
                 Ok(*container)
@@ -543,14 +626,14 @@ impl Job {
     }
 
     /// Removes the failed new container and brings the old one back.
-    async fn restore(&self, connection: &Connection, old: Option<(&str, bool)>, why: String) -> Failure {
+    async fn restore(&self, host: &dyn Host, old: Option<(&str, bool)>, why: String) -> Failure {
         self.step(match old {
             Some(_) => "failed: restoring the old container",
             None => "failed: removing the new container",
         });
-        let logs = docker::logs(connection, &self.target.container).await;
+        let logs = docker::logs(host, &self.target.container).await;
         let (old_id, was_running) = old.map_or((None, false), |(id, running)| (Some(id), running));
-        match docker::restore(connection, &self.target.container, old_id, was_running).await {
+        match docker::restore(host, &self.target.container, old_id, was_running).await {
             Ok(()) => Failure { status: Status::Failed, action: Action::Restored, error: why, logs },
             Err(e) => Failure {
                 status: Status::Error,
@@ -562,14 +645,13 @@ impl Job {
     }
 
     /// Appends the target's audit mirror line.
-    async fn mirror(&self, connection: &Connection, r: &TargetReport) {
+    async fn mirror(&self, host: &dyn Host, r: &TargetReport) {
         let outcome = match (&r.action, &r.error) {
             (_, Some(e)) => format!("{}: {e}", r.status.label()),
             (Some(a), None) => a.label().to_string(),
             (None, None) => r.status.label().to_string(),
         };
-        crate::fanout::write_mirror(connection, &r.target, &format!("{} -> {outcome}", self.settings.mirror))
-            .await;
+        crate::fanout::write_mirror(host, &r.target, &format!("{} -> {outcome}", self.settings.mirror)).await;
     }
 }
 
@@ -597,10 +679,329 @@ fn finished(events: &Events, report: Option<&TargetReport>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{FakeHost, Reply};
+    use crate::inventory::{Batch, Rollout, Transport};
 
     #[test]
     fn short_ids_are_the_random_tail() {
         assert_eq!(short_id("019ad0c1-0000-7000-8000-0123456789ab"), "0123456789ab");
         assert_eq!(short_id("abc"), "abc");
+    }
+
+    const PLANNED: &str = "hash-new";
+    const DIGEST: &str = "sha256:0123";
+
+    fn target_plan(name: &str) -> TargetPlan {
+        TargetPlan {
+            target: name.to_string(),
+            host: "10.0.0.1".into(),
+            port: 22,
+            user: None,
+            transport: Transport::Ssh,
+            container: "web-dev".into(),
+            argv: vec!["docker".into(), "run".into(), "--name".into(), "web-dev".into(), "img".into()],
+            display: "docker run --name web-dev img".into(),
+            config_hash: PLANNED.into(),
+            secrets: Vec::new(),
+            health_cmd: None,
+            stable_argv: Vec::new(),
+            env_file: None,
+            exec_argv: vec![
+                "docker".into(),
+                "run".into(),
+                "--detach".into(),
+                "--name".into(),
+                "web-dev".into(),
+                "img".into(),
+            ],
+        }
+    }
+
+    fn plan(targets: &[&str]) -> Plan {
+        Plan {
+            schema: crate::plan::SCHEMA_VERSION,
+            app: "web".into(),
+            environment: "dev".into(),
+            version: "1.0".into(),
+            image: format!("registry/web@{DIGEST}"),
+            digest: Some(DIGEST.into()),
+            deployment: "019ad0c1-0000-7000-8000-0123456789ab".into(),
+            rollout: Rollout { batch: Batch::Count(10), max_failures: 10 },
+            targets: targets.iter().map(|t| target_plan(t)).collect(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The plan is already pinned; `post_deploy` is the script given, if any.
+    struct TestPlanner(Option<String>);
+
+    impl Planner for TestPlanner {
+        fn pinned(&self, _digest: &str) -> Result<Plan, String> {
+            Err("the test plan is pinned already".into())
+        }
+        fn post_deploy(
+            &self,
+            _target: &str,
+            _container: &ContainerDetails,
+        ) -> Result<Option<String>, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            parallel: 2,
+            force: false,
+            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            mirror: "ferry deploy web 1.0 to dev".into(),
+            login: None,
+        }
+    }
+
+    /// What `docker ps` lists: the old container `old1` with another config hash.
+    fn listed(hash: &str, state: &str) -> String {
+        format!("Digest: {DIGEST}\n--- containers\nold1\tweb-dev\t{state}\t{hash}\n")
+    }
+
+    const INSPECT: &str = r#"[{"Id":"new1","Name":"/web-dev","State":{"Status":"running"},"Config":{"Image":"registry/web@sha256:0123","Labels":{}},"NetworkSettings":{}}]"#;
+
+    fn healthy() -> Reply {
+        Reply::ok(&format!("gate: health.cmd passed\n--- inspect\n{INSPECT}\n"))
+    }
+
+    // Patterns that pick out each docker step's script (see `crate::docker`).
+    const PULL: &str = "docker pull";
+    const REPLACE: &str = "envf=";
+    const GATE: &str = "grace_ms=";
+    const LOGS: &str = "docker logs --tail";
+    const RESTORE: &str = "> /dev/null 2>&1; ";
+    const REMOVE_OLD: &str = "docker rm -f old1 > /dev/null";
+    const MIRROR: &str = "audit.log";
+    const POST_DEPLOY: &str = "notify-deployed";
+
+    /// A target where every step succeeds unless `overrides` (checked first) say otherwise.
+    fn target(name: &str, overrides: Vec<(&str, Reply)>) -> FakeHost {
+        let mut host = FakeHost::new(name);
+        for (pattern, reply) in overrides {
+            host = host.on(pattern, reply);
+        }
+        host.on(PULL, Reply::ok(&listed("hash-old", "running")))
+            .on(REPLACE, Reply::ok("new1\n"))
+            .on(GATE, healthy())
+            .on(LOGS, Reply::ok("log line 1\nlog line 2\n"))
+            .on(RESTORE, Reply::ok(""))
+            .on(REMOVE_OLD, Reply::ok(""))
+            .on(POST_DEPLOY, Reply::ok("notified\n"))
+            .on(MIRROR, Reply::ok(""))
+    }
+
+    /// Which steps ran, in order, named by their pattern.
+    fn steps(host: &FakeHost) -> Vec<&'static str> {
+        let names = [
+            PULL,
+            REPLACE,
+            GATE,
+            LOGS,
+            RESTORE,
+            REMOVE_OLD,
+            POST_DEPLOY,
+            MIRROR,
+            "docker inspect",
+            "docker start",
+        ];
+        host.calls()
+            .iter()
+            .map(|c| names.iter().find(|p| c.command.contains(**p)).copied().unwrap_or("?"))
+            .collect()
+    }
+
+    async fn deploy(hosts: Vec<Arc<FakeHost>>, post_deploy: Option<&str>, force: bool) -> Applied {
+        let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
+        let plan = plan(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let connections: Connections =
+            hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect();
+        let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let planner: Arc<dyn Planner> = Arc::new(TestPlanner(post_deploy.map(str::to_string)));
+        let settings = Settings { force, ..settings() };
+        apply(plan, planner, &connections, &settings, &events, cancel).await
+    }
+
+    async fn deploy_one(host: FakeHost, post_deploy: Option<&str>) -> (Arc<FakeHost>, TargetReport) {
+        let host = Arc::new(host);
+        let applied = deploy(vec![Arc::clone(&host)], post_deploy, false).await;
+        let report = applied.reports.into_iter().next().unwrap();
+        (host, report)
+    }
+
+    /// The restore script gave the old container its name back and started it again.
+    fn restored_and_started(host: &FakeHost) -> bool {
+        host.ran(RESTORE).iter().any(|c| c.contains("docker rename old1 web-dev && docker start old1"))
+    }
+
+    #[tokio::test]
+    async fn a_changed_config_replaces_the_container_and_removes_the_old_one() {
+        let (host, r) = deploy_one(target("t1", vec![]), Some("notify-deployed")).await;
+        assert_eq!((r.status, r.action, r.error.as_deref()), (Status::Ok, Some(Action::Replaced), None));
+        assert_eq!(r.container.as_ref().map(|c| c.id.as_str()), Some("new1"));
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, REMOVE_OLD, MIRROR]);
+        let replace = &host.ran(REPLACE)[0];
+        assert!(
+            replace.contains("old=old1") && replace.contains("keep=web-dev-ferry-old-0123456789ab"),
+            "{replace}"
+        );
+        let mirror = host.calls().into_iter().find(|c| c.command.contains(MIRROR)).unwrap();
+        let line = String::from_utf8(mirror.stdin.unwrap()).unwrap();
+        assert!(line.ends_with("ferry deploy web 1.0 to dev -> replaced\n"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_gate_restores_and_restarts_the_old_container() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: not healthy after 5s\nconnection refused\n".into(),
+            stderr: String::new(),
+        };
+        let (host, r) = deploy_one(target("t1", vec![(GATE, unhealthy)]), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("health gate: not healthy after 5s: connection refused"));
+        assert_eq!(r.logs, ["log line 1", "log line 2"]);
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host), "{:?}", host.calls());
+    }
+
+    #[tokio::test]
+    async fn a_failed_pull_touches_nothing() {
+        let (host, r) =
+            deploy_one(target("t1", vec![(PULL, Reply::fail(1, "manifest unknown"))]), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(format!("pull registry/web@{DIGEST}: docker pull: manifest unknown").as_str())
+        );
+        assert_eq!(
+            steps(&host),
+            [PULL],
+            "no container was touched, no mirror line: the target was never started"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replace_script_that_cannot_stop_the_old_container_changes_nothing() {
+        let overrides = vec![(REPLACE, Reply::fail(91, "Error response from daemon: cannot stop"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("cannot stop the old container: Error response from daemon: cannot stop")
+        );
+        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR], "nothing to restore");
+    }
+
+    #[tokio::test]
+    async fn a_failed_docker_run_restores_the_old_container() {
+        let overrides = vec![(REPLACE, Reply::fail(125, "docker: invalid reference format"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("docker run failed: docker: invalid reference format"));
+        assert_eq!(steps(&host), [PULL, REPLACE, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host));
+    }
+
+    #[tokio::test]
+    async fn a_failed_post_deploy_restores_the_old_container() {
+        let overrides = vec![(POST_DEPLOY, Reply::fail(2, ""))];
+        let (host, r) = deploy_one(target("t1", overrides), Some("notify-deployed")).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
+        assert_eq!(r.error.as_deref(), Some("post_deploy: exit 2"));
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, LOGS, RESTORE, MIRROR]);
+        assert!(restored_and_started(&host));
+    }
+
+    #[tokio::test]
+    async fn a_failed_restore_is_an_error_that_says_so() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: the container is exited (it exited)\n".into(),
+            stderr: String::new(),
+        };
+        let overrides = vec![(GATE, unhealthy), (RESTORE, Reply::fail(1, "No such container: old1"))];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "health gate: the container is exited (it exited); and restoring the old container failed: restore the old container: No such container: old1"
+            )
+        );
+        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn a_link_lost_after_the_old_container_stopped_is_an_error_pointing_at_status() {
+        let (host, r) = deploy_one(target("t1", vec![(REPLACE, Reply::Lost)]), None).await;
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        let error = r.error.unwrap_or_default();
+        assert!(error.starts_with("connection lost (fake host t1: connection lost)"), "{error}");
+        assert!(error.contains("run `ferry status` when it is back"), "{error}");
+        // The mirror line was attempted on the dead link, and nothing else ran after the loss.
+        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_running_container_is_left_alone_and_a_stopped_one_is_started() {
+        let running = target(
+            "t1",
+            vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), ("docker inspect", Reply::ok(INSPECT))],
+        );
+        let (host, r) = deploy_one(running, None).await;
+        assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Unchanged)));
+        assert_eq!(steps(&host), [PULL, "docker inspect", MIRROR]);
+
+        let stopped = target(
+            "t2",
+            vec![(PULL, Reply::ok(&listed(PLANNED, "exited"))), ("docker start", Reply::ok(""))],
+        );
+        let (host, r) = deploy_one(stopped, None).await;
+        assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Started)));
+        assert_eq!(steps(&host), [PULL, "docker start", GATE, MIRROR]);
+    }
+
+    #[tokio::test]
+    async fn targets_fail_alone_and_reports_keep_the_plans_order() {
+        let hosts = vec![
+            Arc::new(target("a", vec![])),
+            Arc::new(target("b", vec![(PULL, Reply::Lost)])),
+            Arc::new(target("c", vec![])),
+        ];
+        let applied = deploy(hosts.clone(), None, false).await;
+        let got: Vec<(&str, Status)> =
+            applied.reports.iter().map(|r| (r.target.as_str(), r.status)).collect();
+        assert_eq!(got, [("a", Status::Ok), ("b", Status::Error), ("c", Status::Ok)]);
+        assert!(hosts[1].ran(REPLACE).is_empty());
+    }
+
+    #[test]
+    fn decide_is_one_rule_for_the_rollout_and_the_diff() {
+        let tp = target_plan("t");
+        let live = |running, hash| Some(Live { running, config_hash: hash });
+        assert_eq!(decide(None, &tp, false), Decision::Create);
+        assert_eq!(decide(None, &tp, true), Decision::Create);
+        assert_eq!(decide(live(true, Some(PLANNED)), &tp, false), Decision::Unchanged);
+        assert_eq!(decide(live(false, Some(PLANNED)), &tp, false), Decision::Start);
+        assert_eq!(decide(live(true, Some(PLANNED)), &tp, true), Decision::Replace, "--force");
+        assert_eq!(decide(live(false, Some(PLANNED)), &tp, true), Decision::Replace, "--force");
+        assert_eq!(decide(live(true, Some("other")), &tp, false), Decision::Replace);
+        assert_eq!(decide(live(false, None), &tp, false), Decision::Replace, "not ferry's container");
+        let brief = Brief {
+            id: "x".into(),
+            name: "web-dev".into(),
+            running: false,
+            config_hash: Some(PLANNED.into()),
+        };
+        assert_eq!(decide(Some(Live::from(&brief)), &tp, false), Decision::Start);
+        assert_eq!(Decision::Unchanged.label(), "unchanged");
     }
 }

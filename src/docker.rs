@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{Capture, ExecError};
-use crate::host::Connection;
+use crate::host::Host;
 use crate::shell;
 
 /// How long ferry waits for a pull before calling the target failed.
@@ -141,14 +141,14 @@ impl DockerError {
 
 /// Runs `script`; a non-zero exit is a [`DockerError::Failed`] carrying stderr.
 async fn sh(
-    connection: &Connection,
+    host: &dyn Host,
     step: &'static str,
     script: &str,
     stdin: Option<&[u8]>,
     deadline: Duration,
 ) -> Result<Capture, DockerError> {
     let mut out = Capture::default();
-    let status = connection.exec(script, stdin, Some(deadline), &mut out).await?;
+    let status = host.exec(script, stdin, Some(deadline), &mut out).await?;
     if status.success() {
         return Ok(out);
     }
@@ -170,25 +170,20 @@ fn q(value: &str) -> String {
 
 /// The containers labelled as `app` in `environment` (also stopped ones); this also proves that
 /// `docker` answers on the target.
-pub async fn list(
-    connection: &Connection,
-    app: &str,
-    environment: &str,
-) -> Result<Vec<Container>, DockerError> {
+pub async fn list(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<Container>, DockerError> {
     let script = format!(
         "ids=$(docker ps -aq --no-trunc --filter label=ferry.app={} --filter label=ferry.environment={}) || exit 1; \
          if [ -z \"$ids\" ]; then echo '[]'; else docker inspect $ids; fi",
         q(app),
         q(environment)
     );
-    let out = sh(connection, "list containers", &script, None, STEP_DEADLINE).await?;
+    let out = sh(host, "list containers", &script, None, STEP_DEADLINE).await?;
     parse_inspect(&out.text()).map_err(|message| DockerError::Failed { step: "read docker inspect", message })
 }
 
 /// One container by name or id.
-pub async fn inspect(connection: &Connection, container: &str) -> Result<Container, DockerError> {
-    let out =
-        sh(connection, "inspect", &format!("docker inspect {}", q(container)), None, STEP_DEADLINE).await?;
+pub async fn inspect(host: &dyn Host, container: &str) -> Result<Container, DockerError> {
+    let out = sh(host, "inspect", &format!("docker inspect {}", q(container)), None, STEP_DEADLINE).await?;
     one_container(&out.text())
 }
 
@@ -198,9 +193,8 @@ fn one_container(json: &str) -> Result<Container, DockerError> {
 }
 
 /// Pulls `image`; returns the manifest digest Docker reports (`Digest: sha256:…`).
-pub async fn pull(connection: &Connection, image: &str) -> Result<Option<String>, DockerError> {
-    let out =
-        sh(connection, "docker pull", &format!("docker pull {}", q(image)), None, PULL_DEADLINE).await?;
+pub async fn pull(host: &dyn Host, image: &str) -> Result<Option<String>, DockerError> {
+    let out = sh(host, "docker pull", &format!("docker pull {}", q(image)), None, PULL_DEADLINE).await?;
     Ok(pulled_digest(&out.text()))
 }
 
@@ -232,7 +226,7 @@ pub struct Brief {
 /// one `docker ps` (a deployment's hot path: each docker CLI start costs tens of milliseconds
 /// of CPU on the target).
 pub async fn pull_and_list(
-    connection: &Connection,
+    host: &dyn Host,
     image: &str,
     app: &str,
     environment: &str,
@@ -255,7 +249,7 @@ pub async fn pull_and_list(
         app = q(app),
         env = q(environment),
     );
-    let out = sh(connection, "docker pull", &script, stdin, PULL_DEADLINE).await?;
+    let out = sh(host, "docker pull", &script, stdin, PULL_DEADLINE).await?;
     let text = out.text();
     let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
     Ok((pulled_digest(pulled), parse_briefs(listed)))
@@ -290,12 +284,12 @@ pub fn pulled_digest(output: &str) -> Option<String> {
 
 /// The manifest digest of `image` as the target's image store knows it (from its last pull),
 /// without pulling; `None` when the image is not there.
-pub async fn local_digest(connection: &Connection, image: &str) -> Result<Option<String>, DockerError> {
+pub async fn local_digest(host: &dyn Host, image: &str) -> Result<Option<String>, DockerError> {
     let script = format!(
         "docker image inspect --format '{{{{json .RepoDigests}}}}' {} 2>/dev/null || echo '[]'",
         q(image)
     );
-    let out = sh(connection, "docker image inspect", &script, None, STEP_DEADLINE).await?;
+    let out = sh(host, "docker image inspect", &script, None, STEP_DEADLINE).await?;
     let digests: Vec<String> = serde_json::from_str(out.text().trim()).unwrap_or_default();
     let repository = repository_of(image);
     Ok(digests
@@ -350,10 +344,7 @@ pub enum Started {
 /// Writes the env file (mode 0600, through stdin), stops and renames the old container, runs
 /// the new one and removes the env file, all in one script. `docker stop` waits the container's
 /// own stop timeout (10 s unless the template sets `--stop-timeout`).
-pub async fn start_replacement(
-    connection: &Connection,
-    replace: &Replace<'_>,
-) -> Result<Started, DockerError> {
+pub async fn start_replacement(host: &dyn Host, replace: &Replace<'_>) -> Result<Started, DockerError> {
     let run = shell::join(replace.argv)
         .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
     let (env_path, stdin) = match replace.env_file {
@@ -377,7 +368,7 @@ pub async fn start_replacement(
         envf = q(env_path),
     );
     let mut out = Capture::default();
-    let status = connection.exec(&script, stdin, Some(STEP_DEADLINE), &mut out).await?;
+    let status = host.exec(&script, stdin, Some(STEP_DEADLINE), &mut out).await?;
     let errors = last_lines(&out.errors(), 3);
     Ok(match status {
         crate::exec::ExitStatus::Code(0) => {
@@ -398,9 +389,9 @@ pub async fn start_replacement(
 }
 
 /// The last lines a container wrote (stdout and stderr), oldest first.
-pub async fn logs(connection: &Connection, container: &str) -> Vec<String> {
+pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
-    match sh(connection, "docker logs", &script, None, STEP_DEADLINE).await {
+    match sh(host, "docker logs", &script, None, STEP_DEADLINE).await {
         Ok(out) => out.text().lines().map(str::to_string).collect(),
         Err(_) => Vec::new(),
     }
@@ -409,7 +400,7 @@ pub async fn logs(connection: &Connection, container: &str) -> Vec<String> {
 /// Removes the failed new container `name` and gives its name back to `old` (started again when
 /// `start_old`).
 pub async fn restore(
-    connection: &Connection,
+    host: &dyn Host,
     name: &str,
     old: Option<&str>,
     start_old: bool,
@@ -421,25 +412,25 @@ pub async fn restore(
             script += &format!(" && docker start {} > /dev/null", q(old));
         }
     }
-    sh(connection, "restore the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
+    sh(host, "restore the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// Removes a container (the old one, once the new one is healthy).
-pub async fn remove(connection: &Connection, container: &str) -> Result<(), DockerError> {
+pub async fn remove(host: &dyn Host, container: &str) -> Result<(), DockerError> {
     let script = format!("docker rm -f {} > /dev/null", q(container));
-    sh(connection, "remove the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
+    sh(host, "remove the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// Starts a stopped container.
-pub async fn start(connection: &Connection, container: &str) -> Result<(), DockerError> {
+pub async fn start(host: &dyn Host, container: &str) -> Result<(), DockerError> {
     let script = format!("docker start {} > /dev/null", q(container));
-    sh(connection, "docker start", &script, None, STEP_DEADLINE).await.map(|_| ())
+    sh(host, "docker start", &script, None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// Stops a container (a restarted one that failed its gate goes back to how it was).
-pub async fn stop(connection: &Connection, container: &str) -> Result<(), DockerError> {
+pub async fn stop(host: &dyn Host, container: &str) -> Result<(), DockerError> {
     let script = format!("docker stop {} > /dev/null", q(container));
-    sh(connection, "docker stop", &script, None, STEP_DEADLINE).await.map(|_| ())
+    sh(host, "docker stop", &script, None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// The health gate's settings.
@@ -468,11 +459,7 @@ pub enum GateResult {
 /// succeeds; else it still runs, never restarted, after the grace period (counted in the time
 /// slept, so it is never shorter). A container that stops or restarts fails at once. The loop
 /// runs on the target: one round trip, not one per poll.
-pub async fn gate(
-    connection: &Connection,
-    container: &str,
-    gate: &Gate<'_>,
-) -> Result<GateResult, DockerError> {
+pub async fn gate(host: &dyn Host, container: &str, gate: &Gate<'_>) -> Result<GateResult, DockerError> {
     let secs = |d: Duration| d.as_secs_f64();
     let timeout = gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1);
     let script = format!(
@@ -509,7 +496,7 @@ pub async fn gate(
     );
     let deadline = Duration::from_secs(timeout) + STEP_DEADLINE;
     let mut out = Capture::default();
-    let status = connection.exec(&script, None, Some(deadline), &mut out).await?;
+    let status = host.exec(&script, None, Some(deadline), &mut out).await?;
     let text = out.text();
     let (verdict, inspect) = text.split_once("--- inspect\n").unwrap_or((&text, ""));
     let reason = verdict.lines().find_map(|l| l.strip_prefix("gate: ")).unwrap_or("").to_string();
@@ -526,11 +513,11 @@ pub async fn gate(
 
 /// Runs a rendered `post_deploy` script; its output goes to `sink`.
 pub async fn post_deploy(
-    connection: &Connection,
+    host: &dyn Host,
     script: &str,
     sink: &mut dyn crate::exec::OutputSink,
 ) -> Result<(), DockerError> {
-    let status = connection.exec(script, None, Some(STEP_DEADLINE), sink).await?;
+    let status = host.exec(script, None, Some(STEP_DEADLINE), sink).await?;
     if status.success() {
         Ok(())
     } else {

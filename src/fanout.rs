@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 
 use crate::exec::ExitStatus;
-use crate::host::Connection;
+use crate::host::{self, Host};
 use crate::inventory::{Inventory, Target};
 use crate::report::{Event, Events, LineSplitter, Status};
 use crate::ssh;
@@ -70,36 +70,33 @@ pub async fn run(
     events: Events,
     cancel: Cancel,
 ) -> Vec<TargetResult> {
-    let permits = Arc::new(Semaphore::new(settings.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
-    let mut cancel = cancel;
-    // Permits are taken here, in inventory order, so targets start in that order (with
-    // `--parallel 1`, one after another); a Ctrl-C while waiting skips the rest.
-    for (index, target) in targets.into_iter().enumerate() {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
-            () = cancelled(&mut cancel) => None,
-        };
-        let Some(permit) = permit.filter(|_| !*cancel.borrow()) else {
-            results[index] = Some(skipped(&target.name, &events));
-            continue;
-        };
-        let (inventory, work, events, options) =
-            (Arc::clone(&inventory), Arc::clone(&work), events.clone(), settings.ssh.clone());
-        tasks.spawn(async move {
-            let result = one_target(&inventory, &target, &work, &options, &events).await;
-            drop(permit);
-            (index, result)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        // A panicking task is a bug; its target is simply missing from the results below.
-        if let Ok((index, result)) = joined {
-            results[index] = Some(result);
-        }
-    }
-    results.into_iter().flatten().collect()
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let limits = Limits { parallel: settings.parallel, cancel: Some(cancel) };
+    let outcomes = ordered(
+        targets,
+        limits,
+        |_, target| {
+            let (inventory, work, events, options) =
+                (Arc::clone(&inventory), Arc::clone(&work), events.clone(), settings.ssh.clone());
+            async move { one_target(&inventory, &target, &work, &options, &events).await }
+        },
+        |_, target| skipped(&target.name, &events),
+    )
+    .await;
+    outcomes
+        .into_iter()
+        .zip(names)
+        .map(|(outcome, name)| match outcome {
+            Ok(result) => result,
+            // Already reported when it was skipped.
+            Err(Unfinished::Skipped) => not_run(&name, Status::Skipped, Unfinished::Skipped.to_string()),
+            Err(crashed) => {
+                let result = not_run(&name, Status::Error, crashed.to_string());
+                finished(&events, &result);
+                result
+            }
+        })
+        .collect()
 }
 
 /// Resolves when the run is cancelled (never, if the sender is gone without cancelling).
@@ -111,17 +108,119 @@ pub async fn cancelled(cancel: &mut Cancel) {
     }
 }
 
-fn skipped(target: &str, events: &Events) -> TargetResult {
-    let result = TargetResult {
+/// Why an item of [`ordered`] has no result of its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfinished {
+    /// The run was cancelled before the item started.
+    #[error("not started: interrupted")]
+    Skipped,
+    /// Its task panicked or was aborted: a bug, reported as this item's error.
+    #[error("internal error: {0}")]
+    Crashed(String),
+}
+
+/// How [`ordered`] runs its items.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Items at once (at least one).
+    pub parallel: usize,
+    /// Stops starting items when it becomes true; `None`: never cancelled.
+    pub cancel: Option<Cancel>,
+}
+
+impl Limits {
+    /// `parallel` at once, never cancelled.
+    pub fn parallel(parallel: usize) -> Limits {
+        Limits { parallel, cancel: None }
+    }
+}
+
+/// Runs `start(index, item)` for every item as its own task, at most `limits.parallel` at once,
+/// and returns one outcome per item, in the items' order. Permits are taken in order, so items
+/// start in that order (with one at a time, one after another). Once `limits.cancel` is set,
+/// no further item starts: each of those is [`Unfinished::Skipped`], and `on_skip` hears of it
+/// at once (so a skip is reported when it happens, not when the running items end). A task that
+/// panics or is aborted becomes [`Unfinished::Crashed`] for its own item: never a missing item.
+pub async fn ordered<I, T, Fut>(
+    items: Vec<I>,
+    limits: Limits,
+    mut start: impl FnMut(usize, I) -> Fut,
+    mut on_skip: impl FnMut(usize, I),
+) -> Vec<Result<T, Unfinished>>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.parallel.max(1)));
+    let mut outcomes: Vec<Option<Result<T, Unfinished>>> = items.iter().map(|_| None).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut index_of = std::collections::HashMap::new();
+    let mut cancel = limits.cancel;
+    for (index, item) in items.into_iter().enumerate() {
+        let permit = match cancel.as_mut() {
+            Some(cancel) => tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.ok().filter(|_| !*cancel.borrow()),
+                () = cancelled(cancel) => None,
+            },
+            None => Arc::clone(&permits).acquire_owned().await.ok(),
+        };
+        let Some(permit) = permit else {
+            outcomes[index] = Some(Err(Unfinished::Skipped));
+            on_skip(index, item);
+            continue;
+        };
+        let work = start(index, item);
+        let handle = tasks.spawn(async move {
+            let outcome = work.await;
+            drop(permit);
+            outcome
+        });
+        index_of.insert(handle.id(), index);
+    }
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let (id, outcome) = match joined {
+            Ok((id, value)) => (id, Ok(value)),
+            Err(e) => (e.id(), Err(Unfinished::Crashed(crash_message(e)))),
+        };
+        if let Some(&index) = index_of.get(&id) {
+            outcomes[index] = Some(outcome);
+        }
+    }
+    // Every index got an outcome above: skipped, or its task joined (a JoinSet yields each
+    // spawned task exactly once). The fallback only keeps the length right if that ever broke.
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Unfinished::Crashed("the task vanished".into()))))
+        .collect()
+}
+
+/// What a panicked or aborted task said.
+fn crash_message(e: tokio::task::JoinError) -> String {
+    if e.is_cancelled() {
+        return "the task was aborted".into();
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("the task panicked: {text}")
+}
+
+fn skipped(target: &str, events: &Events) {
+    finished(events, &not_run(target, Status::Skipped, Unfinished::Skipped.to_string()));
+}
+
+fn not_run(target: &str, status: Status, error: String) -> TargetResult {
+    TargetResult {
         target: target.to_string(),
-        status: Status::Skipped,
+        status,
         exit: None,
-        error: Some("not started: interrupted".into()),
+        error: Some(error),
         duration: Duration::ZERO,
         tail: Vec::new(),
-    };
-    finished(events, &result);
-    result
+    }
 }
 
 async fn one_target(
@@ -140,7 +239,7 @@ async fn one_target(
         duration: Duration::ZERO,
         tail: Vec::new(),
     };
-    let connection = match Connection::open(inventory, target, options).await {
+    let connection = match host::open(inventory, target, options).await {
         Ok(c) => c,
         Err(e) => {
             result.status = if e.is_host_key() { Status::Refused } else { Status::Error };
@@ -165,8 +264,8 @@ async fn one_target(
     }
     result.duration = started.elapsed();
     // A local target is the machine that holds the audit log itself: no mirror.
-    if let (Some(prefix), Connection::Ssh(_)) = (&work.mirror, &connection) {
-        mirror(&connection, prefix, &result).await;
+    if let (Some(prefix), false) = (&work.mirror, connection.is_local()) {
+        mirror(&*connection, prefix, &result).await;
     }
     finished(events, &result);
     connection.close().await;
@@ -174,7 +273,7 @@ async fn one_target(
 }
 
 /// Appends the target's audit mirror line. Best effort: the local log is the record.
-async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
+async fn mirror(connection: &dyn Host, prefix: &str, result: &TargetResult) {
     let outcome = match (&result.exit, &result.error) {
         (Some(exit), _) => exit.to_string(),
         (None, Some(error)) => format!("error: {error}"),
@@ -185,7 +284,7 @@ async fn mirror(connection: &Connection, prefix: &str, result: &TargetResult) {
 
 /// Appends `TIME text` to the target's `~/.ferry/audit.log` (run and deploy both write it).
 /// Best effort, bounded by [`MIRROR_DEADLINE`]: the local log is the record.
-pub async fn write_mirror(connection: &Connection, target: &str, text: &str) {
+pub async fn write_mirror(connection: &dyn Host, target: &str, text: &str) {
     let line = format!("{} {text}\n", crate::time::now_rfc3339());
     let mut sink = crate::exec::Discard;
     let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
@@ -216,4 +315,170 @@ fn finished(events: &Events, result: &TargetResult) {
 /// Milliseconds, saturating.
 pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn outcomes_come_back_in_item_order_whatever_finishes_first() {
+        let limits = Limits::parallel(4);
+        // The first item finishes last.
+        let outcomes = ordered(
+            vec![30u64, 20, 10, 0],
+            limits,
+            |i, ms| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                i
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(outcomes, vec![Ok(0), Ok(1), Ok(2), Ok(3)]);
+    }
+
+    #[tokio::test]
+    async fn one_at_a_time_runs_one_after_another_in_order() {
+        let trace = Arc::new(Mutex::new(Vec::new()));
+        let outcomes = ordered(
+            vec!["a", "b", "c"],
+            Limits::parallel(1),
+            |_, name| {
+                let trace = Arc::clone(&trace);
+                async move {
+                    trace.lock().unwrap().push(format!("start {name}"));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    trace.lock().unwrap().push(format!("end {name}"));
+                }
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(
+            *trace.lock().unwrap(),
+            ["start a", "end a", "start b", "end b", "start c", "end c"].map(String::from)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_its_items_error_not_a_missing_item() {
+        let outcomes = ordered(
+            vec![1, 2, 3],
+            Limits::parallel(3),
+            |_, n| async move {
+                if n == 2 {
+                    panic!("boom on {n}");
+                }
+                n * 10
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[0], Ok(10));
+        assert_eq!(outcomes[1], Err(Unfinished::Crashed("the task panicked: boom on 2".into())));
+        assert_eq!(outcomes[2], Ok(30));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_skips_the_items_not_started_and_lets_the_running_one_finish() {
+        let (cancel_tx, cancel) = watch::channel(false);
+        let cancel_tx = Arc::new(cancel_tx);
+        let skipped = Mutex::new(Vec::new());
+        let limits = Limits { parallel: 1, cancel: Some(cancel) };
+        let outcomes = ordered(
+            vec!["first", "second", "third"],
+            limits,
+            |_, name| {
+                let cancel_tx = Arc::clone(&cancel_tx);
+                async move {
+                    // Ctrl-C arrives while the first item runs.
+                    let _ = cancel_tx.send(true);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    name
+                }
+            },
+            |i, name| skipped.lock().unwrap().push((i, name)),
+        )
+        .await;
+        assert_eq!(outcomes, vec![Ok("first"), Err(Unfinished::Skipped), Err(Unfinished::Skipped)]);
+        assert_eq!(*skipped.lock().unwrap(), [(1, "second"), (2, "third")]);
+    }
+
+    fn local_inventory(names: &[&str]) -> (tempfile::TempDir, Inventory) {
+        let dir = tempfile::tempdir().unwrap();
+        // The runner is one host: each local target lives in an environment of its own.
+        let mut text = "[defaults]\nknown_hosts = \"known_hosts\"\n".to_string();
+        for (n, name) in names.iter().enumerate() {
+            text += &format!("\n[environments.e{n}]\ntargets = [\"{name}\"]\n");
+            text += &format!("\n[targets.{name}]\nhost = \"127.0.0.1\"\ntransport = \"local\"\n");
+        }
+        let source = crate::diagnostic::SourceFile::new("fanout.toml", text);
+        let inventory = Inventory::parse(source, dir.path()).unwrap();
+        (dir, inventory)
+    }
+
+    #[tokio::test]
+    async fn run_reports_every_target_in_inventory_order_through_local_hosts() {
+        let (dir, inventory) = local_inventory(&["c", "a", "b"]);
+        let targets: Vec<Target> = inventory.targets.clone();
+        let work = Work {
+            command: "sleep 0.05; echo hello; echo oops >&2; exit 3".into(),
+            stdin: None,
+            deadline: Some(Duration::from_secs(10)),
+            mirror: None,
+        };
+        let settings = Settings {
+            parallel: 3,
+            ssh: ssh::Options {
+                connect_timeout: Duration::from_secs(1),
+                known_hosts: Arc::new(crate::known_hosts::KnownHosts::parse(&dir.path().join("kh"), "")),
+            },
+        };
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = watch::channel(false);
+        let results = run(Arc::new(inventory), targets, Arc::new(work), &settings, events, cancel).await;
+        let names: Vec<&str> = results.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(names, ["c", "a", "b"], "inventory order");
+        for r in &results {
+            assert_eq!((r.status, r.exit.clone()), (Status::Failed, Some(ExitStatus::Code(3))), "{r:?}");
+            assert!(r.tail.iter().any(|l| l.contains("hello")), "{r:?}");
+        }
+        let mut finished = 0;
+        while let Ok(event) = received.try_recv() {
+            finished += usize::from(matches!(event, Event::TargetFinished { .. }));
+        }
+        assert_eq!(finished, 3, "one target_finished event per target");
+    }
+
+    #[tokio::test]
+    async fn run_after_a_cancel_skips_every_target_and_reports_each_one() {
+        let (dir, inventory) = local_inventory(&["a", "b"]);
+        let targets: Vec<Target> = inventory.targets.clone();
+        let work = Work { command: "exit 0".into(), stdin: None, deadline: None, mirror: None };
+        let settings = Settings {
+            parallel: 1,
+            ssh: ssh::Options {
+                connect_timeout: Duration::from_secs(1),
+                known_hosts: Arc::new(crate::known_hosts::KnownHosts::parse(&dir.path().join("kh"), "")),
+            },
+        };
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = watch::channel(true);
+        let results = run(Arc::new(inventory), targets, Arc::new(work), &settings, events, cancel).await;
+        let got: Vec<(&str, Status)> = results.iter().map(|r| (r.target.as_str(), r.status)).collect();
+        assert_eq!(got, [("a", Status::Skipped), ("b", Status::Skipped)]);
+        assert!(results.iter().all(|r| r.error.as_deref() == Some("not started: interrupted")));
+        let mut skipped = Vec::new();
+        while let Ok(event) = received.try_recv() {
+            if let Event::TargetFinished { target, status: Status::Skipped, .. } = event {
+                skipped.push(target);
+            }
+        }
+        assert_eq!(skipped, ["a", "b"], "each skip is reported once");
+    }
 }

@@ -1,11 +1,17 @@
-//! A connection to one target: SSH, or a local `sh` for `transport = "local"`.
+//! A connection to one target, whatever carries it: SSH, a local `sh` for `transport = "local"`,
+//! or (in unit tests) a scripted fake.
 //!
-//! Fan-out, deploy and trust only see [`Connection`]; which transport carries a command is the
-//! target's business. Remote commands are wrapped as `exec /bin/sh -c '…'` so that they mean the
-//! same thing whether the remote login shell is bash, dash or sh.
+//! Fan-out, deploy, the lock and trust only see the [`Host`] trait, so that which transport
+//! carries a command is the target's business, and so that the steps built on it can be tested
+//! against a fake that produces faults (a lost link after a given step, a failing docker
+//! command) on demand. Remote commands are wrapped as `exec /bin/sh -c '…'` so that they mean
+//! the same thing whether the remote login shell is bash, dash or sh.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,12 +21,153 @@ use crate::inventory::{Inventory, Target, Transport};
 use crate::shell;
 use crate::ssh::{self, Endpoint, SshError, SshSession};
 
-/// An open connection to a target.
-pub enum Connection {
-    /// Over SSH.
-    Ssh(SshSession),
-    /// This machine, through `sh -c`.
-    Local,
+#[cfg(test)]
+pub mod fake;
+
+/// A boxed future, so that [`Host`] stays usable as `dyn Host` (async trait methods are not
+/// dyn-compatible, and the `async-trait` crate is not in the tree).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An open connection to one target.
+pub trait Host: Send + Sync {
+    /// The target's name in the inventory.
+    fn name(&self) -> &str;
+
+    /// The target for messages, e.g. `web-1 (deploy@10.0.0.11:22)`.
+    fn describe(&self) -> String;
+
+    /// Whether commands run on the runner itself (`transport = "local"`): the runner's own
+    /// audit log is then the target's record, so no mirror line is written there.
+    fn is_local(&self) -> bool;
+
+    /// Runs a shell command line (`/bin/sh -c`), with `stdin` sent first and then EOF, output
+    /// streamed to `sink` as it arrives, and a deadline after which the command is killed.
+    fn exec<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: Option<&'a [u8]>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>>;
+
+    /// Closes the connection politely (a no-op where there is nothing to close).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A target's name with its open connection.
+pub type Connected = (String, Arc<dyn Host>);
+
+/// A target's name with its open connection, or why it could not be opened.
+pub type Opened = (String, Result<Arc<dyn Host>, SshError>);
+
+/// A shared connection is a connection: steps take `&dyn Host`, callers hold `Arc<dyn Host>`.
+impl<H: Host + ?Sized> Host for Arc<H> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn is_local(&self) -> bool {
+        (**self).is_local()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: Option<&'a [u8]>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        (**self).exec(command, stdin, deadline, sink)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        (**self).close()
+    }
+}
+
+/// A target reached over SSH.
+pub struct SshHost {
+    name: String,
+    description: String,
+    session: SshSession,
+}
+
+impl Host for SshHost {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    fn exec<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: Option<&'a [u8]>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move {
+            let wrapped = format!(
+                "exec /bin/sh -c {}",
+                shell::quote(command).map_err(|e| ExecError::Spawn(e.to_string()))?
+            );
+            self.session.exec(&wrapped, stdin, deadline, sink).await
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.session.close())
+    }
+}
+
+/// The runner itself (`transport = "local"`): commands run under `/bin/sh -c`.
+pub struct LocalHost {
+    name: String,
+}
+
+impl LocalHost {
+    /// The runner, under the target name `name`.
+    pub fn new(name: impl Into<String>) -> LocalHost {
+        LocalHost { name: name.into() }
+    }
+}
+
+impl Host for LocalHost {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (local)", self.name)
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn exec<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: Option<&'a [u8]>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(local_exec(command, stdin, deadline, sink))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The SSH endpoint of `target` (user and identity resolved against the inventory).
@@ -46,77 +193,56 @@ pub fn resolve_path(dir: &Path, path: &str) -> PathBuf {
     }
 }
 
-impl Connection {
-    /// Opens the connection (for SSH: connect, check the host key, authenticate).
-    pub async fn open(
-        inventory: &Inventory,
-        target: &Target,
-        options: &ssh::Options,
-    ) -> Result<Connection, SshError> {
-        Self::open_endpoint(target.transport, &endpoint(inventory, target), options).await
-    }
+/// Opens a connection to `target` (for SSH: connect, check the host key, authenticate).
+pub async fn open(
+    inventory: &Inventory,
+    target: &Target,
+    options: &ssh::Options,
+) -> Result<Arc<dyn Host>, SshError> {
+    open_endpoint(target.transport, &endpoint(inventory, target), options).await
+}
 
-    /// Opens a connection from owned parts (for tasks that outlive the inventory borrow).
-    pub async fn open_endpoint(
-        transport: Transport,
-        endpoint: &Endpoint,
-        options: &ssh::Options,
-    ) -> Result<Connection, SshError> {
-        match transport {
-            Transport::Local => Ok(Connection::Local),
-            Transport::Ssh => Ok(Connection::Ssh(SshSession::connect(endpoint, options).await?)),
-        }
-    }
-
-    /// Runs a shell command line; see [`SshSession::exec`] for the contract.
-    pub async fn exec(
-        &self,
-        command: &str,
-        stdin: Option<&[u8]>,
-        deadline: Option<Duration>,
-        sink: &mut dyn OutputSink,
-    ) -> Result<ExitStatus, ExecError> {
-        match self {
-            Connection::Ssh(session) => {
-                let wrapped = format!(
-                    "exec /bin/sh -c {}",
-                    shell::quote(command).map_err(|e| ExecError::Spawn(e.to_string()))?
-                );
-                session.exec(&wrapped, stdin, deadline, sink).await
-            }
-            Connection::Local => local_exec(command, stdin, deadline, sink).await,
-        }
-    }
-
-    /// Closes the connection politely.
-    pub async fn close(self) {
-        if let Connection::Ssh(session) = self {
-            session.close().await;
+/// Opens a connection from owned parts (for tasks that outlive the inventory borrow).
+pub async fn open_endpoint(
+    transport: Transport,
+    endpoint: &Endpoint,
+    options: &ssh::Options,
+) -> Result<Arc<dyn Host>, SshError> {
+    match transport {
+        Transport::Local => Ok(Arc::new(LocalHost::new(endpoint.name.clone()))),
+        Transport::Ssh => {
+            let session = SshSession::connect(endpoint, options).await?;
+            let port = if endpoint.port == 22 { String::new() } else { format!(":{}", endpoint.port) };
+            let description = format!("{} ({}@{}{port})", endpoint.name, endpoint.user, endpoint.host);
+            Ok(Arc::new(SshHost { name: endpoint.name.clone(), description, session }))
         }
     }
 }
 
-/// Opens a connection to each of `targets` at once; results in the same order. Locks use it:
-/// they must reach every target of an environment before any work starts.
-pub async fn connect_all(
-    inventory: &Inventory,
-    targets: &[&Target],
-    options: &ssh::Options,
-) -> Vec<(String, Result<Connection, SshError>)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let (name, transport) = (target.name.clone(), target.transport);
-        let (endpoint, options) = (endpoint(inventory, target), options.clone());
-        tasks.spawn(
-            async move { (index, name, Connection::open_endpoint(transport, &endpoint, &options).await) },
-        );
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, c)| (name, c)).collect()
+/// Opens a connection to each of `targets` at once; one result per target, in the same order.
+/// Locks use it: they must reach every target of an environment before any work starts.
+pub async fn connect_all(inventory: &Inventory, targets: &[&Target], options: &ssh::Options) -> Vec<Opened> {
+    let parts: Vec<(Transport, Endpoint)> =
+        targets.iter().map(|t| (t.transport, endpoint(inventory, t))).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let outcomes = crate::fanout::ordered(
+        parts,
+        crate::fanout::Limits::parallel(targets.len()),
+        |_, (transport, endpoint)| {
+            let options = options.clone();
+            async move { open_endpoint(transport, &endpoint, &options).await }
+        },
+        |_, _| {},
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| match outcome {
+            Ok(opened) => (name, opened),
+            Err(crashed) => (name, Err(SshError::Task(crashed.to_string()))),
+        })
+        .collect()
 }
 
 /// Connects to each of `targets` at once and runs `work` on each connection (then closes it);
@@ -130,33 +256,35 @@ pub async fn on_each<T, F, Fut>(
 ) -> Vec<(String, Result<T, String>)>
 where
     T: Send + 'static,
-    F: Fn(std::sync::Arc<Connection>) -> Fut,
+    F: Fn(Arc<dyn Host>) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (name, connection)) in connect_all(inventory, targets, options).await.into_iter().enumerate()
-    {
-        let job = connection.map(std::sync::Arc::new).map(|c| (std::sync::Arc::clone(&c), work(c)));
-        tasks.spawn(async move {
-            let outcome = match job {
-                Ok((connection, job)) => {
-                    let outcome = job.await;
-                    if let Ok(connection) = std::sync::Arc::try_unwrap(connection) {
+    let opened = connect_all(inventory, targets, options).await;
+    let names: Vec<String> = opened.iter().map(|(name, _)| name.clone()).collect();
+    let outcomes = crate::fanout::ordered(
+        opened,
+        crate::fanout::Limits::parallel(targets.len()),
+        |_, (_, connection)| {
+            let job = connection.map(|c| (Arc::clone(&c), work(c)));
+            async move {
+                match job {
+                    Ok((connection, job)) => {
+                        let outcome = job.await;
                         connection.close().await;
+                        outcome
                     }
-                    outcome
+                    Err(e) => Err(e.to_string()),
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            (index, name, outcome)
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(Ok(item)) = tasks.join_next().await {
-        out.push(item);
-    }
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, name, outcome)| (name, outcome)).collect()
+            }
+        },
+        |_, _| {},
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| (name, outcome.unwrap_or_else(|e| Err(e.to_string()))))
+        .collect()
 }
 
 async fn local_exec(

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::exec::{Capture, ExecError};
-use crate::host::Connection;
+use crate::host::{Connected, Host, Opened};
 
 /// Who holds a lock and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,16 @@ pub enum LockError {
 /// The local lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct LocalLock {
-    _file: File,
+    file: File,
+}
+
+impl LocalLock {
+    /// Rewrites the holder's record in the file (a renewal); the lock itself stays held.
+    pub fn rewrite(&self, info: &LockInfo) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.set_len(0)?;
+        self.file.write_all_at(info.to_text().as_bytes(), 0)
+    }
 }
 
 /// Takes the state folder's lock for `environment`, recording `info` in it.
@@ -133,7 +142,7 @@ pub fn lock_local(state_dir: &Path, environment: &str, info: &LockInfo) -> Resul
         Ok(()) => {
             file.set_len(0).map_err(local)?;
             file.write_all(info.to_text().as_bytes()).map_err(local)?;
-            Ok(LocalLock { _file: file })
+            Ok(LocalLock { file })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
@@ -164,9 +173,9 @@ fn dir(environment: &str) -> String {
     format!(".ferry/locks/{environment}")
 }
 
-async fn sh(connection: &Connection, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
+async fn sh(host: &dyn Host, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
     let mut out = Capture::default();
-    let status = connection.exec(script, stdin, Some(std::time::Duration::from_secs(30)), &mut out).await?;
+    let status = host.exec(script, stdin, Some(std::time::Duration::from_secs(30)), &mut out).await?;
     if !status.success() {
         return Err(ExecError::Lost(format!("lock command ended with {status}")));
     }
@@ -175,10 +184,7 @@ async fn sh(connection: &Connection, script: &str, stdin: Option<&[u8]>) -> Resu
 
 /// All connections, or the first target that could not be reached: a lock must cover every
 /// target of the environment.
-pub fn all_connected(
-    environment: &str,
-    connections: Vec<(String, Result<Connection, crate::ssh::SshError>)>,
-) -> Result<Vec<(String, Connection)>, LockError> {
+pub fn all_connected(environment: &str, connections: Vec<Opened>) -> Result<Vec<Connected>, LockError> {
     connections
         .into_iter()
         .map(|(name, c)| {
@@ -192,19 +198,15 @@ pub fn all_connected(
 }
 
 /// Reads the lock of `environment` on a target (`None`: free).
-pub async fn read_remote(
-    connection: &Connection,
-    environment: &str,
-) -> Result<Option<Option<LockInfo>>, ExecError> {
+pub async fn read_remote(host: &dyn Host, environment: &str) -> Result<Option<Option<LockInfo>>, ExecError> {
     let d = dir(environment);
-    let out =
-        sh(connection, &format!("if [ -d {d} ]; then echo held; cat {d}/info 2>/dev/null; fi"), None).await?;
+    let out = sh(host, &format!("if [ -d {d} ]; then echo held; cat {d}/info 2>/dev/null; fi"), None).await?;
     Ok(out.strip_prefix("held\n").map(LockInfo::parse))
 }
 
 /// Takes the lock on one target: free → taken; held and expired (or `force`) → taken over.
 pub async fn lock_remote(
-    connection: &Connection,
+    host: &dyn Host,
     target: &str,
     environment: &str,
     info: &LockInfo,
@@ -220,7 +222,7 @@ pub async fn lock_remote(
         "mkdir -p .ferry/locks && if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi"
     );
     let text = info.to_text();
-    let out = sh(connection, &acquire, Some(text.as_bytes())).await.map_err(unreachable)?;
+    let out = sh(host, &acquire, Some(text.as_bytes())).await.map_err(unreachable)?;
     if out.starts_with("acquired") {
         return Ok(Taken::Fresh);
     }
@@ -240,7 +242,7 @@ pub async fn lock_remote(
          if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi",
         crate::shell::quote(&previous_run).unwrap_or_default()
     );
-    let out = sh(connection, &takeover, Some(text.as_bytes())).await.map_err(unreachable)?;
+    let out = sh(host, &takeover, Some(text.as_bytes())).await.map_err(unreachable)?;
     if out.starts_with("acquired") {
         Ok(if expired { Taken::Expired(holder) } else { Taken::Forced(holder) })
     } else {
@@ -250,11 +252,7 @@ pub async fn lock_remote(
 }
 
 /// Releases the lock on one target if `run` holds it (or any lock, with `force`).
-pub async fn unlock_remote(
-    connection: &Connection,
-    environment: &str,
-    run: Option<&str>,
-) -> Result<bool, ExecError> {
+pub async fn unlock_remote(host: &dyn Host, environment: &str, run: Option<&str>) -> Result<bool, ExecError> {
     let d = dir(environment);
     let script = match run {
         Some(run) => format!(
@@ -263,7 +261,31 @@ pub async fn unlock_remote(
         ),
         None => format!("if [ -d {d} ]; then rm -rf {d}; echo released; fi"),
     };
-    Ok(sh(connection, &script, None).await?.starts_with("released"))
+    Ok(sh(host, &script, None).await?.starts_with("released"))
+}
+
+/// How renewing the lock on one target went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lock names this run and now has the later expiry.
+    Renewed,
+    /// The lock no longer names this run (it was broken or taken over): not touched.
+    Lost,
+    /// The target could not be asked.
+    Unreachable(String),
+}
+
+/// Rewrites the lock info of `environment` on a target with `info`, only if the lock there
+/// still names `info.run`. The new info is written aside and moved in, so a reader never sees
+/// half of it.
+pub async fn renew_remote(host: &dyn Host, environment: &str, info: &LockInfo) -> Result<bool, ExecError> {
+    let d = dir(environment);
+    let script = format!(
+        "if [ -d {d} ] && [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {run} ]; then \
+         cat > {d}/info.new && mv -f {d}/info.new {d}/info && echo renewed; fi",
+        run = crate::shell::quote(&info.run).unwrap_or_default()
+    );
+    Ok(sh(host, &script, Some(info.to_text().as_bytes())).await?.starts_with("renewed"))
 }
 
 /// An environment lock held by this process: the local lock and the targets' locks.
@@ -271,9 +293,10 @@ pub struct EnvironmentLock {
     /// Run id written into the targets' lock info.
     pub run: String,
     environment: String,
+    /// What the lock says about its holder (renewals rewrite it with a later expiry).
     info: LockInfo,
-    _local: Option<Box<dyn crate::store::Lease>>,
-    connections: Vec<(String, Arc<Connection>)>,
+    local: Option<Box<dyn crate::store::Lease>>,
+    connections: Vec<Connected>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
 }
@@ -285,7 +308,7 @@ pub async fn lock_environment(
     store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
-    connections: Vec<(String, Connection)>,
+    connections: Vec<Connected>,
     force: bool,
     wait: Option<std::time::Duration>,
 ) -> Result<EnvironmentLock, LockError> {
@@ -297,8 +320,8 @@ pub async fn lock_environment(
                     run: info.run.clone(),
                     environment: environment.to_string(),
                     info: info.clone(),
-                    _local: local,
-                    connections: connections.into_iter().map(|(n, c)| (n, Arc::new(c))).collect(),
+                    local,
+                    connections,
                     taken_over,
                 });
             }
@@ -317,7 +340,7 @@ async fn try_lock_environment(
     store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
-    connections: &[(String, Connection)],
+    connections: &[Connected],
     force: bool,
 ) -> Result<(Option<Box<dyn crate::store::Lease>>, Vec<(String, Taken)>), LockError> {
     let local = match store {
@@ -325,13 +348,13 @@ async fn try_lock_environment(
         None => None,
     };
     let mut taken: Vec<(String, Taken)> = Vec::new();
-    for (target, connection) in connections {
-        match lock_remote(connection, target, environment, info, force).await {
+    for (target, host) in connections {
+        match lock_remote(&**host, target, environment, info, force).await {
             Ok(t) => taken.push((target.clone(), t)),
             Err(e) => {
                 for (name, _) in &taken {
                     if let Some((_, c)) = connections.iter().find(|(n, _)| n == name) {
-                        let _ = unlock_remote(c, environment, Some(&info.run)).await;
+                        let _ = unlock_remote(&**c, environment, Some(&info.run)).await;
                     }
                 }
                 return Err(e);
@@ -345,41 +368,60 @@ async fn try_lock_environment(
 impl EnvironmentLock {
     /// The lock's open connection to `target`, for the work done under the lock: a deployment
     /// uses one connection per target for locking and deploying.
-    pub fn connection(&self, target: &str) -> Option<Arc<Connection>> {
+    pub fn connection(&self, target: &str) -> Option<Arc<dyn Host>> {
         self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
     }
 
-    /// Pushes the expiry of every target's lock that still names this run to `expires_ms`;
-    /// returns the targets where it could not be renewed (unreachable, or no longer ours).
-    pub async fn renew(&self, expires_ms: i64) -> Vec<String> {
+    /// Moves the lock's expiry to `expires_ms` (ms since the epoch) on every target where the
+    /// lock still names this run, and in the local lock; one answer per target, in order (the
+    /// local lock, when there is one, answers as `local`, first). A long run renews its lock
+    /// before it expires, so that no one takes it over as stale while the run still works.
+    pub async fn renew(&self, expires_ms: i64) -> Vec<(String, Renewal)> {
         let info = LockInfo { expires_ms, ..self.info.clone() };
-        let d = dir(&self.environment);
-        let script = format!(
-            "if [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {} ]; then cat > {d}/info.new && mv {d}/info.new {d}/info && echo renewed; fi",
-            crate::shell::quote(&self.run).unwrap_or_default()
-        );
-        let text = info.to_text();
-        let mut lost = Vec::new();
-        for (target, connection) in &self.connections {
-            if !matches!(sh(connection, &script, Some(text.as_bytes())).await, Ok(out) if out.starts_with("renewed"))
-            {
-                lost.push(target.clone());
-            }
+        let mut out = Vec::new();
+        if let Some(local) = &self.local {
+            let renewal = match local.rewrite(&info) {
+                Ok(()) => Renewal::Renewed,
+                Err(e) => Renewal::Unreachable(e.to_string()),
+            };
+            out.push(("local".to_string(), renewal));
         }
-        lost
+        let names: Vec<String> = self.connections.iter().map(|(n, _)| n.clone()).collect();
+        let targets = self.connections.iter().map(|(_, c)| Arc::clone(c)).collect();
+        let (environment, info) = (Arc::new(self.environment.clone()), Arc::new(info));
+        let answers = crate::fanout::ordered(
+            targets,
+            crate::fanout::Limits::parallel(names.len()),
+            |_, host| {
+                let (environment, info) = (Arc::clone(&environment), Arc::clone(&info));
+                async move { renew_remote(&*host, &environment, &info).await }
+            },
+            |_, _| {},
+        )
+        .await;
+        for (name, answer) in names.into_iter().zip(answers) {
+            let renewal = match answer {
+                Ok(Ok(true)) => Renewal::Renewed,
+                Ok(Ok(false)) => Renewal::Lost,
+                Ok(Err(e)) => Renewal::Unreachable(e.to_string()),
+                Err(e) => Renewal::Unreachable(e.to_string()),
+            };
+            out.push((name, renewal));
+        }
+        out
     }
 
     /// Releases the targets' locks (those this run holds) and the local lock; closes the
     /// connections. Returns the targets whose lock could not be removed.
     pub async fn release(self) -> Vec<String> {
         let mut failed = Vec::new();
-        for (target, connection) in self.connections {
-            if !matches!(unlock_remote(&connection, &self.environment, Some(&self.run)).await, Ok(true)) {
+        for (target, host) in self.connections {
+            if !matches!(unlock_remote(&*host, &self.environment, Some(&self.run)).await, Ok(true)) {
                 failed.push(target);
             }
             // Closed politely when the work has let go of it; else dropping it closes it.
-            if let Ok(connection) = Arc::try_unwrap(connection) {
-                connection.close().await;
+            if Arc::strong_count(&host) == 1 {
+                host.close().await;
             }
         }
         failed
@@ -389,6 +431,12 @@ impl EnvironmentLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The file store in a test folder (the runner-side lease lives there).
+    fn files(dir: &tempfile::TempDir) -> crate::store::FileStore {
+        let actor = crate::audit::Actor { user: "t".into(), host: "h".into(), via: "test".into(), job: None };
+        crate::store::FileStore::new(dir.path(), actor)
+    }
 
     #[test]
     fn info_round_trips_and_expires() {
@@ -420,5 +468,148 @@ mod tests {
         assert!(matches!(second, Err(LockError::Held { ref target, .. }) if target == "local"), "{second:?}");
         drop(first);
         assert!(lock_local(dir.path(), "prod", &info).is_ok());
+    }
+
+    use crate::host::fake::{FakeHost, Reply};
+
+    const ACQUIRE: &str = "mkdir -p .ferry/locks && if mkdir";
+    const TAKEOVER: &str = "then rm -rf .ferry/locks/dev; fi; if mkdir";
+    const RELEASE: &str = "echo released";
+    const RENEW: &str = "echo renewed";
+
+    fn info(run: &str, expires_ms: i64) -> LockInfo {
+        LockInfo {
+            holder: "ci@runner".into(),
+            run: run.into(),
+            since_ms: 1_796_118_600_000,
+            expires_ms,
+            message: "deploy web".into(),
+        }
+    }
+
+    fn in_an_hour() -> i64 {
+        crate::time::now_ms() + 3_600_000
+    }
+
+    fn held_by(other: &LockInfo) -> Reply {
+        Reply::ok(&format!("held\n{}", other.to_text()))
+    }
+
+    fn connected(hosts: &[Arc<FakeHost>]) -> Vec<Connected> {
+        hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_free_lock_is_taken_with_the_holders_info_on_stdin() {
+        let host = FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n"));
+        let mine = info("r1", in_an_hour());
+        assert_eq!(lock_remote(&host, "t1", "dev", &mine, false).await.unwrap(), Taken::Fresh);
+        let calls = host.calls();
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].command.contains("mkdir .ferry/locks/dev 2>/dev/null"), "{}", calls[0].command);
+        assert_eq!(calls[0].stdin.as_deref(), Some(mine.to_text().as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_is_taken_over_only_if_it_is_still_the_one_read() {
+        let stale = info("old-run", crate::time::now_ms() - 1_000);
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&stale)).on(TAKEOVER, Reply::ok("acquired\n"));
+        let taken = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await.unwrap();
+        assert_eq!(taken, Taken::Expired(Some(stale)));
+        let takeover = &host.ran(TAKEOVER)[0];
+        assert!(takeover.contains("= old-run ]; then rm -rf .ferry/locks/dev"), "{takeover}");
+    }
+
+    #[tokio::test]
+    async fn a_live_lock_is_refused_unless_forced() {
+        let live = info("other-run", in_an_hour());
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&live)).on(TAKEOVER, Reply::ok("acquired\n"));
+        let refused = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await;
+        assert!(
+            matches!(&refused, Err(LockError::Held { target, info: Some(i), .. }) if target == "t1" && i.run == "other-run"),
+            "{refused:?}"
+        );
+        assert!(host.ran(TAKEOVER).is_empty(), "a live lock is not touched");
+        let forced = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), true).await.unwrap();
+        assert_eq!(forced, Taken::Forced(Some(live)));
+    }
+
+    #[tokio::test]
+    async fn a_lock_refused_on_the_third_of_five_targets_is_released_on_the_first_two_only() {
+        let live = info("other-run", in_an_hour());
+        let hosts: Vec<Arc<FakeHost>> = (1..=5)
+            .map(|n| {
+                let acquire = if n == 3 { held_by(&live) } else { Reply::ok("acquired\n") };
+                Arc::new(
+                    FakeHost::new(&format!("t{n}")).on(ACQUIRE, acquire).on(RELEASE, Reply::ok("released\n")),
+                )
+            })
+            .collect();
+        let mine = info("r1", in_an_hour());
+        let result = lock_environment(None, "dev", &mine, connected(&hosts), false, None).await;
+        assert!(
+            matches!(&result, Err(LockError::Held { target, .. }) if target == "t3"),
+            "{:?}",
+            result.err()
+        );
+        let released: Vec<usize> = hosts.iter().map(|h| h.ran(RELEASE).len()).collect();
+        assert_eq!(released, [1, 1, 0, 0, 0], "released on exactly t1 and t2");
+        for host in &hosts[..2] {
+            assert!(
+                host.ran(RELEASE)[0].contains("= r1 ]; then rm -rf .ferry/locks/dev"),
+                "only this run's lock"
+            );
+        }
+        assert!(hosts[3].calls().is_empty() && hosts[4].calls().is_empty(), "t4 and t5 were never asked");
+    }
+
+    #[tokio::test]
+    async fn release_removes_this_runs_locks_and_names_the_targets_where_it_could_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = [
+            Arc::new(
+                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::ok("released\n")),
+            ),
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::Lost)),
+        ];
+        let mine = info("r1", in_an_hour());
+        // The lock closes a connection only once no one else holds it: give it connections of
+        // its own (an `Arc` around each shared fake), as a deployment that has let go of them.
+        let own: Vec<Connected> =
+            hosts.iter().map(|h| (h.name().to_string(), Arc::new(Arc::clone(h)) as Arc<dyn Host>)).collect();
+        let held = lock_environment(Some(&files(&dir)), "dev", &mine, own, false, None).await.unwrap();
+        assert!(held.taken_over.is_empty());
+        assert!(lock_local(dir.path(), "dev", &mine).is_err(), "the local lock is held meanwhile");
+        assert_eq!(held.release().await, ["t2"]);
+        assert!(hosts[0].closed(), "connections are closed once released");
+        assert!(lock_local(dir.path(), "dev", &mine).is_ok(), "the local lock is free again");
+    }
+
+    #[tokio::test]
+    async fn renew_rewrites_the_expiry_where_the_lock_is_still_this_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec![
+            Arc::new(
+                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok("renewed\n")),
+            ),
+            // Someone broke the lock and took it: the script finds another run and says nothing.
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok(""))),
+            Arc::new(FakeHost::new("t3").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::Lost)),
+        ];
+        let mine = info("r1", in_an_hour());
+        let held =
+            lock_environment(Some(&files(&dir)), "dev", &mine, connected(&hosts), false, None).await.unwrap();
+        let later = mine.expires_ms + 600_000;
+        let renewed = held.renew(later).await;
+        assert_eq!(renewed[0], ("local".to_string(), Renewal::Renewed));
+        assert_eq!(renewed[1], ("t1".to_string(), Renewal::Renewed));
+        assert_eq!(renewed[2], ("t2".to_string(), Renewal::Lost));
+        assert!(matches!(&renewed[3], (t, Renewal::Unreachable(_)) if t == "t3"), "{renewed:?}");
+        let call = hosts[0].calls().into_iter().find(|c| c.command.contains(RENEW)).unwrap();
+        assert!(call.command.contains("= r1 ]; then cat > .ferry/locks/dev/info.new"), "{}", call.command);
+        let sent = LockInfo::parse(&String::from_utf8(call.stdin.unwrap()).unwrap()).unwrap();
+        assert_eq!(sent, LockInfo { expires_ms: later, ..mine.clone() });
+        let local = std::fs::read_to_string(dir.path().join("locks/dev.lock")).unwrap();
+        assert_eq!(LockInfo::parse(&local).map(|i| i.expires_ms), Some(later));
     }
 }

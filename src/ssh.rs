@@ -141,6 +141,10 @@ pub enum SshError {
         /// What russh reported.
         message: String,
     },
+    /// The connection attempt itself failed inside ferry (its task panicked): a bug, reported
+    /// as this target's error so that the target is never missing from a run.
+    #[error("connecting failed: {0}")]
+    Task(String),
 }
 
 impl SshError {
@@ -439,7 +443,7 @@ impl SshSession {
     }
 
     /// Says goodbye to the server.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
     }
 }

@@ -38,9 +38,16 @@ pub struct HistoryFilter {
 }
 
 /// The runner-side hold on an environment: released when dropped (or when the process dies).
-pub trait Lease: Send + Sync + std::fmt::Debug {}
+pub trait Lease: Send + Sync + std::fmt::Debug {
+    /// Records `info` (a later expiry) in the held lease.
+    fn rewrite(&self, info: &LockInfo) -> std::io::Result<()>;
+}
 
-impl Lease for crate::lock::LocalLock {}
+impl Lease for crate::lock::LocalLock {
+    fn rewrite(&self, info: &LockInfo) -> std::io::Result<()> {
+        crate::lock::LocalLock::rewrite(self, info)
+    }
+}
 
 /// What ferry remembers; see the module docs.
 pub trait Store: Send + Sync {

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{PlanRequest, build_plan, runtime, ssh_options, store};
+use crate::apply::{Decision, Live};
 use crate::deployments::Deployment;
 use crate::docker::{self, Container};
 use crate::error::Error;
@@ -124,14 +125,17 @@ fn compare(
         Ok(c) => c,
         Err(e) => return diff("unknown", vec![format!("unreachable: {e}")]),
     };
-    let Some(current) = containers.iter().find(|c| c.details.name == tp.container) else {
-        return diff("create", vec![format!("no container {} there", tp.container)]);
+    let current = containers.iter().find(|c| c.details.name == tp.container);
+    let decision = crate::apply::decide(current.map(Live::from), tp, false);
+    let Some(current) = current else {
+        return diff(decision.label(), vec![format!("no container {} there", tp.container)]);
     };
-    if current.label("ferry.config-hash") == Some(tp.config_hash.as_str()) {
-        return match current.running() {
-            true => diff("unchanged", Vec::new()),
-            false => diff("start", vec![format!("the container is {}", current.status)]),
-        };
+    match decision {
+        Decision::Unchanged => return diff(decision.label(), Vec::new()),
+        Decision::Start => {
+            return diff(decision.label(), vec![format!("the container is {}", current.status)]);
+        }
+        Decision::Create | Decision::Replace => {}
     }
     let mut reasons = Vec::new();
     if current.label("ferry.config-hash").is_none() {
@@ -167,7 +171,7 @@ fn compare(
         }
         None => {}
     }
-    diff("replace", reasons)
+    diff(Decision::Replace.label(), reasons)
 }
 
 /// The `docker run` arguments removed and added, as units: an option with its value

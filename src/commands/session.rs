@@ -303,9 +303,10 @@ impl Session {
             loop {
                 tokio::time::sleep(every).await;
                 let expires = crate::time::now_ms().saturating_add(millis(ttl));
-                let lost = held.renew(expires).await;
-                if !lost.is_empty() {
-                    tracing::warn!(targets = ?lost, "lock not renewed");
+                for (target, renewal) in held.renew(expires).await {
+                    if renewal != lock::Renewal::Renewed {
+                        tracing::warn!(target = %target, ?renewal, "lock not renewed");
+                    }
                 }
             }
         })

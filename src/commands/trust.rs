@@ -97,61 +97,81 @@ async fn fetch_all(
     options: &crate::ssh::Options,
     replace: &[String],
 ) -> Vec<Finding> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let endpoint = endpoint(inventory, target);
-        let (options, local) = (options.clone(), target.transport == Transport::Local);
-        let replace = replace.contains(&target.name);
-        tasks.spawn(async move {
-            let mut finding = Finding {
-                target: endpoint.name.clone(),
-                address: known_hosts::host_name(&endpoint.host, endpoint.port),
+    let parts: Vec<_> = targets
+        .iter()
+        .map(|t| (endpoint(inventory, t), t.transport == Transport::Local, replace.contains(&t.name)))
+        .collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let limits = crate::fanout::Limits::parallel(targets.len());
+    let outcomes = crate::fanout::ordered(
+        parts,
+        limits,
+        |_, (endpoint, local, replace)| {
+            let options = options.clone();
+            async move {
+                let mut finding = Finding {
+                    target: endpoint.name.clone(),
+                    address: known_hosts::host_name(&endpoint.host, endpoint.port),
+                    algorithm: None,
+                    fingerprint: None,
+                    state: "local",
+                    error: None,
+                    key: None,
+                    host: endpoint.host.clone(),
+                    port: endpoint.port,
+                };
+                if local {
+                    return finding;
+                }
+                match crate::ssh::fetch_host_key(&endpoint, &options).await {
+                    Ok((key, verdict)) => {
+                        finding.state = match verdict {
+                            Verdict::Trusted => "trusted",
+                            Verdict::Unknown => "new",
+                            Verdict::Changed { .. } if replace => "replace",
+                            Verdict::Changed { known } => {
+                                let known: Vec<String> = known.iter().map(HostKey::describe).collect();
+                                finding.error = Some(format!(
+                                    "recorded: {}; pass --replace {} if the host was rebuilt",
+                                    known.join(", "),
+                                    endpoint.name
+                                ));
+                                "changed"
+                            }
+                            Verdict::Revoked => "revoked",
+                        };
+                        finding.algorithm = Some(key.algorithm.clone());
+                        finding.fingerprint = Some(key.fingerprint());
+                        finding.key = Some(key);
+                    }
+                    Err(e) => {
+                        finding.state = "error";
+                        finding.error = Some(e.to_string());
+                    }
+                }
+                finding
+            }
+        },
+        |_, _| {},
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(target, outcome)| {
+            outcome.unwrap_or_else(|e| Finding {
+                address: String::new(),
                 algorithm: None,
                 fingerprint: None,
-                state: "local",
-                error: None,
+                state: "error",
+                error: Some(e.to_string()),
                 key: None,
-                host: endpoint.host.clone(),
-                port: endpoint.port,
-            };
-            if local {
-                return (index, finding);
-            }
-            match crate::ssh::fetch_host_key(&endpoint, &options).await {
-                Ok((key, verdict)) => {
-                    finding.state = match verdict {
-                        Verdict::Trusted => "trusted",
-                        Verdict::Unknown => "new",
-                        Verdict::Changed { .. } if replace => "replace",
-                        Verdict::Changed { known } => {
-                            let known: Vec<String> = known.iter().map(HostKey::describe).collect();
-                            finding.error = Some(format!(
-                                "recorded: {}; pass --replace {} if the host was rebuilt",
-                                known.join(", "),
-                                endpoint.name
-                            ));
-                            "changed"
-                        }
-                        Verdict::Revoked => "revoked",
-                    };
-                    finding.algorithm = Some(key.algorithm.clone());
-                    finding.fingerprint = Some(key.fingerprint());
-                    finding.key = Some(key);
-                }
-                Err(e) => {
-                    finding.state = "error";
-                    finding.error = Some(e.to_string());
-                }
-            }
-            (index, finding)
-        });
-    }
-    let mut findings: Vec<(usize, Finding)> = Vec::new();
-    while let Some(Ok(pair)) = tasks.join_next().await {
-        findings.push(pair);
-    }
-    findings.sort_by_key(|(i, _)| *i);
-    findings.into_iter().map(|(_, f)| f).collect()
+                host: String::new(),
+                port: 0,
+                target,
+            })
+        })
+        .collect()
 }
 
 fn render(findings: &[Finding]) -> String {

@@ -413,7 +413,8 @@ fn one_connection_carries_several_commands_and_stdin() {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let connection = ferry::host::Connection::open(&inventory, &target, &options).await.unwrap();
+        use ferry::host::Host as _;
+        let connection = ferry::host::open(&inventory, &target, &options).await.unwrap();
         // Secret env files will travel this way: on stdin, never in a command line.
         let payload = b"DATABASE_URL=postgres://x\nline two\n".repeat(1000);
         let mut sink = ferry::exec::Capture::default();
