@@ -16,20 +16,27 @@ use crate::test::Test;
 /// Held by tests that change host h4.
 pub static FAULTS: Mutex<()> = Mutex::new(());
 
+/// The running lab: its folder holds `lab.env`, `lab.toml`, the keys and the daemons' logs.
 pub struct Lab {
     pub dir: PathBuf,
 }
 
+/// How to get a lab, for the failure of a lab test that found none.
+const START_THE_LAB: &str = "The lab tests need real sshd, dockerd and a registry in network \
+    namespaces. Run them as root with `scripts/test` (as a normal user: `sudo scripts/test`); it starts \
+    the lab, runs `cargo test --features lab`, and stops the lab. Plain `cargo test` (without \
+    `--features lab`) runs every test that needs no lab";
+
+/// The lab `scripts/test` started. A lab test without one fails (it never skips): with the
+/// `lab` feature on, a missing lab is a broken run, not a pass.
 pub fn lab() -> Lab {
-    let dir = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        panic!(
-            "the lab is not running. These tests need real sshd hosts in network namespaces: run the \
-             whole suite as root with `scripts/test` (as a normal user: `sudo scripts/test`; it starts the lab, runs cargo test, stops the lab)"
-        )
-    });
+    let Some(dir) = std::env::var_os("FERRY_LAB_DIR").filter(|d| !d.is_empty()).map(PathBuf::from) else {
+        panic!("no lab is up (FERRY_LAB_DIR is not set). {START_THE_LAB}");
+    };
+    // lab.sh writes lab.env once every host is up and removes it when it has taken the lab down.
     assert!(
         dir.join("lab.env").is_file(),
-        "no lab is up in {}: run the suite as root with `scripts/test`",
+        "no lab is up in {} (it has no lab.env). {START_THE_LAB}",
         dir.display()
     );
     Lab { dir }
