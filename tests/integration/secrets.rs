@@ -34,8 +34,9 @@ fn secret_never_printed_by_any_command_or_format() {
             .stderr_contains(" TRACE target planned target=prod-2 config_hash="),
     ];
     for test in tests {
+        let what = test.command_line();
         let out = test.run();
-        assert_clean("a run", &out);
+        assert_clean(&what, &out);
     }
 }
 

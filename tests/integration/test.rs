@@ -274,6 +274,11 @@ impl Test {
         self.dir
     }
 
+    /// The arguments so far, as one line (to name a run in a message).
+    pub fn command_line(&self) -> String {
+        self.args.join(" ")
+    }
+
     /// The test folder.
     pub fn path(&self) -> &Path {
         self.dir.path()
