@@ -29,8 +29,16 @@ fn records(dir: &std::path::Path) -> Vec<serde_json::Value> {
 fn run_is_recorded_and_history_shows_outcomes() {
     let folder = local().into_dir();
     let dir = folder.path();
-    ferry(&folder).args(["run", "--env", "staging", "--", "echo hi"]).run();
-    ferry(&folder).args(["run", "--env", "staging", "--", "exit 4"]).code(1).run();
+    ferry(&folder)
+        .args(["run", "--env", "staging", "--", "echo hi"])
+        .stdout_contains("stg-1 | hi\n")
+        .stdout_contains("stg-1   ok      exit 0  ")
+        .run();
+    ferry(&folder)
+        .args(["run", "--env", "staging", "--", "exit 4"])
+        .code(1)
+        .stdout_contains("stg-1   failed  exit 4  ")
+        .run();
     let kinds: Vec<String> = records(dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
     assert_eq!(
         kinds,
@@ -40,42 +48,51 @@ fn run_is_recorded_and_history_shows_outcomes() {
     assert_eq!(recs[1]["detail"]["tail"][0], "hi", "masked output tail in the outcome");
     assert_eq!(recs[4]["detail"]["exit_code"], 4);
     assert!(recs.iter().all(|r| r["actor"]["user"].is_string() && r["actor"]["via"].is_string()));
-    let out = ferry(&folder).args(["history"]).run();
+    let out =
+        ferry(&folder).args(["history"]).stdout_contains("STARTED (UTC)        RUN            ACTOR").run();
     let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two runs: {}", out.stdout);
     assert!(lines[1].contains("failed"), "newest first: {}", out.stdout);
     assert!(lines[2].contains(" ok "), "{}", out.stdout);
-    let out = ferry(&folder).args(["history", "--output", "json"]).run();
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let json = ferry(&folder).args(["history", "--output", "json"]).stdout_json().run().json();
     assert_eq!(json["runs"].as_array().map(Vec::len), Some(2));
-    let out = ferry(&folder).args(["audit", "verify"]).run();
-    assert!(out.stdout.contains("ok, 6 records, chain intact"), "{}", out.stdout);
+    ferry(&folder).args(["audit", "verify"]).stdout_contains(": ok, 6 records, chain intact\n").run();
 }
 
 #[test]
 fn verify_names_the_record_that_was_edited_deleted_or_moved() {
     let folder = local().into_dir();
     let dir = folder.path();
-    ferry(&folder).args(["run", "--env", "staging", "--", "true"]).run();
+    ferry(&folder)
+        .args(["run", "--env", "staging", "--", "true"])
+        .stdout_contains("stg-1   ok      exit 0  ")
+        .run();
     let text = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let verify = |name: &str, lines: &[String], code: i32| {
+    // Each verdict names the log by its full temporary path, so the line is checked from there on.
+    let verify = |name: &str, lines: &[String], code: i32, verdict: &str| {
         std::fs::write(dir.join(name), lines.join("\n") + "\n").unwrap();
+        let log = dir.join(name).display().to_string();
         ferry(&folder)
-            .args(["audit", "verify", "--log", &dir.join(name).display().to_string()])
+            .args(["audit", "verify", "--log", &log])
             .code(code)
+            .stdout_contains(&format!("{log}{verdict}"))
             .run()
             .stdout
     };
-    assert!(verify("same.jsonl", &lines, 0).contains("chain intact"));
+    assert!(verify("same.jsonl", &lines, 0, ": ok, 3 records, chain intact\n").contains("chain intact"));
     let mut edited = lines.clone();
     edited[1] = edited[1].replace("\"ms\":", "\"ms\":1");
-    assert!(verify("edited.jsonl", &edited, 1).contains(":2: BROKEN: record seq 2 was modified"));
+    let broken = ":2: BROKEN: record seq 2 was modified";
+    assert!(verify("edited.jsonl", &edited, 1, broken).contains(broken));
     let deleted: Vec<String> =
         lines.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l.clone()).collect();
-    assert!(verify("deleted.jsonl", &deleted, 1).contains(":2: BROKEN: record seq 3 does not follow"));
+    let broken = ":2: BROKEN: record seq 3 does not follow";
+    assert!(verify("deleted.jsonl", &deleted, 1, broken).contains(broken));
     let mut moved = lines.clone();
     moved.swap(0, 1);
-    assert!(verify("moved.jsonl", &moved, 1).contains(":1: BROKEN: record seq 2 does not follow"));
+    let broken = ":1: BROKEN: record seq 2 does not follow";
+    assert!(verify("moved.jsonl", &moved, 1, broken).contains(broken));
 }
 
 #[test]
@@ -98,8 +115,10 @@ fn a_thousand_appends_from_four_processes_make_a_thousand_whole_lines_and_a_vali
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().count(), 1000);
     assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "whole lines only");
-    let out = Test::bare().args(["-i", &inventory, "audit", "verify", "--log", &log]).run();
-    assert!(out.stdout.contains("ok, 1000 records, chain intact"), "{}", out.stdout);
+    Test::bare()
+        .args(["-i", &inventory, "audit", "verify", "--log", &log])
+        .stdout(&format!("{log}: ok, 1000 records, chain intact\n"))
+        .run();
 }
 
 #[test]
@@ -117,13 +136,16 @@ fn kill_9_mid_run_leaves_a_verifiable_log_and_an_interrupted_run() {
     std::thread::sleep(Duration::from_millis(700));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let out = ferry(&folder).args(["audit", "verify"]).run();
-    assert!(out.stdout.contains("chain intact"), "{}", out.stdout);
-    let out = ferry(&folder).args(["history"]).run();
+    ferry(&folder).args(["audit", "verify"]).stdout_contains(", chain intact\n").run();
+    let out =
+        ferry(&folder).args(["history"]).stdout_contains("STARTED (UTC)        RUN            ACTOR").run();
     assert!(out.stdout.lines().nth(1).is_some_and(|l| l.contains("interrupted")), "{}", out.stdout);
     // And the log takes appends after the crash.
-    ferry(&folder).args(["run", "--env", "staging", "--", "true"]).run();
-    ferry(&folder).args(["audit", "verify"]).run();
+    ferry(&folder)
+        .args(["run", "--env", "staging", "--", "true"])
+        .stdout_contains("stg-1   ok      exit 0  ")
+        .run();
+    ferry(&folder).args(["audit", "verify"]).stdout_contains(", chain intact\n").run();
 }
 
 #[test]
@@ -131,12 +153,16 @@ fn secrets_never_reach_the_audit_log_or_history() {
     let folder = local().into_dir();
     ferry(&folder)
         .args(["run", "--env", "staging", "--", &format!("echo {SECRET}; echo $WEB_DATABASE_URL")])
+        .stdout_contains("stg-1 | ***\nstg-1 | ***\n")
         .run();
     let log = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
     assert!(!log.contains(SECRET), "{log}");
     assert!(log.contains("***"), "{log}");
-    for args in [&["history"][..], &["history", "--output", "json"][..]] {
-        let out = ferry(&folder).args(args.iter().copied()).run();
+    for history in [
+        ferry(&folder).args(["history"]).stdout_contains("STARTED (UTC)        RUN            ACTOR"),
+        ferry(&folder).args(["history", "--output", "json"]).stdout_json(),
+    ] {
+        let out = history.run();
         assert!(!out.stdout.contains(SECRET), "{}", out.stdout);
     }
 }

@@ -5,8 +5,9 @@ use crate::test::Test;
 
 #[test]
 fn version_names_the_commit() {
-    let out = Test::bare().args(["--version"]).run();
+    let out = Test::bare().args(["--version"]).stdout_contains("ferry 0.1.0 (commit ").run();
     let version = out.stdout.trim();
+    assert_eq!(out.stdout, format!("{version}\n"), "one line");
     assert!(version.starts_with("ferry 0.1.0 (commit "), "{version}");
     let commit =
         version.trim_start_matches("ferry 0.1.0 (commit ").trim_end_matches(')').trim_end_matches("-dirty");
@@ -19,12 +20,17 @@ fn version_names_the_commit() {
 #[test]
 fn completions_and_man_page_come_from_the_cli_definition() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Test::bare().args(["completions", shell]).run();
-        assert!(out.stdout.contains("deploy") && out.stdout.contains("rollback"), "{shell}: {}", out.stdout);
+        Test::bare().args(["completions", shell]).stdout_contains("deploy").stdout_contains("rollback").run();
     }
-    Test::bare().args(["completions", "tcsh"]).code(2).run();
-    let man = Test::bare().args(["man"]).run();
-    assert!(man.stdout.contains(".TH ferry 1") && man.stdout.contains("deploy"), "{}", man.stdout);
+    Test::bare()
+        .args(["completions", "tcsh"])
+        .code(2)
+        .stderr(
+            "error: invalid value 'tcsh' for '<SHELL>'\n  [possible values: bash, elvish, fish, powershell, zsh]\n\n  \
+             tip: a similar value exists: 'zsh'\n\nFor more information, try '--help'.\n",
+        )
+        .run();
+    Test::bare().args(["man"]).stdout_contains(".TH ferry 1").stdout_contains("deploy").run();
 }
 
 /// Every `ferry COMMAND [SUBCOMMAND] … --flag` the README names, in code blocks and in inline
@@ -68,7 +74,7 @@ fn check_commands(line: &str) -> usize {
         let mut help = String::new();
         for sub in &subs {
             let args: Vec<&str> = [*command, sub].into_iter().filter(|w| !w.is_empty()).collect();
-            help += &Test::bare().args(args).args(["--help"]).run().stdout;
+            help += &Test::bare().args(args).args(["--help"]).stdout_contains("Usage: ferry ").run().stdout;
         }
         let path = [*command, subs.join("|").as_str()].join(" ");
         let flags: Vec<String> = words

@@ -112,6 +112,7 @@ impl Fleet {
             .args(args.iter().copied())
             .env("FERRY_STATE_DIR", &self.state().display().to_string())
             .env("WEB_TOKEN", TOKEN)
+            .never_prints(TOKEN)
     }
 
     /// `ferry deploy web --env ENV --version V --yes --output json EXTRA`.
@@ -119,7 +120,7 @@ impl Fleet {
         let mut args =
             vec!["deploy", "web", "--env", &self.env, "--version", version, "--yes", "--output", "json"];
         args.extend_from_slice(extra);
-        self.ferry(&args)
+        self.ferry(&args).stdout_json_lines()
     }
 
     /// The same as a process to start in the background.
@@ -364,7 +365,18 @@ fn a_failed_version_restores_the_old_container_and_stops_the_rollout() {
     assert_eq!(last["detail"]["deployment"]["succeeded"], false);
     assert!(last["detail"]["stopped"].as_str().unwrap().contains("rollout stopped"), "{last}");
     // People see the logs too.
-    let plain = fleet.ferry(&["deploy", "web", "--env", "d-fail", "--version", "bad", "--yes"]).code(1).run();
+    let plain = fleet
+        .ferry(&["deploy", "web", "--env", "d-fail", "--version", "bad", "--yes"])
+        .code(1)
+        .stdout_contains("batch 1: h1\n")
+        .stdout_contains("h1 - failed: restoring the old container\n")
+        .stdout_contains("h2 ! rollout stopped after batch 1: 1 failed (max_failures 0)\n")
+        .stdout_contains("\nh1: last log lines of the new container:\n")
+        .stdout_contains("  | httpd: cannot load /etc/web.conf: no such file (broken build)\n")
+        .stdout_contains(
+            "\nrollout stopped after batch 1: 1 failed (max_failures 0); the remaining targets were not touched\n",
+        )
+        .run();
     assert!(plain.stdout.contains("h1: last log lines of the new container:"), "{}", plain.stdout);
     assert!(plain.stdout.contains("broken build") && plain.stdout.contains("rollout stopped"));
 }
@@ -465,7 +477,14 @@ fn rollback_restores_the_previous_version_by_digest() {
     let good_digest = good["digest"].as_str().unwrap().to_string();
     fleet.deploy("2.0", &[]).run();
     assert_eq!(fleet.http(1), "ferry web 2.0\n");
-    let out = fleet.ferry(&["rollback", "web", "--env", "d-back", "--yes", "--output", "json"]).run();
+    let good_run = good["run"].as_str().unwrap();
+    let out = fleet
+        .ferry(&["rollback", "web", "--env", "d-back", "--yes", "--output", "json"])
+        .stdout_json_lines()
+        .stderr_contains(&format!(
+            "rollback: web in d-back returns to deployment {good_run} (1.0 {good_digest}, finished "
+        ))
+        .run();
     assert_eq!(actions(&json_lines(&out.stdout)), ["replaced", "replaced", "replaced"]);
     for n in 1..=3 {
         let c = fleet.inspect(n).unwrap();
@@ -478,7 +497,16 @@ fn rollback_restores_the_previous_version_by_digest() {
     assert_eq!(last["detail"]["deployment"]["rollback_to"], good["run"]);
     assert_eq!(last["detail"]["deployment"]["succeeded"], true);
     // The rollback is the config on record again: status sees no drift.
-    fleet.ferry(&["status", "web", "--env", "d-back"]).run();
+    let status = fleet
+        .ferry(&["status", "web", "--env", "d-back"])
+        .stdout_contains("web in d-back: last successful deployment ")
+        .stdout_contains(
+            "\n\nTARGET  CONTAINER     VERSION  DIGEST        CONFIG        HEALTH   UPTIME  DRIFT\n",
+        )
+        .run();
+    let rows: Vec<&str> = status.stdout.lines().skip(3).collect();
+    assert_eq!(rows.len(), 3, "{}", status.stdout);
+    assert!(rows.iter().all(|r| r.contains("  running  ") && r.ends_with("  ok")), "{}", status.stdout);
 }
 
 #[test]
@@ -515,8 +543,8 @@ fn ctrl_c_finishes_the_running_target_skips_the_rest_and_releases_the_lock() {
 fn status_reports_drift_and_plan_diff_explains_what_would_change() {
     let fleet = Fleet::new(Spec { env: "d-drift", port: 18109, ..Spec::default() });
     fleet.deploy("1.0", &[]).run();
-    let clean = fleet.ferry(&["status", "web", "--env", "d-drift", "--output", "json"]).run();
-    let report: Value = serde_json::from_str(&clean.stdout).unwrap();
+    let report =
+        fleet.ferry(&["status", "web", "--env", "d-drift", "--output", "json"]).stdout_json().run().json();
     assert_eq!(report["drift"], false, "{report}");
     assert_eq!(report["targets"][0]["version"], "1.0");
     assert_eq!(report["targets"][0]["health"], "running");
@@ -526,13 +554,26 @@ fn status_reports_drift_and_plan_diff_explains_what_would_change() {
         "docker run -d --name web-d-drift-extra --label ferry.app=web --label ferry.environment=d-drift \
          10.200.0.1:5000/ferry/web:1.0 httpd -f -p 81 -h /www",
     );
-    let drift = fleet.ferry(&["status", "web", "--env", "d-drift", "--output", "json"]).code(1).run();
-    let report: Value = serde_json::from_str(&drift.stdout).unwrap();
+    let report = fleet
+        .ferry(&["status", "web", "--env", "d-drift", "--output", "json"])
+        .code(1)
+        .stdout_json()
+        .run()
+        .json();
     let drift_of = |i: usize| report["targets"][i]["drift"].to_string();
     assert_eq!(report["targets"][0]["drift"], serde_json::json!([]));
     assert!(drift_of(1).contains("is exited"), "{report}");
     assert!(drift_of(2).contains("extra containers of the app: web-d-drift-extra"), "{report}");
-    let human = fleet.ferry(&["status", "web", "--env", "d-drift"]).code(1).run();
+    let human = fleet
+        .ferry(&["status", "web", "--env", "d-drift"])
+        .code(1)
+        .stdout_contains("web in d-drift: last successful deployment ")
+        .stdout_contains(
+            "\n\nTARGET  CONTAINER     VERSION  DIGEST        CONFIG        HEALTH   UPTIME  DRIFT\n",
+        )
+        .stdout_contains("  exited   -       container web-d-drift is exited\n")
+        .stdout_contains("  extra containers of the app: web-d-drift-extra\n")
+        .run();
     assert!(human.stdout.contains("DRIFT") && human.stdout.contains("is exited"), "{}", human.stdout);
 
     let diff = fleet
@@ -549,14 +590,16 @@ fn status_reports_drift_and_plan_diff_explains_what_would_change() {
             "--output",
             "json",
         ])
-        .run();
-    let diff: Value = serde_json::from_str(&diff.stdout).unwrap();
+        .stdout_json()
+        .run()
+        .json();
     let change = |i: usize| diff["targets"][i]["change"].as_str().unwrap().to_string();
     assert_eq!((change(0), change(1), change(2)), ("replace".into(), "replace".into(), "replace".into()));
     let why = diff["targets"][0]["reasons"].to_string();
     assert!(why.contains("removed: -e GREETING=hello") && why.contains("added: -e GREETING=hi"), "{why}");
     let same = fleet
         .ferry(&["plan", "web", "--env", "d-drift", "--version", "1.0", "--diff", "--output", "plain"])
+        .stdout("h1\tunchanged\t\nh2\tstart\tthe container is exited\nh3\tunchanged\t\n")
         .run();
     assert!(same.stdout.contains("h1\tunchanged") && same.stdout.contains("h2\tstart"), "{}", same.stdout);
     // A deploy starts the stopped container with the planned config rather than recreating it.
@@ -569,7 +612,14 @@ fn status_reports_drift_and_plan_diff_explains_what_would_change() {
 #[test]
 fn deploy_without_a_terminal_needs_yes_and_changes_nothing() {
     let fleet = Fleet::new(Spec { env: "d-ask", port: 18110, hosts: &[1], ..Spec::default() });
-    let out = fleet.ferry(&["deploy", "web", "--env", "d-ask", "--version", "1.0"]).code(4).run();
+    let out = fleet
+        .ferry(&["deploy", "web", "--env", "d-ask", "--version", "1.0"])
+        .code(4)
+        .stderr(
+            "error: refusing to deploy web 1.0 to d-ask (1 targets) without a confirmation: stdin is not a \
+             terminal\n  = help: pass --yes (cron, CI), or run it from a terminal and answer the prompt\n",
+        )
+        .run();
     assert!(out.stderr.contains("pass --yes"), "{}", out.stderr);
     assert!(fleet.inspect(1).is_none());
     assert!(fleet.audit().is_empty(), "nothing happened, so nothing is on record");
@@ -580,7 +630,14 @@ fn the_crontab_recipe_is_silent_when_nothing_changed() {
     let fleet = Fleet::new(Spec { env: "d-cron", port: 18111, ..Spec::default() });
     // The README's crontab line: ferry deploy web --env dev --version latest --yes --quiet
     let recipe = ["deploy", "web", "--env", "d-cron", "--version", "latest", "--yes", "--quiet"];
-    let first = fleet.ferry(&recipe).run();
+    let first = fleet
+        .ferry(&recipe)
+        .stdout_contains("\ndeploy web 2.0 to d-cron: 2.0 (sha256:")
+        .stdout_contains("\nTARGET  STATUS  ACTION   CONTAINER     IP ")
+        .stdout_contains("\nh1      ok      created  ")
+        .stdout_contains("\nh2      ok      created  ")
+        .stdout_contains("\nh3      ok      created  ")
+        .run();
     assert!(first.stdout.contains("created"), "a change is reported: {}", first.stdout);
     let ids = fleet.ids();
     assert_eq!(fleet.http(1), "ferry web 2.0\n", "latest is the newest version, 2.0");

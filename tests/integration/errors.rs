@@ -3,11 +3,10 @@
 
 use crate::test::Test;
 
-/// Runs `ferry check` (or `args`) on a broken fixture, expects exit 2, returns stderr.
+/// Runs `args` on a broken fixture, expects exit 2 and nothing on stdout (a failed human run),
+/// returns stderr for the caller to snapshot.
 fn fails(test: Test, args: &[&str]) -> String {
-    let out = test.args(args.iter().copied()).code(2).run();
-    assert_eq!(out.stdout, "", "nothing on stdout for a failed human run");
-    out.stderr
+    test.args(args.iter().copied()).code(2).stdout("").stderr_snapshot().run().stderr
 }
 
 fn check_fails(test: Test) -> String {
@@ -107,12 +106,24 @@ fn missing_secret_source() {
 
 #[test]
 fn missing_secret_is_a_warning_for_check() {
-    let out = Test::new().unset("WEB_DATABASE_URL").args(["check"]).run();
-    assert!(out.stdout.contains("1 warnings"), "{}", out.stdout);
-    let expected = "warning: secret DATABASE_URL: environment variable WEB_DATABASE_URL is not set \
-                    (deploying web to staging, web to prod from here would fail)";
-    assert!(out.stderr.contains(expected), "{}", out.stderr);
-    Test::new().unset("WEB_DATABASE_URL").args(["check", "--deny-warnings"]).code(2).run();
+    let warning = "warning: secret DATABASE_URL: environment variable WEB_DATABASE_URL is not set \
+                   (deploying web to staging, web to prod from here would fail)\n  --> ferry.toml:36:28\n   |\n\
+                   36 | secrets = { DATABASE_URL = { env = \"WEB_DATABASE_URL\" } }\n   |                            \
+                   ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: export WEB_DATABASE_URL in the environment that runs \
+                   ferry (CI secret, cron environment file)\n";
+    Test::new()
+        .unset("WEB_DATABASE_URL")
+        .args(["check"])
+        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 1 warnings\n")
+        .stderr(warning)
+        .run();
+    Test::new()
+        .unset("WEB_DATABASE_URL")
+        .args(["check", "--deny-warnings"])
+        .code(2)
+        .stdout("ferry.toml: failed (warnings denied): 1 apps × 2 environments, 3 targets, 3 renders, 1 warnings\n")
+        .stderr(warning)
+        .run();
 }
 
 #[test]
@@ -122,6 +133,7 @@ fn missing_secret_file() {
     let stderr = fails(test, &["plan", "web", "--env", "staging"]);
     assert!(stderr.contains("secret DATABASE_URL: cannot read"), "{stderr}");
     assert!(stderr.contains("--> ferry.toml:"), "{stderr}");
+    insta::assert_snapshot!(stderr);
 }
 
 #[test]
@@ -160,7 +172,9 @@ fn duplicate_target_address_in_one_environment() {
 #[test]
 fn same_address_in_different_environments_is_fine() {
     let test = Test::new().replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"10.0.1.11\"");
-    test.args(["check"]).run();
+    test.args(["check"])
+        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .run();
 }
 
 #[test]
@@ -229,7 +243,14 @@ fn bad_set_argument() {
 
 #[test]
 fn usage_error_is_exit_2() {
-    let out = Test::new().args(["plan", "web"]).code(2).run();
+    let out = Test::new()
+        .args(["plan", "web"])
+        .code(2)
+        .stderr(
+            "error: the following required arguments were not provided:\n  --env <ENV>\n\n\
+             Usage: ferry plan --env <ENV> <APP>\n\nFor more information, try '--help'.\n",
+        )
+        .run();
     assert!(out.stderr.contains("--env <ENV>"), "{}", out.stderr);
 }
 
@@ -244,21 +265,32 @@ fn several_problems_are_all_reported() {
     assert!(stderr.contains("matches no target"), "{stderr}");
     assert!(stderr.contains("unknown feed \"mian\""), "{stderr}");
     assert!(stderr.contains("did you mean \"main\"?"), "{stderr}");
+    insta::assert_snapshot!(stderr);
 }
 
 #[test]
 fn json_errors_are_machine_readable() {
-    let out = Test::new().args(["plan", "web", "--env", "prdo", "--output", "json"]).code(2).run();
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let out = Test::new()
+        .args(["plan", "web", "--env", "prdo", "--output", "json"])
+        .code(2)
+        .stdout_json()
+        .stderr("error: unknown environment \"prdo\" in ferry.toml\n  = help: did you mean \"prod\"?\n")
+        .run();
+    let json = out.json();
     assert_eq!(json["type"], "error");
     assert_eq!(json["exit_code"], 2);
     assert_eq!(json["errors"][0]["help"], "did you mean \"prod\"?");
+    assert_eq!(
+        json,
+        serde_json::json!({"type": "error", "exit_code": 2, "errors": [{"help": "did you mean \"prod\"?",
+            "message": "unknown environment \"prdo\" in ferry.toml"}]})
+    );
 }
 
 #[test]
 fn missing_inventory() {
     let test = Test::new().args(["check", "-i", "nope.toml"]).code(2);
-    let out = test.run();
+    let out = test.stderr("cannot read inventory nope.toml: No such file or directory (os error 2)\n").run();
     assert!(out.stderr.starts_with("cannot read inventory nope.toml:"), "{}", out.stderr);
 }
 
@@ -281,8 +313,7 @@ fn set_cannot_override_reserved_names() {
 #[test]
 fn every_subcommand_has_help() {
     for command in ["check", "plan", "vars"] {
-        let out = Test::new().args([command, "--help"]).run();
-        assert!(out.stdout.contains("Usage: ferry"), "{command}: {}", out.stdout);
+        Test::new().args([command, "--help"]).stdout_contains(&format!("Usage: ferry {command} ")).run();
     }
 }
 
@@ -293,6 +324,7 @@ fn symlink_out_of_the_templates_folder_is_refused() {
     let test = test.replace("ferry.toml", "template = \"web.j2\"", "template = \"link.j2\"");
     let stderr = check_fails(test);
     assert!(stderr.contains("error: template \"link.j2\" resolves outside the templates folder"), "{stderr}");
+    insta::assert_snapshot!(stderr);
 }
 
 #[test]

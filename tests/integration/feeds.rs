@@ -221,8 +221,11 @@ fn versions_follows_link_pages_to_all_250_tags_in_version_order() {
     let dir = tempfile::tempdir().unwrap();
     let inv =
         inventory(dir.path(), &format!("url = \"http://127.0.0.1:{}\"", proxy.port), "ferry/many", "f-page");
-    let out = Test::bare().args(["-i", &inv, "versions", "many", "--digests", "2", "--output", "json"]).run();
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let doc = Test::bare()
+        .args(["-i", &inv, "versions", "many", "--digests", "2", "--output", "json"])
+        .stdout_json()
+        .run()
+        .json();
     assert_eq!(versions(&doc), expected_order());
     let ignored: Vec<&str> = doc["ignored"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(ignored, ["22.0.0-rc.1", "latest", "main", "sha-3f9a1c7"]);
@@ -249,19 +252,29 @@ fn tls_and_basic_auth_feed_lists_resolves_and_deploys_and_a_wrong_password_is_re
             .env("REG_USER", "tester")
             .env("REG_PASSWORD", password)
             .env("FERRY_STATE_DIR", &state)
+            .never_prints("s3cret-lab")
     };
-    let listed = ferry(&["versions", "many", "--output", "json"], "s3cret-lab").run();
-    let doc: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let doc = ferry(&["versions", "many", "--output", "json"], "s3cret-lab").stdout_json().run().json();
     assert_eq!(versions(&doc), ["2.0", "1.0"]);
-    let refused = ferry(&["versions", "many"], "wrong").code(1).run();
+    let wrong = "error: registry 10.200.0.1:5001 refused the credentials: 401 Unauthorized for user tester\n  \
+                 = help: check the feed's username and password sources (or `docker login`)\n";
+    let refused = ferry(&["versions", "many"], "wrong").code(1).stderr(wrong).run();
     assert!(refused.stderr.contains("refused the credentials"), "{}", refused.stderr);
-    let failed =
-        ferry(&["deploy", "many", "--env", "f-tls", "--version", "1.0", "--yes"], "wrong").code(1).run();
+    let failed = ferry(&["deploy", "many", "--env", "f-tls", "--version", "1.0", "--yes"], "wrong")
+        .code(1)
+        .stderr(wrong)
+        .run();
     assert!(failed.stderr.contains("refused the credentials"), "{}", failed.stderr);
     assert!(!failed.stdout.contains("created"), "nothing was deployed");
     // Without the CA the handshake fails, clearly.
     let no_ca = inventory(dir.path(), "url = \"https://10.200.0.1:5001\"", "ferry/web", "f-tls");
-    let tls = Test::bare().args(["-i", &no_ca, "versions", "many"]).code(1).run();
+    let tls = Test::bare()
+        .args(["-i", &no_ca, "versions", "many"])
+        .code(1)
+        .stderr_contains("error: registry 10.200.0.1:5001: TLS failed: ")
+        .stderr_contains("invalid peer certificate: UnknownIssuer")
+        .stderr_contains(" (give the feed's CA certificate as `ca_file`, or check the url's scheme)\n")
+        .run();
     assert!(tls.stderr.contains("TLS failed") && tls.stderr.contains("ca_file"), "{}", tls.stderr);
     // With the right password: the targets log in (password through stdin) and pull by digest.
     let inv2 = inventory(dir.path(), &feed, "ferry/web", "f-tls");
@@ -330,8 +343,10 @@ fn a_token_registry_is_answered_with_a_bearer_token() {
         .args(["-i", &inv, "versions", "many", "--digests", "3", "--output", "json"])
         .env("REG_USER", "tester")
         .env("REG_PASSWORD", "s3cret-token")
+        .never_prints("s3cret-token")
+        .stdout_json()
         .run();
-    let doc: Value = serde_json::from_str(&ok.stdout).unwrap();
+    let doc = ok.json();
     assert_eq!(versions(&doc).len(), 250);
     assert!(doc["versions"][2]["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(proxy.tokens_issued.load(Ordering::SeqCst), 1, "the token is cached for its lifetime");
@@ -340,6 +355,11 @@ fn a_token_registry_is_answered_with_a_bearer_token() {
         .env("REG_USER", "tester")
         .env("REG_PASSWORD", "nope")
         .code(1)
+        .stderr(&format!(
+            "error: registry 127.0.0.1:{} refused the credentials: its token service refused user tester (401)\n  \
+             = help: check the feed's username and password sources (or `docker login`)\n",
+            proxy.port
+        ))
         .run();
     assert!(refused.stderr.contains("token service refused user tester"), "{}", refused.stderr);
 }
@@ -404,20 +424,55 @@ fn promote_moves_one_digest_through_the_lifecycle_and_skipping_a_phase_is_refuse
     let ferry = |args: &[&str]| {
         Test::bare().args(["-i", &inv]).args(args.iter().copied()).env("FERRY_STATE_DIR", &state)
     };
-    let refused = ferry(&["deploy", "web", "--env", "prod-lc", "--version", "1.0", "--yes"]).code(4).run();
+    // Digests are the lab's own build's: messages are checked around them.
+    let no_staging = ") has no successful deployment to staging-lc, the phase before prod-lc\n  = help: deploy it to \
+             staging-lc first (or `ferry promote web --to staging-lc`); to override, pass --skip-lifecycle --reason \
+             TEXT (audited)\n";
+    let refused = ferry(&["deploy", "web", "--env", "prod-lc", "--version", "1.0", "--yes"])
+        .code(4)
+        .stderr_contains("error: lifecycle: web 1.0 (sha256:")
+        .stderr_contains(no_staging)
+        .run();
     assert!(refused.stderr.contains("no successful deployment to staging-lc"), "{}", refused.stderr);
-    ferry(&["deploy", "web", "--env", "dev-lc", "--version", "1.0", "--yes"]).run();
-    let early = ferry(&["promote", "web", "--to", "prod-lc", "--yes"]).code(4).run();
+    ferry(&["deploy", "web", "--env", "dev-lc", "--version", "1.0", "--yes"])
+        .stdout_contains("\ndeploy web 1.0 to dev-lc: 1.0 (sha256:")
+        .stdout_contains("\nh1      ok      created  ")
+        .run();
+    let early = ferry(&["promote", "web", "--to", "prod-lc", "--yes"])
+        .code(4)
+        .stderr(
+            "error: cannot promote web to prod-lc: no successful deployment to staging-lc on record\n  = help: \
+             deploy to the earlier phase first; `ferry history` shows what is on record\n",
+        )
+        .run();
     assert!(early.stderr.contains("no successful deployment to staging-lc"), "{}", early.stderr);
-    ferry(&["promote", "web", "--to", "staging-lc", "--yes"]).run();
-    ferry(&["promote", "web", "--to", "prod-lc", "--yes"]).run();
+    ferry(&["promote", "web", "--to", "staging-lc", "--yes"])
+        .stdout_contains("\npromote web 1.0 to staging-lc: 1.0 (sha256:")
+        .stdout_contains("\nh2      ok      created  ")
+        .stderr_contains("promote: web 1.0 (sha256:")
+        .stderr_contains(") from dev-lc (deployment ")
+        .stderr_contains(") to staging-lc\n")
+        .run();
+    ferry(&["promote", "web", "--to", "prod-lc", "--yes"])
+        .stdout_contains("\npromote web 1.0 to prod-lc: 1.0 (sha256:")
+        .stdout_contains("\nh1      ok      created  ")
+        .stdout_contains("\nh2      ok      created  ")
+        .stdout_contains("\nh3      ok      created  ")
+        .stderr_contains("promote: web 1.0 (sha256:")
+        .stderr_contains(") from staging-lc (deployment ")
+        .stderr_contains(") to prod-lc\n")
+        .run();
     let dev_image = image_on(1, "web-dev-lc");
     assert!(dev_image.contains("@sha256:"), "{dev_image}");
     for n in 1..=3 {
         assert_eq!(image_on(n, "web-prod-lc"), dev_image, "prod runs the bytes that passed dev and staging");
     }
     // 2.0 never ran in staging: refused, unless skipped with a reason, which is audited.
-    ferry(&["deploy", "web", "--env", "prod-lc", "--version", "2.0", "--yes"]).code(4).run();
+    ferry(&["deploy", "web", "--env", "prod-lc", "--version", "2.0", "--yes"])
+        .code(4)
+        .stderr_contains("error: lifecycle: web 2.0 (sha256:")
+        .stderr_contains(no_staging)
+        .run();
     ferry(&[
         "deploy",
         "web",
@@ -430,6 +485,12 @@ fn promote_moves_one_digest_through_the_lifecycle_and_skipping_a_phase_is_refuse
         "--reason",
         "hotfix INC-7",
     ])
+    .stdout_contains("\ndeploy web 2.0 to prod-lc: 2.0 (sha256:")
+    .stdout_contains("\nh1      ok      replaced  ")
+    .stdout_contains("\nh2      ok      replaced  ")
+    .stdout_contains("\nh3      ok      replaced  ")
+    .stderr_contains("warning: lifecycle skipped: web 2.0 (sha256:")
+    .stderr_contains(") never succeeded in staging-lc; reason: hotfix INC-7\n")
     .run();
     let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
     let started: Vec<Value> = json_lines(&audit).into_iter().filter(|r| r["kind"] == "run_started").collect();
@@ -510,8 +571,13 @@ fn a_tag_moved_during_the_rollout_does_not_change_what_later_batches_run() {
     let status = Test::bare()
         .args(["-i", &inv, "status", "web", "--env", "prod-mv", "--output", "json"])
         .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
+        .stdout_json()
+        .stderr_contains(&format!("warning: h1: tag {tag} now points at sha256:"))
+        .stderr_contains(&format!("warning: h2: tag {tag} now points at sha256:"))
+        .stderr_contains(&format!("warning: h3: tag {tag} now points at sha256:"))
+        .stderr_contains(" in the feed; this target runs sha256:")
         .run();
-    let report: Value = serde_json::from_str(&status.stdout).unwrap();
+    let report = status.json();
     assert_eq!(report["drift"], false, "{report}");
     assert!(
         report["warnings"][0].as_str().unwrap().contains(&format!("tag {tag} now points at")),
@@ -525,7 +591,11 @@ fn registry_failures_say_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let plain = "url = \"http://10.200.0.1:5000\"";
     let inv = inventory(dir.path(), plain, "ferry/nope", "f-err");
-    let repo = Test::bare().args(["-i", &inv, "versions", "many"]).code(1).run();
+    let repo = Test::bare()
+        .args(["-i", &inv, "versions", "many"])
+        .code(1)
+        .stderr("error: repository ferry/nope not found in registry 10.200.0.1:5000\n")
+        .run();
     assert!(
         repo.stderr.contains("repository ferry/nope not found in registry 10.200.0.1:5000"),
         "{}",
@@ -536,10 +606,16 @@ fn registry_failures_say_what_is_missing() {
         .args(["-i", &inv, "deploy", "many", "--env", "f-err", "--version", "9.9.9", "--yes"])
         .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
         .code(1)
+        .stderr("error: tag 9.9.9 not found in 10.200.0.1:5000/ferry/web\n")
         .run();
     assert!(tag.stderr.contains("tag 9.9.9 not found in 10.200.0.1:5000/ferry/web"), "{}", tag.stderr);
     // Nothing listens on port 1 of this machine's loopback.
     let inv = inventory(dir.path(), "url = \"http://127.0.0.1:1\"", "ferry/web", "f-err");
-    let down = Test::bare().args(["-i", &inv, "versions", "many"]).code(1).run();
+    let down = Test::bare()
+        .args(["-i", &inv, "versions", "many"])
+        .code(1)
+        .stderr_contains("error: registry 127.0.0.1:1 cannot be reached: ")
+        .stderr_contains("Connection refused")
+        .run();
     assert!(down.stderr.contains("registry 127.0.0.1:1 cannot be reached"), "{}", down.stderr);
 }

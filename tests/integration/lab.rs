@@ -16,20 +16,27 @@ use crate::test::Test;
 /// Held by tests that change host h4.
 pub static FAULTS: Mutex<()> = Mutex::new(());
 
+/// The running lab: its folder holds `lab.env`, `lab.toml`, the keys and the daemons' logs.
 pub struct Lab {
     pub dir: PathBuf,
 }
 
+/// How to get a lab, for the failure of a lab test that found none.
+const START_THE_LAB: &str = "The lab tests need real sshd, dockerd and a registry in network \
+    namespaces. Run them as root with `scripts/test` (as a normal user: `sudo scripts/test`); it starts \
+    the lab, runs `cargo test --features lab`, and stops the lab. Plain `cargo test` (without \
+    `--features lab`) runs every test that needs no lab";
+
+/// The lab `scripts/test` started. A lab test without one fails (it never skips): with the
+/// `lab` feature on, a missing lab is a broken run, not a pass.
 pub fn lab() -> Lab {
-    let dir = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        panic!(
-            "the lab is not running. These tests need real sshd hosts in network namespaces: run the \
-             whole suite as root with `scripts/test` (as a normal user: `sudo scripts/test`; it starts the lab, runs cargo test, stops the lab)"
-        )
-    });
+    let Some(dir) = std::env::var_os("FERRY_LAB_DIR").filter(|d| !d.is_empty()).map(PathBuf::from) else {
+        panic!("no lab is up (FERRY_LAB_DIR is not set). {START_THE_LAB}");
+    };
+    // lab.sh writes lab.env once every host is up and removes it when it has taken the lab down.
     assert!(
         dir.join("lab.env").is_file(),
-        "no lab is up in {}: run the suite as root with `scripts/test`",
+        "no lab is up in {} (it has no lab.env). {START_THE_LAB}",
         dir.display()
     );
     Lab { dir }
@@ -104,7 +111,17 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 #[test]
 fn run_prints_each_hosts_own_hostname() {
     let lab = lab();
-    let out = lab.ferry(&["run", "--env", "lab", "--output", "plain", "--", "hostname"]).run();
+    // Lines come in the order the hosts answer, and the summary has timings: checked in pieces.
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--output", "plain", "--", "hostname"])
+        .stdout_contains("h1 | ferry-h1\n")
+        .stdout_contains("h2 | ferry-h2\n")
+        .stdout_contains("h3 | ferry-h3\n")
+        .stdout_contains("\nTARGET  STATUS  EXIT    TIME")
+        .stdout_contains("\nh1      ok      exit 0  ")
+        .stdout_contains("\nh2      ok      exit 0  ")
+        .stdout_contains("\nh3      ok      exit 0  ")
+        .run();
     for n in 1..=3 {
         assert!(out.stdout.contains(&format!("h{n} | ferry-h{n}\n")), "{}", out.stdout);
     }
@@ -114,7 +131,10 @@ fn run_prints_each_hosts_own_hostname() {
 #[test]
 fn json_events_parse_line_by_line_and_follow_the_schema() {
     let lab = lab();
-    let out = lab.ferry(&["run", "--env", "lab", "--output", "json", "--", "hostname; echo oops >&2"]).run();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--output", "json", "--", "hostname; echo oops >&2"])
+        .stdout_json_lines()
+        .run();
     let events = json_lines(&out.stdout);
     assert_eq!(events.first().unwrap()["type"], "run_started");
     assert_eq!(events.last().unwrap()["type"], "run_finished");
@@ -148,6 +168,7 @@ fn exit_code_3_is_reported_as_3() {
     let out = lab
         .ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", "exit 3"])
         .code(1)
+        .stdout_json_lines()
         .run();
     let finished = finished_event(&out.stdout);
     assert_eq!(finished["exit_code"], 3);
@@ -160,6 +181,7 @@ fn a_command_killed_by_a_signal() {
     let out = lab
         .ferry(&["run", "--env", "lab", "--limit", "h2", "--output", "json", "--", "kill -9 $$"])
         .code(1)
+        .stdout_json_lines()
         .run();
     let finished = finished_event(&out.stdout);
     assert_eq!(finished["signal"], "KILL");
@@ -173,6 +195,8 @@ fn a_command_over_its_deadline_is_killed() {
     let out = lab
         .ferry(&["run", "--env", "lab", "--limit", "h3", "--timeout", "2s", "--", "sleep 30"])
         .code(1)
+        .stdout_contains("h3 ! still running after 2s: killed\n")
+        .stdout_contains("\nh3      error   -     ")
         .run();
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     assert!(out.stdout.contains("still running after 2s: killed"), "{}", out.stdout);
@@ -182,8 +206,11 @@ fn a_command_over_its_deadline_is_killed() {
 fn ten_megabytes_of_output_and_the_exit_status_all_arrive() {
     let lab = lab();
     let command = "yes 0123456789012345678901234567890123456789 | head -c 10485760; exit 7";
-    let out =
-        lab.ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", command]).code(1).run();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h1", "--output", "json", "--", command])
+        .code(1)
+        .stdout_json_lines()
+        .run();
     let events = json_lines(&out.stdout);
     let bytes: usize =
         events.iter().filter(|e| e["type"] == "output").map(|e| e["line"].as_str().unwrap().len() + 1).sum();
@@ -198,7 +225,11 @@ fn the_same_command_means_the_same_under_bash_dash_and_sh() {
     let lab = lab();
     for user in ["ferry-bash", "ferry-dash", "ferry-sh"] {
         let command = "echo \"$((1+2)) $(id -un) it's fine\"";
-        let out = lab.ferry(&["run", "--env", user, "--output", "plain", "--", command]).run();
+        let out = lab
+            .ferry(&["run", "--env", user, "--output", "plain", "--", command])
+            .stdout_contains(&format!("{user} | 3 {user} it's fine\n"))
+            .stdout_contains(&format!("\n{user}  ok      exit 0  "))
+            .run();
         assert!(out.stdout.contains(&format!("{user} | 3 {user} it's fine\n")), "{user}: {}", out.stdout);
     }
 }
@@ -211,12 +242,20 @@ fn unknown_host_key_is_refused_and_nothing_runs() {
     let out = test
         .args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", &format!("touch {marker}")])
         .code(4)
+        .stdout_contains(&format!(
+            "h1 ! host key of h1 (10.200.0.11:22) is not known: ssh-ed25519 {} not in ./known_hosts; check the \
+             fingerprint and run `ferry trust`\n",
+            lab.fingerprint("net/h1/hostkey.pub")
+        ))
+        .stdout_contains("\nh1      refused  -     ")
         .run();
     assert!(out.stdout.contains("host key of h1 (10.200.0.11:22) is not known"), "{}", out.stdout);
     assert!(out.stdout.contains(&lab.fingerprint("net/h1/hostkey.pub")), "{}", out.stdout);
     // The marker must not exist on h1: ask h1 itself, through the trusted lab inventory.
-    let check =
-        lab.ferry(&["run", "--env", "lab", "--limit", "h1", "--", &format!("test ! -e {marker}")]).run();
+    let check = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h1", "--", &format!("test ! -e {marker}")])
+        .stdout_contains("\nh1      ok      exit 0  ")
+        .run();
     assert!(check.stdout.contains("ok"), "{}", check.stdout);
 }
 
@@ -226,8 +265,18 @@ fn changed_host_key_is_refused_with_both_fingerprints() {
     let other = std::fs::read_to_string(lab.dir.join("ssh/other_key.pub")).unwrap();
     let wrong = format!("10.200.0.11 {}\n", other.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
     let test = lab.custom(Test::bare(), &wrong, "client_key");
-    let out =
-        test.args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"]).code(4).run();
+    let out = test
+        .args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"])
+        .code(4)
+        .stdout_contains(&format!(
+            "h1 ! HOST KEY CHANGED for h1 (10.200.0.11:22): it presented ssh-ed25519 {} but ./known_hosts records \
+             ssh-ed25519 {}; someone may be intercepting the connection. If the host was rebuilt, run \
+             `ferry trust --replace h1`\n",
+            lab.fingerprint("net/h1/hostkey.pub"),
+            lab.fingerprint("ssh/other_key.pub")
+        ))
+        .stdout_contains("\nh1      refused  -     ")
+        .run();
     assert!(out.stdout.contains("HOST KEY CHANGED for h1"), "{}", out.stdout);
     assert!(out.stdout.contains(&lab.fingerprint("net/h1/hostkey.pub")), "presented: {}", out.stdout);
     assert!(out.stdout.contains(&lab.fingerprint("ssh/other_key.pub")), "recorded: {}", out.stdout);
@@ -237,9 +286,13 @@ fn changed_host_key_is_refused_with_both_fingerprints() {
 fn wrong_key_auth_failure_names_user_and_key() {
     let lab = lab();
     let test = lab.custom(Test::bare(), &format!("{}\n", lab.key_line(1)), "other_key");
-    let out =
-        test.args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"]).code(1).run();
     let key = lab.dir.join("ssh/other_key").display().to_string();
+    let out = test
+        .args(["-i", "custom.toml", "run", "--env", "lab", "--limit", "h1", "--", "true"])
+        .code(1)
+        .stdout_contains(&format!("h1 ! authentication as root@10.200.0.11:22 failed; tried: {key}\n"))
+        .stdout_contains("\nh1      error   -     ")
+        .run();
     assert!(
         out.stdout.contains(&format!("authentication as root@10.200.0.11:22 failed; tried: {key}")),
         "{}",
@@ -253,17 +306,35 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
     let folder = tempfile::tempdir().unwrap();
     let dir = folder.path();
     let inventory = lab.custom_in(dir, "", "client_key");
-    let out = Test::bare().args(["-i", &inventory, "trust", "--env", "lab"]).code(4).run();
+    let fingerprints: Vec<String> =
+        (1..=3).map(|n| lab.fingerprint(&format!("net/h{n}/hostkey.pub"))).collect();
+    let table = |states: [&str; 3], detail_of_h1: &str| trust_table(&fingerprints, states, detail_of_h1);
+    let out = Test::bare()
+        .args(["-i", &inventory, "trust", "--env", "lab"])
+        .code(4)
+        .stdout(&table(["NEW", "NEW", "NEW"], ""))
+        .stderr("nothing recorded: not confirmed (pass --yes to record without asking)\n")
+        .run();
     assert!(out.stdout.contains(&lab.fingerprint("net/h2/hostkey.pub")), "{}", out.stdout);
     assert_eq!(
         std::fs::read_to_string(dir.join("known_hosts")).unwrap(),
         "",
         "no --yes, no terminal: nothing written"
     );
-    Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes"]).run();
+    let known_hosts = dir.join("known_hosts").display().to_string();
+    Test::bare()
+        .args(["-i", &inventory, "trust", "--env", "lab", "--yes"])
+        .stdout(&table(["NEW", "NEW", "NEW"], ""))
+        .stderr(&format!("recorded 3 host keys in {known_hosts}\n"))
+        .run();
     let recorded = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
     assert_eq!(recorded.lines().count(), 3, "{recorded}");
-    Test::bare().args(["-i", &inventory, "run", "--env", "lab", "--", "true"]).run();
+    Test::bare()
+        .args(["-i", &inventory, "run", "--env", "lab", "--", "true"])
+        .stdout_contains("\nh1      ok      exit 0  ")
+        .stdout_contains("\nh2      ok      exit 0  ")
+        .stdout_contains("\nh3      ok      exit 0  ")
+        .run();
     // A changed key (here: a recorded key swapped for another) needs --replace.
     let other = std::fs::read_to_string(lab.dir.join("ssh/other_key.pub")).unwrap();
     let swapped = recorded.replacen(
@@ -272,14 +343,26 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
         1,
     );
     std::fs::write(dir.join("known_hosts"), &swapped).unwrap();
-    let out = Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes"]).code(4).run();
+    let changed = format!(
+        "recorded: ssh-ed25519 {}; pass --replace h1 if the host was rebuilt",
+        lab.fingerprint("ssh/other_key.pub")
+    );
+    let out = Test::bare()
+        .args(["-i", &inventory, "trust", "--env", "lab", "--yes"])
+        .code(4)
+        .stdout(&table(["CHANGED", "TRUSTED", "TRUSTED"], &changed))
+        .run();
     assert!(out.stdout.contains("CHANGED"), "{}", out.stdout);
     assert_eq!(
         std::fs::read_to_string(dir.join("known_hosts")).unwrap(),
         swapped,
         "not replaced without --replace"
     );
-    Test::bare().args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"]).run();
+    Test::bare()
+        .args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"])
+        .stdout(&table(["REPLACE", "TRUSTED", "TRUSTED"], ""))
+        .stderr(&format!("recorded 1 host keys in {known_hosts}\n"))
+        .run();
     let audit = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
     assert_eq!(
         audit.matches("\"kind\":\"trust_recorded\"").count(),
@@ -287,7 +370,28 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
         "new keys and the replacement are audited"
     );
     assert!(audit.contains("\"replaced\":true"));
-    Test::bare().args(["-i", &inventory, "run", "--env", "lab", "--limit", "h1", "--", "true"]).run();
+    Test::bare()
+        .args(["-i", &inventory, "run", "--env", "lab", "--limit", "h1", "--", "true"])
+        .stdout_contains("\nh1      ok      exit 0  ")
+        .run();
+}
+
+/// What `ferry trust --env lab` prints for hosts h1–h3 in `states`, with a detail for h1.
+fn trust_table(fingerprints: &[String], states: [&str; 3], detail_of_h1: &str) -> String {
+    let width = states.iter().map(|s| s.len()).max().unwrap_or(0).max("STATE".len());
+    let fingerprint_width = fingerprints.iter().map(String::len).max().unwrap_or(0);
+    let mut table = format!(
+        "TARGET  ADDRESS      {:<width$}  KEY          {:<fingerprint_width$}  DETAIL\n",
+        "STATE", "FINGERPRINT"
+    );
+    for (n, (state, fingerprint)) in states.iter().zip(fingerprints).enumerate() {
+        let row = format!("h{}      10.200.0.1{}  {state:<width$}  ssh-ed25519  {fingerprint}", n + 1, n + 1);
+        table += &match (n, detail_of_h1) {
+            (0, detail) if !detail.is_empty() => format!("{row}  {detail}\n"),
+            _ => format!("{row}\n"),
+        };
+    }
+    table
 }
 
 #[test]
@@ -298,7 +402,7 @@ fn a_cut_link_fails_that_host_alone_and_fast() {
     let _restore = Restore(&lab, &["restore", "4"]);
     let started = Instant::now();
     let args = ["run", "--env", "faulty", "--connect-timeout", "3s", "--output", "json", "--", "hostname"];
-    let out = lab.ferry(&args).code(1).run();
+    let out = lab.ferry(&args).code(1).stdout_json_lines().run();
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
     let finished: Vec<_> =
         json_lines(&out.stdout).into_iter().filter(|e| e["type"] == "target_finished").collect();
@@ -317,6 +421,9 @@ fn a_link_cut_mid_command_fails_within_60_seconds() {
         Test::bare()
             .args(["-i", &inventory, "run", "--env", "faulty", "--limit", "h4", "--", "echo up; sleep 30"])
             .code(1)
+            .stdout_contains("h4 | up\n")
+            .stdout_contains("h4 ! the connection was lost before 10.200.0.14:22 reported an exit status\n")
+            .stdout_contains("\nh4      error   -     ")
             .run()
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -339,7 +446,14 @@ fn a_stopped_sshd_fails_that_host() {
     lab.ctl(&["sshd-stop", "4"]);
     let _restore = Restore(&lab, &["sshd-start", "4"]);
     let started = Instant::now();
-    let out = lab.ferry(&["run", "--env", "faulty", "--", "true"]).code(1).run();
+    let out = lab
+        .ferry(&["run", "--env", "faulty", "--", "true"])
+        .code(1)
+        .stdout_contains("h4 ! cannot connect to 10.200.0.14:22: Connection refused (os error 111)\n")
+        .stdout_contains("\nh1      ok      exit 0  ")
+        .stdout_contains("\nh2      ok      exit 0  ")
+        .stdout_contains("\nh4      error   -       ")
+        .run();
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(out.stdout.contains("cannot connect to 10.200.0.14:22: Connection refused"), "{}", out.stdout);
 }
@@ -390,14 +504,27 @@ fn ctrl_c_finishes_running_targets_starts_no_more_and_exits_130() {
 fn a_jump_host_reaches_a_target_only_it_can_see() {
     let lab = lab();
     // "inner" is 127.0.0.1 seen from h1: the only sshd there is h1's own.
-    let out = lab.ferry(&["run", "--env", "inner", "--output", "plain", "--", "hostname"]).run();
+    let out = lab
+        .ferry(&["run", "--env", "inner", "--output", "plain", "--", "hostname"])
+        .stdout_contains("inner | ferry-h1\n")
+        .stdout_contains("\ninner   ok      exit 0  ")
+        .run();
     assert!(out.stdout.contains("inner | ferry-h1\n"), "{}", out.stdout);
     // The target's key is checked against the target's name, also through the tunnel.
     let known = std::fs::read_to_string(lab.dir.join("known_hosts")).unwrap();
     let without_inner: String =
         known.lines().filter(|l| !l.starts_with("127.0.0.1 ")).map(|l| format!("{l}\n")).collect();
     let test = lab.custom(Test::bare(), &without_inner, "client_key");
-    let out = test.args(["-i", "custom.toml", "run", "--env", "inner", "--", "true"]).code(4).run();
+    let out = test
+        .args(["-i", "custom.toml", "run", "--env", "inner", "--", "true"])
+        .code(4)
+        .stdout_contains(&format!(
+            "inner ! host key of inner (127.0.0.1:22) is not known: ssh-ed25519 {} not in ./known_hosts; check \
+             the fingerprint and run `ferry trust`\n",
+            lab.fingerprint("net/h1/hostkey.pub")
+        ))
+        .stdout_contains("\ninner   refused  -     ")
+        .run();
     assert!(out.stdout.contains("host key of inner (127.0.0.1:22) is not known"), "{}", out.stdout);
 }
 
@@ -464,11 +591,15 @@ fn each_target_gets_a_mirror_line_and_no_secret_reaches_it() {
             "--",
             &format!("echo {marker} {token}"),
         ])
+        .stdout_json_lines()
         .run();
     assert!(!out.stdout.contains(token), "{}", out.stdout);
     let run_id = json_lines(&out.stdout)[0]["run"].as_str().unwrap().to_string();
     let mirror = lab
         .ferry(&["run", "--env", "lab", "--limit", "h2", "--output", "plain", "--", "cat ~/.ferry/audit.log"])
+        .stdout_contains(&format!("ferry run {run_id} by "))
+        .stdout_contains(&format!(": echo {marker} *** -> exit 0\n"))
+        .stdout_contains("\nh2      ok      exit 0  ")
         .run();
     let line = mirror
         .stdout
@@ -572,6 +703,8 @@ fn two_machines_one_lock_exactly_one_runs_and_a_waiter_runs_after() {
             "--",
             &format!("cat {log}; rm {log}"),
         ])
+        .stdout_contains("h1 | a-start\nh1 | a-end\nh1 | b\n")
+        .stdout_contains("\nh1      ok      exit 0  ")
         .run();
     let lines: Vec<&str> = order.stdout.lines().filter_map(|l| l.strip_prefix("h1 | ")).collect();
     assert_eq!(
@@ -584,6 +717,8 @@ fn two_machines_one_lock_exactly_one_runs_and_a_waiter_runs_after() {
     let out = Test::bare()
         .env("FERRY_STATE_DIR", &state_b.display().to_string())
         .args(["-i", &inventory, "history"])
+        .stdout_contains("STARTED (UTC)        RUN            ACTOR")
+        .stdout_contains("  refused  environment lock-two is locked on h1 by root@")
         .run();
     assert!(out.stdout.contains("refused"), "{}", out.stdout);
 }
@@ -636,22 +771,60 @@ fn operators_freeze_an_environment_and_only_force_breaks_someone_elses_lock() {
     let state = folder.path().join("state").display().to_string();
     let ferry =
         |user: &str| Test::bare().env("USER", user).env("FERRY_STATE_DIR", &state).args(["-i", &inventory]);
-    ferry("alice").args(["lock", "acquire", "--env", "lock-ops", "--message", "release freeze"]).run();
-    let status = ferry("bob").args(["lock", "status", "--env", "lock-ops"]).run();
+    ferry("alice")
+        .args(["lock", "acquire", "--env", "lock-ops", "--message", "release freeze"])
+        .stdout_contains("locked lock-ops until ")
+        .run();
+    // The holder names the machine (user@host): checked in pieces.
+    let status = ferry("bob")
+        .args(["lock", "status", "--env", "lock-ops"])
+        .stdout_contains("TARGET  STATE   HOLDER ")
+        .stdout_contains("\nh1      LOCKED  alice@")
+        .stdout_contains("\nh2      LOCKED  alice@")
+        .stdout_contains("\nh3      LOCKED  alice@")
+        .run();
     assert_eq!(status.stdout.matches("LOCKED  alice@").count(), 3, "{}", status.stdout);
     assert!(status.stdout.contains("release freeze"));
-    let refused = ferry("bob").args(["run", "--env", "lock-ops", "--lock", "--", "true"]).code(3).run();
+    let held = "environment lock-ops is locked on h1 by alice@";
+    let what_to_do = ": release freeze (run ";
+    let force = "; wait for it with --lock-wait DURATION, or, if that run is dead, break it with \
+                 `ferry lock release --env lock-ops --force`\n";
+    let refused = ferry("bob")
+        .args(["run", "--env", "lock-ops", "--lock", "--", "true"])
+        .code(3)
+        .stderr_contains(held)
+        .stderr_contains(what_to_do)
+        .stderr_contains(force)
+        .run();
     assert!(
         refused.stderr.contains("by alice@") && refused.stderr.contains("release freeze"),
         "{}",
         refused.stderr
     );
-    ferry("bob").args(["lock", "release", "--env", "lock-ops"]).code(3).run();
-    ferry("bob").args(["lock", "release", "--env", "lock-ops", "--force"]).run();
-    let status = ferry("bob").args(["lock", "status", "--env", "lock-ops"]).run();
+    ferry("bob")
+        .args(["lock", "release", "--env", "lock-ops"])
+        .code(3)
+        .stderr_contains(held)
+        .stderr_contains(what_to_do)
+        .stderr_contains(force)
+        .run();
+    ferry("bob")
+        .args(["lock", "release", "--env", "lock-ops", "--force"])
+        .stdout("released lock-ops on 3 targets\n")
+        .run();
+    let status = ferry("bob")
+        .args(["lock", "status", "--env", "lock-ops"])
+        .stdout("TARGET  STATE  HOLDER  EXPIRES  MESSAGE\nh1      free\nh2      free\nh3      free\n")
+        .run();
     assert_eq!(status.stdout.matches(" free").count(), 3, "{}", status.stdout);
-    ferry("alice").args(["lock", "acquire", "--env", "lock-ops"]).run();
-    ferry("alice").args(["lock", "release", "--env", "lock-ops"]).run();
+    ferry("alice")
+        .args(["lock", "acquire", "--env", "lock-ops"])
+        .stdout_contains("locked lock-ops until ")
+        .run();
+    ferry("alice")
+        .args(["lock", "release", "--env", "lock-ops"])
+        .stdout("released lock-ops on 3 targets\n")
+        .run();
 }
 
 #[test]
@@ -679,8 +852,10 @@ fn ctrl_c_releases_the_lock() {
 #[test]
 fn parallel_1_runs_targets_one_after_another_in_inventory_order() {
     let lab = lab();
-    let out =
-        lab.ferry(&["run", "--env", "lab", "--parallel", "1", "--output", "json", "--", "sleep 0.2"]).run();
+    let out = lab
+        .ferry(&["run", "--env", "lab", "--parallel", "1", "--output", "json", "--", "sleep 0.2"])
+        .stdout_json_lines()
+        .run();
     let events = json_lines(&out.stdout);
     let order: Vec<(&str, &str)> = events
         .iter()

@@ -3,6 +3,11 @@
 //! CLI tests run the real `ferry` binary in a fresh temporary folder with a cleared environment
 //! (see [`test::Test`]), so paths in messages are short and stable for snapshots and nothing
 //! from the machine running the tests (its variables, its files) can change a result.
+//!
+//! The lab tests (real sshd, dockerd and a registry in network namespaces, started as root by
+//! `scripts/test`) compile only with `--features lab`, so that plain `cargo test` passes on any
+//! machine without root or the lab. With the feature on and no lab up they fail, saying how to
+//! start it: a lab test that silently skipped would look like a pass.
 
 // A failing test is a panic: that is how the harness reports it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,11 +15,14 @@
 mod audit;
 mod check;
 mod cli;
+#[cfg(feature = "lab")]
 mod deploy;
 mod errors;
+#[cfg(feature = "lab")]
 mod feeds;
 mod flags;
 mod fuzz;
+#[cfg(feature = "lab")]
 mod lab;
 mod plan;
 mod quoting;

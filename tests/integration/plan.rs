@@ -8,8 +8,7 @@ fn plan_json(test: Test) -> serde_json::Value {
 
 fn plan_json_with(test: Test, extra: &[&str]) -> serde_json::Value {
     let test = test.args(["plan", "web", "--env", "prod", "--version", "1.0", "--output", "json"]);
-    let out = test.args(extra.iter().copied()).run();
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("bad json: {e}\n{}", out.stdout))
+    test.args(extra.iter().copied()).stdout_json().run().json()
 }
 
 fn hashes(test: Test) -> Vec<String> {
@@ -36,6 +35,9 @@ fn example_prod_plan_has_one_row_per_target_with_the_full_argv() {
             "-i",
             example.to_str().unwrap_or_default(),
         ])
+        .stdout_contains("plan: web 1.4.2 → prod: 3 targets, batches of 1, max_failures 0\n")
+        .stdout_contains("image: registry.example.com/acme/web:1.4.2\n")
+        .stdout_contains("\nTARGET  HOST       CONFIG        COMMAND\n")
         .run();
     let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("prod-")).collect();
     assert_eq!(rows.len(), 3, "{}", out.stdout);
@@ -55,9 +57,14 @@ fn example_prod_plan_has_one_row_per_target_with_the_full_argv() {
 
 #[test]
 fn no_version_plans_latest_with_a_note() {
-    let out = Test::new().args(["plan", "web", "--env", "staging"]).run();
-    assert!(out.stderr.contains("no --version given"), "{}", out.stderr);
-    assert!(out.stdout.contains("127.0.0.1:5000/acme/web:latest"), "{}", out.stdout);
+    Test::new()
+        .args(["plan", "web", "--env", "staging"])
+        .stdout_contains("plan: web latest → staging: 1 targets, all at once, max_failures 0\n")
+        .stdout_contains("image: 127.0.0.1:5000/acme/web:latest\n")
+        .stdout_contains(" --label ferry.version=latest ")
+        .stdout_contains(" 127.0.0.1:5000/acme/web:latest\n")
+        .stderr("note: no --version given; planned with tag \"latest\"\n")
+        .run();
 }
 
 #[test]
@@ -84,13 +91,21 @@ fn json_plan_shape() {
 
 #[test]
 fn limit_takes_globs_and_comma_lists() {
-    let out = Test::new().args(["plan", "web", "--env", "prod", "--limit", "*-2", "--output", "plain"]).run();
+    let out = Test::new()
+        .args(["plan", "web", "--env", "prod", "--limit", "*-2", "--output", "plain"])
+        .stdout_contains("prod-2\t10.0.1.12\t")
+        .stderr("note: no --version given; planned with tag \"latest\"\n")
+        .run();
     assert_eq!(out.stdout.lines().count(), 1);
     assert!(out.stdout.starts_with("prod-2\t10.0.1.12\t"), "{}", out.stdout);
     let out = Test::new()
         .args(["plan", "web", "--env", "prod", "--limit", "prod-2,prod-1", "--output", "plain"])
+        .stdout_contains("prod-1\t10.0.1.11\t")
+        .stdout_contains("prod-2\t10.0.1.12\t")
+        .stderr("note: no --version given; planned with tag \"latest\"\n")
         .run();
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(out.stdout.starts_with("prod-1\t"), "inventory order, not the order of --limit: {}", out.stdout);
 }
 
 #[test]
@@ -149,8 +164,7 @@ fn custom_container_name_and_local_transport() {
             "[targets.stg-1]\nhost = \"10.0.0.11\"",
             "[targets.stg-1]\ntransport = \"local\"",
         );
-    let out = test.args(["plan", "web", "--env", "staging", "--output", "json"]).run();
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let json = test.args(["plan", "web", "--env", "staging", "--output", "json"]).stdout_json().run().json();
     assert_eq!(json["targets"][0]["container"], "frontend");
     assert_eq!(json["targets"][0]["transport"], "local");
     assert_eq!(json["targets"][0]["host"], "localhost");
