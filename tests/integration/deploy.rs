@@ -511,17 +511,28 @@ fn rollback_restores_the_previous_version_by_digest() {
 
 #[test]
 fn ctrl_c_finishes_the_running_target_skips_the_rest_and_releases_the_lock() {
+    first_signal_is_graceful("-INT", "d-int", 18108);
+}
+
+/// A service manager (systemd, a CI runner cancelling a job) sends SIGTERM: the same as the
+/// first Ctrl-C.
+#[test]
+fn sigterm_is_a_graceful_stop_like_the_first_ctrl_c() {
+    first_signal_is_graceful("-TERM", "d-term", 18112);
+}
+
+fn first_signal_is_graceful(signal: &str, env: &'static str, port: u16) {
     let fleet = Fleet::new(Spec {
-        env: "d-int",
-        port: 18108,
+        env,
+        port,
         rollout: "rollout = { batch = 1, max_failures = 0 }",
         health: "{ grace = \"3s\" }",
         ..Spec::default()
     });
-    let child = fleet
-        .spawn(&["deploy", "web", "--env", "d-int", "--version", "1.0", "--yes", "--output", "json"], TOKEN);
+    let child =
+        fleet.spawn(&["deploy", "web", "--env", env, "--version", "1.0", "--yes", "--output", "json"], TOKEN);
     std::thread::sleep(Duration::from_millis(2500)); // h1 is in its health gate
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{stdout}");
@@ -537,6 +548,37 @@ fn ctrl_c_finishes_the_running_target_skips_the_rest_and_releases_the_lock() {
     let last = fleet.audit().into_iter().rev().find(|r| r["kind"] == "run_finished").unwrap();
     assert_eq!(last["detail"]["interrupted"], true);
     assert_eq!(last["detail"]["deployment"]["succeeded"], false);
+}
+
+/// The second signal quits without waiting for the gate, yet the run is still on record as
+/// interrupted (not a crash) and the lock is released (no process::exit from a task).
+#[test]
+fn a_second_signal_quits_now_and_still_records_and_releases() {
+    let fleet = Fleet::new(Spec {
+        env: "d-quit",
+        port: 18113,
+        rollout: "rollout = { batch = 1, max_failures = 0 }",
+        health: "{ grace = \"20s\" }",
+        ..Spec::default()
+    });
+    let child = fleet
+        .spawn(&["deploy", "web", "--env", "d-quit", "--version", "1.0", "--yes", "--output", "json"], TOKEN);
+    std::thread::sleep(Duration::from_millis(2500)); // h1 is in its 20 s health gate
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(asked.elapsed() < Duration::from_secs(12), "quit now did not wait for the 20 s gate");
+    for n in 1..=3 {
+        assert_eq!(fleet.lock_on(n), "", "h{n}'s lock is released");
+    }
+    let audit = fleet.audit();
+    let last = audit.iter().rev().find(|r| r["kind"] == "run_finished").unwrap();
+    assert_eq!(last["detail"]["interrupted"], true, "{last}");
+    assert!(audit.iter().any(|r| r["kind"] == "lock_released"), "the release is on record");
 }
 
 #[test]
