@@ -158,42 +158,17 @@ impl fmt::Display for Diagnostic {
 
 /// `did you mean "x"?` for the candidate closest to `wanted`, when it is close enough to be a
 /// plausible typo (edit distance at most a third of the name, at least 1).
+///
+/// The distance is optimal string alignment over characters, where swapping two neighbours
+/// costs one edit, since `prdo` for `prod` is the commonest typo of all.
 pub fn did_you_mean<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let limit = (wanted.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (edit_distance(wanted, c), c))
+        .map(|c| (strsim::osa_distance(wanted, c), c))
         .filter(|&(d, _)| d <= limit)
         .min_by_key(|&(d, c)| (d, c.to_string()))
         .map(|(_, c)| format!("did you mean \"{c}\"?"))
-}
-
-/// Edit distance over characters where swapping two neighbours costs one edit (optimal string
-/// alignment), since `prdo` for `prod` is the commonest typo of all.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let width = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * width];
-    for i in 0..=a.len() {
-        d[i * width] = i;
-    }
-    for (j, cell) in d.iter_mut().enumerate().take(width) {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[(i - 1) * width + j] + 1)
-                .min(d[i * width + j - 1] + 1)
-                .min(d[(i - 1) * width + j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[(i - 2) * width + j - 2] + 1);
-            }
-            d[i * width + j] = best;
-        }
-    }
-    d[a.len() * width + b.len()]
 }
 
 /// Shows a path relative to the current directory when it is inside it, with `a/../` folded
@@ -241,9 +216,15 @@ mod tests {
         let envs = ["dev", "staging", "prod"];
         assert_eq!(did_you_mean("stagin", envs).as_deref(), Some("did you mean \"staging\"?"));
         assert_eq!(did_you_mean("qa", envs), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("prdo", "prod"), 1);
+        // The metric counts a swap of neighbours as one edit (plain Levenshtein says 2).
+        assert_eq!(strsim::osa_distance("kitten", "sitting"), 3);
+        assert_eq!(strsim::osa_distance("prdo", "prod"), 1);
         assert_eq!(did_you_mean("prdo", envs).as_deref(), Some("did you mean \"prod\"?"));
+        // Characters, not bytes: `é` is one edit away from `e` (two bytes would be too far).
+        assert_eq!(did_you_mean("dév", envs).as_deref(), Some("did you mean \"dev\"?"));
+        // Ties go to the name that sorts first, so the hint does not depend on inventory order.
+        assert_eq!(did_you_mean("pro", ["prod", "prom"]).as_deref(), Some("did you mean \"prod\"?"));
+        assert_eq!(did_you_mean("pro", ["prom", "prod"]).as_deref(), Some("did you mean \"prod\"?"));
     }
 
     #[test]

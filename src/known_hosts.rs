@@ -11,8 +11,12 @@
 use std::path::{Path, PathBuf};
 
 use base64ct::{Base64, Base64Unpadded, Encoding};
+use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
+
+/// What OpenSSH hashes known_hosts names with (`|1|` entries).
+type HmacSha1 = Hmac<Sha1>;
 
 /// A host's public key as known_hosts stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,23 +176,14 @@ fn matches_host(patterns: &[String], name: &str) -> bool {
     matched
 }
 
-/// `salt|hmac` (both base64): HMAC-SHA1 keyed with the salt over the host name.
+/// `salt|hmac` (both base64): HMAC-SHA1 keyed with the salt over the host name, compared in
+/// constant time.
 fn hashed_matches(hashed: &str, name: &str) -> bool {
     let Some((salt, mac)) = hashed.split_once('|') else { return false };
     let (Ok(salt), Ok(mac)) = (Base64::decode_vec(salt), Base64::decode_vec(mac)) else { return false };
-    hmac_sha1(&salt, name.as_bytes()).as_slice() == mac.as_slice()
-}
-
-fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..20].copy_from_slice(&Sha1::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha1::new().chain_update(pad(0x36)).chain_update(message).finalize();
-    Sha1::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+    // HMAC takes a key of any length, so this never fails; a failure would simply not match.
+    let Ok(hmac) = HmacSha1::new_from_slice(&salt) else { return false };
+    hmac.chain_update(name.as_bytes()).verify_slice(&mac).is_ok()
 }
 
 #[cfg(test)]
@@ -197,6 +192,12 @@ mod tests {
 
     const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
     const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIHbmyPwzIbC38Bj2oeKN2H8+xPcJLNCy8zQ8X3m3fq4L";
+
+    fn hmac_sha1(key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut mac = HmacSha1::new_from_slice(key).unwrap();
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
 
     fn key(b: &str) -> HostKey {
         HostKey { algorithm: "ssh-ed25519".into(), base64: b.into() }
@@ -235,6 +236,34 @@ mod tests {
         let kh = KnownHosts::parse(Path::new("k"), &file);
         assert_eq!(kh.check("10.200.0.11", 22, &key(KEY_A)), Verdict::Trusted);
         assert_eq!(kh.check("10.200.0.12", 22, &key(KEY_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn reads_a_hashed_line_with_a_port() {
+        // `ssh-keygen -H` (OpenSSH 9.2p1) output for "[127.0.0.11]:2222".
+        let file =
+            format!("|1|HR7kHQf/3ZWwgnabdGCtlfsexXQ=|gk50eKGUChHSJzVdSr7bt86Ts6k= ssh-ed25519 {KEY_A}\n");
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.check("127.0.0.11", 2222, &key(KEY_A)), Verdict::Trusted);
+        assert_eq!(kh.check("127.0.0.11", 22, &key(KEY_A)), Verdict::Unknown, "port matters");
+    }
+
+    #[test]
+    fn hashed_entries_that_do_not_fit_never_match() {
+        let salt = b"0123456789abcdefghij";
+        let mac = hmac_sha1(salt, b"10.200.0.11");
+        let encode = |bytes: &[u8]| Base64::encode_string(bytes);
+        // A salt longer than SHA-1's block is hashed first (RFC 2104); it must still match.
+        let long_salt = [7u8; 100];
+        assert!(hashed_matches(
+            &format!("{}|{}", encode(&long_salt), encode(&hmac_sha1(&long_salt, b"h"))),
+            "h"
+        ));
+        assert!(hashed_matches(&format!("{}|{}", encode(salt), encode(&mac)), "10.200.0.11"));
+        assert!(!hashed_matches(&format!("{}|{}", encode(salt), encode(&mac[..19])), "10.200.0.11"), "short");
+        assert!(!hashed_matches(&format!("{}|{}", encode(&salt[1..]), encode(&mac)), "10.200.0.11"), "salt");
+        assert!(!hashed_matches(&format!("{}|not base64!", encode(salt)), "10.200.0.11"));
+        assert!(!hashed_matches(&encode(salt), "10.200.0.11"), "no mac");
     }
 
     #[test]

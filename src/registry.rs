@@ -204,16 +204,14 @@ impl Registry {
         let mut url = format!("{}/v2/{repository}/tags/list", self.endpoint.base);
         let mut tags = Vec::new();
         for _ in 0..MAX_PAGES {
-            let response = self.send(reqwest::Method::GET, &url, None, &scope).await;
-            let response = match response {
-                Err(RegistryError::Protocol { message, .. }) if message.starts_with("404") => {
-                    return Err(RegistryError::RepositoryNotFound {
-                        registry: self.endpoint.registry.clone(),
-                        repository: repository.to_string(),
-                    });
-                }
-                other => other?,
-            };
+            let response = self.send_unchecked(reqwest::Method::GET, &url, None, &scope).await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(RegistryError::RepositoryNotFound {
+                    registry: self.endpoint.registry.clone(),
+                    repository: repository.to_string(),
+                });
+            }
+            let response = self.check(response)?;
             let next = next_link(response.headers());
             let body = response.text().await.map_err(|e| self.unreachable(&e))?;
             #[derive(serde::Deserialize)]
@@ -236,21 +234,19 @@ impl Registry {
     pub async fn digest(&self, repository: &str, tag: &str) -> Result<String, RegistryError> {
         let scope = format!("repository:{repository}:pull");
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.endpoint.base);
-        let head = self.send(reqwest::Method::HEAD, &url, Some(MANIFEST_TYPES), &scope).await;
-        let response = match head {
-            Err(RegistryError::Protocol { message, .. }) if message.starts_with("404") => {
-                // A missing tag, if the repository lists tags; else a missing repository.
-                return Err(match self.tags(repository).await {
-                    Ok(_) => RegistryError::TagNotFound {
-                        registry: self.endpoint.registry.clone(),
-                        repository: repository.to_string(),
-                        tag: tag.to_string(),
-                    },
-                    Err(e) => e,
-                });
-            }
-            other => other?,
-        };
+        let head = self.send_unchecked(reqwest::Method::HEAD, &url, Some(MANIFEST_TYPES), &scope).await?;
+        if head.status() == reqwest::StatusCode::NOT_FOUND {
+            // A missing tag, if the repository lists tags; else a missing repository.
+            return Err(match self.tags(repository).await {
+                Ok(_) => RegistryError::TagNotFound {
+                    registry: self.endpoint.registry.clone(),
+                    repository: repository.to_string(),
+                    tag: tag.to_string(),
+                },
+                Err(e) => e,
+            });
+        }
+        let response = self.check(head)?;
         if let Some(digest) = header_digest(response.headers()) {
             return Ok(digest);
         }
@@ -263,8 +259,23 @@ impl Registry {
         Ok(format!("sha256:{}", hex(&Sha256::digest(&body))))
     }
 
-    /// Sends a request, answering an authentication challenge once.
+    /// Sends a request, answering an authentication challenge once; any other status than
+    /// success is an error.
     async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        accept: Option<&str>,
+        scope: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = self.send_unchecked(method, url, accept, scope).await?;
+        self.check(response)
+    }
+
+    /// Sends a request, answering an authentication challenge once, and returns whatever status
+    /// came back after that (a refused authentication is an error), so that a caller can tell a
+    /// `404` from other failures by its [`reqwest::StatusCode`].
+    async fn send_unchecked(
         &self,
         method: reqwest::Method,
         url: &str,
@@ -274,7 +285,7 @@ impl Registry {
         let cached = self.cached_token(scope);
         let first = self.request(method.clone(), url, accept, cached.as_deref().map(Auth::Bearer)).await?;
         if first.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return self.check(first);
+            return Ok(first);
         }
         let challenge = first
             .headers()
@@ -303,7 +314,7 @@ impl Registry {
                 .map_or("no credentials".to_string(), |c| format!("user {}", c.username));
             return Err(self.refused(&format!("401 Unauthorized for {who}")));
         }
-        self.check(second)
+        Ok(second)
     }
 
     async fn retry_bearer(
@@ -317,7 +328,7 @@ impl Registry {
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(self.refused("the token it issued was refused"));
         }
-        self.check(response)
+        Ok(response)
     }
 
     fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, RegistryError> {
@@ -352,12 +363,9 @@ impl Registry {
 
     /// Gets a token from `realm` (with Basic credentials when the feed has them).
     async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, RegistryError> {
-        let mut url =
-            format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, encode(scope));
-        if let Some(service) = service {
-            url += &format!("&service={}", encode(service));
-        }
-        let mut request = self.http.get(&url);
+        let url = token_url(realm, service, scope)
+            .ok_or_else(|| self.protocol(format!("the token realm {realm:?} is not an http(s) URL")))?;
+        let mut request = self.http.get(url);
         if let Some(c) = &self.credentials {
             request = request.basic_auth(&c.username, Some(c.password.expose()));
         }
@@ -498,15 +506,15 @@ fn header_digest(headers: &reqwest::header::HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+/// The token request for a Bearer challenge: `realm?scope=…&service=…`, the values
+/// form-encoded after any query the realm already has.
+fn token_url(realm: &str, service: Option<&str>, scope: &str) -> Option<reqwest::Url> {
+    let mut url = reqwest::Url::parse(realm).ok().filter(|u| matches!(u.scheme(), "http" | "https"))?;
+    url.query_pairs_mut().append_pair("scope", scope);
+    if let Some(service) = service {
+        url.query_pairs_mut().append_pair("service", service);
+    }
+    Some(url)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -565,6 +573,28 @@ pub fn docker_config_credentials(config: &str, registry: &str) -> Option<Credent
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_requests_encode_scope_and_service() {
+        let url = token_url(
+            "https://auth.example.com/token",
+            Some("registry.example.com"),
+            "repository:acme/web:pull,push",
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://auth.example.com/token?scope=repository%3Aacme%2Fweb%3Apull%2Cpush&service=registry.example.com"
+        );
+        // A realm with a query of its own keeps it; the values are appended after it.
+        let url = token_url("http://10.200.0.1:5001/auth?account=ci", None, "a b&c=d").unwrap();
+        assert_eq!(url.as_str(), "http://10.200.0.1:5001/auth?account=ci&scope=a+b%26c%3Dd");
+        let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(pairs[1], ("scope".to_string(), "a b&c=d".to_string()), "reads back unchanged");
+        // Not a URL a token can come from.
+        assert_eq!(token_url("/token", None, "s"), None);
+        assert_eq!(token_url("file:///etc/passwd", None, "s"), None);
+    }
 
     #[test]
     fn reads_challenges() {

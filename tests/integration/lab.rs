@@ -203,6 +203,23 @@ fn a_command_over_its_deadline_is_killed() {
 }
 
 #[test]
+fn a_command_past_its_deadline_is_still_mirrored() {
+    let lab = lab();
+    // The script that writes the line dies with the channel, so ferry writes it on another.
+    let sleep = format!("sleep 29.{}", std::process::id());
+    lab.ferry(&["run", "--env", "lab", "--limit", "h3", "--timeout", "2s", "--", &sleep]).code(1).run();
+    let after = lab
+        .ferry(&["run", "--env", "lab", "--limit", "h3", "--output", "plain", "--", "cat ~/.ferry/audit.log"])
+        .run();
+    let line = after
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!(": {sleep} -> ")))
+        .unwrap_or_else(|| panic!("no mirror line: {}", after.stdout));
+    assert!(line.ends_with("-> error: still running after 2s: killed"), "{line}");
+}
+
+#[test]
 fn ten_megabytes_of_output_and_the_exit_status_all_arrive() {
     let lab = lab();
     let command = "yes 0123456789012345678901234567890123456789 | head -c 10485760; exit 7";
