@@ -207,9 +207,14 @@ fn a_command_past_its_deadline_is_still_mirrored() {
     let lab = lab();
     // The script that writes the line dies with the channel, so ferry writes it on another.
     let sleep = format!("sleep 29.{}", std::process::id());
-    lab.ferry(&["run", "--env", "lab", "--limit", "h3", "--timeout", "2s", "--", &sleep]).code(1).run();
+    lab.ferry(&["run", "--env", "lab", "--limit", "h3", "--timeout", "2s", "--", &sleep])
+        .code(1)
+        .stdout_contains("h3 ! still running after 2s: killed\n")
+        .stdout_contains("h3      error   -     ")
+        .run();
     let after = lab
         .ferry(&["run", "--env", "lab", "--limit", "h3", "--output", "plain", "--", "cat ~/.ferry/audit.log"])
+        .stdout_contains(&format!(": {sleep} -> "))
         .run();
     let line = after
         .stdout
