@@ -343,22 +343,7 @@ pub fn execute(
             apply::apply(plan, planner, &context.connections, &settings, &context.events, context.cancel)
                 .await;
         drop(context.connections);
-        let deployment = crate::deployments::detail(
-            &applied.plan,
-            &applied.reports,
-            applied.interrupted,
-            notes.rollback_to.as_deref(),
-        );
-        let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
-        Finish {
-            ok: count(Status::Ok),
-            failed: applied.reports.len() - count(Status::Ok) - count(Status::Skipped),
-            skipped: count(Status::Skipped),
-            interrupted: applied.interrupted,
-            stopped: applied.stopped.clone(),
-            record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
-            value: applied,
-        }
+        finish(applied, notes.rollback_to.as_deref())
     })?;
     let Outcome::Finished { value: applied, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let nothing_to_say = flags.quiet
@@ -372,6 +357,22 @@ pub fn execute(
     let code = exit_code(&applied);
     // A deployment whose outcome is not on record did not fully succeed.
     Ok(if code == 0 && !audited { 1 } else { code })
+}
+
+/// The rollout's end as the session records it: counts and the deployment's record.
+fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
+    let deployment =
+        crate::deployments::detail(&applied.plan, &applied.reports, applied.interrupted, rollback_to);
+    let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
+    Finish {
+        ok: count(Status::Ok),
+        failed: applied.reports.len() - count(Status::Ok) - count(Status::Skipped),
+        skipped: count(Status::Skipped),
+        interrupted: applied.interrupted,
+        stopped: applied.stopped.clone(),
+        record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
+        value: applied,
+    }
 }
 
 fn summary(applied: &Applied, what: &str) -> String {

@@ -31,26 +31,7 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
             LockAction::Status => {
-                let mut rows = Vec::new();
-                let now = crate::time::now_ms();
-                for (name, connection) in &connections {
-                    let row = match connection {
-                        Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
-                        Ok(c) => match lock::read_remote(c, &env.name).await {
-                            Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
-                            Ok(Some(Some(info))) => vec![
-                                name.clone(),
-                                if info.expired(now) { "EXPIRED".into() } else { "LOCKED".into() },
-                                info.holder.clone(),
-                                crate::time::format_ms(info.expires_ms),
-                                info.message.clone(),
-                            ],
-                            Ok(Some(None)) => vec![name.clone(), "LOCKED".into(), "?".into(), String::new(), "no holder recorded".into()],
-                            Err(e) => vec![name.clone(), "UNKNOWN".into(), String::new(), String::new(), e.to_string()],
-                        },
-                    };
-                    rows.push(row);
-                }
+                let rows = status_rows(&connections, &env.name).await;
                 if output == OutputFormat::Json {
                     let json: Vec<serde_json::Value> = rows
                         .iter()
@@ -110,6 +91,37 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
             }
         }
     })
+}
+
+/// One table row per target: its lock's state, holder, expiry and message.
+async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let now = crate::time::now_ms();
+    for (name, connection) in connections {
+        let row = match connection {
+            Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
+            Ok(c) => match lock::read_remote(&**c, environment).await {
+                Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
+                Ok(Some(Some(info))) => vec![
+                    name.clone(),
+                    if info.expired(now) { "EXPIRED".into() } else { "LOCKED".into() },
+                    info.holder.clone(),
+                    crate::time::format_ms(info.expires_ms),
+                    info.message.clone(),
+                ],
+                Ok(Some(None)) => vec![
+                    name.clone(),
+                    "LOCKED".into(),
+                    "?".into(),
+                    String::new(),
+                    "no holder recorded".into(),
+                ],
+                Err(e) => vec![name.clone(), "UNKNOWN".into(), String::new(), String::new(), e.to_string()],
+            },
+        };
+        rows.push(row);
+    }
+    rows
 }
 
 fn lock_unreachable(environment: &str, target: &str, e: crate::exec::ExecError) -> lock::LockError {

@@ -91,6 +91,56 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
     })
 }
 
+/// Asks one target for its host key and says how it compares with known_hosts.
+async fn fetch_one(
+    endpoint: crate::ssh::Endpoint,
+    local: bool,
+    replace: bool,
+    options: &crate::ssh::Options,
+) -> Finding {
+    let mut finding = Finding {
+        target: endpoint.name.clone(),
+        address: known_hosts::host_name(&endpoint.host, endpoint.port),
+        algorithm: None,
+        fingerprint: None,
+        state: "local",
+        error: None,
+        key: None,
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+    };
+    if local {
+        return finding;
+    }
+    match crate::ssh::fetch_host_key(&endpoint, options).await {
+        Ok((key, verdict)) => {
+            finding.state = match verdict {
+                Verdict::Trusted => "trusted",
+                Verdict::Unknown => "new",
+                Verdict::Changed { .. } if replace => "replace",
+                Verdict::Changed { known } => {
+                    let known: Vec<String> = known.iter().map(HostKey::describe).collect();
+                    finding.error = Some(format!(
+                        "recorded: {}; pass --replace {} if the host was rebuilt",
+                        known.join(", "),
+                        endpoint.name
+                    ));
+                    "changed"
+                }
+                Verdict::Revoked => "revoked",
+            };
+            finding.algorithm = Some(key.algorithm.clone());
+            finding.fingerprint = Some(key.fingerprint());
+            finding.key = Some(key);
+        }
+        Err(e) => {
+            finding.state = "error";
+            finding.error = Some(e.to_string());
+        }
+    }
+    finding
+}
+
 async fn fetch_all(
     inventory: &Inventory,
     targets: &[&Target],
@@ -108,49 +158,7 @@ async fn fetch_all(
         limits,
         |_, (endpoint, local, replace)| {
             let options = options.clone();
-            async move {
-                let mut finding = Finding {
-                    target: endpoint.name.clone(),
-                    address: known_hosts::host_name(&endpoint.host, endpoint.port),
-                    algorithm: None,
-                    fingerprint: None,
-                    state: "local",
-                    error: None,
-                    key: None,
-                    host: endpoint.host.clone(),
-                    port: endpoint.port,
-                };
-                if local {
-                    return finding;
-                }
-                match crate::ssh::fetch_host_key(&endpoint, &options).await {
-                    Ok((key, verdict)) => {
-                        finding.state = match verdict {
-                            Verdict::Trusted => "trusted",
-                            Verdict::Unknown => "new",
-                            Verdict::Changed { .. } if replace => "replace",
-                            Verdict::Changed { known } => {
-                                let known: Vec<String> = known.iter().map(HostKey::describe).collect();
-                                finding.error = Some(format!(
-                                    "recorded: {}; pass --replace {} if the host was rebuilt",
-                                    known.join(", "),
-                                    endpoint.name
-                                ));
-                                "changed"
-                            }
-                            Verdict::Revoked => "revoked",
-                        };
-                        finding.algorithm = Some(key.algorithm.clone());
-                        finding.fingerprint = Some(key.fingerprint());
-                        finding.key = Some(key);
-                    }
-                    Err(e) => {
-                        finding.state = "error";
-                        finding.error = Some(e.to_string());
-                    }
-                }
-                finding
-            }
+            async move { fetch_one(endpoint, local, replace, &options).await }
         },
         |_, _| {},
     )

@@ -31,21 +31,24 @@ struct SecretReport {
     available: bool,
 }
 
+/// The target named on the command line, or an error suggesting one of the environment's.
+fn find_target<'a>(
+    inventory: &'a Inventory,
+    env: &crate::inventory::Environment,
+    name: &str,
+) -> Result<&'a crate::inventory::Target, Diagnostic> {
+    inventory.target(name).ok_or_else(|| {
+        Diagnostic::new(format!("unknown target \"{name}\""))
+            .maybe_help(did_you_mean(name, env.targets.iter().map(|&i| inventory.targets[i].name.as_str())))
+    })
+}
+
 /// Runs `ferry vars`.
 pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
-    let target = match &args.target {
-        None => None,
-        Some(name) => Some(inventory.target(name).ok_or_else(|| {
-            Diagnostic::new(format!("unknown target \"{name}\"")).maybe_help(did_you_mean(
-                name,
-                env.targets.iter().map(|&i| inventory.targets[i].name.as_str()),
-            ))
-        })?),
-    };
-    let sets = &args.sets;
-    let mut resolved = vars::resolve(inventory, app, env, target, sets);
+    let target = args.target.as_deref().map(|name| find_target(inventory, env, name)).transpose()?;
+    let mut resolved = vars::resolve(inventory, app, env, target, &args.sets);
     let mut env_values: BTreeMap<&str, &str> =
         app.env.iter().map(|(k, d)| (k.as_str(), d.text.as_str())).collect();
     if let Some(o) = app.environments.get(&env.name) {
