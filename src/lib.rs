@@ -2,11 +2,17 @@
 //!
 //! The crate is a pipeline; each module is one stage and data flows one way:
 //!
-//! inventory → select → vars → render → plan → (apply → report → audit)
+//! cli → request → inventory → select → vars → render → plan → (apply → report → audit)
 //!
-//! [`apply`] rolls a plan out in batches over SSH; [`docker`] holds the scripts it runs on targets.
-//! [`registry`] is the feed client, [`version`] orders tags, [`deployments`] reads deployments
-//! back from the audit log for `status`, `rollback` and the [`lifecycle`] gate.
+//! [`cli`] turns flags into the validated values of [`request`] once; commands never see clap
+//! types. [`planning`] wires select, vars, render and plan for one app in one environment (from
+//! the inventory or from a deployment record). [`apply`] rolls a plan out in batches over the
+//! [`host::Host`]s of the targets, through [`fanout`]'s one ordered, bounded, cancellable loop;
+//! [`docker`] holds the scripts it runs on targets. [`report`] is the event stream and its
+//! subscribers (the renderers and the audit trail). Everything ferry remembers goes through a
+//! [`store::Store`] as [`records`]: the audit chain, the runner-side lease, and the
+//! [`deployments`] that `status`, `rollback` and the [`lifecycle`] gate read back. [`registry`]
+//! is the feed client, [`version`] orders tags.
 //!
 //! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
@@ -33,6 +39,7 @@ pub mod lock;
 pub mod logging;
 pub mod output;
 pub mod plan;
+pub mod planning;
 pub mod records;
 pub mod registry;
 pub mod render;

@@ -1,6 +1,6 @@
 //! Shared by the fuzz targets: plan every app in every environment of an inventory.
 
-use ferry::commands::{PlanRequest, build_plan};
+use ferry::planning::{PlanRequest, build_plan};
 use ferry::inventory::Inventory;
 use ferry::render::Renderer;
 use ferry::vars::MissingSecrets;

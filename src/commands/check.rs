@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{PlanRequest, build_plan, is_json, process_env};
+use super::{is_json, process_env};
 use crate::diagnostic::Diagnostic;
 use crate::error::{EXIT_INVALID, Error};
 use crate::inventory::{Inventory, Vars};
 use crate::output::{self, OutputFormat};
+use crate::planning::{PlanRequest, build_plan};
 use crate::render::Renderer;
 use crate::request::Check;
 use crate::vars::MissingSecrets;

@@ -10,21 +10,20 @@
 use std::sync::{Arc, Mutex};
 
 use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
-use super::{PlanRequest, build_plan, new_deployment_id, process_env, runtime, ssh_options, store};
+use super::{new_deployment_id, runtime, ssh_options, store};
 use crate::apply::{self, Applied, Planner};
 use crate::audit::Entry;
 use crate::diagnostic::Diagnostic;
-use crate::docker::ContainerDetails;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::plan::Plan;
+use crate::planning::InventoryPlanner;
 use crate::records::{RunFinished, RunStarted};
-use crate::render::{Context as RenderContext, Renderer};
+use crate::render::Renderer;
 use crate::report::Status;
-use crate::request::{Apply as ApplyFlags, Deploy as DeployArgs, Selection, Set};
+use crate::request::{Apply as ApplyFlags, Deploy as DeployArgs, Selection};
 use crate::secret::mask;
-use crate::vars::{self, MissingSecrets};
 
 /// Runs `ferry deploy`.
 pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Result<i32, Error> {
@@ -145,119 +144,6 @@ pub fn lifecycle_gate(
         }
     }
     Ok(notes)
-}
-
-/// Plans from the inventory: the first plan, the pinned one, and `post_deploy` scripts.
-pub struct InventoryPlanner {
-    /// The inventory.
-    pub inventory: Arc<Inventory>,
-    /// Its compiled templates.
-    pub renderer: Renderer,
-    /// App name.
-    pub app: String,
-    /// Environment name.
-    pub environment: String,
-    /// Tag asked for.
-    pub version: String,
-    /// `--limit`.
-    pub limits: Vec<String>,
-    /// `--set`.
-    pub sets: Vec<Set>,
-    /// Deployment id.
-    pub deployment: String,
-    /// The digest once pinned (for `post_deploy`'s `image`).
-    pub digest: Mutex<Option<String>>,
-}
-
-impl InventoryPlanner {
-    /// The plan for `digest` (none: by tag).
-    pub fn plan(&self, digest: Option<&str>) -> Result<Plan, Error> {
-        let request = PlanRequest {
-            app: &self.app,
-            environment: &self.environment,
-            version: &self.version,
-            digest,
-            limits: &self.limits,
-            sets: &self.sets,
-            deployment: &self.deployment,
-            env: &process_env,
-            missing_secrets: MissingSecrets::Error,
-        };
-        build_plan(&self.inventory, &self.renderer, &request)
-    }
-}
-
-impl Planner for InventoryPlanner {
-    fn pinned(&self, digest: &str) -> Result<Plan, String> {
-        if let Ok(mut pinned) = self.digest.lock() {
-            *pinned = Some(digest.to_string());
-        }
-        self.plan(Some(digest)).map_err(|e| e.to_string())
-    }
-
-    fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String> {
-        let post = PostDeploy {
-            inventory: &self.inventory,
-            renderer: &self.renderer,
-            app: &self.app,
-            environment: &self.environment,
-            version: &self.version,
-            sets: &self.sets,
-            deployment: &self.deployment,
-        };
-        let digest = self.digest.lock().ok().and_then(|d| d.clone());
-        post.render(target, digest.as_deref(), container)
-    }
-}
-
-/// What rendering an app's `post_deploy` for one target needs.
-pub struct PostDeploy<'a> {
-    /// The inventory.
-    pub inventory: &'a Inventory,
-    /// Its compiled templates.
-    pub renderer: &'a Renderer,
-    /// App name.
-    pub app: &'a str,
-    /// Environment name.
-    pub environment: &'a str,
-    /// Tag deployed.
-    pub version: &'a str,
-    /// `--set` arguments.
-    pub sets: &'a [Set],
-    /// Deployment id.
-    pub deployment: &'a str,
-}
-
-impl PostDeploy<'_> {
-    /// The target's script with `container` in its context; `None` when the app has none.
-    pub fn render(
-        &self,
-        target: &str,
-        digest: Option<&str>,
-        container: &ContainerDetails,
-    ) -> Result<Option<String>, String> {
-        let inventory = self.inventory;
-        let (Ok(app), Ok(env), Some(target)) =
-            (inventory.app(self.app), inventory.environment(self.environment), inventory.target(target))
-        else {
-            return Ok(None);
-        };
-        if app.post_deploy.is_none() {
-            return Ok(None);
-        }
-        let variables = vars::resolve(inventory, app, env, Some(target), self.sets);
-        let image = super::image_reference(inventory, app, self.version, digest);
-        let ctx = RenderContext {
-            vars: &variables,
-            app,
-            environment: &env.name,
-            target,
-            image: &image,
-            version: self.version,
-            deployment_id: self.deployment,
-        };
-        self.renderer.render_post_deploy(&ctx, container).map_err(|e| e.to_string())
-    }
 }
 
 /// Which command is rolling out.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{PlanRequest, build_plan, runtime, ssh_options, store};
+use super::{runtime, ssh_options, store};
 use crate::apply::{Decision, Live};
 use crate::deployments::Deployment;
 use crate::docker::{self, Container};
@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
 use crate::plan::{Plan, TargetPlan};
+use crate::planning::{PlanRequest, build_plan};
 use crate::render::Renderer;
 
 /// What would happen to one target.

@@ -1,10 +1,11 @@
 //! `ferry plan`: what a deployment would run on each target, without touching any.
 
-use super::{PlanRequest, build_plan, is_json, new_deployment_id, process_env};
+use super::{is_json, new_deployment_id, process_env};
 use crate::error::Error;
 use crate::inventory::{Batch, Inventory};
 use crate::output::{self, OutputFormat, table};
 use crate::plan::Plan;
+use crate::planning::{PlanRequest, build_plan};
 use crate::render::Renderer;
 use crate::request::Plan as PlanArgs;
 use crate::vars::MissingSecrets;

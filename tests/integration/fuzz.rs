@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 
-use ferry::commands::{PlanRequest, build_plan};
 use ferry::diagnostic::SourceFile;
 use ferry::inventory::Inventory;
+use ferry::planning::{PlanRequest, build_plan};
 use ferry::render::Renderer;
 
 use crate::test::{INVENTORY, TEMPLATE};

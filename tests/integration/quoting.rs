@@ -7,8 +7,8 @@ use std::process::Command;
 
 use proptest::prelude::*;
 
-use ferry::commands::{PlanRequest, build_plan};
 use ferry::inventory::Inventory;
+use ferry::planning::{PlanRequest, build_plan};
 use ferry::render::Renderer;
 use ferry::shell;
 
