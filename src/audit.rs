@@ -34,6 +34,19 @@ pub enum AuditError {
         /// Why.
         source: std::io::Error,
     },
+    /// The hash chain is broken: no record of the log is acted upon.
+    #[error(
+        "the audit log {path}:{line} is broken: {problem}; ferry acts on no record of a broken chain\n  = help: `ferry audit verify` shows the break; restore the log from a backup, or move it aside (the next run starts a new chain, without the history that rollback, promote and the lifecycle read)",
+        path = crate::diagnostic::display_path(path).display()
+    )]
+    Broken {
+        /// The log file.
+        path: PathBuf,
+        /// The first bad line.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// Who did it.
@@ -228,22 +241,15 @@ impl Log {
         Ok(record)
     }
 
-    /// Reads every well-formed record, in file order (torn lines skipped).
+    /// Reads every record, in file order (torn lines skipped), once the chain is verified: a
+    /// broken chain is [`AuditError::Broken`], so nothing acts on a record that was forged,
+    /// edited or moved.
     pub fn read(&self) -> Result<Vec<Record>, AuditError> {
-        let io = |source| AuditError::Io { path: self.path.clone(), source };
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
-        };
-        let mut records = Vec::new();
-        for line in BufReader::new(file).split(b'\n') {
-            let line = line.map_err(io)?;
-            if let Ok(record) = serde_json::from_slice::<Record>(&line) {
-                records.push(record);
-            }
+        let (verification, records) = walk(&self.path)?;
+        match verification.broken {
+            None => Ok(records),
+            Some((line, problem)) => Err(AuditError::Broken { path: self.path.clone(), line, problem }),
         }
-        Ok(records)
     }
 }
 
@@ -287,9 +293,20 @@ pub struct Verification {
 
 /// Walks the chain of the log at `path`.
 pub fn verify(path: &Path) -> Result<Verification, AuditError> {
+    Ok(walk(path)?.0)
+}
+
+/// Walks the chain and keeps the records it vouches for: the whole log when it is intact,
+/// those before the first bad record otherwise.
+fn walk(path: &Path) -> Result<(Verification, Vec<Record>), AuditError> {
     let io = |source| AuditError::Io { path: path.to_path_buf(), source };
-    let file = File::open(path).map_err(io)?;
     let mut out = Verification { records: 0, torn_lines: Vec::new(), broken: None };
+    let mut records = Vec::new();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, records)),
+        Err(e) => return Err(io(e)),
+    };
     let mut prev_hash = GENESIS.to_string();
     let mut prev_seq = 0u64;
     for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
@@ -298,13 +315,18 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
         if line.is_empty() {
             continue;
         }
-        let Ok(record) = serde_json::from_slice::<Record>(&line) else {
-            out.torn_lines.push(line_no);
-            continue;
+        let record = match check_line(&line) {
+            Ok(record) => record,
+            Err(Line::Torn) => {
+                out.torn_lines.push(line_no);
+                continue;
+            }
+            Err(Line::Bad(problem)) => {
+                out.broken = Some((line_no, problem));
+                return Ok((out, records));
+            }
         };
-        let problem = if canonical_hash(&record) != record.hash {
-            Some(format!("record seq {} was modified (its hash does not match its content)", record.seq))
-        } else if record.prev != prev_hash {
+        let problem = if record.prev != prev_hash {
             Some(format!(
                 "record seq {} does not follow the record before it (a record was deleted, inserted or moved)",
                 record.seq
@@ -316,13 +338,46 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
         };
         if let Some(problem) = problem {
             out.broken = Some((line_no, problem));
-            return Ok(out);
+            return Ok((out, records));
         }
         out.records += 1;
-        prev_hash = record.hash;
+        prev_hash.clone_from(&record.hash);
         prev_seq = record.seq;
+        records.push(record);
     }
-    Ok(out)
+    Ok((out, records))
+}
+
+/// Why a line is not a record of the chain.
+enum Line {
+    /// Cut short by a crash mid-write (JSON that ends early): the chain continues past it.
+    Torn,
+    /// Anything else: the chain is broken here.
+    Bad(String),
+}
+
+/// A line is a record only if it is exactly the bytes ferry writes for the record it parses to
+/// (so an added field, a field nested elsewhere or a re-encoded value breaks it, even where
+/// serde would read past them) and its hash covers those bytes.
+fn check_line(line: &[u8]) -> Result<Record, Line> {
+    let record = match serde_json::from_slice::<Record>(line) {
+        Ok(record) => record,
+        Err(e) if e.is_eof() => return Err(Line::Torn),
+        Err(e) => return Err(Line::Bad(format!("not a record ({e})"))),
+    };
+    if serde_json::to_vec(&record).ok().as_deref() != Some(line) {
+        return Err(Line::Bad(format!(
+            "record seq {} was modified (its bytes are not the ones ferry wrote)",
+            record.seq
+        )));
+    }
+    if canonical_hash(&record) != record.hash {
+        return Err(Line::Bad(format!(
+            "record seq {} was modified (its hash does not match its content)",
+            record.seq
+        )));
+    }
+    Ok(record)
 }
 
 #[cfg(test)]

@@ -166,3 +166,124 @@ fn secrets_never_reach_the_audit_log_or_history() {
         assert!(!out.stdout.contains(SECRET), "{}", out.stdout);
     }
 }
+
+/// A log of three real records (`audit bench`) in a test folder whose targets are all on
+/// loopback (nothing below connects, but if a regression did, it would stay on this machine).
+fn three_records() -> (tempfile::TempDir, Vec<String>) {
+    let test = Test::new()
+        .replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"127.0.0.1\"\nport = 1")
+        .replace("ferry.toml", "host = \"10.0.1.11\"", "host = \"127.0.0.1\"\nport = 1")
+        .replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"127.0.0.2\"\nport = 1")
+        .replace("ferry.toml", "[defaults]", "[lifecycle]\nphases = [\"staging\", \"prod\"]\n\n[defaults]");
+    let folder = test.into_dir();
+    ferry(&folder).args(["audit", "bench", "--records", "3"]).stdout_contains("3 appends to ").run();
+    let text = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
+    (folder, text.lines().map(str::to_string).collect())
+}
+
+/// Verifies `lines` as a log of their own: the exit code and the verdict.
+fn verdict(folder: &tempfile::TempDir, name: &str, lines: &[String]) -> (i32, String) {
+    let path = folder.path().join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let log = path.display().to_string();
+    let out = Command::new(binary())
+        .args([
+            "-i",
+            &folder.path().join("ferry.toml").display().to_string(),
+            "audit",
+            "verify",
+            "--log",
+            &log,
+        ])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).replace(&log, "LOG"))
+}
+
+#[test]
+fn the_hash_covers_the_bytes_not_what_serde_reads_back() {
+    let (folder, lines) = three_records();
+    assert_eq!(verdict(&folder, "same.jsonl", &lines), (0, "LOG: ok, 3 records, chain intact\n".into()));
+    let changed = |how: &dyn Fn(&str) -> String| {
+        let mut copy = lines.clone();
+        copy[1] = how(&copy[1]);
+        assert_ne!(copy[1], lines[1], "the test changed nothing");
+        copy
+    };
+    let bad = "LOG:2: BROKEN: record seq 2 was modified (its bytes are not the ones ferry wrote)\n";
+    // A field serde ignores, one nested inside `actor`, and a value re-encoded as an escape.
+    let added = changed(&|l| l.replacen("{\"seq\"", "{\"privileged\":true,\"seq\"", 1));
+    assert_eq!(verdict(&folder, "added.jsonl", &added), (1, bad.into()));
+    let nested = changed(&|l| l.replacen("\"actor\":{", "\"actor\":{\"role\":\"admin\",", 1));
+    assert_eq!(verdict(&folder, "nested.jsonl", &nested), (1, bad.into()));
+    let escaped = changed(&|l| l.replacen("\"kind\":\"bench\"", "\"kind\":\"\\u0062ench\"", 1));
+    assert_eq!(verdict(&folder, "escaped.jsonl", &escaped), (1, bad.into()));
+}
+
+#[test]
+fn a_whole_line_that_is_not_a_record_breaks_the_chain_and_only_a_cut_tail_is_torn() {
+    let (folder, lines) = three_records();
+    let mut inserted = lines.clone();
+    inserted.insert(1, "{\"note\":\"not a record\"}".into());
+    let (code, out) = verdict(&folder, "inserted.jsonl", &inserted);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("LOG:2: BROKEN: not a record ("), "{out}");
+    // A crash mid-write cuts the last line short: reported as torn, the chain still holds.
+    let mut cut = lines.clone();
+    let last = cut.pop().unwrap();
+    cut.push(last[..last.len() / 2].to_string());
+    assert_eq!(verdict(&folder, "cut.jsonl", &cut), (0, "LOG: ok, 2 records, chain intact\n".into()));
+}
+
+/// A forged line (its hash is "bogus") claiming a successful staging deployment of an argv
+/// with `--privileged -v /:/host`: no command that acts on records uses it.
+#[test]
+fn a_forged_record_is_never_acted_upon() {
+    let (folder, lines) = three_records();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let argv = [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        "web-staging",
+        "--privileged",
+        "-v",
+        "/:/host",
+        "acme/web:1.0",
+    ];
+    let forged = serde_json::json!({
+        "seq": 4, "time": "2026-12-04T12:00:00.000Z", "id": "01900000-0000-7000-8000-000000000000",
+        "actor": last["actor"], "kind": "run_finished", "run": "01900000-0000-7000-8000-00000000f0f0",
+        "command": "deploy", "app": "web", "environment": "staging", "version": "1.0",
+        "detail": { "ok": 1, "failed": 0, "skipped": 0, "interrupted": false, "deployment": {
+            "image": "acme/web:1.0", "succeeded": true, "targets": { "stg-1": {
+                "container": "web-staging", "config_hash": "x", "argv": argv, "secrets": [],
+                "status": "ok", "action": "created" } } } },
+        "prev": last["hash"], "hash": "bogus"
+    });
+    let log = folder.path().join(".ferry/audit.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text += &format!("{forged}\n");
+    std::fs::write(&log, text).unwrap();
+    let broken = ".ferry/audit.jsonl:4 is broken: record seq 4 was modified";
+    for args in [
+        &["rollback", "web", "--env", "staging", "--yes"][..],
+        &["rollback", "web", "--env", "staging", "--to", "01900000-0000-7000-8000-00000000f0f0", "--yes"],
+        &["promote", "web", "--to", "prod", "--yes"],
+        &["status", "web", "--env", "staging"],
+        &["history"],
+    ] {
+        ferry(&folder)
+            .args(args.iter().copied())
+            .code(4)
+            .stderr_contains(broken)
+            .stderr_contains("`ferry audit verify` shows the break")
+            .run();
+    }
+    ferry(&folder)
+        .args(["audit", "verify"])
+        .code(1)
+        .stdout_contains(":4: BROKEN: record seq 4 was modified")
+        .run();
+}
