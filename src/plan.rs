@@ -76,7 +76,7 @@ pub struct TargetPlan {
     pub secrets: Vec<String>,
     /// The rendered health command, if the app has one.
     pub health_cmd: Option<String>,
-    /// The argv without the per-deployment labels (masked): what the config hash covers, and
+    /// The argv without the per-deployment labels, unmasked: what the config hash covers, and
     /// what the audit record keeps so a rollback can run exactly this again.
     #[serde(skip)]
     pub stable_argv: Vec<String>,
@@ -186,7 +186,9 @@ pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<S
         config_hash,
         secrets: input.secrets.keys().cloned().collect(),
         health_cmd: health_cmd.map(|c| mask(&c, values.iter().copied())),
-        stable_argv: masked(&stable),
+        // The argv itself: secrets never enter it by construction (they travel in the env
+        // file), and a rollback must run what ran, not its masked display form.
+        stable_argv: stable,
         env_file,
         exec_argv,
     }
@@ -248,14 +250,12 @@ pub fn secret_hashes(
     secrets.iter().map(|(name, s)| (name.clone(), hash(name, &s.value))).collect()
 }
 
-/// RFC 2104 HMAC with SHA-256 (key already at most one block).
+/// HMAC-SHA256 (RFC 2104).
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    block[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
-    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
-    outer.into()
+    use hmac::{KeyInit, Mac};
+    // HMAC takes a key of any length (a longer one is hashed first): this cannot fail.
+    let Ok(mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else { return [0; 32] };
+    mac.chain_update(message).finalize().into_bytes().into()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -22,7 +22,7 @@ use crate::render::{Context, Renderer};
 use crate::request::Set;
 use crate::vars::{self, MissingSecrets, Secrets, Variables};
 
-/// Reads a variable of the runner's environment (secrets, `FERRY_HASH_KEY`).
+/// Reads a variable of the runner's environment (secrets).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The process environment as an [`EnvLookup`].
@@ -51,6 +51,19 @@ pub struct PlanRequest<'a> {
     pub env: EnvLookup<'a>,
     /// Whether an unavailable secret fails the plan or is reported in [`Plan::problems`].
     pub missing_secrets: vars::MissingSecrets,
+    /// The key of the secrets' hashes in the config hash (see [`hash_key`]).
+    pub hash_key: &'a [u8],
+}
+
+/// The key of the secret hashes: `FERRY_HASH_KEY` when set (the same on every machine that
+/// deploys), else the store's own random key, made once and kept with the records. Never a
+/// value derived from public names: then a weak secret could be guessed offline from a
+/// container's `ferry.config-hash` label.
+pub fn hash_key(store: &dyn crate::store::Store) -> Result<Vec<u8>, Error> {
+    match process_env("FERRY_HASH_KEY").filter(|k| !k.is_empty()) {
+        Some(key) => Ok(key.into_bytes()),
+        None => Ok(store.hash_key()?),
+    }
 }
 
 /// One app × environment × version being planned: what every target's plan shares.
@@ -81,13 +94,8 @@ impl<'a> Release<'a> {
         crate::request::check_tag(request.version)?;
         let (secrets, problems) =
             vars::resolve_secrets(inventory, app, env, request.env, request.missing_secrets)?;
-        let hash_key = (request.env)("FERRY_HASH_KEY");
-        let secret_hashes = crate::plan::secret_hashes(
-            &app.name,
-            &env.name,
-            &secrets,
-            hash_key.as_deref().map(str::as_bytes),
-        );
+        let secret_hashes =
+            crate::plan::secret_hashes(&app.name, &env.name, &secrets, Some(request.hash_key));
         Ok(Release {
             inventory,
             app,
@@ -227,6 +235,8 @@ pub struct InventoryPlanner {
     pub deployment: String,
     /// The digest once pinned (for `post_deploy`'s `image`).
     pub digest: Mutex<Option<String>>,
+    /// The secret hashes' key ([`hash_key`]).
+    pub hash_key: Vec<u8>,
 }
 
 impl InventoryPlanner {
@@ -241,6 +251,7 @@ impl InventoryPlanner {
             deployment: &self.deployment,
             env: &process_env,
             missing_secrets: MissingSecrets::Error,
+            hash_key: &self.hash_key,
         }
     }
 
@@ -281,6 +292,8 @@ pub struct RecordPlanner {
     pub environment: String,
     /// This deployment's id.
     pub deployment: String,
+    /// The secret hashes' key ([`hash_key`]).
+    pub hash_key: Vec<u8>,
 }
 
 impl RecordPlanner {
@@ -295,6 +308,7 @@ impl RecordPlanner {
             deployment: &self.deployment,
             env: &process_env,
             missing_secrets: MissingSecrets::Error,
+            hash_key: &self.hash_key,
         };
         // Without a new digest, the image is the one on record, whatever the feed says today.
         let image = digest.is_none().then(|| self.record.recorded.image.clone());
@@ -332,5 +346,56 @@ impl Planner for RecordPlanner {
     fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String> {
         let release = self.release(self.record.digest.as_deref()).map_err(|e| e.to_string())?;
         post_deploy(&release, &self.renderer, target, container)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A secret whose value also appears in a variable (`80`): the plan shows it masked, but
+    /// the argv that is recorded (and a rollback runs) is the real one.
+    #[test]
+    fn the_recorded_argv_is_the_real_one_and_only_the_display_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/t.j2"), "docker run -p {{ port }}:{{ port }} {{ image }}")
+            .unwrap();
+        let text = r#"
+[environments.prod]
+targets = ["a"]
+
+[targets.a]
+host = "127.0.0.1"
+
+[apps.web]
+image = "acme/web"
+template = "t.j2"
+vars = { port = 80 }
+secrets = { TOKEN = { env = "TOKEN" } }
+"#;
+        let source = crate::diagnostic::SourceFile::new(dir.path().join("ferry.toml"), text.to_string());
+        let inventory = Inventory::parse(source, dir.path()).unwrap();
+        let renderer = Renderer::new(&inventory).unwrap();
+        let lookup = |name: &str| (name == "TOKEN").then(|| "80".to_string());
+        let request = PlanRequest {
+            app: "web",
+            environment: "prod",
+            version: "1.0",
+            digest: None,
+            limits: &[],
+            sets: &[],
+            deployment: "d",
+            env: &lookup,
+            missing_secrets: MissingSecrets::Error,
+            hash_key: b"k",
+        };
+        let plan = build_plan(&inventory, &renderer, &request).unwrap();
+        let target = &plan.targets[0];
+        assert!(target.stable_argv.iter().any(|a| a == "80:80"), "{:?}", target.stable_argv);
+        assert!(!target.argv.iter().any(|a| a.contains("80:80")), "shown masked: {:?}", target.argv);
+        assert!(!target.display.contains("80:80"), "{}", target.display);
     }
 }

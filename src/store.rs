@@ -22,6 +22,26 @@ pub enum StoreError {
     /// The files could not be read or written.
     #[error(transparent)]
     Files(#[from] AuditError),
+    /// The hash key file is not what ferry wrote.
+    #[error(
+        "{}: not a ferry hash key (64 hex digits)\n  = help: restore it from a backup; a new key changes every config hash, so the next deploy replaces every container once",
+        crate::diagnostic::display_path(path).display()
+    )]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+    },
+}
+
+/// The file of [`FileStore`]'s hash key, in the state folder.
+const HASH_KEY_FILE: &str = "hash.key";
+
+/// 64 hex digits as 32 bytes.
+fn decode_key(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
 }
 
 /// Which runs `ferry history` shows.
@@ -79,6 +99,10 @@ pub trait Store: Send + Sync {
 
     /// Walks the chain.
     fn verify(&self) -> Result<Verification, StoreError>;
+
+    /// The store's key for the secret hashes in config hashes: random, made once, the same for
+    /// every runner of this store.
+    fn hash_key(&self) -> Result<Vec<u8>, StoreError>;
 
     /// Takes the runner-side lease of `environment`, recording `info` in it; a held lease is
     /// [`LockError::Held`] naming its holder.
@@ -183,6 +207,37 @@ impl Store for FileStore {
 
     fn verify(&self) -> Result<Verification, StoreError> {
         Ok(crate::audit::verify(self.log.path())?)
+    }
+
+    fn hash_key(&self) -> Result<Vec<u8>, StoreError> {
+        let path = self.dir.join(HASH_KEY_FILE);
+        let io = |source| StoreError::Files(AuditError::Io { path: path.clone(), source });
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    return decode_key(text.trim()).ok_or_else(|| StoreError::BadKey { path: path.clone() });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+            std::fs::create_dir_all(&self.dir).map_err(io)?;
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            // create_new: of two runners making the key at once, one writes it and both read it.
+            let mut options = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(options.write(true).create_new(true), 0o600);
+            match options.open(&path) {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    file.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
+                    file.sync_all().map_err(io)?;
+                    return Ok(key.to_vec());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
     }
 
     fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError> {

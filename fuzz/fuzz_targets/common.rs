@@ -21,6 +21,7 @@ pub fn plan_everything(inventory: &Inventory) {
                 deployment: "d",
                 env: &lookup,
                 missing_secrets: MissingSecrets::Error,
+                hash_key: b"",
             };
             let _ = build_plan(inventory, &renderer, &request);
         }

@@ -55,6 +55,8 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
                 deployment: CHECK_VERSION,
                 env: &process_env,
                 missing_secrets: MissingSecrets::Placeholder,
+                // `check` shows and compares no config hash: it needs no key (and makes none).
+                hash_key: b"",
             };
             match build_plan(inventory, &renderer, &request) {
                 Ok(plan) => {

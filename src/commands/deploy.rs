@@ -77,6 +77,7 @@ pub fn deploy_release(
     output: OutputFormat,
 ) -> Result<i32, Error> {
     let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
+    let hash_key = crate::planning::hash_key(&*store(&inventory))?;
     let planner = InventoryPlanner {
         renderer,
         app: selection.app.clone(),
@@ -86,6 +87,7 @@ pub fn deploy_release(
         sets: selection.sets.clone(),
         deployment: new_deployment_id(),
         digest: Mutex::new(release.digest.clone()),
+        hash_key,
         inventory: Arc::new(inventory),
     };
     let plan = planner.plan(release.digest.as_deref())?;

@@ -26,6 +26,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
         }
         _ => (asked.to_string(), None),
     };
+    let hash_key = crate::planning::hash_key(&*super::store(inventory))?;
     let request = PlanRequest {
         app: &args.selection.app,
         environment: &args.selection.environment,
@@ -36,6 +37,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
         deployment: &deployment,
         env: &process_env,
         missing_secrets: MissingSecrets::Error,
+        hash_key: &hash_key,
     };
     let plan = build_plan(inventory, &renderer, &request)?;
     if args.version.is_none() && !is_json(output) {

@@ -24,7 +24,8 @@ use crate::request::Rollback as RollbackArgs;
 pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
-    let history = store(&inventory).deployments(&app, &env)?;
+    let store = store(&inventory);
+    let history = store.deployments(&app, &env)?;
     let to = deployments::rollback_target(&history, args.to.as_deref()).map_err(|why| {
         Error::Failed(
             Diagnostic::new(format!("cannot roll back {app} in {env}: {why}"))
@@ -32,6 +33,7 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
         )
     })?;
     let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
+    let hash_key = crate::planning::hash_key(&*store)?;
     let planner = RecordPlanner {
         inventory: Arc::new(inventory),
         renderer,
@@ -39,6 +41,7 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
         environment: env.clone(),
         record: to.clone(),
         deployment: new_deployment_id(),
+        hash_key,
     };
     let plan = planner.plan(to.digest.as_deref())?;
     eprintln!(

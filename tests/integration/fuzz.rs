@@ -130,6 +130,7 @@ fn plan_everything(inventory: &Inventory) {
                 deployment: "d",
                 env: &lookup,
                 missing_secrets: ferry::vars::MissingSecrets::Error,
+                hash_key: b"",
             };
             let _ = build_plan(inventory, &renderer, &request);
         }

@@ -108,28 +108,57 @@ fn limit_takes_globs_and_comma_lists() {
     assert!(out.stdout.starts_with("prod-1\t"), "inventory order, not the order of --limit: {}", out.stdout);
 }
 
+/// The same `FERRY_HASH_KEY` in every folder, so hashes from different folders compare.
+fn keyed() -> Test {
+    Test::new().env("FERRY_HASH_KEY", "one key for every runner")
+}
+
 #[test]
 fn config_hash_is_stable_across_runs_and_differs_per_target_config() {
-    let first = hashes(Test::new());
-    let second = hashes(Test::new());
+    let first = hashes(keyed());
+    let second = hashes(keyed());
     assert_eq!(first, second, "same inputs, new deployment id: same hash");
     assert_ne!(first[0], first[1], "prod-2 publishes another port");
 }
 
+/// Without `FERRY_HASH_KEY`, each state folder makes a random key once (0600) and keeps using
+/// it: the same folder gives the same hash, another folder another one, and no hash can be
+/// recomputed from public names to test guesses of a weak secret offline.
+#[test]
+fn without_a_hash_key_the_store_makes_a_random_one_once() {
+    let folder = Test::new().into_dir();
+    let inventory = folder.path().join("ferry.toml").display().to_string();
+    let run = || hashes(Test::bare().env("WEB_DATABASE_URL", SECRET).args(["-i", &inventory]));
+    let first = run();
+    assert_eq!(first, run(), "the key is made once and kept");
+    let key = folder.path().join(".ferry/hash.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64, "32 random bytes, hex");
+    assert_ne!(first, hashes(Test::new()), "another folder, another key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    Test::bare()
+        .env("WEB_DATABASE_URL", SECRET)
+        .args(["-i", &inventory, "plan", "web", "--env", "prod", "--version", "1.0"])
+        .code(1)
+        .stderr_contains(".ferry/hash.key: not a ferry hash key (64 hex digits)")
+        .run();
+}
+
 #[test]
 fn config_hash_changes_with_secret_argv_and_removals() {
-    let base = hashes(Test::new());
-    assert_ne!(base, hashes(Test::new().env("WEB_DATABASE_URL", "rotated")), "rotated secret");
-    assert_ne!(base, hashes_with(Test::new(), &["--set", "port=81"]), "changed argv");
-    let removed = Test::new().replace("ferry.toml", "env = { LOG_LEVEL = \"{{ log_level }}\" }\n", "");
+    let base = hashes(keyed());
+    assert_ne!(base, hashes(keyed().env("WEB_DATABASE_URL", "rotated")), "rotated secret");
+    assert_ne!(base, hashes_with(keyed(), &["--set", "port=81"]), "changed argv");
+    let removed = keyed().replace("ferry.toml", "env = { LOG_LEVEL = \"{{ log_level }}\" }\n", "");
     assert_ne!(base, hashes(removed), "a removed env var replaces the container");
-    assert_ne!(base, hashes(Test::new().env("FERRY_HASH_KEY", "k")), "keyed by FERRY_HASH_KEY");
+    assert_ne!(base, hashes(keyed().env("FERRY_HASH_KEY", "k")), "keyed by FERRY_HASH_KEY");
 }
 
 #[test]
 fn config_hash_ignores_health_and_rollout() {
-    let base = hashes(Test::new());
-    let changed = Test::new().replace("ferry.toml", "timeout = \"30s\"", "timeout = \"90s\"").replace(
+    let base = hashes(keyed());
+    let changed = keyed().replace("ferry.toml", "timeout = \"30s\"", "timeout = \"90s\"").replace(
         "ferry.toml",
         "rollout = { batch = 1, max_failures = 0 }",
         "rollout = { batch = \"50%\", max_failures = 1 }",

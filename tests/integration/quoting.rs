@@ -93,6 +93,7 @@ proptest! {
         let request = PlanRequest {
             app: "app", environment: "prod", version: "1", digest: None, limits: &[], sets: &sets,
             deployment: "d", env: &lookup, missing_secrets: ferry::vars::MissingSecrets::Error,
+            hash_key: b"",
         };
         let plan = build_plan(&fixture.inventory, &renderer, &request).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let argv = &plan.targets[0].exec_argv;
@@ -124,6 +125,7 @@ fn nul_in_a_value_is_a_clean_error() {
         deployment: "d",
         env: &lookup,
         missing_secrets: ferry::vars::MissingSecrets::Error,
+        hash_key: b"",
     };
     let err =
         build_plan(&fixture.inventory, &renderer, &request).err().map(|e| (e.exit_code(), e.to_string()));
