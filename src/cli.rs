@@ -475,11 +475,10 @@ pub fn run() -> i32 {
     };
     crate::logging::init(cli.verbose);
     let global = request::Global { inventory: cli.inventory, output: cli.output };
-    let request = match cli.command {
-        // These two need no inventory.
-        Command::Completions { shell } => return print_completions(shell),
-        Command::Man => return print_man(),
-        command => command.into_request(),
+    let request = match cli.command.into_request() {
+        Ok(request) => request,
+        // Answered without an inventory (completions, the man page).
+        Err(code) => return code,
     };
     match commands::run(&global, request) {
         Ok(code) => code,
@@ -493,11 +492,19 @@ pub fn run() -> i32 {
 fn usage_error(e: &clap::Error) -> i32 {
     use std::error::Error as _;
     if let Some(refused) = e.source().and_then(|s| s.downcast_ref::<Refused>()) {
-        eprintln!("{}", refused.0);
-        return crate::error::EXIT_INVALID;
+        // The flags were not parsed, so `--output json` is looked for in the raw arguments.
+        let output = if asks_for_json(std::env::args()) { OutputFormat::Json } else { OutputFormat::Human };
+        return report(&Error::Input(refused.0.clone()), output);
     }
     let _ = e.print();
     e.exit_code()
+}
+
+/// `--output json` (or `--output=json`) among the options, before any `--`.
+fn asks_for_json(args: impl Iterator<Item = String>) -> bool {
+    let options: Vec<String> = args.take_while(|a| a != "--").collect();
+    options.iter().any(|a| a == "--output=json")
+        || options.windows(2).any(|w| w[0] == "--output" && w[1] == "json")
 }
 
 /// A flag value a parser refused, carried through clap to [`usage_error`].
@@ -559,9 +566,10 @@ fn tag(_: &str, text: &str) -> Result<String, Diagnostic> {
 }
 
 impl Command {
-    /// The validated request this command line asks for.
-    fn into_request(self) -> Request {
-        match self {
+    /// The validated request this command line asks for; the commands that need no inventory
+    /// (completions, the man page) are answered here, with their exit code.
+    fn into_request(self) -> Result<Request, i32> {
+        Ok(match self {
             Command::Check(a) => Request::Check(request::Check { deny_warnings: a.deny_warnings }),
             Command::Plan(a) => Request::Plan(request::Plan {
                 selection: a.selection.into(),
@@ -624,11 +632,9 @@ impl Command {
                 AuditAction::Bench { records, log } => request::Audit::Bench { records, log },
             }),
             Command::Lock(a) => Request::Lock(a.action.into()),
-            // Answered by `run` before a request is made.
-            Command::Completions { .. } | Command::Man => {
-                Request::Check(request::Check { deny_warnings: false })
-            }
-        }
+            Command::Completions { shell } => return Err(print_completions(shell)),
+            Command::Man => return Err(print_man()),
+        })
     }
 }
 

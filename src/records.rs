@@ -156,6 +156,9 @@ pub struct LockChange {
     /// Targets where the lock could not be removed (released by a run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_released: Option<Vec<String>>,
+    /// A quick stop gave up waiting for the release (the locks expire after their TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_timed_out: Option<bool>,
 }
 
 /// Builds an entry of `kind` with a typed detail; the caller fills in the rest.

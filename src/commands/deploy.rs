@@ -214,6 +214,7 @@ pub fn execute(
             ..Entry::default()
         },
         environment: env,
+        what: what.clone(),
         secrets: secrets.clone(),
         output,
         quiet: flags.quiet,
@@ -259,6 +260,7 @@ fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
         interrupted: applied.interrupted,
         stopped: applied.stopped.clone(),
         record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
+        digest: applied.plan.digest.clone(),
         value: applied,
     }
 }

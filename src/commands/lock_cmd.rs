@@ -1,46 +1,36 @@
 //! `ferry lock status|acquire|release`: operators' control of environment locks, e.g. to freeze
 //! prod during an incident. Taking, releasing and breaking locks is audited.
 
-use super::{audit_log, environment_targets, new_deployment_id, runtime, ssh_options};
+use super::{environment_targets, new_deployment_id, runtime, ssh_options, store};
 use crate::audit::Entry;
 use crate::error::Error;
 use crate::host::connect_all;
 use crate::inventory::Inventory;
 use crate::lock::{self, LockInfo, Taken};
 use crate::output::{self, OutputFormat, table};
+use crate::records::{self, Kind, LockChange};
 use crate::request::{Lock, LockAction};
 
 /// Runs `ferry lock …`.
 pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i32, Error> {
     let env = inventory.environment(&args.environment)?;
     let options = ssh_options(inventory, args.connect_timeout)?;
-    let log = audit_log(inventory);
-    let me = log.actor().describe();
-    let record = |kind: &str, run: &str, targets: Vec<String>, detail: serde_json::Value| {
-        log.append(Entry {
-            kind: kind.into(),
+    let store = store(inventory);
+    let me = store.actor().describe();
+    let record = |kind: Kind, run: &str, targets: Vec<String>, change: LockChange| {
+        store.append(&Entry {
             run: run.into(),
             command: "lock".into(),
             environment: Some(env.name.clone()),
             targets,
-            detail,
-            ..Entry::default()
+            ..records::entry(kind, &change)
         })
     };
     runtime()?.block_on(async {
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
             LockAction::Status => {
-                let rows = status_rows(&connections, &env.name).await;
-                if output == OutputFormat::Json {
-                    let json: Vec<serde_json::Value> = rows
-                        .iter()
-                        .map(|r| serde_json::json!({"target": r[0], "state": r[1].to_lowercase(), "holder": r[2], "expires": r[3], "detail": r[4]}))
-                        .collect();
-                    output::print_json(&serde_json::json!({ "schema": 1, "type": "lock_status", "environment": env.name, "targets": json }))?;
-                } else {
-                    output::print(&table(&["TARGET", "STATE", "HOLDER", "EXPIRES", "MESSAGE"], &rows))?;
-                }
+                print_status(&status_rows(&connections, &env.name).await, &env.name, output)?;
                 Ok(0)
             }
             LockAction::Acquire { message, ttl, force } => {
@@ -54,17 +44,27 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
                     message: message.clone(),
                 };
                 let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-                let held = lock::lock_environment(None, &env.name, &info, connections, *force, None).await?;
+                let held = lock::lock_environment(Some(&*store), &env.name, &info, connections, *force, None)
+                    .await?;
                 for (target, taken) in &held.taken_over {
                     let previous = match taken {
                         Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
                         Taken::Fresh => None,
                     };
                     let reason = if matches!(taken, Taken::Forced(_)) { "forced" } else { "expired" };
-                    record("lock_broken", &info.run, vec![target.clone()], serde_json::json!({ "reason": reason, "previous": previous }))?;
+                    let change =
+                        LockChange { reason: Some(reason.into()), previous, ..LockChange::default() };
+                    record(Kind::LockBroken, &info.run, vec![target.clone()], change)?;
                 }
-                record("lock_acquired", &info.run, names, serde_json::json!({ "expires": crate::time::format_ms(info.expires_ms), "message": message }))?;
-                output::print(&format!("locked {} until {} ({})\n", env.name, crate::time::format_ms(info.expires_ms), info.run))?;
+                let expires = Some(crate::time::format_ms(info.expires_ms));
+                let change = LockChange { expires, message: Some(message.clone()), ..LockChange::default() };
+                record(Kind::LockAcquired, &info.run, names, change)?;
+                output::print(&format!(
+                    "locked {} until {} ({})\n",
+                    env.name,
+                    crate::time::format_ms(info.expires_ms),
+                    info.run
+                ))?;
                 // The targets' locks outlive this process: close without releasing them.
                 drop(held);
                 Ok(0)
@@ -73,17 +73,32 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
                 let connections = lock::all_connected(&env.name, connections)?;
                 let mut released = Vec::new();
                 for (name, connection) in &connections {
-                    let Some(holder) = lock::read_remote(connection, &env.name).await.map_err(|e| lock_unreachable(&env.name, name, e))? else {
+                    let Some(holder) = lock::read_remote(connection, &env.name)
+                        .await
+                        .map_err(|e| lock_unreachable(&env.name, name, e))?
+                    else {
                         continue;
                     };
                     let mine = holder.as_ref().is_some_and(|h| h.holder == me);
                     if !mine && !force {
-                        return Err(lock::LockError::Held { environment: env.name.clone(), target: name.clone(), info: holder.map(Box::new) }.into());
+                        return Err(lock::LockError::Held {
+                            environment: env.name.clone(),
+                            target: name.clone(),
+                            info: holder.map(Box::new),
+                        }
+                        .into());
                     }
-                    lock::unlock_remote(connection, &env.name, None).await.map_err(|e| lock_unreachable(&env.name, name, e))?;
-                    let kind = if mine { "lock_released" } else { "lock_broken" };
+                    lock::unlock_remote(connection, &env.name, None)
+                        .await
+                        .map_err(|e| lock_unreachable(&env.name, name, e))?;
+                    let kind = if mine { Kind::LockReleased } else { Kind::LockBroken };
                     let run = holder.as_ref().map_or("unknown", |h| h.run.as_str()).to_string();
-                    record(kind, &run, vec![name.clone()], serde_json::json!({ "previous": holder.as_ref().map(LockInfo::describe), "reason": if mine { "released" } else { "forced" } }))?;
+                    let change = LockChange {
+                        previous: holder.as_ref().map(LockInfo::describe),
+                        reason: Some(if mine { "released" } else { "forced" }.into()),
+                        ..LockChange::default()
+                    };
+                    record(kind, &run, vec![name.clone()], change)?;
                     released.push(name.clone());
                 }
                 output::print(&format!("released {} on {} targets\n", env.name, released.len()))?;
@@ -91,6 +106,22 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
             }
         }
     })
+}
+
+/// The status rows as a table, or as JSON.
+fn print_status(rows: &[Vec<String>], environment: &str, output: OutputFormat) -> Result<(), Error> {
+    if output == OutputFormat::Json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"target": r[0], "state": r[1].to_lowercase(), "holder": r[2], "expires": r[3], "detail": r[4]}))
+            .collect();
+        output::print_json(
+            &serde_json::json!({ "schema": 1, "type": "lock_status", "environment": environment, "targets": json }),
+        )?;
+    } else {
+        output::print(&table(&["TARGET", "STATE", "HOLDER", "EXPIRES", "MESSAGE"], rows))?;
+    }
+    Ok(())
 }
 
 /// One table row per target: its lock's state, holder, expiry and message.

@@ -88,8 +88,16 @@ fn default_inventory() -> Result<PathBuf, Error> {
 pub use crate::planning::process_env;
 
 /// The async runtime for commands that reach targets: one worker per core.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+///
+/// One per process, made on first use: a command that asks the feed, then locks and deploys,
+/// or observes targets and then the feed, does it all on the same runtime.
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    Ok(RUNTIME.get_or_init(|| runtime))
 }
 
 /// The SSH options of a run: the inventory's known_hosts and the connect timeout.

@@ -34,7 +34,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     let store = store(&inventory);
     let run_id = new_deployment_id();
     let work = Work {
-        command,
+        command: command.clone(),
         stdin: None,
         deadline: args.timeout,
         mirror: Some(format!("ferry run {run_id} by {}: {shown}", store.actor().describe())),
@@ -52,6 +52,8 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             ..Entry::default()
         },
         environment: env,
+        // Unmasked here: the event stream masks every event once, for every subscriber.
+        what: command,
         secrets: secrets.clone(),
         output,
         quiet: false,
@@ -79,6 +81,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             interrupted,
             stopped: None,
             record: None,
+            digest: None,
             value: (results, interrupted),
         }
     })?;

@@ -52,6 +52,9 @@ pub struct Session {
     pub environment: Environment,
     /// What every record of this run carries: run id, command, app, version, digest.
     pub base: Entry,
+    /// What the run does, for the `run_started` event: the masked command line of `ferry run`,
+    /// `deploy web 1.4 to prod` for a deployment.
+    pub what: String,
     /// Secret values masked in every event, record and message.
     pub secrets: Vec<Secret>,
     /// `--output`.
@@ -90,6 +93,36 @@ pub struct Finish<T> {
     pub stopped: Option<String>,
     /// The command's own `run_finished` detail (a deployment's record), if any.
     pub record: Option<RunFinished>,
+    /// The digest the run pinned on the way (an app without a feed), for its record.
+    pub digest: Option<String>,
+}
+
+/// [`Finish`] without the value: what `run_finished` says.
+struct Summary {
+    ok: usize,
+    failed: usize,
+    skipped: usize,
+    interrupted: bool,
+    ms: u64,
+    stopped: Option<String>,
+    record: Option<RunFinished>,
+    digest: Option<String>,
+}
+
+impl<T> Finish<T> {
+    /// Splits off what the record says, leaving the value to the command.
+    fn summary(&mut self, started: Instant) -> Summary {
+        Summary {
+            ok: self.ok,
+            failed: self.failed,
+            skipped: self.skipped,
+            interrupted: self.interrupted,
+            ms: crate::fanout::millis(started.elapsed()),
+            stopped: self.stopped.take(),
+            record: self.record.take(),
+            digest: self.digest.take(),
+        }
+    }
 }
 
 /// What the session hands back.
@@ -147,11 +180,8 @@ impl Session {
     {
         // On record before anything touches a target: if it cannot be written, nothing runs.
         self.store.append(&Entry { targets: targets.clone(), ..self.entry(Kind::RunStarted, &started) })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let outcome = runtime.block_on(self.supervise(targets, work));
-        // Tasks the work left behind (a quick stop) are dropped with the runtime, not awaited.
-        runtime.shutdown_timeout(Duration::from_millis(100));
-        outcome
+        // Tasks a quick stop left behind are not awaited: the process ends right after.
+        super::runtime()?.block_on(self.supervise(targets, work))
     }
 
     async fn supervise<T, W, F>(&self, targets: Vec<String>, work: W) -> Result<Outcome<T>, Error>
@@ -159,27 +189,19 @@ impl Session {
         W: FnOnce(Context) -> F,
         F: std::future::Future<Output = Finish<T>>,
     {
-        // First thing, so a signal while locks are being taken still ends in an orderly release.
+        // First thing, so a signal while locks are being taken still ends in an orderly way.
         let (stop, cancel) = signals();
-        let held = match self.take_lock().await {
-            Ok(held) => held,
-            Err(error) => {
-                // Refused before anything changed (a held lock, an unreachable target): on record.
-                let refused = RunFinished { refused: Some(error.to_string()), ..RunFinished::default() };
-                self.store.append(&self.entry(Kind::RunFinished, &refused))?;
-                return Err(error);
-            }
-        };
+        let Some(held) = self.lock_unless_stopped(stop.clone()).await? else { return Ok(Outcome::Abandoned) };
         let renewal = held.as_ref().map(|held| self.renew_while_running(Arc::clone(held)));
         let connections = held.as_ref().map_or_else(Default::default, |held| {
             targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
         });
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let subscribers = self.subscribers();
-        let dispatcher = tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
+        let mut dispatcher =
+            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), self.subscribers()));
         let _ = events.send(Event::RunStarted {
             run: self.base.run.clone(),
-            command: self.what(),
+            command: self.what.clone(),
             environment: self.environment.name.clone(),
             targets,
         });
@@ -188,30 +210,22 @@ impl Session {
         let mut quit = stop.clone();
         let finish = tokio::select! {
             finish = work(context) => Some(finish),
-            _ = quit.wait_for(|s| *s == Stop::Now) => None,
+            Ok(_) = quit.wait_for(|s| *s == Stop::Now) => None,
         };
         let outcome = match finish {
-            Some(finish) => {
-                let _ = events.send(Event::RunFinished {
-                    ok: finish.ok,
-                    failed: finish.failed,
-                    skipped: finish.skipped,
-                    interrupted: finish.interrupted,
-                    ms: crate::fanout::millis(started.elapsed()),
-                    stopped: finish.stopped,
-                    record: finish.record.map(|r| Box::new(self.entry(Kind::RunFinished, &r))),
-                });
+            Some(mut finish) => {
+                let _ = events.send(self.finished(finish.summary(started)));
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
                 Outcome::Finished { value: finish.value, audited }
             }
             None => {
-                // The work is gone mid-flight: what each target did is unknown, but the run's
-                // end is on record and no later reader mistakes it for a crash.
+                // The work is gone mid-flight. What already finished is still recorded (the
+                // trail gets a moment to catch up).
                 drop(events);
-                dispatcher.abort();
-                let abandoned = RunFinished { interrupted: true, ..RunFinished::default() };
-                self.store.append(&self.entry(Kind::RunFinished, &abandoned))?;
+                if tokio::time::timeout(QUICK_RELEASE, &mut dispatcher).await.is_err() {
+                    dispatcher.abort();
+                }
                 Outcome::Abandoned
             }
         };
@@ -220,11 +234,68 @@ impl Session {
             renewal.abort();
             let _ = renewal.await;
         }
-        if let Some(held) = held {
-            let quick = matches!(outcome, Outcome::Abandoned);
-            self.release_lock(held, quick).await?;
+        let quick = matches!(outcome, Outcome::Abandoned) || *stop.borrow() == Stop::Now;
+        // Released before anything else can fail: a record that cannot be written must not
+        // leave the targets locked until the TTL.
+        let released = match held {
+            Some(held) => self.release_lock(held, quick).await,
+            None => Ok(()),
+        };
+        if matches!(outcome, Outcome::Abandoned) {
+            // On record, so no later reader mistakes the run for a crash.
+            self.record_interrupted()?;
         }
+        released?;
         Ok(outcome)
+    }
+
+    /// Takes the lock (when the command wants one); `None` when a signal came first (then the
+    /// run is on record as interrupted, and nothing ran anywhere).
+    async fn lock_unless_stopped(
+        &self,
+        mut stop: watch::Receiver<Stop>,
+    ) -> Result<Option<Option<Arc<EnvironmentLock>>>, Error> {
+        let taken = tokio::select! {
+            taken = self.take_lock() => taken,
+            Ok(_) = stop.wait_for(|s| *s != Stop::Running) => {
+                self.record_interrupted()?;
+                return Ok(None);
+            }
+        };
+        match taken {
+            Ok(held) => Ok(Some(held)),
+            Err(error) => {
+                // Refused before anything changed (a held lock, an unreachable target): on record.
+                let refused = RunFinished { refused: Some(error.to_string()), ..RunFinished::default() };
+                self.store.append(&self.entry(Kind::RunFinished, &refused))?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The run's end as an event; the audit trail records it with the command's own detail.
+    fn finished(&self, summary: Summary) -> Event {
+        let mut record = summary.record.map(|r| self.entry(Kind::RunFinished, &r));
+        if let (Some(record), Some(digest)) = (record.as_mut(), summary.digest) {
+            // Pinned during the rollout (an app without a feed): the record says which bytes ran.
+            record.digest = Some(digest);
+        }
+        Event::RunFinished {
+            ok: summary.ok,
+            failed: summary.failed,
+            skipped: summary.skipped,
+            interrupted: summary.interrupted,
+            ms: summary.ms,
+            stopped: summary.stopped,
+            record: record.map(Box::new),
+        }
+    }
+
+    /// `run_finished` of a run that a signal stopped before its work could report.
+    fn record_interrupted(&self) -> Result<(), Error> {
+        let interrupted = RunFinished { interrupted: true, ..RunFinished::default() };
+        self.store.append(&self.entry(Kind::RunFinished, &interrupted))?;
+        Ok(())
     }
 
     /// The audit trail first (an outcome is on record before it is shown), then the renderer.
@@ -238,16 +309,6 @@ impl Session {
         let reporter = Reporter::new(self.output);
         let reporter = if self.quiet { reporter.quiet() } else { reporter };
         vec![Box::new(trail), Box::new(reporter)]
-    }
-
-    /// `deploy web 1.4 to prod`, `run: docker ps`: what the run does, for events and locks.
-    pub fn what(&self) -> String {
-        match (&self.base.app, &self.base.version) {
-            (Some(app), Some(version)) => {
-                format!("{} {app} {version} to {}", self.base.command, self.environment.name)
-            }
-            _ => self.lock.as_ref().map_or_else(|| self.base.command.clone(), |(_, m)| m.clone()),
-        }
     }
 
     /// An entry of this run.

@@ -689,3 +689,24 @@ fn the_crontab_recipe_is_silent_when_nothing_changed() {
     let records = fleet.audit();
     assert_eq!(records.iter().filter(|r| r["kind"] == "run_finished").count(), 2, "both runs are on record");
 }
+
+/// An app without a feed pins its digest at the first pull: the deployment's record names the
+/// bytes that ran (promote and rollback read it), not just the tag.
+#[test]
+fn without_a_feed_the_record_keeps_the_digest_pinned_at_the_first_pull() {
+    let fleet = Fleet::new(Spec { env: "d-nofeed", port: 18114, hosts: &[1, 2], ..Spec::default() });
+    let inventory = std::fs::read_to_string(fleet.inventory()).unwrap();
+    let feedless =
+        inventory.replace("feed = \"lab\"\nimage = \"ferry/web\"", "image = \"10.200.0.1:5000/ferry/web\"");
+    assert_ne!(feedless, inventory, "the test changed nothing");
+    std::fs::write(fleet.inventory(), feedless).unwrap();
+    fleet.deploy("1.0", &[]).run();
+    let last = fleet.audit().into_iter().rev().find(|r| r["kind"] == "run_finished").unwrap();
+    let digest = last["digest"].as_str().unwrap_or_default();
+    assert!(digest.starts_with("sha256:"), "{last}");
+    assert_eq!(
+        last["detail"]["deployment"]["image"],
+        format!("10.200.0.1:5000/ferry/web@{digest}"),
+        "{last}"
+    );
+}

@@ -41,3 +41,20 @@ fn a_bad_flag_changes_no_record() {
     }
     drop(dir_keeper);
 }
+
+/// Machines asked for JSON get the refusal as JSON too, even though the flags did not parse.
+#[test]
+fn a_bad_flag_with_output_json_is_a_json_error() {
+    let out = Test::new()
+        .args(["run", "--env", "prod", "--output", "json", "--timeout", "bogus", "--", "true"])
+        .code(2)
+        .stdout_json()
+        .stderr_contains("error: --timeout: invalid duration \"bogus\"")
+        .run();
+    let json = out.json();
+    assert_eq!((json["type"].as_str(), json["exit_code"].as_i64()), (Some("error"), Some(2)), "{json}");
+    assert!(
+        json["errors"][0]["message"].as_str().unwrap().starts_with("--timeout: invalid duration"),
+        "{json}"
+    );
+}
