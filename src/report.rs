@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -218,6 +219,8 @@ pub struct AuditTrail {
     pub app: Option<String>,
     /// Last output lines per target (masked), for the outcome record.
     tails: HashMap<String, std::collections::VecDeque<String>>,
+    /// Records the store refused, kept to try once more at the end (never dropped silently).
+    unrecorded: Vec<crate::audit::Entry>,
 }
 
 /// Output lines an outcome record keeps.
@@ -238,6 +241,7 @@ impl AuditTrail {
             environment: environment.to_string(),
             app: None,
             tails: HashMap::new(),
+            unrecorded: Vec::new(),
         }
     }
 
@@ -318,13 +322,38 @@ impl AuditTrail {
             | Event::TargetStep { .. }
             | Event::BatchStarted { .. } => return Ok(()),
         };
-        self.store.append(&record).map(|_| ())
+        self.store.append(&record).map(|_| ()).inspect_err(|_| self.unrecorded.push(record))
     }
 }
 
 impl Subscriber for AuditTrail {
     fn event(&mut self, event: &Event) -> Result<(), String> {
         self.record(event).map_err(|e| e.to_string())
+    }
+
+    /// Tries the refused records once more (in order, so the chain stays in order); what still
+    /// cannot be written is printed (masked, as JSON lines) for the operator to keep, rather than
+    /// lost. The run then does not count as fully on record.
+    fn finish(&mut self) {
+        let mut left = std::mem::take(&mut self.unrecorded).into_iter();
+        for entry in left.by_ref() {
+            if self.store.append(&entry).is_err() {
+                self.unrecorded.push(entry);
+                break;
+            }
+        }
+        self.unrecorded.extend(left);
+        if !self.unrecorded.is_empty() {
+            eprintln!(
+                "error: {} records of run {} are not in {}; here they are, keep them:",
+                self.unrecorded.len(),
+                self.run,
+                self.store.describe()
+            );
+            for entry in &self.unrecorded {
+                eprintln!("{}", serde_json::to_string(entry).unwrap_or_default());
+            }
+        }
     }
 }
 
@@ -547,6 +576,119 @@ impl OutputSink for LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that refuses its first `refusals` appends: a store going away mid-run is a fault
+    /// the file store cannot be made to produce on demand, hence this in-process stand-in.
+    struct Flaky {
+        refusals: std::sync::Mutex<usize>,
+        written: std::sync::Mutex<Vec<crate::audit::Entry>>,
+        actor: crate::audit::Actor,
+    }
+
+    impl crate::store::Store for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn actor(&self) -> &crate::audit::Actor {
+            &self.actor
+        }
+        fn append(
+            &self,
+            entry: &crate::audit::Entry,
+        ) -> Result<crate::audit::Record, crate::store::StoreError> {
+            let mut refusals = self.refusals.lock().unwrap();
+            if *refusals > 0 {
+                *refusals -= 1;
+                let gone = std::io::Error::other("store unreachable");
+                return Err(crate::audit::AuditError::Io { path: "flaky".into(), source: gone }.into());
+            }
+            self.written.lock().unwrap().push(entry.clone());
+            Ok(crate::audit::Record {
+                seq: 1,
+                time: String::new(),
+                id: String::new(),
+                actor: self.actor.clone(),
+                entry: entry.clone(),
+                prev: String::new(),
+                hash: String::new(),
+            })
+        }
+        fn deployments(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Vec<crate::deployments::Deployment>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        fn successes_by_phase(
+            &self,
+            _: &str,
+            _: &[String],
+        ) -> Result<HashMap<String, Vec<crate::deployments::Deployment>>, crate::store::StoreError> {
+            Ok(HashMap::new())
+        }
+        fn last_success(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<crate::deployments::Deployment>, crate::store::StoreError> {
+            Ok(None)
+        }
+        fn history(
+            &self,
+            _: &crate::store::HistoryFilter,
+        ) -> Result<Vec<crate::audit::Record>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        fn verify(&self) -> Result<crate::audit::Verification, crate::store::StoreError> {
+            Ok(crate::audit::Verification { records: 0, torn_lines: Vec::new(), broken: None })
+        }
+        fn hash_key(&self) -> Result<Vec<u8>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        fn lease(
+            &self,
+            environment: &str,
+            _: &crate::lock::LockInfo,
+        ) -> Result<Box<dyn crate::store::Lease>, crate::lock::LockError> {
+            Err(crate::lock::LockError::Held {
+                environment: environment.into(),
+                target: "local".into(),
+                info: None,
+            })
+        }
+    }
+
+    fn finished(target: &str) -> Event {
+        Event::TargetFinished {
+            target: target.into(),
+            status: Status::Ok,
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+            ms: 1,
+            action: None,
+            container: None,
+            logs: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_the_store_refused_is_kept_and_written_at_the_end_in_order() {
+        let actor = crate::audit::Actor { user: "u".into(), host: "h".into(), via: "test".into(), job: None };
+        let store =
+            Arc::new(Flaky { refusals: std::sync::Mutex::new(1), written: Default::default(), actor });
+        let trail = AuditTrail::new(Arc::clone(&store) as Arc<dyn crate::store::Store>, "r", "run", "dev");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(finished("a")).unwrap();
+        tx.send(finished("b")).unwrap();
+        drop(tx);
+        let outcome = dispatch(rx, Vec::new(), vec![Box::new(trail)]).await;
+        assert!(outcome.is_err(), "a refused record means the run is not fully on record");
+        let written = store.written.lock().unwrap();
+        let targets: Vec<&str> = written.iter().map(|e| e.targets[0].as_str()).collect();
+        assert_eq!(targets, ["b", "a"], "a is written at the end, not lost");
+    }
 
     #[test]
     fn splits_lines_across_chunks_and_flushes_the_rest() {
