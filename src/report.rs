@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -576,6 +575,7 @@ impl OutputSink for LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// A store that refuses its first `refusals` appends: a store going away mid-run is a fault
     /// the file store cannot be made to produce on demand, hence this in-process stand-in.
