@@ -149,6 +149,33 @@ fn managed_prefix(input: &TargetInput<'_>) -> Vec<String> {
     argv
 }
 
+/// Checks an argv read back from a record the way a rendered one is checked: ferry's own flags
+/// for this container first (the env file optional: secrets may have been added or removed
+/// since), then exactly one acceptable `docker run` of the recorded `image`. A record is data
+/// from disk; only what ferry itself would have produced is run again.
+pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> Result<(), String> {
+    let mut prefix = managed_prefix(input);
+    prefix.truncate(LABELS_END);
+    let Some(mut rest) = argv.strip_prefix(prefix.as_slice()) else {
+        return Err(format!(
+            "its argv does not start with ferry's own flags for container {}",
+            input.container
+        ));
+    };
+    let env_file = ["--env-file".to_string(), env_file_path(input.container)];
+    if let Some(after) = rest.strip_prefix(env_file.as_slice()) {
+        rest = after;
+    }
+    let words: Vec<shell::Word> = ["docker", "run"]
+        .into_iter()
+        .map(str::to_string)
+        .chain(rest.iter().cloned())
+        .enumerate()
+        .map(|(offset, text)| shell::Word { text, offset, starts_line: offset == 0 })
+        .collect();
+    crate::docker_run::check(&words, image).map(|_| ()).map_err(|(_, message, _)| message)
+}
+
 /// Where the labels that change per deployment go in the argv: after the two stable ones.
 const LABELS_END: usize = 9;
 

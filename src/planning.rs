@@ -326,6 +326,15 @@ impl RecordPlanner {
             // Today's health check; the container's config is the record's.
             let health_cmd = self.renderer.render(&release.context(target, &variables))?.health_cmd;
             let input = release.input(target, &recorded.container);
+            crate::plan::check_recorded(&input, &recorded.argv, &self.record.recorded.image).map_err(|why| {
+                Error::Refused(
+                    Diagnostic::new(format!(
+                        "deployment {} on record for {}: {why}; ferry runs again only what it would have rendered",
+                        self.record.id, target.name
+                    ))
+                    .help("the record was not written by ferry; `ferry audit verify`, and roll back to another deployment"),
+                )
+            })?;
             targets.push(crate::plan::finish(&input, recorded.argv.clone(), health_cmd));
         }
         if targets.is_empty() {

@@ -287,3 +287,66 @@ fn a_forged_record_is_never_acted_upon() {
         .stdout_contains(":4: BROKEN: record seq 4 was modified")
         .run();
 }
+
+/// A record on an intact chain (written through ferry's own log, as anyone who can write the
+/// state folder could) whose argv ferry would never have rendered: rollback refuses to run it,
+/// while the same record with a rendered-looking argv passes the check.
+#[test]
+fn a_recorded_argv_passes_the_same_checks_as_a_rendered_one() {
+    let (folder, _) = three_records();
+    let log = ferry::audit::Log::new(
+        &folder.path().join(".ferry"),
+        ferry::audit::Actor { user: "mallory".into(), host: "h".into(), via: "terminal".into(), job: None },
+    );
+    let image = "127.0.0.1:5000/acme/web:1.0";
+    let prefix = [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        "web-staging",
+        "--label",
+        "ferry.app=web",
+        "--label",
+        "ferry.environment=staging",
+        "--env-file",
+        ".ferry/env/web-staging.env",
+    ];
+    let record = |run: &str, tail: &[&str]| {
+        let argv: Vec<&str> = prefix.iter().chain(tail).copied().collect();
+        log.append(ferry::audit::Entry {
+            kind: "run_finished".into(),
+            run: run.into(),
+            command: "deploy".into(),
+            app: Some("web".into()),
+            environment: Some("staging".into()),
+            version: Some("1.0".into()),
+            detail: serde_json::json!({ "ok": 1, "failed": 0, "skipped": 0, "interrupted": false, "deployment": {
+                "image": image, "succeeded": true, "targets": { "stg-1": {
+                    "container": "web-staging", "config_hash": "x", "argv": argv, "secrets": ["DATABASE_URL"],
+                    "status": "ok", "action": "created" } } } }),
+            ..ferry::audit::Entry::default()
+        })
+        .unwrap();
+    };
+    record("01900000-0000-7000-8000-0000000000aa", &["--name", "other", "--privileged", image]);
+    record("01900000-0000-7000-8000-0000000000bb", &["-p", "8080:8080", image, "sh", "-c", "docker ps"]);
+    record("01900000-0000-7000-8000-0000000000cc", &["--privileged", "-v", "/:/host", "evil/image:1"]);
+    ferry(&folder).args(["audit", "verify"]).stdout_contains(": ok, 6 records, chain intact\n").run();
+    let rollback =
+        |run: &str| ferry(&folder).args(["rollback", "web", "--env", "staging", "--to", run, "--yes"]);
+    rollback("01900000-0000-7000-8000-0000000000aa")
+        .code(4)
+        .stderr_contains(
+            "ferry names the container itself; ferry runs again only what it would have rendered",
+        )
+        .run();
+    rollback("01900000-0000-7000-8000-0000000000cc")
+        .code(4)
+        .stderr_contains("the template runs image \"evil/image:1\", not the one ferry deploys")
+        .run();
+    // A rendered-looking argv passes the check; the rollback then fails only to reach the
+    // target (127.0.0.1, port 1: nothing listens, nothing leaves this machine).
+    let out = rollback("01900000-0000-7000-8000-0000000000bb").code(1).stderr_contains("127.0.0.1").run();
+    assert!(!out.stderr.contains("would have rendered"), "{}", out.stderr);
+}
