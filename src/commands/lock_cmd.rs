@@ -16,96 +16,120 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
     let env = inventory.environment(&args.environment)?;
     let options = ssh_options(inventory, args.connect_timeout)?;
     let store = store(inventory);
-    let me = store.actor().describe();
-    let record = |kind: Kind, run: &str, targets: Vec<String>, change: LockChange| {
-        store.append(&Entry {
-            run: run.into(),
-            command: "lock".into(),
-            environment: Some(env.name.clone()),
-            targets,
-            ..records::entry(kind, &change)
-        })
-    };
+    let operator = Operator { me: store.actor().describe(), store, environment: &env.name };
     runtime()?.block_on(async {
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
             LockAction::Status => {
-                print_status(&status_rows(&connections, &env.name).await, &env.name, output)?;
-                Ok(0)
+                print_status(&status_rows(&connections, &env.name).await, &env.name, output)?
             }
             LockAction::Acquire { message, ttl, force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
-                let now = crate::time::now_ms();
-                let info = LockInfo {
-                    holder: me.clone(),
-                    run: new_deployment_id(),
-                    since_ms: now,
-                    expires_ms: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
-                    message: message.clone(),
-                };
-                let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-                let held = lock::lock_environment(Some(&*store), &env.name, &info, connections, *force, None)
-                    .await?;
-                for (target, taken) in &held.taken_over {
-                    let previous = match taken {
-                        Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
-                        Taken::Fresh => None,
-                    };
-                    let reason = if matches!(taken, Taken::Forced(_)) { "forced" } else { "expired" };
-                    let change =
-                        LockChange { reason: Some(reason.into()), previous, ..LockChange::default() };
-                    record(Kind::LockBroken, &info.run, vec![target.clone()], change)?;
-                }
-                let expires = Some(crate::time::format_ms(info.expires_ms));
-                let change = LockChange { expires, message: Some(message.clone()), ..LockChange::default() };
-                record(Kind::LockAcquired, &info.run, names, change)?;
-                output::print(&format!(
-                    "locked {} until {} ({})\n",
-                    env.name,
-                    crate::time::format_ms(info.expires_ms),
-                    info.run
-                ))?;
-                // The targets' locks outlive this process: close without releasing them.
-                drop(held);
-                Ok(0)
+                operator.acquire(connections, message, *ttl, *force).await?;
             }
             LockAction::Release { force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
-                let mut released = Vec::new();
-                for (name, connection) in &connections {
-                    let Some(holder) = lock::read_remote(connection, &env.name)
-                        .await
-                        .map_err(|e| lock_unreachable(&env.name, name, e))?
-                    else {
-                        continue;
-                    };
-                    let mine = holder.as_ref().is_some_and(|h| h.holder == me);
-                    if !mine && !force {
-                        return Err(lock::LockError::Held {
-                            environment: env.name.clone(),
-                            target: name.clone(),
-                            info: holder.map(Box::new),
-                        }
-                        .into());
-                    }
-                    lock::unlock_remote(connection, &env.name, None)
-                        .await
-                        .map_err(|e| lock_unreachable(&env.name, name, e))?;
-                    let kind = if mine { Kind::LockReleased } else { Kind::LockBroken };
-                    let run = holder.as_ref().map_or("unknown", |h| h.run.as_str()).to_string();
-                    let change = LockChange {
-                        previous: holder.as_ref().map(LockInfo::describe),
-                        reason: Some(if mine { "released" } else { "forced" }.into()),
-                        ..LockChange::default()
-                    };
-                    record(kind, &run, vec![name.clone()], change)?;
-                    released.push(name.clone());
-                }
-                output::print(&format!("released {} on {} targets\n", env.name, released.len()))?;
-                Ok(0)
+                operator.release(&connections, *force).await?;
             }
         }
+        Ok(0)
     })
+}
+
+/// An operator's hand on one environment's lock, with every change on record.
+struct Operator<'a> {
+    store: std::sync::Arc<dyn crate::store::Store>,
+    me: String,
+    environment: &'a str,
+}
+
+impl Operator<'_> {
+    fn record(&self, kind: Kind, run: &str, targets: Vec<String>, change: &LockChange) -> Result<(), Error> {
+        self.store.append(&Entry {
+            run: run.into(),
+            command: "lock".into(),
+            environment: Some(self.environment.to_string()),
+            targets,
+            ..records::entry(kind, change)
+        })?;
+        Ok(())
+    }
+
+    /// Takes the lock on every target until `ttl` (`--force`: also from someone else).
+    async fn acquire(
+        &self,
+        connections: Vec<crate::host::Connected>,
+        message: &str,
+        ttl: std::time::Duration,
+        force: bool,
+    ) -> Result<(), Error> {
+        let now = crate::time::now_ms();
+        let info = LockInfo {
+            holder: self.me.clone(),
+            run: new_deployment_id(),
+            since_ms: now,
+            expires_ms: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
+            message: message.to_string(),
+        };
+        let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        let held =
+            lock::lock_environment(Some(&*self.store), self.environment, &info, connections, force, None)
+                .await?;
+        for (target, taken) in &held.taken_over {
+            let previous = match taken {
+                Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
+                Taken::Fresh => None,
+            };
+            let reason = if matches!(taken, Taken::Forced(_)) { "forced" } else { "expired" };
+            let change = LockChange { reason: Some(reason.into()), previous, ..LockChange::default() };
+            self.record(Kind::LockBroken, &info.run, vec![target.clone()], &change)?;
+        }
+        let expires = crate::time::format_ms(info.expires_ms);
+        let change = LockChange {
+            expires: Some(expires.clone()),
+            message: Some(message.into()),
+            ..LockChange::default()
+        };
+        self.record(Kind::LockAcquired, &info.run, names, &change)?;
+        output::print(&format!("locked {} until {expires} ({})\n", self.environment, info.run))?;
+        // The targets' locks outlive this process: close without releasing them.
+        drop(held);
+        Ok(())
+    }
+
+    /// Releases the lock where it is held: ours, or anyone's with `--force`.
+    async fn release(&self, connections: &[crate::host::Connected], force: bool) -> Result<(), Error> {
+        let environment = self.environment;
+        let mut released = 0;
+        for (name, connection) in connections {
+            let unreachable = |e| lock_unreachable(environment, name, e);
+            let Some(holder) = lock::read_remote(connection, environment).await.map_err(unreachable)? else {
+                continue;
+            };
+            let mine = holder.as_ref().is_some_and(|h| h.holder == self.me);
+            if !mine && !force {
+                let info = holder.map(Box::new);
+                return Err(lock::LockError::Held {
+                    environment: environment.into(),
+                    target: name.clone(),
+                    info,
+                }
+                .into());
+            }
+            lock::unlock_remote(connection, environment, None).await.map_err(unreachable)?;
+            let kind = if mine { Kind::LockReleased } else { Kind::LockBroken };
+            let run = holder.as_ref().map_or("unknown", |h| h.run.as_str()).to_string();
+            let change = LockChange {
+                previous: holder.as_ref().map(LockInfo::describe),
+                reason: Some(if mine { "released" } else { "forced" }.into()),
+                ..LockChange::default()
+            };
+            self.record(kind, &run, vec![name.clone()], &change)?;
+            released += 1;
+        }
+        output::print(&format!("released {environment} on {released} targets\n"))?;
+        Ok(())
+    }
 }
 
 /// The status rows as a table, or as JSON.
