@@ -156,6 +156,10 @@ pub struct LockChange {
     /// Targets where the lock could not be removed (released by a run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_released: Option<Vec<String>>,
+    /// Each target's fencing number for this acquisition (acquired): it grows with every
+    /// acquisition of the environment's lock on that target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fences: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Builds an entry of `kind` with a typed detail; the caller fills in the rest.

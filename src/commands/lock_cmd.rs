@@ -45,25 +45,19 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
             }
             LockAction::Acquire { message, ttl, force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
-                let now = crate::time::now_ms();
-                let info = LockInfo {
-                    holder: me.clone(),
-                    run: new_deployment_id(),
-                    since_ms: now,
-                    expires_ms: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
-                    message: message.clone(),
-                };
+                let info = LockInfo { holder: me.clone(), run: new_deployment_id(), message: message.clone(), ..LockInfo::default() };
                 let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-                let held = lock::lock_environment(None, &env.name, &info, connections, *force, None).await?;
+                let held = lock::lock_environment(None, &env.name, &info, *ttl, connections, *force, None).await?;
+                let info = held.info().clone();
                 for (target, taken) in &held.taken_over {
                     let previous = match taken {
                         Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
-                        Taken::Fresh => None,
+                        Taken::Fresh | Taken::Reentrant => None,
                     };
                     let reason = if matches!(taken, Taken::Forced(_)) { "forced" } else { "expired" };
                     record("lock_broken", &info.run, vec![target.clone()], serde_json::json!({ "reason": reason, "previous": previous }))?;
                 }
-                record("lock_acquired", &info.run, names, serde_json::json!({ "expires": crate::time::format_ms(info.expires_ms), "message": message }))?;
+                record("lock_acquired", &info.run, names, serde_json::json!({ "expires": crate::time::format_ms(info.expires_ms), "message": message, "fences": fences(&held.fences) }))?;
                 output::print(&format!("locked {} until {} ({})\n", env.name, crate::time::format_ms(info.expires_ms), info.run))?;
                 // The targets' locks outlive this process: close without releasing them.
                 drop(held);
@@ -73,9 +67,10 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
                 let connections = lock::all_connected(&env.name, connections)?;
                 let mut released = Vec::new();
                 for (name, connection) in &connections {
-                    let Some(holder) = lock::read_remote(connection, &env.name).await.map_err(|e| lock_unreachable(&env.name, name, e))? else {
+                    let Some(found) = lock::read_remote(connection, &env.name).await.map_err(|e| lock_unreachable(&env.name, name, e))? else {
                         continue;
                     };
+                    let holder = found.info;
                     let mine = holder.as_ref().is_some_and(|h| h.holder == me);
                     if !mine && !force {
                         return Err(lock::LockError::Held { environment: env.name.clone(), target: name.clone(), info: holder.map(Box::new) }.into());
@@ -96,20 +91,23 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
 /// One table row per target: its lock's state, holder, expiry and message.
 async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    let now = crate::time::now_ms();
     for (name, connection) in connections {
         let row = match connection {
             Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
             Ok(c) => match lock::read_remote(&**c, environment).await {
                 Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
-                Ok(Some(Some(info))) => vec![
-                    name.clone(),
-                    if info.expired(now) { "EXPIRED".into() } else { "LOCKED".into() },
-                    info.holder.clone(),
-                    crate::time::format_ms(info.expires_ms),
-                    info.message.clone(),
-                ],
-                Ok(Some(None)) => vec![
+                Ok(Some(found @ lock::Found { info: Some(_), .. })) => {
+                    let expired = found.expired();
+                    let Some(info) = found.info else { continue };
+                    vec![
+                        name.clone(),
+                        if expired { "EXPIRED".into() } else { "LOCKED".into() },
+                        info.holder.clone(),
+                        crate::time::format_ms(info.expires_ms),
+                        info.message.clone(),
+                    ]
+                }
+                Ok(Some(lock::Found { info: None, .. })) => vec![
                     name.clone(),
                     "LOCKED".into(),
                     "?".into(),
@@ -122,6 +120,11 @@ async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> 
         rows.push(row);
     }
     rows
+}
+
+/// Each target's fencing number, for the `lock_acquired` record.
+fn fences(fences: &[(String, u64)]) -> std::collections::BTreeMap<String, u64> {
+    fences.iter().cloned().collect()
 }
 
 fn lock_unreachable(environment: &str, target: &str, e: crate::exec::ExecError) -> lock::LockError {
