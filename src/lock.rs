@@ -332,7 +332,7 @@ pub async fn lock_remote(
     let (fence, write) = (next_fence(environment), write_info(environment, ttl_seconds(ttl)));
     let report_held = format!("echo \"held $now\"; cat {d}/info 2>/dev/null");
     let acquire = format!(
-        "mkdir -p .ferry/locks && now=$(date +%s) && if mkdir {d} 2>/dev/null; then \
+        "umask 077; mkdir -p .ferry/locks && now=$(date +%s) && if mkdir {d} 2>/dev/null; then \
          {fence} && {write} && echo \"acquired $f\"; else {report_held}; fi"
     );
     let text = info.to_text();

@@ -24,6 +24,10 @@ mod flags;
 mod fuzz;
 #[cfg(feature = "lab")]
 mod lab;
+#[cfg(feature = "lab")]
+mod locks;
+#[cfg(feature = "lab")]
+mod mirror;
 mod plan;
 mod quoting;
 mod run;
