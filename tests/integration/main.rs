@@ -23,6 +23,8 @@ mod feeds;
 mod flags;
 mod fuzz;
 #[cfg(feature = "lab")]
+mod hostkeys;
+#[cfg(feature = "lab")]
 mod lab;
 #[cfg(feature = "lab")]
 mod locks;
