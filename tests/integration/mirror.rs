@@ -23,14 +23,15 @@ fn a_secret_echoed_by_the_health_check_is_masked_in_the_targets_private_audit_mi
     let dir = tempfile::tempdir().unwrap();
     let key = lab.dir.join("ssh/client_key").display().to_string();
     let known = lab.dir.join("known_hosts").display().to_string();
-    // The health check prints the container's secret, then fails: the gate's error carries it.
+    // The health check (run on the target) prints the container's secret, then fails: the
+    // gate's error quotes its output.
     let inventory = format!(
         "[defaults]\nuser = \"root\"\nidentity = \"{key}\"\nknown_hosts = \"{known}\"\n\n\
          [targets.h3]\nhost = \"10.200.0.13\"\n\n[feeds.lab]\nurl = \"http://10.200.0.1:5000\"\n\n\
          [environments.k-mirror]\ntargets = [\"h3\"]\n\n\
          [apps.web]\nfeed = \"lab\"\nimage = \"ferry/web\"\ntemplate = \"web.j2\"\nvars = {{ port = 18160 }}\n\
          secrets = {{ TOKEN = {{ env = \"WEB_TOKEN\" }} }}\n\
-         health = {{ cmd = \"echo seen=$TOKEN; exit 1\", timeout = \"3s\", interval = \"500ms\" }}\n"
+         health = {{ cmd = \"echo seen=$(docker exec web-k-mirror printenv TOKEN); exit 1\", timeout = \"3s\", interval = \"500ms\" }}\n"
     );
     std::fs::write(dir.path().join("ferry.toml"), inventory).unwrap();
     std::fs::create_dir_all(dir.path().join("templates")).unwrap();
