@@ -56,6 +56,9 @@ pub struct Settings {
     pub mirror: String,
     /// When the feed needs credentials: targets log in before they pull.
     pub login: Option<docker::Login>,
+    /// The run's secret values, masked in the line each target's audit mirror gets (a docker
+    /// error or a health check's output can echo one).
+    pub secrets: Vec<crate::secret::Secret>,
 }
 
 /// How one target ended.
@@ -651,7 +654,8 @@ impl Job {
             (Some(a), None) => a.label().to_string(),
             (None, None) => r.status.label().to_string(),
         };
-        crate::fanout::write_mirror(host, &r.target, &format!("{} -> {outcome}", self.settings.mirror)).await;
+        let line = format!("{} -> {outcome}", self.settings.mirror);
+        crate::fanout::write_mirror(host, &r.target, &line, &self.settings.secrets).await;
     }
 }
 
@@ -757,8 +761,12 @@ mod tests {
             grace: Duration::from_secs(1),
             mirror: "ferry deploy web 1.0 to dev".into(),
             login: None,
+            secrets: vec![crate::secret::Secret::new(SECRET_VALUE)],
         }
     }
+
+    /// A secret value of the run, which a health check or docker could echo back.
+    const SECRET_VALUE: &str = "s3cr3t-Vx9";
 
     /// What `docker ps` lists: the old container `old1` with another config hash.
     fn listed(hash: &str, state: &str) -> String {
@@ -870,6 +878,25 @@ mod tests {
         assert_eq!(r.logs, ["log line 1", "log line 2"]);
         assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
         assert!(restored_and_started(&host), "{:?}", host.calls());
+    }
+
+    #[tokio::test]
+    async fn the_targets_mirror_line_masks_a_secret_the_health_check_printed() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: format!("gate: not healthy after 5s\nTOKEN={SECRET_VALUE} rejected\n"),
+            stderr: String::new(),
+        };
+        let (host, r) = deploy_one(target("t1", vec![(GATE, unhealthy)]), None).await;
+        assert_eq!(r.status, Status::Failed);
+        let mirror = host.calls().into_iter().find(|c| c.command.contains(MIRROR)).unwrap();
+        assert!(mirror.command.starts_with("umask 077;"), "created private: {}", mirror.command);
+        let line = String::from_utf8(mirror.stdin.unwrap()).unwrap();
+        assert!(
+            line.ends_with("ferry deploy web 1.0 to dev -> failed: health gate: not healthy after 5s: TOKEN=*** rejected\n"),
+            "{line}"
+        );
+        assert!(!line.contains(SECRET_VALUE));
     }
 
     #[tokio::test]

@@ -293,16 +293,28 @@ async fn mirror(connection: &dyn Host, prefix: &str, result: &TargetResult) {
         (None, Some(error)) => format!("error: {error}"),
         (None, None) => "unknown".to_string(),
     };
-    write_mirror(connection, &result.target, &format!("{prefix} -> {outcome}")).await;
+    // The prefix is the run's masked display; the outcome is ferry's own text. No secret to mask.
+    write_mirror(connection, &result.target, &format!("{prefix} -> {outcome}"), &[]).await;
 }
 
 /// Appends `TIME text` to the target's `~/.ferry/audit.log` on a channel of its own (deploy
-/// writes its line this way; run does when the command's own session could not).
+/// writes its line this way; run does when the command's own session could not), with every
+/// value of `secrets` masked: the text can hold a docker error or a health check's output,
+/// which may echo a secret back. The folder and the log are created private to the target's
+/// user (umask 077): they say what ran there and by whom.
 /// Best effort, bounded by [`MIRROR_DEADLINE`]: the local log is the record.
-pub async fn write_mirror(connection: &dyn Host, target: &str, text: &str) {
+pub async fn write_mirror(
+    connection: &dyn Host,
+    target: &str,
+    text: &str,
+    secrets: &[crate::secret::Secret],
+) {
+    let text = crate::secret::mask(text, secrets);
+    // One line per outcome, whatever a docker error or a health check printed.
+    let text = text.replace(['\n', '\r'], " ");
     let line = format!("{} {text}\n", crate::time::now_rfc3339());
     let mut sink = crate::exec::Discard;
-    let command = "mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
+    let command = "umask 077; mkdir -p ~/.ferry && cat >> ~/.ferry/audit.log";
     if let Err(e) = connection.exec(command, Some(line.as_bytes()), Some(MIRROR_DEADLINE), &mut sink).await {
         tracing::debug!(target = %target, error = %e, "audit mirror not written");
     }
@@ -327,7 +339,7 @@ pub fn mirrored_command(command: &str, line: &str) -> Option<String> {
          o=\"exit $s\"\n\
          n=\n\
          if [ \"$s\" -gt 128 ]; then n=$(kill -l \"$s\" 2>/dev/null) && o=\"killed by SIG$n\" || n=; fi\n\
-         {{ [ -d ~/.ferry ] || mkdir -p ~/.ferry; printf '%s%s\\n' {line} \"$o\" >> ~/.ferry/audit.log; }} </dev/null >/dev/null 2>&1\n\
+         {{ umask 077; [ -d ~/.ferry ] || mkdir -p ~/.ferry; printf '%s%s\\n' {line} \"$o\" >> ~/.ferry/audit.log; }} </dev/null >/dev/null 2>&1\n\
          if [ -n \"$n\" ]; then ulimit -c 0 2>/dev/null; kill -s \"$n\" $$; fi\n\
          exit \"$s\"\n"
     ))
@@ -602,6 +614,16 @@ mod mirror_tests {
         let out = run("echo hi; exit 4", LINE, home.path(), b"");
         assert_eq!((String::from_utf8_lossy(&out.stdout).as_ref(), out.stderr.len()), ("hi\n", 0));
         assert_eq!(out.status.code(), Some(4));
+    }
+
+    #[test]
+    fn the_mirror_folder_and_log_are_created_private_to_the_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let out = run("true", LINE, home.path(), b"");
+        assert_eq!(out.status.code(), Some(0));
+        let mode = |p: &str| std::fs::metadata(home.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(".ferry"), mode(".ferry/audit.log")), (0o700, 0o600));
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl KnownHosts {
         }
     }
 
-    /// Line numbers of the entries that name `host` on `port` (for `ferry trust --replace`).
+    /// Line numbers of the entries that name `host` on `port`.
     pub fn lines_for(&self, host: &str, port: u16) -> Vec<usize> {
         let name = host_name(host, port).to_ascii_lowercase();
         self.entries
@@ -130,6 +130,107 @@ impl KnownHosts {
             .map(|e| e.line)
             .collect()
     }
+
+    /// The key algorithms recorded (and not revoked) for `host` on `port`, each once, in file
+    /// order. A connection asks the host for these types only, as OpenSSH does: a host with
+    /// an RSA and an Ed25519 key, of which only the RSA one is recorded, then shows the RSA
+    /// one instead of being refused as changed. Empty when the host is not in the file.
+    pub fn key_types_for(&self, host: &str, port: u16) -> Vec<String> {
+        let name = host_name(host, port).to_ascii_lowercase();
+        let mut types: Vec<String> = Vec::new();
+        for entry in self.entries.iter().filter(|e| !e.revoked && matches_host(&e.patterns, &name)) {
+            if !types.contains(&entry.key.algorithm) {
+                types.push(entry.key.algorithm.clone());
+            }
+        }
+        types
+    }
+}
+
+/// `text` (a known_hosts file) without the entries of `host` on `port`, for
+/// `ferry trust --replace`: a line naming only that host goes, a line naming it among other
+/// hosts loses just that name (plain or hashed), and everything else stays as it was: other
+/// hosts, wildcard and negated patterns (they are not this host's own entry), `@revoked` and
+/// `@cert-authority` lines, comments.
+pub fn without_host(text: &str, host: &str, port: u16) -> String {
+    let name = host_name(host, port).to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let split = trimmed.find(char::is_whitespace);
+        let kept = match split {
+            Some(at) if !trimmed.starts_with(['#', '@']) => {
+                let (patterns, rest) = trimmed.split_at(at);
+                let all: Vec<&str> = patterns.split(',').collect();
+                let others: Vec<&str> = all.iter().copied().filter(|p| !names_exactly(p, &name)).collect();
+                if others.len() == all.len() {
+                    Some(line.to_string())
+                } else if others.is_empty() {
+                    None
+                } else {
+                    Some(format!("{}{rest}", others.join(",")))
+                }
+            }
+            _ => Some(line.to_string()),
+        };
+        if let Some(kept) = kept {
+            out += &kept;
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Whether one pattern names exactly `name` (lower case): the same text, or a hashed name of it.
+fn names_exactly(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("|1|") {
+        Some(hashed) => hashed_matches(hashed, name),
+        None => pattern.to_ascii_lowercase() == name,
+    }
+}
+
+/// Rewrites the known_hosts file at `path` with `change` applied to its current text, safely
+/// against the other writers of the file: under an exclusive `flock` of `PATH.lock` (two
+/// `ferry trust` runs never lose each other's keys: each reads the file again under the lock),
+/// through a temporary file that is fsynced and then renamed over the file (a reader or a crash
+/// sees the old file or the new one, never half of one), and the folder is fsynced so the
+/// rename itself is durable.
+pub fn update(path: &Path, change: impl FnOnce(&str) -> String) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{file_name}.lock")))?;
+    lock.lock()?;
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let text = change(&current);
+    let temp = dir.join(format!(".{file_name}.ferry-{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    // The lock file stays (removing it would race with a writer that just opened it); the
+    // lock itself goes with `lock`.
+    written
 }
 
 /// The line to append for `host`/`port` presenting `key`.
@@ -274,6 +375,95 @@ mod tests {
         assert_eq!(kh.check("any", 22, &key(KEY_B)), Verdict::Revoked);
         assert_eq!(kh.check("any", 22, &key(KEY_A)), Verdict::Trusted);
         assert_eq!(kh.check("bad.lab", 22, &key(KEY_A)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn key_types_are_those_recorded_for_the_host_each_once() {
+        let rsa = "AAAAB3NzaC1yc2EAAAADAQAB";
+        let file = format!(
+            "h1 ssh-rsa {rsa}\nh1,h2 ssh-rsa {rsa}\nh2 ssh-ed25519 {KEY_A}\n@revoked h1 ssh-ed25519 {KEY_B}\n"
+        );
+        let kh = KnownHosts::parse(Path::new("k"), &file);
+        assert_eq!(kh.key_types_for("h1", 22), ["ssh-rsa"]);
+        assert_eq!(kh.key_types_for("h2", 22), ["ssh-rsa", "ssh-ed25519"]);
+        assert!(kh.key_types_for("h3", 22).is_empty());
+        assert!(kh.key_types_for("h1", 2222).is_empty(), "port matters");
+    }
+
+    #[test]
+    fn replace_removes_only_that_hosts_own_entries() {
+        let salt = b"0123456789abcdefghij";
+        let hashed = |name: &str| {
+            format!(
+                "|1|{}|{}",
+                Base64::encode_string(salt),
+                Base64::encode_string(&hmac_sha1(salt, name.as_bytes()))
+            )
+        };
+        let file = format!(
+            "# fleet\n\
+             10.0.0.1 ssh-ed25519 {KEY_A}\n\
+             10.0.0.1,10.0.0.2  ssh-ed25519 {KEY_A} shared\n\
+             web,10.0.0.1 ssh-ed25519 {KEY_B}\n\
+             {h1} ssh-ed25519 {KEY_A}\n\
+             {h2} ssh-ed25519 {KEY_B}\n\
+             10.0.0.* ssh-ed25519 {KEY_B}\n\
+             [10.0.0.1]:2222 ssh-ed25519 {KEY_B}\n\
+             @revoked 10.0.0.1 ssh-ed25519 {KEY_B}\n\
+             10.0.0.3 ssh-ed25519 {KEY_B}\n",
+            h1 = hashed("10.0.0.1"),
+            h2 = hashed("10.0.0.2"),
+        );
+        let out = without_host(&file, "10.0.0.1", 22);
+        let expected = format!(
+            "# fleet\n\
+             10.0.0.2  ssh-ed25519 {KEY_A} shared\n\
+             web ssh-ed25519 {KEY_B}\n\
+             {h2} ssh-ed25519 {KEY_B}\n\
+             10.0.0.* ssh-ed25519 {KEY_B}\n\
+             [10.0.0.1]:2222 ssh-ed25519 {KEY_B}\n\
+             @revoked 10.0.0.1 ssh-ed25519 {KEY_B}\n\
+             10.0.0.3 ssh-ed25519 {KEY_B}\n",
+            h2 = hashed("10.0.0.2"),
+        );
+        assert_eq!(out, expected);
+        let kh = KnownHosts::parse(Path::new("k"), &out);
+        assert_eq!(
+            kh.check("10.0.0.2", 22, &key(KEY_A)),
+            Verdict::Trusted,
+            "the shared line still trusts 10.0.0.2"
+        );
+        assert_eq!(kh.check("web", 22, &key(KEY_B)), Verdict::Trusted);
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, "# start\n").unwrap();
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let path = &path;
+                scope.spawn(move || {
+                    update(path, |text| {
+                        // Widen the window between read and write: without the lock, writers
+                        // that read the same text drop each other's lines.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        format!("{text}h{n} ssh-ed25519 {KEY_A}\n")
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        for n in 0..8 {
+            assert!(text.contains(&format!("h{n} ssh-ed25519")), "h{n} lost:\n{text}");
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]

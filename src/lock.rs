@@ -8,34 +8,60 @@
 //! different machines. Targets are locked one at a time in inventory order, so two contenders
 //! meet on the same first target and one of them loses cleanly (releasing what it took).
 //!
-//! A remote lock past its expiry may be taken over, and `--force` breaks any lock; both are
-//! reported to the caller, which records them in the audit log.
+//! Four properties hold on each target, because the target's own shell decides them:
+//!
+//! - *One winner per takeover.* A lock past its expiry may be taken over, and `--force` breaks
+//!   any lock. Removing the stale folder and making a new one would let two runners that both
+//!   read the stale lock both win (one removes the other's fresh lock). Instead the lock folder
+//!   stays, and whoever changes a lock that exists (a takeover, a renewal) first takes its
+//!   `guard`, an atomic `mkdir` inside that very folder: one `mkdir` wins, and the winner
+//!   rewrites the holder only if it still names the run it read as stale. A guard left by a
+//!   runner that died mid-takeover is cleared after a minute.
+//! - *The target's clock decides expiry.* The script writes `deadline=` (seconds since the
+//!   epoch, the target's `date +%s` plus the TTL) when the lock is actually taken and at every
+//!   renewal, and compares it with the target's `date +%s`: a runner whose clock is off cannot
+//!   break a live lock or keep a dead one.
+//! - *Fencing.* Each acquisition increments `~/.ferry/locks/ENV.fence` on the target (written
+//!   only by whoever holds the lock, so it only grows) and records the number in the lock; the
+//!   run records it in the audit log, so any later write can be told apart by acquisition.
+//! - *Re-entrant for its own run.* Two target names can reach one machine and user (two
+//!   addresses for one host, a shared home): the second finds the lock held by this very run
+//!   and shares it instead of refusing itself. It is released once, through the first name.
+//!
+//! Taken-over locks are reported to the caller, which records them in the audit log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::exec::{Capture, ExecError};
 use crate::host::{Connected, Host, Opened};
 
 /// Who holds a lock and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LockInfo {
     /// `user@host (via job)`.
     pub holder: String,
     /// The run or deployment id.
     pub run: String,
-    /// Since, ms since the epoch.
+    /// Since, ms since the epoch (the runner's clock).
     pub since_ms: i64,
-    /// Expiry, ms since the epoch.
+    /// Expiry, ms since the epoch (the runner's clock; for people to read).
     pub expires_ms: i64,
     /// Why (the operator's `--message`, or the command).
     pub message: String,
+    /// The expiry on the target's clock, seconds since the epoch: what decides expiry there.
+    /// Written by the target's lock script, never by the runner.
+    pub deadline_s: Option<i64>,
+    /// The acquisition's fencing number on that target (written by the target's lock script).
+    pub fence: Option<u64>,
 }
 
 impl LockInfo {
-    /// `key=value` lines, as stored on targets.
+    /// `key=value` lines, as stored on targets (the target's script adds `deadline` and
+    /// `fence`).
     pub fn to_text(&self) -> String {
         let one_line = |s: &str| s.replace(['\n', '\r'], " ");
         format!(
@@ -48,7 +74,8 @@ impl LockInfo {
         )
     }
 
-    /// Reads [`LockInfo::to_text`]'s format; `None` when it is not one.
+    /// Reads [`LockInfo::to_text`]'s format (with the target's lines); `None` when it is not
+    /// one.
     pub fn parse(text: &str) -> Option<LockInfo> {
         let get =
             |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_string);
@@ -58,10 +85,12 @@ impl LockInfo {
             since_ms: crate::time::parse_ms(&get("since")?)?,
             expires_ms: crate::time::parse_ms(&get("expires")?)?,
             message: get("message").unwrap_or_default(),
+            deadline_s: get("deadline").and_then(|d| d.parse().ok()),
+            fence: get("fence").and_then(|f| f.parse().ok()),
         })
     }
 
-    /// Whether the expiry has passed.
+    /// Whether the expiry has passed by the runner's clock (`now_ms`).
     pub fn expired(&self, now_ms: i64) -> bool {
         self.expires_ms <= now_ms
     }
@@ -76,6 +105,35 @@ impl LockInfo {
             crate::time::format_ms(self.expires_ms),
             self.run
         )
+    }
+}
+
+/// A lock as found on a target: its holder, and the target's clock when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The holder, when its record is readable.
+    pub info: Option<LockInfo>,
+    /// The target's `date +%s` when the lock was read.
+    pub target_now_s: Option<i64>,
+}
+
+impl Found {
+    /// Whether the lock has expired, by the target's clock where the lock records a deadline
+    /// (else by the runner's, for a lock written by an older ferry). An unreadable holder is
+    /// never expired: only `--force` breaks it.
+    pub fn expired(&self) -> bool {
+        match (&self.info, self.target_now_s) {
+            (None, _) => false,
+            (Some(LockInfo { deadline_s: Some(deadline), .. }), Some(now)) => *deadline <= now,
+            (Some(info), _) => info.expired(crate::time::now_ms()),
+        }
+    }
+
+    /// Reads a script's `held NOW` line and the lock's info after it.
+    fn parse(out: &str) -> Found {
+        let (first, rest) = out.split_once('\n').unwrap_or((out, ""));
+        let target_now_s = first.strip_prefix("held").and_then(|n| n.trim().parse().ok());
+        Found { info: LockInfo::parse(rest), target_now_s }
     }
 }
 
@@ -166,11 +224,47 @@ pub enum Taken {
     Expired(Option<LockInfo>),
     /// A live lock was broken with `--force`.
     Forced(Option<LockInfo>),
+    /// This run already held it through another target name that reaches the same machine and
+    /// user: shared, and released through that other name.
+    Reentrant,
+}
+
+/// A lock taken on one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// How it was taken.
+    pub taken: Taken,
+    /// The acquisition's fencing number on that target.
+    pub fence: u64,
 }
 
 fn dir(environment: &str) -> String {
     // Environment names are [A-Za-z0-9_.-] (the inventory checks it): safe in a path.
     format!(".ferry/locks/{environment}")
+}
+
+/// Shell that increments the environment's fencing counter into `$f` (run only by the lock's
+/// holder, so the counter only grows; a missing or garbled counter starts again at 1).
+fn next_fence(environment: &str) -> String {
+    let counter = format!(".ferry/locks/{environment}.fence");
+    format!(
+        "f=$(cat {counter} 2>/dev/null); case $f in ''|*[!0-9]*) f=0;; esac; f=$((f + 1)); \
+         echo $f > {counter}.new && mv -f {counter}.new {counter}"
+    )
+}
+
+/// Shell that writes the lock's info from stdin plus the target-side deadline (`$now` + `ttl_s`)
+/// and fence (`$f`), aside and then moved in, so a reader never sees half of it.
+fn write_info(environment: &str, ttl_s: u64) -> String {
+    let d = dir(environment);
+    format!(
+        "{{ cat; echo deadline=$((now + {ttl_s})); echo fence=$f; }} > {d}/info.new && mv -f {d}/info.new {d}/info"
+    )
+}
+
+/// A TTL as whole seconds on the target's clock (at least one).
+fn ttl_seconds(ttl: Duration) -> u64 {
+    ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1)
 }
 
 async fn sh(host: &dyn Host, script: &str, stdin: Option<&[u8]>) -> Result<String, ExecError> {
@@ -198,57 +292,98 @@ pub fn all_connected(environment: &str, connections: Vec<Opened>) -> Result<Vec<
 }
 
 /// Reads the lock of `environment` on a target (`None`: free).
-pub async fn read_remote(host: &dyn Host, environment: &str) -> Result<Option<Option<LockInfo>>, ExecError> {
+pub async fn read_remote(host: &dyn Host, environment: &str) -> Result<Option<Found>, ExecError> {
     let d = dir(environment);
-    let out = sh(host, &format!("if [ -d {d} ]; then echo held; cat {d}/info 2>/dev/null; fi"), None).await?;
-    Ok(out.strip_prefix("held\n").map(LockInfo::parse))
+    let out = sh(
+        host,
+        &format!("if [ -d {d} ]; then echo \"held $(date +%s)\"; cat {d}/info 2>/dev/null; fi"),
+        None,
+    )
+    .await?;
+    Ok(out.starts_with("held").then(|| Found::parse(&out)))
 }
 
-/// Takes the lock on one target: free → taken; held and expired (or `force`) → taken over.
+/// `acquired FENCE` → the fence.
+fn acquired(out: &str) -> Option<u64> {
+    out.lines().next()?.strip_prefix("acquired ")?.split(' ').next()?.parse().ok()
+}
+
+/// Takes the lock on one target, expiring `ttl` after now on the target's clock: free → taken;
+/// held by this run → shared; held and expired (or `force`) → taken over. See the module docs.
 pub async fn lock_remote(
     host: &dyn Host,
     target: &str,
     environment: &str,
     info: &LockInfo,
+    ttl: Duration,
     force: bool,
-) -> Result<Taken, LockError> {
+) -> Result<Acquired, LockError> {
     let d = dir(environment);
     let unreachable = |e: ExecError| LockError::Unreachable {
         environment: environment.to_string(),
         target: target.to_string(),
         message: e.to_string(),
     };
+    let held = |found: Found| LockError::Held {
+        environment: environment.to_string(),
+        target: target.to_string(),
+        info: found.info.map(Box::new),
+    };
+    let (fence, write) = (next_fence(environment), write_info(environment, ttl_seconds(ttl)));
+    let report_held = format!("echo \"held $now\"; cat {d}/info 2>/dev/null");
     let acquire = format!(
-        "mkdir -p .ferry/locks && if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi"
+        "umask 077; mkdir -p .ferry/locks && now=$(date +%s) && if mkdir {d} 2>/dev/null; then \
+         {fence} && {write} && echo \"acquired $f\"; else {report_held}; fi"
     );
     let text = info.to_text();
     let out = sh(host, &acquire, Some(text.as_bytes())).await.map_err(unreachable)?;
-    if out.starts_with("acquired") {
-        return Ok(Taken::Fresh);
+    if let Some(fence) = acquired(&out) {
+        return Ok(Acquired { taken: Taken::Fresh, fence });
     }
-    let holder = LockInfo::parse(out.strip_prefix("held\n").unwrap_or_default());
-    let expired = holder.as_ref().is_some_and(|h| h.expired(crate::time::now_ms()));
+    let found = Found::parse(&out);
+    if let Some(mine) = found.info.as_ref().filter(|h| h.run == info.run) {
+        return Ok(Acquired { taken: Taken::Reentrant, fence: mine.fence.unwrap_or_default() });
+    }
+    let expired = found.expired();
     if !expired && !force {
-        return Err(LockError::Held {
-            environment: environment.to_string(),
-            target: target.to_string(),
-            info: holder.map(Box::new),
-        });
+        return Err(held(found));
     }
-    // Take over: remove the stale lock only if it is still the one we read, then take it anew.
-    let previous_run = holder.as_ref().map_or(String::new(), |h| h.run.clone());
+    // Under the lock's guard (one mkdir wins), and only if it still names the run read above
+    // and (unless forced) is still expired by the target's clock: see the module docs.
+    let previous_run = found.info.as_ref().map_or(String::new(), |h| h.run.clone());
     let takeover = format!(
-        "if [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {} ]; then rm -rf {d}; fi; \
-         if mkdir {d} 2>/dev/null; then cat > {d}/info && echo acquired; else echo held; cat {d}/info 2>/dev/null; fi",
-        crate::shell::quote(&previous_run).unwrap_or_default()
+        "now=$(date +%s); {clear_stale_guard}; \
+         if mkdir {d}/guard 2>/dev/null; then \
+         run=$(sed -n 's/^run=//p' {d}/info 2>/dev/null); dl=$(sed -n 's/^deadline=//p' {d}/info 2>/dev/null); \
+         case $dl in ''|*[!0-9]*) dl=0;; esac; \
+         if [ \"$run\" = {previous} ] && {{ [ {force} = 1 ] || [ \"$dl\" -le \"$now\" ]; }}; then \
+         {fence} && {write} && rmdir {d}/guard && echo \"acquired $f\"; \
+         else rmdir {d}/guard; {report_held}; fi; \
+         elif mkdir {d} 2>/dev/null; then {fence} && {write} && echo \"acquired $f free\"; \
+         else {report_held}; fi",
+        clear_stale_guard = clear_stale_guard(environment),
+        previous = crate::shell::quote(&previous_run).unwrap_or_default(),
+        force = u8::from(force),
     );
     let out = sh(host, &takeover, Some(text.as_bytes())).await.map_err(unreachable)?;
-    if out.starts_with("acquired") {
-        Ok(if expired { Taken::Expired(holder) } else { Taken::Forced(holder) })
-    } else {
-        let info = LockInfo::parse(out.strip_prefix("held\n").unwrap_or_default()).map(Box::new);
-        Err(LockError::Held { environment: environment.to_string(), target: target.to_string(), info })
+    match acquired(&out) {
+        // Released meanwhile, and taken afresh by the same script.
+        Some(fence) if out.lines().next().is_some_and(|l| l.ends_with(" free")) => {
+            Ok(Acquired { taken: Taken::Fresh, fence })
+        }
+        Some(fence) => {
+            let taken = if expired { Taken::Expired(found.info) } else { Taken::Forced(found.info) };
+            Ok(Acquired { taken, fence })
+        }
+        None => Err(held(Found::parse(&out))),
     }
+}
+
+/// Shell that removes a guard older than a minute: its runner died mid-takeover or
+/// mid-renewal (the script itself takes milliseconds).
+fn clear_stale_guard(environment: &str) -> String {
+    let d = dir(environment);
+    format!("find {d} -maxdepth 1 -name guard -type d -mmin +1 -exec rmdir {{}} \\; 2>/dev/null")
 }
 
 /// Releases the lock on one target if `run` holds it (or any lock, with `force`).
@@ -275,15 +410,25 @@ pub enum Renewal {
     Unreachable(String),
 }
 
-/// Rewrites the lock info of `environment` on a target with `info`, only if the lock there
-/// still names `info.run`. The new info is written aside and moved in, so a reader never sees
-/// half of it.
-pub async fn renew_remote(host: &dyn Host, environment: &str, info: &LockInfo) -> Result<bool, ExecError> {
+/// Rewrites the lock info of `environment` on a target with `info` and a deadline `ttl` after
+/// now on the target's clock, only if the lock there still names `info.run`; the fence stays.
+/// It holds the lock's guard meanwhile, so a takeover cannot slip in between the check and the
+/// write; a busy guard answers "not renewed" (the next renewal comes a third of a TTL later).
+pub async fn renew_remote(
+    host: &dyn Host,
+    environment: &str,
+    info: &LockInfo,
+    ttl: Duration,
+) -> Result<bool, ExecError> {
     let d = dir(environment);
     let script = format!(
-        "if [ -d {d} ] && [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {run} ]; then \
-         cat > {d}/info.new && mv -f {d}/info.new {d}/info && echo renewed; fi",
-        run = crate::shell::quote(&info.run).unwrap_or_default()
+        "now=$(date +%s); {clear_stale_guard}; \
+         if [ -d {d} ] && mkdir {d}/guard 2>/dev/null; then \
+         if [ \"$(sed -n 's/^run=//p' {d}/info 2>/dev/null)\" = {run} ]; then \
+         f=$(sed -n 's/^fence=//p' {d}/info) && {write} && echo renewed; fi; rmdir {d}/guard; fi",
+        clear_stale_guard = clear_stale_guard(environment),
+        run = crate::shell::quote(&info.run).unwrap_or_default(),
+        write = write_info(environment, ttl_seconds(ttl)),
     );
     Ok(sh(host, &script, Some(info.to_text().as_bytes())).await?.starts_with("renewed"))
 }
@@ -299,30 +444,46 @@ pub struct EnvironmentLock {
     connections: Vec<Connected>,
     /// Targets where an expired (`Expired`) or live (`Forced`) lock was taken over.
     pub taken_over: Vec<(String, Taken)>,
+    /// Each target's fencing number for this acquisition, in target order.
+    pub fences: Vec<(String, u64)>,
+    /// Targets that share the lock of another name for the same machine: released there.
+    shared: Vec<String>,
 }
 
 /// Takes `environment`'s lock: the runner-side lease (when a `store` is given) and one on each
-/// of `connections` in order; all or nothing. With `wait`, retries until it is free or `wait`
+/// of `connections` in order; all or nothing. The lock expires `ttl` after it is actually
+/// taken (each attempt stamps `info` anew). With `wait`, retries until it is free or `wait`
 /// ends.
 pub async fn lock_environment(
     store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
+    ttl: Duration,
     connections: Vec<Connected>,
     force: bool,
     wait: Option<std::time::Duration>,
 ) -> Result<EnvironmentLock, LockError> {
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     loop {
-        match try_lock_environment(store, environment, info, &connections, force).await {
-            Ok((local, taken_over)) => {
+        let now = crate::time::now_ms();
+        let info = LockInfo { since_ms: now, expires_ms: now.saturating_add(millis(ttl)), ..info.clone() };
+        match try_lock_environment(store, environment, &info, ttl, &connections, force).await {
+            Ok((local, taken)) => {
+                let shared =
+                    taken.iter().filter(|(_, a)| a.taken == Taken::Reentrant).map(|(n, _)| n.clone());
                 return Ok(EnvironmentLock {
                     run: info.run.clone(),
                     environment: environment.to_string(),
-                    info: info.clone(),
+                    shared: shared.collect(),
+                    fences: taken.iter().map(|(n, a)| (n.clone(), a.fence)).collect(),
+                    taken_over: taken
+                        .into_iter()
+                        .filter(|(_, a)| !matches!(a.taken, Taken::Fresh | Taken::Reentrant))
+                        .map(|(n, a)| (n, a.taken))
+                        .collect(),
+                    info,
                     local,
                     connections,
-                    taken_over,
                 });
             }
             Err(e @ LockError::Held { .. }) if deadline.is_some_and(|d| tokio::time::Instant::now() < d) => {
@@ -336,20 +497,27 @@ pub async fn lock_environment(
     }
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+type Attempt = (Option<Box<dyn crate::store::Lease>>, Vec<(String, Acquired)>);
+
 async fn try_lock_environment(
     store: Option<&dyn crate::store::Store>,
     environment: &str,
     info: &LockInfo,
+    ttl: Duration,
     connections: &[Connected],
     force: bool,
-) -> Result<(Option<Box<dyn crate::store::Lease>>, Vec<(String, Taken)>), LockError> {
+) -> Result<Attempt, LockError> {
     let local = match store {
         Some(store) => Some(store.lease(environment, info)?),
         None => None,
     };
-    let mut taken: Vec<(String, Taken)> = Vec::new();
+    let mut taken: Vec<(String, Acquired)> = Vec::new();
     for (target, host) in connections {
-        match lock_remote(&**host, target, environment, info, force).await {
+        match lock_remote(&**host, target, environment, info, ttl, force).await {
             Ok(t) => taken.push((target.clone(), t)),
             Err(e) => {
                 for (name, _) in &taken {
@@ -361,8 +529,7 @@ async fn try_lock_environment(
             }
         }
     }
-    let taken_over = taken.into_iter().filter(|(_, t)| *t != Taken::Fresh).collect();
-    Ok((local, taken_over))
+    Ok((local, taken))
 }
 
 impl EnvironmentLock {
@@ -372,12 +539,19 @@ impl EnvironmentLock {
         self.connections.iter().find(|(n, _)| n == target).map(|(_, c)| Arc::clone(c))
     }
 
-    /// Moves the lock's expiry to `expires_ms` (ms since the epoch) on every target where the
-    /// lock still names this run, and in the local lock; one answer per target, in order (the
-    /// local lock, when there is one, answers as `local`, first). A long run renews its lock
-    /// before it expires, so that no one takes it over as stale while the run still works.
-    pub async fn renew(&self, expires_ms: i64) -> Vec<(String, Renewal)> {
-        let info = LockInfo { expires_ms, ..self.info.clone() };
+    /// What the lock says about its holder, as taken (since and expiry of the acquisition).
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// Moves the lock's expiry to `ttl` after now (on each target's own clock) on every target
+    /// where the lock still names this run, and in the local lock; one answer per target, in
+    /// order (the local lock, when there is one, answers as `local`, first). A long run renews
+    /// its lock before it expires, so that no one takes it over as stale while the run still
+    /// works.
+    pub async fn renew(&self, ttl: Duration) -> Vec<(String, Renewal)> {
+        let now = crate::time::now_ms();
+        let info = LockInfo { expires_ms: now.saturating_add(millis(ttl)), ..self.info.clone() };
         let mut out = Vec::new();
         if let Some(local) = &self.local {
             let renewal = match local.rewrite(&info) {
@@ -394,7 +568,7 @@ impl EnvironmentLock {
             crate::fanout::Limits::parallel(names.len()),
             |_, host| {
                 let (environment, info) = (Arc::clone(&environment), Arc::clone(&info));
-                async move { renew_remote(&*host, &environment, &info).await }
+                async move { renew_remote(&*host, &environment, &info, ttl).await }
             },
             |_, _| {},
         )
@@ -416,7 +590,9 @@ impl EnvironmentLock {
     pub async fn release(self) -> Vec<String> {
         let mut failed = Vec::new();
         for (target, host) in self.connections {
-            if !matches!(unlock_remote(&*host, &self.environment, Some(&self.run)).await, Ok(true)) {
+            let shared = self.shared.contains(&target);
+            if !shared && !matches!(unlock_remote(&*host, &self.environment, Some(&self.run)).await, Ok(true))
+            {
                 failed.push(target);
             }
             // Closed politely when the work has let go of it; else dropping it closes it.
@@ -446,6 +622,7 @@ mod tests {
             since_ms: 1_796_118_600_000,
             expires_ms: 1_796_118_660_000,
             message: "deploy\nweb".into(),
+            ..LockInfo::default()
         };
         let back = LockInfo::parse(&info.to_text()).unwrap();
         assert_eq!(back.message, "deploy web", "one line");
@@ -461,8 +638,13 @@ mod tests {
     #[test]
     fn local_lock_excludes_a_second_holder_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let info =
-            LockInfo { holder: "a".into(), run: "r".into(), since_ms: 0, expires_ms: 1, message: "m".into() };
+        let info = LockInfo {
+            holder: "a".into(),
+            run: "r".into(),
+            expires_ms: 1,
+            message: "m".into(),
+            ..LockInfo::default()
+        };
         let first = lock_local(dir.path(), "prod", &info).unwrap();
         let second = lock_local(dir.path(), "prod", &info);
         assert!(matches!(second, Err(LockError::Held { ref target, .. }) if target == "local"), "{second:?}");
@@ -472,8 +654,8 @@ mod tests {
 
     use crate::host::fake::{FakeHost, Reply};
 
-    const ACQUIRE: &str = "mkdir -p .ferry/locks && if mkdir";
-    const TAKEOVER: &str = "then rm -rf .ferry/locks/dev; fi; if mkdir";
+    const ACQUIRE: &str = "mkdir -p .ferry/locks && now=$(date +%s) && if mkdir";
+    const TAKEOVER: &str = "if [ \"$run\" = ";
     const RELEASE: &str = "echo released";
     const RENEW: &str = "echo renewed";
 
@@ -484,15 +666,22 @@ mod tests {
             since_ms: 1_796_118_600_000,
             expires_ms,
             message: "deploy web".into(),
+            ..LockInfo::default()
         }
     }
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn in_an_hour() -> i64 {
         crate::time::now_ms() + 3_600_000
     }
 
     fn held_by(other: &LockInfo) -> Reply {
-        Reply::ok(&format!("held\n{}", other.to_text()))
+        Reply::ok(&format!(
+            "held 100\n{}deadline={}\n",
+            other.to_text(),
+            if other.expires_ms < crate::time::now_ms() { 99 } else { 101 }
+        ))
     }
 
     fn connected(hosts: &[Arc<FakeHost>]) -> Vec<Connected> {
@@ -501,9 +690,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_free_lock_is_taken_with_the_holders_info_on_stdin() {
-        let host = FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n"));
+        let host = FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired 1\n"));
         let mine = info("r1", in_an_hour());
-        assert_eq!(lock_remote(&host, "t1", "dev", &mine, false).await.unwrap(), Taken::Fresh);
+        let taken = lock_remote(&host, "t1", "dev", &mine, HOUR, false).await.unwrap();
+        assert_eq!(taken, Acquired { taken: Taken::Fresh, fence: 1 });
         let calls = host.calls();
         assert_eq!(calls.len(), 1);
         assert!(calls[0].command.contains("mkdir .ferry/locks/dev 2>/dev/null"), "{}", calls[0].command);
@@ -513,25 +703,26 @@ mod tests {
     #[tokio::test]
     async fn an_expired_lock_is_taken_over_only_if_it_is_still_the_one_read() {
         let stale = info("old-run", crate::time::now_ms() - 1_000);
-        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&stale)).on(TAKEOVER, Reply::ok("acquired\n"));
-        let taken = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await.unwrap();
-        assert_eq!(taken, Taken::Expired(Some(stale)));
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&stale)).on(TAKEOVER, Reply::ok("acquired 1\n"));
+        let taken = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), HOUR, false).await.unwrap();
+        assert_eq!(taken.taken, Taken::Expired(Some(LockInfo { deadline_s: Some(99), ..stale })));
         let takeover = &host.ran(TAKEOVER)[0];
-        assert!(takeover.contains("= old-run ]; then rm -rf .ferry/locks/dev"), "{takeover}");
+        assert!(takeover.contains("if mkdir .ferry/locks/dev/guard 2>/dev/null"), "{takeover}");
+        assert!(takeover.contains("if [ \"$run\" = old-run ] && "), "{takeover}");
     }
 
     #[tokio::test]
     async fn a_live_lock_is_refused_unless_forced() {
         let live = info("other-run", in_an_hour());
-        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&live)).on(TAKEOVER, Reply::ok("acquired\n"));
-        let refused = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), false).await;
+        let host = FakeHost::new("t1").on(ACQUIRE, held_by(&live)).on(TAKEOVER, Reply::ok("acquired 1\n"));
+        let refused = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), HOUR, false).await;
         assert!(
             matches!(&refused, Err(LockError::Held { target, info: Some(i), .. }) if target == "t1" && i.run == "other-run"),
             "{refused:?}"
         );
         assert!(host.ran(TAKEOVER).is_empty(), "a live lock is not touched");
-        let forced = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), true).await.unwrap();
-        assert_eq!(forced, Taken::Forced(Some(live)));
+        let forced = lock_remote(&host, "t1", "dev", &info("r1", in_an_hour()), HOUR, true).await.unwrap();
+        assert_eq!(forced.taken, Taken::Forced(Some(LockInfo { deadline_s: Some(101), ..live })));
     }
 
     #[tokio::test]
@@ -539,14 +730,14 @@ mod tests {
         let live = info("other-run", in_an_hour());
         let hosts: Vec<Arc<FakeHost>> = (1..=5)
             .map(|n| {
-                let acquire = if n == 3 { held_by(&live) } else { Reply::ok("acquired\n") };
+                let acquire = if n == 3 { held_by(&live) } else { Reply::ok("acquired 1\n") };
                 Arc::new(
                     FakeHost::new(&format!("t{n}")).on(ACQUIRE, acquire).on(RELEASE, Reply::ok("released\n")),
                 )
             })
             .collect();
         let mine = info("r1", in_an_hour());
-        let result = lock_environment(None, "dev", &mine, connected(&hosts), false, None).await;
+        let result = lock_environment(None, "dev", &mine, HOUR, connected(&hosts), false, None).await;
         assert!(
             matches!(&result, Err(LockError::Held { target, .. }) if target == "t3"),
             "{:?}",
@@ -568,16 +759,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = [
             Arc::new(
-                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::ok("released\n")),
+                FakeHost::new("t1")
+                    .on(ACQUIRE, Reply::ok("acquired 1\n"))
+                    .on(RELEASE, Reply::ok("released\n")),
             ),
-            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RELEASE, Reply::Lost)),
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired 1\n")).on(RELEASE, Reply::Lost)),
         ];
         let mine = info("r1", in_an_hour());
         // The lock closes a connection only once no one else holds it: give it connections of
         // its own (an `Arc` around each shared fake), as a deployment that has let go of them.
         let own: Vec<Connected> =
             hosts.iter().map(|h| (h.name().to_string(), Arc::new(Arc::clone(h)) as Arc<dyn Host>)).collect();
-        let held = lock_environment(Some(&files(&dir)), "dev", &mine, own, false, None).await.unwrap();
+        let held = lock_environment(Some(&files(&dir)), "dev", &mine, HOUR, own, false, None).await.unwrap();
         assert!(held.taken_over.is_empty());
         assert!(lock_local(dir.path(), "dev", &mine).is_err(), "the local lock is held meanwhile");
         assert_eq!(held.release().await, ["t2"]);
@@ -590,26 +783,210 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec![
             Arc::new(
-                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok("renewed\n")),
+                FakeHost::new("t1").on(ACQUIRE, Reply::ok("acquired 1\n")).on(RENEW, Reply::ok("renewed\n")),
             ),
             // Someone broke the lock and took it: the script finds another run and says nothing.
-            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::ok(""))),
-            Arc::new(FakeHost::new("t3").on(ACQUIRE, Reply::ok("acquired\n")).on(RENEW, Reply::Lost)),
+            Arc::new(FakeHost::new("t2").on(ACQUIRE, Reply::ok("acquired 1\n")).on(RENEW, Reply::ok(""))),
+            Arc::new(FakeHost::new("t3").on(ACQUIRE, Reply::ok("acquired 1\n")).on(RENEW, Reply::Lost)),
         ];
         let mine = info("r1", in_an_hour());
-        let held =
-            lock_environment(Some(&files(&dir)), "dev", &mine, connected(&hosts), false, None).await.unwrap();
-        let later = mine.expires_ms + 600_000;
-        let renewed = held.renew(later).await;
+        let held = lock_environment(Some(&files(&dir)), "dev", &mine, HOUR, connected(&hosts), false, None)
+            .await
+            .unwrap();
+        let renewed = held.renew(2 * HOUR).await;
         assert_eq!(renewed[0], ("local".to_string(), Renewal::Renewed));
         assert_eq!(renewed[1], ("t1".to_string(), Renewal::Renewed));
         assert_eq!(renewed[2], ("t2".to_string(), Renewal::Lost));
         assert!(matches!(&renewed[3], (t, Renewal::Unreachable(_)) if t == "t3"), "{renewed:?}");
         let call = hosts[0].calls().into_iter().find(|c| c.command.contains(RENEW)).unwrap();
-        assert!(call.command.contains("= r1 ]; then cat > .ferry/locks/dev/info.new"), "{}", call.command);
+        assert!(call.command.contains("= r1 ]; then f=$(sed"), "{}", call.command);
+        assert!(
+            call.command.contains("echo deadline=$((now + 7200))"),
+            "on the target's clock: {}",
+            call.command
+        );
         let sent = LockInfo::parse(&String::from_utf8(call.stdin.unwrap()).unwrap()).unwrap();
-        assert_eq!(sent, LockInfo { expires_ms: later, ..mine.clone() });
+        assert!(sent.expires_ms >= held.info().expires_ms + 3_000_000, "{sent:?}");
+        assert_eq!(sent, LockInfo { expires_ms: sent.expires_ms, ..held.info().clone() });
         let local = std::fs::read_to_string(dir.path().join("locks/dev.lock")).unwrap();
-        assert_eq!(LockInfo::parse(&local).map(|i| i.expires_ms), Some(later));
+        assert_eq!(LockInfo::parse(&local).map(|i| i.expires_ms), Some(sent.expires_ms));
+    }
+}
+
+/// The lock scripts run by a real `/bin/sh` in a folder of their own (a stand-in home), so
+/// that the races they must win are run, not asserted from their text. Many runners on one
+/// machine race the same way as many machines on one target: the target's shell decides.
+#[cfg(test)]
+mod real_shell {
+    use super::*;
+    use crate::exec::{ExitStatus, OutputSink};
+    use crate::host::{BoxFuture, LocalHost};
+
+    /// `/bin/sh` on this machine with the test's folder as its home.
+    struct Home {
+        dir: std::path::PathBuf,
+        sh: LocalHost,
+    }
+
+    impl Host for Home {
+        fn name(&self) -> &str {
+            self.sh.name()
+        }
+        fn describe(&self) -> String {
+            self.sh.describe()
+        }
+        fn is_local(&self) -> bool {
+            false
+        }
+        fn exec<'a>(
+            &'a self,
+            command: &'a str,
+            stdin: Option<&'a [u8]>,
+            deadline: Option<Duration>,
+            sink: &'a mut dyn OutputSink,
+        ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+            Box::pin(async move {
+                let command = format!("cd {} && {{ {command}\n}}", self.dir.display());
+                self.sh.exec(&command, stdin, deadline, sink).await
+            })
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn home(dir: &tempfile::TempDir, name: &str) -> Arc<dyn Host> {
+        Arc::new(Home { dir: dir.path().to_path_buf(), sh: LocalHost::new(name) })
+    }
+
+    fn info(run: &str) -> LockInfo {
+        LockInfo {
+            holder: "ci@runner".into(),
+            run: run.into(),
+            message: "deploy".into(),
+            ..LockInfo::default()
+        }
+    }
+
+    fn on_disk(dir: &tempfile::TempDir) -> LockInfo {
+        LockInfo::parse(&std::fs::read_to_string(dir.path().join(".ferry/locks/dev/info")).unwrap()).unwrap()
+    }
+
+    /// A lock left by a dead run whose deadline (the target's clock) has passed.
+    fn stale(dir: &tempfile::TempDir, run: &str) {
+        let lock = dir.path().join(".ferry/locks/dev");
+        std::fs::create_dir_all(&lock).unwrap();
+        let text = format!("{}deadline=1\nfence=7\n", LockInfo { expires_ms: 1_000, ..info(run) }.to_text());
+        std::fs::write(lock.join("info"), text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_runners_racing_for_one_expired_lock_exactly_one_wins_each_of_20_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (home(&dir, "t"), home(&dir, "t"));
+        for round in 0..20 {
+            stale(&dir, &format!("dead-{round}"));
+            let (ra, rb) = (format!("a-{round}"), format!("b-{round}"));
+            let (ia, ib) = (info(&ra), info(&rb));
+            let (wa, wb) = tokio::join!(
+                lock_remote(&*a, "t", "dev", &ia, Duration::from_secs(60), false),
+                lock_remote(&*b, "t", "dev", &ib, Duration::from_secs(60), false),
+            );
+            let winners: Vec<&str> = [(&wa, ra.as_str()), (&wb, rb.as_str())]
+                .into_iter()
+                .filter(|(w, _)| w.is_ok())
+                .map(|(_, r)| r)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {wa:?} {wb:?}");
+            let holder = on_disk(&dir);
+            assert_eq!(holder.run, winners[0], "round {round}: the lock names the one winner");
+            let loser = if wa.is_ok() { &wb } else { &wa };
+            // It names the winner, or the dead run when it lost the guard mid-takeover.
+            assert!(matches!(loser, Err(LockError::Held { .. })), "round {round}: {loser:?}");
+            assert!(!dir.path().join(".ferry/locks/dev/guard").exists(), "round {round}: guard left");
+            std::fs::remove_dir_all(dir.path().join(".ferry/locks/dev")).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn expiry_is_decided_by_the_targets_clock_not_the_runners() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = home(&dir, "t");
+        // The runner that wrote it thought it expired long ago, but the target's deadline is
+        // an hour ahead of the target's clock: live.
+        let lock = dir.path().join(".ferry/locks/dev");
+        std::fs::create_dir_all(&lock).unwrap();
+        let deadline = crate::time::now_ms() / 1000 + 3600;
+        let text = format!(
+            "{}deadline={deadline}\nfence=3\n",
+            LockInfo { expires_ms: 1_000, ..info("other") }.to_text()
+        );
+        std::fs::write(lock.join("info"), &text).unwrap();
+        let refused = lock_remote(&*host, "t", "dev", &info("mine"), Duration::from_secs(60), false).await;
+        assert!(matches!(refused, Err(LockError::Held { .. })), "{refused:?}");
+        // And the other way round: the runner's expiry is far ahead, the target's deadline past.
+        let later = crate::time::now_ms() + 3_600_000;
+        let text =
+            format!("{}deadline=1\nfence=3\n", LockInfo { expires_ms: later, ..info("other") }.to_text());
+        std::fs::write(lock.join("info"), &text).unwrap();
+        let taken =
+            lock_remote(&*host, "t", "dev", &info("mine"), Duration::from_secs(60), false).await.unwrap();
+        assert!(matches!(taken.taken, Taken::Expired(Some(ref i)) if i.run == "other"), "{taken:?}");
+        let now_s = crate::time::now_ms() / 1000;
+        let written = on_disk(&dir).deadline_s.unwrap();
+        assert!((now_s + 59..=now_s + 61).contains(&written), "deadline = target's now + TTL: {written}");
+    }
+
+    #[tokio::test]
+    async fn each_acquisition_gets_a_larger_fence_and_renewal_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = home(&dir, "t");
+        let ttl = Duration::from_secs(60);
+        let mut fences = Vec::new();
+        for run in ["r1", "r2"] {
+            let held = lock_environment(
+                None,
+                "dev",
+                &info(run),
+                ttl,
+                vec![("t".into(), Arc::clone(&host))],
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+            fences.push(held.fences[0].1);
+            assert_eq!(on_disk(&dir).fence, Some(held.fences[0].1), "the lock records its fence");
+            assert_eq!(held.renew(Duration::from_secs(600)).await, [("t".to_string(), Renewal::Renewed)]);
+            let renewed = on_disk(&dir);
+            assert_eq!(renewed.fence, Some(held.fences[0].1), "renewal keeps the fence");
+            assert!(renewed.deadline_s.unwrap() >= crate::time::now_ms() / 1000 + 590, "{renewed:?}");
+            assert!(held.release().await.is_empty());
+        }
+        // A takeover of an expired lock is an acquisition too.
+        stale(&dir, "dead");
+        let taken = lock_remote(&*host, "t", "dev", &info("r3"), ttl, false).await.unwrap();
+        fences.push(taken.fence);
+        assert_eq!(fences, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn two_target_names_for_one_home_share_the_runs_lock_and_release_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let names =
+            vec![("web".to_string(), home(&dir, "web")), ("web-alias".to_string(), home(&dir, "web-alias"))];
+        let ttl = Duration::from_secs(60);
+        let held = lock_environment(None, "dev", &info("r1"), ttl, names.clone(), false, None).await.unwrap();
+        assert_eq!(held.fences, [("web".to_string(), 1), ("web-alias".to_string(), 1)]);
+        assert!(held.taken_over.is_empty());
+        // Another run is still refused, on the first name.
+        let other = lock_environment(None, "dev", &info("r2"), ttl, names.clone(), false, None).await;
+        assert!(
+            matches!(&other, Err(LockError::Held { target, .. }) if target == "web"),
+            "{:?}",
+            other.err()
+        );
+        assert_eq!(held.release().await, Vec::<String>::new(), "released once, nothing left over");
+        assert!(!dir.path().join(".ferry/locks/dev").exists());
     }
 }

@@ -159,6 +159,10 @@ pub struct LockChange {
     /// A quick stop gave up waiting for the release (the locks expire after their TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_timed_out: Option<bool>,
+    /// Each target's fencing number for this acquisition (acquired): it grows with every
+    /// acquisition of the environment's lock on that target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fences: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Builds an entry of `kind` with a typed detail; the caller fills in the rest.

@@ -5,7 +5,10 @@
 //! cost at 50+ hosts). Choices that matter for operators:
 //!
 //! * Host keys are checked in `check_server_key`, before authentication: an unknown, changed or
-//!   revoked key stops the connection before any credential or command is sent.
+//!   revoked key stops the connection before any credential or command is sent. A host is asked
+//!   only for the key types known_hosts records for it (as OpenSSH does), so a host recorded by
+//!   its RSA key is not refused as "changed" for showing its Ed25519 key first.
+//! * A target behind a jump host is reached through it for everything, `ferry trust` included.
 //! * TCP_NODELAY on (it saves three delayed-ACK waits per connection), a connect timeout, and
 //!   keepalives every 15 s, a peer silent for three of them (45 s) being dead, but no inactivity
 //!   timeout: a silent `docker pull` is never cut off, while a dead host is noticed in under a
@@ -15,13 +18,14 @@
 //! * An exit status is only ever what the server reported: a channel that closes without one
 //!   (connection lost, sshd killed) is an error, never a success.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use russh::{ChannelMsg, Disconnect, Sig};
+use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect, Preferred, Sig};
 
 use crate::exec::{ExecError, ExitStatus, OutputSink, Stream};
 use crate::known_hosts::{HostKey, KnownHosts, Verdict};
@@ -230,14 +234,61 @@ pub struct SshSession {
     _via: Option<Box<SshSession>>,
 }
 
-fn config() -> Arc<client::Config> {
+/// The client configuration for `endpoint`: russh's defaults, with the host-key algorithms
+/// narrowed to the key types known_hosts records for it (see [`host_key_algorithms`]).
+fn config(endpoint: &Endpoint, known_hosts: &KnownHosts) -> Arc<client::Config> {
+    let recorded = known_hosts.key_types_for(&endpoint.host, endpoint.port);
     Arc::new(client::Config {
         nodelay: true,
         keepalive_interval: Some(KEEPALIVE_INTERVAL),
         keepalive_max: KEEPALIVE_MAX,
         inactivity_timeout: None,
+        preferred: Preferred { key: host_key_algorithms(&recorded), ..Preferred::default() },
         ..client::Config::default()
     })
+}
+
+/// The host-key algorithms to offer a host whose recorded key types are `recorded`, as
+/// OpenSSH does: russh's default list, in its order, keeping only the algorithms of a
+/// recorded type (an `ssh-rsa` key may sign with any RSA algorithm). A host presents the key
+/// of the first algorithm both sides offer, so without this a host with an Ed25519 and an RSA
+/// key, of which only the RSA one is recorded, would show its Ed25519 key and be refused as
+/// "changed". No recorded type (a new host, for `ferry trust`) or none russh knows: the
+/// default list.
+fn host_key_algorithms(recorded: &[String]) -> Cow<'static, [Algorithm]> {
+    let default = Preferred::DEFAULT.key;
+    let narrowed: Vec<Algorithm> = default
+        .iter()
+        .filter(|algorithm| {
+            recorded.iter().any(|t| match algorithm {
+                Algorithm::Rsa { .. } => t == "ssh-rsa",
+                other => other.as_str() == t,
+            })
+        })
+        .cloned()
+        .collect();
+    if narrowed.is_empty() { default } else { Cow::Owned(narrowed) }
+}
+
+/// A stream to `endpoint` through its jump host `jump`: a direct-tcpip channel on an
+/// authenticated session with the jump host (whose own key is checked like any target's),
+/// returned with that session, which must stay open as long as the stream is used.
+async fn through_jump(
+    endpoint: &Endpoint,
+    jump: &Endpoint,
+    options: &Options,
+    addr: &str,
+) -> Result<(russh::ChannelStream<client::Msg>, SshSession), SshError> {
+    let bastion = Box::pin(SshSession::connect_inner(jump, options, &addr_of(jump))).await?;
+    let channel = bastion
+        .handle
+        .channel_open_direct_tcpip(endpoint.host.clone(), u32::from(endpoint.port), "127.0.0.1", 0)
+        .await
+        .map_err(|e| SshError::Protocol {
+            addr: addr.to_string(),
+            message: format!("jump host {} cannot reach it: {e}", jump.name),
+        })?;
+    Ok((channel.into_stream(), bastion))
 }
 
 fn addr_of(endpoint: &Endpoint) -> String {
@@ -253,9 +304,18 @@ fn addr_of(endpoint: &Endpoint) -> String {
 pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(HostKey, Verdict), SshError> {
     let addr = addr_of(endpoint);
     let (client, seen) = Client::new(endpoint, options, true);
+    let config = config(endpoint, &options.known_hosts);
     let attempt = async {
-        let stream = tcp_connect(&addr).await?;
-        let _ = client::connect_stream(config(), stream, client).await;
+        // Through the jump host when the target has one, as every other connection to it goes.
+        match &endpoint.jump {
+            None => {
+                let _ = client::connect_stream(config, tcp_connect(&addr).await?, client).await;
+            }
+            Some(jump) => {
+                let (stream, _bastion) = through_jump(endpoint, jump, options, &addr).await?;
+                let _ = client::connect_stream(config, stream, client).await;
+            }
+        }
         Ok::<(), SshError>(())
     };
     match tokio::time::timeout(options.connect_timeout, attempt).await {
@@ -294,24 +354,13 @@ impl SshSession {
         addr: &str,
     ) -> Result<SshSession, SshError> {
         let (client, seen) = Client::new(endpoint, options, false);
+        let config = config(endpoint, &options.known_hosts);
         let (handshake, via) = match &endpoint.jump {
-            None => (client::connect_stream(config(), tcp_connect(addr).await?, client).await, None),
+            None => (client::connect_stream(config, tcp_connect(addr).await?, client).await, None),
             Some(jump) => {
                 // The target's key is still checked against the target's own name and port.
-                let bastion = Box::pin(Self::connect_inner(jump, options, &addr_of(jump))).await?;
-                let port = u32::from(endpoint.port);
-                let channel = bastion
-                    .handle
-                    .channel_open_direct_tcpip(endpoint.host.clone(), port, "127.0.0.1", 0)
-                    .await
-                    .map_err(|e| SshError::Protocol {
-                        addr: addr.to_string(),
-                        message: format!("jump host {} cannot reach it: {e}", jump.name),
-                    })?;
-                (
-                    client::connect_stream(config(), channel.into_stream(), client).await,
-                    Some(Box::new(bastion)),
-                )
+                let (stream, bastion) = through_jump(endpoint, jump, options, addr).await?;
+                (client::connect_stream(config, stream, client).await, Some(Box::new(bastion)))
             }
         };
         let handle = match handshake {
@@ -476,4 +525,28 @@ fn host_key_error(endpoint: &Endpoint, addr: &str, kh: &KnownHosts, seen: Option
 fn default_keys() -> Vec<PathBuf> {
     let Some(home) = std::env::var_os("HOME") else { return Vec::new() };
     ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|k| Path::new(&home).join(".ssh").join(k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(recorded: &[&str]) -> Vec<String> {
+        let recorded: Vec<String> = recorded.iter().map(|t| t.to_string()).collect();
+        host_key_algorithms(&recorded).iter().map(|a| a.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn a_host_is_asked_only_for_the_key_types_recorded_for_it() {
+        assert_eq!(names(&["ssh-rsa"]), ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"], "any RSA signature");
+        assert_eq!(names(&["ssh-ed25519"]), ["ssh-ed25519"]);
+        assert_eq!(
+            names(&["ssh-rsa", "ecdsa-sha2-nistp256"]),
+            ["ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+            "russh's order"
+        );
+        let default: Vec<String> = Preferred::DEFAULT.key.iter().map(|a| a.as_str().to_string()).collect();
+        assert_eq!(names(&[]), default, "a new host: everything");
+        assert_eq!(names(&["sk-ssh-ed25519@openssh.com"]), default, "nothing russh knows: everything");
+    }
 }

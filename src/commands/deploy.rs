@@ -200,6 +200,7 @@ pub fn execute(
         grace: app.health.grace,
         mirror: format!("ferry {what} ({}) by {}", plan.deployment, store.actor().describe()),
         login,
+        secrets: secrets.clone(),
     };
     let session = Session {
         inventory: Arc::clone(inventory),

@@ -63,22 +63,28 @@ impl Operator<'_> {
         ttl: std::time::Duration,
         force: bool,
     ) -> Result<(), Error> {
-        let now = crate::time::now_ms();
         let info = LockInfo {
             holder: self.me.clone(),
             run: new_deployment_id(),
-            since_ms: now,
-            expires_ms: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
             message: message.to_string(),
+            ..LockInfo::default()
         };
         let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-        let held =
-            lock::lock_environment(Some(&*self.store), self.environment, &info, connections, force, None)
-                .await?;
+        let held = lock::lock_environment(
+            Some(&*self.store),
+            self.environment,
+            &info,
+            ttl,
+            connections,
+            force,
+            None,
+        )
+        .await?;
+        let info = held.info().clone();
         for (target, taken) in &held.taken_over {
             let previous = match taken {
                 Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
-                Taken::Fresh => None,
+                Taken::Fresh | Taken::Reentrant => None,
             };
             let reason = if matches!(taken, Taken::Forced(_)) { "forced" } else { "expired" };
             let change = LockChange { reason: Some(reason.into()), previous, ..LockChange::default() };
@@ -88,6 +94,7 @@ impl Operator<'_> {
         let change = LockChange {
             expires: Some(expires.clone()),
             message: Some(message.into()),
+            fences: Some(held.fences.iter().cloned().collect()),
             ..LockChange::default()
         };
         self.record(Kind::LockAcquired, &info.run, names, &change)?;
@@ -103,9 +110,10 @@ impl Operator<'_> {
         let mut released = 0;
         for (name, connection) in connections {
             let unreachable = |e| lock_unreachable(environment, name, e);
-            let Some(holder) = lock::read_remote(connection, environment).await.map_err(unreachable)? else {
+            let Some(found) = lock::read_remote(connection, environment).await.map_err(unreachable)? else {
                 continue;
             };
+            let holder = found.info;
             let mine = holder.as_ref().is_some_and(|h| h.holder == self.me);
             if !mine && !force {
                 let info = holder.map(Box::new);
@@ -151,20 +159,23 @@ fn print_status(rows: &[Vec<String>], environment: &str, output: OutputFormat) -
 /// One table row per target: its lock's state, holder, expiry and message.
 async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    let now = crate::time::now_ms();
     for (name, connection) in connections {
         let row = match connection {
             Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
             Ok(c) => match lock::read_remote(&**c, environment).await {
                 Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
-                Ok(Some(Some(info))) => vec![
-                    name.clone(),
-                    if info.expired(now) { "EXPIRED".into() } else { "LOCKED".into() },
-                    info.holder.clone(),
-                    crate::time::format_ms(info.expires_ms),
-                    info.message.clone(),
-                ],
-                Ok(Some(None)) => vec![
+                Ok(Some(found @ lock::Found { info: Some(_), .. })) => {
+                    let expired = found.expired();
+                    let Some(info) = found.info else { continue };
+                    vec![
+                        name.clone(),
+                        if expired { "EXPIRED".into() } else { "LOCKED".into() },
+                        info.holder.clone(),
+                        crate::time::format_ms(info.expires_ms),
+                        info.message.clone(),
+                    ]
+                }
+                Ok(Some(lock::Found { info: None, .. })) => vec![
                     name.clone(),
                     "LOCKED".into(),
                     "?".into(),
@@ -179,6 +190,7 @@ async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> 
     rows
 }
 
+/// Each target's fencing number, for the `lock_acquired` record.
 fn lock_unreachable(environment: &str, target: &str, e: crate::exec::ExecError) -> lock::LockError {
     lock::LockError::Unreachable {
         environment: environment.to_string(),

@@ -317,14 +317,13 @@ impl Session {
         Entry { kind: typed.kind, detail: typed.detail, ..self.base.clone() }
     }
 
-    fn lock_info(&self, timing: LockTiming, message: &str) -> LockInfo {
-        let now = crate::time::now_ms();
+    /// The holder's record; since and expiry are stamped when the lock is actually taken.
+    fn lock_info(&self, message: &str) -> LockInfo {
         LockInfo {
             holder: self.store.actor().describe(),
             run: self.base.run.clone(),
-            since_ms: now,
-            expires_ms: now.saturating_add(millis(timing.ttl)),
             message: message.to_string(),
+            ..LockInfo::default()
         }
     }
 
@@ -332,25 +331,36 @@ impl Session {
     /// keeps the connections open; the work under it uses them.
     async fn take_lock(&self) -> Result<Option<Arc<EnvironmentLock>>, Error> {
         let Some((timing, message)) = &self.lock else { return Ok(None) };
-        let info = self.lock_info(*timing, message);
+        let info = self.lock_info(message);
         let name = self.environment.name.clone();
         let targets = super::environment_targets(&self.inventory, &self.environment);
         let connections =
             lock::all_connected(&name, connect_all(&self.inventory, &targets, &self.ssh).await)?;
         let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
-        let held =
-            lock::lock_environment(Some(&*self.store), &name, &info, connections, false, timing.wait).await?;
+        let held = lock::lock_environment(
+            Some(&*self.store),
+            &name,
+            &info,
+            timing.ttl,
+            connections,
+            false,
+            timing.wait,
+        )
+        .await?;
         for (target, taken) in &held.taken_over {
             let previous = match taken {
                 Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
-                Taken::Fresh => None,
+                Taken::Fresh | Taken::Reentrant => None,
             };
             let change = LockChange { reason: Some("expired".into()), previous, ..LockChange::default() };
             self.store
                 .append(&Entry { targets: vec![target.clone()], ..self.entry(Kind::LockBroken, &change) })?;
         }
-        let change =
-            LockChange { expires: Some(crate::time::format_ms(info.expires_ms)), ..LockChange::default() };
+        let change = LockChange {
+            expires: Some(crate::time::format_ms(held.info().expires_ms)),
+            fences: Some(held.fences.iter().cloned().collect()),
+            ..LockChange::default()
+        };
         self.store.append(&Entry { targets: names, ..self.entry(Kind::LockAcquired, &change) })?;
         Ok(Some(Arc::new(held)))
     }
@@ -363,8 +373,7 @@ impl Session {
             let every = (ttl / 3).max(Duration::from_secs(1));
             loop {
                 tokio::time::sleep(every).await;
-                let expires = crate::time::now_ms().saturating_add(millis(ttl));
-                for (target, renewal) in held.renew(expires).await {
+                for (target, renewal) in held.renew(ttl).await {
                     if renewal != lock::Renewal::Renewed {
                         tracing::warn!(target = %target, ?renewal, "lock not renewed");
                     }
@@ -416,10 +425,6 @@ fn signals() -> (watch::Receiver<Stop>, Cancel) {
         let _ = stop_tx.send(Stop::Now);
     });
     (stop, cancel)
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 fn capitalized(text: &str) -> String {

@@ -216,32 +216,25 @@ fn confirmed(yes: bool, count: usize) -> Result<bool, Error> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// Appends new keys and replaces changed ones, writing the file atomically.
+/// Appends new keys and replaces changed ones: only the replaced hosts' own entries go (see
+/// [`known_hosts::without_host`]); the write is locked, fsynced and atomic
+/// ([`known_hosts::update`]).
 fn record(path: &Path, findings: &[&Finding]) -> Result<(), Error> {
-    let current = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let parsed = known_hosts::KnownHosts::parse(path, &current);
-    let mut drop_lines: Vec<usize> = Vec::new();
-    for f in findings.iter().filter(|f| f.state == "replace") {
-        drop_lines.extend(parsed.lines_for(&f.host, f.port));
-    }
-    let mut text: String = current
-        .lines()
-        .enumerate()
-        .filter(|(i, _)| !drop_lines.contains(&(i + 1)))
-        .map(|(_, line)| format!("{line}\n"))
-        .collect();
-    for f in findings {
-        if let Some(key) = &f.key {
-            text += &known_hosts::entry_line(&f.host, f.port, key);
+    known_hosts::update(path, |current| {
+        let mut text = current.to_string();
+        for f in findings.iter().filter(|f| f.state == "replace") {
+            text = known_hosts::without_host(&text, &f.host, f.port);
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-    }
-    let temp = path.with_extension("ferry-tmp");
-    std::fs::write(&temp, text)?;
-    std::fs::rename(&temp, path)?;
+        for f in findings {
+            if let Some(key) = &f.key {
+                text += &known_hosts::entry_line(&f.host, f.port, key);
+                text.push('\n');
+            }
+        }
+        text
+    })?;
     Ok(())
 }

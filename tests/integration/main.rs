@@ -23,7 +23,13 @@ mod feeds;
 mod flags;
 mod fuzz;
 #[cfg(feature = "lab")]
+mod hostkeys;
+#[cfg(feature = "lab")]
 mod lab;
+#[cfg(feature = "lab")]
+mod locks;
+#[cfg(feature = "lab")]
+mod mirror;
 mod plan;
 mod quoting;
 mod run;

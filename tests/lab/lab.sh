@@ -85,10 +85,13 @@ host_up() { # N
   ip -n "$name" link set eth0 up
   ip -n "$name" link set lo up                    # and no default route, on purpose
   [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey" -C "$name"
+  # A second host key, RSA: a host recorded by it alone must not look "changed" to ferry.
+  [ -f "$d/hostkey_rsa" ] || ssh-keygen -q -t rsa -b 2048 -N '' -f "$d/hostkey_rsa" -C "$name"
   cat > "$d/sshd_config" <<EOF
 ListenAddress $ip:22
 ListenAddress 127.0.0.1:22
 HostKey $d/hostkey
+HostKey $d/hostkey_rsa
 PidFile $d/sshd.pid
 AuthorizedKeysFile $T/ssh/authorized_keys
 PermitRootLogin prohibit-password
