@@ -530,12 +530,12 @@ impl Job {
             None => "creating",
         });
         let keep_as = format!("{}-ferry-old-{}", tp.container, short_id(&self.deployment));
-        let env_file = tp.env_file.as_ref().map(|f| (f.path.as_str(), f.content.expose().as_bytes()));
+        let env = tp.env_file.as_ref().map(|f| f.content.expose().as_bytes());
         let replace = docker::Replace {
             name: &tp.container,
             old: old.map(|(id, _)| id),
             keep_as: &keep_as,
-            env_file,
+            env,
             argv: &tp.exec_argv,
         };
         let unknown = "the old container may be stopped and renamed; run `ferry status` when it is back";
@@ -773,7 +773,7 @@ mod tests {
 
     // Patterns that pick out each docker step's script (see `crate::docker`).
     const PULL: &str = "docker pull";
-    const REPLACE: &str = "envf=";
+    const REPLACE: &str = "keep=";
     const GATE: &str = "grace_ms=";
     const LOGS: &str = "docker logs --tail";
     const RESTORE: &str = "> /dev/null 2>&1; ";

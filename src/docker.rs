@@ -209,6 +209,14 @@ pub struct Login {
     pub password: crate::secret::Secret,
 }
 
+/// The name prefix of the private Docker client configs that registry logins use.
+const DOCKER_CONFIG_PREFIX: &str = "docker-config-";
+
+/// Removes private client configs that a killed pull left behind (a `KILL` runs no trap): any
+/// older than the pull deadline is no other pull's.
+const DOCKER_CONFIG_SWEEP: &str =
+    "find \"$HOME/.ferry\" -maxdepth 1 -name 'docker-config-*' -mmin +11 -exec rm -rf {} + 2>/dev/null\n";
+
 /// What a deployment needs to know about an existing container to decide what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Brief {
@@ -232,17 +240,23 @@ pub async fn pull_and_list(
     environment: &str,
     login: Option<&Login>,
 ) -> Result<(Option<String>, Vec<Brief>), DockerError> {
-    // The password reaches `docker login` through the channel's stdin, never a command line.
+    // The password reaches `docker login` through the channel's stdin, never a command line,
+    // and is stored only in a private client config (0700, random name) that this script
+    // removes when the pull is done, whatever way it ends: nothing stays logged in.
     let login_step = login.map_or_else(String::new, |l| {
         format!(
-            "docker login --username {} --password-stdin {} > /dev/null || exit 1; ",
+            "{DOCKER_CONFIG_SWEEP}\
+             cfg=$(umask 077 && mkdir -p \"$HOME/.ferry\" && mktemp -d \"$HOME/.ferry/{DOCKER_CONFIG_PREFIX}XXXXXXXX\") || exit 1\n\
+             trap 'rm -rf \"$cfg\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
+             export DOCKER_CONFIG=\"$cfg\"\n\
+             docker login --username {} --password-stdin {} > /dev/null || exit 1\n",
             q(&l.username),
             q(&l.registry)
         )
     });
     let stdin = login.map(|l| l.password.expose().as_bytes());
     let script = format!(
-        "{login_step}docker pull {image} || exit 1; echo '--- containers'; \
+        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
            --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}'",
         image = q(image),
@@ -319,14 +333,13 @@ pub struct Replace<'a> {
     pub old: Option<&'a str>,
     /// The name the old container is kept under until the new one is healthy.
     pub keep_as: &'a str,
-    /// The env file: its path (relative to the login folder) and content, sent through stdin.
-    pub env_file: Option<(&'a str, &'a [u8])>,
+    /// The secrets env file's content, piped into `docker run --env-file /dev/stdin`.
+    pub env: Option<&'a [u8]>,
     /// The `docker run` argv.
     pub argv: &'a [String],
 }
 
 /// Exit codes of the replace script for steps before `docker run`: nothing was changed.
-const EXIT_ENV_FILE: u32 = 90;
 const EXIT_STOP: u32 = 91;
 const EXIT_RENAME: u32 = 92;
 
@@ -341,42 +354,37 @@ pub enum Started {
     NotStarted(String),
 }
 
-/// Writes the env file (mode 0600, through stdin), stops and renames the old container, runs
-/// the new one and removes the env file, all in one script. `docker stop` waits the container's
-/// own stop timeout (10 s unless the template sets `--stop-timeout`).
+/// Stops and renames the old container and runs the new one, in one script; the secrets reach
+/// `docker run` through the channel's stdin (read into the script's memory first, so no other
+/// step can consume them), never a file. `docker stop` waits the container's own stop timeout
+/// (10 s unless the template sets `--stop-timeout`).
 pub async fn start_replacement(host: &dyn Host, replace: &Replace<'_>) -> Result<Started, DockerError> {
     let run = shell::join(replace.argv)
         .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
-    let (env_path, stdin) = match replace.env_file {
-        Some((path, content)) => (path, Some(content)),
-        None => ("", None),
+    // `printf` is a shell builtin: the values are on no command line.
+    let (read_env, run) = match replace.env {
+        Some(_) => ("env=$(cat)\n", format!("printf '%s\\n' \"$env\" | {run}")),
+        None => ("", run),
     };
     let script = format!(
-        "c={name}; old={old}; keep={keep}; envf={envf}\n\
-         if [ -n \"$envf\" ]; then (umask 077 && mkdir -p \"${{envf%/*}}\" && cat > \"$envf\") || exit {EXIT_ENV_FILE}; fi\n\
+        "c={name}; old={old}; keep={keep}\n\
+         {read_env}\
          if [ -n \"$old\" ]; then\n\
-           docker stop \"$old\" > /dev/null || {{ rm -f \"$envf\"; exit {EXIT_STOP}; }}\n\
-           docker rename \"$old\" \"$keep\" || {{ docker start \"$old\" > /dev/null; rm -f \"$envf\"; exit {EXIT_RENAME}; }}\n\
+           docker stop \"$old\" > /dev/null < /dev/null || exit {EXIT_STOP}\n\
+           docker rename \"$old\" \"$keep\" < /dev/null || {{ docker start \"$old\" > /dev/null; exit {EXIT_RENAME}; }}\n\
          fi\n\
-         {run}\n\
-         rc=$?\n\
-         [ -z \"$envf\" ] || rm -f \"$envf\"\n\
-         exit $rc",
+         {run}",
         name = q(replace.name),
         old = q(replace.old.unwrap_or_default()),
         keep = q(replace.keep_as),
-        envf = q(env_path),
     );
     let mut out = Capture::default();
-    let status = host.exec(&script, stdin, Some(STEP_DEADLINE), &mut out).await?;
+    let status = host.exec(&script, replace.env, Some(STEP_DEADLINE), &mut out).await?;
     let errors = last_lines(&out.errors(), 3);
     Ok(match status {
         crate::exec::ExitStatus::Code(0) => {
             let id = out.text().lines().last().unwrap_or_default().trim().to_string();
             Started::Running(id)
-        }
-        crate::exec::ExitStatus::Code(EXIT_ENV_FILE) => {
-            Started::NotStarted(format!("cannot write the env file: {errors}"))
         }
         crate::exec::ExitStatus::Code(EXIT_STOP) => {
             Started::NotStarted(format!("cannot stop the old container: {errors}"))

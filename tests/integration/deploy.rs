@@ -689,3 +689,5 @@ fn the_crontab_recipe_is_silent_when_nothing_changed() {
     let records = fleet.audit();
     assert_eq!(records.iter().filter(|r| r["kind"] == "run_finished").count(), 2, "both runs are on record");
 }
+
+mod target;
