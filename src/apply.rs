@@ -11,7 +11,8 @@
 //!
 //! 1. list the app's containers in this environment (with the pull, in one round trip; this
 //!    also proves `docker` answers);
-//! 2. the running container's `ferry.config-hash` equals the plan's → nothing to do; equal but
+//! 2. the running container's `ferry.config-hash` equals the plan's → nothing to change, but
+//!    it is gated first (a container that never passed its gate is no success); equal but
 //!    stopped → start it and gate it;
 //! 3. else write the env file through stdin (0600), stop the old container and rename it aside,
 //!    `docker run` the new one, remove the env file;
@@ -515,11 +516,7 @@ impl Job {
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
         match (decide(current.map(Live::from), tp, self.settings.force), current) {
-            (Decision::Unchanged, Some(current)) => {
-                self.step("unchanged: the running container has the planned config");
-                let container = docker::inspect(host, &current.id).await.map_err(Failure::untouched)?;
-                return Ok((Action::Unchanged, Some(container.details)));
-            }
+            (Decision::Unchanged, Some(current)) => return self.check_unchanged(host, &current.id).await,
             (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
             _ => {}
         }
@@ -553,6 +550,30 @@ impl Job {
                 let action = if old.is_some() { Action::Replaced } else { Action::Created };
                 self.gate_and_finish(host, &id, old, action).await
             }
+        }
+    }
+
+    /// The running container has the planned config: it is left alone, but "unchanged" is a
+    /// success only once it passes the gate (its HEALTHCHECK, else `health.cmd`, else running
+    /// for the grace period since it started), so a container that never passed its gate (the
+    /// runner died or the link dropped mid-gate) is not recorded as a success now.
+    async fn check_unchanged(
+        &self,
+        host: &dyn Host,
+        id: &str,
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        self.step("unchanged: the running container has the planned config");
+        match self.gate_since_start(host, id, true).await {
+            Ok(container) => Ok((Action::Unchanged, Some(container.details))),
+            Err(why) => Err(Failure {
+                status: Status::Failed,
+                action: Action::Unchanged,
+                error: format!(
+                    "the running container has the planned config but is not healthy: {why} \
+                     (left as it is; `--force` replaces it)"
+                ),
+                logs: docker::logs(host, id).await,
+            }),
         }
     }
 
@@ -608,13 +629,19 @@ impl Job {
 
     /// The gate's verdict: the healthy container, or why not.
     async fn gate(&self, host: &dyn Host, id: &str) -> Result<docker::Container, String> {
+        self.gate_since_start(host, id, false).await
+    }
+
+    /// [`Job::gate`]; `since_start` counts the grace period from the container's start (a
+    /// container that has run for longer needs no wait) instead of from now.
+    async fn gate_since_start(
+        &self,
+        host: &dyn Host,
+        id: &str,
+        since_start: bool,
+    ) -> Result<docker::Container, String> {
         self.step("health gate");
-        let gate = docker::Gate {
-            cmd: self.target.health_cmd.as_deref(),
-            timeout: self.settings.timeout,
-            interval: self.settings.interval,
-            grace: self.settings.grace,
-        };
+        let gate = self.gate_settings(since_start);
         match docker::gate(host, id, &gate).await {
             Ok(GateResult::Healthy(how, container)) => {
                 self.step(how);
@@ -622,6 +649,16 @@ impl Job {
             }
             Ok(GateResult::Unhealthy(why)) => Err(format!("health gate: {why}")),
             Err(e) => Err(format!("health gate: {e}")),
+        }
+    }
+
+    fn gate_settings(&self, since_start: bool) -> docker::Gate<'_> {
+        docker::Gate {
+            cmd: self.target.health_cmd.as_deref(),
+            timeout: self.settings.timeout,
+            interval: self.settings.interval,
+            grace: self.settings.grace,
+            since_start,
         }
     }
 
@@ -952,13 +989,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unchanged_running_container_is_left_alone_and_a_stopped_one_is_started() {
-        let running = target(
-            "t1",
-            vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), ("docker inspect", Reply::ok(INSPECT))],
-        );
+        let running = target("t1", vec![(PULL, Reply::ok(&listed(PLANNED, "running")))]);
         let (host, r) = deploy_one(running, None).await;
         assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Unchanged)));
-        assert_eq!(steps(&host), [PULL, "docker inspect", MIRROR]);
+        assert_eq!(steps(&host), [PULL, GATE, MIRROR], "checked, then left alone");
+        assert!(host.ran(GATE)[0].contains("c=old1;"), "the running container is the one gated");
 
         let stopped = target(
             "t2",
@@ -967,6 +1002,30 @@ mod tests {
         let (host, r) = deploy_one(stopped, None).await;
         assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Started)));
         assert_eq!(steps(&host), [PULL, "docker start", GATE, MIRROR]);
+    }
+
+    /// A container with the planned config whose gate never passed (the runner died mid-gate)
+    /// is not a success on the next run: the no-op checks health first.
+    #[tokio::test]
+    async fn unchanged_means_checked_an_unhealthy_container_with_the_planned_config_fails() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: unhealthy (image HEALTHCHECK)\nwget: connection refused\n".into(),
+            stderr: String::new(),
+        };
+        let overrides = vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), (GATE, unhealthy)];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Unchanged)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "the running container has the planned config but is not healthy: health gate: unhealthy \
+                 (image HEALTHCHECK): wget: connection refused (left as it is; `--force` replaces it)"
+            )
+        );
+        assert_eq!(r.logs, ["log line 1", "log line 2"]);
+        assert_eq!(steps(&host), [PULL, GATE, LOGS, MIRROR], "nothing replaced, stopped or removed");
+        assert!(host.ran(GATE)[0].contains("if [ 1 = 1 ]"), "the grace counts from the container's start");
     }
 
     #[tokio::test]

@@ -452,6 +452,9 @@ pub struct Gate<'a> {
     pub interval: Duration,
     /// Without a check: how long the container must keep running.
     pub grace: Duration,
+    /// Count the grace period from the container's start (`StartedAt`, on the target's clock)
+    /// rather than from now: for a container that was already running.
+    pub since_start: bool,
 }
 
 /// How the gate ended.
@@ -474,6 +477,9 @@ pub async fn gate(host: &dyn Host, container: &str, gate: &Gate<'_>) -> Result<G
         "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
          ok() {{ echo \"gate: $1\"; echo '--- inspect'; printf '[%s]\\n' \"$json\"; exit 0; }}\n\
          start=$(date +%s); out=''; slept=0\n\
+         if [ {since_start} = 1 ]; then\n\
+           up=$(date -d \"$(docker inspect -f '{{{{.State.StartedAt}}}}' \"$c\" 2>/dev/null)\" +%s 2>/dev/null) && slept=$(( (start - up) * 1000 ))\n\
+         fi\n\
          while :; do\n\
            all=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}{{{{\"\\n\"}}}}{{{{json .}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $all\"; exit 1; }}\n\
            json=$(printf '%s\\n' \"$all\" | sed 1d); set -- $(printf '%s\\n' \"$all\" | sed -n 1p)\n\
@@ -501,6 +507,7 @@ pub async fn gate(host: &dyn Host, container: &str, gate: &Gate<'_>) -> Result<G
         interval = secs(gate.interval).max(0.1),
         grace_ms = gate.grace.as_millis(),
         cmd = q(gate.cmd.unwrap_or_default()),
+        since_start = u8::from(gate.since_start),
     );
     let deadline = Duration::from_secs(timeout) + STEP_DEADLINE;
     let mut out = Capture::default();
