@@ -9,10 +9,10 @@
 //! `/run/containerd`): Docker keeps a container's environment in its config there by design,
 //! which ferry cannot change; what ferry controls is that nothing else holds the value.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Fleet, Spec, actions, finished};
-use crate::lab::{FAULTS, json_lines};
+use super::{Fleet, Spec, TOKEN, actions, finished};
+use crate::lab::{FAULTS, Restore, json_lines};
 
 /// The files on host `n` changed since `mark` that contain any of `needles`.
 fn files_holding(fleet: &Fleet, n: usize, mark: &std::path::Path, needles: &[&str]) -> Vec<String> {
@@ -110,4 +110,88 @@ fn a_registry_login_leaves_no_password_on_the_target() {
     assert!(found.is_empty(), "files on h4 hold the registry password: {found:?}");
     let leftovers = fleet.on_host(4, "ls -a /root/.ferry | grep docker-config");
     assert_eq!(leftovers, "", "the private client config is removed");
+}
+
+/// The replace step runs detached on the target: a link cut right after the old container
+/// stopped leaves the target to finish alone. With no runner to confirm the new container, the
+/// step restores the old one by itself (within `ABANDON_AFTER`, 15 s, of the last heartbeat),
+/// so the target runs a container again well within 60 s, and `ferry status` says what happened.
+#[test]
+fn a_link_cut_right_after_the_old_container_stopped_leaves_a_container_running_and_status_says_which() {
+    let _faults = FAULTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let fleet = Fleet::new(Spec {
+        env: "t-cut",
+        port: 18152,
+        hosts: &[4],
+        health: "{ grace = \"2s\", timeout = \"20s\" }",
+        ..Spec::default()
+    });
+    fleet.on_host(4, "rm -rf /root/.ferry/replace/web-t-cut");
+    let first = json_lines(&fleet.deploy("1.0", &[]).run().stdout);
+    assert_eq!(actions(&first), ["created"]);
+    let old = fleet.id(4);
+    let child = fleet
+        .spawn(&["deploy", "web", "--env", "t-cut", "--version", "2.0", "--yes", "--output", "json"], TOKEN);
+    // Watched from inside the host's namespaces, which needs no link.
+    let waiting = Instant::now();
+    while fleet.on_host(4, &format!("docker inspect -f '{{{{.State.Running}}}}' {old}")).trim() != "false" {
+        assert!(waiting.elapsed() < Duration::from_secs(30), "the old container never stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restore = Restore(&fleet.lab, &["restore", "4"]);
+    fleet.lab.ctl(&["cut", "4"]);
+    let cut = Instant::now();
+    let status = loop {
+        let status = fleet.on_host(4, "cat /root/.ferry/replace/web-t-cut/status 2>/dev/null");
+        if status.lines().any(|l| l.starts_with("done ")) {
+            break status;
+        }
+        assert!(cut.elapsed() < Duration::from_secs(60), "no outcome 60 s after the cut: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let ended = cut.elapsed();
+    assert!(status.ends_with("done abandoned-restored\n"), "{status}");
+    assert!(status.contains("\nstarted ") && status.contains("\ngated 0\n"), "2.0 ran and passed: {status}");
+    // Exactly one container of the app runs, the old one, under its own name, and it stays so.
+    for _ in 0..4 {
+        let running = fleet.on_host(
+            4,
+            "docker ps --filter label=ferry.environment=t-cut --format '{{.ID}} {{.Names}} {{.Label \"ferry.version\"}}'",
+        );
+        assert_eq!(running, format!("{} web-t-cut 1.0\n", &old[..12]), "{ended:?} after the cut");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let answer = fleet.on_host(4, "busybox wget -q -O - http://127.0.0.1:18152/");
+    assert_eq!(answer, "ferry web 1.0\n", "it answers (asked from inside the cut-off host)");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let h4 = finished(&json_lines(&stdout), "h4");
+    assert_eq!(h4["status"], "error", "{h4}");
+    assert!(h4["error"].as_str().unwrap().contains("the target restores it by itself"), "{h4}");
+    drop(restore);
+    // The next command reads the outcome nobody collected.
+    let report =
+        fleet.ferry(&["status", "web", "--env", "t-cut", "--output", "json"]).stdout_json().run().json();
+    let target = &report["targets"][0];
+    assert_eq!(target["version"], "1.0", "{report}");
+    assert_eq!(target["container"]["id"], old.as_str(), "{report}");
+    let unread = &target["unread_replace_steps"][0];
+    assert_eq!(unread["version"], "2.0", "{report}");
+    assert_eq!(
+        unread["outcome"], "nobody collected the result: the script restored the old container by itself",
+        "{report}"
+    );
+    fleet
+        .ferry(&["status", "web", "--env", "t-cut"])
+        .stdout_contains(&format!(
+            "\nh4: the replace step of deployment {} (2.0) ended with nobody to read it: nobody collected \
+             the result: the script restored the old container by itself\n",
+            unread["deployment"].as_str().unwrap()
+        ))
+        .run();
+    // The next deploy reports it too, and clears it.
+    let again = fleet.deploy("1.0", &[]).run();
+    assert!(again.stdout.contains("an earlier replace step here (deployment "), "{}", again.stdout);
+    assert_eq!(fleet.on_host(4, "ls /root/.ferry/replace/"), "", "read, then cleared");
 }
