@@ -392,9 +392,10 @@ fn gate_timeout(gate: &Gate<'_>) -> u64 {
 
 /// The parts of `docker inspect` that the gate hands back, as one JSON line: never the whole
 /// document, whose `Config.Env` holds the secrets (the detached replace step keeps the gate's
-/// output in a file).
+/// output in a file). The template runs on Docker's typed struct, whose field names are Go's
+/// (`ID`, not the JSON's `Id`).
 const INSPECT_DETAILS: &str = concat!(
-    r#"{"Id":{{json .Id}},"Name":{{json .Name}},"RestartCount":{{json .RestartCount}},"#,
+    r#"{"Id":{{json .ID}},"Name":{{json .Name}},"RestartCount":{{json .RestartCount}},"#,
     r#""State":{"Status":{{json .State.Status}},"StartedAt":{{json .State.StartedAt}},"#,
     r#""Health":{{if .State.Health}}{"Status":{{json .State.Health.Status}}}{{else}}null{{end}}},"#,
     r#""Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},"#,
