@@ -6,8 +6,9 @@
 //! the login's home (`/root`, private to the host), its private `/run`, `/dev/shm`, `/var/tmp`
 //! and `/tmp`, limited to files changed since the test started (the machine's `/tmp` is shared
 //! and large). Docker's own state is left out on purpose (`/var/lib/docker`, `/run/docker`,
-//! `/run/containerd`): Docker keeps a container's environment in its config there by design,
-//! which ferry cannot change; what ferry controls is that nothing else holds the value.
+//! `/run/containerd`, and the lab folder `net/hN/docker-lib` that backs `/var/lib/docker`):
+//! Docker keeps a container's environment in its config there by design, which ferry cannot
+//! change; what ferry controls is that nothing else holds the value.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ fn files_holding(fleet: &Fleet, n: usize, mark: &std::path::Path, needles: &[&st
     let patterns: String = needles.iter().map(|p| format!(" -e '{p}'")).collect();
     let script = format!(
         "find /root /run /dev/shm /var/tmp /tmp -xdev \
-           \\( -path /run/docker -o -path /run/containerd -o -path /var/lib/docker \\) -prune \
+           \\( -path /run/docker -o -path /run/containerd -o -path /var/lib/docker -o -path '*/docker-lib' \\) -prune \
            -o -type f -newer '{mark}' -print0 2>/dev/null | xargs -0 -r grep -lF{patterns} 2>/dev/null",
         mark = mark.display()
     );
@@ -190,7 +191,9 @@ fn a_link_cut_right_after_the_old_container_stopped_leaves_a_container_running_a
             unread["deployment"].as_str().unwrap()
         ))
         .run();
-    // The next deploy reports it too, and clears it.
+    // The next deploy reports it too, and clears it. The cut run could not release h4's lock
+    // (the link was down), and it expires only after its TTL: break it as an operator would.
+    fleet.on_host(4, "rm -rf /root/.ferry/locks/t-cut");
     let again = fleet.deploy("1.0", &[]).run();
     assert!(again.stdout.contains("an earlier replace step here (deployment "), "{}", again.stdout);
     assert_eq!(fleet.on_host(4, "ls /root/.ferry/replace/"), "", "read, then cleared");
