@@ -151,6 +151,8 @@ fn a_link_cut_right_after_the_old_container_stopped_leaves_a_container_running_a
         std::thread::sleep(Duration::from_millis(500));
     };
     let ended = cut.elapsed();
+    // A figure for the record (shown with --nocapture).
+    eprintln!("t-cut: the target's replace step ended {ended:?} after the cut");
     assert!(status.ends_with("done abandoned-restored\n"), "{status}");
     assert!(status.contains("\nstarted ") && status.contains("\ngated 0\n"), "2.0 ran and passed: {status}");
     // Exactly one container of the app runs, the old one, under its own name, and it stays so.
