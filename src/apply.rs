@@ -11,7 +11,8 @@
 //!
 //! 1. list the app's containers in this environment (with the pull, in one round trip; this
 //!    also proves `docker` answers);
-//! 2. the running container's `ferry.config-hash` equals the plan's → nothing to do; equal but
+//! 2. the running container's `ferry.config-hash` equals the plan's → nothing to change, but
+//!    it is gated first (a container that never passed its gate is no success); equal but
 //!    stopped → start it and gate it;
 //! 3. else write the env file through stdin (0600), stop the old container and rename it aside,
 //!    `docker run` the new one, remove the env file;
@@ -25,10 +26,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult, Started};
+use crate::docker::{self, Action, Brief, ContainerDetails, DockerError, GateResult};
 use crate::fanout::{Cancel, millis};
 use crate::host::Host;
 use crate::plan::{Plan, TargetPlan};
+use crate::replace::{self, Line, Outcome};
 use crate::report::{Event, Events, LineSplitter, Status};
 
 /// What the rollout needs from the planning stages, which it cannot compute itself.
@@ -252,16 +254,16 @@ async fn pull_batch(
     settings: &Settings,
     events: &Events,
     reports: &mut [Option<TargetReport>],
-) -> Vec<(usize, Vec<Brief>)> {
+) -> Vec<(usize, Listed)> {
     let image = plan.image.clone();
     let pulls = pull_all(plan, &batch, &image, connections, settings, events).await;
     let mut digests: Vec<(usize, Option<String>)> = Vec::new();
-    let mut containers: HashMap<usize, Vec<Brief>> = HashMap::new();
+    let mut containers: HashMap<usize, Listed> = HashMap::new();
     for (i, outcome) in pulls {
         match outcome {
-            Ok((digest, listed)) => {
+            Ok((digest, briefs, leftovers)) => {
                 digests.push((i, digest));
-                containers.insert(i, listed);
+                containers.insert(i, (briefs, leftovers));
             }
             Err((e, ms)) => {
                 let mut r = report(&plan.targets[i].target, failed_status(&e), Some(Action::Untouched), None);
@@ -319,7 +321,10 @@ async fn pull_batch(
     digests.into_iter().map(|(i, _)| (i, containers.remove(&i).unwrap_or_default())).collect()
 }
 
-type PullOutcome = Result<(Option<String>, Vec<Brief>), (DockerError, Duration)>;
+/// A target's containers of the app, and its replace steps that ended with nobody to read them.
+type Listed = (Vec<Brief>, Vec<replace::Leftover>);
+
+type PullOutcome = Result<(Option<String>, Vec<Brief>, Vec<replace::Leftover>), (DockerError, Duration)>;
 
 /// Pulls `image` on the targets at `indexes`, at most `parallel` at once.
 async fn pull_all(
@@ -348,7 +353,7 @@ async fn pull_all(
                 let _ =
                     events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
                 let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
-                if let Ok((Some(digest), _)) = &outcome {
+                if let Ok((Some(digest), _, _)) = &outcome {
                     let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
                 }
                 outcome.map_err(|e| (e, started.elapsed()))
@@ -379,7 +384,7 @@ fn failed_status(e: &DockerError) -> Status {
 async fn deploy_batch(
     plan: &Plan,
     planner: &Arc<dyn Planner>,
-    ready: Vec<(usize, Vec<Brief>)>,
+    ready: Vec<(usize, Listed)>,
     connections: &Connections,
     settings: &Settings,
     events: &Events,
@@ -390,13 +395,17 @@ async fn deploy_batch(
     let outcomes = crate::fanout::ordered(
         ready,
         limits,
-        |_, (i, containers)| {
+        |_, (i, (containers, leftovers))| {
             let tp = plan.targets[i].clone();
             let connection = connections.get(&tp.target).cloned();
             let job = Job {
                 deployment: plan.deployment.clone(),
+                app: plan.app.clone(),
+                environment: plan.environment.clone(),
+                version: plan.version.clone(),
                 target: tp,
                 containers,
+                leftovers,
                 planner: Arc::clone(planner),
                 settings: settings.clone(),
                 events: events.clone(),
@@ -444,9 +453,14 @@ async fn deploy_batch(
 /// One target's deployment.
 struct Job {
     deployment: String,
+    app: String,
+    environment: String,
+    version: String,
     target: TargetPlan,
     /// The app's containers there, as listed when the image was pulled.
     containers: Vec<Brief>,
+    /// Replace steps there that ended with nobody to read them (read and cleared by the pull).
+    leftovers: Vec<replace::Leftover>,
     planner: Arc<dyn Planner>,
     settings: Settings,
     events: Events,
@@ -481,6 +495,14 @@ impl Failure {
     }
 }
 
+/// Why following a replace step stopped early.
+enum Followed {
+    /// The step ended and failed.
+    Failure(Failure),
+    /// The link went away: the step goes on without ferry.
+    Lost(DockerError),
+}
+
 impl Job {
     fn step(&self, step: impl Into<String>) {
         let _ = self.events.send(Event::TargetStep { target: self.target.target.clone(), step: step.into() });
@@ -513,16 +535,15 @@ impl Job {
 
     async fn deploy(&self, host: &dyn Host) -> Result<(Action, Option<ContainerDetails>), Failure> {
         let tp = &self.target;
+        for l in &self.leftovers {
+            self.leftover(l);
+        }
         for extra in self.containers.iter().filter(|c| c.name != tp.container) {
             self.step(format!("found another container of this app: {} (left alone)", extra.name));
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
         match (decide(current.map(Live::from), tp, self.settings.force), current) {
-            (Decision::Unchanged, Some(current)) => {
-                self.step("unchanged: the running container has the planned config");
-                let container = docker::inspect(host, &current.id).await.map_err(Failure::untouched)?;
-                return Ok((Action::Unchanged, Some(container.details)));
-            }
+            (Decision::Unchanged, Some(current)) => return self.check_unchanged(host, &current.id).await,
             (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
             _ => {}
         }
@@ -533,29 +554,219 @@ impl Job {
             None => "creating",
         });
         let keep_as = format!("{}-ferry-old-{}", tp.container, short_id(&self.deployment));
-        let env_file = tp.env_file.as_ref().map(|f| (f.path.as_str(), f.content.expose().as_bytes()));
-        let replace = docker::Replace {
+        let request = replace::Request {
             name: &tp.container,
-            old: old.map(|(id, _)| id),
+            old,
             keep_as: &keep_as,
-            env_file,
+            env: tp.env_file.as_ref().map(|f| f.content.expose().as_bytes()),
             argv: &tp.exec_argv,
+            gate: self.gate_settings(false),
+            meta: replace::Meta {
+                app: &self.app,
+                environment: &self.environment,
+                deployment: &self.deployment,
+                version: &self.version,
+            },
         };
-        let unknown = "the old container may be stopped and renamed; run `ferry status` when it is back";
-        match docker::start_replacement(host, &replace).await.map_err(|e| Failure::lost(e, unknown))? {
-            Started::NotStarted(why) => Err(Failure {
+        let unknown = "the old container may be stopped and renamed; the target restores it by itself \
+                       unless this run confirmed the new one; run `ferry status` when it is back";
+        match replace::launch(host, &request).await {
+            Ok(replace::Launched::Running(leftover)) => {
+                if let Some(l) = leftover {
+                    self.leftover(&l);
+                }
+            }
+            Ok(replace::Launched::Busy(deployment)) => {
+                return Err(Failure {
+                    status: Status::Failed,
+                    action: Action::Untouched,
+                    error: format!(
+                        "the replace step of deployment {deployment} still runs here; it ends by itself \
+                         within {}s of losing its runner: deploy again then",
+                        replace::ABANDON_AFTER.as_secs()
+                    ),
+                    logs: Vec::new(),
+                });
+            }
+            Err(e) if e.is_connection() => return Err(Failure::lost(e, unknown)),
+            Err(e) => return Err(Failure::untouched(e)),
+        }
+        let action = if old.is_some() { Action::Replaced } else { Action::Created };
+        self.follow(host, old, action).await.map_err(|e| match e {
+            Followed::Failure(f) => f,
+            Followed::Lost(e) => Failure::lost(e, unknown),
+        })
+    }
+
+    /// Follows the detached replace step to its end: reports its steps, runs `post_deploy` once
+    /// the new container passed its gate, tells the step to keep or restore, reads the outcome
+    /// and clears it.
+    async fn follow(
+        &self,
+        host: &dyn Host,
+        old: Option<(&str, bool)>,
+        action: Action,
+    ) -> Result<(Action, Option<ContainerDetails>), Followed> {
+        let mut follower = replace::Follower::new(&self.target.container);
+        let (mut errors, mut gate_lines, mut logs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut why: Option<String> = None;
+        let mut healthy: Option<docker::Container> = None;
+        loop {
+            let lines = follower.next(host).await.map_err(Followed::Lost)?;
+            for line in lines {
+                match line {
+                    Line::Stopped => {}
+                    Line::Error(e) => errors.push(e),
+                    Line::NotStarted(step) => why = Some(format!("{step}: {}", errors.join("; "))),
+                    Line::RunFailed(status) => {
+                        let said = if errors.is_empty() {
+                            format!("docker run: {status}")
+                        } else {
+                            errors.join("; ")
+                        };
+                        why = Some(format!("docker run failed: {said}"));
+                        self.restoring(old);
+                    }
+                    Line::Started(_) => {
+                        errors.clear();
+                        self.step("health gate");
+                    }
+                    Line::Gate(text) => gate_lines.push(text),
+                    Line::Gated(passed) => match replace::gate_result(passed, &gate_lines) {
+                        Ok(GateResult::Healthy(how, container)) => {
+                            self.step(how);
+                            let verdict = self.post_deploy(host, &follower, &container.details).await;
+                            if let Err(e) = &verdict {
+                                why = Some(e.clone());
+                                self.restoring(old);
+                            }
+                            follower.decide(host, verdict.is_ok()).await.map_err(Followed::Lost)?;
+                            healthy = Some(*container);
+                        }
+                        Ok(GateResult::Unhealthy(reason)) => {
+                            why = Some(format!("health gate: {reason}"));
+                            self.restoring(old);
+                        }
+                        Err(e) => {
+                            why = Some(format!("health gate: {e}"));
+                            self.restoring(old);
+                        }
+                    },
+                    Line::Log(line) => logs.push(line),
+                    Line::Warning(text) => self.step(text),
+                    Line::Done(outcome) => {
+                        // The outcome is read: the step's folder can go.
+                        let _ = follower.collect(host).await;
+                        return self.outcome(outcome, action, why, healthy, errors, logs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The report of a finished replace step.
+    fn outcome(
+        &self,
+        outcome: Outcome,
+        action: Action,
+        why: Option<String>,
+        healthy: Option<docker::Container>,
+        errors: Vec<String>,
+        logs: Vec<String>,
+    ) -> Result<(Action, Option<ContainerDetails>), Followed> {
+        let why = why.unwrap_or_else(|| outcome.describe().to_string());
+        let failure = |status, action, error| Followed::Failure(Failure { status, action, error, logs });
+        match outcome {
+            Outcome::Committed => Ok((action, healthy.map(|c| c.details))),
+            Outcome::Untouched => Err(failure(Status::Failed, Action::Untouched, why)),
+            Outcome::Restored => Err(failure(Status::Failed, Action::Restored, why)),
+            Outcome::RestoreFailed => Err(failure(
+                Status::Error,
+                Action::Untouched,
+                format!(
+                    "{why}; and restoring the old container failed: restore the old container: {}",
+                    errors.join("; ")
+                ),
+            )),
+            Outcome::AbandonedRestored
+            | Outcome::AbandonedRestoreFailed
+            | Outcome::AbandonedKept
+            | Outcome::Vanished => {
+                let action =
+                    if outcome == Outcome::AbandonedRestored { Action::Restored } else { Action::Untouched };
+                Err(failure(
+                    Status::Error,
+                    action,
+                    format!("the target lost track of this run: {}", outcome.describe()),
+                ))
+            }
+        }
+    }
+
+    fn leftover(&self, l: &replace::Leftover) {
+        self.step(format!(
+            "an earlier replace step here (deployment {}, {}) ended with nobody to read it: {}",
+            l.deployment, l.version, l.outcome
+        ));
+    }
+
+    fn restoring(&self, old: Option<(&str, bool)>) {
+        self.step(match old {
+            Some(_) => "failed: restoring the old container",
+            None => "failed: removing the new container",
+        });
+    }
+
+    /// Runs `post_deploy` while telling the replace step ferry is still there; the error text
+    /// when it fails.
+    async fn post_deploy(
+        &self,
+        host: &dyn Host,
+        follower: &replace::Follower,
+        container: &ContainerDetails,
+    ) -> Result<(), String> {
+        let script = match self.planner.post_deploy(&self.target.target, container) {
+            Ok(None) => return Ok(()),
+            Ok(Some(script)) => script,
+            Err(e) => return Err(format!("post_deploy: {e}")),
+        };
+        self.step("post_deploy");
+        let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(replace::HEARTBEAT).await;
+                let _ = follower.heartbeat(host).await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = docker::post_deploy(host, &script, &mut sink) => outcome,
+            () = heartbeat => Ok(()),
+        };
+        sink.flush();
+        outcome.map_err(|e| e.to_string())
+    }
+
+    /// The running container has the planned config: it is left alone, but "unchanged" is a
+    /// success only once it passes the gate (its HEALTHCHECK, else `health.cmd`, else running
+    /// for the grace period since it started), so a container that never passed its gate (the
+    /// runner died or the link dropped mid-gate) is not recorded as a success now.
+    async fn check_unchanged(
+        &self,
+        host: &dyn Host,
+        id: &str,
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        self.step("unchanged: the running container has the planned config");
+        match self.gate_since_start(host, id, true).await {
+            Ok(container) => Ok((Action::Unchanged, Some(container.details))),
+            Err(why) => Err(Failure {
                 status: Status::Failed,
-                action: Action::Untouched,
-                error: why,
-                logs: Vec::new(),
+                action: Action::Unchanged,
+                error: format!(
+                    "the running container has the planned config but is not healthy: {why} \
+                     (left as it is; `--force` replaces it)"
+                ),
+                logs: docker::logs(host, id).await,
             }),
-            Started::RunFailed(why) => {
-                Err(self.restore(host, old, format!("docker run failed: {why}")).await)
-            }
-            Started::Running(id) => {
-                let action = if old.is_some() { Action::Replaced } else { Action::Created };
-                self.gate_and_finish(host, &id, old, action).await
-            }
         }
     }
 
@@ -577,47 +788,21 @@ impl Job {
         }
     }
 
-    async fn gate_and_finish(
+    /// The gate's verdict: the healthy container, or why not.
+    async fn gate(&self, host: &dyn Host, id: &str) -> Result<docker::Container, String> {
+        self.gate_since_start(host, id, false).await
+    }
+
+    /// [`Job::gate`]; `since_start` counts the grace period from the container's start (a
+    /// container that has run for longer needs no wait) instead of from now.
+    async fn gate_since_start(
         &self,
         host: &dyn Host,
         id: &str,
-        old: Option<(&str, bool)>,
-        action: Action,
-    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
-        let container = match self.gate(host, id).await {
-            Ok(container) => container,
-            Err(why) => return Err(self.restore(host, old, why).await),
-        };
-        match self.planner.post_deploy(&self.target.target, &container.details) {
-            Ok(None) => {}
-            Ok(Some(script)) => {
-                self.step("post_deploy");
-                let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
-                let outcome = docker::post_deploy(host, &script, &mut sink).await;
-                sink.flush();
-                if let Err(e) = outcome {
-                    return Err(self.restore(host, old, e.to_string()).await);
-                }
-            }
-            Err(e) => return Err(self.restore(host, old, format!("post_deploy: {e}")).await),
-        }
-        if let Some((old_id, _)) = old
-            && let Err(e) = docker::remove(host, old_id).await
-        {
-            self.step(format!("the old container {old_id} could not be removed: {e}"));
-        }
-        Ok((action, Some(container.details)))
-    }
-
-    /// The gate's verdict: the healthy container, or why not.
-    async fn gate(&self, host: &dyn Host, id: &str) -> Result<docker::Container, String> {
+        since_start: bool,
+    ) -> Result<docker::Container, String> {
         self.step("health gate");
-        let gate = docker::Gate {
-            cmd: self.target.health_cmd.as_deref(),
-            timeout: self.settings.timeout,
-            interval: self.settings.interval,
-            grace: self.settings.grace,
-        };
+        let gate = self.gate_settings(since_start);
         match docker::gate(host, id, &gate).await {
             Ok(GateResult::Healthy(how, container)) => {
                 self.step(how);
@@ -628,22 +813,13 @@ impl Job {
         }
     }
 
-    /// Removes the failed new container and brings the old one back.
-    async fn restore(&self, host: &dyn Host, old: Option<(&str, bool)>, why: String) -> Failure {
-        self.step(match old {
-            Some(_) => "failed: restoring the old container",
-            None => "failed: removing the new container",
-        });
-        let logs = docker::logs(host, &self.target.container).await;
-        let (old_id, was_running) = old.map_or((None, false), |(id, running)| (Some(id), running));
-        match docker::restore(host, &self.target.container, old_id, was_running).await {
-            Ok(()) => Failure { status: Status::Failed, action: Action::Restored, error: why, logs },
-            Err(e) => Failure {
-                status: Status::Error,
-                action: Action::Untouched,
-                error: format!("{why}; and restoring the old container failed: {e}"),
-                logs,
-            },
+    fn gate_settings(&self, since_start: bool) -> docker::Gate<'_> {
+        docker::Gate {
+            cmd: self.target.health_cmd.as_deref(),
+            timeout: self.settings.timeout,
+            interval: self.settings.interval,
+            grace: self.settings.grace,
+            since_start,
         }
     }
 
@@ -779,28 +955,46 @@ mod tests {
         Reply::ok(&format!("gate: health.cmd passed\n--- inspect\n{INSPECT}\n"))
     }
 
-    // Patterns that pick out each docker step's script (see `crate::docker`).
+    // Patterns that pick out each step's script (see `crate::docker`, `crate::replace`). The
+    // launch embeds the whole detached script, so it is matched first.
     const PULL: &str = "docker pull";
-    const REPLACE: &str = "envf=";
+    const LAUNCH: &str = "ferry-replace";
+    const FOLLOW: &str = "wc -c";
+    const DECIDE: &str = "decision.new";
+    const COLLECT: &str = "rm -rf \"$HOME/.ferry/replace/\"";
+    const HEARTBEAT: &str = "touch \"$HOME/.ferry/replace/\"";
     const GATE: &str = "grace_ms=";
     const LOGS: &str = "docker logs --tail";
-    const RESTORE: &str = "> /dev/null 2>&1; ";
-    const REMOVE_OLD: &str = "docker rm -f old1 > /dev/null";
     const MIRROR: &str = "audit.log";
     const POST_DEPLOY: &str = "notify-deployed";
 
-    /// A target where every step succeeds unless `overrides` (checked first) say otherwise.
+    /// The replace step's status lines up to a passed gate.
+    fn gated_healthy() -> String {
+        format!("stopped\nstarted new1\ng gate: health.cmd passed\ng --- inspect\ng {INSPECT}\ngated 0\n")
+    }
+
+    /// A target where every step succeeds unless `overrides` (checked first) say otherwise: the
+    /// replace step's status file reads up to a passed gate on the first poll, and ends with the
+    /// new container kept on the next.
     fn target(name: &str, overrides: Vec<(&str, Reply)>) -> FakeHost {
         let mut host = FakeHost::new(name);
         for (pattern, reply) in overrides {
             host = host.on(pattern, reply);
         }
-        host.on(PULL, Reply::ok(&listed("hash-old", "running")))
-            .on(REPLACE, Reply::ok("new1\n"))
+        with_defaults(host)
+    }
+
+    /// `host`'s own rules, then every step succeeding (see [`target`]).
+    fn with_defaults(host: FakeHost) -> FakeHost {
+        host.on(LAUNCH, Reply::ok("--- launched\n"))
+            .on(PULL, Reply::ok(&listed("hash-old", "running")))
+            .on_times(FOLLOW, 1, Reply::ok(&gated_healthy()))
+            .on(FOLLOW, Reply::ok(&format!("{}done committed\n", gated_healthy())))
+            .on(DECIDE, Reply::ok(""))
+            .on(COLLECT, Reply::ok(""))
+            .on(HEARTBEAT, Reply::ok(""))
             .on(GATE, healthy())
             .on(LOGS, Reply::ok("log line 1\nlog line 2\n"))
-            .on(RESTORE, Reply::ok(""))
-            .on(REMOVE_OLD, Reply::ok(""))
             .on(POST_DEPLOY, Reply::ok("notified\n"))
             .on(MIRROR, Reply::ok(""))
     }
@@ -808,12 +1002,14 @@ mod tests {
     /// Which steps ran, in order, named by their pattern.
     fn steps(host: &FakeHost) -> Vec<&'static str> {
         let names = [
+            LAUNCH,
             PULL,
-            REPLACE,
+            FOLLOW,
+            DECIDE,
+            COLLECT,
+            HEARTBEAT,
             GATE,
             LOGS,
-            RESTORE,
-            REMOVE_OLD,
             POST_DEPLOY,
             MIRROR,
             "docker inspect",
@@ -826,15 +1022,31 @@ mod tests {
     }
 
     async fn deploy(hosts: Vec<Arc<FakeHost>>, post_deploy: Option<&str>, force: bool) -> Applied {
+        deploy_with_events(hosts, post_deploy, force).await.0
+    }
+
+    /// The rollout, and the step messages it sent.
+    async fn deploy_with_events(
+        hosts: Vec<Arc<FakeHost>>,
+        post_deploy: Option<&str>,
+        force: bool,
+    ) -> (Applied, Vec<String>) {
         let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
         let plan = plan(&names.iter().map(String::as_str).collect::<Vec<_>>());
         let connections: Connections =
             hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect();
-        let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
         let planner: Arc<dyn Planner> = Arc::new(TestPlanner(post_deploy.map(str::to_string)));
         let settings = Settings { force, ..settings() };
-        apply(plan, planner, &connections, &settings, &events, cancel).await
+        let applied = apply(plan, planner, &connections, &settings, &events, cancel).await;
+        let mut steps = Vec::new();
+        while let Ok(event) = received.try_recv() {
+            if let Event::TargetStep { step, .. } = event {
+                steps.push(step);
+            }
+        }
+        (applied, steps)
     }
 
     async fn deploy_one(host: FakeHost, post_deploy: Option<&str>) -> (Arc<FakeHost>, TargetReport) {
@@ -844,9 +1056,15 @@ mod tests {
         (host, report)
     }
 
-    /// The restore script gave the old container its name back and started it again.
-    fn restored_and_started(host: &FakeHost) -> bool {
-        host.ran(RESTORE).iter().any(|c| c.contains("docker rename old1 web-dev && docker start old1"))
+    /// The replace step was told which container to keep aside, and that it was running (so a
+    /// restore starts it again).
+    fn keeps_the_running_old_container(host: &FakeHost) -> bool {
+        host.ran(LAUNCH).iter().any(|c| c.contains("old=old1;") && c.contains("old_running=1;"))
+    }
+
+    /// The status file of a replace step that failed after `lines` and restored the old one.
+    fn failed_then_restored(lines: &str) -> Reply {
+        Reply::ok(&format!("{lines}log log line 1\nlog log line 2\ndone restored\n"))
     }
 
     #[tokio::test]
@@ -854,12 +1072,14 @@ mod tests {
         let (host, r) = deploy_one(target("t1", vec![]), Some("notify-deployed")).await;
         assert_eq!((r.status, r.action, r.error.as_deref()), (Status::Ok, Some(Action::Replaced), None));
         assert_eq!(r.container.as_ref().map(|c| c.id.as_str()), Some("new1"));
-        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, REMOVE_OLD, MIRROR]);
-        let replace = &host.ran(REPLACE)[0];
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, POST_DEPLOY, DECIDE, FOLLOW, COLLECT, MIRROR]);
+        let launch = &host.ran(LAUNCH)[0];
         assert!(
-            replace.contains("old=old1") && replace.contains("keep=web-dev-ferry-old-0123456789ab"),
-            "{replace}"
+            launch.contains("old=old1;") && launch.contains("keep=web-dev-ferry-old-0123456789ab;"),
+            "{launch}"
         );
+        assert!(launch.contains("setsid"), "detached from the session: {launch}");
+        assert!(host.ran(DECIDE)[0].contains(" commit "), "{:?}", host.ran(DECIDE));
         let mirror = host.calls().into_iter().find(|c| c.command.contains(MIRROR)).unwrap();
         let line = String::from_utf8(mirror.stdin.unwrap()).unwrap();
         assert!(line.ends_with("ferry deploy web 1.0 to dev -> replaced\n"), "{line}");
@@ -867,27 +1087,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_gate_restores_and_restarts_the_old_container() {
-        let unhealthy = Reply::Exit {
-            code: 1,
-            stdout: "gate: not healthy after 5s\nconnection refused\n".into(),
-            stderr: String::new(),
-        };
-        let (host, r) = deploy_one(target("t1", vec![(GATE, unhealthy)]), None).await;
+        let status = failed_then_restored(
+            "stopped\nstarted new1\ng gate: not healthy after 5s\ng connection refused\ngated 1\n",
+        );
+        let (host, r) = deploy_one(target("t1", vec![(FOLLOW, status)]), None).await;
         assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
         assert_eq!(r.error.as_deref(), Some("health gate: not healthy after 5s: connection refused"));
         assert_eq!(r.logs, ["log line 1", "log line 2"]);
-        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
-        assert!(restored_and_started(&host), "{:?}", host.calls());
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, COLLECT, MIRROR], "the target restored it by itself");
+        assert!(keeps_the_running_old_container(&host), "{:?}", host.calls());
     }
 
     #[tokio::test]
     async fn the_targets_mirror_line_masks_a_secret_the_health_check_printed() {
-        let unhealthy = Reply::Exit {
-            code: 1,
-            stdout: format!("gate: not healthy after 5s\nTOKEN={SECRET_VALUE} rejected\n"),
-            stderr: String::new(),
-        };
-        let (host, r) = deploy_one(target("t1", vec![(GATE, unhealthy)]), None).await;
+        // The detached step reports the gate's output, which echoes the secret.
+        let status = failed_then_restored(&format!(
+            "stopped\nstarted new1\ng gate: not healthy after 5s\ng TOKEN={SECRET_VALUE} rejected\ngated 1\n"
+        ));
+        let (host, r) = deploy_one(target("t1", vec![(FOLLOW, status)]), None).await;
         assert_eq!(r.status, Status::Failed);
         let mirror = host.calls().into_iter().find(|c| c.command.contains(MIRROR)).unwrap();
         assert!(mirror.command.starts_with("umask 077;"), "created private: {}", mirror.command);
@@ -917,45 +1134,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_replace_script_that_cannot_stop_the_old_container_changes_nothing() {
-        let overrides = vec![(REPLACE, Reply::fail(91, "Error response from daemon: cannot stop"))];
-        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        let status = Reply::ok(
+            "err Error response from daemon: cannot stop\nnotstarted cannot stop the old container\ndone untouched\n",
+        );
+        let (host, r) = deploy_one(target("t1", vec![(FOLLOW, status)]), None).await;
         assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
         assert_eq!(
             r.error.as_deref(),
             Some("cannot stop the old container: Error response from daemon: cannot stop")
         );
-        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR], "nothing to restore");
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, COLLECT, MIRROR], "nothing to restore");
     }
 
     #[tokio::test]
     async fn a_failed_docker_run_restores_the_old_container() {
-        let overrides = vec![(REPLACE, Reply::fail(125, "docker: invalid reference format"))];
-        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        let status =
+            failed_then_restored("stopped\nerr docker: invalid reference format\nrunfailed exit 125\n");
+        let (host, r) = deploy_one(target("t1", vec![(FOLLOW, status)]), None).await;
         assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
         assert_eq!(r.error.as_deref(), Some("docker run failed: docker: invalid reference format"));
-        assert_eq!(steps(&host), [PULL, REPLACE, LOGS, RESTORE, MIRROR]);
-        assert!(restored_and_started(&host));
+        assert_eq!(r.logs, ["log line 1", "log line 2"]);
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, COLLECT, MIRROR]);
+        assert!(keeps_the_running_old_container(&host));
     }
 
     #[tokio::test]
     async fn a_failed_post_deploy_restores_the_old_container() {
-        let overrides = vec![(POST_DEPLOY, Reply::fail(2, ""))];
-        let (host, r) = deploy_one(target("t1", overrides), Some("notify-deployed")).await;
+        // The first poll reads up to the passed gate; the second, after the decision, the restore.
+        let host = FakeHost::new("t1")
+            .on(POST_DEPLOY, Reply::fail(2, ""))
+            .on_times(FOLLOW, 1, Reply::ok(&gated_healthy()))
+            .on(FOLLOW, failed_then_restored(&gated_healthy()));
+        let host = with_defaults(host);
+        let (host, r) = deploy_one(host, Some("notify-deployed")).await;
         assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Restored)));
         assert_eq!(r.error.as_deref(), Some("post_deploy: exit 2"));
-        assert_eq!(steps(&host), [PULL, REPLACE, GATE, POST_DEPLOY, LOGS, RESTORE, MIRROR]);
-        assert!(restored_and_started(&host));
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, POST_DEPLOY, DECIDE, FOLLOW, COLLECT, MIRROR]);
+        assert!(host.ran(DECIDE)[0].contains(" restore "), "{:?}", host.ran(DECIDE));
     }
 
     #[tokio::test]
     async fn a_failed_restore_is_an_error_that_says_so() {
-        let unhealthy = Reply::Exit {
-            code: 1,
-            stdout: "gate: the container is exited (it exited)\n".into(),
-            stderr: String::new(),
-        };
-        let overrides = vec![(GATE, unhealthy), (RESTORE, Reply::fail(1, "No such container: old1"))];
-        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        let status = Reply::ok(
+            "stopped\nstarted new1\ng gate: the container is exited (it exited)\ngated 1\n\
+             err No such container: old1\ndone restore-failed\n",
+        );
+        let (host, r) = deploy_one(target("t1", vec![(FOLLOW, status)]), None).await;
         assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
         assert_eq!(
             r.error.as_deref(),
@@ -963,29 +1187,76 @@ mod tests {
                 "health gate: the container is exited (it exited); and restoring the old container failed: restore the old container: No such container: old1"
             )
         );
-        assert_eq!(steps(&host), [PULL, REPLACE, GATE, LOGS, RESTORE, MIRROR]);
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, COLLECT, MIRROR]);
     }
 
     #[tokio::test]
     async fn a_link_lost_after_the_old_container_stopped_is_an_error_pointing_at_status() {
-        let (host, r) = deploy_one(target("t1", vec![(REPLACE, Reply::Lost)]), None).await;
+        let (host, r) = deploy_one(target("t1", vec![(LAUNCH, Reply::Lost)]), None).await;
         assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
         let error = r.error.unwrap_or_default();
         assert!(error.starts_with("connection lost (fake host t1: connection lost)"), "{error}");
         assert!(error.contains("run `ferry status` when it is back"), "{error}");
         // The mirror line was attempted on the dead link, and nothing else ran after the loss.
-        assert_eq!(steps(&host), [PULL, REPLACE, MIRROR]);
+        assert_eq!(steps(&host), [PULL, LAUNCH, MIRROR]);
+    }
+
+    /// The link drops while the step runs: ferry neither decides nor clears anything, so the
+    /// step on the target (which restores the old container when nobody collects its result)
+    /// is left to finish alone, and the report says so.
+    #[tokio::test]
+    async fn a_link_lost_mid_step_leaves_the_target_to_restore_by_itself() {
+        let host = FakeHost::new("t1").on_times(FOLLOW, 1, Reply::ok("stopped\n")).on(FOLLOW, Reply::Lost);
+        let (host, r) = deploy_one(with_defaults(host), None).await;
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("the target restores it by itself unless this run confirmed the new one"),
+            "{error}"
+        );
+        assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, FOLLOW, MIRROR], "no decision, nothing cleared");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_step_nobody_collected_is_reported_by_the_next_deploy() {
+        let launch = Reply::ok(
+            "--- leftover\napp=web\nenvironment=dev\ndeployment=d0\nversion=0.9\n\ndone abandoned-restored\n--- launched\n",
+        );
+        let host = Arc::new(target("t1", vec![(LAUNCH, launch)]));
+        let (applied, steps) = deploy_with_events(vec![Arc::clone(&host)], None, false).await;
+        assert_eq!(applied.reports[0].status, Status::Ok);
+        let said = "an earlier replace step here (deployment d0, 0.9) ended with nobody to read it: \
+                    nobody collected the result: the script restored the old container by itself";
+        assert!(steps.iter().any(|s| s == said), "{steps:?}");
+
+        // Usually the deployment's first round trip finds it (and clears it), also for a no-op.
+        let pulled = format!(
+            "{}--- leftovers\n--- step\napp=web\nenvironment=dev\ndeployment=d0\nversion=0.9\n\ndone abandoned-restored\n",
+            listed(PLANNED, "running")
+        );
+        let host = Arc::new(target("t2", vec![(PULL, Reply::ok(&pulled))]));
+        let (applied, steps) = deploy_with_events(vec![Arc::clone(&host)], None, false).await;
+        assert_eq!(applied.reports[0].action, Some(Action::Unchanged));
+        assert!(steps.iter().any(|s| s == said), "{steps:?}");
+        assert!(host.ran(PULL)[0].contains("rm -rf \"$d\""), "the pull clears what it read");
+    }
+
+    #[tokio::test]
+    async fn a_step_still_running_from_another_run_is_not_disturbed() {
+        let launch = Reply::ok("--- busy\napp=web\nenvironment=dev\ndeployment=d0\nversion=0.9\n");
+        let (host, r) = deploy_one(target("t1", vec![(LAUNCH, launch)]), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Untouched)));
+        assert!(r.error.unwrap_or_default().starts_with("the replace step of deployment d0 still runs here"));
+        assert_eq!(steps(&host), [PULL, LAUNCH, MIRROR]);
     }
 
     #[tokio::test]
     async fn an_unchanged_running_container_is_left_alone_and_a_stopped_one_is_started() {
-        let running = target(
-            "t1",
-            vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), ("docker inspect", Reply::ok(INSPECT))],
-        );
+        let running = target("t1", vec![(PULL, Reply::ok(&listed(PLANNED, "running")))]);
         let (host, r) = deploy_one(running, None).await;
         assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Unchanged)));
-        assert_eq!(steps(&host), [PULL, "docker inspect", MIRROR]);
+        assert_eq!(steps(&host), [PULL, GATE, MIRROR], "checked, then left alone");
+        assert!(host.ran(GATE)[0].contains("c=old1;"), "the running container is the one gated");
 
         let stopped = target(
             "t2",
@@ -994,6 +1265,30 @@ mod tests {
         let (host, r) = deploy_one(stopped, None).await;
         assert_eq!((r.status, r.action), (Status::Ok, Some(Action::Started)));
         assert_eq!(steps(&host), [PULL, "docker start", GATE, MIRROR]);
+    }
+
+    /// A container with the planned config whose gate never passed (the runner died mid-gate)
+    /// is not a success on the next run: the no-op checks health first.
+    #[tokio::test]
+    async fn unchanged_means_checked_an_unhealthy_container_with_the_planned_config_fails() {
+        let unhealthy = Reply::Exit {
+            code: 1,
+            stdout: "gate: unhealthy (image HEALTHCHECK)\nwget: connection refused\n".into(),
+            stderr: String::new(),
+        };
+        let overrides = vec![(PULL, Reply::ok(&listed(PLANNED, "running"))), (GATE, unhealthy)];
+        let (host, r) = deploy_one(target("t1", overrides), None).await;
+        assert_eq!((r.status, r.action), (Status::Failed, Some(Action::Unchanged)));
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "the running container has the planned config but is not healthy: health gate: unhealthy \
+                 (image HEALTHCHECK): wget: connection refused (left as it is; `--force` replaces it)"
+            )
+        );
+        assert_eq!(r.logs, ["log line 1", "log line 2"]);
+        assert_eq!(steps(&host), [PULL, GATE, LOGS, MIRROR], "nothing replaced, stopped or removed");
+        assert!(host.ran(GATE)[0].contains("if [ 1 = 1 ]"), "the grace counts from the container's start");
     }
 
     #[tokio::test]
@@ -1007,7 +1302,7 @@ mod tests {
         let got: Vec<(&str, Status)> =
             applied.reports.iter().map(|r| (r.target.as_str(), r.status)).collect();
         assert_eq!(got, [("a", Status::Ok), ("b", Status::Error), ("c", Status::Ok)]);
-        assert!(hosts[1].ran(REPLACE).is_empty());
+        assert!(hosts[1].ran(LAUNCH).is_empty());
     }
 
     #[test]

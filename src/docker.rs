@@ -209,6 +209,14 @@ pub struct Login {
     pub password: crate::secret::Secret,
 }
 
+/// The name prefix of the private Docker client configs that registry logins use.
+const DOCKER_CONFIG_PREFIX: &str = "docker-config-";
+
+/// Removes private client configs that a killed pull left behind (a `KILL` runs no trap): any
+/// older than the pull deadline is no other pull's.
+const DOCKER_CONFIG_SWEEP: &str =
+    "find \"$HOME/.ferry\" -maxdepth 1 -name 'docker-config-*' -mmin +11 -exec rm -rf {} + 2>/dev/null\n";
+
 /// What a deployment needs to know about an existing container to decide what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Brief {
@@ -224,35 +232,45 @@ pub struct Brief {
 
 /// Pulls `image` and lists the containers of `app` in `environment`, in one round trip and
 /// one `docker ps` (a deployment's hot path: each docker CLI start costs tens of milliseconds
-/// of CPU on the target).
+/// of CPU on the target); also reads (and clears) the outcomes of this app's replace steps that
+/// ended with nobody to read them, so that the deployment can report them.
 pub async fn pull_and_list(
     host: &dyn Host,
     image: &str,
     app: &str,
     environment: &str,
     login: Option<&Login>,
-) -> Result<(Option<String>, Vec<Brief>), DockerError> {
-    // The password reaches `docker login` through the channel's stdin, never a command line.
+) -> Result<(Option<String>, Vec<Brief>, Vec<crate::replace::Leftover>), DockerError> {
+    // The password reaches `docker login` through the channel's stdin, never a command line,
+    // and is stored only in a private client config (0700, random name) that this script
+    // removes when the pull is done, whatever way it ends: nothing stays logged in.
     let login_step = login.map_or_else(String::new, |l| {
         format!(
-            "docker login --username {} --password-stdin {} > /dev/null || exit 1; ",
+            "{DOCKER_CONFIG_SWEEP}\
+             cfg=$(umask 077 && mkdir -p \"$HOME/.ferry\" && mktemp -d \"$HOME/.ferry/{DOCKER_CONFIG_PREFIX}XXXXXXXX\") || exit 1\n\
+             trap 'rm -rf \"$cfg\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
+             export DOCKER_CONFIG=\"$cfg\"\n\
+             docker login --username {} --password-stdin {} > /dev/null || exit 1\n",
             q(&l.username),
             q(&l.registry)
         )
     });
     let stdin = login.map(|l| l.password.expose().as_bytes());
     let script = format!(
-        "{login_step}docker pull {image} || exit 1; echo '--- containers'; \
+        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
-           --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}'",
+           --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}' || exit 1\n\
+         echo '--- leftovers'\n{collect}",
         image = q(image),
         app = q(app),
         env = q(environment),
+        collect = crate::replace::collect_leftovers_script(app, environment),
     );
     let out = sh(host, "docker pull", &script, stdin, PULL_DEADLINE).await?;
     let text = out.text();
     let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
-    Ok((pulled_digest(pulled), parse_briefs(listed)))
+    let (listed, leftovers) = listed.split_once("--- leftovers\n").unwrap_or((listed, ""));
+    Ok((pulled_digest(pulled), parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
 
 /// Reads the `docker ps` lines of [`pull_and_list`].
@@ -310,84 +328,6 @@ pub fn repository_of(image: &str) -> &str {
     }
 }
 
-/// What a replacement needs on the target.
-#[derive(Debug, Clone)]
-pub struct Replace<'a> {
-    /// The name the new container gets.
-    pub name: &'a str,
-    /// The running (or stopped) container to keep aside, by id.
-    pub old: Option<&'a str>,
-    /// The name the old container is kept under until the new one is healthy.
-    pub keep_as: &'a str,
-    /// The env file: its path (relative to the login folder) and content, sent through stdin.
-    pub env_file: Option<(&'a str, &'a [u8])>,
-    /// The `docker run` argv.
-    pub argv: &'a [String],
-}
-
-/// Exit codes of the replace script for steps before `docker run`: nothing was changed.
-const EXIT_ENV_FILE: u32 = 90;
-const EXIT_STOP: u32 = 91;
-const EXIT_RENAME: u32 = 92;
-
-/// How a replacement attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Started {
-    /// The new container runs (its id).
-    Running(String),
-    /// `docker run` failed (Docker's message); the old container is stopped and renamed.
-    RunFailed(String),
-    /// A step before `docker run` failed; the old container is as it was.
-    NotStarted(String),
-}
-
-/// Writes the env file (mode 0600, through stdin), stops and renames the old container, runs
-/// the new one and removes the env file, all in one script. `docker stop` waits the container's
-/// own stop timeout (10 s unless the template sets `--stop-timeout`).
-pub async fn start_replacement(host: &dyn Host, replace: &Replace<'_>) -> Result<Started, DockerError> {
-    let run = shell::join(replace.argv)
-        .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
-    let (env_path, stdin) = match replace.env_file {
-        Some((path, content)) => (path, Some(content)),
-        None => ("", None),
-    };
-    let script = format!(
-        "c={name}; old={old}; keep={keep}; envf={envf}\n\
-         if [ -n \"$envf\" ]; then (umask 077 && mkdir -p \"${{envf%/*}}\" && cat > \"$envf\") || exit {EXIT_ENV_FILE}; fi\n\
-         if [ -n \"$old\" ]; then\n\
-           docker stop \"$old\" > /dev/null || {{ rm -f \"$envf\"; exit {EXIT_STOP}; }}\n\
-           docker rename \"$old\" \"$keep\" || {{ docker start \"$old\" > /dev/null; rm -f \"$envf\"; exit {EXIT_RENAME}; }}\n\
-         fi\n\
-         {run}\n\
-         rc=$?\n\
-         [ -z \"$envf\" ] || rm -f \"$envf\"\n\
-         exit $rc",
-        name = q(replace.name),
-        old = q(replace.old.unwrap_or_default()),
-        keep = q(replace.keep_as),
-        envf = q(env_path),
-    );
-    let mut out = Capture::default();
-    let status = host.exec(&script, stdin, Some(STEP_DEADLINE), &mut out).await?;
-    let errors = last_lines(&out.errors(), 3);
-    Ok(match status {
-        crate::exec::ExitStatus::Code(0) => {
-            let id = out.text().lines().last().unwrap_or_default().trim().to_string();
-            Started::Running(id)
-        }
-        crate::exec::ExitStatus::Code(EXIT_ENV_FILE) => {
-            Started::NotStarted(format!("cannot write the env file: {errors}"))
-        }
-        crate::exec::ExitStatus::Code(EXIT_STOP) => {
-            Started::NotStarted(format!("cannot stop the old container: {errors}"))
-        }
-        crate::exec::ExitStatus::Code(EXIT_RENAME) => {
-            Started::NotStarted(format!("cannot rename the old container: {errors}"))
-        }
-        other => Started::RunFailed(if errors.is_empty() { format!("docker run: {other}") } else { errors }),
-    })
-}
-
 /// The last lines a container wrote (stdout and stderr), oldest first.
 pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
@@ -395,30 +335,6 @@ pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
         Ok(out) => out.text().lines().map(str::to_string).collect(),
         Err(_) => Vec::new(),
     }
-}
-
-/// Removes the failed new container `name` and gives its name back to `old` (started again when
-/// `start_old`).
-pub async fn restore(
-    host: &dyn Host,
-    name: &str,
-    old: Option<&str>,
-    start_old: bool,
-) -> Result<(), DockerError> {
-    let mut script = format!("docker rm -f {} > /dev/null 2>&1; ", q(name));
-    if let Some(old) = old {
-        script += &format!("docker rename {old} {name}", old = q(old), name = q(name));
-        if start_old {
-            script += &format!(" && docker start {} > /dev/null", q(old));
-        }
-    }
-    sh(host, "restore the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
-}
-
-/// Removes a container (the old one, once the new one is healthy).
-pub async fn remove(host: &dyn Host, container: &str) -> Result<(), DockerError> {
-    let script = format!("docker rm -f {} > /dev/null", q(container));
-    sh(host, "remove the old container", &script, None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// Starts a stopped container.
@@ -444,6 +360,9 @@ pub struct Gate<'a> {
     pub interval: Duration,
     /// Without a check: how long the container must keep running.
     pub grace: Duration,
+    /// Count the grace period from the container's start (`StartedAt`, on the target's clock)
+    /// rather than from now: for a container that was already running.
+    pub since_start: bool,
 }
 
 /// How the gate ended.
@@ -460,14 +379,43 @@ pub enum GateResult {
 /// slept, so it is never shorter). A container that stops or restarts fails at once. The loop
 /// runs on the target: one round trip, not one per poll.
 pub async fn gate(host: &dyn Host, container: &str, gate: &Gate<'_>) -> Result<GateResult, DockerError> {
+    let script = gate_script(container, gate);
+    let deadline = Duration::from_secs(gate_timeout(gate)) + STEP_DEADLINE;
+    let mut out = Capture::default();
+    let status = host.exec(&script, None, Some(deadline), &mut out).await?;
+    read_gate(status.success(), &out.text(), &status.to_string())
+}
+
+fn gate_timeout(gate: &Gate<'_>) -> u64 {
+    gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1)
+}
+
+/// The parts of `docker inspect` that the gate hands back, as one JSON line: never the whole
+/// document, whose `Config.Env` holds the secrets (the detached replace step keeps the gate's
+/// output in a file). The template runs on Docker's typed struct, whose field names are Go's
+/// (`ID`, not the JSON's `Id`).
+const INSPECT_DETAILS: &str = concat!(
+    r#"{"Id":{{json .ID}},"Name":{{json .Name}},"RestartCount":{{json .RestartCount}},"#,
+    r#""State":{"Status":{{json .State.Status}},"StartedAt":{{json .State.StartedAt}},"#,
+    r#""Health":{{if .State.Health}}{"Status":{{json .State.Health.Status}}}{{else}}null{{end}}},"#,
+    r#""Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},"#,
+    r#""NetworkSettings":{"Networks":{{json .NetworkSettings.Networks}},"#,
+    r#""Ports":{{json .NetworkSettings.Ports}}}}"#,
+);
+
+/// The gate loop as a script of its own (it ends with `exit`: run it in a subshell to embed it).
+pub fn gate_script(container: &str, gate: &Gate<'_>) -> String {
     let secs = |d: Duration| d.as_secs_f64();
-    let timeout = gate.timeout.max(gate.grace + Duration::from_secs(1)).as_secs().max(1);
-    let script = format!(
+    let timeout = gate_timeout(gate);
+    format!(
         "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
          ok() {{ echo \"gate: $1\"; echo '--- inspect'; printf '[%s]\\n' \"$json\"; exit 0; }}\n\
          start=$(date +%s); out=''; slept=0\n\
+         if [ {since_start} = 1 ]; then\n\
+           up=$(date -d \"$(docker inspect -f '{{{{.State.StartedAt}}}}' \"$c\" 2>/dev/null)\" +%s 2>/dev/null) && slept=$(( (start - up) * 1000 ))\n\
+         fi\n\
          while :; do\n\
-           all=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}{{{{\"\\n\"}}}}{{{{json .}}}}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $all\"; exit 1; }}\n\
+           all=$(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}{{{{\"\\n\"}}}}{INSPECT_DETAILS}' \"$c\" 2>&1) || {{ echo \"gate: the container is gone: $all\"; exit 1; }}\n\
            json=$(printf '%s\\n' \"$all\" | sed 1d); set -- $(printf '%s\\n' \"$all\" | sed -n 1p)\n\
            elapsed=$(( $(date +%s) - start )); nap=$interval; nap_ms=0\n\
            [ \"$1\" = running ] || {{ echo \"gate: the container is $1 (it exited)\"; exit 1; }}\n\
@@ -493,14 +441,15 @@ pub async fn gate(host: &dyn Host, container: &str, gate: &Gate<'_>) -> Result<G
         interval = secs(gate.interval).max(0.1),
         grace_ms = gate.grace.as_millis(),
         cmd = q(gate.cmd.unwrap_or_default()),
-    );
-    let deadline = Duration::from_secs(timeout) + STEP_DEADLINE;
-    let mut out = Capture::default();
-    let status = host.exec(&script, None, Some(deadline), &mut out).await?;
-    let text = out.text();
-    let (verdict, inspect) = text.split_once("--- inspect\n").unwrap_or((&text, ""));
+        since_start = u8::from(gate.since_start),
+    )
+}
+
+/// The gate's verdict from what its script printed and how it exited.
+pub fn read_gate(passed: bool, text: &str, status: &str) -> Result<GateResult, DockerError> {
+    let (verdict, inspect) = text.split_once("--- inspect\n").unwrap_or((text, ""));
     let reason = verdict.lines().find_map(|l| l.strip_prefix("gate: ")).unwrap_or("").to_string();
-    if !status.success() {
+    if !passed {
         let extra: Vec<&str> = verdict.lines().filter(|l| !l.starts_with("gate: ")).collect();
         let mut why = if reason.is_empty() { format!("health gate: {status}") } else { reason };
         if !extra.is_empty() {

@@ -43,6 +43,7 @@ pub mod planning;
 pub mod records;
 pub mod registry;
 pub mod render;
+pub mod replace;
 pub mod report;
 pub mod request;
 pub mod rollout;

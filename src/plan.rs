@@ -22,8 +22,13 @@ use crate::vars::Secrets;
 /// Version of the JSON shape of [`Plan`]; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Where the secrets env file is written on a target, relative to the login directory.
-pub const ENV_FILE_DIR: &str = ".ferry/env";
+/// Where `docker run` reads the secrets env file: its own stdin, a pipe from ferry's channel, so
+/// the values never touch the target's disk.
+pub const ENV_FILE_STDIN: &str = "/dev/stdin";
+
+/// Where ferry before 0.x wrote the env file on a target (relative to the login directory):
+/// records of those deployments still name it, and a rollback to one reads the pipe instead.
+const LEGACY_ENV_FILE_DIR: &str = ".ferry/env/";
 
 /// What a deployment would do.
 #[derive(Debug, Clone, Serialize)]
@@ -88,11 +93,10 @@ pub struct TargetPlan {
     pub exec_argv: Vec<String>,
 }
 
-/// The secrets env file for one container.
+/// The secrets env file for one container, sent to `docker run --env-file /dev/stdin` through
+/// the channel's stdin.
 #[derive(Debug, Clone)]
 pub struct EnvFile {
-    /// Path on the target (relative to the login directory).
-    pub path: String,
     /// `NAME=value` lines.
     pub content: Secret,
 }
@@ -144,7 +148,7 @@ fn managed_prefix(input: &TargetInput<'_>) -> Vec<String> {
         format!("ferry.environment={}", input.environment),
     ];
     if !input.secrets.is_empty() {
-        argv.extend(["--env-file".to_string(), env_file_path(input.container)]);
+        argv.extend(["--env-file".to_string(), ENV_FILE_STDIN.to_string()]);
     }
     argv
 }
@@ -162,8 +166,11 @@ pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> 
             input.container
         ));
     };
-    let env_file = ["--env-file".to_string(), env_file_path(input.container)];
-    if let Some(after) = rest.strip_prefix(env_file.as_slice()) {
+    // The env file: the pipe, or (a record written before it) the file it once was.
+    if let [flag, path, after @ ..] = rest
+        && flag == "--env-file"
+        && (path == ENV_FILE_STDIN || *path == format!("{LEGACY_ENV_FILE_DIR}{}.env", input.container))
+    {
         rest = after;
     }
     let words: Vec<shell::Word> = ["docker", "run"]
@@ -182,6 +189,7 @@ const LABELS_END: usize = 9;
 /// Builds a target's plan from a stable argv (as [`target_plan`] makes it, or as an audit
 /// record kept it, for a rollback): adds the per-deployment labels and computes the hash.
 pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<String>) -> TargetPlan {
+    let stable = piped_env_file(stable);
     let env_file = env_file(input);
     let config_hash = config_hash(input, &stable);
     let mut volatile = vec![format!("ferry.version={}", input.version)];
@@ -221,8 +229,17 @@ pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<S
     }
 }
 
-fn env_file_path(container: &str) -> String {
-    format!("{ENV_FILE_DIR}/{container}.env")
+/// A recorded argv from before secrets went through a pipe names an env file on the target's
+/// disk (`--env-file .ferry/env/C.env`, among ferry's managed flags); it reads the pipe now.
+fn piped_env_file(mut stable: Vec<String>) -> Vec<String> {
+    // The managed `--env-file` comes right after the stable labels (see `managed_prefix`).
+    if stable.get(LABELS_END).is_some_and(|flag| flag == "--env-file")
+        && let Some(path) = stable.get_mut(LABELS_END + 1)
+        && path.starts_with(LEGACY_ENV_FILE_DIR)
+    {
+        *path = ENV_FILE_STDIN.to_string();
+    }
+    stable
 }
 
 fn env_file(input: &TargetInput<'_>) -> Option<EnvFile> {
@@ -230,7 +247,7 @@ fn env_file(input: &TargetInput<'_>) -> Option<EnvFile> {
         return None;
     }
     let content: String = input.secrets.iter().map(|(k, s)| format!("{k}={}\n", s.value.expose())).collect();
-    Some(EnvFile { path: env_file_path(input.container), content: Secret::new(content) })
+    Some(EnvFile { content: Secret::new(content) })
 }
 
 /// SHA-256 over a canonical JSON of the stable argv, the image and keyed secret hashes.
@@ -303,5 +320,20 @@ mod tests {
     fn hmac_matches_rfc_4231_case_2() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_recorded_env_file_on_disk_becomes_the_pipe_and_nothing_else_changes() {
+        let prefix =
+            "docker run --detach --name web-prod --label ferry.app=web --label ferry.environment=prod";
+        let legacy = words(&format!("{prefix} --env-file .ferry/env/web-prod.env -p 80:8080 img"));
+        assert_eq!(piped_env_file(legacy), words(&format!("{prefix} --env-file /dev/stdin -p 80:8080 img")));
+        // A template's own --env-file (after the managed flags) is the user's business.
+        let own = words(&format!("{prefix} -p 80:8080 --env-file .ferry/env/mine.env img"));
+        assert_eq!(piped_env_file(own.clone()), own);
     }
 }

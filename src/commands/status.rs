@@ -14,6 +14,7 @@ use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
 use crate::output::{self, OutputFormat, table};
+use crate::replace::{self, Leftover};
 use crate::request::Status;
 use crate::select;
 
@@ -29,6 +30,9 @@ struct TargetStatus {
     health: Option<String>,
     uptime_s: Option<i64>,
     drift: Vec<String>,
+    /// Replace steps that ended on the target with nobody to read their outcome (the runner
+    /// died or its link dropped): what they did.
+    unread_replace_steps: Vec<Leftover>,
 }
 
 /// `--output json`.
@@ -62,8 +66,17 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let ssh = ssh_options(inventory, args.connect_timeout)?;
     let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
     let container = inventory::container_name(app, &env.name);
-    let statuses: Vec<TargetStatus> =
-        observed.into_iter().map(|(name, seen)| judge(&name, seen, last, &container)).collect();
+    let statuses: Vec<TargetStatus> = observed
+        .into_iter()
+        .map(|(name, seen)| match seen {
+            Ok((containers, leftovers)) => {
+                let mut status = judge(&name, Ok(containers), last, &container);
+                status.unread_replace_steps = leftovers;
+                status
+            }
+            Err(e) => judge(&name, Err(e), last, &container),
+        })
+        .collect();
     let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -132,10 +145,16 @@ async fn observe(
     ssh: &crate::ssh::Options,
     app: &str,
     environment: &str,
-) -> Vec<(String, Result<Vec<Container>, String>)> {
+) -> Vec<(String, Result<(Vec<Container>, Vec<Leftover>), String>)> {
     crate::host::on_each(inventory, targets, ssh, |connection| {
         let (app, environment) = (app.to_string(), environment.to_string());
-        async move { docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string()) }
+        async move {
+            let containers =
+                docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+            let leftovers =
+                replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+            Ok((containers, leftovers))
+        }
     })
     .await
 }
@@ -156,6 +175,7 @@ fn judge(
         health: None,
         uptime_s: None,
         drift: Vec::new(),
+        unread_replace_steps: Vec::new(),
     };
     let containers = match seen {
         Ok(c) => c,
@@ -249,7 +269,22 @@ fn human(app: &str, env: &str, last: Option<&Deployment>, statuses: &[TargetStat
         .collect();
     out +=
         &table(&["TARGET", "CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"], &rows);
+    out += &unread_steps(statuses);
     out
+}
+
+/// One line per replace step that ended with nobody to read it (the next deploy clears them).
+fn unread_steps(statuses: &[TargetStatus]) -> String {
+    let mut out = String::new();
+    for s in statuses {
+        for l in &s.unread_replace_steps {
+            out += &format!(
+                "{}: the replace step of deployment {} ({}) ended with nobody to read it: {}\n",
+                s.target, l.deployment, l.version, l.outcome
+            );
+        }
+    }
+    if out.is_empty() { out } else { format!("\n{out}") }
 }
 
 fn plain(statuses: &[TargetStatus]) -> String {

@@ -710,3 +710,5 @@ fn without_a_feed_the_record_keeps_the_digest_pinned_at_the_first_pull() {
         "{last}"
     );
 }
+
+mod target;

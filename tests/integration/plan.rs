@@ -45,9 +45,7 @@ fn example_prod_plan_has_one_row_per_target_with_the_full_argv() {
         assert!(row.contains(host), "{row}");
         assert!(row.contains("docker run --detach --name web-prod --label ferry.app=web --label ferry.environment=prod --label ferry.version=1.4.2"), "{row}");
         assert!(
-            row.contains(
-                "--env-file .ferry/env/web-prod.env --restart unless-stopped -p 80:8080 -e LOG_LEVEL=warn"
-            ),
+            row.contains("--env-file /dev/stdin --restart unless-stopped -p 80:8080 -e LOG_LEVEL=warn"),
             "{row}"
         );
         assert!(row.ends_with("registry.example.com/acme/web:1.4.2"), "{row}");

@@ -1,0 +1,505 @@
+//! The replace step as one detached script on the target, so that it survives the runner.
+//!
+//! Stop the old container → rename it aside → run the new one → gate it → restore the old one
+//! or remove it: when these steps ran one by one over the SSH session, a link that dropped or a
+//! runner that was killed in the middle could leave a target with no running container. Now
+//! the whole step is one script that ferry starts with `setsid`, detached from the session, its
+//! output in a private folder `~/.ferry/replace/CONTAINER/` (0700). It restores the old
+//! container by itself when the new one fails, and also when nobody collects its result:
+//!
+//! - ferry follows it by polling its `status` file over the session (a long poll that returns
+//!   as soon as a line is added), and every poll touches `seen`, a heartbeat;
+//! - once the new container passed its gate, the script waits for ferry's decision (`commit`
+//!   once `post_deploy` passed, or `restore`); without one, and with no heartbeat for
+//!   [`ABANDON_AFTER`], it restores the old container (or, with none to restore, keeps the new
+//!   healthy one) and says so in `status`;
+//! - ferry removes the folder once it has read the outcome; an outcome nobody read stays, and the
+//!   next `ferry deploy` (which reports it, then clears it) or `ferry status` (which reports it)
+//!   reads it.
+//!
+//! Secrets reach the script through a pipe that it reads once into memory, and `docker run`
+//! through another (`--env-file /dev/stdin`): never a file. The script's protocol is one line
+//! per event in `status`, parsed by [`parse`].
+
+use std::time::Duration;
+
+use crate::docker::{self, DockerError, Gate, GateResult};
+use crate::exec::Capture;
+use crate::host::Host;
+use crate::shell;
+
+/// With no heartbeat from ferry for this long after the gate passed, the script decides alone.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(15);
+/// How often ferry touches the heartbeat while it runs `post_deploy` (polls touch it too).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The longest a poll waits on the target for a new line.
+const POLL_WAIT_TENTHS: u32 = 20;
+/// A poll that does not answer in this time means the link is gone.
+const POLL_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a bookkeeping command (launch, decide, collect) may take.
+const STEP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the records say about the replacement, kept beside its outcome for whoever reads it.
+#[derive(Debug, Clone)]
+pub struct Meta<'a> {
+    /// The app.
+    pub app: &'a str,
+    /// The environment.
+    pub environment: &'a str,
+    /// The deployment id.
+    pub deployment: &'a str,
+    /// The version being deployed.
+    pub version: &'a str,
+}
+
+/// What the replace step needs on the target.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The name the new container gets.
+    pub name: &'a str,
+    /// The container to keep aside (by id) and whether it was running.
+    pub old: Option<(&'a str, bool)>,
+    /// The name the old container is kept under until the new one is healthy.
+    pub keep_as: &'a str,
+    /// The secrets env file's content, piped into `docker run --env-file /dev/stdin`.
+    pub env: Option<&'a [u8]>,
+    /// The `docker run` argv.
+    pub argv: &'a [String],
+    /// The health gate.
+    pub gate: Gate<'a>,
+    /// Who asked for it.
+    pub meta: Meta<'a>,
+}
+
+/// A replace step that ended with nobody to read its outcome, as a later command finds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Leftover {
+    /// The deployment that started it.
+    pub deployment: String,
+    /// The version it deployed.
+    pub version: String,
+    /// How it ended, in words.
+    pub outcome: String,
+}
+
+/// How launching went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launched {
+    /// The script runs; the previous step's unread outcome, if one was there (now cleared).
+    Running(Option<Leftover>),
+    /// A replace step of another run is still going on there (its deployment id).
+    Busy(String),
+}
+
+/// One line of the script's `status` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// The old container is stopped.
+    Stopped,
+    /// An error line of the step that failed next.
+    Error(String),
+    /// A step before `docker run` failed: nothing changed.
+    NotStarted(String),
+    /// `docker run` failed with this status.
+    RunFailed(String),
+    /// The new container runs (its id); the gate starts.
+    Started(String),
+    /// A line of the gate's output.
+    Gate(String),
+    /// The gate ended: passed or not.
+    Gated(bool),
+    /// A log line of the failed new container.
+    Log(String),
+    /// Something worth saying that changes nothing (the old container could not be removed).
+    Warning(String),
+    /// The step is over.
+    Done(Outcome),
+}
+
+/// How the step ended on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was changed (stop or rename failed).
+    Untouched,
+    /// The new container runs; the old one is removed.
+    Committed,
+    /// The new container is removed, the old one runs again (or, with none, nothing runs).
+    Restored,
+    /// The new container is removed but the old one could not be brought back.
+    RestoreFailed,
+    /// Nobody decided in time: the old container was restored by the script itself.
+    AbandonedRestored,
+    /// Nobody decided in time and the old container could not be brought back.
+    AbandonedRestoreFailed,
+    /// Nobody decided in time and there was no old container: the new healthy one stays.
+    AbandonedKept,
+    /// The script is gone without an outcome (killed, or its folder removed by hand).
+    Vanished,
+}
+
+impl Outcome {
+    fn read(word: &str) -> Option<Outcome> {
+        Some(match word {
+            "untouched" => Outcome::Untouched,
+            "committed" => Outcome::Committed,
+            "restored" => Outcome::Restored,
+            "restore-failed" => Outcome::RestoreFailed,
+            "abandoned-restored" => Outcome::AbandonedRestored,
+            "abandoned-restore-failed" => Outcome::AbandonedRestoreFailed,
+            "abandoned-kept" => Outcome::AbandonedKept,
+            "vanished" => Outcome::Vanished,
+            _ => return None,
+        })
+    }
+
+    /// What happened, for a report that comes later than the step.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Outcome::Untouched => "nothing was changed",
+            Outcome::Committed => "the new container passed its gate and runs; the old one was removed",
+            Outcome::Restored => "the new container failed; the old one runs again",
+            Outcome::RestoreFailed => "the new container failed and the old one could not be restored",
+            Outcome::AbandonedRestored => {
+                "nobody collected the result: the script restored the old container by itself"
+            }
+            Outcome::AbandonedRestoreFailed => {
+                "nobody collected the result and the old container could not be restored"
+            }
+            Outcome::AbandonedKept => {
+                "nobody collected the result: the new container passed its gate and was kept (there was no old one)"
+            }
+            Outcome::Vanished => "its script ended without an outcome (killed, or its folder removed)",
+        }
+    }
+}
+
+/// Reads the script's `status` lines (complete lines only).
+pub fn parse(text: &str) -> Vec<Line> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Line> {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    Some(match word {
+        "stopped" => Line::Stopped,
+        "err" => Line::Error(rest.to_string()),
+        "notstarted" => Line::NotStarted(rest.to_string()),
+        "runfailed" => Line::RunFailed(rest.to_string()),
+        "started" => Line::Started(rest.trim().to_string()),
+        "g" => Line::Gate(rest.to_string()),
+        "gated" => Line::Gated(rest.trim() == "0"),
+        "log" => Line::Log(rest.to_string()),
+        "warn" => Line::Warning(rest.to_string()),
+        "done" => Line::Done(Outcome::read(rest.trim())?),
+        "" => return None,
+        _ => return None,
+    })
+}
+
+/// Quotes a value for a script. Values here are names, ids and paths that ferry produced or
+/// validated; a NUL (the only thing `quote` refuses) cannot be in them.
+fn q(value: &str) -> String {
+    shell::quote(value).unwrap_or_else(|_| "''".into())
+}
+
+/// The step's folder on the target, as a shell expression.
+fn dir(name: &str) -> String {
+    format!("\"$HOME/.ferry/replace/\"{}", q(name))
+}
+
+/// The script that runs detached; `$1` is its folder.
+fn detached_script(request: &Request<'_>, run: &str) -> String {
+    let (old, old_running) = request.old.map_or(("", false), |(id, running)| (id, running));
+    let (read_env, feed) = match request.env {
+        // `printf` is a shell builtin: the values are on no command line.
+        Some(_) => ("env=$(cat)\n", "printf '%s\\n' \"$env\" | "),
+        None => ("", ""),
+    };
+    format!(
+        "dir=$1; c={name}; old={old}; keep={keep}; old_running={old_running}; abandon={abandon}\n\
+         echo $$ > \"$dir/pid\"\n\
+         say() {{ printf '%s\\n' \"$*\" >> \"$dir/status\"; }}\n\
+         errs() {{ grep -v '^[[:space:]]*$' \"$dir/err\" | tail -n 3 | sed 's/^/err /' >> \"$dir/status\"; }}\n\
+         logs() {{ docker logs --tail {lines} \"$c\" 2>&1 | tail -n {lines} | sed 's/^/log /' >> \"$dir/status\"; }}\n\
+         restore() {{\n\
+           docker rm -f \"$c\" > /dev/null 2>&1\n\
+           if [ -z \"$old\" ]; then say \"done $1\"; exit 0; fi\n\
+           if docker rename \"$old\" \"$c\" 2> \"$dir/err\" && {{ [ \"$old_running\" = 0 ] || docker start \"$old\" > /dev/null 2> \"$dir/err\"; }}; then\n\
+             say \"done $1\"; else errs; say \"done $2\"; fi\n\
+           exit 0\n\
+         }}\n\
+         alive() {{ [ $(( $(date +%s) - $(stat -c %Y \"$dir/seen\" 2>/dev/null || echo 0) )) -lt \"$abandon\" ]; }}\n\
+         {read_env}exec < /dev/null\n\
+         if [ -n \"$old\" ]; then\n\
+           docker stop \"$old\" > /dev/null 2> \"$dir/err\" || {{ errs; say 'notstarted cannot stop the old container'; say 'done untouched'; exit 0; }}\n\
+           say stopped\n\
+           docker rename \"$old\" \"$keep\" 2> \"$dir/err\" || {{ errs; docker start \"$old\" > /dev/null 2>&1; say 'notstarted cannot rename the old container'; say 'done untouched'; exit 0; }}\n\
+         fi\n\
+         id=$({feed}{run} 2> \"$dir/err\"); rc=$?\n\
+         if [ \"$rc\" != 0 ]; then errs; say \"runfailed exit $rc\"; logs; restore restored restore-failed; fi\n\
+         say \"started $(printf '%s\\n' \"$id\" | tail -n 1)\"\n\
+         ( {gate} ) > \"$dir/gate\" 2>&1; rc=$?\n\
+         sed 's/^/g /' \"$dir/gate\" >> \"$dir/status\"; say \"gated $rc\"\n\
+         if [ \"$rc\" != 0 ]; then logs; restore restored restore-failed; fi\n\
+         while [ ! -s \"$dir/decision\" ] && alive; do sleep 0.2; done\n\
+         case $(cat \"$dir/decision\" 2>/dev/null) in\n\
+           commit) if [ -n \"$old\" ] && ! docker rm -f \"$old\" > /dev/null 2> \"$dir/err\"; then\n\
+                     say \"warn the old container $old could not be removed: $(tail -n 1 \"$dir/err\")\"; fi\n\
+                   say 'done committed' ;;\n\
+           restore) logs; restore restored restore-failed ;;\n\
+           *) if [ -n \"$old\" ]; then restore abandoned-restored abandoned-restore-failed; fi; say 'done abandoned-kept' ;;\n\
+         esac\n",
+        name = q(request.name),
+        old = q(old),
+        keep = q(request.keep_as),
+        old_running = u8::from(old_running),
+        abandon = ABANDON_AFTER.as_secs(),
+        lines = docker::LOG_LINES,
+        gate = docker::gate_script(request.name, &request.gate),
+    )
+}
+
+/// The command that starts the detached script: it reports (and clears) an earlier step's
+/// unread outcome, or refuses while one still runs, then starts the script with `setsid` (its
+/// output to a private file, the secrets through a pipe).
+fn launcher(request: &Request<'_>) -> Result<String, DockerError> {
+    let run = shell::join(request.argv)
+        .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
+    let script = detached_script(request, &run);
+    let meta = format!(
+        "app={}\nenvironment={}\ndeployment={}\nversion={}",
+        request.meta.app, request.meta.environment, request.meta.deployment, request.meta.version
+    );
+    let (read_env, feed, stdin) = match request.env {
+        Some(_) => ("env=$(cat)\n", "printf '%s\\n' \"$env\" | ", ""),
+        None => ("", "", "< /dev/null "),
+    };
+    Ok(format!(
+        "dir={dir}; umask 077; mkdir -p \"$HOME/.ferry/replace\" || exit 1\n\
+         if [ -d \"$dir\" ]; then\n\
+           if [ -s \"$dir/pid\" ] && kill -0 \"$(cat \"$dir/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$dir/status\" 2>/dev/null; then\n\
+             echo '--- busy'; cat \"$dir/meta\"; exit 0\n\
+           fi\n\
+           echo '--- leftover'; cat \"$dir/meta\"; echo; grep '^done ' \"$dir/status\"; rm -rf \"$dir\"\n\
+         fi\n\
+         mkdir \"$dir\" && printf '%s\\n' {meta} > \"$dir/meta\" && : > \"$dir/status\" && touch \"$dir/seen\" || exit 1\n\
+         {read_env}\
+         if command -v setsid > /dev/null; then detach=setsid; else detach=nohup; fi\n\
+         {feed}$detach sh -c {script} ferry-replace \"$dir\" {stdin}> \"$dir/log\" 2>&1 &\n\
+         echo '--- launched'",
+        dir = dir(request.name),
+        meta = q(&meta),
+        script = q(&script),
+    ))
+}
+
+/// Starts the replace step on the target, detached from the session.
+pub async fn launch(host: &dyn Host, request: &Request<'_>) -> Result<Launched, DockerError> {
+    let launcher = launcher(request)?;
+    let mut out = Capture::default();
+    let status = host.exec(&launcher, request.env, Some(STEP_DEADLINE), &mut out).await?;
+    if !status.success() {
+        let errors = out.errors();
+        let message = if errors.is_empty() { status.to_string() } else { errors };
+        return Err(DockerError::Failed { step: "start the replace step", message });
+    }
+    let text = out.text();
+    if let Some((_, busy)) = text.split_once("--- busy\n") {
+        return Ok(Launched::Busy(meta_field(busy, "deployment").unwrap_or("?").to_string()));
+    }
+    let leftover = text
+        .split_once("--- leftover\n")
+        .map(|(_, rest)| rest.split_once("--- launched").map_or(rest, |(l, _)| l))
+        .and_then(leftover_of);
+    Ok(Launched::Running(leftover))
+}
+
+fn meta_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A leftover from its `meta` lines and `done` line.
+fn leftover_of(text: &str) -> Option<Leftover> {
+    let outcome = text.lines().find_map(|l| match parse_line(l) {
+        Some(Line::Done(outcome)) => Some(outcome),
+        _ => None,
+    });
+    Some(Leftover {
+        deployment: meta_field(text, "deployment")?.to_string(),
+        version: meta_field(text, "version").unwrap_or("?").to_string(),
+        outcome: outcome.map_or("it ended without an outcome (killed?)", |o| o.describe()).to_string(),
+    })
+}
+
+/// Follows a launched replace step.
+#[derive(Debug)]
+pub struct Follower {
+    name: String,
+    /// Bytes of complete lines already read.
+    known: usize,
+}
+
+impl Follower {
+    /// Follows the step of container `name`.
+    pub fn new(name: &str) -> Follower {
+        Follower { name: name.to_string(), known: 0 }
+    }
+
+    /// The lines added since the last call (waits on the target up to two seconds for one);
+    /// also the heartbeat.
+    pub async fn next(&mut self, host: &dyn Host) -> Result<Vec<Line>, DockerError> {
+        let script = format!(
+            "dir={dir}; [ -d \"$dir\" ] || {{ echo 'done vanished'; exit 0; }}; touch \"$dir/seen\"\n\
+             i=0; while [ \"$(wc -c < \"$dir/status\")\" -le {known} ] && [ $i -lt {POLL_WAIT_TENTHS} ]; do sleep 0.1; i=$((i + 1)); done\n\
+             p=$(cat \"$dir/pid\" 2>/dev/null); cat \"$dir/status\"\n\
+             if [ -n \"$p\" ] && ! kill -0 \"$p\" 2>/dev/null && ! grep -q '^done ' \"$dir/status\"; then echo 'done vanished'; fi",
+            dir = dir(&self.name),
+            known = self.known,
+        );
+        let mut out = Capture::default();
+        let status = host.exec(&script, None, Some(POLL_DEADLINE), &mut out).await?;
+        if !status.success() {
+            return Err(DockerError::Failed { step: "follow the replace step", message: out.errors() });
+        }
+        let text = out.text();
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        if complete.len() < self.known {
+            return Ok(parse(complete));
+        }
+        let new = &complete[self.known..];
+        self.known = complete.len();
+        Ok(parse(new))
+    }
+
+    /// Tells the script to keep the new container (`commit`) or restore the old one.
+    pub async fn decide(&self, host: &dyn Host, commit: bool) -> Result<(), DockerError> {
+        let word = if commit { "commit" } else { "restore" };
+        let script = format!(
+            "dir={dir}; printf '%s\\n' {word} > \"$dir/decision.new\" && mv \"$dir/decision.new\" \"$dir/decision\"",
+            dir = dir(&self.name)
+        );
+        sh(host, "decide the replace step", &script).await
+    }
+
+    /// Says ferry is still there.
+    pub async fn heartbeat(&self, host: &dyn Host) -> Result<(), DockerError> {
+        sh(host, "heartbeat", &format!("touch {}/seen", dir(&self.name))).await
+    }
+
+    /// Removes the step's folder once its outcome is read.
+    pub async fn collect(&self, host: &dyn Host) -> Result<(), DockerError> {
+        sh(host, "clear the replace step", &format!("rm -rf {}", dir(&self.name))).await
+    }
+}
+
+async fn sh(host: &dyn Host, step: &'static str, script: &str) -> Result<(), DockerError> {
+    let mut out = Capture::default();
+    let status = host.exec(script, None, Some(STEP_DEADLINE), &mut out).await?;
+    if status.success() { Ok(()) } else { Err(DockerError::Failed { step, message: out.errors() }) }
+}
+
+/// The gate's verdict from the `g` lines of `status`.
+pub fn gate_result(passed: bool, lines: &[String]) -> Result<GateResult, DockerError> {
+    docker::read_gate(passed, &lines.join("\n"), "exit 1")
+}
+
+/// A script listing the finished replace steps of `app` in `environment` on a target, each as
+/// `--- step`, its `meta` lines and its `done` line; `clear` removes them once listed.
+fn leftovers_script(app: &str, environment: &str, clear: bool) -> String {
+    format!(
+        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
+           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" \
+             && grep -q '^done ' \"$d/status\" 2>/dev/null || continue\n\
+           echo '--- step'; cat \"$d/meta\"; echo; grep '^done ' \"$d/status\"{clear}\n\
+         done; true",
+        app = q(app),
+        env = q(environment),
+        clear = if clear { "; rm -rf \"$d\"" } else { "" },
+    )
+}
+
+/// [`leftovers_script`] that clears what it lists: for the deployment's first round trip.
+pub fn collect_leftovers_script(app: &str, environment: &str) -> String {
+    leftovers_script(app, environment, true)
+}
+
+/// Reads what [`leftovers_script`] printed.
+pub fn parse_leftovers(text: &str) -> Vec<Leftover> {
+    text.split("--- step\n").filter(|s| !s.trim().is_empty()).filter_map(leftover_of).collect()
+}
+
+/// The unread outcomes of replace steps of `app` in `environment` on a target, left in place
+/// (`status` changes nothing; the next deployment clears them).
+pub async fn leftovers(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<Leftover>, DockerError> {
+    let mut out = Capture::default();
+    host.exec(&leftovers_script(app, environment, false), None, Some(STEP_DEADLINE), &mut out).await?;
+    Ok(parse_leftovers(&out.text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(argv: &'a [String], env: Option<&'a [u8]>) -> Request<'a> {
+        Request {
+            name: "web-dev",
+            old: Some(("old1", true)),
+            keep_as: "web-dev-ferry-old-1",
+            env,
+            argv,
+            gate: Gate {
+                cmd: Some("wget -q -O /dev/null http://127.0.0.1/"),
+                timeout: Duration::from_secs(5),
+                interval: Duration::from_secs(1),
+                grace: Duration::from_secs(1),
+                since_start: false,
+            },
+            meta: Meta { app: "web", environment: "dev", deployment: "d1", version: "1.0" },
+        }
+    }
+
+    /// `sh -n`: the scripts parse (dash here, as on Debian targets), with and without secrets.
+    #[test]
+    fn the_launcher_and_the_detached_script_are_valid_sh() {
+        let argv: Vec<String> =
+            ["docker", "run", "--detach", "--env-file", "/dev/stdin", "--name", "web-dev", "img"]
+                .map(String::from)
+                .to_vec();
+        for env in [None, Some(&b"TOKEN=x"[..])] {
+            let request = request(&argv, env);
+            let detached = detached_script(&request, &shell::join(&argv).unwrap());
+            for script in [launcher(&request).unwrap(), detached] {
+                let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
+                assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let with_env = launcher(&request(&argv, Some(b"TOKEN=x"))).unwrap();
+        assert!(!with_env.contains("TOKEN=x"), "the secrets travel on stdin only");
+    }
+
+    #[test]
+    fn reads_the_status_protocol() {
+        let text = "stopped\nstarted abc\ng gate: healthy (image HEALTHCHECK)\ngated 0\nwarn x y\ndone committed\nbogus\n";
+        assert_eq!(
+            parse(text),
+            [
+                Line::Stopped,
+                Line::Started("abc".into()),
+                Line::Gate("gate: healthy (image HEALTHCHECK)".into()),
+                Line::Gated(true),
+                Line::Warning("x y".into()),
+                Line::Done(Outcome::Committed),
+            ]
+        );
+        let left =
+            leftover_of("app=web\nenvironment=dev\ndeployment=d1\nversion=2.0\n\ndone abandoned-restored\n");
+        assert_eq!(
+            left,
+            Some(Leftover {
+                deployment: "d1".into(),
+                version: "2.0".into(),
+                outcome: Outcome::AbandonedRestored.describe().into()
+            })
+        );
+    }
+}
