@@ -392,7 +392,11 @@ pub async fn start_replacement(host: &dyn Host, replace: &Replace<'_>) -> Result
 pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
     match sh(host, "docker logs", &script, None, STEP_DEADLINE).await {
-        Ok(out) => out.text().lines().map(str::to_string).collect(),
+        Ok(out) => out
+            .text()
+            .lines()
+            .map(|line| crate::report::truncate_line(line, crate::report::TAIL_LINE_BYTES))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -347,6 +347,7 @@ async fn local_exec(
                     Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
                 },
             }
+            sink.ready().await;
         }
         child.wait().await
     };
