@@ -644,6 +644,18 @@ mod tests {
       "NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.31.1.2"}},
         "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],"443/tcp":null}}}]"#;
 
+    #[tokio::test]
+    async fn container_log_lines_are_cut_to_the_tail_line_length() {
+        let long = "x".repeat(10 * crate::report::TAIL_LINE_BYTES);
+        let host = crate::host::fake::FakeHost::new("t1")
+            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n")));
+        let lines = logs(&host, "web-lab").await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1].len(), crate::report::TAIL_LINE_BYTES);
+        assert!(lines[1].ends_with('…'), "a cut line is marked");
+    }
+
     #[test]
     fn reads_what_inspect_says() {
         let c = &parse_inspect(INSPECT).unwrap()[0];
