@@ -707,6 +707,27 @@ mod tests {
         assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
     }
 
+    #[tokio::test]
+    async fn a_target_waits_while_its_output_is_not_handled_and_goes_on_once_it_is() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        let line = format!("{}\n", "y".repeat(1000));
+        for _ in 0..OUTPUT_BACKLOG_BYTES / 1000 {
+            splitter.output(Stream::Stdout, line.as_bytes());
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), splitter.ready()).await;
+        assert!(waiting.is_err(), "4 MiB unhandled: reading the target waits");
+        let ready = splitter.ready();
+        let handled = async {
+            while let Ok(event) = rx.try_recv() {
+                drop(event);
+            }
+        };
+        let (_, outcome) = tokio::join!(handled, tokio::time::timeout(Duration::from_secs(5), ready));
+        assert!(outcome.is_ok(), "handled events give their room back and wake the reader");
+        assert_eq!(splitter.backlog.bytes.load(Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn json_events_carry_schema_and_type() {
         let event = Event::TargetConnected { target: "h1".into(), ms: 12 };
