@@ -8,8 +8,8 @@
 //!
 //! sshd hands the command line of an SSH exec request to the user's login shell, and login
 //! shells disagree on quoting (fish reads `\\` and `\'` inside single quotes; csh expands `!`).
-//! So the only command line ferry sends is the constant [`REMOTE_COMMAND`], which every one of
-//! them reads alike, and the real script travels on stdin ahead of the command's own stdin (see
+//! So the only command line ferry sends is the constant [`REMOTE_COMMAND`], which they all read
+//! alike, and the real script travels on stdin ahead of the command's own stdin (see
 //! [`frame`]): the login shell never parses a byte ferry rendered.
 
 use std::future::Future;
@@ -97,8 +97,8 @@ impl<H: Host + ?Sized> Host for Arc<H> {
 /// stdin, then exactly that many bytes of script (`dd bs=1` never reads past them, unlike
 /// buffered readers), and replaces itself with `/bin/sh -c SCRIPT`, whose stdin is what is left:
 /// the command's own payload (an env file, a password), byte for byte. The text inside the
-/// single quotes has no `\\`, `'` or `!`, so bash, dash, sh, zsh, fish and csh all pass it
-/// unchanged. `$(…; echo .)` keeps the script's trailing newlines, which a here-document needs.
+/// single quotes has no `\\`, `'` or `!`, the characters on which shells' single quotes differ
+/// (tests run it under bash, dash, sh and fish). `$(…; echo .)` keeps the script's trailing newlines, which a here-document needs.
 pub const REMOTE_COMMAND: &str = "exec /bin/sh -c 'IFS= read -r n || exit 126; \
     s=$(dd bs=1 count=\"$n\" 2>/dev/null; echo .); exec /bin/sh -c \"${s%.}\"'";
 
