@@ -332,7 +332,11 @@ pub fn repository_of(image: &str) -> &str {
 pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
     match sh(host, "docker logs", &script, None, STEP_DEADLINE).await {
-        Ok(out) => out.text().lines().map(str::to_string).collect(),
+        Ok(out) => out
+            .text()
+            .lines()
+            .map(|line| crate::report::truncate_line(line, crate::report::TAIL_LINE_BYTES))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -588,6 +592,18 @@ mod tests {
       "Config":{"Image":"10.200.0.1:5000/ferry/web@sha256:feed","Labels":{"ferry.app":"web","ferry.config-hash":"h1"}},
       "NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.31.1.2"}},
         "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],"443/tcp":null}}}]"#;
+
+    #[tokio::test]
+    async fn container_log_lines_are_cut_to_the_tail_line_length() {
+        let long = "x".repeat(10 * crate::report::TAIL_LINE_BYTES);
+        let host = crate::host::fake::FakeHost::new("t1")
+            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n")));
+        let lines = logs(&host, "web-lab").await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1].len(), crate::report::TAIL_LINE_BYTES);
+        assert!(lines[1].ends_with('…'), "a cut line is marked");
+    }
 
     #[test]
     fn reads_what_inspect_says() {

@@ -8,6 +8,9 @@
 
 use crate::shell;
 
+/// Why a rendered command is refused: (output offset, message, help).
+pub type Refusal = (usize, String, Option<String>);
+
 /// Long `docker run` flags that take no value; every other long flag takes one.
 const BOOLEAN_LONG_FLAGS: &[&str] = &[
     "--detach",
@@ -33,6 +36,12 @@ const BOOLEAN_SHORT_FLAGS: &[char] = &['d', 'i', 't', 'P', 'q'];
 /// Checks that `words` are one acceptable `docker run` of `image`; returns the words after
 /// `run`. An error is (output offset, message, help).
 pub fn check(words: &[shell::Word], image: &str) -> Result<Vec<String>, (usize, String, Option<String>)> {
+    check_with_options(words, image).map(|(args, _)| args)
+}
+
+/// [`check`], also returning the output offsets of the words docker reads as options (flags
+/// before the image, not their values), so that a caller can refuse one that a value made.
+pub fn check_with_options(words: &[shell::Word], image: &str) -> Result<(Vec<String>, Vec<usize>), Refusal> {
     let first = words.first().map_or(0, |w| w.offset);
     let start = match words {
         [d, r, ..] if d.text == "docker" && r.text == "run" => 2,
@@ -56,9 +65,13 @@ pub fn check(words: &[shell::Word], image: &str) -> Result<Vec<String>, (usize, 
         ));
     }
     let args = &words[start..];
-    let image_at = find_image(args)?;
+    let mut options = Vec::new();
+    let image_at = find_image(args, &mut options)?;
     match image_at {
-        Some(i) if args[i].text == image => Ok(args.iter().map(|w| w.text.clone()).collect()),
+        Some(i) if args[i].text == image => Ok((
+            args.iter().map(|w| w.text.clone()).collect(),
+            options.iter().map(|&o| args[o].offset).collect(),
+        )),
         Some(i) => Err((
             args[i].offset,
             format!("the template runs image \"{}\", not the one ferry deploys", args[i].text),
@@ -72,12 +85,19 @@ pub fn check(words: &[shell::Word], image: &str) -> Result<Vec<String>, (usize, 
     }
 }
 
-/// Finds the image (the first non-option argument), refusing the flags ferry manages.
-fn find_image(args: &[shell::Word]) -> Result<Option<usize>, (usize, String, Option<String>)> {
+/// Finds the image (the first non-option argument), refusing the flags ferry manages; the
+/// indices of the words read as options (`--` included) are pushed to `options`.
+fn find_image(
+    args: &[shell::Word],
+    options: &mut Vec<usize>,
+) -> Result<Option<usize>, (usize, String, Option<String>)> {
     let mut i = 0;
     while i < args.len() {
         let word = &args[i];
         let text = word.text.as_str();
+        if text.starts_with('-') && text != "-" {
+            options.push(i);
+        }
         let refuse =
             |message: &str, help: &str| Err((word.offset, message.to_string(), Some(help.to_string())));
         if text == "--" || !text.starts_with('-') || text == "-" {

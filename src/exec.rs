@@ -19,6 +19,13 @@ pub enum Stream {
 pub trait OutputSink: Send {
     /// A chunk of output.
     fn output(&mut self, stream: Stream, data: &[u8]);
+
+    /// Resolves when the sink can take more output. Transports await it after each chunk, so a
+    /// target that prints faster than ferry shows its output waits (the pipe or the SSH window
+    /// holds it back) instead of piling up in ferry's memory. Most sinks are always ready.
+    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Drops all output (ferry's own bookkeeping commands on targets).
@@ -28,17 +35,32 @@ impl OutputSink for Discard {
     fn output(&mut self, _stream: Stream, _data: &[u8]) {}
 }
 
-/// Keeps what a command prints (for ferry's own commands whose answer it reads).
+/// Keeps what a command prints (for ferry's own commands whose answer it reads), up to
+/// [`CAPTURE_STDOUT_BYTES`] of stdout and [`CAPTURE_STDERR_BYTES`] of stderr: the answers ferry
+/// reads (`docker inspect`, a lock file, the last log lines) are far smaller, and a target that
+/// prints more must not grow ferry.
 #[derive(Debug, Default)]
 pub struct Capture {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    truncated: bool,
 }
+
+/// The most stdout a [`Capture`] keeps.
+pub const CAPTURE_STDOUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most stderr a [`Capture`] keeps: an error message is read, not a log.
+pub const CAPTURE_STDERR_BYTES: usize = 64 * 1024;
 
 impl Capture {
     /// What was printed on stdout, lossily decoded.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Whether more was printed than kept.
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 
     /// What was printed on stderr, lossily decoded and trimmed (for error messages).
@@ -49,12 +71,13 @@ impl Capture {
 
 impl OutputSink for Capture {
     fn output(&mut self, stream: Stream, data: &[u8]) {
-        match stream {
-            Stream::Stdout => self.stdout.extend_from_slice(data),
-            // Bounded: an error message is read, not a log.
-            Stream::Stderr if self.stderr.len() < 64 * 1024 => self.stderr.extend_from_slice(data),
-            Stream::Stderr => {}
-        }
+        let (kept, limit) = match stream {
+            Stream::Stdout => (&mut self.stdout, CAPTURE_STDOUT_BYTES),
+            Stream::Stderr => (&mut self.stderr, CAPTURE_STDERR_BYTES),
+        };
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
     }
 }
 
@@ -96,4 +119,25 @@ pub enum ExecError {
     /// A local command could not be started.
     #[error("cannot start the command: {0}")]
     Spawn(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_keeps_at_most_its_caps() {
+        let mut capture = Capture::default();
+        let chunk = vec![b'y'; 1024 * 1024];
+        for _ in 0..20 {
+            capture.output(Stream::Stdout, &chunk);
+            capture.output(Stream::Stderr, &chunk);
+        }
+        assert_eq!(capture.stdout.len(), CAPTURE_STDOUT_BYTES);
+        assert_eq!(capture.stderr.len(), CAPTURE_STDERR_BYTES);
+        assert!(capture.truncated());
+        let mut small = Capture::default();
+        small.output(Stream::Stdout, b"ok\n");
+        assert_eq!((small.text().as_str(), small.truncated()), ("ok\n", false));
+    }
 }

@@ -4,8 +4,13 @@
 //! Fan-out, deploy, the lock and trust only see the [`Host`] trait, so that which transport
 //! carries a command is the target's business, and so that the steps built on it can be tested
 //! against a fake that produces faults (a lost link after a given step, a failing docker
-//! command) on demand. Remote commands are wrapped as `exec /bin/sh -c '…'` so that they mean
-//! the same thing whether the remote login shell is bash, dash or sh.
+//! command) on demand.
+//!
+//! sshd hands the command line of an SSH exec request to the user's login shell, and login
+//! shells disagree on quoting (fish reads `\\` and `\'` inside single quotes; csh expands `!`).
+//! So the only command line ferry sends is the constant [`REMOTE_COMMAND`], which they all read
+//! alike, and the real script travels on stdin ahead of the command's own stdin (see
+//! [`frame`]): the login shell never parses a byte ferry rendered.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::exec::{ExecError, ExitStatus, OutputSink, Stream};
 use crate::inventory::{Inventory, Target, Transport};
-use crate::shell;
 use crate::ssh::{self, Endpoint, SshError, SshSession};
 
 #[cfg(test)]
@@ -89,6 +93,27 @@ impl<H: Host + ?Sized> Host for Arc<H> {
     }
 }
 
+/// The one command line ferry sends over SSH. It reads a decimal length and a newline from
+/// stdin, then exactly that many bytes of script (`dd bs=1` never reads past them, unlike
+/// buffered readers), and replaces itself with `/bin/sh -c SCRIPT`, whose stdin is what is left:
+/// the command's own payload (an env file, a password), byte for byte. The text inside the
+/// single quotes has no `\\`, `'` or `!`, the characters on which shells' single quotes differ
+/// (tests run it under bash, dash, sh and fish). `$(…; echo .)` keeps the script's trailing newlines, which a here-document needs.
+pub const REMOTE_COMMAND: &str = "exec /bin/sh -c 'IFS= read -r n || exit 126; \
+    s=$(dd bs=1 count=\"$n\" 2>/dev/null; echo .); exec /bin/sh -c \"${s%.}\"'";
+
+/// What [`REMOTE_COMMAND`] reads on stdin: the script's length, a newline, the script, then
+/// the command's own stdin (if any).
+pub fn frame(script: &str, stdin: Option<&[u8]>) -> Vec<u8> {
+    let header = format!("{}\n", script.len());
+    let payload = stdin.unwrap_or_default();
+    let mut framed = Vec::with_capacity(header.len() + script.len() + payload.len());
+    framed.extend_from_slice(header.as_bytes());
+    framed.extend_from_slice(script.as_bytes());
+    framed.extend_from_slice(payload);
+    framed
+}
+
 /// A target reached over SSH.
 pub struct SshHost {
     name: String,
@@ -117,11 +142,11 @@ impl Host for SshHost {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
         Box::pin(async move {
-            let wrapped = format!(
-                "exec /bin/sh -c {}",
-                shell::quote(command).map_err(|e| ExecError::Spawn(e.to_string()))?
-            );
-            self.session.exec(&wrapped, stdin, deadline, sink).await
+            if command.contains('\0') {
+                return Err(ExecError::Spawn("a command cannot contain a NUL byte".into()));
+            }
+            let framed = frame(command, stdin);
+            self.session.exec(REMOTE_COMMAND, Some(&framed), deadline, sink).await
         })
     }
 
@@ -322,6 +347,7 @@ async fn local_exec(
                     Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
                 },
             }
+            sink.ready().await;
         }
         child.wait().await
     };
@@ -352,5 +378,60 @@ fn signal_name(sig: i32) -> String {
         13 => "PIPE".into(),
         15 => "TERM".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell;
+    use std::io::Write;
+
+    /// Runs `command` under `shell -c` (as sshd does with the login shell), `stdin` piped in.
+    fn run_under(shell: &str, command: &str, stdin: &[u8]) -> (Vec<u8>, Option<i32>) {
+        let mut child = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        // Written from a thread: a large payload must not deadlock against unread output.
+        let writer = std::thread::spawn(move || pipe.write_all(&data));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        (output.stdout, output.status.code())
+    }
+
+    /// A script with the quoting login shells disagree on, a here-document at its very end,
+    /// and a payload of every byte value (and more than a pipe buffer) after it.
+    #[test]
+    fn the_framed_script_runs_alike_under_every_login_shell_and_leaves_the_payload_byte_for_byte() {
+        let script = "printf '%s\\n' 'it'\\''s' \"a\\\\b\" '!x' \"$0\"; od -An -tx1 | sha256sum\nexit 7\ncat <<EOF\nnot reached\nEOF\n";
+        let payload: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+        let (direct, code) =
+            run_under("/bin/sh", &format!("exec /bin/sh -c {}", shell::quote(script).unwrap()), &payload);
+        assert_eq!(code, Some(7));
+        let shells: Vec<&str> = ["/bin/bash", "/bin/dash", "/bin/sh", "/usr/bin/fish"]
+            .into_iter()
+            .filter(|s| Path::new(s).exists())
+            .collect();
+        assert!(shells.len() >= 3, "bash, dash and sh are part of the base system: {shells:?}");
+        for login_shell in shells {
+            let (framed, code) = run_under(login_shell, REMOTE_COMMAND, &frame(script, Some(&payload)));
+            assert_eq!(code, Some(7), "{login_shell}");
+            assert_eq!(String::from_utf8_lossy(&framed), String::from_utf8_lossy(&direct), "{login_shell}");
+        }
+        let text = String::from_utf8_lossy(&direct);
+        assert!(text.starts_with("it's\na\\b\n!x\n/bin/sh\n"), "{text}");
+    }
+
+    #[test]
+    fn a_script_ending_in_a_here_document_keeps_its_last_newline() {
+        let script = "cat <<EOF\nline\nEOF\n";
+        let (out, code) = run_under("/bin/bash", REMOTE_COMMAND, &frame(script, None));
+        assert_eq!((String::from_utf8_lossy(&out).as_ref(), code), ("line\n", Some(0)));
     }
 }

@@ -34,6 +34,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages a tag listing may have before ferry calls it a loop.
 const MAX_PAGES: usize = 10_000;
+/// The largest response body ferry reads (a tag page, a token answer, a manifest): a registry
+/// that sends more is broken or hostile, and ferry keeps every body in memory.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// The longest a token is cached, whatever `expires_in` says (Docker's own default is 60 s).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// What can go wrong talking to a registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +186,19 @@ impl Registry {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // A redirect is the registry steering ferry too: only within the origin.
+                let first = attempt.previous().first().map(reqwest::Url::to_string).unwrap_or_default();
+                if attempt.previous().len() > 10 {
+                    attempt.error("too many redirects")
+                } else if same_origin(&first, attempt.url().as_str()) {
+                    attempt.follow()
+                } else {
+                    let message =
+                        format!("a redirect to {} leaves the feed's origin: refused", attempt.url());
+                    attempt.error(message)
+                }
+            }))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RegistryError::Setup(format!("cannot set up the registry client: {e}")))?;
@@ -203,7 +221,12 @@ impl Registry {
         let scope = format!("repository:{repository}:pull");
         let mut url = format!("{}/v2/{repository}/tags/list", self.endpoint.base);
         let mut tags = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
+            // A page that links back to one already read would loop: the listing ends there.
+            if !seen.insert(url.clone()) {
+                return Ok(tags);
+            }
             let response = self.send_unchecked(reqwest::Method::GET, &url, None, &scope).await?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Err(RegistryError::RepositoryNotFound {
@@ -213,17 +236,17 @@ impl Registry {
             }
             let response = self.check(response)?;
             let next = next_link(response.headers());
-            let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+            let body = self.body(response).await?;
             #[derive(serde::Deserialize)]
             struct Page {
                 #[serde(default)]
                 tags: Option<Vec<String>>,
             }
-            let page: Page = serde_json::from_str(&body)
+            let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| self.protocol(format!("the tag list is not JSON ({e})")))?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
-                Some(next) => url = self.absolute(&next),
+                Some(next) => url = self.on_origin(&self.absolute(&next), "the tag list's next page")?,
                 None => return Ok(tags),
             }
         }
@@ -255,7 +278,7 @@ impl Registry {
         if let Some(digest) = header_digest(response.headers()) {
             return Ok(digest);
         }
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let body = self.body(response).await?;
         Ok(format!("sha256:{}", hex(&Sha256::digest(&body))))
     }
 
@@ -365,6 +388,15 @@ impl Registry {
     async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, RegistryError> {
         let url = token_url(realm, service, scope)
             .ok_or_else(|| self.protocol(format!("the token realm {realm:?} is not an http(s) URL")))?;
+        // The credentials go with the token request, so the realm must be the feed itself: a
+        // registry (or whoever answers for it) must not send them to another host, or from an
+        // https feed to a plain-http realm. Docker Hub's token service is the one known exception.
+        if !same_origin(&self.endpoint.base, url.as_str()) && !docker_hub_realm(&self.endpoint.base, &url) {
+            return Err(self.refused(&format!(
+                "its token realm {realm} is not on the feed's origin {}: ferry sends credentials only to the feed itself",
+                self.endpoint.base
+            )));
+        }
         let mut request = self.http.get(url);
         if let Some(c) = &self.credentials {
             request = request.basic_auth(&c.username, Some(c.password.expose()));
@@ -385,17 +417,18 @@ impl Registry {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = response.text().await.map_err(|e| self.unreachable(&e))?;
-        let answer: TokenAnswer = serde_json::from_str(&body)
+        let body = self.body(response).await?;
+        let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| self.protocol(format!("the token answer is not JSON ({e})")))?;
         let token =
             answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
                 self.protocol("the token answer has neither `token` nor `access_token`".into())
             })?;
         // Docker's default lifetime is 60 s; renew a little early.
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5);
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(scope.to_string(), (token.clone(), Instant::now() + lifetime));
+        let lifetime =
+            Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5).min(MAX_TOKEN_LIFETIME);
+        if let (Ok(mut tokens), Some(until)) = (self.tokens.lock(), Instant::now().checked_add(lifetime)) {
+            tokens.insert(scope.to_string(), (token.clone(), until));
         }
         Ok(token)
     }
@@ -403,6 +436,33 @@ impl Registry {
     fn cached_token(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().ok()?;
         tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+    }
+
+    /// Reads a response body, refusing one over [`MAX_BODY`] (by its `Content-Length` before
+    /// reading, or once that much has arrived).
+    async fn body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, RegistryError> {
+        let too_big = || self.protocol(format!("a response body is over {} MiB: refused", MAX_BODY >> 20));
+        if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// `url` if it is on the feed's origin (scheme, host and port), else a clear refusal:
+    /// a registry's answer must not send ferry (and its credentials) elsewhere.
+    fn on_origin(&self, url: &str, what: &str) -> Result<String, RegistryError> {
+        if same_origin(&self.endpoint.base, url) {
+            return Ok(url.to_string());
+        }
+        Err(self
+            .protocol(format!("{what} is at {url}, off the feed's origin {}: refused", self.endpoint.base)))
     }
 
     fn absolute(&self, link: &str) -> String {
@@ -517,6 +577,23 @@ fn token_url(realm: &str, service: Option<&str>, scope: &str) -> Option<reqwest:
     Some(url)
 }
 
+/// Whether `url` has the scheme, host and port of `base` (default ports made explicit).
+pub fn same_origin(base: &str, url: &str) -> bool {
+    let origin = |u: &str| {
+        reqwest::Url::parse(u).ok().map(|u| {
+            (u.scheme().to_string(), u.host_str().map(str::to_ascii_lowercase), u.port_or_known_default())
+        })
+    };
+    matches!((origin(base), origin(url)), (Some(a), Some(b)) if a == b && a.1.is_some())
+}
+
+/// Docker Hub's registry hands out tokens from `https://auth.docker.io`, another host.
+fn docker_hub_realm(base: &str, realm: &reqwest::Url) -> bool {
+    base == "https://registry-1.docker.io"
+        && realm.scheme() == "https"
+        && realm.host_str() == Some("auth.docker.io")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -573,6 +650,184 @@ pub fn docker_config_credentials(config: &str, registry: &str) -> Option<Credent
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scripted answer: (status line, extra headers, body).
+    type Answer = (&'static str, Vec<String>, Vec<u8>);
+
+    /// A scripted HTTP server on 127.0.0.1, one thread per connection, `Connection: close`.
+    /// A fake on purpose: a real registry never sends a foreign `Link` or realm, a self-link,
+    /// an absurd `expires_in` or a 9 MiB page, which are the answers these tests are about.
+    struct FakeRegistry {
+        port: u16,
+        /// Each request's head (request line and headers), in arrival order.
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeRegistry {
+        /// `answer(port, request head)` gives (status line, extra headers, body).
+        fn start(answer: fn(u16, &str) -> Answer) -> FakeRegistry {
+            use std::io::{BufRead, BufReader, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let log = Arc::clone(&requests);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    let log = Arc::clone(&log);
+                    std::thread::spawn(move || {
+                        let mut head = String::new();
+                        let mut reader = BufReader::new(stream.try_clone().unwrap());
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        log.lock().unwrap().push(head.clone());
+                        let (status, headers, body) = answer(port, &head);
+                        let mut response = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+                        for h in headers {
+                            response.push_str(&format!("{h}\r\n"));
+                        }
+                        response.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                        let _ = stream.write_all(response.as_bytes());
+                        let _ = stream.write_all(&body);
+                    });
+                }
+            });
+            FakeRegistry { port, requests }
+        }
+
+        fn registry(&self, credentials: bool) -> Registry {
+            let endpoint = Endpoint::from_url(&format!("http://127.0.0.1:{}", self.port)).unwrap();
+            let credentials =
+                credentials.then(|| Credentials { username: "u".into(), password: Secret::new("feed-pw") });
+            Registry::new(endpoint, credentials, None).unwrap()
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    fn json(body: &str) -> Vec<u8> {
+        body.as_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_link_off_the_feeds_origin_is_refused_and_not_followed() {
+        let feed = FakeRegistry::start(|_, _| {
+            let link = "Link: <http://127.0.0.2:9/v2/a/tags/list?last=x>; rel=\"next\"".to_string();
+            ("200 OK", vec![link], json(r#"{"tags":["1"]}"#))
+        });
+        let err = feed.registry(false).tags("a").await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "registry 127.0.0.1:{}: the tag list's next page is at http://127.0.0.2:9/v2/a/tags/list?last=x, \
+                 off the feed's origin http://127.0.0.1:{}: refused",
+                feed.port, feed.port
+            )
+        );
+        assert_eq!(feed.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_tag_list_that_links_to_itself_stops() {
+        let feed = FakeRegistry::start(|_, head| {
+            let more = head.starts_with("GET /v2/a/tags/list ");
+            // Both pages link to the second one: it links to itself.
+            let link = "/v2/a/tags/list?last=1";
+            let tags = if more { r#"{"tags":["1"]}"# } else { r#"{"tags":["2"]}"# };
+            ("200 OK", vec![format!("Link: <{link}>; rel=\"next\"")], json(tags))
+        });
+        let tags = feed.registry(false).tags("a").await.unwrap();
+        assert_eq!(tags, vec!["1".to_string(), "2".to_string()]);
+        assert_eq!(feed.requests().len(), 2, "the second page links to itself: read once");
+    }
+
+    #[tokio::test]
+    async fn a_token_realm_on_another_host_never_gets_the_credentials() {
+        let realm = FakeRegistry::start(|_, _| ("200 OK", vec![], json(r#"{"token":"t"}"#)));
+        // The realm's port travels to the feed's answer through the process-wide static.
+        static REALM_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        REALM_PORT.store(realm.port, std::sync::atomic::Ordering::SeqCst);
+        let feed = FakeRegistry::start(|_, _| {
+            let port = REALM_PORT.load(std::sync::atomic::Ordering::SeqCst);
+            // 127.0.0.1 with another port is another origin, as another host would be.
+            let challenge =
+                format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=x");
+            ("401 Unauthorized", vec![challenge], json("{}"))
+        });
+        let err = feed.registry(true).tags("a").await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "registry 127.0.0.1:{feed} refused the credentials: its token realm http://127.0.0.1:{realm}/token \
+                 is not on the feed's origin http://127.0.0.1:{feed}: ferry sends credentials only to the feed itself",
+                feed = feed.port,
+                realm = realm.port
+            )
+        );
+        assert!(realm.requests().is_empty(), "the foreign realm was asked: {:?}", realm.requests());
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin("https://r.example", "https://r.example:443/token"));
+        assert!(same_origin("http://10.200.0.1:5000", "http://10.200.0.1:5000/v2/x?n=1"));
+        assert!(!same_origin("https://r.example", "http://r.example/token"), "https feed, http realm");
+        assert!(!same_origin("https://r.example", "https://auth.evil.example/token"));
+        assert!(!same_origin("http://10.200.0.1:5000", "http://10.200.0.1:5001/"));
+        assert!(!same_origin("https://r.example", "file:///etc/passwd"));
+        assert!(!same_origin("https://r.example", "/relative"));
+    }
+
+    #[tokio::test]
+    async fn a_huge_token_lifetime_does_not_panic_and_is_capped() {
+        let feed = FakeRegistry::start(|port, head| {
+            if head.starts_with("GET /token") {
+                return ("200 OK", vec![], json(r#"{"token":"t","expires_in":18446744073709551615}"#));
+            }
+            if head.to_ascii_lowercase().contains("authorization: bearer t") {
+                return ("200 OK", vec![], json(r#"{"tags":["1"]}"#));
+            }
+            let challenge = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\"");
+            ("401 Unauthorized", vec![challenge], json("{}"))
+        });
+        let registry = feed.registry(true);
+        assert_eq!(registry.tags("a").await.unwrap(), vec!["1".to_string()]);
+        let tokens = registry.tokens.lock().unwrap();
+        let (_, until) = tokens.values().next().unwrap();
+        assert!(*until <= Instant::now() + MAX_TOKEN_LIFETIME);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_refused() {
+        let feed = FakeRegistry::start(|_, _| ("200 OK", vec![], vec![b' '; MAX_BODY + 1]));
+        let err = feed.registry(false).tags("a").await.unwrap_err().to_string();
+        assert_eq!(err, format!("registry 127.0.0.1:{}: a response body is over 8 MiB: refused", feed.port));
+    }
+
+    #[tokio::test]
+    async fn a_redirect_off_the_feeds_origin_is_not_followed() {
+        let other = FakeRegistry::start(|_, _| ("200 OK", vec![], json(r#"{"tags":["x"]}"#)));
+        static OTHER_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        OTHER_PORT.store(other.port, std::sync::atomic::Ordering::SeqCst);
+        let feed = FakeRegistry::start(|_, _| {
+            let port = OTHER_PORT.load(std::sync::atomic::Ordering::SeqCst);
+            (
+                "307 Temporary Redirect",
+                vec![format!("Location: http://127.0.0.1:{port}/v2/a/tags/list")],
+                vec![],
+            )
+        });
+        let err = feed.registry(true).tags("a").await.unwrap_err().to_string();
+        assert!(err.contains("leaves the feed's origin: refused"), "{err}");
+        assert!(other.requests().is_empty());
+    }
 
     #[test]
     fn token_requests_encode_scope_and_service() {

@@ -238,9 +238,41 @@ impl Renderer {
             RenderError::Command(self.output_diagnostic(name, context, offset, message).maybe_help(help))
         };
         let words = shell::split(text).map_err(|e| fail(e.offset, e.message, None))?;
-        let checked = docker_run::check(&words, image)
+        let (checked, options) = docker_run::check_with_options(&words, image)
             .map_err(|(offset, message, help)| fail(offset, message, help))?;
+        if let Some(error) = self.option_from_value(name, context, &options) {
+            return Err(error);
+        }
         Ok(checked)
+    }
+
+    /// A value must not become an option of `docker run` (`--set extra=--privileged` in front
+    /// of `{{ image }}`): quoting keeps it one word, but docker still reads a word that starts
+    /// with `-` there as a flag. The error names the expression whose value starts the word.
+    fn option_from_value(&self, name: &str, context: &Value, options: &[usize]) -> Option<RenderError> {
+        if options.is_empty() {
+            return None;
+        }
+        let (template, origin) = (self.env.get_template(name).ok()?, self.origins.get(name)?);
+        let (_, spans) = template.render_with_spans(context).ok()?;
+        options.iter().find_map(|&offset| {
+            let span = spans.iter().find(|s| s.output_range().contains(&offset))?;
+            if span.kind() == OutputSpanKind::Raw {
+                return None;
+            }
+            let range = origin.base + span.source_range().start..origin.base + span.source_range().end;
+            let expr = origin.file.text.get(range.clone()).unwrap_or("").trim().to_string();
+            let variable = expr.trim_start_matches("{{").trim_end_matches("}}").trim().to_string();
+            let message = format!(
+                "the value of `{variable}` starts a word with `-` where docker reads an option: \
+                 a variable cannot add an option to docker run"
+            );
+            Some(RenderError::Command(
+                Diagnostic::new(message)
+                    .at(&origin.file, range)
+                    .help("put the option in the template itself, or give the value without a leading `-`"),
+            ))
+        })
     }
 
     /// A diagnostic at byte `offset` of template `name`'s output, located in the template source.

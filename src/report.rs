@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -58,6 +60,9 @@ pub enum Event {
         stream: Stream,
         /// The line, lossily decoded as UTF-8.
         line: String,
+        /// The line's share of its target's backlog, given back when the event is dropped.
+        #[serde(skip)]
+        in_flight: InFlight,
     },
     /// A target is done.
     TargetFinished {
@@ -265,7 +270,7 @@ impl AuditTrail {
                 if tail.len() == AUDIT_TAIL_LINES {
                     tail.pop_front();
                 }
-                tail.push_back(line.clone());
+                tail.push_back(truncate_line(line, TAIL_LINE_BYTES));
                 return Ok(());
             }
             Event::TargetFinished {
@@ -431,8 +436,8 @@ fn masked(secrets: &[Secret], event: Event) -> Event {
         Event::RunStarted { run, command, environment, targets } => {
             Event::RunStarted { run, command: mask(&command, secrets), environment, targets }
         }
-        Event::Output { target, stream, line } => {
-            Event::Output { target, stream, line: mask(&line, secrets) }
+        Event::Output { target, stream, line, in_flight } => {
+            Event::Output { target, stream, line: mask(&line, secrets), in_flight }
         }
         Event::TargetFinished { target, status, exit_code, signal, error, ms, action, container, logs } => {
             let error = error.map(|e| mask(&e, secrets));
@@ -512,17 +517,89 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
 }
 
 /// Splits a target's output into lines and sends each as an [`Event::Output`]; keeps the last
-/// [`TAIL_LINES`] lines for the target's result.
+/// [`TAIL_LINES`] lines for the target's result, each cut to [`TAIL_LINE_BYTES`].
+///
+/// Memory stays bounded whatever a target prints: a line without a newline is sent on in
+/// pieces of [`MAX_LINE_BYTES`] (everything still passes through), and what is kept for records
+/// and summaries is a fixed number of cut lines.
 pub struct LineSplitter {
     target: String,
     events: Events,
     partial: [Vec<u8>; 2],
     /// The last lines seen (both streams), oldest first.
     pub tail: std::collections::VecDeque<String>,
+    backlog: Arc<Backlog>,
+}
+
+/// Output bytes of one target sent on as events that no subscriber has handled yet, past which
+/// reading the target's output waits (see [`OutputSink::ready`]).
+pub const OUTPUT_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+
+/// A target's output in flight between its [`LineSplitter`] and the subscribers.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+/// An [`Event::Output`]'s share of its target's backlog, given back when the event is dropped
+/// (handled by [`dispatch`], or read and dropped by whoever holds the receiver).
+#[derive(Default)]
+pub struct InFlight(Option<(Arc<Backlog>, usize)>);
+
+impl InFlight {
+    fn new(backlog: &Arc<Backlog>, bytes: usize) -> InFlight {
+        backlog.bytes.fetch_add(bytes, Ordering::SeqCst);
+        InFlight(Some((Arc::clone(backlog), bytes)))
+    }
+}
+
+/// A copy of an event carries no share: only the original gives it back.
+impl Clone for InFlight {
+    fn clone(&self) -> InFlight {
+        InFlight(None)
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InFlight({})", self.0.as_ref().map_or(0, |(_, n)| *n))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((backlog, bytes)) = self.0.take() {
+            let before = backlog.bytes.fetch_sub(bytes, Ordering::SeqCst);
+            if before >= OUTPUT_BACKLOG_BYTES && before - bytes < OUTPUT_BACKLOG_BYTES {
+                backlog.room.notify_waiters();
+            }
+        }
+    }
 }
 
 /// How many output lines a target's result keeps.
 pub const TAIL_LINES: usize = 20;
+
+/// The longest line kept for a record or a summary (a tail line, a container log line); the
+/// rest is cut and marked with `…`.
+pub const TAIL_LINE_BYTES: usize = 1024;
+
+/// The longest line sent as one [`Event::Output`]: longer runs without a newline are sent in
+/// pieces this long, so one endless line does not grow ferry.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// `line` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+pub fn truncate_line(line: &str, max: usize) -> String {
+    if line.len() <= max {
+        return line.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
 
 impl LineSplitter {
     /// A splitter for `target`.
@@ -532,6 +609,7 @@ impl LineSplitter {
             events,
             partial: [Vec::new(), Vec::new()],
             tail: Default::default(),
+            backlog: Arc::default(),
         }
     }
 
@@ -540,8 +618,10 @@ impl LineSplitter {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(line.clone());
-        let _ = self.events.send(Event::Output { target: self.target.clone(), stream, line });
+        self.tail.push_back(truncate_line(&line, TAIL_LINE_BYTES));
+        // The weight counts the event's own allocations too, so that short lines add up.
+        let in_flight = InFlight::new(&self.backlog, line.len() + self.target.len() + 64);
+        let _ = self.events.send(Event::Output { target: self.target.clone(), stream, line, in_flight });
     }
 
     /// Sends what is left of unterminated last lines.
@@ -569,6 +649,29 @@ impl OutputSink for LineSplitter {
             rest = &rest[newline + 1..];
         }
         self.partial[i].extend_from_slice(rest);
+        while self.partial[i].len() >= MAX_LINE_BYTES {
+            // Cut before a UTF-8 continuation byte, so that no character is split in two.
+            let mut cut = MAX_LINE_BYTES;
+            while cut > MAX_LINE_BYTES - 3 && self.partial[i][cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            let rest = self.partial[i].split_off(cut);
+            let piece = std::mem::replace(&mut self.partial[i], rest);
+            self.emit(stream, &piece);
+        }
+    }
+
+    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                // Registered before the check, so a wakeup between the two is not lost.
+                let room = self.backlog.room.notified();
+                if self.backlog.bytes.load(Ordering::SeqCst) < OUTPUT_BACKLOG_BYTES {
+                    return;
+                }
+                room.await;
+            }
+        })
     }
 }
 
@@ -711,6 +814,60 @@ mod tests {
                 (Stream::Stdout, "three".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn kept_output_is_capped_while_every_byte_still_streams() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        // 300 KiB without a newline, then 50 lines of 5 KiB each ("é" is two bytes).
+        let endless = "é".repeat(150 * 1024);
+        for chunk in endless.as_bytes().chunks(7001) {
+            splitter.output(Stream::Stdout, chunk);
+        }
+        assert!(splitter.partial[0].len() < MAX_LINE_BYTES, "an endless line is not kept whole");
+        let long = format!("{}\n", "x".repeat(5 * 1024));
+        for _ in 0..50 {
+            splitter.output(Stream::Stderr, long.as_bytes());
+        }
+        splitter.flush();
+        let (mut stdout, mut stderr) = (String::new(), 0);
+        let mut longest = 0;
+        while let Ok(Event::Output { line, stream, .. }) = rx.try_recv() {
+            longest = longest.max(line.len());
+            match stream {
+                Stream::Stdout => stdout.push_str(&line),
+                Stream::Stderr => stderr += line.len(),
+            }
+        }
+        assert_eq!(stdout, endless, "everything passes through, no character split in two");
+        assert_eq!(stderr, 50 * 5 * 1024, "everything passes through");
+        assert!(longest <= MAX_LINE_BYTES);
+        assert_eq!(splitter.tail.len(), TAIL_LINES);
+        assert!(splitter.tail.iter().all(|l| l.len() <= TAIL_LINE_BYTES && l.ends_with('…')));
+        assert_eq!(truncate_line("short", TAIL_LINE_BYTES), "short");
+        assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
+    }
+
+    #[tokio::test]
+    async fn a_target_waits_while_its_output_is_not_handled_and_goes_on_once_it_is() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        let line = format!("{}\n", "y".repeat(1000));
+        for _ in 0..OUTPUT_BACKLOG_BYTES / 1000 {
+            splitter.output(Stream::Stdout, line.as_bytes());
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), splitter.ready()).await;
+        assert!(waiting.is_err(), "4 MiB unhandled: reading the target waits");
+        let ready = splitter.ready();
+        let handled = async {
+            while let Ok(event) = rx.try_recv() {
+                drop(event);
+            }
+        };
+        let (_, outcome) = tokio::join!(handled, tokio::time::timeout(Duration::from_secs(5), ready));
+        assert!(outcome.is_ok(), "handled events give their room back and wake the reader");
+        assert_eq!(splitter.backlog.bytes.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -472,6 +472,9 @@ impl SshSession {
                     }
                     _ => {}
                 }
+                // Not reading on while ferry is behind fills russh's bounded channel buffer and
+                // then the SSH window: the target waits instead of ferry's memory growing.
+                sink.ready().await;
             }
         };
         match deadline {

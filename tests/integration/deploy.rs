@@ -711,4 +711,50 @@ fn without_a_feed_the_record_keeps_the_digest_pinned_at_the_first_pull() {
     );
 }
 
+/// Login shells parse an SSH command line each their own way (fish reads `\\` and `\'` inside
+/// single quotes); ferry sends only a constant command line and the script on stdin, so a run
+/// and a deploy (whose env file follows the script on stdin) come out alike for each of them.
+#[test]
+fn run_and_deploy_behave_the_same_for_a_fish_login_shell_as_for_bash_and_dash() {
+    let command = r#"printf '%s|' "$((1+2))" 'a\\b' "it's" "$(id -un)"; echo"#;
+    let greeting = r#"it's a \\ "test""#;
+    let mut seen = Vec::new();
+    for (user, env, port) in
+        [("ferry-bash", "e-bash", 18171), ("ferry-dash", "e-dash", 18172), ("ferry-fish", "e-fish", 18170)]
+    {
+        let fleet = Fleet::new(Spec { env, port, hosts: &[1], ..Spec::default() });
+        let inventory = std::fs::read_to_string(fleet.inventory()).unwrap();
+        std::fs::write(
+            fleet.inventory(),
+            inventory.replace("user = \"root\"", &format!("user = \"{user}\"")),
+        )
+        .unwrap();
+        let run = fleet
+            .ferry(&["run", "--env", env, "--output", "plain", "--", command])
+            .stdout_contains(&format!("h1 | 3|a\\\\b|it's|{user}|\n"))
+            .run();
+        let line =
+            run.stdout.lines().find(|l| l.starts_with("h1 | ")).unwrap_or_default().replace(user, "USER");
+        let out = fleet.deploy("1.0", &["--set", &format!("greeting={greeting}")]).run();
+        let events = json_lines(&out.stdout);
+        let env_of = fleet.env_of(1);
+        assert!(env_of.contains(&format!("TOKEN={TOKEN}")), "{user}: {env_of:?}");
+        let greeting_env = env_of.iter().find(|e| e.starts_with("GREETING=")).cloned().unwrap_or_default();
+        seen.push((line, actions(&events), greeting_env, fleet.http(1)));
+        fleet.on_host(1, &format!("docker rm -f {}", fleet.container()));
+    }
+    let bash = seen[0].clone();
+    assert_eq!(
+        bash,
+        (
+            "h1 | 3|a\\\\b|it's|USER|".to_string(),
+            vec!["created".to_string()],
+            format!("GREETING={greeting}"),
+            "ferry web 1.0\n".to_string()
+        )
+    );
+    assert_eq!(seen[1], bash, "dash");
+    assert_eq!(seen[2], bash, "fish");
+}
+
 mod target;

@@ -333,3 +333,32 @@ fn unknown_jump_host() {
         Test::new().replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"10.0.1.12\"\njump = \"prod-3\"");
     insta::assert_snapshot!(check_fails(test));
 }
+
+#[test]
+fn a_set_value_that_would_become_a_docker_option_is_refused_naming_the_variable() {
+    let test = Test::new()
+        .replace("templates/web.j2", "  {{ image }}\n", "  {{ extra }}\n  {{ image }}\n")
+        .replace("ferry.toml", "vars = { port = 8080 }", "vars = { port = 8080, extra = \"--init\" }");
+    let stderr = fails(test, &["plan", "web", "--env", "prod", "--set", "extra=--privileged"]);
+    assert!(
+        stderr.contains("the value of `extra` starts a word with `-` where docker reads an option"),
+        "{stderr}"
+    );
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn a_value_starting_with_a_dash_is_fine_where_docker_reads_a_flags_value_or_the_container_command() {
+    let test = Test::new()
+        .replace(
+            "templates/web.j2",
+            "  {{ image }}\n",
+            "  --label app.note={{ note }} -e NOTE {{ image }} echo {{ note }}\n",
+        )
+        .replace("ferry.toml", "vars = { port = 8080 }", "vars = { port = 8080, note = \"x\" }");
+    test.args(["plan", "web", "--env", "prod", "--set", "note=-x"])
+        .stdout_contains("--label app.note=-x -e NOTE")
+        .stdout_contains("echo -x")
+        .stderr("note: no --version given; planned with tag \"latest\"\n")
+        .run();
+}

@@ -258,8 +258,9 @@ many_tags_up() {
     "http://$REGISTRY/v2/ferry/many/manifests/{}"
 }
 
-# Users whose login shell is bash, dash or sh: a remote command must mean the same for all.
-SHELL_USERS="ferry-bash:/bin/bash ferry-dash:/bin/dash ferry-sh:/bin/sh"
+# Users whose login shell is bash, dash, sh or fish (whose single quotes read `\\` and `\'`): a
+# remote command must mean the same for all. They are in the docker group, so they can deploy.
+SHELL_USERS="ferry-bash:/bin/bash ferry-dash:/bin/dash ferry-sh:/bin/sh ferry-fish:/usr/bin/fish"
 
 users_up() {
   local pair user shell
@@ -270,6 +271,7 @@ users_up() {
       mkdir -p "$T/home/$user"
       useradd -M -d "$T/home/$user" -s "$shell" "$user"
       usermod -p '*' "$user"                      # UsePAM no: a locked password (!) refuses login
+      if getent group docker > /dev/null; then usermod -aG docker "$user"; fi
       chown "$user" "$T/home/$user"
       echo "$user" >> "$T/users"
     fi
