@@ -39,6 +39,9 @@ use crate::store::Store;
 /// Exit code when a signal interrupted the run.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// The longest a renewal round in flight is waited for at the end of a run.
+const RENEWAL_ROUND: Duration = Duration::from_secs(60);
+
 /// How long a quit-now (second signal) may spend on releasing the lock.
 const QUICK_RELEASE: Duration = Duration::from_secs(5);
 
@@ -121,6 +124,24 @@ impl<T> Finish<T> {
             stopped: self.stopped.take(),
             record: self.record.take(),
             digest: self.digest.take(),
+        }
+    }
+}
+
+/// The task that keeps the lock from expiring while the run lives.
+struct Renewal {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewal {
+    /// Stops renewing once a round in flight (if any) has ended, or cuts it short after
+    /// `limit` (a quick stop does not wait for a slow target).
+    async fn finish(mut self, limit: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(limit, &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = self.task.await;
         }
     }
 }
@@ -229,12 +250,11 @@ impl Session {
                 Outcome::Abandoned
             }
         };
+        let quick = matches!(outcome, Outcome::Abandoned) || *stop.borrow() == Stop::Now;
         if let Some(renewal) = renewal {
             // Awaited, so its hold on the lock is gone before the lock is released.
-            renewal.abort();
-            let _ = renewal.await;
+            renewal.finish(if quick { QUICK_RELEASE } else { RENEWAL_ROUND }).await;
         }
-        let quick = matches!(outcome, Outcome::Abandoned) || *stop.borrow() == Stop::Now;
         // Released before anything else can fail: a record that cannot be written must not
         // leave the targets locked until the TTL.
         let released = match held {
@@ -367,19 +387,26 @@ impl Session {
 
     /// Keeps the lock from expiring under a run that outlives its TTL: pushes the expiry one
     /// TTL ahead at every third of it.
-    fn renew_while_running(&self, held: Arc<EnvironmentLock>) -> tokio::task::JoinHandle<()> {
+    fn renew_while_running(&self, held: Arc<EnvironmentLock>) -> Renewal {
         let ttl = self.lock.as_ref().map_or(Duration::from_secs(3600), |(t, _)| t.ttl);
-        tokio::spawn(async move {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
             let every = (ttl / 3).max(Duration::from_secs(1));
             loop {
-                tokio::time::sleep(every).await;
+                // Stops only between rounds: a round cut short could rewrite the lock after
+                // the release removed it.
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
                 for (target, renewal) in held.renew(ttl).await {
                     if renewal != lock::Renewal::Renewed {
                         tracing::warn!(target = %target, ?renewal, "lock not renewed");
                     }
                 }
             }
-        })
+        });
+        Renewal { stop, task }
     }
 
     /// Releases the lock and records it (naming the targets where it could not be removed).
