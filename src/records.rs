@@ -134,8 +134,20 @@ pub struct RunFinished {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// Deployments: what ran where (read back by status, rollback, promote, the lifecycle).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// One this ferry cannot read (another version's shape) reads as none: the run's counts
+    /// and outcome still show in `history`, and nothing acts on the unreadable part.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
     pub deployment: Option<Recorded>,
+}
+
+/// A value of type `T`, or none when it does not have `T`'s shape.
+fn readable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 /// `lock_acquired`, `lock_released`, `lock_broken`.
@@ -213,6 +225,17 @@ mod tests {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(Kind::parse("something_new"), None);
+    }
+
+    #[test]
+    fn a_deployment_of_another_shape_leaves_the_counts_readable() {
+        let entry = Entry {
+            kind: "run_finished".into(),
+            detail: serde_json::json!({ "ok": 1, "failed": 2, "deployment": { "image": 7 } }),
+            ..Entry::default()
+        };
+        let read = entry.run_finished().unwrap();
+        assert_eq!((read.ok, read.failed, read.deployment), (1, 2, None));
     }
 
     #[test]
