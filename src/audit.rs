@@ -168,10 +168,53 @@ pub struct Record {
     /// What.
     #[serde(flatten)]
     pub entry: Entry,
+    /// Set when the record reached the chain later than it happened (absent otherwise, so
+    /// records written before the field existed keep their bytes and hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
     /// `hash` of the previous record ([`GENESIS`] for the first).
     pub prev: String,
     /// SHA-256 of this record's canonical encoding (the line without this field).
     pub hash: String,
+}
+
+/// How a record that was not chained as it happened came to the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Origin {
+    /// `spooled`: kept in the runner's local spool while the shared store was unreachable, and
+    /// pushed later (its `time` is when it happened); `imported`: moved in from a local audit
+    /// log by `ferry state push` (time and actor as they were).
+    pub via: String,
+    /// Imported: the record's seq in the log it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Imported: the record's hash in the log it came from (a second push skips it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// Chains `entry` after `prev` (seq and hash of the record before it; `None` for the first):
+/// the one place a record's seq, prev and hash are made, for every store.
+pub fn seal(
+    prev: Option<(u64, &str)>,
+    time: String,
+    id: String,
+    actor: Actor,
+    entry: Entry,
+    origin: Option<Origin>,
+) -> Record {
+    let mut record = Record {
+        seq: prev.map_or(1, |(seq, _)| seq + 1),
+        time,
+        id,
+        actor,
+        entry,
+        origin,
+        prev: prev.map_or_else(|| GENESIS.to_string(), |(_, hash)| hash.to_string()),
+        hash: String::new(),
+    };
+    record.hash = canonical_hash(&record);
+    record
 }
 
 /// The canonical encoding a record's hash covers: the record as JSON with `hash` empty. Field
@@ -222,16 +265,14 @@ impl Log {
             OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(io)?;
         file.lock().map_err(io)?;
         let (last, torn) = last_record(&mut file).map_err(io)?;
-        let mut record = Record {
-            seq: last.as_ref().map_or(1, |r| r.seq + 1),
-            time: crate::time::now_rfc3339(),
-            id: uuid::Uuid::now_v7().to_string(),
-            actor: self.actor.clone(),
+        let record = seal(
+            last.as_ref().map(|r| (r.seq, r.hash.as_str())),
+            crate::time::now_rfc3339(),
+            uuid::Uuid::now_v7().to_string(),
+            self.actor.clone(),
             entry,
-            prev: last.map_or_else(|| GENESIS.to_string(), |r| r.hash),
-            hash: String::new(),
-        };
-        record.hash = canonical_hash(&record);
+            None,
+        );
         let mut line = if torn { b"\n".to_vec() } else { Vec::new() };
         line.extend(serde_json::to_vec(&record).unwrap_or_default());
         line.push(b'\n');
@@ -300,52 +341,109 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
 /// those before the first bad record otherwise.
 fn walk(path: &Path) -> Result<(Verification, Vec<Record>), AuditError> {
     let io = |source| AuditError::Io { path: path.to_path_buf(), source };
-    let mut out = Verification { records: 0, torn_lines: Vec::new(), broken: None };
     let mut records = Vec::new();
+    let mut chain = ChainCheck::new();
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, records)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((chain.verification, records)),
         Err(e) => return Err(io(e)),
     };
-    let mut prev_hash = GENESIS.to_string();
-    let mut prev_seq = 0u64;
     for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line_no = index + 1;
         let line = line.map_err(io)?;
         if line.is_empty() {
             continue;
         }
-        let record = match check_line(&line) {
+        match chain.check(index + 1, &line) {
+            Checked::Record(record) => records.push(*record),
+            Checked::Torn => {}
+            Checked::Broken => break,
+        }
+    }
+    Ok((chain.verification, records))
+}
+
+/// What [`ChainCheck::check`] made of one line.
+#[derive(Debug)]
+pub enum Checked {
+    /// A record of the chain.
+    Record(Box<Record>),
+    /// A line torn by a crash: skipped, the chain goes on.
+    Torn,
+    /// The chain breaks here (see the verification); nothing from here on is vouched for.
+    Broken,
+}
+
+/// Walks a chain one line at a time, wherever the lines come from (a file, a database).
+#[derive(Debug)]
+pub struct ChainCheck {
+    prev_hash: String,
+    prev_seq: u64,
+    /// What was found so far.
+    pub verification: Verification,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        ChainCheck::new()
+    }
+}
+
+impl ChainCheck {
+    /// A walk from the first record.
+    pub fn new() -> ChainCheck {
+        ChainCheck {
+            prev_hash: GENESIS.to_string(),
+            prev_seq: 0,
+            verification: Verification { records: 0, torn_lines: Vec::new(), broken: None },
+        }
+    }
+
+    /// Checks the line numbered `line_no`; after a break, every line is [`Checked::Broken`].
+    pub fn check(&mut self, line_no: usize, line: &[u8]) -> Checked {
+        if self.verification.broken.is_some() {
+            return Checked::Broken;
+        }
+        let record = match check_line(line) {
             Ok(record) => record,
             Err(Line::Torn) => {
-                out.torn_lines.push(line_no);
-                continue;
+                self.verification.torn_lines.push(line_no);
+                return Checked::Torn;
             }
             Err(Line::Bad(problem)) => {
-                out.broken = Some((line_no, problem));
-                return Ok((out, records));
+                self.verification.broken = Some((line_no, problem));
+                return Checked::Broken;
             }
         };
-        let problem = if record.prev != prev_hash {
+        let problem = if record.prev != self.prev_hash {
             Some(format!(
                 "record seq {} does not follow the record before it (a record was deleted, inserted or moved)",
                 record.seq
             ))
-        } else if record.seq != prev_seq + 1 {
-            Some(format!("record seq {} follows seq {prev_seq}", record.seq))
+        } else if record.seq != self.prev_seq + 1 {
+            Some(format!("record seq {} follows seq {}", record.seq, self.prev_seq))
         } else {
             None
         };
         if let Some(problem) = problem {
-            out.broken = Some((line_no, problem));
-            return Ok((out, records));
+            self.verification.broken = Some((line_no, problem));
+            return Checked::Broken;
         }
-        out.records += 1;
-        prev_hash.clone_from(&record.hash);
-        prev_seq = record.seq;
-        records.push(record);
+        self.verification.records += 1;
+        self.prev_hash.clone_from(&record.hash);
+        self.prev_seq = record.seq;
+        Checked::Record(Box::new(record))
     }
-    Ok((out, records))
+}
+
+/// One record's own bytes checked, outside a walk (a row a database hands back): the bytes are
+/// exactly what ferry writes for it and its hash covers them. Its place in the chain is the
+/// caller's to check.
+pub fn check_record(line: &[u8]) -> Result<Record, String> {
+    match check_line(line) {
+        Ok(record) => Ok(record),
+        Err(Line::Torn) => Err("a record cut short".to_string()),
+        Err(Line::Bad(problem)) => Err(problem),
+    }
 }
 
 /// Why a line is not a record of the chain.

@@ -98,6 +98,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show, take or release an environment's lock (e.g. to freeze prod)
     Lock(LockArgs),
+    /// The shared store: create its schema, move a local log into it, show it
+    State(StateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -175,6 +177,29 @@ pub struct HistoryArgs {
     /// At most this many runs
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
+}
+
+/// `ferry state`.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: StateAction,
+}
+
+/// `ferry state` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Create the shared store's schema, or upgrade it to this ferry's version
+    Init,
+    /// Push spooled records, then import a local audit log (verified first; a second push adds nothing)
+    Push {
+        /// Import this log instead of the state folder's audit.jsonl
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Which store is in use, its schema version, record count and chain head
+    Status,
 }
 
 /// `ferry audit`.
@@ -632,6 +657,11 @@ impl Command {
                 AuditAction::Bench { records, log } => request::Audit::Bench { records, log },
             }),
             Command::Lock(a) => Request::Lock(a.action.into()),
+            Command::State(a) => Request::State(match a.action {
+                StateAction::Init => request::State::Init,
+                StateAction::Push { log } => request::State::Push { log },
+                StateAction::Status => request::State::Status,
+            }),
             Command::Completions { shell } => return Err(print_completions(shell)),
             Command::Man => return Err(print_man()),
         })

@@ -90,12 +90,9 @@ impl Error {
             }
             Error::Multiple(errors) => errors.iter().map(Error::exit_code).max().unwrap_or(EXIT_INVALID),
             Error::Lock(e) if matches!(**e, crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
-            Error::Refused(_)
-            | Error::Audit(crate::audit::AuditError::Broken { .. })
-            | Error::Store(crate::store::StoreError::Files(crate::audit::AuditError::Broken { .. })) => {
-                EXIT_REFUSED
-            }
-            Error::Output(_) | Error::Audit(_) | Error::Store(_) | Error::Lock(_) | Error::Failed(_) => 1,
+            Error::Refused(_) | Error::Audit(crate::audit::AuditError::Broken { .. }) => EXIT_REFUSED,
+            Error::Store(e) => e.exit_code(),
+            Error::Output(_) | Error::Audit(_) | Error::Lock(_) | Error::Failed(_) => 1,
         }
     }
 

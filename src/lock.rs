@@ -533,6 +533,14 @@ async fn try_lock_environment(
 }
 
 impl EnvironmentLock {
+    /// Keeps the runner-side lease after this process ends, where the store can (a shared
+    /// store's lease lasts until its expiry; a file lock ends with the process).
+    pub fn keep_lease(&self) {
+        if let Some(local) = &self.local {
+            local.keep();
+        }
+    }
+
     /// The lock's open connection to `target`, for the work done under the lock: a deployment
     /// uses one connection per target for locking and deploying.
     pub fn connection(&self, target: &str) -> Option<Arc<dyn Host>> {

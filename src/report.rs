@@ -698,7 +698,7 @@ mod tests {
         fn append(
             &self,
             entry: &crate::audit::Entry,
-        ) -> Result<crate::audit::Record, crate::store::StoreError> {
+        ) -> Result<crate::store::Appended, crate::store::StoreError> {
             let mut refusals = self.refusals.lock().unwrap();
             if *refusals > 0 {
                 *refusals -= 1;
@@ -706,15 +706,7 @@ mod tests {
                 return Err(crate::audit::AuditError::Io { path: "flaky".into(), source: gone }.into());
             }
             self.written.lock().unwrap().push(entry.clone());
-            Ok(crate::audit::Record {
-                seq: 1,
-                time: String::new(),
-                id: String::new(),
-                actor: self.actor.clone(),
-                entry: entry.clone(),
-                prev: String::new(),
-                hash: String::new(),
-            })
+            Ok(crate::store::Appended::Chained(1))
         }
         fn deployments(
             &self,
@@ -722,6 +714,9 @@ mod tests {
             _: &str,
         ) -> Result<Vec<crate::deployments::Deployment>, crate::store::StoreError> {
             Ok(Vec::new())
+        }
+        fn status(&self) -> Result<crate::store::StoreStatus, crate::store::StoreError> {
+            unimplemented!("not asked in these tests")
         }
         fn successes_by_phase(
             &self,

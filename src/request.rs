@@ -50,6 +50,22 @@ pub enum Request {
     Audit(Audit),
     /// `ferry lock …`.
     Lock(Lock),
+    /// `ferry state …`.
+    State(State),
+}
+
+/// `ferry state …`.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// Create or upgrade the shared store's schema.
+    Init,
+    /// Push the spool and import a local log.
+    Push {
+        /// Another log file.
+        log: Option<PathBuf>,
+    },
+    /// Show the store in use.
+    Status,
 }
 
 /// `--set NAME=VALUE`, checked: a variable name, not one ferry sets itself.

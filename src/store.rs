@@ -9,6 +9,9 @@
 //! filter", and [`Store::append`] takes the entry by reference, so when a store cannot be
 //! reached the caller still holds the record and can keep it for later instead of losing it.
 
+pub mod postgres;
+pub mod state_url;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -31,13 +34,114 @@ pub enum StoreError {
         /// The key file.
         path: PathBuf,
     },
+    /// The shared store could not be reached (exit 1, before any target is touched).
+    #[error(
+        "cannot reach the state store {endpoint}: {message}\n  = help: check that the database is up and reachable from this machine, and the state URL ([state] url, or FERRY_STATE_URL); nothing was changed on any target"
+    )]
+    Unreachable {
+        /// `user@host:port/db` (never the password).
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// The shared store answered with an error, or went away mid-command.
+    #[error("the state store {endpoint} failed: {message}")]
+    Database {
+        /// `user@host:port/db`.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// The database has no ferry schema, an older or a newer one (exit 2).
+    #[error(
+        "the state store {endpoint} {}",
+        match found {
+            None => "has no ferry schema\n  = help: create it with `ferry state init` (once, by a role that may create tables)".to_string(),
+            Some(v) if v < wanted => format!("has schema version {v}, this ferry needs {wanted}\n  = help: upgrade it with `ferry state init`"),
+            Some(v) => format!("has schema version {v}, newer than this ferry's {wanted}\n  = help: upgrade ferry on this runner; an older ferry never writes a newer schema"),
+        }
+    )]
+    Schema {
+        /// `user@host:port/db`.
+        endpoint: String,
+        /// The version on record.
+        found: Option<i32>,
+        /// The version this build needs.
+        wanted: i32,
+    },
+    /// A row of the shared store's chain is not what ferry wrote: nothing acts on it (exit 4).
+    #[error(
+        "the audit chain in the state store {endpoint} is broken at seq {seq}: {problem}; ferry acts on no record of a broken chain\n  = help: `ferry audit verify` walks the whole chain; restore the table from a backup"
+    )]
+    Broken {
+        /// `user@host:port/db`.
+        endpoint: String,
+        /// The row.
+        seq: i64,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The local spool could not be written or read.
+    #[error("the spool {}: {source}", crate::diagnostic::display_path(path).display())]
+    Spool {
+        /// The spool file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command needs the shared store and this inventory uses the local files.
+    #[error("{0}")]
+    NotShared(String),
+}
+
+impl StoreError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StoreError::Files(AuditError::Broken { .. }) | StoreError::Broken { .. } => {
+                crate::error::EXIT_REFUSED
+            }
+            StoreError::Schema { .. } | StoreError::NotShared(_) => crate::error::EXIT_INVALID,
+            _ => 1,
+        }
+    }
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Chained, with this seq.
+    Chained(u64),
+    /// Kept in the local spool (the shared store was unreachable); pushed later.
+    Spooled,
+}
+
+/// What `ferry state status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStatus {
+    /// `files` or `postgresql`.
+    pub kind: &'static str,
+    /// The log file, or `user@host:port/db`.
+    pub location: String,
+    /// The TLS mode (`sslmode`), or `-` for files.
+    pub tls: String,
+    /// The schema version (files: none).
+    pub schema: Option<i32>,
+    /// Records in the chain.
+    pub records: u64,
+    /// The chain head: seq and hash.
+    pub head: Option<(u64, String)>,
+    /// Records that reached the chain late, from a runner's spool.
+    pub delayed: u64,
+    /// Records imported from a local log.
+    pub imported: u64,
 }
 
 /// The file of [`FileStore`]'s hash key, in the state folder.
 const HASH_KEY_FILE: &str = "hash.key";
 
 /// 64 hex digits as 32 bytes.
-fn decode_key(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_key(text: &str) -> Option<Vec<u8>> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }
@@ -61,6 +165,10 @@ pub struct HistoryFilter {
 pub trait Lease: Send + Sync + std::fmt::Debug {
     /// Records `info` (a later expiry) in the held lease.
     fn rewrite(&self, info: &LockInfo) -> std::io::Result<()>;
+
+    /// Keeps the lease after this process ends, until its expiry (`ferry lock acquire`). A
+    /// lease that lives only as long as its process (a file lock) cannot be kept.
+    fn keep(&self) {}
 }
 
 impl Lease for crate::lock::LocalLock {
@@ -77,9 +185,20 @@ pub trait Store: Send + Sync {
     /// Who this store writes as.
     fn actor(&self) -> &Actor;
 
-    /// Appends one record to the chain; returns only once it is durable. On an error nothing
-    /// was recorded and the caller still holds `entry`.
-    fn append(&self, entry: &Entry) -> Result<Record, StoreError>;
+    /// Appends one record to the chain; returns only once it is durable (chained, or kept in a
+    /// local spool when a shared store went away mid-run). On an error nothing was recorded and
+    /// the caller still holds `entry`.
+    fn append(&self, entry: &Entry) -> Result<Appended, StoreError>;
+
+    /// True for a store shared by runners (a database), false for the local files.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Records this process had to spool instead of chaining (they reach the chain later).
+    fn spooled(&self) -> usize {
+        0
+    }
 
     /// The deployments (deploy, rollback, promote) of `app` in `environment`, oldest first.
     fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError>;
@@ -107,6 +226,27 @@ pub trait Store: Send + Sync {
     /// Takes the runner-side lease of `environment`, recording `info` in it; a held lease is
     /// [`LockError::Held`] naming its holder.
     fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError>;
+
+    /// The live lease of `environment` that outlives processes (a shared store's), if any.
+    fn lease_holder(&self, _environment: &str) -> Result<Option<LockInfo>, StoreError> {
+        Ok(None)
+    }
+
+    /// Removes `environment`'s lasting lease (only `run`'s, when given); returns what it held.
+    fn break_lease(&self, _environment: &str, _run: Option<&str>) -> Result<Option<LockInfo>, StoreError> {
+        Ok(None)
+    }
+
+    /// Which store this is, its schema, size and chain head.
+    fn status(&self) -> Result<StoreStatus, StoreError>;
+
+    /// Chains `records` from a local log (time and actor kept, marked imported); records
+    /// already imported are skipped. Returns how many were added.
+    fn import(&self, _records: &[Record]) -> Result<usize, StoreError> {
+        Err(StoreError::NotShared(
+            "this inventory keeps its records in local files; `ferry state push` moves them into a shared store: set [state] url in the inventory, or FERRY_STATE_URL".into(),
+        ))
+    }
 }
 
 /// The records as files in a state folder: `audit.jsonl` and `locks/ENV.lock`.
@@ -141,8 +281,8 @@ impl Store for FileStore {
         self.log.actor()
     }
 
-    fn append(&self, entry: &Entry) -> Result<Record, StoreError> {
-        Ok(self.log.append(entry.clone())?)
+    fn append(&self, entry: &Entry) -> Result<Appended, StoreError> {
+        Ok(Appended::Chained(self.log.append(entry.clone())?.seq))
     }
 
     fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError> {
@@ -242,5 +382,21 @@ impl Store for FileStore {
 
     fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError> {
         Ok(Box::new(crate::lock::lock_local(&self.dir, environment, info)?))
+    }
+
+    fn status(&self) -> Result<StoreStatus, StoreError> {
+        let records = self.records()?;
+        let count =
+            |via: &str| records.iter().filter(|r| r.origin.as_ref().is_some_and(|o| o.via == via)).count();
+        Ok(StoreStatus {
+            kind: "files",
+            location: self.describe(),
+            tls: "-".into(),
+            schema: None,
+            records: records.len() as u64,
+            head: records.last().map(|r| (r.seq, r.hash.clone())),
+            delayed: count("spooled") as u64,
+            imported: count("imported") as u64,
+        })
     }
 }

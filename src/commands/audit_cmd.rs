@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::audit_log;
+use super::{audit_log, store};
 use crate::audit::{self, Entry};
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -16,45 +16,63 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
     let log = audit_log(inventory);
     match args {
         Audit::Verify { log: path } => {
-            let path = path.clone().unwrap_or_else(|| log.path().to_path_buf());
-            let result = audit::verify(&path)?;
+            // Without --log: the inventory's store (the shared one's table, or the local file).
+            let (label, result) = match path {
+                Some(path) => (path.display().to_string(), audit::verify(path)?),
+                None => {
+                    let store = store(inventory)?;
+                    let label =
+                        if store.is_shared() { store.describe() } else { log.path().display().to_string() };
+                    (label, store.verify()?)
+                }
+            };
             if output == OutputFormat::Json {
                 output::print_json(
-                    &serde_json::json!({ "schema": 1, "type": "verify", "log": path, "result": &result }),
+                    &serde_json::json!({ "schema": 1, "type": "verify", "log": label, "result": &result }),
                 )?;
             } else {
                 for line in &result.torn_lines {
                     eprintln!(
-                        "warning: {}:{line}: torn record (a crash during a write); the chain continues past it",
-                        path.display()
+                        "warning: {label}:{line}: torn record (a crash during a write); the chain continues past it"
                     );
                 }
                 match &result.broken {
-                    None => output::print(&format!(
-                        "{}: ok, {} records, chain intact\n",
-                        path.display(),
-                        result.records
-                    ))?,
-                    Some((line, problem)) => {
-                        output::print(&format!("{}:{line}: BROKEN: {problem}\n", path.display()))?
+                    None => {
+                        output::print(&format!("{label}: ok, {} records, chain intact\n", result.records))?
                     }
+                    Some((line, problem)) => output::print(&format!("{label}:{line}: BROKEN: {problem}\n"))?,
                 }
             }
             Ok(if result.broken.is_some() { 1 } else { 0 })
         }
         Audit::Bench { records, log: path } => {
+            // Without --log, a shared store is benchmarked through the store (one transaction
+            // per append, as a run writes them); otherwise the file.
+            let shared = match path {
+                Some(_) => None,
+                None => Some(store(inventory)?).filter(|s| s.is_shared()),
+            };
             let log = match path {
                 Some(p) => log.with_file(p),
                 None => log,
             };
+            let target = shared.as_ref().map_or_else(|| log.path().display().to_string(), |s| s.describe());
             let mut times = Vec::with_capacity(*records);
             for i in 0..*records {
-                let started = Instant::now();
-                log.append(Entry {
+                let entry = Entry {
                     run: "bench".into(),
                     command: "audit bench".into(),
                     ..records::entry(records::Kind::Bench, &serde_json::json!({ "n": i }))
-                })?;
+                };
+                let started = Instant::now();
+                match &shared {
+                    Some(store) => {
+                        store.append(&entry)?;
+                    }
+                    None => {
+                        log.append(entry)?;
+                    }
+                }
                 times.push(started.elapsed());
             }
             times.sort();
@@ -62,8 +80,7 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
                 times.get(((times.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
             };
             output::print(&format!(
-                "{records} appends to {}: median {:.2} ms, p90 {:.2} ms, max {:.2} ms (fsync included)\n",
-                log.path().display(),
+                "{records} appends to {target}: median {:.2} ms, p90 {:.2} ms, max {:.2} ms (commit or fsync included)\n",
                 pick(0.5),
                 pick(0.9),
                 pick(1.0)

@@ -77,7 +77,7 @@ pub fn deploy_release(
     output: OutputFormat,
 ) -> Result<i32, Error> {
     let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
-    let hash_key = crate::planning::hash_key(&*store(&inventory))?;
+    let hash_key = crate::planning::hash_key(&*store(&inventory)?)?;
     let planner = InventoryPlanner {
         renderer,
         app: selection.app.clone(),
@@ -105,7 +105,7 @@ pub fn lifecycle_gate(
     digest: Option<&str>,
     skip: Option<String>,
 ) -> Result<Notes, Error> {
-    let by_phase = super::store(inventory).successes_by_phase(&app.name, &inventory.phases)?;
+    let by_phase = super::store(inventory)?.successes_by_phase(&app.name, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let release = digest.unwrap_or(version);
     let gate = crate::lifecycle::check(
@@ -186,7 +186,7 @@ pub fn execute(
     let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
     let prompt = format!("{what} ({} targets)", plan.targets.len());
     Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
-    let store = store(inventory);
+    let store = store(inventory)?;
     let login = super::feed::login_for(inventory, &app)?;
     let mut secrets = known_secrets(inventory, &env.name);
     // The registry password too: Docker or a target could echo it in an error.

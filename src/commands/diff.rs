@@ -76,7 +76,7 @@ pub fn run(
         Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
         None => plan,
     };
-    let history = store(inventory).deployments(&plan.app, &plan.environment)?;
+    let history = store(inventory)?.deployments(&plan.app, &plan.environment)?;
     let diffs: Vec<TargetDiff> = plan
         .targets
         .iter()

@@ -43,7 +43,7 @@ pub fn run(inventory: &Inventory, args: &History, output: OutputFormat) -> Resul
             .map(|d| crate::time::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
         limit: args.limit,
     };
-    let records = store(inventory).history(&filter)?;
+    let records = store(inventory)?.history(&filter)?;
     let selected: Vec<Run<'_>> = group(&records).into_iter().rev().collect();
     if output == OutputFormat::Json {
         output::print_json(&serde_json::json!({ "schema": 1, "type": "history", "runs": selected }))?;

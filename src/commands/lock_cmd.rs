@@ -15,13 +15,24 @@ use crate::request::{Lock, LockAction};
 pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i32, Error> {
     let env = inventory.environment(&args.environment)?;
     let options = ssh_options(inventory, args.connect_timeout)?;
-    let store = store(inventory);
+    let store = store(inventory)?;
     let operator = Operator { me: store.actor().describe(), store, environment: &env.name };
     runtime()?.block_on(async {
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
         match &args.action {
             LockAction::Status => {
-                print_status(&status_rows(&connections, &env.name).await, &env.name, output)?
+                let mut rows = status_rows(&connections, &env.name).await;
+                if let Some(info) = operator.store.lease_holder(&env.name)? {
+                    let row = vec![
+                        STORE_TARGET.to_string(),
+                        "LOCKED".into(),
+                        info.holder.clone(),
+                        crate::time::format_ms(info.expires_ms),
+                        info.message.clone(),
+                    ];
+                    rows.insert(0, row);
+                }
+                print_status(&rows, &env.name, output)?
             }
             LockAction::Acquire { message, ttl, force } => {
                 let connections = lock::all_connected(&env.name, connections)?;
@@ -37,6 +48,9 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
 }
 
 /// An operator's hand on one environment's lock, with every change on record.
+/// How the shared store's lease is named where targets are listed.
+const STORE_TARGET: &str = "(state store)";
+
 struct Operator<'a> {
     store: std::sync::Arc<dyn crate::store::Store>,
     me: String,
@@ -99,7 +113,9 @@ impl Operator<'_> {
         };
         self.record(Kind::LockAcquired, &info.run, names, &change)?;
         output::print(&format!("locked {} until {expires} ({})\n", self.environment, info.run))?;
-        // The targets' locks outlive this process: close without releasing them.
+        // The targets' locks, and a shared store's lease, outlive this process: close without
+        // releasing them.
+        held.keep_lease();
         drop(held);
         Ok(())
     }
@@ -108,6 +124,27 @@ impl Operator<'_> {
     async fn release(&self, connections: &[crate::host::Connected], force: bool) -> Result<(), Error> {
         let environment = self.environment;
         let mut released = 0;
+        if let Some(holder) = self.store.lease_holder(environment)? {
+            let mine = holder.holder == self.me;
+            if !mine && !force {
+                return Err(lock::LockError::Held {
+                    environment: environment.into(),
+                    target: STORE_TARGET.into(),
+                    info: Some(Box::new(holder)),
+                }
+                .into());
+            }
+            if let Some(holder) = self.store.break_lease(environment, None)? {
+                let change = LockChange {
+                    previous: Some(holder.describe()),
+                    reason: Some(if mine { "released" } else { "forced" }.into()),
+                    ..LockChange::default()
+                };
+                let kind = if mine { Kind::LockReleased } else { Kind::LockBroken };
+                self.record(kind, &holder.run, vec![STORE_TARGET.into()], &change)?;
+                released += 1;
+            }
+        }
         for (name, connection) in connections {
             let unreachable = |e| lock_unreachable(environment, name, e);
             let Some(found) = lock::read_remote(connection, environment).await.map_err(unreachable)? else {

@@ -18,6 +18,7 @@ pub mod promote;
 pub mod rollback;
 pub mod run;
 pub mod session;
+pub mod state_cmd;
 pub mod status;
 pub mod trust;
 pub mod vars_cmd;
@@ -35,6 +36,16 @@ use crate::request::{Global, Request};
 pub fn run(global: &Global, request: Request) -> Result<i32, Error> {
     let inventory = load_inventory(global.inventory.as_deref())?;
     let output = global.output;
+    let shared = shared_store_key(&inventory);
+    let result = dispatch(inventory, request, output);
+    if let Some(key) = shared {
+        report_spooled(&key);
+    }
+    result
+}
+
+/// Runs one command.
+fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Result<i32, Error> {
     match request {
         Request::Check(r) => check::run(&inventory, &r, output),
         Request::Plan(r) => plan::run(&inventory, &r, output),
@@ -49,6 +60,7 @@ pub fn run(global: &Global, request: Request) -> Result<i32, Error> {
         Request::History(r) => history::run(&inventory, &r, output),
         Request::Audit(r) => audit_cmd::run(&inventory, &r, output),
         Request::Lock(r) => lock_cmd::run(&inventory, &r, output),
+        Request::State(r) => state_cmd::run(&inventory, &r, output),
     }
 }
 
@@ -117,9 +129,108 @@ pub fn state_dir(inventory: &Inventory) -> std::path::PathBuf {
     process_env("FERRY_STATE_DIR").map_or_else(|| inventory.defaults.state_dir.clone(), Into::into)
 }
 
-/// The inventory's records, written as the actor detected from this process.
-pub fn store(inventory: &Inventory) -> std::sync::Arc<dyn crate::store::Store> {
-    std::sync::Arc::new(crate::store::FileStore::new(&state_dir(inventory), actor()))
+/// The inventory's records, written as the actor detected from this process: the shared store
+/// when `[state] url` (or, without `[state]`, `FERRY_STATE_URL`) names one, else the files in
+/// the state folder. A shared store is opened once per process, and refused (before any target
+/// is touched) when it cannot be reached or its schema is not this ferry's.
+pub fn store(inventory: &Inventory) -> Result<std::sync::Arc<dyn crate::store::Store>, Error> {
+    open_store(inventory, crate::store::postgres::Schema::Current)
+}
+
+/// [`store`], making or upgrading the shared store's schema first with
+/// [`Schema::Migrate`](crate::store::postgres::Schema::Migrate) (`ferry state init`).
+pub fn open_store(
+    inventory: &Inventory,
+    schema: crate::store::postgres::Schema,
+) -> Result<std::sync::Arc<dyn crate::store::Store>, Error> {
+    use std::sync::{Arc, Mutex};
+    let Some((url, from)) = state_url(inventory)? else {
+        return Ok(Arc::new(crate::store::FileStore::new(&state_dir(inventory), actor())));
+    };
+    let key = shared_store_key(inventory).map(|k| k.key).unwrap_or_default();
+    let opened = OPENED.get_or_init(Mutex::default);
+    if schema == crate::store::postgres::Schema::Current
+        && let Some(store) = opened.lock().ok().and_then(|o| o.get(&key).cloned())
+    {
+        return Ok(store);
+    }
+    tracing::debug!(store = %url.endpoint(), from = %from, "opening the shared store");
+    let store = crate::store::postgres::PgStore::open(&url, actor(), &state_dir(inventory), schema)?;
+    if store.pushed_from_spool() > 0 {
+        eprintln!(
+            "note: {} delayed records from the local spool are now in the state store {}",
+            store.pushed_from_spool(),
+            url.endpoint()
+        );
+    }
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    if let Ok(mut opened) = opened.lock() {
+        opened.insert(key, Arc::clone(&store));
+    }
+    Ok(store)
+}
+
+/// Which shared store and state folder [`open_store`] caches a store under, and the spool.
+struct SharedKey {
+    endpoint: String,
+    key: String,
+    spool: PathBuf,
+}
+
+fn shared_store_key(inventory: &Inventory) -> Option<SharedKey> {
+    let (url, _) = state_url(inventory).ok()??;
+    let dir = state_dir(inventory);
+    Some(SharedKey {
+        key: format!("{}/{}", url.endpoint(), dir.display()),
+        endpoint: url.endpoint(),
+        spool: dir.join("spool.jsonl"),
+    })
+}
+
+/// Says so when records of this process went to the local spool instead of the shared store.
+fn report_spooled(shared: &SharedKey) {
+    let Some(opened) = OPENED.get() else { return };
+    let spooled = opened.lock().ok().and_then(|o| o.get(&shared.key).map(|s| s.spooled())).unwrap_or(0);
+    if spooled > 0 {
+        eprintln!(
+            "warning: the state store {} was lost during this command: {spooled} records are in the local spool {} (fsynced); the next command that reaches the store pushes them (or `ferry state push`)",
+            shared.endpoint,
+            crate::diagnostic::display_path(&shared.spool).display()
+        );
+    }
+}
+
+/// The shared stores this process opened, by endpoint and state folder.
+static OPENED: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<dyn crate::store::Store>>>,
+> = std::sync::OnceLock::new();
+
+/// The shared store's URL and where it came from, when one is set.
+fn state_url(inventory: &Inventory) -> Result<Option<(crate::store::state_url::StateUrl, String)>, Error> {
+    use crate::store::state_url::StateUrl;
+    let (text, from, span) = match &inventory.state_url {
+        Some(def) => {
+            let secret = crate::vars::read_source(inventory, "[state] url", def, &process_env)?;
+            (secret.expose().to_string(), def.source.to_string(), Some(def.span.clone()))
+        }
+        None => match process_env("FERRY_STATE_URL").filter(|v| !v.trim().is_empty()) {
+            Some(text) => (text, "environment variable FERRY_STATE_URL".to_string(), None),
+            None => return Ok(None),
+        },
+    };
+    match StateUrl::parse(&text, &process_env) {
+        Ok(url) => Ok(Some((url, from))),
+        Err(problem) => {
+            let diagnostic = Diagnostic::new(format!("the state URL (from {from}): {problem}"));
+            let diagnostic = match span {
+                Some(span) => diagnostic.at(&inventory.source, span),
+                None => diagnostic,
+            };
+            Err(diagnostic
+                .help("write it as postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA.pem")
+                .into())
+        }
+    }
 }
 
 /// The inventory's audit log file itself (`ferry audit verify --log`, `ferry audit bench`).

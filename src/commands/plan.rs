@@ -26,7 +26,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
         }
         _ => (asked.to_string(), None),
     };
-    let hash_key = crate::planning::hash_key(&*super::store(inventory))?;
+    let hash_key = crate::planning::hash_key(&*super::store(inventory)?)?;
     let request = PlanRequest {
         app: &args.selection.app,
         environment: &args.selection.environment,

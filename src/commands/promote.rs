@@ -15,7 +15,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let to = &args.selection.environment;
     let app = inventory.app(&args.selection.app)?.name.clone();
     inventory.environment(to)?;
-    let by_phase = store(&inventory).successes_by_phase(&app, &inventory.phases)?;
+    let by_phase = store(&inventory)?.successes_by_phase(&app, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
         .map_err(|why| {

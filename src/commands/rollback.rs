@@ -24,7 +24,7 @@ use crate::request::Rollback as RollbackArgs;
 pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
-    let store = store(&inventory);
+    let store = store(&inventory)?;
     let history = store.deployments(&app, &env)?;
     let to = deployments::rollback_target(&history, args.to.as_deref()).map_err(|why| {
         Error::Failed(

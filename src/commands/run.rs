@@ -31,7 +31,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     let secrets = known_secrets(&inventory, &env.name);
     let command = args.command.join(" ");
     let shown = mask(&command, &secrets);
-    let store = store(&inventory);
+    let store = store(&inventory)?;
     let run_id = new_deployment_id();
     let work = Work {
         command: command.clone(),

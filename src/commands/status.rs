@@ -61,7 +61,7 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
     let targets = select::select(inventory, app, env, &args.limits)?;
-    let last = store(inventory).last_success(&app.name, &env.name)?;
+    let last = store(inventory)?.last_success(&app.name, &env.name)?;
     let last = last.as_ref();
     let ssh = ssh_options(inventory, args.connect_timeout)?;
     let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));

@@ -73,7 +73,7 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
             .map(|f| serde_json::json!({ "target": f.target, "address": f.address, "fingerprint": f.fingerprint, "replaced": f.state == "replace" }))
             .collect();
         let detail = serde_json::json!({ "known_hosts": inventory.defaults.known_hosts, "keys": keys });
-        store(inventory).append(&crate::audit::Entry {
+        store(inventory)?.append(&crate::audit::Entry {
             run: super::new_deployment_id(),
             command: "trust".into(),
             environment: Some(env.name.clone()),

@@ -70,6 +70,9 @@ pub struct Inventory {
     pub feeds: BTreeMap<String, Feed>,
     /// Apps in file order.
     pub apps: Vec<App>,
+    /// `[state] url`: the shared store's URL (a secret: it may hold a password). `None`: the
+    /// process's `FERRY_STATE_URL`, else the local files.
+    pub state_url: Option<SecretDef>,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -407,6 +410,7 @@ impl Checker<'_> {
         let feeds = self.feeds(raw.feeds);
         let templates_dir = self.templates_dir(&defaults.1);
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
+        let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -418,6 +422,7 @@ impl Checker<'_> {
             targets,
             feeds,
             apps,
+            state_url,
         }
     }
 

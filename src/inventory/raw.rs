@@ -33,6 +33,14 @@ pub struct RawInventory {
     pub feeds: SpannedMap<Spanned<RawFeed>>,
     #[serde(default)]
     pub apps: SpannedMap<Spanned<RawApp>>,
+    pub state: Option<Spanned<RawState>>,
+}
+
+/// `[state]`: where the records live when they are shared.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub url: Spanned<RawSecretSource>,
 }
 
 /// `[defaults]`: connection settings and the lowest variable layer.
