@@ -325,8 +325,9 @@ impl PgStore {
         answer.map_err(|f| self.failed(f))
     }
 
-    /// Appends `items` in one transaction; `Ok` counts the records chained (those already on
-    /// record, by id or imported hash, are skipped).
+    /// Appends `items` in one transaction, in order; returns the seqs given. Items already on
+    /// record (a spooled record by id, an imported one by its original hash) are skipped, so a
+    /// push cut short and repeated adds each record once.
     fn chain(&self, items: Vec<Pending>) -> Answer<Vec<u64>> {
         self.db.call(|client| async move {
             let mut client = client.lock().await;
@@ -335,31 +336,25 @@ impl PgStore {
             let head = tx.query_opt("SELECT seq, hash FROM ferry_audit ORDER BY seq DESC LIMIT 1", &[]).await?;
             let mut head: Option<(u64, String)> =
                 head.map(|row| (u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), row.get(1)));
-            let insert = tx
-                .prepare(
-                    "INSERT INTO ferry_audit (seq, id, time_ms, run, kind, command, app, environment, origin, imported_hash, prev, hash, line) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .await?;
-            let run_head = tx
-                .prepare(
-                    "INSERT INTO ferry_runs (run, first_seq, time_ms, app, environment) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (run) DO NOTHING",
-                )
-                .await?;
-            let mut chained = Vec::new();
+            let ids: Vec<String> = items.iter().filter_map(|i| i.skip_if_id.clone()).collect();
+            let imported: Vec<String> = items.iter().filter_map(Pending::imported_hash).collect();
+            let mut known = std::collections::HashSet::new();
+            for (column, keys) in [("id", &ids), ("imported_hash", &imported)] {
+                for chunk in keys.chunks(BATCH) {
+                    let sql = format!("SELECT {column} FROM ferry_audit WHERE {column} = ANY($1)");
+                    for row in tx.query(&sql, &[&chunk]).await? {
+                        known.insert(row.get::<_, String>(0));
+                    }
+                }
+            }
+            let mut rows = Rows::default();
             for item in items {
-                if let Some(id) = &item.skip_if_id
-                    && tx.query_opt("SELECT 1 FROM ferry_audit WHERE id = $1", &[id]).await?.is_some()
-                {
+                let seen = item.skip_if_id.as_ref().is_some_and(|id| known.contains(id))
+                    || item.imported_hash().is_some_and(|hash| known.contains(&hash));
+                if seen {
                     continue;
                 }
-                if let Some(Origin { hash: Some(hash), .. }) = &item.origin
-                    && tx.query_opt("SELECT 1 FROM ferry_audit WHERE imported_hash = $1", &[hash]).await?.is_some()
-                {
-                    continue;
-                }
-                let imported = item.origin.as_ref().filter(|o| o.via == "imported").and_then(|o| o.hash.clone());
+                let imported = item.imported_hash();
                 let origin = item.origin.as_ref().map(|o| o.via.clone());
                 let record = audit::seal(
                     head.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
@@ -369,35 +364,55 @@ impl PgStore {
                     item.entry,
                     item.origin,
                 );
-                let line = String::from_utf8(serde_json::to_vec(&record).unwrap_or_default()).unwrap_or_default();
-                let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
-                let time_ms = crate::time::parse_ms(&record.time).unwrap_or(0);
-                let e = &record.entry;
+                rows.push(&record, origin, imported);
+                head = Some((record.seq, record.hash));
+            }
+            let insert = "INSERT INTO ferry_audit (seq, id, time_ms, run, kind, command, app, environment, origin, imported_hash, prev, hash, line) \
+                SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])";
+            // A run is listed under its first record (the history's index).
+            let run_heads = "INSERT INTO ferry_runs (run, first_seq, time_ms, app, environment) \
+                SELECT DISTINCT ON (run) run, seq, time_ms, app, environment \
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) AS u(run, seq, time_ms, app, environment) \
+                ORDER BY run, seq ON CONFLICT (run) DO NOTHING";
+            let mut at = 0;
+            while at < rows.seq.len() {
+                let to = (at + BATCH).min(rows.seq.len());
+                let r = at..to;
                 tx.execute(
-                    &insert,
+                    insert,
                     &[
-                        &seq,
-                        &record.id,
-                        &time_ms,
-                        &e.run,
-                        &e.kind,
-                        &e.command,
-                        &e.app,
-                        &e.environment,
-                        &origin,
-                        &imported,
-                        &record.prev,
-                        &record.hash,
-                        &line,
+                        &&rows.seq[r.clone()],
+                        &&rows.id[r.clone()],
+                        &&rows.time_ms[r.clone()],
+                        &&rows.run[r.clone()],
+                        &&rows.kind[r.clone()],
+                        &&rows.command[r.clone()],
+                        &&rows.app[r.clone()],
+                        &&rows.environment[r.clone()],
+                        &&rows.origin[r.clone()],
+                        &&rows.imported[r.clone()],
+                        &&rows.prev[r.clone()],
+                        &&rows.hash[r.clone()],
+                        &&rows.line[r.clone()],
                     ],
                 )
                 .await?;
-                tx.execute(&run_head, &[&e.run, &seq, &time_ms, &e.app, &e.environment]).await?;
-                chained.push(record.seq);
-                head = Some((record.seq, record.hash));
+                tx.execute(
+                    run_heads,
+                    &[
+                        &&rows.run[r.clone()],
+                        &&rows.seq[r.clone()],
+                        &&rows.time_ms[r.clone()],
+                        &&rows.app[r.clone()],
+                        &&rows.environment[r.clone()],
+                    ],
+                )
+                .await?;
+                at = to;
             }
             tx.commit().await?;
-            Ok(chained)
+            Ok(rows.seq.iter().map(|&s| u64::try_from(s).unwrap_or(0)).collect())
         })
     }
 
@@ -533,6 +548,46 @@ impl PgStore {
     }
 }
 
+/// Rows per INSERT when many records are chained at once (`ferry state push`).
+const BATCH: usize = 5000;
+
+/// Records as columns, for one `unnest` insert.
+#[derive(Default)]
+struct Rows {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    time_ms: Vec<i64>,
+    run: Vec<String>,
+    kind: Vec<String>,
+    command: Vec<String>,
+    app: Vec<Option<String>>,
+    environment: Vec<Option<String>>,
+    origin: Vec<Option<String>>,
+    imported: Vec<Option<String>>,
+    prev: Vec<String>,
+    hash: Vec<String>,
+    line: Vec<String>,
+}
+
+impl Rows {
+    fn push(&mut self, record: &Record, origin: Option<String>, imported: Option<String>) {
+        let e = &record.entry;
+        self.seq.push(i64::try_from(record.seq).unwrap_or(i64::MAX));
+        self.id.push(record.id.clone());
+        self.time_ms.push(crate::time::parse_ms(&record.time).unwrap_or(0));
+        self.run.push(e.run.clone());
+        self.kind.push(e.kind.clone());
+        self.command.push(e.command.clone());
+        self.app.push(e.app.clone());
+        self.environment.push(e.environment.clone());
+        self.origin.push(origin);
+        self.imported.push(imported);
+        self.prev.push(record.prev.clone());
+        self.hash.push(record.hash.clone());
+        self.line.push(String::from_utf8(serde_json::to_vec(record).unwrap_or_default()).unwrap_or_default());
+    }
+}
+
 /// A record waiting to be chained.
 struct Pending {
     id: String,
@@ -542,6 +597,13 @@ struct Pending {
     origin: Option<Origin>,
     /// Skip it when a record with this id is already chained (a spool pushed twice).
     skip_if_id: Option<String>,
+}
+
+impl Pending {
+    /// The original hash of an imported record.
+    fn imported_hash(&self) -> Option<String> {
+        self.origin.as_ref().filter(|o| o.via == "imported").and_then(|o| o.hash.clone())
+    }
 }
 
 /// One query parameter (owned, so the query can move to the runtime thread).
