@@ -485,7 +485,9 @@ up() {
     echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
     echo "FERRY_LAB_PG_URL=$(pg_url ferry)"
     echo "FERRY_LAB_PG_SOCKET=$PG/sock"
-  } > "$T/lab.env"
+  } > "$T/lab.env.new"
+  chmod 600 "$T/lab.env.new"                      # the role ferry's password is in its URL
+  mv "$T/lab.env.new" "$T/lab.env"                # whole or not at all: lab.env means "up"
   log "up: $n hosts ($NET.11-$NET.$((10 + n))), registry $REGISTRY, inventory $T/lab.toml"
 }
 
