@@ -1316,3 +1316,110 @@ mod tls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor() -> Actor {
+        Actor { user: "u".into(), host: "h".into(), via: "terminal".into(), job: None }
+    }
+
+    /// Three chained records as the database would hold them, and rows for the middle one.
+    fn middle_row() -> (Vec<Record>, Row) {
+        let mut records: Vec<Record> = Vec::new();
+        for n in 0..3 {
+            let entry = Entry {
+                kind: "run_finished".into(),
+                run: format!("r{n}"),
+                command: "deploy".into(),
+                app: Some("web".into()),
+                environment: Some("prod".into()),
+                ..Entry::default()
+            };
+            let prev = records.last().map(|r| (r.seq, r.hash.as_str()));
+            records.push(audit::seal(
+                prev,
+                crate::time::now_rfc3339(),
+                format!("id{n}"),
+                actor(),
+                entry,
+                None,
+            ));
+        }
+        let middle = &records[1];
+        let row = Row {
+            seq: 2,
+            line: String::from_utf8(serde_json::to_vec(middle).unwrap()).unwrap(),
+            run: "r1".into(),
+            kind: "run_finished".into(),
+            command: "deploy".into(),
+            app: Some("web".into()),
+            environment: Some("prod".into()),
+            before: Some(records[0].hash.clone()),
+            after: Some(records[2].prev.clone()),
+            head: Some(3),
+        };
+        (records, row)
+    }
+
+    #[test]
+    fn a_row_is_trusted_only_with_its_bytes_columns_and_links_intact() {
+        let (records, row) = middle_row();
+        assert_eq!(row.check().unwrap(), records[1]);
+
+        let (_, mut edited) = middle_row();
+        edited.line = edited.line.replace("\"prod\"", "\"staging\"");
+        assert!(edited.check().unwrap_err().contains("modified"));
+
+        let (_, mut moved) = middle_row();
+        moved.environment = Some("staging".into());
+        assert!(moved.check().unwrap_err().contains("columns"), "a row filed under another environment");
+
+        let (_, mut orphan) = middle_row();
+        orphan.before = None;
+        assert!(orphan.check().unwrap_err().contains("neighbours"), "the row before it was deleted");
+
+        let (_, mut rehashed_next) = middle_row();
+        rehashed_next.after = Some("0".repeat(64));
+        assert!(
+            rehashed_next.check().unwrap_err().contains("neighbours"),
+            "the row after it no longer links"
+        );
+
+        let (_, mut cut_tail) = middle_row();
+        cut_tail.after = None;
+        assert!(cut_tail.check().is_err(), "rows after it were deleted but it is not the head");
+    }
+
+    proptest::proptest! {
+        /// Whatever a database hands back, checking it never panics.
+        #[test]
+        fn checking_any_row_never_panics(
+            line in proptest::prelude::any::<String>(),
+            seq in proptest::prelude::any::<i64>(),
+            before in proptest::option::of("[0-9a-f]{0,64}"),
+            head in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let row = Row {
+                seq,
+                line,
+                run: String::new(),
+                kind: String::new(),
+                command: String::new(),
+                app: None,
+                environment: None,
+                before,
+                after: None,
+                head,
+            };
+            let _ = row.check();
+        }
+
+        /// Any spool line parses or is skipped, never panics.
+        #[test]
+        fn any_spool_line_is_read_or_skipped(line in proptest::prelude::any::<String>()) {
+            let _ = serde_json::from_str::<Spooled>(&line);
+        }
+    }
+}
