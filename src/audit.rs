@@ -398,6 +398,11 @@ impl ChainCheck {
         }
     }
 
+    /// The last record accepted so far: seq and hash.
+    pub fn head(&self) -> Option<(u64, &str)> {
+        (self.prev_seq > 0).then_some((self.prev_seq, self.prev_hash.as_str()))
+    }
+
     /// Checks the line numbered `line_no`; after a break, every line is [`Checked::Broken`].
     pub fn check(&mut self, line_no: usize, line: &[u8]) -> Checked {
         if self.verification.broken.is_some() {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{audit_log, store};
+use super::{audit_log, open_store, store};
 use crate::audit::{self, Entry};
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -21,7 +21,7 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
             let (label, at, result) = match path {
                 Some(path) => (path.display().to_string(), ":", audit::verify(path)?),
                 None => {
-                    let store = store(inventory)?;
+                    let store = open_store(inventory, crate::store::postgres::Schema::Inspect)?;
                     let at = if store.is_shared() { ": seq " } else { ":" };
                     let label =
                         if store.is_shared() { store.describe() } else { log.path().display().to_string() };

@@ -214,6 +214,8 @@ pub struct PgStore {
     spooled: Arc<AtomicUsize>,
     /// Records pushed from the spool when the store was opened.
     pushed: usize,
+    /// The last record this runner saw chained.
+    witness: Witness,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -229,6 +231,10 @@ pub enum Schema {
     Current,
     /// Create or upgrade it (`ferry state init`).
     Migrate,
+    /// The current schema, for commands that report on the chain rather than act on it
+    /// (`audit verify`, `state status`): a record this runner saw that is gone is theirs to
+    /// report, not a reason to refuse.
+    Inspect,
 }
 
 impl PgStore {
@@ -249,14 +255,59 @@ impl PgStore {
             spool: state_dir.join(SPOOL_FILE),
             spooled: Arc::new(AtomicUsize::new(0)),
             pushed: 0,
+            witness: Witness::new(state_dir),
         };
         match schema {
             Schema::Migrate => store.migrate()?,
-            Schema::Current => store.check_schema()?,
+            Schema::Current | Schema::Inspect => store.check_schema()?,
         }
         let mut store = store;
+        store.witness.store = store.store_id()?;
+        if schema != Schema::Inspect {
+            store.check_witness()?;
+        }
         store.pushed = store.push_spool()?;
         Ok(store)
+    }
+
+    /// The database's own random id (made once): tells a recreated database at the same
+    /// address from the one a runner saw before.
+    fn store_id(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| self.failed(Failure::Database(e.to_string())))?;
+        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let answer = self.db.call(|client| async move {
+            let client = client.lock().await;
+            client
+                .execute(
+                    "INSERT INTO ferry_settings (name, value) VALUES ('store_id', $1) ON CONFLICT (name) DO NOTHING",
+                    &[&fresh],
+                )
+                .await?;
+            Ok(client.query_one("SELECT value FROM ferry_settings WHERE name = 'store_id'", &[]).await?.get(0))
+        });
+        answer.map_err(|f| self.failed(f))
+    }
+
+    /// The record this runner saw last must still be in the chain, unchanged: a chain whose
+    /// end a superuser cut off (or rewrote, hashes and all) still walks, but not past this.
+    fn check_witness(&self) -> Result<(), StoreError> {
+        let Some((seq, hash)) = self.witness.last_seen() else { return Ok(()) };
+        let at = i64::try_from(seq).unwrap_or(i64::MAX);
+        let answer = self.db.call(|client| async move {
+            let client = client.lock().await;
+            let row = client.query_opt("SELECT hash FROM ferry_audit WHERE seq = $1", &[&at]).await?;
+            Ok(row.map(|r| r.get::<_, String>(0)))
+        });
+        let found = answer.map_err(|f| self.failed(f))?;
+        if found.as_deref() == Some(hash.as_str()) {
+            return Ok(());
+        }
+        Err(StoreError::Broken {
+            endpoint: self.endpoint(),
+            seq: at,
+            problem: self.witness.problem(seq, found.is_some()),
+        })
     }
 
     /// Records pushed from the local spool when this store was opened.
@@ -329,6 +380,15 @@ impl PgStore {
     /// record (a spooled record by id, an imported one by its original hash) are skipped, so a
     /// push cut short and repeated adds each record once.
     fn chain(&self, items: Vec<Pending>) -> Answer<Vec<u64>> {
+        let (seqs, head) = self.chain_rows(items)?;
+        if let Some((seq, hash)) = head {
+            self.witness.saw(seq, hash);
+        }
+        Ok(seqs)
+    }
+
+    /// [`PgStore::chain`]'s transaction; also returns the new head.
+    fn chain_rows(&self, items: Vec<Pending>) -> Answer<(Vec<u64>, Option<(u64, String)>)> {
         self.db.call(|client| async move {
             let mut client = client.lock().await;
             let tx = client.transaction().await?;
@@ -412,7 +472,8 @@ impl PgStore {
                 at = to;
             }
             tx.commit().await?;
-            Ok(rows.seq.iter().map(|&s| u64::try_from(s).unwrap_or(0)).collect())
+            let seqs = rows.seq.iter().map(|&s| u64::try_from(s).unwrap_or(0)).collect();
+            Ok((seqs, head.filter(|_| !rows.seq.is_empty())))
         })
     }
 
@@ -812,6 +873,8 @@ impl super::Store for PgStore {
     fn verify(&self) -> Result<Verification, StoreError> {
         let mut chain = audit::ChainCheck::new();
         let mut after: i64 = 0;
+        let witness = self.witness.last_seen();
+        let mut witnessed = false;
         loop {
             let answer = self.db.call(|client| async move {
                 let client = client.lock().await;
@@ -833,7 +896,18 @@ impl super::Store for PgStore {
                             Some((line_no, format!("row seq {seq} holds record seq {}", record.seq)));
                         return Ok(chain.verification);
                     }
-                    audit::Checked::Record(_) => {}
+                    audit::Checked::Record(record) => {
+                        if let Some((seen, hash)) = &witness
+                            && record.seq == *seen
+                        {
+                            if record.hash != *hash {
+                                chain.verification.broken =
+                                    Some((line_no, self.witness.problem(*seen, true)));
+                                return Ok(chain.verification);
+                            }
+                            witnessed = true;
+                        }
+                    }
                     audit::Checked::Torn | audit::Checked::Broken => {
                         if chain.verification.broken.is_none() {
                             chain.verification.broken =
@@ -844,6 +918,17 @@ impl super::Store for PgStore {
                 }
             }
             after = last;
+        }
+        if let Some((seen, _)) = witness
+            && !witnessed
+            && chain.verification.broken.is_none()
+        {
+            let line_no = usize::try_from(seen).unwrap_or(usize::MAX);
+            chain.verification.broken = Some((line_no, self.witness.problem(seen, false)));
+        } else if chain.verification.broken.is_none()
+            && let Some((seq, hash)) = chain.head()
+        {
+            self.witness.saw(seq, hash.to_string());
         }
         Ok(chain.verification)
     }
@@ -989,6 +1074,61 @@ impl super::Store for PgStore {
             })
             .collect();
         Ok(self.chain(pending).map_err(|f| self.failed(f))?.len())
+    }
+}
+
+/// The last record this runner saw in the chain (`state-head.json` in the state folder), kept
+/// per database: a runner that comes back finds out whether records it saw were deleted or
+/// rewritten since. Written without fsync: losing it only weakens the check, never breaks one.
+#[derive(Debug)]
+struct Witness {
+    path: PathBuf,
+    /// The database's id (see [`PgStore::store_id`]).
+    store: String,
+}
+
+/// What `state-head.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Seen {
+    store: String,
+    seq: u64,
+    hash: String,
+}
+
+impl Witness {
+    fn new(state_dir: &Path) -> Witness {
+        Witness { path: state_dir.join("state-head.json"), store: String::new() }
+    }
+
+    /// The last record seen in this database.
+    fn last_seen(&self) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let seen: Seen = serde_json::from_str(&text).ok()?;
+        (seen.store == self.store).then_some((seen.seq, seen.hash))
+    }
+
+    /// Remembers `seq` as seen (when it is later than what was seen).
+    fn saw(&self, seq: u64, hash: String) {
+        if self.last_seen().is_some_and(|(seen, _)| seen >= seq) {
+            return;
+        }
+        let seen = Seen { store: self.store.clone(), seq, hash };
+        let temporary = self.path.with_extension(format!("json.{}", std::process::id()));
+        let written = std::fs::write(&temporary, serde_json::to_vec(&seen).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            tracing::debug!(error = %e, "cannot remember the chain head");
+        }
+    }
+
+    /// Why a record this runner saw is not in the chain as it was.
+    fn problem(&self, seq: u64, present: bool) -> String {
+        let what = if present { "changed" } else { "gone" };
+        format!(
+            "this runner saw record seq {seq} in this database and it is {what}: records were deleted or rewritten since (if the database was restored from a backup on purpose, remove {})",
+            crate::diagnostic::display_path(&self.path).display()
+        )
     }
 }
 
