@@ -96,6 +96,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The spool of records written while the database was unreachable.
 const SPOOL_FILE: &str = "spool.jsonl";
 
+/// A chain's last record: seq and hash.
+type Head = (u64, String);
+
 /// What the runtime thread answers for one call.
 type Answer<T> = Result<T, Failure>;
 
@@ -388,7 +391,7 @@ impl PgStore {
     }
 
     /// [`PgStore::chain`]'s transaction; also returns the new head.
-    fn chain_rows(&self, items: Vec<Pending>) -> Answer<(Vec<u64>, Option<(u64, String)>)> {
+    fn chain_rows(&self, items: Vec<Pending>) -> Answer<(Vec<u64>, Option<Head>)> {
         self.db.call(|client| async move {
             let mut client = client.lock().await;
             let tx = client.transaction().await?;
