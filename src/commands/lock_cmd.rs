@@ -84,6 +84,19 @@ impl Operator<'_> {
             ..LockInfo::default()
         };
         let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        // --force takes over a shared store's live lease too (the targets' locks are taken
+        // over by lock_environment itself).
+        if force
+            && let Some(previous) = self.store.break_lease(self.environment, None)?
+            && previous.holder != self.me
+        {
+            let change = LockChange {
+                reason: Some("forced".into()),
+                previous: Some(previous.describe()),
+                ..LockChange::default()
+            };
+            self.record(Kind::LockBroken, &info.run, vec![STORE_TARGET.into()], &change)?;
+        }
         let held = lock::lock_environment(
             Some(&*self.store),
             self.environment,
