@@ -147,7 +147,7 @@ impl Operator<'_> {
                 }
                 .into());
             }
-            if let Some(holder) = self.store.break_lease(environment, None)? {
+            if let Some(holder) = self.store.break_lease(environment, Some(&holder.run))? {
                 let change = LockChange {
                     previous: Some(holder.describe()),
                     reason: Some(if mine { "released" } else { "forced" }.into()),

@@ -48,19 +48,21 @@ pub const SCHEMA_VERSION: i32 = 1;
 const MIGRATIONS: &[&str] = &[r"
 CREATE TABLE ferry_audit (
     seq bigint PRIMARY KEY,
-    id text NOT NULL UNIQUE,
     time_ms bigint NOT NULL,
     written timestamptz NOT NULL DEFAULT now(),
-    run text NOT NULL,
-    kind text NOT NULL,
-    command text NOT NULL,
-    app text,
-    environment text,
-    origin text,
-    imported_hash text UNIQUE,
-    prev text NOT NULL,
-    hash text NOT NULL,
-    line text NOT NULL
+    line text NOT NULL,
+    id text NOT NULL UNIQUE GENERATED ALWAYS AS ((line::jsonb)->>'id') STORED,
+    run text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'run') STORED,
+    kind text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'kind') STORED,
+    command text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'command') STORED,
+    app text GENERATED ALWAYS AS ((line::jsonb)->>'app') STORED,
+    environment text GENERATED ALWAYS AS ((line::jsonb)->>'environment') STORED,
+    origin text GENERATED ALWAYS AS ((line::jsonb)->'origin'->>'via') STORED,
+    imported_hash text UNIQUE GENERATED ALWAYS AS (
+        CASE WHEN (line::jsonb)->'origin'->>'via' = 'imported' THEN (line::jsonb)->'origin'->>'hash' END
+    ) STORED,
+    prev text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'prev') STORED,
+    hash text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'hash') STORED
 );
 CREATE INDEX ferry_audit_deployments ON ferry_audit (app, environment, kind, seq);
 CREATE INDEX ferry_audit_run ON ferry_audit (run, seq);
@@ -107,14 +109,18 @@ type Answer<T> = Result<T, Failure>;
 enum Failure {
     /// The server answered with an error (permissions, a constraint, missing schema).
     Database(String),
-    /// The connection is gone or never came (refused, reset, TLS, timeout).
+    /// The connection is gone or never came (refused, reset, TLS, timeout, the server shutting
+    /// down).
     Lost(String),
+    /// The chain's last row is not a record ferry wrote: nothing is chained after it.
+    Broken(i64),
 }
 
 impl Failure {
     fn message(&self) -> String {
         match self {
             Failure::Database(message) | Failure::Lost(message) => message.clone(),
+            Failure::Broken(seq) => format!("the chain's last row (seq {seq}) is not a record ferry wrote"),
         }
     }
 }
@@ -122,12 +128,30 @@ impl Failure {
 impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
+            // Class 08 (connection exception) and 57P01-03 (the server shutting down or
+            // restarting) end the session: the store is lost, the run's records spool.
+            Some(db) if connection_ended(db.code().code()) => {
+                Failure::Lost(format!("{}: {} ({})", db.severity(), db.message(), db.code().code()))
+            }
             Some(db) => {
                 Failure::Database(format!("{}: {} ({})", db.severity(), db.message(), db.code().code()))
             }
             None => Failure::Lost(error_chain(&e)),
         }
     }
+}
+
+/// A transaction at READ COMMITTED whatever the database's default: each statement after the
+/// advisory lock must see the head as it is once the lock is ours, not a snapshot from before.
+async fn read_committed(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::ReadCommitted).start().await
+}
+
+/// SQLSTATEs after which the session is gone.
+fn connection_ended(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// An error and its causes on one line (`tokio_postgres::Error` hides the I/O cause in its
@@ -360,7 +384,7 @@ impl PgStore {
         }
         let answer = self.db.call(|client| async move {
             let mut client = client.lock().await;
-            let tx = client.transaction().await?;
+            let tx = read_committed(&mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).await?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS ferry_schema (version integer NOT NULL, applied timestamptz NOT NULL DEFAULT now())",
@@ -394,11 +418,22 @@ impl PgStore {
     fn chain_rows(&self, items: Vec<Pending>) -> Answer<(Vec<u64>, Option<Head>)> {
         self.db.call(|client| async move {
             let mut client = client.lock().await;
-            let tx = client.transaction().await?;
+            let tx = read_committed(&mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).await?;
-            let head = tx.query_opt("SELECT seq, hash FROM ferry_audit ORDER BY seq DESC LIMIT 1", &[]).await?;
-            let mut head: Option<(u64, String)> =
-                head.map(|row| (u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), row.get(1)));
+            // The head as its own bytes say (checked), never a column: a record chained after a
+            // forged hash would make the next honest record look like the break.
+            let head = tx.query_opt("SELECT seq, line FROM ferry_audit ORDER BY seq DESC LIMIT 1", &[]).await?;
+            let mut head: Option<(u64, String)> = match head {
+                None => None,
+                Some(row) => {
+                    let seq: i64 = row.get(0);
+                    let line: String = row.get(1);
+                    match audit::check_record(line.as_bytes()) {
+                        Ok(record) if i64::try_from(record.seq).ok() == Some(seq) => Some((record.seq, record.hash)),
+                        Ok(_) | Err(_) => return Err(Failure::Broken(seq)),
+                    }
+                }
+            };
             let ids: Vec<String> = items.iter().filter_map(|i| i.skip_if_id.clone()).collect();
             let imported: Vec<String> = items.iter().filter_map(Pending::imported_hash).collect();
             let mut known = std::collections::HashSet::new();
@@ -417,8 +452,6 @@ impl PgStore {
                 if seen {
                     continue;
                 }
-                let imported = item.imported_hash();
-                let origin = item.origin.as_ref().map(|o| o.via.clone());
                 let record = audit::seal(
                     head.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
                     item.time,
@@ -427,12 +460,13 @@ impl PgStore {
                     item.entry,
                     item.origin,
                 );
-                rows.push(&record, origin, imported);
+                rows.push(&record);
                 head = Some((record.seq, record.hash));
             }
-            let insert = "INSERT INTO ferry_audit (seq, id, time_ms, run, kind, command, app, environment, origin, imported_hash, prev, hash, line) \
-                SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])";
+            // The other columns are generated from the line: no column can say other than its
+            // record does, even when edited by hand.
+            let insert = "INSERT INTO ferry_audit (seq, time_ms, line) \
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])";
             // A run is listed under its first record (the history's index).
             let run_heads = "INSERT INTO ferry_runs (run, first_seq, time_ms, app, environment) \
                 SELECT DISTINCT ON (run) run, seq, time_ms, app, environment \
@@ -442,25 +476,8 @@ impl PgStore {
             while at < rows.seq.len() {
                 let to = (at + BATCH).min(rows.seq.len());
                 let r = at..to;
-                tx.execute(
-                    insert,
-                    &[
-                        &&rows.seq[r.clone()],
-                        &&rows.id[r.clone()],
-                        &&rows.time_ms[r.clone()],
-                        &&rows.run[r.clone()],
-                        &&rows.kind[r.clone()],
-                        &&rows.command[r.clone()],
-                        &&rows.app[r.clone()],
-                        &&rows.environment[r.clone()],
-                        &&rows.origin[r.clone()],
-                        &&rows.imported[r.clone()],
-                        &&rows.prev[r.clone()],
-                        &&rows.hash[r.clone()],
-                        &&rows.line[r.clone()],
-                    ],
-                )
-                .await?;
+                tx.execute(insert, &[&&rows.seq[r.clone()], &&rows.time_ms[r.clone()], &&rows.line[r.clone()]])
+                    .await?;
                 tx.execute(
                     run_heads,
                     &[
@@ -493,14 +510,20 @@ impl PgStore {
     /// record (a push cut short before the spool was emptied) are skipped by id.
     fn push_spool(&self) -> Result<usize, StoreError> {
         let io = |source| StoreError::Spool { path: self.spool.clone(), source };
-        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.spool) {
+        let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.spool) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io(e)),
         };
-        // Two commands starting at once on one runner: one pushes, the other waits for it.
+        // Two commands starting at once on one runner: one pushes, the other waits for it. The
+        // file is read through this handle and emptied, never removed: a writer that opened it
+        // meanwhile appends to the same file, after this push.
         file.lock().map_err(io)?;
-        let text = std::fs::read_to_string(&self.spool).map_err(io)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
+        if text.is_empty() {
+            return Ok(0);
+        }
         let mut records = Vec::new();
         let mut releases = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -516,9 +539,10 @@ impl PgStore {
                     origin: Some(Origin { via: "spooled".into(), seq: None, hash: None }),
                 }),
                 Ok(Spooled::Release { environment, run }) => releases.push((environment, run)),
-                Err(e) => {
-                    tracing::warn!(spool = %self.spool.display(), error = %e, "skipping a torn spool line")
-                }
+                Err(e) => eprintln!(
+                    "warning: {}: skipping a line cut short by a crash ({e}); it never reached the store",
+                    crate::diagnostic::display_path(&self.spool).display()
+                ),
             }
         }
         let pushed = self.chain(records).map_err(|f| self.failed(f))?.len();
@@ -537,8 +561,6 @@ impl PgStore {
         }
         file.set_len(0).map_err(io)?;
         file.sync_all().map_err(io)?;
-        drop(file);
-        let _ = std::fs::remove_file(&self.spool);
         if pushed > 0 {
             tracing::info!(records = pushed, "pushed delayed records from the local spool");
         }
@@ -549,8 +571,8 @@ impl PgStore {
     fn records(&self, sql: String, params: Params) -> Result<Vec<Record>, StoreError> {
         let sql = format!(
             "SELECT a.seq, a.line, a.run, a.kind, a.command, a.app, a.environment, \
-               (SELECT b.hash FROM ferry_audit b WHERE b.seq = a.seq - 1), \
-               (SELECT n.prev FROM ferry_audit n WHERE n.seq = a.seq + 1), \
+               (SELECT b.line FROM ferry_audit b WHERE b.seq = a.seq - 1), \
+               (SELECT n.line FROM ferry_audit n WHERE n.seq = a.seq + 1), \
                (SELECT max(seq) FROM ferry_audit) \
              FROM ferry_audit a {sql} ORDER BY a.seq"
         );
@@ -615,39 +637,25 @@ impl PgStore {
 /// Rows per INSERT when many records are chained at once (`ferry state push`).
 const BATCH: usize = 5000;
 
-/// Records as columns, for one `unnest` insert.
+/// Records as columns, for one `unnest` insert (the table generates the rest from the line).
 #[derive(Default)]
 struct Rows {
     seq: Vec<i64>,
-    id: Vec<String>,
     time_ms: Vec<i64>,
     run: Vec<String>,
-    kind: Vec<String>,
-    command: Vec<String>,
     app: Vec<Option<String>>,
     environment: Vec<Option<String>>,
-    origin: Vec<Option<String>>,
-    imported: Vec<Option<String>>,
-    prev: Vec<String>,
-    hash: Vec<String>,
     line: Vec<String>,
 }
 
 impl Rows {
-    fn push(&mut self, record: &Record, origin: Option<String>, imported: Option<String>) {
+    fn push(&mut self, record: &Record) {
         let e = &record.entry;
         self.seq.push(i64::try_from(record.seq).unwrap_or(i64::MAX));
-        self.id.push(record.id.clone());
         self.time_ms.push(crate::time::parse_ms(&record.time).unwrap_or(0));
         self.run.push(e.run.clone());
-        self.kind.push(e.kind.clone());
-        self.command.push(e.command.clone());
         self.app.push(e.app.clone());
         self.environment.push(e.environment.clone());
-        self.origin.push(origin);
-        self.imported.push(imported);
-        self.prev.push(record.prev.clone());
-        self.hash.push(record.hash.clone());
         self.line.push(String::from_utf8(serde_json::to_vec(record).unwrap_or_default()).unwrap_or_default());
     }
 }
@@ -708,9 +716,9 @@ struct Row {
     command: String,
     app: Option<String>,
     environment: Option<String>,
-    /// The hash of the row before it.
+    /// The line of the row before it.
     before: Option<String>,
-    /// The `prev` of the row after it.
+    /// The line of the row after it.
     after: Option<String>,
     /// The chain's last seq.
     head: Option<i64>,
@@ -730,13 +738,19 @@ impl Row {
         {
             return Err(format!("row seq {} was modified (its columns do not match its record)", self.seq));
         }
+        // The neighbours are checked by their own bytes too: a forged record whose next row's
+        // columns were edited to match still fails here.
+        let neighbour = |line: &str| audit::check_record(line.as_bytes()).ok();
         let linked_before = if record.seq == 1 {
             record.prev == audit::GENESIS
         } else {
-            self.before.as_deref() == Some(record.prev.as_str())
+            self.before
+                .as_deref()
+                .and_then(neighbour)
+                .is_some_and(|b| b.seq + 1 == record.seq && b.hash == record.prev)
         };
-        let linked_after = match &self.after {
-            Some(prev) => prev == &record.hash,
+        let linked_after = match self.after.as_deref() {
+            Some(line) => neighbour(line).is_some_and(|n| n.seq == record.seq + 1 && n.prev == record.hash),
             None => self.head == Some(self.seq),
         };
         if !linked_before || !linked_after {
@@ -769,10 +783,22 @@ fn write_spool(path: &Path, item: &Spooled) -> Result<(), StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    std::os::unix::fs::OpenOptionsExt::mode(options.create(true).append(true), 0o600);
+    std::os::unix::fs::OpenOptionsExt::mode(options.create(true).append(true).read(true), 0o600);
     let mut file = options.open(path).map_err(io)?;
     file.lock().map_err(io)?;
-    let mut line = serde_json::to_vec(item).unwrap_or_default();
+    // A line cut by a crash must not swallow this one: start on a line of its own.
+    let torn = {
+        use std::io::{Read, Seek, SeekFrom};
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+        let mut last = [0u8; 1];
+        len > 0 && {
+            file.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+            file.read_exact(&mut last).map_err(io)?;
+            last[0] != b'\n'
+        }
+    };
+    let mut line = if torn { b"\n".to_vec() } else { Vec::new() };
+    line.extend(serde_json::to_vec(item).unwrap_or_default());
     line.push(b'\n');
     file.write_all(&line).map_err(io)?;
     file.sync_data().map_err(io)
@@ -801,11 +827,10 @@ impl super::Store for PgStore {
             Ok(seqs) => Ok(Appended::Chained(seqs.first().copied().unwrap_or(0))),
             Err(Failure::Lost(why)) => {
                 if self.spooled.load(Ordering::SeqCst) == 0 {
-                    tracing::warn!(
-                        store = %self.endpoint(),
-                        error = %why,
-                        spool = %self.spool.display(),
-                        "the state store is unreachable: this run's records go to the local spool; the next command that reaches the store pushes them"
+                    eprintln!(
+                        "warning: the state store {} is unreachable ({why}): this command's records go to the local spool {}",
+                        self.endpoint(),
+                        crate::diagnostic::display_path(&self.spool).display()
                     );
                 }
                 self.spool(&Spooled::Record {
@@ -1076,7 +1101,16 @@ impl super::Store for PgStore {
                 skip_if_id: None,
             })
             .collect();
-        Ok(self.chain(pending).map_err(|f| self.failed(f))?.len())
+        // One transaction per batch: the chain's lock is never held long, and a push cut short
+        // is finished by the next one (imported records are skipped by their original hash).
+        let mut pending: Vec<Pending> = pending;
+        let mut added = 0;
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(BATCH));
+            added += self.chain(pending).map_err(|f| self.failed(f))?.len();
+            pending = rest;
+        }
+        Ok(added)
     }
 }
 
@@ -1193,7 +1227,11 @@ impl Drop for PgLease {
         });
         if let Err(failure) = answer {
             // Released by the next command that reaches the store (or by its TTL).
-            tracing::warn!(environment = %self.environment, error = %failure.message(), "lease not released; spooled");
+            eprintln!(
+                "warning: the lease of {} in the state store could not be released ({}); the next command that reaches the store releases it",
+                self.environment,
+                failure.message()
+            );
             let release = Spooled::Release { environment: self.environment.clone(), run: self.run.clone() };
             if let Err(e) = write_spool(&self.spool, &release) {
                 tracing::warn!(error = %e, "cannot spool the lease release; it expires after its TTL");
@@ -1499,8 +1537,8 @@ mod tests {
             command: "deploy".into(),
             app: Some("web".into()),
             environment: Some("prod".into()),
-            before: Some(records[0].hash.clone()),
-            after: Some(records[2].prev.clone()),
+            before: Some(String::from_utf8(serde_json::to_vec(&records[0]).unwrap()).unwrap()),
+            after: Some(String::from_utf8(serde_json::to_vec(&records[2]).unwrap()).unwrap()),
             head: Some(3),
         };
         (records, row)
@@ -1524,10 +1562,28 @@ mod tests {
         assert!(orphan.check().unwrap_err().contains("neighbours"), "the row before it was deleted");
 
         let (_, mut rehashed_next) = middle_row();
-        rehashed_next.after = Some("0".repeat(64));
+        rehashed_next.after = rehashed_next.after.map(|l| l.replace("\"prev\":\"", "\"prev\":\"0"));
         assert!(
             rehashed_next.check().unwrap_err().contains("neighbours"),
             "the row after it no longer links"
+        );
+
+        // A forged record, re-hashed, with the next row's bytes unchanged: refused.
+        let (records, mut forged) = middle_row();
+        let mut fake = records[1].entry.clone();
+        fake.version = Some("evil".into());
+        let fake = audit::seal(
+            Some((records[0].seq, &records[0].hash)),
+            records[1].time.clone(),
+            records[1].id.clone(),
+            actor(),
+            fake,
+            None,
+        );
+        forged.line = String::from_utf8(serde_json::to_vec(&fake).unwrap()).unwrap();
+        assert!(
+            forged.check().unwrap_err().contains("neighbours"),
+            "a re-hashed forgery breaks the next link"
         );
 
         let (_, mut cut_tail) = middle_row();
