@@ -675,6 +675,24 @@ impl PgStore {
     }
 
     fn deployments_where(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError> {
+        // What rollback, promote and the lifecycle act on must not be missing a newer record:
+        // a chain of N records holds seqs 1..N exactly (one indexed count, not a walk).
+        let answer = self.db.call(|client| async move {
+            let client = client.lock().await;
+            let row =
+                client.query_one("SELECT count(*), coalesce(max(seq), 0) FROM ferry_audit", &[]).await?;
+            Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        });
+        let (count, max) = answer.map_err(|f| self.failed(f))?;
+        if count != max {
+            return Err(StoreError::Broken {
+                endpoint: self.endpoint(),
+                seq: max,
+                problem: format!(
+                    "the chain holds {count} records but its last seq is {max}: records were deleted"
+                ),
+            });
+        }
         let records = self.records(
             "WHERE a.app = $1 AND a.environment = $2 AND a.kind = 'run_finished' \
              AND a.command IN ('deploy', 'rollback', 'promote')"
