@@ -692,11 +692,15 @@ fn postgres_stopped_mid_deploy_spools_and_the_next_command_pushes() {
     let runs = out.json()["runs"].as_array().unwrap().clone();
     let shown = runs.iter().find(|r| r["run"] == run.as_str()).unwrap();
     assert_eq!(
-        (shown["outcome"].as_str(), shown["summary"].as_str()),
-        (Some("ok"), Some("1 ok, 0 failed, 0 skipped"))
+        (shown["outcome"].as_str(), shown["summary"].as_str(), shown["delayed"].as_u64()),
+        (
+            Some("ok"),
+            Some("1 ok, 0 failed, 0 skipped (3 records delayed: spooled while the store was unreachable)"),
+            Some(3)
+        )
     );
     assert_eq!(world.lease("ss5"), "", "released by the command that pushed the spool");
-    assert!(!spool.exists(), "the spool is emptied");
+    assert_eq!(std::fs::read_to_string(&spool).unwrap_or_default(), "", "the spool is emptied");
     let records = world.records();
     let kinds: Vec<&str> = records.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["run_started", "lock_acquired", "target_outcome", "run_finished", "lock_released"]);
@@ -759,8 +763,11 @@ fn a_row_changed_by_a_superuser_is_named_and_refused() {
         "update ferry_audit set line = replace(line, '{image}', '{forged}') where seq = {seq}"
     ));
     assert_eq!(world.psql("select count(*) from ferry_audit where line like '%evil/web%'"), "1");
-    let verify =
-        a.ferry(&["audit", "verify"]).code(1).stdout_contains(&format!("{endpoint}:{seq}: BROKEN: ")).run();
+    let verify = a
+        .ferry(&["audit", "verify"])
+        .code(1)
+        .stdout_contains(&format!("{endpoint}: seq {seq}: BROKEN: "))
+        .run();
     assert_eq!(verify.stdout.lines().count(), 1, "{}", verify.stdout);
     for what in [&rollback[..], &promote[..]] {
         let stderr = refused(what);
@@ -777,7 +784,7 @@ fn a_row_changed_by_a_superuser_is_named_and_refused() {
     let gone = seq - 1;
     assert_eq!(world.psql(&format!("select kind from ferry_audit where seq = {gone}")), "target_outcome");
     world.psql(&format!("delete from ferry_audit where seq = {gone}"));
-    a.ferry(&["audit", "verify"]).code(1).stdout_contains(&format!("{endpoint}:{seq}: BROKEN: ")).run();
+    a.ferry(&["audit", "verify"]).code(1).stdout_contains(&format!("{endpoint}: seq {seq}: BROKEN: ")).run();
     for what in [&rollback[..], &promote[..]] {
         let stderr = refused(what);
         assert!(stderr.contains(&format!("broken at seq {seq}: ")), "{what:?}: {stderr}");
