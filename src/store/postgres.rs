@@ -179,25 +179,17 @@ struct Db {
     lost: Arc<AtomicBool>,
 }
 
-impl Db {
-    /// Runs `work` with the client and waits for its answer.
-    fn call<T, F, Fut>(&self, work: F) -> Answer<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
-        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
-    {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Failure::Lost(
-                "the connection to the state store was lost earlier in this run".into(),
-            ));
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let future = work(Arc::clone(&self.client));
-        self.handle.spawn(async move {
-            let _ = tx.send(future.await);
-        });
-        let answer = rx
+/// A call on its way: [`Call::wait`] for the answer.
+struct Call<T> {
+    rx: std::sync::mpsc::Receiver<Answer<T>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl<T> Call<T> {
+    /// The answer (a call that gives none within [`CALL_TIMEOUT`] counts as lost).
+    fn wait(self) -> Answer<T> {
+        let answer = self
+            .rx
             .recv_timeout(CALL_TIMEOUT)
             .unwrap_or_else(|_| Err(Failure::Lost(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))));
         if matches!(answer, Err(Failure::Lost(_))) {
@@ -205,6 +197,83 @@ impl Db {
         }
         answer
     }
+}
+
+impl Db {
+    /// Starts `work` with the client; the caller goes on until it waits for the answer.
+    fn start<T, F, Fut>(&self, work: F) -> Call<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.lost.load(Ordering::SeqCst) {
+            let _ = tx.send(Err(Failure::Lost(
+                "the connection to the state store was lost earlier in this run".into(),
+            )));
+        } else {
+            let future = work(Arc::clone(&self.client));
+            self.handle.spawn(async move {
+                let _ = tx.send(future.await);
+            });
+        }
+        Call { rx, lost: Arc::clone(&self.lost) }
+    }
+
+    /// Runs `work` with the client and waits for its answer.
+    fn call<T, F, Fut>(&self, work: F) -> Answer<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        self.start(work).wait()
+    }
+}
+
+/// Rows a verify page holds.
+const PAGE: i64 = 20_000;
+
+/// The query for the page of rows after `after`.
+fn page(after: i64) -> impl FnOnce(Arc<tokio::sync::Mutex<Client>>) -> PageFuture {
+    move |client| {
+        Box::pin(async move {
+            let client = client.lock().await;
+            let rows = client
+                .query(
+                    "SELECT seq, line FROM ferry_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &PAGE],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
+        })
+    }
+}
+
+/// A page of rows being fetched.
+type PageFuture = std::pin::Pin<Box<dyn Future<Output = Result<Vec<(i64, String)>, Failure>> + Send>>;
+
+/// Checks each row's own bytes ([`audit::check_record`]) on every core, keeping the order.
+fn check_in_parallel(rows: Vec<(i64, String)>) -> Vec<(i64, Result<Record, String>)> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 8);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(seq, line)| (*seq, audit::check_record(line.as_bytes())))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|_| vec![(0, Err("a verify worker failed".to_string()))]))
+            .collect()
+    })
 }
 
 /// One line of the spool.
@@ -900,62 +969,46 @@ impl super::Store for PgStore {
 
     fn verify(&self) -> Result<Verification, StoreError> {
         let mut chain = audit::ChainCheck::new();
-        let mut after: i64 = 0;
         let witness = self.witness.last_seen();
         let mut witnessed = false;
+        // The next page is fetched while this one is checked, and a page's records are checked
+        // on every core: verify is bound by JSON and SHA-256, not by the database.
+        let mut next = self.db.start(page(0));
         loop {
-            let answer = self.db.call(|client| async move {
-                let client = client.lock().await;
-                let rows = client
-                    .query(
-                        "SELECT seq, line FROM ferry_audit WHERE seq > $1 ORDER BY seq LIMIT 20000",
-                        &[&after],
-                    )
-                    .await?;
-                Ok(rows.into_iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
-            });
-            let rows = answer.map_err(|f| self.failed(f))?;
+            let rows = next.wait().map_err(|f| self.failed(f))?;
             let Some(last) = rows.last().map(|(seq, _)| *seq) else { break };
-            for (seq, line) in rows {
+            next = self.db.start(page(last));
+            for (seq, checked) in check_in_parallel(rows) {
                 let line_no = usize::try_from(seq).unwrap_or(usize::MAX);
-                match chain.check(line_no, line.as_bytes()) {
-                    audit::Checked::Record(record) if i64::try_from(record.seq).ok() != Some(seq) => {
-                        chain.verification.broken =
-                            Some((line_no, format!("row seq {seq} holds record seq {}", record.seq)));
-                        return Ok(chain.verification);
+                let outcome = match checked {
+                    Ok(record) if i64::try_from(record.seq).ok() != Some(seq) => {
+                        chain.bad(line_no, format!("row seq {seq} holds record seq {}", record.seq))
                     }
-                    audit::Checked::Record(record) => {
+                    Ok(record) => {
                         if let Some((seen, hash)) = &witness
                             && record.seq == *seen
                         {
                             if record.hash != *hash {
-                                chain.verification.broken =
-                                    Some((line_no, self.witness.problem(*seen, true)));
+                                chain.bad(line_no, self.witness.problem(*seen, true));
                                 return Ok(chain.verification);
                             }
                             witnessed = true;
                         }
+                        chain.link(line_no, record)
                     }
-                    audit::Checked::Torn | audit::Checked::Broken => {
-                        if chain.verification.broken.is_none() {
-                            chain.verification.broken =
-                                Some((line_no, format!("row seq {seq} is not a whole record")));
-                        }
-                        return Ok(chain.verification);
-                    }
+                    Err(problem) => chain.bad(line_no, problem),
+                };
+                if matches!(outcome, audit::Checked::Broken) {
+                    return Ok(chain.verification);
                 }
             }
-            after = last;
         }
         if let Some((seen, _)) = witness
             && !witnessed
-            && chain.verification.broken.is_none()
         {
             let line_no = usize::try_from(seen).unwrap_or(usize::MAX);
-            chain.verification.broken = Some((line_no, self.witness.problem(seen, false)));
-        } else if chain.verification.broken.is_none()
-            && let Some((seq, hash)) = chain.head()
-        {
+            chain.bad(line_no, self.witness.problem(seen, false));
+        } else if let Some((seq, hash)) = chain.head() {
             self.witness.saw(seq, hash.to_string());
         }
         Ok(chain.verification)
