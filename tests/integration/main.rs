@@ -36,5 +36,7 @@ mod postgres_lab;
 mod quoting;
 mod run;
 mod secrets;
+#[cfg(feature = "lab")]
+mod shared_store;
 mod test;
 mod vars;
