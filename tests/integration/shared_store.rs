@@ -783,14 +783,29 @@ fn a_row_changed_by_a_superuser_is_named_and_refused() {
     a.verify(total);
     let gone = seq - 1;
     assert_eq!(world.psql(&format!("select kind from ferry_audit where seq = {gone}")), "target_outcome");
+    let kept = world.psql(&format!("select time_ms || E'\\t' || line from ferry_audit where seq = {gone}"));
     world.psql(&format!("delete from ferry_audit where seq = {gone}"));
     a.ferry(&["audit", "verify"]).code(1).stdout_contains(&format!("{endpoint}: seq {seq}: BROKEN: ")).run();
     for what in [&rollback[..], &promote[..]] {
         let stderr = refused(what);
-        assert!(stderr.contains(&format!("broken at seq {seq}: ")), "{what:?}: {stderr}");
+        assert!(stderr.contains("records were deleted"), "{what:?}: {stderr}");
     }
     assert!(world.image_on(3, "ss6-prod").is_empty(), "nothing was promoted");
     assert!(world.http(2).contains("2.0"), "nothing was rolled back");
+
+    // Put back; then the newest deployment's own record is deleted, far from the one promote
+    // would pick up instead (1.0): promote must not quietly promote the older release.
+    let (time_ms, line) = kept.split_once('\t').unwrap();
+    world.psql(&format!(
+        "insert into ferry_audit (seq, time_ms, line) values ({gone}, {time_ms}, '{}')",
+        line.replace('\'', "''")
+    ));
+    a.verify(total);
+    let newest = world.psql("select max(seq) from ferry_audit where kind = 'run_finished'");
+    world.psql(&format!("delete from ferry_audit where seq = {newest}"));
+    let stderr = refused(&promote);
+    assert!(stderr.contains("records were deleted"), "{stderr}");
+    assert!(world.image_on(3, "ss6-prod").is_empty(), "nothing was promoted");
 }
 
 /// A store that cannot be reached is refused before any target is touched (exit 1), each cause
