@@ -5,8 +5,12 @@
 //! that cut its link, drop its packets or stop its sshd hold [`FAULTS`], so they run one at a
 //! time while every other test runs in parallel. Tests that need another known_hosts or key
 //! write their own copy of the inventory in their own folder.
+//!
+//! The lab also runs one PostgreSQL server (its own cluster, on the bridge address, TLS from the
+//! lab CA): tests of the shared store each take a database of their own ([`Lab::postgres_db`]),
+//! so they run in parallel; tests that stop the server hold [`POSTGRES`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,6 +19,10 @@ use crate::test::Test;
 
 /// Held by tests that change host h4.
 pub static FAULTS: Mutex<()> = Mutex::new(());
+
+/// Held by tests that stop the lab's PostgreSQL (`pg_stop`), and by tests that need it to answer
+/// throughout: while one test has it stopped, any other connection is refused.
+pub static POSTGRES: Mutex<()> = Mutex::new(());
 
 /// The running lab: its folder holds `lab.env`, `lab.toml`, the keys and the daemons' logs.
 pub struct Lab {
@@ -83,10 +91,109 @@ impl Lab {
 
     /// Runs `tests/lab/lab.sh ARGS` (cut, restore, drop, sshd-stop, ...).
     pub fn ctl(&self, args: &[&str]) {
-        let script = crate::test::repo().join("tests/lab/lab.sh");
-        let out = Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).output().unwrap();
+        self.ctl_output(args);
+    }
+
+    /// Runs `tests/lab/lab.sh ARGS` and returns what it printed on stdout; fails the test, with
+    /// both outputs, when it fails.
+    pub fn ctl_output(&self, args: &[&str]) -> String {
+        let out = self.lab_sh(args);
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "lab.sh {args:?} failed ({}):\n{stdout}\n{stderr}", out.status);
+        stdout.into_owned()
+    }
+
+    /// `tests/lab/lab.sh ARGS`, whatever its outcome.
+    fn lab_sh(&self, args: &[&str]) -> std::process::Output {
+        let script = crate::test::repo().join("tests/lab/lab.sh");
+        Command::new(script).args(args).env("FERRY_LAB_DIR", &self.dir).output().unwrap()
+    }
+
+    /// A fresh, empty database `name` owned by the role `ferry` (dropped first if it exists);
+    /// returns its URL, verify-full against the lab CA, as `FERRY_LAB_PG_URL` has it. Each test
+    /// uses a name of its own (`[a-z_][a-z0-9_]*`), so tests run in parallel.
+    pub fn postgres_db(&self, name: &str) -> String {
+        self.ctl_output(&["pg-db", name]).trim_end().to_string()
+    }
+
+    /// Runs `sql` in database `db` as the superuser, over the unix socket (to read or tamper with
+    /// what ferry wrote); returns psql's unaligned output (`-At`: one row a line, columns
+    /// separated by `|`) without its last newline.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.ctl_output(&["psql", db, sql]);
+        out.strip_suffix('\n').unwrap_or(&out).to_string()
+    }
+
+    /// Stops the lab's PostgreSQL; its data stays. Hold [`POSTGRES`] and start it again with
+    /// [`Lab::pg_start`] (or a [`PostgresBack`] guard, which also does when the test fails).
+    pub fn pg_stop(&self) {
+        self.ctl(&["pg-stop"]);
+    }
+
+    /// Starts the lab's PostgreSQL again, with the options `lab.sh up` gave it; returns once it
+    /// accepts connections on the bridge address.
+    pub fn pg_start(&self) {
+        self.ctl(&["pg-start"]);
+    }
+
+    /// The lab CA (it signed the PostgreSQL server's certificate, and the TLS registry's).
+    pub fn pg_ca(&self) -> PathBuf {
+        self.dir.join("registry2/ca.crt")
+    }
+
+    /// A CA that signed nothing in the lab: verify-full against it must fail.
+    pub fn pg_other_ca(&self) -> PathBuf {
+        self.dir.join("postgres/other-ca.crt")
+    }
+
+    /// The role `ferry`'s password.
+    pub fn pg_password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres/ferry.password")).unwrap().trim_end().to_string()
+    }
+
+    /// A URL for role `ferry` and database `db` on the lab's server, with another password
+    /// (`None`: none in the URL), another root certificate (`None`: no `sslrootcert`) and any
+    /// `sslmode`. The right ones are [`Lab::pg_password`] and [`Lab::pg_ca`].
+    pub fn pg_url_with(
+        &self,
+        db: &str,
+        password: Option<&str>,
+        root_cert: Option<&Path>,
+        sslmode: &str,
+    ) -> String {
+        let user = match password {
+            Some(p) => format!("ferry:{}", percent_encode(p)),
+            None => "ferry".to_string(),
+        };
+        let mut url = format!("postgres://{user}@10.200.0.1:5432/{db}?sslmode={sslmode}");
+        if let Some(cert) = root_cert {
+            url.push_str(&format!("&sslrootcert={}", percent_encode(&cert.display().to_string())));
+        }
+        url
+    }
+}
+
+/// `text` with every byte but the URL's unreserved ones (and `/`, for paths) as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Starts the lab's PostgreSQL again when a test that stopped it ends, also when it fails. It
+/// never fails itself (a panic while unwinding would abort the whole run): a server that
+/// cannot start makes the next test that needs it fail, with lab.sh's message.
+pub struct PostgresBack<'a>(pub &'a Lab);
+
+impl Drop for PostgresBack<'_> {
+    fn drop(&mut self) {
+        // lab.sh refuses to start a server that runs: then there is nothing to do.
+        let _ = self.0.lab_sh(&["pg-start"]);
     }
 }
 

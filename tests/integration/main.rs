@@ -31,6 +31,8 @@ mod locks;
 #[cfg(feature = "lab")]
 mod mirror;
 mod plan;
+#[cfg(feature = "lab")]
+mod postgres_lab;
 mod quoting;
 mod run;
 mod secrets;

@@ -18,6 +18,9 @@
 #   tests/lab/lab.sh cut N | restore N          take host N's link down / up (bridge side)
 #   tests/lab/lab.sh drop N | undrop N          silently drop host N's SSH traffic (nft in its namespace)
 #   tests/lab/lab.sh sshd-stop N | sshd-start N stop / start host N's sshd
+#   tests/lab/lab.sh pg-stop | pg-start         stop PostgreSQL (its data stays) / start it again
+#   tests/lab/lab.sh pg-db NAME                 a fresh, empty database NAME owned by role ferry; prints its URL
+#   tests/lab/lab.sh psql DB SQL                runs SQL in DB as the superuser (unix socket), prints -At output
 set -euo pipefail
 
 T=${FERRY_LAB_DIR:-/tmp/ferry-lab}
@@ -25,6 +28,7 @@ BRIDGE=br-ferry
 NET=10.200.0
 GUARD="blackhole 10.200.0.0/16 metric 9999"
 REGISTRY=$NET.1:5000
+PG_PORT=5432                  # PostgreSQL on the bridge address only, TLS from the lab CA
 SECURE_REGISTRY=$NET.1:5001   # the same storage behind TLS (the lab's own CA) and htpasswd
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -201,6 +205,113 @@ EOF
   log "TLS registry did not start"; cat "$d/log" >&2; return 1
 }
 
+# PostgreSQL: Debian's binaries (any major: the newest under /usr/lib/postgresql), but a cluster
+# of the lab's own in $T/postgres, run as user postgres. Debian's own cluster ("15 main") cannot
+# start here (no systemd) and is left alone. It listens on the bridge address only (hosts reach it
+# through the bridge, nothing outside the lab can) and on a unix socket that only the superuser
+# uses (tests tamper rows and create databases through it). TLS from the lab CA; the role ferry
+# logs in with a password (scram-sha-256), with or without TLS, so both can be tested.
+PG=$T/postgres
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$d" ] && [ -x "$d/pg_ctl" ] || { log "PostgreSQL is missing (no /usr/lib/postgresql/*/bin/pg_ctl): apt-get install postgresql"; return 1; }
+  echo "$d"
+}
+as_postgres() { (cd "$PG" && runuser -u postgres -- "$@"); }   # cd: its cwd must be readable by postgres
+# A password of [0-9a-f] only: it goes into URLs without percent-encoding.
+new_password() { openssl rand -hex 20; }
+pg_url() { # DB: the role ferry's URL for database DB (verify-full against the lab CA)
+  echo "postgres://ferry:$(cat "$PG/ferry.password")@$NET.1:$PG_PORT/$1?sslmode=verify-full&sslrootcert=$T/registry2/ca.crt"
+}
+pg_sql() { # DB SQL...: as the superuser over the socket, -At, stopping at the first error
+  local db=$1 bin sql args=(); shift
+  bin=$(pg_bin)
+  for sql in "$@"; do args+=(-c "$sql"); done
+  "$bin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG/sock" -p $PG_PORT -U postgres -d "$db" "${args[@]}"
+}
+
+pg_start() {
+  local bin t0 t1
+  bin=$(pg_bin)
+  rm -f "$PG/pid"
+  t0=$(date +%s%N)
+  if ! as_postgres "$bin/pg_ctl" -D "$PG/data" -l "$PG/server.log" -w -t 30 -o "-p $PG_PORT -k $PG/sock \
+      -c listen_addresses=$NET.1 -c ssl=on -c ssl_cert_file=$PG/server.crt -c ssl_key_file=$PG/server.key" \
+      start > "$PG/pg_ctl.log" 2>&1; then
+    log "PostgreSQL did not start (pg_ctl start failed):"; cat "$PG/pg_ctl.log" "$PG/server.log" >&2; return 1
+  fi
+  head -1 "$PG/data/postmaster.pid" > "$PG/pid"
+  # pg_ctl -w waits for the postmaster's "ready"; the check that matters is a connection on the
+  # bridge address, as the tests and ferry make it.
+  for _ in $(seq 100); do
+    "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres && break; sleep 0.05
+  done
+  if ! "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres || ! pg_sql postgres 'select 1' > /dev/null; then
+    log "PostgreSQL started (PID $(cat "$PG/pid")) but does not accept connections on $NET.1:$PG_PORT:"
+    cat "$PG/server.log" >&2; return 1
+  fi
+  t1=$(date +%s%N)
+  log "PostgreSQL accepts connections on $NET.1:$PG_PORT, $(( (t1 - t0) / 1000000 )) ms after pg_ctl start"
+}
+
+pg_stop() { # keeps the data; a server that will not stop is killed by its PID
+  local bin
+  [ -s "$PG/pid" ] || return 0
+  bin=$(pg_bin)
+  as_postgres "$bin/pg_ctl" -D "$PG/data" -m fast -w -t 20 stop > /dev/null 2>&1 || true
+  stop "$(cat "$PG/pid")"
+  rm -f "$PG/pid"
+}
+
+postgres_up() {
+  local bin d=$T/registry2 t0
+  t0=$(date +%s%N)
+  bin=$(pg_bin)
+  rm -rf "$PG"
+  mkdir -p "$PG/data" "$PG/sock"
+  chown postgres: "$PG/data" "$PG/sock"; chmod 700 "$PG/data"
+  # The server's certificate, signed by the lab CA (the TLS registry's): the bridge address and a name.
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=pg.ferry.lab" \
+    -keyout "$PG/server.key" -out "$PG/server.csr" 2> /dev/null
+  printf 'subjectAltName=IP:%s,DNS:pg.ferry.lab\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n' "$NET.1" > "$PG/san.ext"
+  openssl x509 -req -in "$PG/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$PG/san.ext" -out "$PG/server.crt" 2> /dev/null
+  chown postgres: "$PG/server.key"; chmod 600 "$PG/server.key"
+  # A CA that signed nothing here: verify-full against it must fail.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj '/CN=not the ferry lab CA' \
+    -keyout "$PG/other-ca.key" -out "$PG/other-ca.crt" 2> /dev/null
+  (umask 077; new_password > "$PG/superuser.password"; new_password > "$PG/ferry.password")
+  chown postgres: "$PG/superuser.password"         # initdb reads it as postgres
+  : > "$PG/server.log"; chown postgres: "$PG/server.log"
+  if ! as_postgres "$bin/initdb" -D "$PG/data" -U postgres -A scram-sha-256 --pwfile="$PG/superuser.password" \
+      -E UTF8 --locale=C -N > "$PG/initdb.log" 2>&1; then
+    log "PostgreSQL initdb failed:"; cat "$PG/initdb.log" >&2; return 1
+  fi
+  cat > "$PG/data/pg_hba.conf" <<EOF
+# The lab's (lab.sh): the superuser over the socket; everyone else by password from the lab net.
+local   all  postgres                  trust
+hostssl all  all       $NET.0/24       scram-sha-256
+host    all  all       $NET.0/24       scram-sha-256
+EOF
+  chown postgres: "$PG/data/pg_hba.conf"; chmod 600 "$PG/data/pg_hba.conf"
+  pg_start
+  # The password goes in through stdin, never in argv (it is [0-9a-f]: nothing to quote).
+  "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG/sock" -p $PG_PORT -U postgres -d postgres > /dev/null <<EOF
+CREATE ROLE ferry LOGIN PASSWORD '$(cat "$PG/ferry.password")';
+CREATE DATABASE ferry OWNER ferry;
+EOF
+  log "PostgreSQL up in $(( ($(date +%s%N) - t0) / 1000000 )) ms (postgres_up)"
+}
+
+pg_db() { # NAME: drops and creates database NAME, owned by ferry; prints its URL
+  local name=${1:-}
+  [[ $name =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || { log "pg-db: a database name is [a-z_][a-z0-9_]* (got '$name')"; exit 2; }
+  PGOPTIONS="-c client_min_messages=warning" pg_sql postgres "DROP DATABASE IF EXISTS $name WITH (FORCE)" \
+    "CREATE DATABASE $name OWNER ferry" > /dev/null   # no NOTICE that it did not exist
+  pg_url "$name"
+}
+
 image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 with curl only
   local r=$T/rootfs
   rm -rf "$r"; mkdir -p "$r/bin" "$r/www" "$r/tmp" "$r/etc"
@@ -354,6 +465,7 @@ up() {
   [ -f "$T/ssh/other_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$T/ssh/other_key" -C not-authorized
   cp "$T/ssh/client_key.pub" "$T/ssh/authorized_keys"; chmod 644 "$T/ssh/authorized_keys"
   registry_up
+  postgres_up                                     # after the registry: its CA signs the server's cert
   users_up
   for i in $(seq "$n"); do host_up "$i"; done
   image_up
@@ -368,6 +480,8 @@ up() {
     echo "FERRY_LAB_HOSTS=$n"
     echo "FERRY_LAB_REGISTRY=$REGISTRY"
     echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
+    echo "FERRY_LAB_PG_URL=$(pg_url ferry)"
+    echo "FERRY_LAB_PG_SOCKET=$PG/sock"
   } > "$T/lab.env"
   log "up: $n hosts ($NET.11-$NET.$((10 + n))), registry $REGISTRY, inventory $T/lab.toml"
 }
@@ -382,6 +496,7 @@ down() {
     [ -s "$pidfile" ] && stop "$(cat "$pidfile")"
     rm -f "$pidfile"
   done
+  pg_stop                                         # before the bridge (its listening address) goes
   ip link del $BRIDGE 2>/dev/null || true
   users_down
   local leaks; leaks=$(leak_count); leaks=${leaks:-0}
@@ -420,5 +535,11 @@ EOF
   sshd-stop) stop "$(cat "$T/net/h$2/sshd.pid")" ;;
   sshd-start) rm -f "$T/net/h$2/sshd.pid"; start_sshd_in "$2" ;;
   leaks) leak_count ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  pg-stop) pg_stop ;;
+  pg-start) [ -s "$PG/pid" ] && alive "$(cat "$PG/pid")" && { log "PostgreSQL is already running"; exit 1; }
+            pg_start ;;
+  pg-db) pg_db "${2:-}" ;;
+  psql) [ $# -eq 3 ] || { log "usage: lab.sh psql DB SQL"; exit 2; }
+        pg_sql "$2" "$3" ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
