@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{audit_log, store};
+use super::{audit_log, open_store, store};
 use crate::audit::{self, Entry};
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -17,13 +17,15 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
     match args {
         Audit::Verify { log: path } => {
             // Without --log: the inventory's store (the shared one's table, or the local file).
-            let (label, result) = match path {
-                Some(path) => (path.display().to_string(), audit::verify(path)?),
+            // A file's break is named by line, a table's by seq.
+            let (label, at, result) = match path {
+                Some(path) => (path.display().to_string(), ":", audit::verify(path)?),
                 None => {
-                    let store = store(inventory)?;
+                    let store = open_store(inventory, crate::store::postgres::Schema::Inspect)?;
+                    let at = if store.is_shared() { ": seq " } else { ":" };
                     let label =
                         if store.is_shared() { store.describe() } else { log.path().display().to_string() };
-                    (label, store.verify()?)
+                    (label, at, store.verify()?)
                 }
             };
             if output == OutputFormat::Json {
@@ -40,7 +42,9 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
                     None => {
                         output::print(&format!("{label}: ok, {} records, chain intact\n", result.records))?
                     }
-                    Some((line, problem)) => output::print(&format!("{label}:{line}: BROKEN: {problem}\n"))?,
+                    Some((line, problem)) => {
+                        output::print(&format!("{label}{at}{line}: BROKEN: {problem}\n"))?
+                    }
                 }
             }
             Ok(if result.broken.is_some() { 1 } else { 0 })

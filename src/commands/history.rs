@@ -31,6 +31,17 @@ struct Run<'a> {
     outcome: String,
     /// Short facts: the command line, counts.
     summary: String,
+    /// Records of the run that reached a shared store late, from a runner's local spool.
+    #[serde(skip_serializing_if = "is_zero")]
+    delayed: usize,
+    /// The run was moved in from a local log (`ferry state push`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    imported: bool,
+}
+
+/// Serde's test for an omitted count.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Runs `ferry history`.
@@ -96,11 +107,19 @@ fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
         (_, Some(_)) => "ok".to_string(),
         (None, None) => first.entry.kind.clone(),
     };
-    let summary = match finished {
+    let mut summary = match finished {
         Some(RunFinished { refused: Some(why), .. }) => why,
         Some(f) => format!("{} ok, {} failed, {} skipped", f.ok, f.failed, f.skipped),
         None => first.run_started().and_then(|s| s.command_line).unwrap_or_default(),
     };
+    let via = |how: &str| list.iter().filter(|r| r.origin.as_ref().is_some_and(|o| o.via == how)).count();
+    let (delayed, imported) = (via("spooled"), via("imported") > 0);
+    if delayed > 0 {
+        summary.push_str(&format!(" ({delayed} records delayed: spooled while the store was unreachable)"));
+    }
+    if imported {
+        summary.push_str(" (imported)");
+    }
     Run {
         run: id,
         started: &first.time,
@@ -112,5 +131,7 @@ fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
         targets: first.entry.targets.len(),
         outcome,
         summary,
+        delayed,
+        imported,
     }
 }

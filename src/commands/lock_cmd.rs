@@ -84,6 +84,19 @@ impl Operator<'_> {
             ..LockInfo::default()
         };
         let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        // --force takes over a shared store's live lease too (the targets' locks are taken
+        // over by lock_environment itself).
+        if force
+            && let Some(previous) = self.store.break_lease(self.environment, None)?
+            && previous.holder != self.me
+        {
+            let change = LockChange {
+                reason: Some("forced".into()),
+                previous: Some(previous.describe()),
+                ..LockChange::default()
+            };
+            self.record(Kind::LockBroken, &info.run, vec![STORE_TARGET.into()], &change)?;
+        }
         let held = lock::lock_environment(
             Some(&*self.store),
             self.environment,
@@ -134,7 +147,7 @@ impl Operator<'_> {
                 }
                 .into());
             }
-            if let Some(holder) = self.store.break_lease(environment, None)? {
+            if let Some(holder) = self.store.break_lease(environment, Some(&holder.run))? {
                 let change = LockChange {
                     previous: Some(holder.describe()),
                     reason: Some(if mine { "released" } else { "forced" }.into()),

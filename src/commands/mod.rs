@@ -149,7 +149,7 @@ pub fn open_store(
     };
     let key = shared_store_key(inventory).map(|k| k.key).unwrap_or_default();
     let opened = OPENED.get_or_init(Mutex::default);
-    if schema == crate::store::postgres::Schema::Current
+    if schema != crate::store::postgres::Schema::Migrate
         && let Some(store) = opened.lock().ok().and_then(|o| o.get(&key).cloned())
     {
         return Ok(store);

@@ -43,7 +43,7 @@ pub fn run(inventory: &Inventory, args: &State, output: OutputFormat) -> Result<
                 ))?;
             }
         }
-        State::Status => print_status(&store(inventory)?.status()?, output, "in use")?,
+        State::Status => print_status(&open_store(inventory, Schema::Inspect)?.status()?, output, "in use")?,
     }
     Ok(0)
 }

@@ -48,19 +48,21 @@ pub const SCHEMA_VERSION: i32 = 1;
 const MIGRATIONS: &[&str] = &[r"
 CREATE TABLE ferry_audit (
     seq bigint PRIMARY KEY,
-    id text NOT NULL UNIQUE,
     time_ms bigint NOT NULL,
     written timestamptz NOT NULL DEFAULT now(),
-    run text NOT NULL,
-    kind text NOT NULL,
-    command text NOT NULL,
-    app text,
-    environment text,
-    origin text,
-    imported_hash text UNIQUE,
-    prev text NOT NULL,
-    hash text NOT NULL,
-    line text NOT NULL
+    line text NOT NULL,
+    id text NOT NULL UNIQUE GENERATED ALWAYS AS ((line::jsonb)->>'id') STORED,
+    run text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'run') STORED,
+    kind text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'kind') STORED,
+    command text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'command') STORED,
+    app text GENERATED ALWAYS AS ((line::jsonb)->>'app') STORED,
+    environment text GENERATED ALWAYS AS ((line::jsonb)->>'environment') STORED,
+    origin text GENERATED ALWAYS AS ((line::jsonb)->'origin'->>'via') STORED,
+    imported_hash text UNIQUE GENERATED ALWAYS AS (
+        CASE WHEN (line::jsonb)->'origin'->>'via' = 'imported' THEN (line::jsonb)->'origin'->>'hash' END
+    ) STORED,
+    prev text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'prev') STORED,
+    hash text NOT NULL GENERATED ALWAYS AS ((line::jsonb)->>'hash') STORED
 );
 CREATE INDEX ferry_audit_deployments ON ferry_audit (app, environment, kind, seq);
 CREATE INDEX ferry_audit_run ON ferry_audit (run, seq);
@@ -96,6 +98,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The spool of records written while the database was unreachable.
 const SPOOL_FILE: &str = "spool.jsonl";
 
+/// A chain's last record: seq and hash.
+type Head = (u64, String);
+
 /// What the runtime thread answers for one call.
 type Answer<T> = Result<T, Failure>;
 
@@ -104,14 +109,18 @@ type Answer<T> = Result<T, Failure>;
 enum Failure {
     /// The server answered with an error (permissions, a constraint, missing schema).
     Database(String),
-    /// The connection is gone or never came (refused, reset, TLS, timeout).
+    /// The connection is gone or never came (refused, reset, TLS, timeout, the server shutting
+    /// down).
     Lost(String),
+    /// The chain's last row is not a record ferry wrote: nothing is chained after it.
+    Broken(i64),
 }
 
 impl Failure {
     fn message(&self) -> String {
         match self {
             Failure::Database(message) | Failure::Lost(message) => message.clone(),
+            Failure::Broken(seq) => format!("the chain's last row (seq {seq}) is not a record ferry wrote"),
         }
     }
 }
@@ -119,12 +128,30 @@ impl Failure {
 impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
+            // Class 08 (connection exception) and 57P01-03 (the server shutting down or
+            // restarting) end the session: the store is lost, the run's records spool.
+            Some(db) if connection_ended(db.code().code()) => {
+                Failure::Lost(format!("{}: {} ({})", db.severity(), db.message(), db.code().code()))
+            }
             Some(db) => {
                 Failure::Database(format!("{}: {} ({})", db.severity(), db.message(), db.code().code()))
             }
             None => Failure::Lost(error_chain(&e)),
         }
     }
+}
+
+/// A transaction at READ COMMITTED whatever the database's default: each statement after the
+/// advisory lock must see the head as it is once the lock is ours, not a snapshot from before.
+async fn read_committed(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::ReadCommitted).start().await
+}
+
+/// SQLSTATEs after which the session is gone.
+fn connection_ended(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// An error and its causes on one line (`tokio_postgres::Error` hides the I/O cause in its
@@ -152,25 +179,17 @@ struct Db {
     lost: Arc<AtomicBool>,
 }
 
-impl Db {
-    /// Runs `work` with the client and waits for its answer.
-    fn call<T, F, Fut>(&self, work: F) -> Answer<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
-        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
-    {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Failure::Lost(
-                "the connection to the state store was lost earlier in this run".into(),
-            ));
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let future = work(Arc::clone(&self.client));
-        self.handle.spawn(async move {
-            let _ = tx.send(future.await);
-        });
-        let answer = rx
+/// A call on its way: [`Call::wait`] for the answer.
+struct Call<T> {
+    rx: std::sync::mpsc::Receiver<Answer<T>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl<T> Call<T> {
+    /// The answer (a call that gives none within [`CALL_TIMEOUT`] counts as lost).
+    fn wait(self) -> Answer<T> {
+        let answer = self
+            .rx
             .recv_timeout(CALL_TIMEOUT)
             .unwrap_or_else(|_| Err(Failure::Lost(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))));
         if matches!(answer, Err(Failure::Lost(_))) {
@@ -178,6 +197,83 @@ impl Db {
         }
         answer
     }
+}
+
+impl Db {
+    /// Starts `work` with the client; the caller goes on until it waits for the answer.
+    fn start<T, F, Fut>(&self, work: F) -> Call<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.lost.load(Ordering::SeqCst) {
+            let _ = tx.send(Err(Failure::Lost(
+                "the connection to the state store was lost earlier in this run".into(),
+            )));
+        } else {
+            let future = work(Arc::clone(&self.client));
+            self.handle.spawn(async move {
+                let _ = tx.send(future.await);
+            });
+        }
+        Call { rx, lost: Arc::clone(&self.lost) }
+    }
+
+    /// Runs `work` with the client and waits for its answer.
+    fn call<T, F, Fut>(&self, work: F) -> Answer<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<tokio::sync::Mutex<Client>>) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        self.start(work).wait()
+    }
+}
+
+/// Rows a verify page holds.
+const PAGE: i64 = 20_000;
+
+/// The query for the page of rows after `after`.
+fn page(after: i64) -> impl FnOnce(Arc<tokio::sync::Mutex<Client>>) -> PageFuture {
+    move |client| {
+        Box::pin(async move {
+            let client = client.lock().await;
+            let rows = client
+                .query(
+                    "SELECT seq, line FROM ferry_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &PAGE],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
+        })
+    }
+}
+
+/// A page of rows being fetched.
+type PageFuture = std::pin::Pin<Box<dyn Future<Output = Result<Vec<(i64, String)>, Failure>> + Send>>;
+
+/// Checks each row's own bytes ([`audit::check_record`]) on every core, keeping the order.
+fn check_in_parallel(rows: Vec<(i64, String)>) -> Vec<(i64, Result<Record, String>)> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 8);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(seq, line)| (*seq, audit::check_record(line.as_bytes())))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|_| vec![(0, Err("a verify worker failed".to_string()))]))
+            .collect()
+    })
 }
 
 /// One line of the spool.
@@ -214,6 +310,8 @@ pub struct PgStore {
     spooled: Arc<AtomicUsize>,
     /// Records pushed from the spool when the store was opened.
     pushed: usize,
+    /// The last record this runner saw chained.
+    witness: Witness,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -229,6 +327,10 @@ pub enum Schema {
     Current,
     /// Create or upgrade it (`ferry state init`).
     Migrate,
+    /// The current schema, for commands that report on the chain rather than act on it
+    /// (`audit verify`, `state status`): a record this runner saw that is gone is theirs to
+    /// report, not a reason to refuse.
+    Inspect,
 }
 
 impl PgStore {
@@ -249,14 +351,59 @@ impl PgStore {
             spool: state_dir.join(SPOOL_FILE),
             spooled: Arc::new(AtomicUsize::new(0)),
             pushed: 0,
+            witness: Witness::new(state_dir),
         };
         match schema {
             Schema::Migrate => store.migrate()?,
-            Schema::Current => store.check_schema()?,
+            Schema::Current | Schema::Inspect => store.check_schema()?,
         }
         let mut store = store;
+        store.witness.store = store.store_id()?;
+        if schema != Schema::Inspect {
+            store.check_witness()?;
+        }
         store.pushed = store.push_spool()?;
         Ok(store)
+    }
+
+    /// The database's own random id (made once): tells a recreated database at the same
+    /// address from the one a runner saw before.
+    fn store_id(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| self.failed(Failure::Database(e.to_string())))?;
+        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let answer = self.db.call(|client| async move {
+            let client = client.lock().await;
+            client
+                .execute(
+                    "INSERT INTO ferry_settings (name, value) VALUES ('store_id', $1) ON CONFLICT (name) DO NOTHING",
+                    &[&fresh],
+                )
+                .await?;
+            Ok(client.query_one("SELECT value FROM ferry_settings WHERE name = 'store_id'", &[]).await?.get(0))
+        });
+        answer.map_err(|f| self.failed(f))
+    }
+
+    /// The record this runner saw last must still be in the chain, unchanged: a chain whose
+    /// end a superuser cut off (or rewrote, hashes and all) still walks, but not past this.
+    fn check_witness(&self) -> Result<(), StoreError> {
+        let Some((seq, hash)) = self.witness.last_seen() else { return Ok(()) };
+        let at = i64::try_from(seq).unwrap_or(i64::MAX);
+        let answer = self.db.call(|client| async move {
+            let client = client.lock().await;
+            let row = client.query_opt("SELECT hash FROM ferry_audit WHERE seq = $1", &[&at]).await?;
+            Ok(row.map(|r| r.get::<_, String>(0)))
+        });
+        let found = answer.map_err(|f| self.failed(f))?;
+        if found.as_deref() == Some(hash.as_str()) {
+            return Ok(());
+        }
+        Err(StoreError::Broken {
+            endpoint: self.endpoint(),
+            seq: at,
+            problem: self.witness.problem(seq, found.is_some()),
+        })
     }
 
     /// Records pushed from the local spool when this store was opened.
@@ -306,7 +453,7 @@ impl PgStore {
         }
         let answer = self.db.call(|client| async move {
             let mut client = client.lock().await;
-            let tx = client.transaction().await?;
+            let tx = read_committed(&mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).await?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS ferry_schema (version integer NOT NULL, applied timestamptz NOT NULL DEFAULT now())",
@@ -325,42 +472,55 @@ impl PgStore {
         answer.map_err(|f| self.failed(f))
     }
 
-    /// Appends `items` in one transaction; `Ok` counts the records chained (those already on
-    /// record, by id or imported hash, are skipped).
+    /// Appends `items` in one transaction, in order; returns the seqs given. Items already on
+    /// record (a spooled record by id, an imported one by its original hash) are skipped, so a
+    /// push cut short and repeated adds each record once.
     fn chain(&self, items: Vec<Pending>) -> Answer<Vec<u64>> {
+        let (seqs, head) = self.chain_rows(items)?;
+        if let Some((seq, hash)) = head {
+            self.witness.saw(seq, hash);
+        }
+        Ok(seqs)
+    }
+
+    /// [`PgStore::chain`]'s transaction; also returns the new head.
+    fn chain_rows(&self, items: Vec<Pending>) -> Answer<(Vec<u64>, Option<Head>)> {
         self.db.call(|client| async move {
             let mut client = client.lock().await;
-            let tx = client.transaction().await?;
+            let tx = read_committed(&mut client).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).await?;
-            let head = tx.query_opt("SELECT seq, hash FROM ferry_audit ORDER BY seq DESC LIMIT 1", &[]).await?;
-            let mut head: Option<(u64, String)> =
-                head.map(|row| (u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), row.get(1)));
-            let insert = tx
-                .prepare(
-                    "INSERT INTO ferry_audit (seq, id, time_ms, run, kind, command, app, environment, origin, imported_hash, prev, hash, line) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .await?;
-            let run_head = tx
-                .prepare(
-                    "INSERT INTO ferry_runs (run, first_seq, time_ms, app, environment) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (run) DO NOTHING",
-                )
-                .await?;
-            let mut chained = Vec::new();
+            // The head as its own bytes say (checked), never a column: a record chained after a
+            // forged hash would make the next honest record look like the break.
+            let head = tx.query_opt("SELECT seq, line FROM ferry_audit ORDER BY seq DESC LIMIT 1", &[]).await?;
+            let mut head: Option<(u64, String)> = match head {
+                None => None,
+                Some(row) => {
+                    let seq: i64 = row.get(0);
+                    let line: String = row.get(1);
+                    match audit::check_record(line.as_bytes()) {
+                        Ok(record) if i64::try_from(record.seq).ok() == Some(seq) => Some((record.seq, record.hash)),
+                        Ok(_) | Err(_) => return Err(Failure::Broken(seq)),
+                    }
+                }
+            };
+            let ids: Vec<String> = items.iter().filter_map(|i| i.skip_if_id.clone()).collect();
+            let imported: Vec<String> = items.iter().filter_map(Pending::imported_hash).collect();
+            let mut known = std::collections::HashSet::new();
+            for (column, keys) in [("id", &ids), ("imported_hash", &imported)] {
+                for chunk in keys.chunks(BATCH) {
+                    let sql = format!("SELECT {column} FROM ferry_audit WHERE {column} = ANY($1)");
+                    for row in tx.query(&sql, &[&chunk]).await? {
+                        known.insert(row.get::<_, String>(0));
+                    }
+                }
+            }
+            let mut rows = Rows::default();
             for item in items {
-                if let Some(id) = &item.skip_if_id
-                    && tx.query_opt("SELECT 1 FROM ferry_audit WHERE id = $1", &[id]).await?.is_some()
-                {
+                let seen = item.skip_if_id.as_ref().is_some_and(|id| known.contains(id))
+                    || item.imported_hash().is_some_and(|hash| known.contains(&hash));
+                if seen {
                     continue;
                 }
-                if let Some(Origin { hash: Some(hash), .. }) = &item.origin
-                    && tx.query_opt("SELECT 1 FROM ferry_audit WHERE imported_hash = $1", &[hash]).await?.is_some()
-                {
-                    continue;
-                }
-                let imported = item.origin.as_ref().filter(|o| o.via == "imported").and_then(|o| o.hash.clone());
-                let origin = item.origin.as_ref().map(|o| o.via.clone());
                 let record = audit::seal(
                     head.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
                     item.time,
@@ -369,35 +529,40 @@ impl PgStore {
                     item.entry,
                     item.origin,
                 );
-                let line = String::from_utf8(serde_json::to_vec(&record).unwrap_or_default()).unwrap_or_default();
-                let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
-                let time_ms = crate::time::parse_ms(&record.time).unwrap_or(0);
-                let e = &record.entry;
+                rows.push(&record);
+                head = Some((record.seq, record.hash));
+            }
+            // The other columns are generated from the line: no column can say other than its
+            // record does, even when edited by hand.
+            let insert = "INSERT INTO ferry_audit (seq, time_ms, line) \
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])";
+            // A run is listed under its first record (the history's index).
+            let run_heads = "INSERT INTO ferry_runs (run, first_seq, time_ms, app, environment) \
+                SELECT DISTINCT ON (run) run, seq, time_ms, app, environment \
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) AS u(run, seq, time_ms, app, environment) \
+                ORDER BY run, seq ON CONFLICT (run) DO NOTHING";
+            let mut at = 0;
+            while at < rows.seq.len() {
+                let to = (at + BATCH).min(rows.seq.len());
+                let r = at..to;
+                tx.execute(insert, &[&&rows.seq[r.clone()], &&rows.time_ms[r.clone()], &&rows.line[r.clone()]])
+                    .await?;
                 tx.execute(
-                    &insert,
+                    run_heads,
                     &[
-                        &seq,
-                        &record.id,
-                        &time_ms,
-                        &e.run,
-                        &e.kind,
-                        &e.command,
-                        &e.app,
-                        &e.environment,
-                        &origin,
-                        &imported,
-                        &record.prev,
-                        &record.hash,
-                        &line,
+                        &&rows.run[r.clone()],
+                        &&rows.seq[r.clone()],
+                        &&rows.time_ms[r.clone()],
+                        &&rows.app[r.clone()],
+                        &&rows.environment[r.clone()],
                     ],
                 )
                 .await?;
-                tx.execute(&run_head, &[&e.run, &seq, &time_ms, &e.app, &e.environment]).await?;
-                chained.push(record.seq);
-                head = Some((record.seq, record.hash));
+                at = to;
             }
             tx.commit().await?;
-            Ok(chained)
+            let seqs = rows.seq.iter().map(|&s| u64::try_from(s).unwrap_or(0)).collect();
+            Ok((seqs, head.filter(|_| !rows.seq.is_empty())))
         })
     }
 
@@ -414,14 +579,20 @@ impl PgStore {
     /// record (a push cut short before the spool was emptied) are skipped by id.
     fn push_spool(&self) -> Result<usize, StoreError> {
         let io = |source| StoreError::Spool { path: self.spool.clone(), source };
-        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.spool) {
+        let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.spool) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io(e)),
         };
-        // Two commands starting at once on one runner: one pushes, the other waits for it.
+        // Two commands starting at once on one runner: one pushes, the other waits for it. The
+        // file is read through this handle and emptied, never removed: a writer that opened it
+        // meanwhile appends to the same file, after this push.
         file.lock().map_err(io)?;
-        let text = std::fs::read_to_string(&self.spool).map_err(io)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
+        if text.is_empty() {
+            return Ok(0);
+        }
         let mut records = Vec::new();
         let mut releases = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -437,9 +608,10 @@ impl PgStore {
                     origin: Some(Origin { via: "spooled".into(), seq: None, hash: None }),
                 }),
                 Ok(Spooled::Release { environment, run }) => releases.push((environment, run)),
-                Err(e) => {
-                    tracing::warn!(spool = %self.spool.display(), error = %e, "skipping a torn spool line")
-                }
+                Err(e) => eprintln!(
+                    "warning: {}: skipping a line cut short by a crash ({e}); it never reached the store",
+                    crate::diagnostic::display_path(&self.spool).display()
+                ),
             }
         }
         let pushed = self.chain(records).map_err(|f| self.failed(f))?.len();
@@ -458,8 +630,6 @@ impl PgStore {
         }
         file.set_len(0).map_err(io)?;
         file.sync_all().map_err(io)?;
-        drop(file);
-        let _ = std::fs::remove_file(&self.spool);
         if pushed > 0 {
             tracing::info!(records = pushed, "pushed delayed records from the local spool");
         }
@@ -470,8 +640,8 @@ impl PgStore {
     fn records(&self, sql: String, params: Params) -> Result<Vec<Record>, StoreError> {
         let sql = format!(
             "SELECT a.seq, a.line, a.run, a.kind, a.command, a.app, a.environment, \
-               (SELECT b.hash FROM ferry_audit b WHERE b.seq = a.seq - 1), \
-               (SELECT n.prev FROM ferry_audit n WHERE n.seq = a.seq + 1), \
+               (SELECT b.line FROM ferry_audit b WHERE b.seq = a.seq - 1), \
+               (SELECT n.line FROM ferry_audit n WHERE n.seq = a.seq + 1), \
                (SELECT max(seq) FROM ferry_audit) \
              FROM ferry_audit a {sql} ORDER BY a.seq"
         );
@@ -533,6 +703,32 @@ impl PgStore {
     }
 }
 
+/// Rows per INSERT when many records are chained at once (`ferry state push`).
+const BATCH: usize = 5000;
+
+/// Records as columns, for one `unnest` insert (the table generates the rest from the line).
+#[derive(Default)]
+struct Rows {
+    seq: Vec<i64>,
+    time_ms: Vec<i64>,
+    run: Vec<String>,
+    app: Vec<Option<String>>,
+    environment: Vec<Option<String>>,
+    line: Vec<String>,
+}
+
+impl Rows {
+    fn push(&mut self, record: &Record) {
+        let e = &record.entry;
+        self.seq.push(i64::try_from(record.seq).unwrap_or(i64::MAX));
+        self.time_ms.push(crate::time::parse_ms(&record.time).unwrap_or(0));
+        self.run.push(e.run.clone());
+        self.app.push(e.app.clone());
+        self.environment.push(e.environment.clone());
+        self.line.push(String::from_utf8(serde_json::to_vec(record).unwrap_or_default()).unwrap_or_default());
+    }
+}
+
 /// A record waiting to be chained.
 struct Pending {
     id: String,
@@ -542,6 +738,13 @@ struct Pending {
     origin: Option<Origin>,
     /// Skip it when a record with this id is already chained (a spool pushed twice).
     skip_if_id: Option<String>,
+}
+
+impl Pending {
+    /// The original hash of an imported record.
+    fn imported_hash(&self) -> Option<String> {
+        self.origin.as_ref().filter(|o| o.via == "imported").and_then(|o| o.hash.clone())
+    }
 }
 
 /// One query parameter (owned, so the query can move to the runtime thread).
@@ -582,9 +785,9 @@ struct Row {
     command: String,
     app: Option<String>,
     environment: Option<String>,
-    /// The hash of the row before it.
+    /// The line of the row before it.
     before: Option<String>,
-    /// The `prev` of the row after it.
+    /// The line of the row after it.
     after: Option<String>,
     /// The chain's last seq.
     head: Option<i64>,
@@ -604,13 +807,19 @@ impl Row {
         {
             return Err(format!("row seq {} was modified (its columns do not match its record)", self.seq));
         }
+        // The neighbours are checked by their own bytes too: a forged record whose next row's
+        // columns were edited to match still fails here.
+        let neighbour = |line: &str| audit::check_record(line.as_bytes()).ok();
         let linked_before = if record.seq == 1 {
             record.prev == audit::GENESIS
         } else {
-            self.before.as_deref() == Some(record.prev.as_str())
+            self.before
+                .as_deref()
+                .and_then(neighbour)
+                .is_some_and(|b| b.seq + 1 == record.seq && b.hash == record.prev)
         };
-        let linked_after = match &self.after {
-            Some(prev) => prev == &record.hash,
+        let linked_after = match self.after.as_deref() {
+            Some(line) => neighbour(line).is_some_and(|n| n.seq == record.seq + 1 && n.prev == record.hash),
             None => self.head == Some(self.seq),
         };
         if !linked_before || !linked_after {
@@ -643,10 +852,22 @@ fn write_spool(path: &Path, item: &Spooled) -> Result<(), StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    std::os::unix::fs::OpenOptionsExt::mode(options.create(true).append(true), 0o600);
+    std::os::unix::fs::OpenOptionsExt::mode(options.create(true).append(true).read(true), 0o600);
     let mut file = options.open(path).map_err(io)?;
     file.lock().map_err(io)?;
-    let mut line = serde_json::to_vec(item).unwrap_or_default();
+    // A line cut by a crash must not swallow this one: start on a line of its own.
+    let torn = {
+        use std::io::{Read, Seek, SeekFrom};
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+        let mut last = [0u8; 1];
+        len > 0 && {
+            file.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+            file.read_exact(&mut last).map_err(io)?;
+            last[0] != b'\n'
+        }
+    };
+    let mut line = if torn { b"\n".to_vec() } else { Vec::new() };
+    line.extend(serde_json::to_vec(item).unwrap_or_default());
     line.push(b'\n');
     file.write_all(&line).map_err(io)?;
     file.sync_data().map_err(io)
@@ -675,11 +896,10 @@ impl super::Store for PgStore {
             Ok(seqs) => Ok(Appended::Chained(seqs.first().copied().unwrap_or(0))),
             Err(Failure::Lost(why)) => {
                 if self.spooled.load(Ordering::SeqCst) == 0 {
-                    tracing::warn!(
-                        store = %self.endpoint(),
-                        error = %why,
-                        spool = %self.spool.display(),
-                        "the state store is unreachable: this run's records go to the local spool; the next command that reaches the store pushes them"
+                    eprintln!(
+                        "warning: the state store {} is unreachable ({why}): this command's records go to the local spool {}",
+                        self.endpoint(),
+                        crate::diagnostic::display_path(&self.spool).display()
                     );
                 }
                 self.spool(&Spooled::Record {
@@ -749,39 +969,47 @@ impl super::Store for PgStore {
 
     fn verify(&self) -> Result<Verification, StoreError> {
         let mut chain = audit::ChainCheck::new();
-        let mut after: i64 = 0;
+        let witness = self.witness.last_seen();
+        let mut witnessed = false;
+        // The next page is fetched while this one is checked, and a page's records are checked
+        // on every core: verify is bound by JSON and SHA-256, not by the database.
+        let mut next = self.db.start(page(0));
         loop {
-            let answer = self.db.call(|client| async move {
-                let client = client.lock().await;
-                let rows = client
-                    .query(
-                        "SELECT seq, line FROM ferry_audit WHERE seq > $1 ORDER BY seq LIMIT 20000",
-                        &[&after],
-                    )
-                    .await?;
-                Ok(rows.into_iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
-            });
-            let rows = answer.map_err(|f| self.failed(f))?;
+            let rows = next.wait().map_err(|f| self.failed(f))?;
             let Some(last) = rows.last().map(|(seq, _)| *seq) else { break };
-            for (seq, line) in rows {
+            next = self.db.start(page(last));
+            for (seq, checked) in check_in_parallel(rows) {
                 let line_no = usize::try_from(seq).unwrap_or(usize::MAX);
-                match chain.check(line_no, line.as_bytes()) {
-                    audit::Checked::Record(record) if i64::try_from(record.seq).ok() != Some(seq) => {
-                        chain.verification.broken =
-                            Some((line_no, format!("row seq {seq} holds record seq {}", record.seq)));
-                        return Ok(chain.verification);
+                let outcome = match checked {
+                    Ok(record) if i64::try_from(record.seq).ok() != Some(seq) => {
+                        chain.bad(line_no, format!("row seq {seq} holds record seq {}", record.seq))
                     }
-                    audit::Checked::Record(_) => {}
-                    audit::Checked::Torn | audit::Checked::Broken => {
-                        if chain.verification.broken.is_none() {
-                            chain.verification.broken =
-                                Some((line_no, format!("row seq {seq} is not a whole record")));
+                    Ok(record) => {
+                        if let Some((seen, hash)) = &witness
+                            && record.seq == *seen
+                        {
+                            if record.hash != *hash {
+                                chain.bad(line_no, self.witness.problem(*seen, true));
+                                return Ok(chain.verification);
+                            }
+                            witnessed = true;
                         }
-                        return Ok(chain.verification);
+                        chain.link(line_no, record)
                     }
+                    Err(problem) => chain.bad(line_no, problem),
+                };
+                if matches!(outcome, audit::Checked::Broken) {
+                    return Ok(chain.verification);
                 }
             }
-            after = last;
+        }
+        if let Some((seen, _)) = witness
+            && !witnessed
+        {
+            let line_no = usize::try_from(seen).unwrap_or(usize::MAX);
+            chain.bad(line_no, self.witness.problem(seen, false));
+        } else if let Some((seq, hash)) = chain.head() {
+            self.witness.saw(seq, hash.to_string());
         }
         Ok(chain.verification)
     }
@@ -926,7 +1154,71 @@ impl super::Store for PgStore {
                 skip_if_id: None,
             })
             .collect();
-        Ok(self.chain(pending).map_err(|f| self.failed(f))?.len())
+        // One transaction per batch: the chain's lock is never held long, and a push cut short
+        // is finished by the next one (imported records are skipped by their original hash).
+        let mut pending: Vec<Pending> = pending;
+        let mut added = 0;
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(BATCH));
+            added += self.chain(pending).map_err(|f| self.failed(f))?.len();
+            pending = rest;
+        }
+        Ok(added)
+    }
+}
+
+/// The last record this runner saw in the chain (`state-head.json` in the state folder), kept
+/// per database: a runner that comes back finds out whether records it saw were deleted or
+/// rewritten since. Written without fsync: losing it only weakens the check, never breaks one.
+#[derive(Debug)]
+struct Witness {
+    path: PathBuf,
+    /// The database's id (see [`PgStore::store_id`]).
+    store: String,
+}
+
+/// What `state-head.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Seen {
+    store: String,
+    seq: u64,
+    hash: String,
+}
+
+impl Witness {
+    fn new(state_dir: &Path) -> Witness {
+        Witness { path: state_dir.join("state-head.json"), store: String::new() }
+    }
+
+    /// The last record seen in this database.
+    fn last_seen(&self) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let seen: Seen = serde_json::from_str(&text).ok()?;
+        (seen.store == self.store).then_some((seen.seq, seen.hash))
+    }
+
+    /// Remembers `seq` as seen (when it is later than what was seen).
+    fn saw(&self, seq: u64, hash: String) {
+        if self.last_seen().is_some_and(|(seen, _)| seen >= seq) {
+            return;
+        }
+        let seen = Seen { store: self.store.clone(), seq, hash };
+        let temporary = self.path.with_extension(format!("json.{}", std::process::id()));
+        let written = std::fs::write(&temporary, serde_json::to_vec(&seen).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            tracing::debug!(error = %e, "cannot remember the chain head");
+        }
+    }
+
+    /// Why a record this runner saw is not in the chain as it was.
+    fn problem(&self, seq: u64, present: bool) -> String {
+        let what = if present { "changed" } else { "gone" };
+        format!(
+            "this runner saw record seq {seq} in this database and it is {what}: records were deleted or rewritten since (if the database was restored from a backup on purpose, remove {})",
+            crate::diagnostic::display_path(&self.path).display()
+        )
     }
 }
 
@@ -988,7 +1280,11 @@ impl Drop for PgLease {
         });
         if let Err(failure) = answer {
             // Released by the next command that reaches the store (or by its TTL).
-            tracing::warn!(environment = %self.environment, error = %failure.message(), "lease not released; spooled");
+            eprintln!(
+                "warning: the lease of {} in the state store could not be released ({}); the next command that reaches the store releases it",
+                self.environment,
+                failure.message()
+            );
             let release = Spooled::Release { environment: self.environment.clone(), run: self.run.clone() };
             if let Err(e) = write_spool(&self.spool, &release) {
                 tracing::warn!(error = %e, "cannot spool the lease release; it expires after its TTL");
@@ -1251,6 +1547,131 @@ mod tls {
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor() -> Actor {
+        Actor { user: "u".into(), host: "h".into(), via: "terminal".into(), job: None }
+    }
+
+    /// Three chained records as the database would hold them, and rows for the middle one.
+    fn middle_row() -> (Vec<Record>, Row) {
+        let mut records: Vec<Record> = Vec::new();
+        for n in 0..3 {
+            let entry = Entry {
+                kind: "run_finished".into(),
+                run: format!("r{n}"),
+                command: "deploy".into(),
+                app: Some("web".into()),
+                environment: Some("prod".into()),
+                ..Entry::default()
+            };
+            let prev = records.last().map(|r| (r.seq, r.hash.as_str()));
+            records.push(audit::seal(
+                prev,
+                crate::time::now_rfc3339(),
+                format!("id{n}"),
+                actor(),
+                entry,
+                None,
+            ));
+        }
+        let middle = &records[1];
+        let row = Row {
+            seq: 2,
+            line: String::from_utf8(serde_json::to_vec(middle).unwrap()).unwrap(),
+            run: "r1".into(),
+            kind: "run_finished".into(),
+            command: "deploy".into(),
+            app: Some("web".into()),
+            environment: Some("prod".into()),
+            before: Some(String::from_utf8(serde_json::to_vec(&records[0]).unwrap()).unwrap()),
+            after: Some(String::from_utf8(serde_json::to_vec(&records[2]).unwrap()).unwrap()),
+            head: Some(3),
+        };
+        (records, row)
+    }
+
+    #[test]
+    fn a_row_is_trusted_only_with_its_bytes_columns_and_links_intact() {
+        let (records, row) = middle_row();
+        assert_eq!(row.check().unwrap(), records[1]);
+
+        let (_, mut edited) = middle_row();
+        edited.line = edited.line.replace("\"prod\"", "\"staging\"");
+        assert!(edited.check().unwrap_err().contains("modified"));
+
+        let (_, mut moved) = middle_row();
+        moved.environment = Some("staging".into());
+        assert!(moved.check().unwrap_err().contains("columns"), "a row filed under another environment");
+
+        let (_, mut orphan) = middle_row();
+        orphan.before = None;
+        assert!(orphan.check().unwrap_err().contains("neighbours"), "the row before it was deleted");
+
+        let (_, mut rehashed_next) = middle_row();
+        rehashed_next.after = rehashed_next.after.map(|l| l.replace("\"prev\":\"", "\"prev\":\"0"));
+        assert!(
+            rehashed_next.check().unwrap_err().contains("neighbours"),
+            "the row after it no longer links"
+        );
+
+        // A forged record, re-hashed, with the next row's bytes unchanged: refused.
+        let (records, mut forged) = middle_row();
+        let mut fake = records[1].entry.clone();
+        fake.version = Some("evil".into());
+        let fake = audit::seal(
+            Some((records[0].seq, &records[0].hash)),
+            records[1].time.clone(),
+            records[1].id.clone(),
+            actor(),
+            fake,
+            None,
+        );
+        forged.line = String::from_utf8(serde_json::to_vec(&fake).unwrap()).unwrap();
+        assert!(
+            forged.check().unwrap_err().contains("neighbours"),
+            "a re-hashed forgery breaks the next link"
+        );
+
+        let (_, mut cut_tail) = middle_row();
+        cut_tail.after = None;
+        assert!(cut_tail.check().is_err(), "rows after it were deleted but it is not the head");
+    }
+
+    proptest::proptest! {
+        /// Whatever a database hands back, checking it never panics.
+        #[test]
+        fn checking_any_row_never_panics(
+            line in proptest::prelude::any::<String>(),
+            seq in proptest::prelude::any::<i64>(),
+            before in proptest::option::of("[0-9a-f]{0,64}"),
+            head in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let row = Row {
+                seq,
+                line,
+                run: String::new(),
+                kind: String::new(),
+                command: String::new(),
+                app: None,
+                environment: None,
+                before,
+                after: None,
+                head,
+            };
+            let _ = row.check();
+        }
+
+        /// Any spool line parses or is skipped, never panics.
+        #[test]
+        fn any_spool_line_is_read_or_skipped(line in proptest::prelude::any::<String>()) {
+            let _ = serde_json::from_str::<Spooled>(&line);
         }
     }
 }

@@ -232,27 +232,30 @@ pg_sql() { # DB SQL...: as the superuser over the socket, -At, stopping at the f
 }
 
 pg_start() {
-  local bin t0 t1
+  local bin t0 t1=0 i pid
   bin=$(pg_bin)
   rm -f "$PG/pid"
   t0=$(date +%s%N)
-  if ! as_postgres "$bin/pg_ctl" -D "$PG/data" -l "$PG/server.log" -w -t 30 -o "-p $PG_PORT -k $PG/sock \
+  # `-W`: pg_ctl does not wait (it would look every 100 ms); this loop looks every 20 ms, and at
+  # what matters, a connection on the bridge address, as the tests and ferry make it.
+  if ! as_postgres "$bin/pg_ctl" -D "$PG/data" -l "$PG/server.log" -W -o "-p $PG_PORT -k $PG/sock \
       -c listen_addresses=$NET.1 -c ssl=on -c ssl_cert_file=$PG/server.crt -c ssl_key_file=$PG/server.key" \
       start > "$PG/pg_ctl.log" 2>&1; then
     log "PostgreSQL did not start (pg_ctl start failed):"; cat "$PG/pg_ctl.log" "$PG/server.log" >&2; return 1
   fi
-  head -1 "$PG/data/postmaster.pid" > "$PG/pid"
-  # pg_ctl -w waits for the postmaster's "ready"; the check that matters is a connection on the
-  # bridge address, as the tests and ferry make it.
-  for _ in $(seq 100); do
-    "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres && break; sleep 0.05
+  for i in $(seq 1500); do                        # 30 s at most
+    "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres && { t1=$(date +%s%N); break; }
+    pid=$(head -1 "$PG/data/postmaster.pid" 2>/dev/null || true)
+    if [ "$i" -gt 25 ] && { [ -z "$pid" ] || ! alive "$pid"; }; then break; fi   # it died
+    sleep 0.02
   done
-  if ! "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres || ! pg_sql postgres 'select 1' > /dev/null; then
-    log "PostgreSQL started (PID $(cat "$PG/pid")) but does not accept connections on $NET.1:$PG_PORT:"
-    cat "$PG/server.log" >&2; return 1
+  pid=$(head -1 "$PG/data/postmaster.pid" 2>/dev/null || true)
+  [ -n "$pid" ] && echo "$pid" > "$PG/pid"
+  if [ -z "$pid" ] || ! "$bin/pg_isready" -q -h $NET.1 -p $PG_PORT -d postgres || ! pg_sql postgres 'select 1' > /dev/null; then
+    log "PostgreSQL (PID ${pid:-none}) does not accept connections on $NET.1:$PG_PORT; its log:"
+    cat "$PG/pg_ctl.log" "$PG/server.log" >&2; return 1
   fi
-  t1=$(date +%s%N)
-  log "PostgreSQL accepts connections on $NET.1:$PG_PORT, $(( (t1 - t0) / 1000000 )) ms after pg_ctl start"
+  log "PostgreSQL accepts connections on $NET.1:$PG_PORT $(( (t1 - t0) / 1000000 )) ms after pg_ctl start (a query answers after $(( ($(date +%s%N) - t0) / 1000000 )) ms)"
 }
 
 pg_stop() { # keeps the data; a server that will not stop is killed by its PID
@@ -482,14 +485,16 @@ up() {
     echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
     echo "FERRY_LAB_PG_URL=$(pg_url ferry)"
     echo "FERRY_LAB_PG_SOCKET=$PG/sock"
-  } > "$T/lab.env"
+  } > "$T/lab.env.new"
+  chmod 600 "$T/lab.env.new"                      # the role ferry's password is in its URL
+  mv "$T/lab.env.new" "$T/lab.env"                # whole or not at all: lab.env means "up"
   log "up: $n hosts ($NET.11-$NET.$((10 + n))), registry $REGISTRY, inventory $T/lab.toml"
 }
 
 down() {
   need_root
   local i n
-  n=$(ls -d "$T"/net/h* 2>/dev/null | wc -l)
+  n=$(ls -d "$T"/net/h* 2>/dev/null | wc -l || true)   # none when `up` failed before the hosts
   for i in $(seq "$n"); do host_down "$i" & done
   wait
   for pidfile in "$T/registry/pid" "$T/registry2/pid"; do
