@@ -11,7 +11,8 @@
 //!   cargo run --release --example seed_audit -- N OUT [--copy AUDIT.tsv RUNS.tsv]
 //!
 //! With `--copy`, it also writes the same records as the rows of the shared store's tables
-//! (`ferry_audit`, `ferry_runs`) in PostgreSQL's COPY text format, for seeding a database when
+//! (`ferry_audit`'s seq, time_ms and line, from which the rest is generated, and `ferry_runs`)
+//! in PostgreSQL's COPY text format, for seeding a database when
 //! `ferry state push` is too slow for the size: those rows are native records (no `origin`),
 //! sealed exactly as the store seals them, so the database's `audit verify` accepts them too.
 
@@ -243,23 +244,8 @@ fn write(sinks: &mut Sinks, record: &Record) -> Result<(), String> {
         let e = &record.entry;
         let time_ms = ferry::time::parse_ms(&record.time).unwrap_or(0);
         let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "\\N".to_string(), copy_text);
-        // seq, id, time_ms, run, kind, command, app, environment, origin, imported_hash, prev, hash, line
-        writeln!(
-            audit,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t\\N\t{}\t{}\t{}",
-            record.seq,
-            record.id,
-            time_ms,
-            copy_text(&e.run),
-            copy_text(&e.kind),
-            copy_text(&e.command),
-            opt(&e.app),
-            opt(&e.environment),
-            record.prev,
-            record.hash,
-            copy_text(&line)
-        )
-        .map_err(io)?;
+        // seq, time_ms, line (the other columns are generated from the line)
+        writeln!(audit, "{}\t{}\t{}", record.seq, time_ms, copy_text(&line)).map_err(io)?;
         if e.kind == Kind::RunStarted.as_str() {
             // run, first_seq, time_ms, app, environment
             writeln!(
