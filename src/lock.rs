@@ -533,6 +533,12 @@ async fn try_lock_environment(
 }
 
 impl EnvironmentLock {
+    /// The runner-side lease's fencing number, and the expired lease of another run it
+    /// replaced, where the store keeps such things (a shared store).
+    pub fn lease_takeover(&self) -> (Option<u64>, Option<LockInfo>) {
+        self.local.as_ref().map_or((None, None), |l| (l.fence(), l.taken_over()))
+    }
+
     /// Keeps the runner-side lease after this process ends, where the store can (a shared
     /// store's lease lasts until its expiry; a file lock ends with the process).
     pub fn keep_lease(&self) {

@@ -148,6 +148,9 @@ pub(crate) fn decode_key(text: &str) -> Option<Vec<u8>> {
     (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
 }
 
+/// How a shared store's lease is named where targets' locks are listed and recorded.
+pub const LEASE_TARGET: &str = "(state store)";
+
 /// Which runs `ferry history` shows.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
@@ -169,6 +172,16 @@ pub trait Lease: Send + Sync + std::fmt::Debug {
     /// Keeps the lease after this process ends, until its expiry (`ferry lock acquire`). A
     /// lease that lives only as long as its process (a file lock) cannot be kept.
     fn keep(&self) {}
+
+    /// This acquisition's fencing number, where the lease has one (a shared store's).
+    fn fence(&self) -> Option<u64> {
+        None
+    }
+
+    /// The expired lease of another run this acquisition replaced, to be recorded.
+    fn taken_over(&self) -> Option<LockInfo> {
+        None
+    }
 }
 
 impl Lease for crate::lock::LocalLock {

@@ -49,7 +49,7 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
 
 /// An operator's hand on one environment's lock, with every change on record.
 /// How the shared store's lease is named where targets are listed.
-const STORE_TARGET: &str = "(state store)";
+const STORE_TARGET: &str = crate::store::LEASE_TARGET;
 
 struct Operator<'a> {
     store: std::sync::Arc<dyn crate::store::Store>,
@@ -108,6 +108,15 @@ impl Operator<'_> {
         )
         .await?;
         let info = held.info().clone();
+        let (lease_fence, lease_previous) = held.lease_takeover();
+        if let Some(previous) = lease_previous {
+            let change = LockChange {
+                reason: Some("expired".into()),
+                previous: Some(previous.describe()),
+                ..LockChange::default()
+            };
+            self.record(Kind::LockBroken, &info.run, vec![STORE_TARGET.into()], &change)?;
+        }
         for (target, taken) in &held.taken_over {
             let previous = match taken {
                 Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
@@ -121,7 +130,13 @@ impl Operator<'_> {
         let change = LockChange {
             expires: Some(expires.clone()),
             message: Some(message.into()),
-            fences: Some(held.fences.iter().cloned().collect()),
+            fences: Some(
+                held.fences
+                    .iter()
+                    .cloned()
+                    .chain(lease_fence.map(|f| (STORE_TARGET.to_string(), f)))
+                    .collect(),
+            ),
             ..LockChange::default()
         };
         self.record(Kind::LockAcquired, &info.run, names, &change)?;

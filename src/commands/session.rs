@@ -367,6 +367,18 @@ impl Session {
             timing.wait,
         )
         .await?;
+        let (lease_fence, lease_previous) = held.lease_takeover();
+        if let Some(previous) = lease_previous {
+            let change = LockChange {
+                reason: Some("expired".into()),
+                previous: Some(previous.describe()),
+                ..LockChange::default()
+            };
+            self.store.append(&Entry {
+                targets: vec![crate::store::LEASE_TARGET.into()],
+                ..self.entry(Kind::LockBroken, &change)
+            })?;
+        }
         for (target, taken) in &held.taken_over {
             let previous = match taken {
                 Taken::Expired(p) | Taken::Forced(p) => p.as_ref().map(LockInfo::describe),
@@ -378,7 +390,13 @@ impl Session {
         }
         let change = LockChange {
             expires: Some(crate::time::format_ms(held.info().expires_ms)),
-            fences: Some(held.fences.iter().cloned().collect()),
+            fences: Some(
+                held.fences
+                    .iter()
+                    .cloned()
+                    .chain(lease_fence.map(|f| (crate::store::LEASE_TARGET.to_string(), f)))
+                    .collect(),
+            ),
             ..LockChange::default()
         };
         self.store.append(&Entry { targets: names, ..self.entry(Kind::LockAcquired, &change) })?;

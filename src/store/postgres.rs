@@ -1065,20 +1065,38 @@ impl super::Store for PgStore {
         let answer = self.db.call(|client| async move {
             let client = client.lock().await;
             // One statement: a free, expired or own lease is taken; a live one of another run
-            // is left alone and the statement returns nothing.
+            // is left alone and the statement returns nothing. It also returns the row it
+            // replaced, so taking over an expired lease is recorded with its holder.
             let taken = client
                 .query_opt(
-                    "INSERT INTO ferry_leases AS l (environment, holder, run, message, since, expires, fence) \
+                    "WITH old AS (SELECT holder, run, message, (extract(epoch FROM since) * 1000)::bigint AS since_ms, \
+                       (extract(epoch FROM expires) * 1000)::bigint AS expires_ms, fence \
+                       FROM ferry_leases WHERE environment = $1) \
+                     INSERT INTO ferry_leases AS l (environment, holder, run, message, since, expires, fence) \
                      VALUES ($1, $2, $3, $4, now(), now() + $5::float8 * interval '1 millisecond', nextval('ferry_fence')) \
                      ON CONFLICT (environment) DO UPDATE SET holder = EXCLUDED.holder, run = EXCLUDED.run, \
                        message = EXCLUDED.message, since = EXCLUDED.since, expires = EXCLUDED.expires, fence = EXCLUDED.fence \
                      WHERE l.expires < now() OR l.run = EXCLUDED.run \
-                     RETURNING fence",
+                     RETURNING l.fence, (SELECT holder FROM old), (SELECT run FROM old), (SELECT message FROM old), \
+                       (SELECT since_ms FROM old), (SELECT expires_ms FROM old), (SELECT fence FROM old)",
                     &[&env, &holder, &run, &message, &(ttl_ms as f64)],
                 )
                 .await?;
-            if taken.is_some() {
-                return Ok(None);
+            if let Some(row) = taken {
+                let fence = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+                let previous = match (row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)) {
+                    (Some(holder), Some(old_run)) if old_run != run => Some(LockInfo {
+                        holder,
+                        run: old_run,
+                        message: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                        since_ms: row.get::<_, Option<i64>>(4).unwrap_or(0),
+                        expires_ms: row.get::<_, Option<i64>>(5).unwrap_or(0),
+                        deadline_s: None,
+                        fence: row.get::<_, Option<i64>>(6).and_then(|f| u64::try_from(f).ok()),
+                    }),
+                    _ => None,
+                };
+                return Ok(Ok((fence, previous)));
             }
             let row = client
                 .query_opt(
@@ -1087,17 +1105,19 @@ impl super::Store for PgStore {
                     &[&env],
                 )
                 .await?;
-            Ok(Some(row.map(|r| lease_info(&r))))
+            Ok(Err(row.map(|r| lease_info(&r))))
         });
         match answer {
-            Ok(None) => Ok(Box::new(PgLease {
+            Ok(Ok((fence, previous))) => Ok(Box::new(PgLease {
                 db: self.db.clone(),
                 environment: environment.to_string(),
                 run: info.run.clone(),
                 kept: AtomicBool::new(false),
                 spool: self.spool.clone(),
+                fence,
+                previous,
             })),
-            Ok(Some(holder)) => Err(LockError::Held {
+            Ok(Err(holder)) => Err(LockError::Held {
                 environment: environment.to_string(),
                 target: "the state store".into(),
                 info: holder.map(Box::new),
@@ -1247,6 +1267,10 @@ struct PgLease {
     run: String,
     kept: AtomicBool,
     spool: PathBuf,
+    /// This acquisition's fencing number.
+    fence: u64,
+    /// The expired lease of another run this one replaced.
+    previous: Option<LockInfo>,
 }
 
 impl std::fmt::Debug for PgLease {
@@ -1280,6 +1304,14 @@ impl Lease for PgLease {
 
     fn keep(&self) {
         self.kept.store(true, Ordering::SeqCst);
+    }
+
+    fn fence(&self) -> Option<u64> {
+        Some(self.fence)
+    }
+
+    fn taken_over(&self) -> Option<LockInfo> {
+        self.previous.clone()
     }
 }
 

@@ -629,6 +629,18 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(taken.elapsed()));
     b.ferry(&["lock", "acquire", "--env", "ss4", "--ttl", "1m"]).stdout_contains("locked ss4 until ").run();
     assert!(world.lease("ss4").starts_with("bob@runner-b (ci)|"), "{}", world.lease("ss4"));
+    // The expired lease B took over is on record with its holder, and B's fence is the lease's.
+    let records = world.records();
+    let broken = records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "lock_broken" && r["targets"][0] == "(state store)")
+        .expect("the expired lease's takeover is recorded");
+    assert_eq!(broken["actor"]["user"], "bob");
+    assert_eq!(broken["detail"]["reason"], "expired", "{broken}");
+    assert!(broken["detail"]["previous"].as_str().unwrap().contains("short freeze"), "{broken}");
+    let acquired = records.iter().rev().find(|r| r["kind"] == "lock_acquired").unwrap();
+    assert!(acquired["detail"]["fences"].to_string().contains("(state store)"), "{acquired}");
     b.ferry(&["lock", "release", "--env", "ss4"]).stdout("released ss4 on 2 targets\n").run();
     assert_eq!(world.lease("ss4"), "");
     b.verify(world.records().len());
