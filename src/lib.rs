@@ -53,5 +53,6 @@ pub mod shell;
 pub mod ssh;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod vars;
 pub mod version;

@@ -606,18 +606,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RegistryEr
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        use rustls::pki_types::pem::PemObject;
-        let setup = |e: String| RegistryError::Setup(format!("ca_file {}: {e}", path.display()));
-        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| setup(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| setup(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(setup("no PEM certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| setup(e.to_string()))?;
-        }
+        crate::tls::add_pem_file(&mut roots, path)
+            .map_err(|e| RegistryError::Setup(format!("ca_file {}: {e}", path.display())))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)

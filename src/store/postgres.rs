@@ -1459,20 +1459,8 @@ fn tls_connector(url: &StateUrl) -> Result<Option<tokio_postgres_rustls::MakeRus
     let roots = || -> Result<rustls::RootCertStore, String> {
         let mut roots = rustls::RootCertStore::empty();
         match &url.sslrootcert {
-            Some(path) => {
-                use rustls::pki_types::pem::PemObject;
-                let bad = |e: String| format!("sslrootcert {}: {e}", path.display());
-                let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                    .map_err(|e| bad(e.to_string()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| bad(e.to_string()))?;
-                if certs.is_empty() {
-                    return Err(bad("no PEM certificate in it".into()));
-                }
-                for cert in certs {
-                    roots.add(cert).map_err(|e| bad(e.to_string()))?;
-                }
-            }
+            Some(path) => crate::tls::add_pem_file(&mut roots, path)
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?,
             None => {
                 for cert in rustls_native_certs::load_native_certs().certs {
                     let _ = roots.add(cert);
