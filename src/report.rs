@@ -349,8 +349,8 @@ impl Subscriber for AuditTrail {
         self.unrecorded.extend(left);
         if !self.unrecorded.is_empty() {
             eprintln!(
-                "error: {} records of run {} are not in {}; here they are, keep them:",
-                self.unrecorded.len(),
+                "error: {} of run {} not in {}; here they are, keep them:",
+                crate::output::count(self.unrecorded.len(), "record"),
                 self.run,
                 self.store.describe()
             );

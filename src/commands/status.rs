@@ -261,7 +261,7 @@ fn human(app: &str, env: &str, last: Option<&Deployment>, statuses: &[TargetStat
                 s.health.clone().unwrap_or_else(|| "-".into()),
                 s.uptime_s.map_or_else(
                     || "-".into(),
-                    |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
+                    |u| crate::duration::format_uptime(std::time::Duration::from_secs(u.unsigned_abs())),
                 ),
                 if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
             ]

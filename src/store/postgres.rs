@@ -860,6 +860,8 @@ fn lease_info(row: &tokio_postgres::Row) -> LockInfo {
         expires_ms: row.get(4),
         deadline_s: None,
         fence: u64::try_from(row.get::<_, i64>(5)).ok(),
+        // The lease table keeps no such column; the targets' own locks say it.
+        by_hand: false,
     }
 }
 
@@ -1093,6 +1095,7 @@ impl super::Store for PgStore {
                         expires_ms: row.get::<_, Option<i64>>(5).unwrap_or(0),
                         deadline_s: None,
                         fence: row.get::<_, Option<i64>>(6).and_then(|f| u64::try_from(f).ok()),
+                        by_hand: false,
                     }),
                     _ => None,
                 };

@@ -374,7 +374,7 @@ fn a_failed_version_restores_the_old_container_and_stops_the_rollout() {
         .stdout_contains("\nh1: last log lines of the new container:\n")
         .stdout_contains("  | httpd: cannot load /etc/web.conf: no such file (broken build)\n")
         .stdout_contains(
-            "\nrollout stopped after batch 1: 1 failed (max_failures 0); the remaining targets were not touched\n",
+            "\nrollout stopped after batch 1: 1 failed (max_failures 0); the remaining 2 targets were not touched\n",
         )
         .run();
     assert!(plain.stdout.contains("h1: last log lines of the new container:"), "{}", plain.stdout);
@@ -658,7 +658,7 @@ fn deploy_without_a_terminal_needs_yes_and_changes_nothing() {
         .ferry(&["deploy", "web", "--env", "d-ask", "--version", "1.0"])
         .code(4)
         .stderr(
-            "error: refusing to deploy web 1.0 to d-ask (1 targets) without a confirmation: stdin is not a \
+            "error: refusing to deploy web 1.0 to d-ask (1 target) without a confirmation: stdin is not a \
              terminal\n  = help: pass --yes (cron, CI), or run it from a terminal and answer the prompt\n",
         )
         .run();

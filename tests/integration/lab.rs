@@ -490,7 +490,7 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
     Test::bare()
         .args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"])
         .stdout(&table(["REPLACE", "TRUSTED", "TRUSTED"], ""))
-        .stderr(&format!("recorded 1 host keys in {known_hosts}\n"))
+        .stderr(&format!("recorded 1 host key in {known_hosts}\n"))
         .run();
     let audit = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
     assert_eq!(

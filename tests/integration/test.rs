@@ -67,6 +67,8 @@ pub struct Test {
     stderr: Expect,
     /// Values that must appear in neither stream: [`SECRET`] and any the test adds.
     hidden: Vec<String>,
+    /// The folder to run in, when not the test's own (see [`Test::run_in`]).
+    cwd: Option<PathBuf>,
 }
 
 /// What one output stream must hold.
@@ -162,6 +164,7 @@ impl Test {
             stdout: Expect::Exactly(String::new()),
             stderr: Expect::Exactly(String::new()),
             hidden: vec![SECRET.to_string()],
+            cwd: None,
         }
     }
 
@@ -268,6 +271,13 @@ impl Test {
         self
     }
 
+    /// Runs in `dir` instead of the test's own folder: for commands that share what they
+    /// leave in the working folder (a `transport = "local"` target's locks).
+    pub fn run_in(mut self, dir: &Path) -> Test {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Keeps the folder (and the files written so far) beyond this test run: for tests that run
     /// several commands against one inventory.
     pub fn into_dir(self) -> tempfile::TempDir {
@@ -289,7 +299,7 @@ impl Test {
     pub fn run(self) -> Output {
         let output = Command::new(binary())
             .args(&self.args)
-            .current_dir(self.dir.path())
+            .current_dir(self.cwd.as_deref().unwrap_or(self.dir.path()))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
