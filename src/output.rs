@@ -21,6 +21,11 @@ pub fn count(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
+/// "is" for one, "are" for more: the verb that goes with [`count`].
+pub fn are(n: usize) -> &'static str {
+    if n == 1 { "is" } else { "are" }
+}
+
 /// Formats rows as a left-aligned table with two spaces between columns; the last column is
 /// not padded (it is often a long command line).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
