@@ -317,4 +317,30 @@ mod tests {
         assert_eq!(uptime_seconds("0001-01-01T00:00:00Z").map(|u| u > 0), Some(true));
         assert_eq!(uptime_seconds("garbage"), None);
     }
+
+    #[test]
+    fn the_table_shows_uptimes_as_people_read_them() {
+        let at = |target: &str, uptime_s| TargetStatus {
+            target: target.into(),
+            container: None,
+            state: Some("running".into()),
+            version: Some("1.0".into()),
+            digest: None,
+            config_hash: None,
+            health: Some("healthy".into()),
+            uptime_s: Some(uptime_s),
+            drift: Vec::new(),
+            unread_replace_steps: Vec::new(),
+        };
+        let table =
+            human("web", "prod", None, &[at("h1", 0), at("h2", 125), at("h3", 3 * 86_400 + 4 * 3600)]);
+        assert_eq!(
+            table,
+            "web in prod: no successful deployment on record here; nothing to compare against\n\n\
+             TARGET  CONTAINER  VERSION  DIGEST  CONFIG  HEALTH   UPTIME  DRIFT\n\
+             h1      -          1.0      -       -       healthy  0s      ok\n\
+             h2      -          1.0      -       -       healthy  2m 5s   ok\n\
+             h3      -          1.0      -       -       healthy  3d 4h   ok\n"
+        );
+    }
 }
