@@ -88,8 +88,10 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
             /// The plan, and what the feed said about its tag.
             #[derive(serde::Serialize)]
             struct WithFeed<'a> {
+                /// The plan's own fields, at the top level as before.
                 #[serde(flatten)]
                 plan: &'a Plan,
+                /// The feed's word on a named tag (absent without a feed, and for `latest`).
                 #[serde(skip_serializing_if = "Option::is_none")]
                 feed: Option<&'a super::feed::FeedCheck>,
             }

@@ -642,6 +642,8 @@ fn status_reports_drift_and_plan_diff_explains_what_would_change() {
     let same = fleet
         .ferry(&["plan", "web", "--env", "d-drift", "--version", "1.0", "--diff", "--output", "plain"])
         .stdout("h1\tunchanged\t\nh2\tstart\tthe container is exited\nh3\tunchanged\t\n")
+        // plan asks the feed about a named tag, and says what it has (the digest it plans).
+        .stderr_contains("note: feed lab has 1.0 (sha256:")
         .run();
     assert!(same.stdout.contains("h1\tunchanged") && same.stdout.contains("h2\tstart"), "{}", same.stdout);
     // A deploy starts the stopped container with the planned config rather than recreating it.
