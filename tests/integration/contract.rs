@@ -204,6 +204,16 @@ fn an_empty_secret_file_is_refused_too() {
 }
 
 #[test]
+fn vars_shows_an_empty_secret_as_empty() {
+    let out = feedless()
+        .env("WEB_DATABASE_URL", "")
+        .args(["vars", "web", "--env", "staging"])
+        .stdout_snapshot()
+        .run();
+    insta::assert_snapshot!(out.stdout);
+}
+
+#[test]
 fn allow_empty_permits_an_empty_secret() {
     feedless()
         .replace(
