@@ -64,6 +64,12 @@ fn plan_without_a_version_means_latest_and_asks_the_feed() {
         .stderr_contains(down)
         .run();
     assert_eq!(without.stderr, with.stderr, "no --version and --version latest are one thing");
+    // Input problems are found first, offline: exit 2 whether or not the feed answers.
+    loopback()
+        .args(["plan", "web", "--env", "prdo"])
+        .code(2)
+        .stderr_contains("error: unknown environment \"prdo\"")
+        .run();
 }
 
 #[test]
@@ -87,16 +93,6 @@ fn plan_with_a_tag_notes_a_feed_it_cannot_reach_and_plans_offline() {
     assert!(json["feed"]["digest"].is_null(), "{json}");
     assert!(json["feed"]["error"].as_str().unwrap().contains("cannot be reached"), "{json}");
     assert_eq!(json["targets"][0]["target"], "stg-1", "still a whole plan");
-}
-
-#[test]
-fn a_broken_inventory_is_exit_2_before_any_feed_is_asked() {
-    // The unknown environment is found first, offline (else this would be the feed's exit 1).
-    loopback()
-        .args(["plan", "web", "--env", "prdo"])
-        .code(2)
-        .stderr_contains("error: unknown environment \"prdo\"")
-        .run();
 }
 
 // ---- 7: ids: unknown, ambiguous, too short, and unique prefixes ----
