@@ -35,6 +35,8 @@ mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
 mod quoting;
+#[cfg(feature = "lab")]
+mod remove_lab;
 mod run;
 mod secrets;
 #[cfg(feature = "lab")]
