@@ -271,6 +271,49 @@ mod tests {
         }
     }
 
+    fn removed(id: &str, targets: &[&str]) -> Change {
+        let targets = targets
+            .iter()
+            .map(|t| ((*t).to_string(), RemovedTarget { status: Status::Ok, containers: Vec::new() }))
+            .collect();
+        Change::Removed(Removed {
+            id: id.into(),
+            time: String::new(),
+            actor: crate::audit::Actor {
+                user: "u".into(),
+                host: "h".into(),
+                via: "terminal".into(),
+                job: None,
+            },
+            removal: Removal { complete: true, targets },
+        })
+    }
+
+    #[test]
+    fn a_removal_counts_until_the_next_success() {
+        let ok = |id| Change::Deployed(d(id, true));
+        let failed = |id| Change::Deployed(d(id, false));
+        let standing = Standing::of(&[ok("a"), removed("r1", &["h1"]), failed("b"), removed("r2", &["h2"])]);
+        assert_eq!(standing.last.as_ref().map(|d| d.id.as_str()), Some("a"));
+        assert_eq!(standing.removed_from("h1").map(|r| r.id.as_str()), Some("r1"));
+        assert_eq!(standing.removed_from("h2").map(|r| r.id.as_str()), Some("r2"));
+        assert_eq!(standing.removed_from("h3"), None);
+        assert_eq!(standing.last_removal().map(|r| r.id.as_str()), Some("r2"));
+        let redeployed = Standing::of(&[ok("a"), removed("r1", &["h1"]), ok("c")]);
+        assert_eq!((redeployed.last.map(|d| d.id), redeployed.removals.len()), (Some("c".into()), 0));
+        assert_eq!(Standing::of(&[removed("r1", &["h1"])]).last, None);
+    }
+
+    #[test]
+    fn only_a_removal_after_every_attempt_is_the_last_change() {
+        let ok = |id| Change::Deployed(d(id, true));
+        let changes = [ok("a"), removed("r", &["h1"])];
+        assert_eq!(removed_last(&changes).map(|r| r.id.as_str()), Some("r"));
+        assert_eq!(deployed(&changes).len(), 1);
+        assert_eq!(removed_last(&[removed("r", &["h1"]), ok("b")]), None);
+        assert_eq!(removed_last(&[]), None);
+    }
+
     #[test]
     fn rollback_goes_to_the_previous_success() {
         let after_success = [d("a", true), d("b", false), d("c", true)];
