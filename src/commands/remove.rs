@@ -35,7 +35,7 @@ use crate::select;
 
 /// How one target ended.
 #[derive(Debug, Clone)]
-struct Removed {
+struct TargetRemoval {
     target: String,
     status: Status,
     containers: Vec<String>,
@@ -125,7 +125,7 @@ async fn remove_everywhere(
     targets: Vec<String>,
     parallel: usize,
     context: &Context,
-) -> Vec<Removed> {
+) -> Vec<TargetRemoval> {
     let limits = Limits { parallel, cancel: Some(context.cancel.clone()) };
     let outcomes = crate::fanout::ordered(
         targets.clone(),
@@ -136,7 +136,7 @@ async fn remove_everywhere(
             async move { remove_on(&job, target, host, &events).await }
         },
         |_, target| {
-            let skipped = Removed {
+            let skipped = TargetRemoval {
                 target,
                 status: Status::Skipped,
                 containers: Vec::new(),
@@ -157,7 +157,7 @@ async fn remove_everywhere(
                 } else {
                     Status::Error
                 };
-                Removed {
+                TargetRemoval {
                     target,
                     status,
                     containers: Vec::new(),
@@ -175,9 +175,9 @@ async fn remove_on(
     target: String,
     host: Option<Arc<dyn crate::host::Host>>,
     events: &Events,
-) -> Removed {
+) -> TargetRemoval {
     let started = Instant::now();
-    let mut removed = Removed {
+    let mut removed = TargetRemoval {
         target,
         status: Status::Error,
         containers: Vec::new(),
@@ -223,7 +223,7 @@ async fn remove_on(
 }
 
 /// The target's end as an event (the audit trail records it as its `target_outcome`).
-fn finished(events: &Events, removed: &Removed) {
+fn finished(events: &Events, removed: &TargetRemoval) {
     let _ = events.send(Event::TargetFinished {
         target: removed.target.clone(),
         status: removed.status,
@@ -238,7 +238,7 @@ fn finished(events: &Events, removed: &Removed) {
 }
 
 /// The run's end as the session records it: counts and the removal.
-fn finish(removed: Vec<Removed>, interrupted: bool) -> Finish<(Vec<Removed>, bool)> {
+fn finish(removed: Vec<TargetRemoval>, interrupted: bool) -> Finish<(Vec<TargetRemoval>, bool)> {
     let count = |s: Status| removed.iter().filter(|r| r.status == s).count();
     let removal = Removal {
         complete: !interrupted && removed.iter().all(|r| r.status == Status::Ok),
@@ -259,7 +259,8 @@ fn finish(removed: Vec<Removed>, interrupted: bool) -> Finish<(Vec<Removed>, boo
     }
 }
 
-fn summary(removed: &[Removed], what: &str) -> String {
+/// The table printed after the run (not with `--output json`, whose events say it all).
+fn summary(removed: &[TargetRemoval], what: &str) -> String {
     let rows: Vec<Vec<String>> = removed
         .iter()
         .map(|r| {

@@ -412,6 +412,7 @@ fn cells(s: &TargetStatus) -> Vec<String> {
 /// The columns after the row's first ones.
 const COLUMNS: [&str; 7] = ["CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"];
 
+/// One app: its headline, then one row per target.
 fn human(env: &str, a: &AppStatus<'_>) -> String {
     let mut out = format!("{}\n\n", headline(env, a));
     let rows: Vec<Vec<String>> =
