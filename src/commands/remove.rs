@@ -110,7 +110,9 @@ pub fn run(inventory: Inventory, args: &RemoveArgs, output: OutputFormat) -> Res
 
 /// What every target's removal needs.
 struct Job {
+    /// The app removed.
     app: String,
+    /// From this environment.
     environment: String,
     /// The start of each target's audit mirror line.
     mirror: String,
