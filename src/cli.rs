@@ -94,7 +94,7 @@ pub enum Command {
     /// The inventory's apps, their environments and targets (no SSH)
     #[command(visible_alias = "apps")]
     Ls,
-    /// Write a commented starter inventory (ferry.toml) and template; never overwrites a file
+    /// Write a commented starter inventory and template (never overwrites a file)
     Init(InitArgs),
     /// The app's versions in its feed, newest first, with digests
     Versions(VersionsArgs),
