@@ -267,19 +267,15 @@ fn a_lock_taken_by_hand_is_described_as_held_by_hand() {
     // A local target's lock lives in the working folder: every command runs in the same one.
     let here = folder.path();
     let acquire = ["lock", "acquire", "--env", "staging", "--message", "release freeze", "--ttl", "2h"];
-    in_folder(&folder, &acquire).run_in(here).stdout_contains("locked staging until ").run();
+    in_folder(&folder, &acquire).stdout_contains("locked staging until ").run_in(here);
     let out = in_folder(&folder, &["run", "--env", "staging", "--lock", "--", "true"])
-        .run_in(here)
         .code(3)
         .stderr_snapshot()
-        .run();
+        .run_in(here);
     let holder = regex_lite::Regex::new(r"by hand: (.*?) took it").unwrap();
     let out = holder.replace(&out.stderr, "by hand: <holder> took it").into_owned();
     insta::assert_snapshot!(redact(&out));
-    in_folder(&folder, &["lock", "release", "--env", "staging"])
-        .run_in(here)
-        .stdout_contains("released")
-        .run();
+    in_folder(&folder, &["lock", "release", "--env", "staging"]).stdout_contains("released").run_in(here);
 }
 
 #[test]

@@ -67,8 +67,6 @@ pub struct Test {
     stderr: Expect,
     /// Values that must appear in neither stream: [`SECRET`] and any the test adds.
     hidden: Vec<String>,
-    /// The folder to run in, when not the test's own (see [`Test::run_in`]).
-    cwd: Option<PathBuf>,
 }
 
 /// What one output stream must hold.
@@ -164,7 +162,6 @@ impl Test {
             stdout: Expect::Exactly(String::new()),
             stderr: Expect::Exactly(String::new()),
             hidden: vec![SECRET.to_string()],
-            cwd: None,
         }
     }
 
@@ -271,13 +268,6 @@ impl Test {
         self
     }
 
-    /// Runs in `dir` instead of the test's own folder: for commands that share what they
-    /// leave in the working folder (a `transport = "local"` target's locks).
-    pub fn run_in(mut self, dir: &Path) -> Test {
-        self.cwd = Some(dir.to_path_buf());
-        self
-    }
-
     /// Keeps the folder (and the files written so far) beyond this test run: for tests that run
     /// several commands against one inventory.
     pub fn into_dir(self) -> tempfile::TempDir {
@@ -297,9 +287,16 @@ impl Test {
     /// Runs `ferry`, checks the exit code and both streams, and that no secret is in either;
     /// returns what it printed.
     pub fn run(self) -> Output {
+        let dir = self.dir.path().to_path_buf();
+        self.run_in(&dir)
+    }
+
+    /// [`Test::run`] with `folder` (which the caller keeps) as the working folder instead of the
+    /// test's own: for a command that writes files the test then reads, or a second command.
+    pub fn run_in(self, folder: &Path) -> Output {
         let output = Command::new(binary())
             .args(&self.args)
-            .current_dir(self.cwd.as_deref().unwrap_or(self.dir.path()))
+            .current_dir(folder)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
