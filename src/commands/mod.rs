@@ -10,9 +10,11 @@ pub mod audit_cmd;
 pub mod check;
 pub mod deploy;
 pub mod diff;
+pub mod exec_cmd;
 pub mod feed;
 pub mod history;
 pub mod lock_cmd;
+pub mod logs;
 pub mod plan;
 pub mod promote;
 pub mod rollback;
@@ -56,6 +58,8 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Status(r) => status::run(&inventory, &r, output),
         Request::Versions(r) => versions::run(&inventory, &r, output),
         Request::Run(r) => run::run(inventory, &r, output),
+        Request::Logs(r) => logs::run(&inventory, &r, output),
+        Request::Exec(r) => exec_cmd::run(inventory, &r, output),
         Request::Trust(r) => trust::run(&inventory, &r, output),
         Request::History(r) => history::run(&inventory, &r, output),
         Request::Audit(r) => audit_cmd::run(&inventory, &r, output),
