@@ -28,6 +28,7 @@ mod hostkeys;
 mod lab;
 #[cfg(feature = "lab")]
 mod locks;
+mod logs_exec;
 #[cfg(feature = "lab")]
 mod mirror;
 mod plan;

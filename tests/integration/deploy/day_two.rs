@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use super::{Fleet, Spec, TOKEN};
 
-/// The deploy tests' template with a command that prints the secret and a few lines (one on
-/// stderr) before it serves, so the container has logs worth reading.
+/// The deploy tests' template with a command that prints a line on stderr, then (a second
+/// later, so that Docker's timestamps order the two streams) the secret and a few lines on
+/// stdout before it serves: a container with logs worth reading.
 const CHATTY: &str = "docker run --restart unless-stopped --stop-timeout 1
   -p {{ port }}:80
   {% for k, v in container_env|items %}-e {{ k }}={{ v }} {% endfor %}
-  {{ image }} sh -c 'echo \"token is $TOKEN\"; echo to-stderr >&2; for i in 1 2 3; do echo line-$i; done; exec httpd -f -p 80 -h /www'
+  {{ image }} sh -c 'echo to-stderr >&2; sleep 1; echo \"token is $TOKEN\"; for i in 1 2 3; do echo line-$i; done; exec httpd -f -p 80 -h /www'
 ";
 
 /// A container that prints a tick every second, forever.
@@ -43,7 +44,7 @@ fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
 fn logs_prefix_every_line_with_its_target_mask_secrets_and_report_a_target_without_the_app() {
     let fleet = deployed("l-tail", 18220, &[1, 2, 3], CHATTY);
     // Give the containers time to print their lines.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let out =
         fleet.ferry(&["logs", "web", "--env", "l-tail", "--limit", "h1,h2"]).stdout_contains("h1 | ").run();
     // In order within a stream (stdout and stderr travel apart, so not across them).
@@ -67,10 +68,11 @@ fn logs_prefix_every_line_with_its_target_mask_secrets_and_report_a_target_witho
     assert_eq!(out.stdout.lines().count(), 10, "{}", out.stdout);
     // --tail counts both streams; JSON Lines keep them apart.
     let out = fleet
-        .ferry(&["logs", "web", "--env", "l-tail", "--target", "h1", "--tail", "4", "--output", "json"])
+        .ferry(&["logs", "web", "--env", "l-tail", "--target", "h1", "--tail", "5", "--output", "json"])
         .stdout_contains("{")
         .run();
     let lines = crate::lab::json_lines(&out.stdout);
+    assert!(lines.iter().all(|l| l.as_object().unwrap().len() == 3), "target, stream, line: {}", out.stdout);
     let mut seen: Vec<(String, String, String)> = lines
         .iter()
         .map(|l| (l["target"].to_string(), l["stream"].to_string(), l["line"].to_string()))
@@ -83,6 +85,7 @@ fn logs_prefix_every_line_with_its_target_mask_secrets_and_report_a_target_witho
             ("\"h1\"", "\"stdout\"", "\"line-1\""),
             ("\"h1\"", "\"stdout\"", "\"line-2\""),
             ("\"h1\"", "\"stdout\"", "\"line-3\""),
+            ("\"h1\"", "\"stdout\"", "\"token is ***\""),
         ]
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())),
         "{}",
