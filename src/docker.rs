@@ -679,6 +679,36 @@ fn container(c: Inspected) -> Container {
 mod tests {
     use super::*;
 
+    /// Runs [`exec_script`] under a local `sh` with a stand-in `docker` whose `ps` prints
+    /// `names` and whose `exec` prints its arguments, one per `|`.
+    async fn exec_with(names: &str, argv: &[&str]) -> (Capture, crate::exec::ExitStatus) {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        let fake =
+            format!("#!/bin/sh\nif [ \"$1\" = ps ]; then printf '{names}'; else printf '%s|' \"$@\"; fi\n");
+        std::fs::write(&docker, fake).unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let argv: Vec<String> = argv.iter().map(|w| w.to_string()).collect();
+        let script = exec_script("web", "prod", "web-prod", &argv, false).unwrap();
+        let script = format!("PATH={}:$PATH\n{script}", dir.path().display());
+        let mut out = Capture::default();
+        let status = crate::host::LocalHost::new("t").exec(&script, None, None, &mut out).await.unwrap();
+        (out, status)
+    }
+
+    #[tokio::test]
+    async fn exec_passes_each_word_as_it_is_to_the_environments_container() {
+        let argv = ["printf", "%s\\n", "a b", "$HOME", "it's", "*", ""];
+        let (out, status) = exec_with("other-1\\nweb-prod\\n", &argv).await;
+        assert_eq!(out.text(), "exec|web-prod|printf|%s\\n|a b|$HOME|it's|*||");
+        assert!(status.success());
+        let (out, _) = exec_with("web-other\\n", &["true"]).await;
+        assert_eq!(out.text(), "exec|web-other|true|", "another running container of the app");
+        let (out, status) = exec_with("", &["true"]).await;
+        assert_eq!(status, crate::exec::ExitStatus::Code(EXEC_NO_CONTAINER));
+        assert_eq!(out.errors(), "no running container of app web in environment prod on this target");
+    }
+
     const INSPECT: &str = r#"[{"Id":"abc123","Name":"/web-lab","RestartCount":0,
       "State":{"Status":"running","Running":true,"StartedAt":"2026-12-01T10:00:00.123456789Z","Health":{"Status":"healthy","Log":[]}},
       "Config":{"Image":"10.200.0.1:5000/ferry/web@sha256:feed","Labels":{"ferry.app":"web","ferry.config-hash":"h1"}},

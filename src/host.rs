@@ -580,6 +580,26 @@ mod tests {
         assert!(text.starts_with("it's\na\\b\n!x\n/bin/sh\n"), "{text}");
     }
 
+    /// `docker logs --follow` under [`crate::docker::logs_script`] ends when the command's stdin
+    /// closes (here a stand-in `docker` that prints its arguments and then waits forever).
+    #[tokio::test]
+    async fn a_follow_ends_when_exec_until_closes_its_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::write(&docker, "#!/bin/sh\necho \"$@\"\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let options = crate::docker::LogsOptions { tail: Some(5), since: None, follow: true };
+        let script =
+            format!("PATH={}:$PATH\n{}", dir.path().display(), crate::docker::logs_script("c1", &options));
+        let mut out = crate::exec::Capture::default();
+        let started = std::time::Instant::now();
+        let stop = Box::pin(tokio::time::sleep(Duration::from_millis(300)));
+        let status = LocalHost::new("t").exec_until(&script, stop, &mut out).await.unwrap();
+        assert_eq!(out.text(), "logs --follow --tail 5 c1\n");
+        assert_eq!(status, ExitStatus::Code(128 + 15), "the follower was stopped with TERM");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn a_script_ending_in_a_here_document_keeps_its_last_newline() {
         let script = "cat <<EOF\nline\nEOF\n";

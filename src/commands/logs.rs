@@ -26,13 +26,15 @@ use super::{runtime, ssh_options};
 use crate::docker::{self, LogsOptions};
 use crate::error::Error;
 use crate::exec::Stream;
+use crate::fanout;
 use crate::host::Host;
-use crate::inventory::{self, Inventory};
+use crate::inventory::{self, Inventory, Transport};
 use crate::output::OutputFormat;
 use crate::report::{Event, Events, LineSplitter};
 use crate::request::Logs;
 use crate::secret::{Secret, mask};
 use crate::select;
+use crate::ssh::Endpoint;
 
 /// Runs `ferry logs`.
 pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i32, Error> {
@@ -52,27 +54,42 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
             follow: args.follow,
         },
     };
-    let results = runtime()?.block_on(async {
+    let parts: Vec<(Transport, Endpoint)> =
+        targets.iter().map(|t| (t.transport, crate::host::endpoint(inventory, t))).collect();
+    let failed = runtime()?.block_on(async {
         let stop = stop_on_signal(args.follow);
         let (events, receiver) = mpsc::unbounded_channel();
         let printer = tokio::spawn(print(receiver, secrets.clone(), output, width));
-        let results = crate::host::on_each(inventory, &targets, &ssh, |connection| {
-            let (ask, events, stop) = (ask.clone(), events.clone(), stop.clone());
-            async move { read(&*connection, &ask, events, stop).await }
-        })
+        let outcomes = fanout::ordered(
+            parts,
+            fanout::Limits::parallel(targets.len()),
+            |_, (transport, endpoint)| {
+                let (ask, events, stop, ssh, secrets) =
+                    (ask.clone(), events.clone(), stop.clone(), ssh.clone(), secrets.clone());
+                async move {
+                    let read = match crate::host::open_endpoint(transport, &endpoint, &ssh).await {
+                        Ok(connection) => {
+                            let read = read(&*connection, &ask, events, stop).await;
+                            connection.close().await;
+                            read
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    // Said when it happens: a follow may run for hours after.
+                    if let Err(e) = &read {
+                        eprintln!("{}: {}", endpoint.name, mask(e, &secrets));
+                    }
+                    read.is_err()
+                }
+            },
+            |_, _| {},
+        )
         .await;
         drop(events);
         let _ = printer.await;
-        results
+        outcomes.into_iter().any(|failed| failed.unwrap_or(true))
     });
-    let mut code = 0;
-    for (target, result) in results {
-        if let Err(e) = result {
-            eprintln!("{target}: {}", mask(&e, &secrets));
-            code = 1;
-        }
-    }
-    Ok(code)
+    Ok(i32::from(failed))
 }
 
 /// What every target is asked.
