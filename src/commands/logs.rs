@@ -15,12 +15,13 @@
 //! It only reads: no lock (reading logs must work while a deploy holds the environment, which
 //! is often when they are needed) and no audit record (it changes nothing, like `status`).
 //! Exit 1 when a target could not be read (unreachable, no container of the app, `docker logs`
-//! failed); the other targets are still read.
+//! failed), 4 when a host key was refused (as `run`); the other targets are still read.
 
 use std::io::Write;
 
 use tokio::sync::{mpsc, watch};
 
+use super::run::EXIT_REFUSED;
 use super::session::known_secrets;
 use super::{runtime, ssh_options};
 use crate::docker::{self, LogsOptions};
@@ -56,7 +57,7 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
     };
     let parts: Vec<(Transport, Endpoint)> =
         targets.iter().map(|t| (t.transport, crate::host::endpoint(inventory, t))).collect();
-    let failed = runtime()?.block_on(async {
+    let code = runtime()?.block_on(async {
         let stop = stop_on_signal(args.follow);
         let (events, receiver) = mpsc::unbounded_channel();
         let printer = tokio::spawn(print(receiver, secrets.clone(), output, width));
@@ -67,19 +68,22 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
                 let (ask, events, stop, ssh, secrets) =
                     (ask.clone(), events.clone(), stop.clone(), ssh.clone(), secrets.clone());
                 async move {
-                    let read = match crate::host::open_endpoint(transport, &endpoint, &ssh).await {
+                    let (read, code) = match crate::host::open_endpoint(transport, &endpoint, &ssh).await {
                         Ok(connection) => {
                             let read = read(&*connection, &ask, events, stop).await;
                             connection.close().await;
-                            read
+                            (read, 1)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => (Err(e.to_string()), if e.is_host_key() { EXIT_REFUSED } else { 1 }),
                     };
                     // Said when it happens: a follow may run for hours after.
-                    if let Err(e) = &read {
-                        eprintln!("{}: {}", endpoint.name, mask(e, &secrets));
+                    match read {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("{}: {}", endpoint.name, mask(&e, &secrets));
+                            code
+                        }
                     }
-                    read.is_err()
                 }
             },
             |_, _| {},
@@ -87,9 +91,11 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
         .await;
         drop(events);
         let _ = printer.await;
-        outcomes.into_iter().any(|failed| failed.unwrap_or(true))
+        let codes: Vec<i32> = outcomes.into_iter().map(|code| code.unwrap_or(1)).collect();
+        // A refused host key outranks a failure, as in `run`.
+        if codes.contains(&EXIT_REFUSED) { EXIT_REFUSED } else { codes.into_iter().max().unwrap_or(0) }
     });
-    Ok(i32::from(failed))
+    Ok(code)
 }
 
 /// What every target is asked.

@@ -100,16 +100,26 @@ fn logs_prefix_every_line_with_its_target_mask_secrets_and_report_a_target_witho
         .stdout_contains("h1 | line-3\n")
         .run();
     assert_eq!(out.stdout.lines().count(), 5, "{}", out.stdout);
-    // A target without the app's container is reported and fails the command; the others are read.
+    // A target without the app's container, and one that cannot be reached (no host at that lab
+    // address), are each reported and fail the command; the others are read.
     fleet.on_host(3, "docker rm -f web-l-tail");
+    let inventory = std::fs::read_to_string(fleet.inventory()).unwrap();
+    let inventory = inventory
+        .replace("targets = [\"h1\", \"h2\", \"h3\"]", "targets = [\"h1\", \"h2\", \"h3\", \"h9\"]")
+        + "\n[targets.h9]\nhost = \"10.200.0.19\"\n";
+    std::fs::write(fleet.inventory(), inventory).unwrap();
     let out = fleet
-        .ferry(&["logs", "web", "--env", "l-tail", "--tail", "1"])
+        .ferry(&["logs", "web", "--env", "l-tail", "--tail", "1", "--connect-timeout", "2s"])
         .code(1)
         .stdout_contains("h1 | line-3\n")
         .stdout_contains("h2 | line-3\n")
-        .stderr("h3: no container of app web in environment l-tail on this target\n")
+        .stderr_contains("h3: no container of app web in environment l-tail on this target\n")
+        .stderr_contains("h9: ")
         .run();
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+    let unreachable = out.stderr.lines().find(|l| l.starts_with("h9: ")).unwrap();
+    assert!(unreachable.contains("10.200.0.19:22"), "{unreachable}");
 }
 
 #[test]
