@@ -421,7 +421,7 @@ pub fn exec_script(
          \x20 if [ \"$n\" = {name} ]; then c=$n; break; fi\n\
          \x20 [ -n \"$c\" ] || c=$n\n\
          done\n\
-         if [ -z \"$c\" ]; then echo {missing} >&2; exit {code}; fi\n\
+         if [ -z \"$c\" ]; then printf '%s{eol}' {missing} >&2; exit {code}; fi\n\
          exec docker exec{tty} \"$c\" {argv}\n",
         app = shell::quote(app)?,
         environment = shell::quote(environment)?,
@@ -429,6 +429,8 @@ pub fn exec_script(
         missing = shell::quote(&missing)?,
         code = EXEC_NO_CONTAINER,
         tty = if tty { " -it" } else { "" },
+        // On a raw terminal a newline alone does not return the cursor.
+        eol = if tty { "\\r\\n" } else { "\\n" },
         argv = shell::join(argv)?,
     ))
 }

@@ -24,7 +24,8 @@
 //!   (`--yes`, or `y` at the prompt), as this runs a command in the app's live containers.
 //!
 //! Both are audited like `run`: `run_started` (with the masked command line), one outcome per
-//! target, `run_finished`, and the audit mirror line on each SSH target. Like `run`, exec takes
+//! target, `run_finished`, and the audit mirror line on each SSH target. An interactive
+//! session's own bytes are not recorded (what is typed there may be a password). Like `run`, exec takes
 //! no environment lock: the lock keeps two rollouts from replacing the same containers at once,
 //! and a `docker exec` replaces nothing; a debugging session must also stay possible while a
 //! deploy holds the lock. A container that a deploy replaces under a running exec ends it,
