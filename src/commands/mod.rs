@@ -13,10 +13,13 @@ pub mod diff;
 pub mod exec_cmd;
 pub mod feed;
 pub mod history;
+pub mod init;
 pub mod lock_cmd;
 pub mod logs;
+pub mod ls;
 pub mod plan;
 pub mod promote;
+pub mod remove;
 pub mod rollback;
 pub mod run;
 pub mod session;
@@ -36,6 +39,10 @@ use crate::request::{Global, Request};
 
 /// Runs a validated request; returns the exit code of a completed command.
 pub fn run(global: &Global, request: Request) -> Result<i32, Error> {
+    // `init` writes the inventory the other commands read.
+    if let Request::Init(r) = &request {
+        return init::run(r, global.output);
+    }
     let inventory = load_inventory(global.inventory.as_deref())?;
     let output = global.output;
     let shared = shared_store_key(&inventory);
@@ -56,6 +63,10 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Promote(r) => promote::run(inventory, &r, output),
         Request::Rollback(r) => rollback::run(inventory, &r, output),
         Request::Status(r) => status::run(&inventory, &r, output),
+        Request::Remove(r) => remove::run(inventory, &r, output),
+        Request::Ls => ls::run(&inventory, output),
+        // Answered before any inventory is read (see `run`).
+        Request::Init(r) => init::run(&r, output),
         Request::Versions(r) => versions::run(&inventory, &r, output),
         Request::Run(r) => run::run(inventory, &r, output),
         Request::Logs(r) => logs::run(&inventory, &r, output),

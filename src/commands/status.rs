@@ -3,13 +3,21 @@
 //! Per target: the app's container in this environment (by its `ferry.*` labels), its version,
 //! digest, config hash, health and uptime. Drift is judged against the last successful
 //! deployment in the audit log: a missing or stopped container, another config hash, an
-//! unhealthy check, extra containers of the app, an unreachable target. Exit 1 on any drift, so
-//! a cron job or a monitoring check can alert on it. It changes nothing.
+//! unhealthy check, extra containers of the app, an unreachable target. A removal on record
+//! (`ferry remove`) after that deployment means the app is not expected on the targets it was
+//! removed from: none of its containers there is no drift, one that is left is. Exit 1 on any
+//! drift, so a cron job or a monitoring check can alert on it. It changes nothing.
+//!
+//! Without an app (`ferry status --env ENV`) it shows every app of the environment, one row
+//! per app and target, asking each target about all of them over one connection; the exit code
+//! is the same rule over all rows.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::{runtime, ssh_options, store};
-use crate::deployments::Deployment;
+use crate::deployments::{Deployment, Removed, Standing};
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
@@ -35,13 +43,17 @@ struct TargetStatus {
     unread_replace_steps: Vec<Leftover>,
 }
 
-/// `--output json`.
+/// `--output json` of one app (`schema` only at the top level).
 #[derive(Serialize)]
 struct Report<'a> {
-    schema: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<u32>,
     app: &'a str,
     environment: &'a str,
     deployment: Option<RecordRef<'a>>,
+    /// The newest removal since that deployment, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<RemovedRef>,
     drift: bool,
     /// Deployed tags that now point at other bytes in the feed.
     warnings: &'a [String],
@@ -56,55 +68,152 @@ struct RecordRef<'a> {
     time: &'a str,
 }
 
-/// Runs `ferry status`.
-pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
-    let app = inventory.app(&args.app)?;
-    let env = inventory.environment(&args.environment)?;
-    let targets = select::select(inventory, app, env, &args.limits)?;
-    let last = store(inventory)?.last_success(&app.name, &env.name)?;
-    let last = last.as_ref();
-    let ssh = ssh_options(inventory, args.connect_timeout)?;
-    let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
-    let container = inventory::container_name(app, &env.name);
-    let statuses: Vec<TargetStatus> = observed
-        .into_iter()
-        .map(|(name, seen)| match seen {
-            Ok((containers, leftovers)) => {
-                let mut status = judge(&name, Ok(containers), last, &container);
-                status.unread_replace_steps = leftovers;
-                status
-            }
-            Err(e) => judge(&name, Err(e), last, &container),
-        })
-        .collect();
-    let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
-    for w in &warnings {
-        eprintln!("warning: {w}");
+/// A removal as `--output json` names it.
+#[derive(Serialize)]
+struct RemovedRef {
+    id: String,
+    time: String,
+    by: String,
+    targets: Vec<String>,
+}
+
+/// One app's status in the environment.
+struct AppStatus<'a> {
+    app: &'a inventory::App,
+    standing: Standing,
+    statuses: Vec<TargetStatus>,
+    warnings: Vec<String>,
+}
+
+impl AppStatus<'_> {
+    fn drift(&self) -> bool {
+        self.statuses.iter().any(|s| !s.drift.is_empty())
     }
-    let drift = statuses.iter().any(|s| !s.drift.is_empty());
-    match output {
-        OutputFormat::Json => {
-            let deployment = last.map(|d| RecordRef {
+
+    fn report<'s>(&'s self, environment: &'s str, schema: Option<u32>) -> Report<'s> {
+        Report {
+            schema,
+            app: &self.app.name,
+            environment,
+            deployment: self.standing.last.as_ref().map(|d| RecordRef {
                 id: &d.id,
                 version: &d.version,
                 digest: d.digest.as_deref(),
                 time: &d.time,
-            });
-            let report = Report {
-                schema: 1,
-                app: &app.name,
-                environment: &env.name,
-                deployment,
-                drift,
-                warnings: &warnings,
-                targets: &statuses,
-            };
-            output::print_json(&report)?;
+            }),
+            removed: self.standing.last_removal().map(|r| RemovedRef {
+                id: r.id.clone(),
+                time: r.time.clone(),
+                by: r.actor.describe(),
+                targets: r.removal.targets.keys().cloned().collect(),
+            }),
+            drift: self.drift(),
+            warnings: &self.warnings,
+            targets: &self.statuses,
         }
-        OutputFormat::Plain => output::print(&plain(&statuses))?,
-        OutputFormat::Human => output::print(&human(&app.name, &env.name, last, &statuses))?,
+    }
+}
+
+/// What one target showed: per app, its containers and unread replace steps.
+type Seen = Result<BTreeMap<String, (Vec<Container>, Vec<Leftover>)>, String>;
+
+/// Runs `ferry status`.
+pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
+    let env = inventory.environment(&args.environment)?;
+    let selected = selection(inventory, env, args)?;
+    let store = store(inventory)?;
+    let mut standings = Vec::new();
+    for (app, _) in &selected {
+        standings.push(Standing::of(&store.changes(&app.name, &env.name)?));
+    }
+    let ssh = ssh_options(inventory, args.connect_timeout)?;
+    // Every target any selected app runs on, in inventory order, asked once about all of them.
+    let mut targets: Vec<&inventory::Target> = Vec::new();
+    for t in selected.iter().flat_map(|(_, ts)| ts) {
+        if !targets.iter().any(|k| k.name == t.name) {
+            targets.push(t);
+        }
+    }
+    targets.sort_by_key(|t| inventory.targets.iter().position(|k| k.name == t.name));
+    let names: Vec<String> = selected.iter().map(|(a, _)| a.name.clone()).collect();
+    let observed: BTreeMap<String, Seen> =
+        runtime()?.block_on(observe(inventory, &targets, &ssh, &names, &env.name)).into_iter().collect();
+    let mut apps = Vec::new();
+    for ((app, app_targets), standing) in selected.into_iter().zip(standings) {
+        let container = inventory::container_name(app, &env.name);
+        let statuses: Vec<TargetStatus> = app_targets
+            .iter()
+            .map(|t| {
+                let removed = standing.removed_from(&t.name);
+                let seen = observed.get(&t.name).cloned().unwrap_or_else(|| Err("not asked".into()));
+                match seen.map(|mut per_app| per_app.remove(&app.name).unwrap_or_default()) {
+                    Ok((containers, leftovers)) => {
+                        let last = standing.last.as_ref();
+                        let mut status = judge(&t.name, Ok(containers), last, removed, &container);
+                        status.unread_replace_steps = leftovers;
+                        status
+                    }
+                    Err(e) => judge(&t.name, Err(e), standing.last.as_ref(), removed, &container),
+                }
+            })
+            .collect();
+        let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        apps.push(AppStatus { app, standing, statuses, warnings });
+    }
+    let drift = apps.iter().any(AppStatus::drift);
+    match (&args.app, output) {
+        (Some(_), OutputFormat::Json) => output::print_json(&apps[0].report(&env.name, Some(1)))?,
+        (Some(_), OutputFormat::Plain) => output::print(&plain(None, &apps[0].statuses))?,
+        (Some(_), OutputFormat::Human) => output::print(&human(&env.name, &apps[0]))?,
+        (None, OutputFormat::Json) => {
+            let reports: Vec<Report<'_>> = apps.iter().map(|a| a.report(&env.name, None)).collect();
+            let warnings: Vec<&String> = apps.iter().flat_map(|a| &a.warnings).collect();
+            output::print_json(&serde_json::json!({
+                "schema": 1,
+                "environment": env.name,
+                "drift": drift,
+                "warnings": warnings,
+                "apps": reports,
+            }))?;
+        }
+        (None, OutputFormat::Plain) => {
+            output::print(&apps.iter().map(|a| plain(Some(&a.app.name), &a.statuses)).collect::<String>())?;
+        }
+        (None, OutputFormat::Human) => output::print(&human_all(&env.name, &apps))?,
     }
     Ok(i32::from(drift))
+}
+
+/// The apps asked about, each with its selected targets: the one named, or every app of the
+/// environment (an app none of whose targets `--limit` matches is left out; when that leaves
+/// none, the first app's error says why).
+fn selection<'a>(
+    inventory: &'a Inventory,
+    env: &inventory::Environment,
+    args: &Status,
+) -> Result<Vec<(&'a inventory::App, Vec<&'a inventory::Target>)>, Error> {
+    if let Some(name) = &args.app {
+        let app = inventory.app(name)?;
+        return Ok(vec![(app, select::select(inventory, app, env, &args.limits)?)]);
+    }
+    let mut selected = Vec::new();
+    let mut first_error = None;
+    for app in &inventory.apps {
+        match select::select(inventory, app, env, &args.limits) {
+            Ok(targets) if !targets.is_empty() => selected.push((app, targets)),
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (selected.is_empty(), first_error) {
+        (true, Some(e)) => Err(e.into()),
+        _ => Ok(selected),
+    }
 }
 
 /// Warnings for deployed tags that the feed now resolves to other bytes (the tag moved since:
@@ -138,22 +247,27 @@ async fn moved_tags(inventory: &Inventory, app: &inventory::App, statuses: &[Tar
     out
 }
 
-/// Lists the app's containers on every target at once.
+/// Lists the apps' containers (and unread replace steps) on every target at once, over one
+/// connection per target.
 async fn observe(
     inventory: &Inventory,
     targets: &[&inventory::Target],
     ssh: &crate::ssh::Options,
-    app: &str,
+    apps: &[String],
     environment: &str,
-) -> Vec<(String, Result<(Vec<Container>, Vec<Leftover>), String>)> {
+) -> Vec<(String, Seen)> {
     crate::host::on_each(inventory, targets, ssh, |connection| {
-        let (app, environment) = (app.to_string(), environment.to_string());
+        let (apps, environment) = (apps.to_vec(), environment.to_string());
         async move {
-            let containers =
-                docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-            let leftovers =
-                replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-            Ok((containers, leftovers))
+            let mut seen = BTreeMap::new();
+            for app in apps {
+                let containers =
+                    docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                let leftovers =
+                    replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                seen.insert(app, (containers, leftovers));
+            }
+            Ok(seen)
         }
     })
     .await
@@ -163,6 +277,7 @@ fn judge(
     target: &str,
     seen: Result<Vec<Container>, String>,
     last: Option<&Deployment>,
+    removed: Option<&Removed>,
     default_container: &str,
 ) -> TargetStatus {
     let mut status = TargetStatus {
@@ -184,6 +299,19 @@ fn judge(
             return status;
         }
     };
+    if let Some(removed) = removed {
+        // Removed since the last success: nothing of the app is expected here.
+        if !containers.is_empty() {
+            let names: Vec<&str> = containers.iter().map(|c| c.details.name.as_str()).collect();
+            status.drift.push(format!(
+                "removed by run {} ({}), yet containers of the app remain: {}",
+                removed.id,
+                removed.time,
+                names.join(", ")
+            ));
+        }
+        return status;
+    }
     let recorded = last.and_then(|d| d.recorded.targets.get(target));
     let name = recorded.map_or(default_container, |r| r.container.as_str());
     let extras: Vec<&str> =
@@ -236,40 +364,82 @@ fn short(text: Option<&str>, n: usize) -> String {
     text.map_or_else(|| "-".to_string(), |t| t.trim_start_matches("sha256:").chars().take(n).collect())
 }
 
-fn human(app: &str, env: &str, last: Option<&Deployment>, statuses: &[TargetStatus]) -> String {
-    let mut out = match last {
-        Some(d) => format!(
-            "{app} in {env}: last successful deployment {} ({} {}, {})\n\n",
-            d.id,
-            d.version,
-            d.digest.as_deref().unwrap_or("no digest"),
-            d.time
-        ),
-        None => {
-            format!("{app} in {env}: no successful deployment on record here; nothing to compare against\n\n")
+/// The line that says what the app is compared against.
+fn headline(env: &str, a: &AppStatus<'_>) -> String {
+    let app = &a.app.name;
+    let removed = a.standing.last_removal();
+    let everywhere = a.statuses.iter().all(|s| a.standing.removed_from(&s.target).is_some());
+    match (&a.standing.last, removed) {
+        (_, Some(r)) if everywhere => {
+            format!("{app} in {env}: not deployed (removed {} by {})", r.time, r.actor.describe())
         }
-    };
-    let rows: Vec<Vec<String>> = statuses
+        (Some(d), removed) => {
+            let mut line = format!(
+                "{app} in {env}: last successful deployment {} ({} {}, {})",
+                d.id,
+                d.version,
+                d.digest.as_deref().unwrap_or("no digest"),
+                d.time
+            );
+            if let Some(r) = removed {
+                let on: Vec<&str> = r.removal.targets.keys().map(String::as_str).collect();
+                line += &format!("; removed from {} {} by {}", on.join(", "), r.time, r.actor.describe());
+            }
+            line
+        }
+        (None, _) => {
+            format!("{app} in {env}: no successful deployment on record here; nothing to compare against")
+        }
+    }
+}
+
+/// The columns of a status row after the target (and the app, for a whole environment).
+fn cells(s: &TargetStatus) -> Vec<String> {
+    vec![
+        short(s.container.as_ref().map(|c| c.id.as_str()), 12),
+        s.version.clone().unwrap_or_else(|| "-".into()),
+        short(s.digest.as_deref(), 12),
+        short(s.config_hash.as_deref(), 12),
+        s.health.clone().unwrap_or_else(|| "-".into()),
+        s.uptime_s.map_or_else(
+            || "-".into(),
+            |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
+        ),
+        if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
+    ]
+}
+
+/// The columns after the row's first ones.
+const COLUMNS: [&str; 7] = ["CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"];
+
+/// One app: its headline, then one row per target.
+fn human(env: &str, a: &AppStatus<'_>) -> String {
+    let mut out = format!("{}\n\n", headline(env, a));
+    let rows: Vec<Vec<String>> =
+        a.statuses.iter().map(|s| std::iter::once(s.target.clone()).chain(cells(s)).collect()).collect();
+    let headers: Vec<&str> = std::iter::once("TARGET").chain(COLUMNS).collect();
+    out += &table(&headers, &rows);
+    out += &unread_steps(&a.statuses);
+    out
+}
+
+/// Every app of the environment: one headline per app, then one row per app and target.
+fn human_all(env: &str, apps: &[AppStatus<'_>]) -> String {
+    let mut out: String = apps.iter().map(|a| format!("{}\n", headline(env, a))).collect();
+    let rows: Vec<Vec<String>> = apps
         .iter()
-        .map(|s| {
-            vec![
-                s.target.clone(),
-                short(s.container.as_ref().map(|c| c.id.as_str()), 12),
-                s.version.clone().unwrap_or_else(|| "-".into()),
-                short(s.digest.as_deref(), 12),
-                short(s.config_hash.as_deref(), 12),
-                s.health.clone().unwrap_or_else(|| "-".into()),
-                s.uptime_s.map_or_else(
-                    || "-".into(),
-                    |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
-                ),
-                if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
-            ]
+        .flat_map(|a| {
+            a.statuses
+                .iter()
+                .map(|s| [a.app.name.clone(), s.target.clone()].into_iter().chain(cells(s)).collect())
         })
         .collect();
-    out +=
-        &table(&["TARGET", "CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"], &rows);
-    out += &unread_steps(statuses);
+    let headers: Vec<&str> = ["APP", "TARGET"].into_iter().chain(COLUMNS).collect();
+    out += "\n";
+    out += &table(&headers, &rows);
+    for a in apps {
+        out += &unread_steps(&a.statuses);
+    }
     out
 }
 
@@ -287,12 +457,14 @@ fn unread_steps(statuses: &[TargetStatus]) -> String {
     if out.is_empty() { out } else { format!("\n{out}") }
 }
 
-fn plain(statuses: &[TargetStatus]) -> String {
+/// Tab-separated rows: `[app]` target, version, digest, health, drift.
+fn plain(app: Option<&str>, statuses: &[TargetStatus]) -> String {
+    let prefix = app.map_or_else(String::new, |a| format!("{a}\t"));
     statuses
         .iter()
         .map(|s| {
             format!(
-                "{}\t{}\t{}\t{}\t{}\n",
+                "{prefix}{}\t{}\t{}\t{}\t{}\n",
                 s.target,
                 s.version.as_deref().unwrap_or("-"),
                 s.digest.as_deref().unwrap_or("-"),

@@ -29,12 +29,15 @@ mod lab;
 #[cfg(feature = "lab")]
 mod locks;
 mod logs_exec;
+mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
 mod quoting;
+#[cfg(feature = "lab")]
+mod remove_lab;
 mod run;
 mod secrets;
 #[cfg(feature = "lab")]
