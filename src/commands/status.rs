@@ -106,7 +106,7 @@ impl AppStatus<'_> {
                 id: r.id.clone(),
                 time: r.time.clone(),
                 by: r.actor.describe(),
-                targets: r.removal.targets.keys().cloned().collect(),
+                targets: r.removal.acted_on().into_iter().map(str::to_string).collect(),
             }),
             drift: self.drift(),
             warnings: &self.warnings,
@@ -392,7 +392,7 @@ fn headline(env: &str, a: &AppStatus<'_>) -> String {
                 d.time
             );
             if let Some(r) = removed {
-                let on: Vec<&str> = r.removal.targets.keys().map(String::as_str).collect();
+                let on = r.removal.acted_on();
                 line += &format!("; removed from {} {} by {}", on.join(", "), r.time, r.actor.describe());
             }
             line
