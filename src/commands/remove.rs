@@ -8,7 +8,8 @@
 //! deployment kept, a stopped one), and records what it removed where in its `run_finished`
 //! record (`removal`). `status` reads that record and no longer expects the app there; the
 //! next `deploy` creates it again as usual; `rollback` after a removal redeploys the last
-//! successful deployment; `promote` from an environment the app was removed from refuses. A
+//! successful deployment; `promote` from an environment the app was removed from (from every
+//! target of its last success there) refuses. A
 //! target where a replace step of the app still runs (its runner died moments ago) fails with
 //! nothing removed: that step would start or restore a container after the removal.
 //! Containers of other apps, or of this app in other environments on the same host, never
