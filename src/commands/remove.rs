@@ -39,10 +39,15 @@ use crate::select;
 /// How one target ended.
 #[derive(Debug, Clone)]
 struct TargetRemoval {
+    /// The target.
     target: String,
+    /// How it ended.
     status: Status,
+    /// The containers removed there.
     containers: Vec<String>,
+    /// Why it did not end `ok`.
     error: Option<String>,
+    /// How long it took.
     duration: Duration,
 }
 

@@ -72,25 +72,35 @@ struct RecordRef<'a> {
 /// A removal as `--output json` names it.
 #[derive(Serialize)]
 struct RemovedRef {
+    /// The removal's run id.
     id: String,
+    /// When it finished.
     time: String,
+    /// Who ran it.
     by: String,
+    /// The targets it ran on.
     targets: Vec<String>,
 }
 
 /// One app's status in the environment.
 struct AppStatus<'a> {
+    /// The app.
     app: &'a inventory::App,
+    /// What the records expect of it there.
     standing: Standing,
+    /// One per selected target, in inventory order.
     statuses: Vec<TargetStatus>,
+    /// Deployed tags that moved in the feed.
     warnings: Vec<String>,
 }
 
 impl AppStatus<'_> {
+    /// Any of its targets drifts.
     fn drift(&self) -> bool {
         self.statuses.iter().any(|s| !s.drift.is_empty())
     }
 
+    /// Its `--output json` report (`schema` given at the top level only).
     fn report<'s>(&'s self, environment: &'s str, schema: Option<u32>) -> Report<'s> {
         Report {
             schema,

@@ -240,7 +240,7 @@ fn remove_takes_the_app_out_of_one_environment_only_and_status_stops_expecting_i
              h2      -          -        -       -       -       -       ok\n",
         )
         .run();
-    assert!(human.stdout.contains(" by root@") || human.stdout.contains(" by "), "{}", human.stdout);
+    assert!(human.stdout.contains(" by root@"), "{}", human.stdout);
     let report =
         fleet.ferry(&["status", "web", "--env", "r-a", "--output", "json"]).stdout_json().run().json();
     assert_eq!(report["drift"], false, "{report}");
