@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::inventory::{self, Inventory};
 use crate::output::{self, OutputFormat, table};
 use crate::replace::{self, Leftover};
+use crate::report;
 use crate::request::Status;
 use crate::select;
 
@@ -61,22 +62,38 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let app = inventory.app(&args.app)?;
     let env = inventory.environment(&args.environment)?;
     let targets = select::select(inventory, app, env, &args.limits)?;
-    let last = store(inventory)?.last_success(&app.name, &env.name)?;
-    let last = last.as_ref();
+    let deployments = store(inventory)?.deployments(&app.name, &env.name)?;
+    let last = deployments.iter().rev().find(|d| d.recorded.succeeded);
+    // A later deployment that could not reach some targets: they still run the older release.
+    let newest = deployments.last().filter(|d| !d.recorded.succeeded);
     let ssh = ssh_options(inventory, args.connect_timeout)?;
     let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
     let container = inventory::container_name(app, &env.name);
-    let statuses: Vec<TargetStatus> = observed
+    let mut statuses: Vec<TargetStatus> = observed
         .into_iter()
         .map(|(name, seen)| match seen {
-            Ok((containers, leftovers)) => {
+            Ok(Ok((containers, leftovers))) => {
                 let mut status = judge(&name, Ok(containers), last, &container);
                 status.unread_replace_steps = leftovers;
                 status
             }
-            Err(e) => judge(&name, Err(e), last, &container),
+            Ok(Err(e)) => judge(&name, Err(Unseen::Unreadable(e)), last, &container),
+            Err(e) => judge(&name, Err(Unseen::Unreachable(e)), last, &container),
         })
         .collect();
+    if let Some(newest) = newest {
+        for s in &mut statuses {
+            let missed = newest.recorded.targets.get(&s.target).map(|t| t.status);
+            if let Some(status @ (report::Status::Unreachable | report::Status::Refused)) = missed {
+                s.drift.push(format!(
+                    "not reached by deployment {} ({}): {}",
+                    newest.id,
+                    newest.version,
+                    status.label()
+                ));
+            }
+        }
+    }
     let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -138,30 +155,46 @@ async fn moved_tags(inventory: &Inventory, app: &inventory::App, statuses: &[Tar
     out
 }
 
-/// Lists the app's containers on every target at once.
+/// What a target's containers are, as far as they could be read.
+type Observed = Result<(Vec<Container>, Vec<Leftover>), String>;
+
+/// Lists the app's containers on every target at once. The outer error is a connection that
+/// could not be opened (the target is unreachable); the inner one, a connected target that
+/// could not be read.
 async fn observe(
     inventory: &Inventory,
     targets: &[&inventory::Target],
     ssh: &crate::ssh::Options,
     app: &str,
     environment: &str,
-) -> Vec<(String, Result<(Vec<Container>, Vec<Leftover>), String>)> {
+) -> Vec<(String, Result<Observed, String>)> {
     crate::host::on_each(inventory, targets, ssh, |connection| {
         let (app, environment) = (app.to_string(), environment.to_string());
         async move {
-            let containers =
-                docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-            let leftovers =
-                replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-            Ok((containers, leftovers))
+            let read = async {
+                let containers =
+                    docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                let leftovers =
+                    replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                Ok((containers, leftovers))
+            };
+            Ok(read.await)
         }
     })
     .await
 }
 
+/// Why a target's containers are not known.
+enum Unseen {
+    /// No connection within the connect timeout (or the host key was refused).
+    Unreachable(String),
+    /// Connected, but listing them failed.
+    Unreadable(String),
+}
+
 fn judge(
     target: &str,
-    seen: Result<Vec<Container>, String>,
+    seen: Result<Vec<Container>, Unseen>,
     last: Option<&Deployment>,
     default_container: &str,
 ) -> TargetStatus {
@@ -179,8 +212,15 @@ fn judge(
     };
     let containers = match seen {
         Ok(c) => c,
-        Err(e) => {
+        Err(Unseen::Unreachable(e)) => {
+            // Said in the state and health columns too, so no reader takes it for "nothing runs".
+            status.state = Some("unreachable".into());
+            status.health = Some("unreachable".into());
             status.drift.push(format!("unreachable: {e}"));
+            return status;
+        }
+        Err(Unseen::Unreadable(e)) => {
+            status.drift.push(format!("cannot read its containers: {e}"));
             return status;
         }
     };
