@@ -3,7 +3,7 @@
 //!
 //! A target that cannot be reached never stops the others: `acquire` and `release` act on the
 //! reachable targets, name the others on stderr and exit 1 (4 when a host key was refused);
-//! `status` shows it `UNREACHABLE` and exits 1.
+//! `status` shows it `UNREACHABLE` (or `REFUSED`, for a host key) and exits 1 (or 4).
 
 use super::{environment_targets, new_deployment_id, runtime, ssh_options, store};
 use crate::audit::Entry;
@@ -39,6 +39,9 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
                     rows.insert(0, row);
                 }
                 print_status(&rows, &env.name, output)?;
+                if rows.iter().any(|r| r[1] == "REFUSED") {
+                    return Ok(crate::error::EXIT_REFUSED);
+                }
                 if rows.iter().any(|r| r[1] == "UNREACHABLE") {
                     return Ok(1);
                 }
@@ -274,7 +277,10 @@ async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> 
     let mut rows = Vec::new();
     for (name, connection) in connections {
         let row = match connection {
-            Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
+            Err(e) => {
+                let state = if e.is_host_key() { "REFUSED" } else { "UNREACHABLE" };
+                vec![name.clone(), state.into(), String::new(), String::new(), e.to_string()]
+            }
             Ok(c) => match lock::read_remote(&**c, environment).await {
                 Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
                 Ok(Some(found @ lock::Found { info: Some(_), .. })) => {
