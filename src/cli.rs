@@ -52,6 +52,7 @@ const EXIT_CODES: &str =
 
 /// Examples and exit codes, under `--help`.
 const EXAMPLES: &str = "Examples:
+  ferry init
   ferry check -i inventories/example.toml
   ferry plan web --env prod --version 1.4.2
   ferry plan web --env prod --version 1.4.2 --limit 'prod-*' --output json
@@ -63,6 +64,8 @@ const EXAMPLES: &str = "Examples:
   ferry versions web
   ferry deploy web --env dev --version latest --yes
   ferry status web --env prod
+  ferry status --env prod
+  ferry remove web --env staging
   ferry promote web --to prod
   ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
@@ -86,6 +89,13 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// What runs on each target, and drift against the last successful deployment
     Status(StatusArgs),
+    /// Stop and remove an app's containers in an environment, and stop expecting it there
+    Remove(RemoveArgs),
+    /// The inventory's apps, their environments and targets (no SSH)
+    #[command(visible_alias = "apps")]
+    Ls,
+    /// Write a commented starter inventory and template (never overwrites a file)
+    Init(InitArgs),
     /// The app's versions in its feed, newest first, with digests
     Versions(VersionsArgs),
     /// Run a shell command on every target of an environment (ad hoc, playbook-style)
@@ -386,11 +396,53 @@ pub struct VersionsArgs {
     pub digests: usize,
 }
 
+/// `ferry remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
+    pub limit: Vec<String>,
+
+    /// Go ahead without the confirmation prompt (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Targets worked on at once
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
+
+    /// Wait this long for a held environment lock instead of failing at once (exit 3)
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub lock_wait: Option<Duration>,
+
+    /// The lock expires after this long if ferry dies without releasing it
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = flag(duration))]
+    pub lock_ttl: Duration,
+}
+
+/// `ferry init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Write into this folder instead of the current one
+    pub dir: Option<PathBuf>,
+}
+
 /// `ferry status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The app
-    pub app: String,
+    /// The app [default: every app of the environment]
+    pub app: Option<String>,
 
     /// The environment
     #[arg(short, long = "env", value_name = "ENV")]
@@ -635,6 +687,17 @@ impl Command {
                 limits: a.limit,
                 connect_timeout: a.connect_timeout,
             }),
+            Command::Remove(a) => Request::Remove(request::Remove {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                yes: a.yes,
+                parallel: a.parallel,
+                connect_timeout: a.connect_timeout,
+                lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+            }),
+            Command::Ls => Request::Ls,
+            Command::Init(a) => Request::Init(request::Init { dir: a.dir }),
             Command::Versions(a) => Request::Versions(request::Versions { app: a.app, digests: a.digests }),
             Command::Run(a) => Request::Run(request::Run {
                 reach: a.reach.into(),

@@ -48,6 +48,49 @@ pub struct Recorded {
     pub targets: BTreeMap<String, TargetRecord>,
 }
 
+/// The removal part of a `run_finished` record's detail (`ferry remove`): the app's containers
+/// in the environment were stopped and removed on these targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Every selected target ended with none of the app's containers left.
+    pub complete: bool,
+    /// Per target: how it ended and the containers removed there.
+    pub targets: BTreeMap<String, RemovedTarget>,
+}
+
+/// What `ferry remove` did on one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedTarget {
+    /// How it ended.
+    pub status: Status,
+    /// The containers removed (the app's current one and any ferry kept, such as an old one).
+    #[serde(default)]
+    pub containers: Vec<String>,
+}
+
+/// One removal read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The run's id.
+    pub id: String,
+    /// When it finished.
+    pub time: String,
+    /// Who ran it.
+    pub actor: crate::audit::Actor,
+    /// What it did.
+    pub removal: Removal,
+}
+
+/// What changed an app in an environment, as the record tells it: a deployment (deploy,
+/// rollback, promote) or a removal. Read in order, so that what came last wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A deployment.
+    Deployed(Deployment),
+    /// A removal.
+    Removed(Removed),
+}
+
 /// One deployment read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deployment {
@@ -117,6 +160,76 @@ pub fn from_record(record: Record, app: &str, environment: &str) -> Option<Deplo
     })
 }
 
+/// The change a record holds, when it is the end of a deployment or a removal of `app` in
+/// `environment`.
+pub fn change_from_record(record: Record, app: &str, environment: &str) -> Option<Change> {
+    let removal = record.entry.command == "remove"
+        && record.entry.app.as_deref() == Some(app)
+        && record.entry.environment.as_deref() == Some(environment);
+    if !removal {
+        return from_record(record, app, environment).map(Change::Deployed);
+    }
+    let removal = record.run_finished()?.removal?;
+    Some(Change::Removed(Removed { id: record.entry.run, time: record.time, actor: record.actor, removal }))
+}
+
+/// Where an app stands in an environment after `changes` (oldest first): its last successful
+/// deployment, and the removals since then (which take the app off their targets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The last successful deployment.
+    pub last: Option<Deployment>,
+    /// The removals after it, oldest first.
+    pub removals: Vec<Removed>,
+}
+
+impl Standing {
+    /// Reads `changes`, oldest first.
+    pub fn of(changes: &[Change]) -> Standing {
+        let mut standing = Standing::default();
+        for change in changes {
+            match change {
+                Change::Deployed(d) if d.recorded.succeeded => {
+                    standing = Standing { last: Some(d.clone()), removals: Vec::new() };
+                }
+                Change::Deployed(_) => {}
+                Change::Removed(r) => standing.removals.push(r.clone()),
+            }
+        }
+        standing
+    }
+
+    /// The newest removal since the last success that took the app off `target`.
+    pub fn removed_from(&self, target: &str) -> Option<&Removed> {
+        self.removals.iter().rev().find(|r| r.removal.targets.contains_key(target))
+    }
+
+    /// The newest removal since the last success, if any.
+    pub fn last_removal(&self) -> Option<&Removed> {
+        self.removals.last()
+    }
+}
+
+/// The deployments among `changes`, in order.
+pub fn deployed(changes: &[Change]) -> Vec<Deployment> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Deployed(d) => Some(d.clone()),
+            Change::Removed(_) => None,
+        })
+        .collect()
+}
+
+/// The removal that came after every deployment attempt in `changes` (the app is off the
+/// environment, or part of it, since then), if the last change is one.
+pub fn removed_last(changes: &[Change]) -> Option<&Removed> {
+    match changes.last() {
+        Some(Change::Removed(r)) => Some(r),
+        _ => None,
+    }
+}
+
 /// What `rollback` goes back to: with `to`, that deployment (it must have succeeded); else the
 /// successful one before the last successful one when the last attempt succeeded, or the last
 /// successful one when the last attempt failed (its targets may be half way).
@@ -156,6 +269,49 @@ mod tests {
                 targets: BTreeMap::new(),
             },
         }
+    }
+
+    fn removed(id: &str, targets: &[&str]) -> Change {
+        let targets = targets
+            .iter()
+            .map(|t| ((*t).to_string(), RemovedTarget { status: Status::Ok, containers: Vec::new() }))
+            .collect();
+        Change::Removed(Removed {
+            id: id.into(),
+            time: String::new(),
+            actor: crate::audit::Actor {
+                user: "u".into(),
+                host: "h".into(),
+                via: "terminal".into(),
+                job: None,
+            },
+            removal: Removal { complete: true, targets },
+        })
+    }
+
+    #[test]
+    fn a_removal_counts_until_the_next_success() {
+        let ok = |id| Change::Deployed(d(id, true));
+        let failed = |id| Change::Deployed(d(id, false));
+        let standing = Standing::of(&[ok("a"), removed("r1", &["h1"]), failed("b"), removed("r2", &["h2"])]);
+        assert_eq!(standing.last.as_ref().map(|d| d.id.as_str()), Some("a"));
+        assert_eq!(standing.removed_from("h1").map(|r| r.id.as_str()), Some("r1"));
+        assert_eq!(standing.removed_from("h2").map(|r| r.id.as_str()), Some("r2"));
+        assert_eq!(standing.removed_from("h3"), None);
+        assert_eq!(standing.last_removal().map(|r| r.id.as_str()), Some("r2"));
+        let redeployed = Standing::of(&[ok("a"), removed("r1", &["h1"]), ok("c")]);
+        assert_eq!((redeployed.last.map(|d| d.id), redeployed.removals.len()), (Some("c".into()), 0));
+        assert_eq!(Standing::of(&[removed("r1", &["h1"])]).last, None);
+    }
+
+    #[test]
+    fn only_a_removal_after_every_attempt_is_the_last_change() {
+        let ok = |id| Change::Deployed(d(id, true));
+        let changes = [ok("a"), removed("r", &["h1"])];
+        assert_eq!(removed_last(&changes).map(|r| r.id.as_str()), Some("r"));
+        assert_eq!(deployed(&changes).len(), 1);
+        assert_eq!(removed_last(&[removed("r", &["h1"]), ok("b")]), None);
+        assert_eq!(removed_last(&[]), None);
     }
 
     #[test]

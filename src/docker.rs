@@ -181,6 +181,33 @@ pub async fn list(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<C
     parse_inspect(&out.text()).map_err(|message| DockerError::Failed { step: "read docker inspect", message })
 }
 
+/// Stops and removes every container labelled as `app` in `environment` (the current one, an
+/// old one a deployment kept, a stopped one), and clears the unread outcomes of the app's
+/// replace steps there; returns the names of the containers removed. Other apps and other
+/// environments on the same host are never matched: both labels must be equal.
+pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<String>, DockerError> {
+    let script = format!(
+        "ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
+         if [ -n \"$ids\" ]; then\n\
+           docker inspect --format '{{{{.Name}}}}' $ids || exit 1\n\
+           docker stop $ids > /dev/null || exit 1\n\
+           docker rm $ids > /dev/null || exit 1\n\
+         fi\n\
+         echo '--- leftovers'\n{collect}",
+        app = q(app),
+        env = q(environment),
+        collect = crate::replace::collect_leftovers_script(app, environment),
+    );
+    let out = sh(host, "remove containers", &script, None, PULL_DEADLINE).await?;
+    let text = out.text();
+    let (names, _) = text.split_once("--- leftovers\n").unwrap_or((&text, ""));
+    Ok(names
+        .lines()
+        .map(|l| l.trim().trim_start_matches('/').to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
 /// One container by name or id.
 pub async fn inspect(host: &dyn Host, container: &str) -> Result<Container, DockerError> {
     let out = sh(host, "inspect", &format!("docker inspect {}", q(container)), None, STEP_DEADLINE).await?;

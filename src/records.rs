@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Entry, Record};
-use crate::deployments::Recorded;
+use crate::deployments::{Recorded, Removal};
 use crate::docker::{Action, ContainerDetails};
 use crate::report::Status;
 
@@ -138,6 +138,10 @@ pub struct RunFinished {
     /// and outcome still show in `history`, and nothing acts on the unreadable part.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
     pub deployment: Option<Recorded>,
+    /// `ferry remove`: what was removed where (read back by status, rollback and promote, so
+    /// that they no longer expect the app there).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
+    pub removal: Option<Removal>,
 }
 
 /// A value of type `T`, or none when it does not have `T`'s shape.

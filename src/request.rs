@@ -38,6 +38,12 @@ pub enum Request {
     Rollback(Rollback),
     /// `ferry status`.
     Status(Status),
+    /// `ferry remove`.
+    Remove(Remove),
+    /// `ferry ls`.
+    Ls,
+    /// `ferry init`.
+    Init(Init),
     /// `ferry versions`.
     Versions(Versions),
     /// `ferry run`.
@@ -178,11 +184,37 @@ pub struct Rollback {
     pub apply: Apply,
 }
 
+/// `ferry remove`.
+#[derive(Debug, Clone)]
+pub struct Remove {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs.
+    pub limits: Vec<String>,
+    /// `--yes`: no confirmation prompt.
+    pub yes: bool,
+    /// Targets worked on at once.
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// The environment lock.
+    pub lock: LockTiming,
+}
+
+/// `ferry init`.
+#[derive(Debug, Clone)]
+pub struct Init {
+    /// The folder to write into (the current one when not given).
+    pub dir: Option<PathBuf>,
+}
+
 /// `ferry status`.
 #[derive(Debug, Clone)]
 pub struct Status {
-    /// App name.
-    pub app: String,
+    /// App name; none: every app of the environment.
+    pub app: Option<String>,
     /// Environment name.
     pub environment: String,
     /// `--limit` globs.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::audit::{Actor, AuditError, Entry, Log, Record, Verification};
-use crate::deployments::Deployment;
+use crate::deployments::{Change, Deployment};
 use crate::lock::{LockError, LockInfo};
 
 /// Why a store could not answer or record.
@@ -216,6 +216,14 @@ pub trait Store: Send + Sync {
     /// The deployments (deploy, rollback, promote) of `app` in `environment`, oldest first.
     fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError>;
 
+    /// The deployments and removals of `app` in `environment`, oldest first: what `status`,
+    /// `rollback` and `promote` weigh against each other (a removal after the last success means
+    /// the app is not expected there).
+    /// A store that keeps no removals answers with its deployments alone.
+    fn changes(&self, app: &str, environment: &str) -> Result<Vec<Change>, StoreError> {
+        Ok(self.deployments(app, environment)?.into_iter().map(Change::Deployed).collect())
+    }
+
     /// The successful deployments of `app` in each of `phases`, oldest first.
     fn successes_by_phase(
         &self,
@@ -304,6 +312,14 @@ impl Store for FileStore {
             .records()?
             .into_iter()
             .filter_map(|r| crate::deployments::from_record(r, app, environment))
+            .collect())
+    }
+
+    fn changes(&self, app: &str, environment: &str) -> Result<Vec<Change>, StoreError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter_map(|r| crate::deployments::change_from_record(r, app, environment))
             .collect())
     }
 

@@ -12,9 +12,12 @@ pub mod deploy;
 pub mod diff;
 pub mod feed;
 pub mod history;
+pub mod init;
 pub mod lock_cmd;
+pub mod ls;
 pub mod plan;
 pub mod promote;
+pub mod remove;
 pub mod rollback;
 pub mod run;
 pub mod session;
@@ -34,6 +37,10 @@ use crate::request::{Global, Request};
 
 /// Runs a validated request; returns the exit code of a completed command.
 pub fn run(global: &Global, request: Request) -> Result<i32, Error> {
+    // `init` writes the inventory the other commands read.
+    if let Request::Init(r) = &request {
+        return init::run(r, global.output);
+    }
     let inventory = load_inventory(global.inventory.as_deref())?;
     let output = global.output;
     let shared = shared_store_key(&inventory);
@@ -54,6 +61,10 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Promote(r) => promote::run(inventory, &r, output),
         Request::Rollback(r) => rollback::run(inventory, &r, output),
         Request::Status(r) => status::run(&inventory, &r, output),
+        Request::Remove(r) => remove::run(inventory, &r, output),
+        Request::Ls => ls::run(&inventory, output),
+        // Answered before any inventory is read (see `run`).
+        Request::Init(r) => init::run(&r, output),
         Request::Versions(r) => versions::run(&inventory, &r, output),
         Request::Run(r) => run::run(inventory, &r, output),
         Request::Trust(r) => trust::run(&inventory, &r, output),

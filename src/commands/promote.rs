@@ -1,6 +1,7 @@
 //! `ferry promote APP --to ENV`: deploy, to a lifecycle phase, the release that last succeeded
 //! in the phase before it: the same version and the same digest (the registry is not asked
-//! again, so a tag that moved since does not change what is promoted).
+//! again, so a tag that moved since does not change what is promoted). An app removed from that
+//! phase (`ferry remove`) after its last success there has nothing to promote: refused, exit 4.
 
 use super::deploy::{Kind, Notes, Release, deploy_release};
 use super::store;
@@ -28,6 +29,24 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
         .iter()
         .find(|(_, ds)| ds.iter().any(|d| d.id == source.id))
         .map_or_else(String::new, |(p, _)| p.clone());
+    // A release taken off the earlier phase no longer runs there: it is not what that phase
+    // holds, so there is nothing to promote from it.
+    if let Some(removed) =
+        crate::deployments::Standing::of(&store(&inventory)?.changes(&app, &source_env)?).last_removal()
+    {
+        return Err(Error::Refused(
+            Diagnostic::new(format!(
+                "cannot promote {app} to {to}: {app} was removed from {source_env} {} by {} (run {}), after deployment {}",
+                removed.time,
+                removed.actor.describe(),
+                removed.id,
+                source.id
+            ))
+            .help(format!(
+                "deploy it to {source_env} again first, or deploy a version to {to} with `ferry deploy {app} --env {to} --version TAG`"
+            )),
+        ));
+    }
     eprintln!(
         "promote: {app} {} ({}) from {source_env} (deployment {}) to {}",
         source.version,

@@ -5,7 +5,9 @@
 //! not an old container is still around. Secrets are the one thing not on record: their current
 //! values go into the env file (rotating a secret is never undone by a rollback). The health gate
 //! and rollout policy are today's. It is audited as a `rollback`, naming the deployment it
-//! returns to, and it is itself a deployment that a later rollback can return from.
+//! returns to, and it is itself a deployment that a later rollback can return from. After a
+//! `ferry remove`, a rollback without `--to` redeploys the last successful deployment (the one
+//! that ran before the removal).
 
 use std::sync::Arc;
 
@@ -25,8 +27,27 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
     let store = store(&inventory)?;
-    let history = store.deployments(&app, &env)?;
-    let to = deployments::rollback_target(&history, args.to.as_deref()).map_err(|why| {
+    let changes = store.changes(&app, &env)?;
+    let history = deployments::deployed(&changes);
+    // After a removal, "the previous deployment" is the one that ran before it: the last
+    // successful one.
+    let after_removal = deployments::removed_last(&changes).map(|removed| {
+        let last = history.iter().rev().find(|d| d.recorded.succeeded).map(|d| d.id.clone());
+        (removed.clone(), last)
+    });
+    let to_id = match (&args.to, &after_removal) {
+        (None, Some((_, Some(last)))) => Some(last.clone()),
+        _ => args.to.clone(),
+    };
+    if let (None, Some((removed, _))) = (&args.to, &after_removal) {
+        eprintln!(
+            "rollback: {app} was removed from {env} {} by {} (run {}); redeploying its last successful deployment",
+            removed.time,
+            removed.actor.describe(),
+            removed.id
+        );
+    }
+    let to = deployments::rollback_target(&history, to_id.as_deref()).map_err(|why| {
         Error::Failed(
             Diagnostic::new(format!("cannot roll back {app} in {env}: {why}"))
                 .help(format!("`ferry history {app} --env {env}` lists the deployments on record")),

@@ -3,13 +3,21 @@
 //! Per target: the app's container in this environment (by its `ferry.*` labels), its version,
 //! digest, config hash, health and uptime. Drift is judged against the last successful
 //! deployment in the audit log: a missing or stopped container, another config hash, an
-//! unhealthy check, extra containers of the app, an unreachable target. Exit 1 on any drift, so
-//! a cron job or a monitoring check can alert on it. It changes nothing.
+//! unhealthy check, extra containers of the app, an unreachable target. A removal on record
+//! (`ferry remove`) after that deployment means the app is not expected on the targets it was
+//! removed from: none of its containers there is no drift, one that is left is. Exit 1 on any
+//! drift, so a cron job or a monitoring check can alert on it. It changes nothing.
+//!
+//! Without an app (`ferry status --env ENV`) it shows every app of the environment, one row
+//! per app and target, asking each target about all of them over one connection; the exit code
+//! is the same rule over all rows.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::{runtime, ssh_options, store};
-use crate::deployments::Deployment;
+use crate::deployments::{Change, Deployment, Removed, Standing};
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
@@ -36,13 +44,17 @@ struct TargetStatus {
     unread_replace_steps: Vec<Leftover>,
 }
 
-/// `--output json`.
+/// `--output json` of one app (`schema` only at the top level).
 #[derive(Serialize)]
 struct Report<'a> {
-    schema: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<u32>,
     app: &'a str,
     environment: &'a str,
     deployment: Option<RecordRef<'a>>,
+    /// The newest removal since that deployment, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<RemovedRef>,
     drift: bool,
     /// Deployed tags that now point at other bytes in the feed.
     warnings: &'a [String],
@@ -57,71 +69,192 @@ struct RecordRef<'a> {
     time: &'a str,
 }
 
-/// Runs `ferry status`.
-pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
-    let app = inventory.app(&args.app)?;
-    let env = inventory.environment(&args.environment)?;
-    let targets = select::select(inventory, app, env, &args.limits)?;
-    let deployments = store(inventory)?.deployments(&app.name, &env.name)?;
-    let last = deployments.iter().rev().find(|d| d.recorded.succeeded);
-    // A later deployment that could not reach some targets: they still run the older release.
-    let newest = deployments.last().filter(|d| !d.recorded.succeeded);
-    let ssh = ssh_options(inventory, args.connect_timeout)?;
-    let observed = runtime()?.block_on(observe(inventory, &targets, &ssh, &app.name, &env.name));
-    let container = inventory::container_name(app, &env.name);
-    let mut statuses: Vec<TargetStatus> = observed
-        .into_iter()
-        .map(|(name, seen)| match seen {
-            Ok(Ok((containers, leftovers))) => {
-                let mut status = judge(&name, Ok(containers), last, &container);
-                status.unread_replace_steps = leftovers;
-                status
-            }
-            Ok(Err(e)) => judge(&name, Err(Unseen::Unreadable(e)), last, &container),
-            Err(e) => judge(&name, Err(Unseen::Unreachable(e)), last, &container),
-        })
-        .collect();
-    if let Some(newest) = newest {
-        for s in &mut statuses {
-            let missed = newest.recorded.targets.get(&s.target).map(|t| t.status);
-            if let Some(status @ (report::Status::Unreachable | report::Status::Refused)) = missed {
-                s.drift.push(format!(
-                    "not reached by deployment {} ({}): {}",
-                    newest.id,
-                    newest.version,
-                    status.label()
-                ));
-            }
-        }
+/// A removal as `--output json` names it.
+#[derive(Serialize)]
+struct RemovedRef {
+    id: String,
+    time: String,
+    by: String,
+    targets: Vec<String>,
+}
+
+/// One app's status in the environment.
+struct AppStatus<'a> {
+    app: &'a inventory::App,
+    standing: Standing,
+    statuses: Vec<TargetStatus>,
+    warnings: Vec<String>,
+}
+
+impl AppStatus<'_> {
+    fn drift(&self) -> bool {
+        self.statuses.iter().any(|s| !s.drift.is_empty())
     }
-    let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let drift = statuses.iter().any(|s| !s.drift.is_empty());
-    match output {
-        OutputFormat::Json => {
-            let deployment = last.map(|d| RecordRef {
+
+    fn report<'s>(&'s self, environment: &'s str, schema: Option<u32>) -> Report<'s> {
+        Report {
+            schema,
+            app: &self.app.name,
+            environment,
+            deployment: self.standing.last.as_ref().map(|d| RecordRef {
                 id: &d.id,
                 version: &d.version,
                 digest: d.digest.as_deref(),
                 time: &d.time,
-            });
-            let report = Report {
-                schema: 1,
-                app: &app.name,
-                environment: &env.name,
-                deployment,
-                drift,
-                warnings: &warnings,
-                targets: &statuses,
-            };
-            output::print_json(&report)?;
+            }),
+            removed: self.standing.last_removal().map(|r| RemovedRef {
+                id: r.id.clone(),
+                time: r.time.clone(),
+                by: r.actor.describe(),
+                targets: r.removal.targets.keys().cloned().collect(),
+            }),
+            drift: self.drift(),
+            warnings: &self.warnings,
+            targets: &self.statuses,
         }
-        OutputFormat::Plain => output::print(&plain(&statuses))?,
-        OutputFormat::Human => output::print(&human(&app.name, &env.name, last, &statuses))?,
+    }
+}
+
+/// What one target showed: per app, its containers and unread replace steps. The outer error is
+/// a connection that could not be opened (the target is unreachable); the inner one, a
+/// connected target that could not be read.
+type Seen = Result<Result<BTreeMap<String, (Vec<Container>, Vec<Leftover>)>, String>, String>;
+
+/// Why a target's containers are not known.
+enum Unseen {
+    /// No connection within the connect timeout (or the host key was refused).
+    Unreachable(String),
+    /// Connected, but listing them failed.
+    Unreadable(String),
+}
+
+/// The newest deployment among `changes` when it failed: the targets it did not reach still
+/// run the older release, and `status` says so.
+fn failed_last(changes: &[Change]) -> Option<Deployment> {
+    match changes.last() {
+        Some(Change::Deployed(d)) if !d.recorded.succeeded => Some(d.clone()),
+        _ => None,
+    }
+}
+
+/// Notes on each status whose target `newest` (a failed deployment) did not reach.
+fn not_reached(statuses: &mut [TargetStatus], newest: Option<&Deployment>) {
+    let Some(newest) = newest else { return };
+    for s in statuses {
+        let missed = newest.recorded.targets.get(&s.target).map(|t| t.status);
+        if let Some(status @ (report::Status::Unreachable | report::Status::Refused)) = missed {
+            s.drift.push(format!(
+                "not reached by deployment {} ({}): {}",
+                newest.id,
+                newest.version,
+                status.label()
+            ));
+        }
+    }
+}
+
+/// Runs `ferry status`.
+pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
+    let env = inventory.environment(&args.environment)?;
+    let selected = selection(inventory, env, args)?;
+    let store = store(inventory)?;
+    let mut standings = Vec::new();
+    let mut failed = Vec::new();
+    for (app, _) in &selected {
+        let changes = store.changes(&app.name, &env.name)?;
+        standings.push(Standing::of(&changes));
+        failed.push(failed_last(&changes));
+    }
+    let ssh = ssh_options(inventory, args.connect_timeout)?;
+    // Every target any selected app runs on, in inventory order, asked once about all of them.
+    let mut targets: Vec<&inventory::Target> = Vec::new();
+    for t in selected.iter().flat_map(|(_, ts)| ts) {
+        if !targets.iter().any(|k| k.name == t.name) {
+            targets.push(t);
+        }
+    }
+    targets.sort_by_key(|t| inventory.targets.iter().position(|k| k.name == t.name));
+    let names: Vec<String> = selected.iter().map(|(a, _)| a.name.clone()).collect();
+    let observed: BTreeMap<String, Seen> =
+        runtime()?.block_on(observe(inventory, &targets, &ssh, &names, &env.name)).into_iter().collect();
+    let mut apps = Vec::new();
+    for (((app, app_targets), standing), failed) in selected.into_iter().zip(standings).zip(failed) {
+        let container = inventory::container_name(app, &env.name);
+        let mut statuses: Vec<TargetStatus> = app_targets
+            .iter()
+            .map(|t| {
+                let removed = standing.removed_from(&t.name);
+                let seen = observed.get(&t.name).cloned().unwrap_or_else(|| Ok(Err("not asked".into())));
+                let last = standing.last.as_ref();
+                match seen.map(|read| read.map(|mut per_app| per_app.remove(&app.name).unwrap_or_default())) {
+                    Ok(Ok((containers, leftovers))) => {
+                        let mut status = judge(&t.name, Ok(containers), last, removed, &container);
+                        status.unread_replace_steps = leftovers;
+                        status
+                    }
+                    Ok(Err(e)) => judge(&t.name, Err(Unseen::Unreadable(e)), last, removed, &container),
+                    Err(e) => judge(&t.name, Err(Unseen::Unreachable(e)), last, removed, &container),
+                }
+            })
+            .collect();
+        not_reached(&mut statuses, failed.as_ref());
+        let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        apps.push(AppStatus { app, standing, statuses, warnings });
+    }
+    let drift = apps.iter().any(AppStatus::drift);
+    match (&args.app, output) {
+        (Some(_), OutputFormat::Json) => output::print_json(&apps[0].report(&env.name, Some(1)))?,
+        (Some(_), OutputFormat::Plain) => output::print(&plain(None, &apps[0].statuses))?,
+        (Some(_), OutputFormat::Human) => output::print(&human(&env.name, &apps[0]))?,
+        (None, OutputFormat::Json) => {
+            let reports: Vec<Report<'_>> = apps.iter().map(|a| a.report(&env.name, None)).collect();
+            let warnings: Vec<&String> = apps.iter().flat_map(|a| &a.warnings).collect();
+            output::print_json(&serde_json::json!({
+                "schema": 1,
+                "environment": env.name,
+                "drift": drift,
+                "warnings": warnings,
+                "apps": reports,
+            }))?;
+        }
+        (None, OutputFormat::Plain) => {
+            output::print(&apps.iter().map(|a| plain(Some(&a.app.name), &a.statuses)).collect::<String>())?;
+        }
+        (None, OutputFormat::Human) => output::print(&human_all(&env.name, &apps))?,
     }
     Ok(i32::from(drift))
+}
+
+/// The apps asked about, each with its selected targets: the one named, or every app of the
+/// environment (an app none of whose targets `--limit` matches is left out; when that leaves
+/// none, the first app's error says why).
+fn selection<'a>(
+    inventory: &'a Inventory,
+    env: &inventory::Environment,
+    args: &Status,
+) -> Result<Vec<(&'a inventory::App, Vec<&'a inventory::Target>)>, Error> {
+    if let Some(name) = &args.app {
+        let app = inventory.app(name)?;
+        return Ok(vec![(app, select::select(inventory, app, env, &args.limits)?)]);
+    }
+    let mut selected = Vec::new();
+    let mut first_error = None;
+    for app in &inventory.apps {
+        match select::select(inventory, app, env, &args.limits) {
+            Ok(targets) if !targets.is_empty() => selected.push((app, targets)),
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (selected.is_empty(), first_error) {
+        (true, Some(e)) => Err(e.into()),
+        _ => Ok(selected),
+    }
 }
 
 /// Warnings for deployed tags that the feed now resolves to other bytes (the tag moved since:
@@ -155,28 +288,29 @@ async fn moved_tags(inventory: &Inventory, app: &inventory::App, statuses: &[Tar
     out
 }
 
-/// What a target's containers are, as far as they could be read.
-type Observed = Result<(Vec<Container>, Vec<Leftover>), String>;
-
-/// Lists the app's containers on every target at once. The outer error is a connection that
-/// could not be opened (the target is unreachable); the inner one, a connected target that
-/// could not be read.
+/// Lists the apps' containers (and unread replace steps) on every target at once, over one
+/// connection per target.
 async fn observe(
     inventory: &Inventory,
     targets: &[&inventory::Target],
     ssh: &crate::ssh::Options,
-    app: &str,
+    apps: &[String],
     environment: &str,
-) -> Vec<(String, Result<Observed, String>)> {
+) -> Vec<(String, Seen)> {
     crate::host::on_each(inventory, targets, ssh, |connection| {
-        let (app, environment) = (app.to_string(), environment.to_string());
+        let (apps, environment) = (apps.to_vec(), environment.to_string());
         async move {
             let read = async {
-                let containers =
-                    docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-                let leftovers =
-                    replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-                Ok((containers, leftovers))
+                let mut seen = BTreeMap::new();
+                for app in apps {
+                    let containers =
+                        docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                    let leftovers = replace::leftovers(&connection, &app, &environment)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    seen.insert(app, (containers, leftovers));
+                }
+                Ok(seen)
             };
             Ok(read.await)
         }
@@ -184,18 +318,11 @@ async fn observe(
     .await
 }
 
-/// Why a target's containers are not known.
-enum Unseen {
-    /// No connection within the connect timeout (or the host key was refused).
-    Unreachable(String),
-    /// Connected, but listing them failed.
-    Unreadable(String),
-}
-
 fn judge(
     target: &str,
     seen: Result<Vec<Container>, Unseen>,
     last: Option<&Deployment>,
+    removed: Option<&Removed>,
     default_container: &str,
 ) -> TargetStatus {
     let mut status = TargetStatus {
@@ -224,6 +351,19 @@ fn judge(
             return status;
         }
     };
+    if let Some(removed) = removed {
+        // Removed since the last success: nothing of the app is expected here.
+        if !containers.is_empty() {
+            let names: Vec<&str> = containers.iter().map(|c| c.details.name.as_str()).collect();
+            status.drift.push(format!(
+                "removed by run {} ({}), yet containers of the app remain: {}",
+                removed.id,
+                removed.time,
+                names.join(", ")
+            ));
+        }
+        return status;
+    }
     let recorded = last.and_then(|d| d.recorded.targets.get(target));
     let name = recorded.map_or(default_container, |r| r.container.as_str());
     let extras: Vec<&str> =
@@ -276,40 +416,82 @@ fn short(text: Option<&str>, n: usize) -> String {
     text.map_or_else(|| "-".to_string(), |t| t.trim_start_matches("sha256:").chars().take(n).collect())
 }
 
-fn human(app: &str, env: &str, last: Option<&Deployment>, statuses: &[TargetStatus]) -> String {
-    let mut out = match last {
-        Some(d) => format!(
-            "{app} in {env}: last successful deployment {} ({} {}, {})\n\n",
-            d.id,
-            d.version,
-            d.digest.as_deref().unwrap_or("no digest"),
-            d.time
-        ),
-        None => {
-            format!("{app} in {env}: no successful deployment on record here; nothing to compare against\n\n")
+/// The line that says what the app is compared against.
+fn headline(env: &str, a: &AppStatus<'_>) -> String {
+    let app = &a.app.name;
+    let removed = a.standing.last_removal();
+    let everywhere = a.statuses.iter().all(|s| a.standing.removed_from(&s.target).is_some());
+    match (&a.standing.last, removed) {
+        (_, Some(r)) if everywhere => {
+            format!("{app} in {env}: not deployed (removed {} by {})", r.time, r.actor.describe())
         }
-    };
-    let rows: Vec<Vec<String>> = statuses
+        (Some(d), removed) => {
+            let mut line = format!(
+                "{app} in {env}: last successful deployment {} ({} {}, {})",
+                d.id,
+                d.version,
+                d.digest.as_deref().unwrap_or("no digest"),
+                d.time
+            );
+            if let Some(r) = removed {
+                let on: Vec<&str> = r.removal.targets.keys().map(String::as_str).collect();
+                line += &format!("; removed from {} {} by {}", on.join(", "), r.time, r.actor.describe());
+            }
+            line
+        }
+        (None, _) => {
+            format!("{app} in {env}: no successful deployment on record here; nothing to compare against")
+        }
+    }
+}
+
+/// The columns of a status row after the target (and the app, for a whole environment).
+fn cells(s: &TargetStatus) -> Vec<String> {
+    vec![
+        short(s.container.as_ref().map(|c| c.id.as_str()), 12),
+        s.version.clone().unwrap_or_else(|| "-".into()),
+        short(s.digest.as_deref(), 12),
+        short(s.config_hash.as_deref(), 12),
+        s.health.clone().unwrap_or_else(|| "-".into()),
+        s.uptime_s.map_or_else(
+            || "-".into(),
+            |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
+        ),
+        if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
+    ]
+}
+
+/// The columns after the row's first ones.
+const COLUMNS: [&str; 7] = ["CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"];
+
+/// One app: its headline, then one row per target.
+fn human(env: &str, a: &AppStatus<'_>) -> String {
+    let mut out = format!("{}\n\n", headline(env, a));
+    let rows: Vec<Vec<String>> =
+        a.statuses.iter().map(|s| std::iter::once(s.target.clone()).chain(cells(s)).collect()).collect();
+    let headers: Vec<&str> = std::iter::once("TARGET").chain(COLUMNS).collect();
+    out += &table(&headers, &rows);
+    out += &unread_steps(&a.statuses);
+    out
+}
+
+/// Every app of the environment: one headline per app, then one row per app and target.
+fn human_all(env: &str, apps: &[AppStatus<'_>]) -> String {
+    let mut out: String = apps.iter().map(|a| format!("{}\n", headline(env, a))).collect();
+    let rows: Vec<Vec<String>> = apps
         .iter()
-        .map(|s| {
-            vec![
-                s.target.clone(),
-                short(s.container.as_ref().map(|c| c.id.as_str()), 12),
-                s.version.clone().unwrap_or_else(|| "-".into()),
-                short(s.digest.as_deref(), 12),
-                short(s.config_hash.as_deref(), 12),
-                s.health.clone().unwrap_or_else(|| "-".into()),
-                s.uptime_s.map_or_else(
-                    || "-".into(),
-                    |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
-                ),
-                if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
-            ]
+        .flat_map(|a| {
+            a.statuses
+                .iter()
+                .map(|s| [a.app.name.clone(), s.target.clone()].into_iter().chain(cells(s)).collect())
         })
         .collect();
-    out +=
-        &table(&["TARGET", "CONTAINER", "VERSION", "DIGEST", "CONFIG", "HEALTH", "UPTIME", "DRIFT"], &rows);
-    out += &unread_steps(statuses);
+    let headers: Vec<&str> = ["APP", "TARGET"].into_iter().chain(COLUMNS).collect();
+    out += "\n";
+    out += &table(&headers, &rows);
+    for a in apps {
+        out += &unread_steps(&a.statuses);
+    }
     out
 }
 
@@ -327,12 +509,14 @@ fn unread_steps(statuses: &[TargetStatus]) -> String {
     if out.is_empty() { out } else { format!("\n{out}") }
 }
 
-fn plain(statuses: &[TargetStatus]) -> String {
+/// Tab-separated rows: `[app]` target, version, digest, health, drift.
+fn plain(app: Option<&str>, statuses: &[TargetStatus]) -> String {
+    let prefix = app.map_or_else(String::new, |a| format!("{a}\t"));
     statuses
         .iter()
         .map(|s| {
             format!(
-                "{}\t{}\t{}\t{}\t{}\n",
+                "{prefix}{}\t{}\t{}\t{}\t{}\n",
                 s.target,
                 s.version.as_deref().unwrap_or("-"),
                 s.digest.as_deref().unwrap_or("-"),

@@ -38,7 +38,7 @@ use tokio_postgres::Client;
 use super::state_url::{SslMode, StateUrl};
 use super::{Appended, HistoryFilter, Lease, StoreError, StoreStatus};
 use crate::audit::{self, Actor, Entry, Origin, Record, Verification};
-use crate::deployments::Deployment;
+use crate::deployments::{Change, Deployment};
 use crate::lock::{LockError, LockInfo};
 
 /// The schema this build of ferry reads and writes.
@@ -675,6 +675,18 @@ impl PgStore {
     }
 
     fn deployments_where(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError> {
+        let changes = self.changes_where(app, environment, &["deploy", "rollback", "promote"])?;
+        Ok(crate::deployments::deployed(&changes))
+    }
+
+    /// The deployments and removals of `app` in `environment` whose command is one of
+    /// `commands`, oldest first (served by the `(app, environment, kind, seq)` index).
+    fn changes_where(
+        &self,
+        app: &str,
+        environment: &str,
+        commands: &[&'static str],
+    ) -> Result<Vec<Change>, StoreError> {
         // What rollback, promote and the lifecycle act on must not be missing a newer record:
         // a chain of N records holds seqs 1..N exactly (one indexed count, not a walk).
         let answer = self.db.call(|client| async move {
@@ -693,13 +705,20 @@ impl PgStore {
                 ),
             });
         }
+        // The commands are ferry's own constant words, never user input.
+        let listed: Vec<String> = commands.iter().map(|c| format!("'{c}'")).collect();
         let records = self.records(
-            "WHERE a.app = $1 AND a.environment = $2 AND a.kind = 'run_finished' \
-             AND a.command IN ('deploy', 'rollback', 'promote')"
-                .into(),
+            format!(
+                "WHERE a.app = $1 AND a.environment = $2 AND a.kind = 'run_finished' \
+                 AND a.command IN ({})",
+                listed.join(", ")
+            ),
             Params(vec![Param::Text(app.into()), Param::Text(environment.into())]),
         )?;
-        Ok(records.into_iter().filter_map(|r| crate::deployments::from_record(r, app, environment)).collect())
+        Ok(records
+            .into_iter()
+            .filter_map(|r| crate::deployments::change_from_record(r, app, environment))
+            .collect())
     }
 
     /// Reads the lease row of `environment`.
@@ -942,6 +961,10 @@ impl super::Store for PgStore {
 
     fn deployments(&self, app: &str, environment: &str) -> Result<Vec<Deployment>, StoreError> {
         self.deployments_where(app, environment)
+    }
+
+    fn changes(&self, app: &str, environment: &str) -> Result<Vec<Change>, StoreError> {
+        self.changes_where(app, environment, &["deploy", "rollback", "promote", "remove"])
     }
 
     fn successes_by_phase(

@@ -28,12 +28,15 @@ mod hostkeys;
 mod lab;
 #[cfg(feature = "lab")]
 mod locks;
+mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
 mod quoting;
+#[cfg(feature = "lab")]
+mod remove_lab;
 mod run;
 mod secrets;
 #[cfg(feature = "lab")]

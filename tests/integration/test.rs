@@ -287,9 +287,16 @@ impl Test {
     /// Runs `ferry`, checks the exit code and both streams, and that no secret is in either;
     /// returns what it printed.
     pub fn run(self) -> Output {
+        let dir = self.dir.path().to_path_buf();
+        self.run_in(&dir)
+    }
+
+    /// [`Test::run`] with `folder` (which the caller keeps) as the working folder instead of the
+    /// test's own: for a command that writes files the test then reads, or a second command.
+    pub fn run_in(self, folder: &Path) -> Output {
         let output = Command::new(binary())
             .args(&self.args)
-            .current_dir(self.dir.path())
+            .current_dir(folder)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
