@@ -69,6 +69,8 @@ const EXAMPLES: &str = "Examples:
   ferry promote web --to prod
   ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
+  ferry logs web --env prod --tail 100 --follow
+  ferry exec web --env prod --target prod-1 -- sh
 
 Exit codes: 0 success, 1 failed on a target, 2 invalid input, 3 locked, 4 refused, 130 interrupted.";
 
@@ -100,6 +102,10 @@ pub enum Command {
     Versions(VersionsArgs),
     /// Run a shell command on every target of an environment (ad hoc, playbook-style)
     Run(RunArgs),
+    /// An app's container logs from every target, each line prefixed with its target
+    Logs(LogsArgs),
+    /// Run a command in an app's containers (interactive on one target from a terminal)
+    Exec(ExecArgs),
     /// Fetch targets' host keys, show their fingerprints, and record them in known_hosts
     Trust(TrustArgs),
     /// The audit log, newest first: who ran what, where, when, and how it ended
@@ -528,6 +534,72 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `ferry logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, visible_alias = "target", value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
+    pub limit: Vec<String>,
+
+    /// Only the last N lines of each target
+    #[arg(long, value_name = "N", value_parser = flag(request::parse_lines))]
+    pub tail: Option<usize>,
+
+    /// Only lines since this long ago (10m, 2h) or since this time (2026-12-07T01:00:00Z)
+    #[arg(long, value_name = "WHEN", value_parser = flag(since))]
+    pub since: Option<request::Since>,
+
+    /// Keep streaming new lines until Ctrl-C
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
+}
+
+/// `ferry exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The app
+    pub app: String,
+
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, visible_alias = "target", value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
+    pub limit: Vec<String>,
+
+    /// Run on several targets without the confirmation prompt (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Targets worked on at once
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
+
+    /// Kill the command on a target after this long (not in an interactive session)
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub timeout: Option<Duration>,
+
+    /// The command and its arguments, passed to `docker exec` as they are (no shell)
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
 /// `ferry trust`.
 #[derive(Debug, Args)]
 pub struct TrustArgs {
@@ -634,6 +706,10 @@ fn glob(name: &str, text: &str) -> Result<String, Diagnostic> {
     }
 }
 
+fn since(_: &str, text: &str) -> Result<request::Since, Diagnostic> {
+    request::parse_since(text)
+}
+
 fn set(_: &str, text: &str) -> Result<Set, Diagnostic> {
     request::parse_set(text)
 }
@@ -704,6 +780,25 @@ impl Command {
                 roles: a.role,
                 timeout: a.timeout,
                 lock: a.lock.then_some(request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait }),
+                command: a.command,
+            }),
+            Command::Logs(a) => Request::Logs(request::Logs {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                tail: a.tail,
+                since: a.since,
+                follow: a.follow,
+                connect_timeout: a.connect_timeout,
+            }),
+            Command::Exec(a) => Request::Exec(request::Exec {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                yes: a.yes,
+                parallel: a.parallel,
+                connect_timeout: a.connect_timeout,
+                timeout: a.timeout,
                 command: a.command,
             }),
             Command::Trust(a) => {

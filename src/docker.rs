@@ -368,6 +368,100 @@ pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
     }
 }
 
+/// Which of an app's containers on a target `ferry logs` reads: the one under the
+/// environment's container name (the one deployments run and `status` judges), else a running
+/// one, else any (a stopped container's logs are still worth reading).
+pub fn pick<'a>(containers: &'a [Container], name: &str) -> Option<&'a Container> {
+    containers
+        .iter()
+        .find(|c| c.details.name == name)
+        .or_else(|| containers.iter().find(|c| c.running()))
+        .or_else(|| containers.first())
+}
+
+/// What `ferry logs` asks `docker logs` for.
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    /// `--tail N`: only the last N lines (none: all).
+    pub tail: Option<usize>,
+    /// `--since`, as `docker logs` reads it (`600s`, or Unix seconds).
+    pub since: Option<String>,
+    /// `--follow`: stream new lines until stopped.
+    pub follow: bool,
+}
+
+/// The script that prints `container`'s logs (stdout and stderr kept apart).
+///
+/// Following, `docker logs --follow` runs in the background and a watcher waits for the
+/// script's stdin to close, then stops it: ferry closes stdin when it stops (Ctrl-C), and sshd
+/// closes it when the connection drops, so no `docker logs` outlives ferry on the target. The
+/// watcher writes nowhere (its output is /dev/null), so the session ends as soon as `docker
+/// logs` does by itself (the container stopped).
+pub fn logs_script(container: &str, options: &LogsOptions) -> String {
+    let mut flags = String::new();
+    if let Some(n) = options.tail {
+        flags += &format!(" --tail {n}");
+    }
+    if let Some(since) = &options.since {
+        flags += &format!(" --since {}", q(since));
+    }
+    let container = q(container);
+    if !options.follow {
+        return format!("exec docker logs{flags} {container}");
+    }
+    format!(
+        "exec 3<&0\n\
+         docker logs --follow{flags} {container} 3<&- &\n\
+         p=$!\n\
+         {{ cat <&3; kill -TERM \"$p\"; }} >/dev/null 2>&1 &\n\
+         w=$!\n\
+         exec 3<&-\n\
+         wait \"$p\"\n\
+         s=$?\n\
+         kill \"$w\" 2>/dev/null\n\
+         exit \"$s\"\n"
+    )
+}
+
+/// Exit code of [`exec_script`] when the target runs no container of the app (Docker's own
+/// code for "docker itself failed", so it reads the same as a refused `docker exec`).
+pub const EXEC_NO_CONTAINER: u32 = 125;
+
+/// The script that runs `argv` in the app's running container (`docker exec`, no shell in
+/// between: each word is quoted once). The container is found on the target, when the command
+/// runs, by the app's labels, the environment's container name first (as `status` judges it);
+/// none running is exit [`EXEC_NO_CONTAINER`] with a message on stderr. `tty` adds `-it` for
+/// an interactive session.
+pub fn exec_script(
+    app: &str,
+    environment: &str,
+    name: &str,
+    argv: &[String],
+    tty: bool,
+) -> Result<String, shell::NulError> {
+    let missing = format!("no running container of app {app} in environment {environment} on this target");
+    Ok(format!(
+        "names=$(docker ps --filter label=ferry.app={app} --filter label=ferry.environment={environment} \
+         --filter status=running --format '{{{{.Names}}}}') || exit {code}\n\
+         c=\n\
+         for n in $names; do\n\
+         \x20 if [ \"$n\" = {name} ]; then c=$n; break; fi\n\
+         \x20 [ -n \"$c\" ] || c=$n\n\
+         done\n\
+         if [ -z \"$c\" ]; then printf '%s{eol}' {missing} >&2; exit {code}; fi\n\
+         exec docker exec{tty} \"$c\" {argv}\n",
+        app = shell::quote(app)?,
+        environment = shell::quote(environment)?,
+        name = shell::quote(name)?,
+        missing = shell::quote(&missing)?,
+        code = EXEC_NO_CONTAINER,
+        tty = if tty { " -it" } else { "" },
+        // On a raw terminal a newline alone does not return the cursor.
+        eol = if tty { "\\r\\n" } else { "\\n" },
+        argv = shell::join(argv)?,
+    ))
+}
+
 /// Starts a stopped container.
 pub async fn start(host: &dyn Host, container: &str) -> Result<(), DockerError> {
     let script = format!("docker start {} > /dev/null", q(container));
@@ -613,6 +707,36 @@ fn container(c: Inspected) -> Container {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs [`exec_script`] under a local `sh` with a stand-in `docker` whose `ps` prints
+    /// `names` and whose `exec` prints its arguments, one per `|`.
+    async fn exec_with(names: &str, argv: &[&str]) -> (Capture, crate::exec::ExitStatus) {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        let fake =
+            format!("#!/bin/sh\nif [ \"$1\" = ps ]; then printf '{names}'; else printf '%s|' \"$@\"; fi\n");
+        std::fs::write(&docker, fake).unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let argv: Vec<String> = argv.iter().map(|w| w.to_string()).collect();
+        let script = exec_script("web", "prod", "web-prod", &argv, false).unwrap();
+        let script = format!("PATH={}:$PATH\n{script}", dir.path().display());
+        let mut out = Capture::default();
+        let status = crate::host::LocalHost::new("t").exec(&script, None, None, &mut out).await.unwrap();
+        (out, status)
+    }
+
+    #[tokio::test]
+    async fn exec_passes_each_word_as_it_is_to_the_environments_container() {
+        let argv = ["printf", "%s\\n", "a b", "$HOME", "it's", "*", ""];
+        let (out, status) = exec_with("other-1\\nweb-prod\\n", &argv).await;
+        assert_eq!(out.text(), "exec|web-prod|printf|%s\\n|a b|$HOME|it's|*||");
+        assert!(status.success());
+        let (out, _) = exec_with("web-other\\n", &["true"]).await;
+        assert_eq!(out.text(), "exec|web-other|true|", "another running container of the app");
+        let (out, status) = exec_with("", &["true"]).await;
+        assert_eq!(status, crate::exec::ExitStatus::Code(EXEC_NO_CONTAINER));
+        assert_eq!(out.errors(), "no running container of app web in environment prod on this target");
+    }
 
     const INSPECT: &str = r#"[{"Id":"abc123","Name":"/web-lab","RestartCount":0,
       "State":{"Status":"running","Running":true,"StartedAt":"2026-12-01T10:00:00.123456789Z","Health":{"Status":"healthy","Log":[]}},

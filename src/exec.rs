@@ -81,6 +81,23 @@ impl OutputSink for Capture {
     }
 }
 
+/// The local terminal an interactive command runs on (`ferry exec` with one target): its
+/// type and size for the remote PTY, later sizes, and the bytes typed and shown.
+pub struct Terminal<'a> {
+    /// `$TERM` (the remote PTY's terminal type).
+    pub term: String,
+    /// Columns.
+    pub cols: u32,
+    /// Rows.
+    pub rows: u32,
+    /// New sizes (columns, rows) as the local window is resized.
+    pub resized: tokio::sync::mpsc::UnboundedReceiver<(u32, u32)>,
+    /// What the user types (the local terminal, in raw mode).
+    pub input: &'a mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    /// Where the command's output goes (the local terminal).
+    pub output: &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+}
+
 /// How a command ended, as the target reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exec::{ExecError, ExitStatus, OutputSink, Stream};
+use crate::exec::{ExecError, ExitStatus, OutputSink, Stream, Terminal};
 use crate::inventory::{Inventory, Target, Transport};
 use crate::ssh::{self, Endpoint, SshError, SshSession};
 
@@ -53,6 +53,31 @@ pub trait Host: Send + Sync {
         deadline: Option<Duration>,
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>>;
+
+    /// Runs a shell command line whose stdin stays open (and empty) until `stop` resolves and
+    /// then gets EOF; output streamed to `sink`. For commands that run until ferry stops them
+    /// (`docker logs --follow`): EOF is the stop signal the remote script waits for, and it
+    /// also comes when the link drops, so nothing is left running on the target.
+    fn exec_until<'a>(
+        &'a self,
+        command: &'a str,
+        stop: BoxFuture<'a, ()>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        let _ = (command, stop, sink);
+        Box::pin(async { Err(ExecError::Spawn("this transport cannot hold a command open".into())) })
+    }
+
+    /// Runs a shell command line on a terminal: the local one (see [`Terminal`]), through a PTY
+    /// on the target. Ends when the command does.
+    fn interactive<'a>(
+        &'a self,
+        command: &'a str,
+        terminal: Terminal<'a>,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        let _ = (command, terminal);
+        Box::pin(async { Err(ExecError::Spawn("this transport has no interactive sessions".into())) })
+    }
 
     /// Closes the connection politely (a no-op where there is nothing to close).
     fn close(&self) -> BoxFuture<'_, ()>;
@@ -86,6 +111,23 @@ impl<H: Host + ?Sized> Host for Arc<H> {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
         (**self).exec(command, stdin, deadline, sink)
+    }
+
+    fn exec_until<'a>(
+        &'a self,
+        command: &'a str,
+        stop: BoxFuture<'a, ()>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        (**self).exec_until(command, stop, sink)
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        command: &'a str,
+        terminal: Terminal<'a>,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        (**self).interactive(command, terminal)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -150,6 +192,33 @@ impl Host for SshHost {
         })
     }
 
+    fn exec_until<'a>(
+        &'a self,
+        command: &'a str,
+        stop: BoxFuture<'a, ()>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move {
+            if command.contains('\0') {
+                return Err(ExecError::Spawn("a command cannot contain a NUL byte".into()));
+            }
+            self.session.exec_until(REMOTE_COMMAND, &frame(command, None), stop, sink).await
+        })
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        command: &'a str,
+        terminal: Terminal<'a>,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move {
+            if command.contains('\0') {
+                return Err(ExecError::Spawn("a command cannot contain a NUL byte".into()));
+            }
+            self.session.interactive(REMOTE_COMMAND, &frame(command, None), terminal).await
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.session.close())
     }
@@ -188,6 +257,37 @@ impl Host for LocalHost {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
         Box::pin(local_exec(command, stdin, deadline, sink))
+    }
+
+    fn exec_until<'a>(
+        &'a self,
+        command: &'a str,
+        stop: BoxFuture<'a, ()>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(local_exec_until(command, stop, sink))
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        command: &'a str,
+        _terminal: Terminal<'a>,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        // The runner's own terminal is the command's: `docker exec -t` reads its size and
+        // follows its resizes itself.
+        Box::pin(async move {
+            let status = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(|e| ExecError::Spawn(e.to_string()))?;
+            local_status(status)
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -358,13 +458,65 @@ async fn local_exec(
         },
         None => run.await,
     };
-    let status = status.map_err(|e| ExecError::Lost(e.to_string()))?;
+    local_status(status.map_err(|e| ExecError::Lost(e.to_string()))?)
+}
+
+/// A local process's end as a target's exit status.
+fn local_status(status: std::process::ExitStatus) -> Result<ExitStatus, ExecError> {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => Ok(ExitStatus::Code(u32::try_from(code).unwrap_or(255))),
         (None, Some(sig)) => Ok(ExitStatus::Signal(signal_name(sig))),
         (None, None) => Err(ExecError::Lost("no exit status".into())),
     }
+}
+
+/// [`Host::exec_until`] for the runner: the stdin pipe is closed when `stop` resolves.
+async fn local_exec_until(
+    command: &str,
+    mut stop: BoxFuture<'_, ()>,
+    sink: &mut dyn OutputSink,
+) -> Result<ExitStatus, ExecError> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ExecError::Spawn(e.to_string()))?;
+    let mut stdin = child.stdin.take();
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(ExecError::Spawn("no output pipes".into()));
+    };
+    let (mut out_buf, mut err_buf) = ([0u8; 16384], [0u8; 16384]);
+    let (mut out_open, mut err_open) = (true, true);
+    let mut grace_end = None;
+    while out_open || err_open {
+        let grace = tokio::time::sleep_until(grace_end.unwrap_or_else(tokio::time::Instant::now));
+        tokio::select! {
+            n = out.read(&mut out_buf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => sink.output(Stream::Stdout, &out_buf[..n]),
+            },
+            n = err.read(&mut err_buf), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
+            },
+            () = &mut stop, if grace_end.is_none() => {
+                stdin = None;
+                grace_end = Some(tokio::time::Instant::now() + crate::ssh::STOP_GRACE);
+            }
+            () = grace, if grace_end.is_some() => {
+                let _ = child.kill().await;
+                return Err(ExecError::Deadline(crate::ssh::STOP_GRACE));
+            }
+        }
+        sink.ready().await;
+    }
+    drop(stdin);
+    local_status(child.wait().await.map_err(|e| ExecError::Lost(e.to_string()))?)
 }
 
 fn signal_name(sig: i32) -> String {
@@ -426,6 +578,26 @@ mod tests {
         }
         let text = String::from_utf8_lossy(&direct);
         assert!(text.starts_with("it's\na\\b\n!x\n/bin/sh\n"), "{text}");
+    }
+
+    /// `docker logs --follow` under [`crate::docker::logs_script`] ends when the command's stdin
+    /// closes (here a stand-in `docker` that prints its arguments and then waits forever).
+    #[tokio::test]
+    async fn a_follow_ends_when_exec_until_closes_its_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::write(&docker, "#!/bin/sh\necho \"$@\"\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let options = crate::docker::LogsOptions { tail: Some(5), since: None, follow: true };
+        let script =
+            format!("PATH={}:$PATH\n{}", dir.path().display(), crate::docker::logs_script("c1", &options));
+        let mut out = crate::exec::Capture::default();
+        let started = std::time::Instant::now();
+        let stop = Box::pin(tokio::time::sleep(Duration::from_millis(300)));
+        let status = LocalHost::new("t").exec_until(&script, stop, &mut out).await.unwrap();
+        assert_eq!(out.text(), "logs --follow --tail 5 c1\n");
+        assert_eq!(status, ExitStatus::Code(128 + 15), "the follower was stopped with TERM");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod select;
 pub mod shell;
 pub mod ssh;
 pub mod store;
+pub mod terminal;
 pub mod time;
 pub mod tls;
 pub mod vars;

@@ -48,6 +48,10 @@ pub enum Request {
     Versions(Versions),
     /// `ferry run`.
     Run(Run),
+    /// `ferry logs`.
+    Logs(Logs),
+    /// `ferry exec`.
+    Exec(Exec),
     /// `ferry trust`.
     Trust(Trust),
     /// `ferry history`.
@@ -260,6 +264,65 @@ pub struct Run {
     pub command: Vec<String>,
 }
 
+/// `ferry logs`.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--target` globs.
+    pub limits: Vec<String>,
+    /// `--tail N`: the last N lines of each target (none: all).
+    pub tail: Option<usize>,
+    /// `--since`.
+    pub since: Option<Since>,
+    /// `--follow`: stream until Ctrl-C.
+    pub follow: bool,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+}
+
+/// `ferry logs --since`: a duration back from now, or a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long ago (on the target's clock: Docker counts it).
+    Ago(Duration),
+    /// This time, in milliseconds since the Unix epoch.
+    At(i64),
+}
+
+impl Since {
+    /// The value `docker logs --since` reads: seconds ago (`600s`) or Unix seconds.
+    pub fn docker(self) -> String {
+        match self {
+            Since::Ago(d) => format!("{}s", d.as_secs().max(1)),
+            Since::At(ms) => format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000)),
+        }
+    }
+}
+
+/// `ferry exec`.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--target` globs.
+    pub limits: Vec<String>,
+    /// `--yes`: no confirmation prompt before a fan-out to several targets.
+    pub yes: bool,
+    /// Targets at once (fan-out).
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// Kill the command on a target after this long (fan-out).
+    pub timeout: Option<Duration>,
+    /// The command and its arguments, passed to `docker exec` as they are (no shell).
+    pub command: Vec<String>,
+}
+
 /// `ferry trust`.
 #[derive(Debug, Clone)]
 pub struct Trust {
@@ -365,6 +428,55 @@ pub fn check_tag(tag: &str) -> Result<(), Diagnostic> {
         .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`"))
 }
 
+/// Parses `ferry logs --since`: a duration (`10m`, `2h`, `7d`) or an RFC 3339 time
+/// (`2026-12-07T01:00:00Z`, `2026-12-07T02:00:00.5+01:00`).
+pub fn parse_since(text: &str) -> Result<Since, Diagnostic> {
+    if let Ok(d) = crate::duration::parse(text) {
+        return Ok(Since::Ago(d));
+    }
+    rfc3339_ms(text.trim()).map(Since::At).ok_or_else(|| {
+        Diagnostic::new(format!("--since: \"{text}\" is neither a duration nor an RFC 3339 time"))
+            .help("write a duration back from now (30s, 10m, 2h, 7d) or a time (2026-12-07T01:00:00Z)")
+    })
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`, an optional
+/// fraction, then `Z` or `±HH:MM`.
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    let (stamp, rest) = (text.get(..19)?, text.get(19..)?);
+    let base = crate::time::parse_ms(&format!("{}Z", stamp.replacen(['t', ' '], "T", 1)))?;
+    let zone_at = rest.find(['Z', 'z', '+', '-'])?;
+    let (fraction, zone) = rest.split_at(zone_at);
+    let ms = match fraction.strip_prefix('.') {
+        None if fraction.is_empty() => 0,
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{digits:0<3}")[..3].parse::<i64>().ok()?
+        }
+        _ => return None,
+    };
+    let offset = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let (sign, hm) = zone.split_at(1);
+            let (h, m) = hm.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let minutes = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
+            if sign == "-" { -minutes } else { minutes }
+        }
+    };
+    Some(base + ms - offset * 60_000)
+}
+
+/// Parses `--tail N`: a number of lines.
+pub fn parse_lines(flag: &str, text: &str) -> Result<usize, Diagnostic> {
+    text.trim().parse().map_err(|_| {
+        Diagnostic::new(format!("--{flag}: \"{text}\" is not a number of lines"))
+            .help(format!("write --{flag} 100 (leave it out for every line)"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +488,25 @@ mod tests {
         assert!(parse_set("no-equals").unwrap_err().message.contains("invalid --set"));
         assert!(parse_set("1x=2").is_err());
         assert!(parse_set("image=x").unwrap_err().message.contains("set by ferry"));
+    }
+
+    #[test]
+    fn since_is_a_duration_or_an_rfc3339_time() {
+        assert_eq!(parse_since("10m").unwrap(), Since::Ago(Duration::from_secs(600)));
+        assert_eq!(parse_since("10m").unwrap().docker(), "600s");
+        let at = parse_since("2026-12-07T01:00:00Z").unwrap();
+        assert_eq!(at, Since::At(crate::time::parse_ms("2026-12-07T01:00:00Z").unwrap()));
+        assert_eq!(
+            parse_since("2026-12-07T02:00:00.5+01:00").unwrap(),
+            Since::At(match at {
+                Since::At(ms) => ms + 500,
+                Since::Ago(_) => unreachable!(),
+            })
+        );
+        assert_eq!(Since::At(1_700_000_000_250).docker(), "1700000000.250");
+        for bad in ["", "10", "yesterday", "2026-12-07", "2026-12-07T01:00:00", "2026-12-07T01:00:00+1"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use russh::client::{self, AuthResult, Handle};
 use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use russh::{ChannelMsg, Disconnect, Preferred, Sig};
+use russh::{ChannelMsg, Disconnect, Preferred, Pty, Sig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exec::{ExecError, ExitStatus, OutputSink, Stream};
+use crate::exec::{ExecError, ExitStatus, OutputSink, Stream, Terminal};
 use crate::known_hosts::{HostKey, KnownHosts, Verdict};
 
 /// Keepalive interval.
@@ -36,6 +37,32 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// `ServerAliveCountMax`, disconnects when the count of unanswered probes *exceeds* this, and
 /// the third interval ends with two probes unanswered.
 pub const KEEPALIVE_MAX: usize = 2;
+
+/// How long a command whose stdin [`SshSession::exec_until`] closed may take to end before it
+/// is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The remote PTY's modes for an interactive session: a line discipline that passes every byte
+/// through untouched (no echo, no line editing, no signals from control characters, no CR/NL
+/// translation, 8 bits). The framed script (see [`crate::host::frame`]) travels on the PTY ahead
+/// of the keystrokes, so it must be read byte for byte and never echoed back; once it runs,
+/// `docker exec -t` gives the container a terminal of its own, whose line discipline (echo,
+/// Ctrl-C) is the one the user talks to.
+const RAW_MODES: &[(Pty, u32)] = &[
+    (Pty::ECHO, 0),
+    (Pty::ECHONL, 0),
+    (Pty::ICANON, 0),
+    (Pty::ISIG, 0),
+    (Pty::IEXTEN, 0),
+    (Pty::ICRNL, 0),
+    (Pty::INLCR, 0),
+    (Pty::IGNCR, 0),
+    (Pty::ISTRIP, 0),
+    (Pty::IXON, 0),
+    (Pty::IXOFF, 0),
+    (Pty::OPOST, 0),
+    (Pty::CS8, 1),
+];
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -513,9 +540,113 @@ impl SshSession {
         })
     }
 
+    /// Runs `command` with `stdin` sent first and the channel's stdin then left open (and
+    /// empty) until `stop` resolves; then it gets EOF, and the command has [`STOP_GRACE`] to end
+    /// before it is signalled and abandoned. For commands that run until told to stop: `docker
+    /// logs --follow` under a script that ends it when its stdin closes (see
+    /// [`crate::docker::logs_script`]). EOF, not an SSH signal, is the stop: it also comes when
+    /// the connection drops, and sshd does not pass signals to every process.
+    pub async fn exec_until(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        mut stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, ExecError> {
+        let lost = |e: russh::Error| ExecError::Lost(format!("SSH with {}: {e}", self.addr));
+        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        channel.data(stdin).await.map_err(lost)?;
+        let mut status = None;
+        let mut grace_end = None;
+        loop {
+            let grace = tokio::time::sleep_until(grace_end.unwrap_or_else(tokio::time::Instant::now));
+            tokio::select! {
+                msg = channel.wait() => {
+                    let Some(msg) = msg else { break };
+                    absorb(msg, &mut status, sink);
+                    sink.ready().await;
+                }
+                () = &mut stop, if grace_end.is_none() => {
+                    channel.eof().await.map_err(lost)?;
+                    grace_end = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                () = grace, if grace_end.is_some() => {
+                    let _ = channel.signal(Sig::KILL).await;
+                    let _ = channel.close().await;
+                    return Err(ExecError::Deadline(STOP_GRACE));
+                }
+            }
+        }
+        status.ok_or_else(|| self.no_status())
+    }
+
+    /// Runs `command` on a PTY of the local terminal's size, `stdin` sent first (the framed
+    /// script, read under [`RAW_MODES`]), then what the user types; the command's output goes
+    /// to the terminal as it comes, and window size changes follow. Ends when the command does.
+    pub async fn interactive(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        terminal: Terminal<'_>,
+    ) -> Result<ExitStatus, ExecError> {
+        let Terminal { term, cols, rows, mut resized, input, output } = terminal;
+        let lost = |e: russh::Error| ExecError::Lost(format!("SSH with {}: {e}", self.addr));
+        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.request_pty(false, &term, cols, rows, 0, 0, RAW_MODES).await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        channel.data(stdin).await.map_err(lost)?;
+        let mut typed = vec![0u8; 4096];
+        let (mut typing, mut status) = (true, None);
+        loop {
+            tokio::select! {
+                msg = channel.wait() => match msg {
+                    None => break,
+                    Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => {
+                        // A local terminal that went away ends nothing remote: the command
+                        // runs on until it ends (or the connection closes under it).
+                        let _ = output.write_all(&data).await;
+                        let _ = output.flush().await;
+                    }
+                    Some(other) => absorb(other, &mut status, &mut crate::exec::Discard),
+                },
+                n = input.read(&mut typed), if typing => match n {
+                    Ok(0) | Err(_) => {
+                        typing = false;
+                        channel.eof().await.map_err(lost)?;
+                    }
+                    Ok(n) => channel.data(&typed[..n]).await.map_err(lost)?,
+                },
+                Some((cols, rows)) = resized.recv() => {
+                    let _ = channel.window_change(cols, rows, 0, 0).await;
+                }
+            }
+        }
+        status.ok_or_else(|| self.no_status())
+    }
+
+    /// The error for a channel that closed without an exit status.
+    fn no_status(&self) -> ExecError {
+        let detail = if self.handle.is_closed() { "the connection was lost" } else { "the channel closed" };
+        ExecError::Lost(format!("{detail} before {} reported an exit status", self.addr))
+    }
+
     /// Says goodbye to the server.
     pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// Takes a channel message's output (to `sink`) or exit status (into `status`).
+fn absorb(msg: ChannelMsg, status: &mut Option<ExitStatus>, sink: &mut dyn OutputSink) {
+    match msg {
+        ChannelMsg::Data { data } => sink.output(Stream::Stdout, &data),
+        ChannelMsg::ExtendedData { data, ext: 1 } => sink.output(Stream::Stderr, &data),
+        ChannelMsg::ExitStatus { exit_status } => *status = Some(ExitStatus::Code(exit_status)),
+        ChannelMsg::ExitSignal { signal_name, .. } => {
+            *status = Some(ExitStatus::Signal(signal_label(&signal_name)))
+        }
+        _ => {}
     }
 }
 

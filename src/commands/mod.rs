@@ -10,10 +10,12 @@ pub mod audit_cmd;
 pub mod check;
 pub mod deploy;
 pub mod diff;
+pub mod exec_cmd;
 pub mod feed;
 pub mod history;
 pub mod init;
 pub mod lock_cmd;
+pub mod logs;
 pub mod ls;
 pub mod plan;
 pub mod promote;
@@ -67,6 +69,8 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Init(r) => init::run(&r, output),
         Request::Versions(r) => versions::run(&inventory, &r, output),
         Request::Run(r) => run::run(inventory, &r, output),
+        Request::Logs(r) => logs::run(&inventory, &r, output),
+        Request::Exec(r) => exec_cmd::run(inventory, &r, output),
         Request::Trust(r) => trust::run(&inventory, &r, output),
         Request::History(r) => history::run(&inventory, &r, output),
         Request::Audit(r) => audit_cmd::run(&inventory, &r, output),

@@ -103,7 +103,8 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     Ok(if code == 0 && !audited { 1 } else { code })
 }
 
-fn summary(results: &[TargetResult]) -> String {
+/// The per-target table printed after the output (`ferry exec` prints the same).
+pub fn summary(results: &[TargetResult]) -> String {
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
@@ -121,7 +122,8 @@ fn summary(results: &[TargetResult]) -> String {
     format!("\n{}", table(&["TARGET", "STATUS", "EXIT", "TIME", "DETAIL"], &rows))
 }
 
-fn exit_code(results: &[TargetResult], interrupted: bool) -> i32 {
+/// 130 if interrupted, else 4 if a host key was refused, else 0 if every target exited 0, else 1.
+pub fn exit_code(results: &[TargetResult], interrupted: bool) -> i32 {
     if interrupted {
         EXIT_INTERRUPTED
     } else if results.iter().any(|r| r.status == Status::Refused) {

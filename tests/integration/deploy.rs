@@ -757,5 +757,6 @@ fn run_and_deploy_behave_the_same_for_a_fish_login_shell_as_for_bash_and_dash() 
     assert_eq!(seen[2], bash, "fish");
 }
 
+mod day_two;
 mod target;
 mod unreachable;

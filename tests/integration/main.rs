@@ -28,6 +28,7 @@ mod hostkeys;
 mod lab;
 #[cfg(feature = "lab")]
 mod locks;
+mod logs_exec;
 mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
