@@ -68,6 +68,22 @@ pub struct RemovedTarget {
     pub containers: Vec<String>,
 }
 
+impl RemovedTarget {
+    /// The removal ran on this target, or may have (a connection lost half way): a target
+    /// skipped after a signal, or refused for its host key, was never touched, and still runs
+    /// what its last deployment left there.
+    pub fn acted(&self) -> bool {
+        !matches!(self.status, Status::Skipped | Status::Refused)
+    }
+}
+
+impl Removal {
+    /// The targets the removal ran on (not the ones an interrupt skipped), in name order.
+    pub fn acted_on(&self) -> Vec<&str> {
+        self.targets.iter().filter(|(_, t)| t.acted()).map(|(name, _)| name.as_str()).collect()
+    }
+}
+
 /// One removal read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removed {
@@ -184,7 +200,8 @@ pub struct Standing {
 }
 
 impl Standing {
-    /// Reads `changes`, oldest first.
+    /// Reads `changes`, oldest first. A removal that ran on no target (interrupted before it
+    /// started anywhere) changed nothing and does not count.
     pub fn of(changes: &[Change]) -> Standing {
         let mut standing = Standing::default();
         for change in changes {
@@ -193,20 +210,31 @@ impl Standing {
                     standing = Standing { last: Some(d.clone()), removals: Vec::new() };
                 }
                 Change::Deployed(_) => {}
+                Change::Removed(r) if r.removal.acted_on().is_empty() => {}
                 Change::Removed(r) => standing.removals.push(r.clone()),
             }
         }
         standing
     }
 
-    /// The newest removal since the last success that took the app off `target`.
+    /// The newest removal since the last success that ran on `target` (a target it skipped
+    /// still runs what the last deployment left there).
     pub fn removed_from(&self, target: &str) -> Option<&Removed> {
-        self.removals.iter().rev().find(|r| r.removal.targets.contains_key(target))
+        self.removals.iter().rev().find(|r| r.removal.targets.get(target).is_some_and(RemovedTarget::acted))
     }
 
     /// The newest removal since the last success, if any.
     pub fn last_removal(&self) -> Option<&Removed> {
         self.removals.last()
+    }
+
+    /// The newest removal, when the removals since the last success ran on every target of
+    /// that deployment: none of the release it deployed is left in the environment. A removal
+    /// from some of its targets (`remove --limit`) leaves the release running on the others.
+    pub fn removed_everywhere(&self) -> Option<&Removed> {
+        let last = self.last.as_ref()?;
+        let gone = last.recorded.targets.keys().all(|t| self.removed_from(t).is_some());
+        if gone { self.last_removal() } else { None }
     }
 }
 
@@ -222,9 +250,14 @@ pub fn deployed(changes: &[Change]) -> Vec<Deployment> {
 }
 
 /// The removal that came after every deployment attempt in `changes` (the app is off the
-/// environment, or part of it, since then), if the last change is one.
+/// environment, or part of it, since then), if the last change is one. A removal that ran on
+/// no target (interrupted before it started anywhere) changed nothing and is passed over.
 pub fn removed_last(changes: &[Change]) -> Option<&Removed> {
-    match changes.last() {
+    let last = changes.iter().rev().find(|c| match c {
+        Change::Removed(r) => !r.removal.acted_on().is_empty(),
+        Change::Deployed(_) => true,
+    });
+    match last {
         Some(Change::Removed(r)) => Some(r),
         _ => None,
     }
@@ -287,6 +320,70 @@ mod tests {
             },
             removal: Removal { complete: true, targets },
         })
+    }
+
+    /// A successful deployment to `targets`.
+    fn on(id: &str, targets: &[&str]) -> Change {
+        let mut deployment = d(id, true);
+        for t in targets {
+            let record = TargetRecord {
+                container: "web-prod".into(),
+                config_hash: "h".into(),
+                argv: Vec::new(),
+                secrets: Vec::new(),
+                status: Status::Ok,
+                action: None,
+            };
+            deployment.recorded.targets.insert((*t).to_string(), record);
+        }
+        Change::Deployed(deployment)
+    }
+
+    /// A removal that ended on each target as given.
+    fn removal(id: &str, targets: &[(&str, Status)]) -> Change {
+        let Change::Removed(mut r) = removed(id, &[]) else { unreachable!() };
+        for (t, status) in targets {
+            r.removal
+                .targets
+                .insert((*t).to_string(), RemovedTarget { status: *status, containers: Vec::new() });
+        }
+        Change::Removed(r)
+    }
+
+    #[test]
+    fn a_target_an_interrupted_removal_never_touched_is_not_removed() {
+        let changes =
+            [on("a", &["h1", "h2", "h3"]), removal("r", &[("h1", Status::Ok), ("h2", Status::Skipped)])];
+        let standing = Standing::of(&changes);
+        assert_eq!(standing.removed_from("h1").map(|r| r.id.as_str()), Some("r"));
+        assert_eq!(standing.removed_from("h2"), None, "skipped: still runs deployment a");
+        // A removal that failed there, or lost its connection, may have half run: it counts.
+        let tried = Standing::of(&[on("a", &["h1"]), removal("r", &[("h1", Status::Error)])]);
+        assert_eq!(tried.removed_from("h1").map(|r| r.id.as_str()), Some("r"));
+        // Interrupted before it started anywhere (or refused everywhere): it changed nothing.
+        let nothing = [on("a", &["h1"]), removal("r", &[("h1", Status::Skipped)])];
+        assert_eq!(Standing::of(&nothing).last_removal(), None);
+        assert_eq!(removed_last(&nothing), None, "rollback still goes back from a");
+        let refused = [on("a", &["h1"]), removal("r", &[("h1", Status::Refused)])];
+        assert_eq!(removed_last(&refused), None);
+    }
+
+    #[test]
+    fn only_removals_from_every_target_of_the_last_success_leave_nothing_of_it() {
+        let partial = Standing::of(&[on("a", &["h1", "h2"]), removal("r1", &[("h1", Status::Ok)])]);
+        assert_eq!(partial.removed_everywhere(), None, "a still runs on h2");
+        let both = Standing::of(&[
+            on("a", &["h1", "h2"]),
+            removal("r1", &[("h1", Status::Ok)]),
+            removal("r2", &[("h2", Status::Failed)]),
+        ]);
+        assert_eq!(both.removed_everywhere().map(|r| r.id.as_str()), Some("r2"));
+        let skipped = Standing::of(&[
+            on("a", &["h1", "h2"]),
+            removal("r", &[("h1", Status::Ok), ("h2", Status::Skipped)]),
+        ]);
+        assert_eq!(skipped.removed_everywhere(), None);
+        assert_eq!(Standing::of(&[removal("r", &[("h1", Status::Ok)])]).removed_everywhere(), None);
     }
 
     #[test]

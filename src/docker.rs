@@ -181,13 +181,33 @@ pub async fn list(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<C
     parse_inspect(&out.text()).map_err(|message| DockerError::Failed { step: "read docker inspect", message })
 }
 
+/// What [`remove_all`] did on a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedAll {
+    /// The names of the containers removed.
+    pub containers: Vec<String>,
+    /// The unread outcomes of the app's replace steps there, now cleared (to be reported).
+    pub leftovers: Vec<crate::replace::Leftover>,
+}
+
 /// Stops and removes every container labelled as `app` in `environment` (the current one, an
 /// old one a deployment kept, a stopped one), and clears the unread outcomes of the app's
-/// replace steps there; returns the names of the containers removed. Other apps and other
-/// environments on the same host are never matched: both labels must be equal.
-pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<String>, DockerError> {
+/// replace steps there, returning them with the names of the containers removed. Other apps and
+/// other environments on the same host are never matched: both labels must be equal.
+///
+/// A replace step of the app that is still running there (its runner died less than
+/// [`crate::replace::ABANDON_AFTER`] ago, so no lock holds it off) would start or restore a
+/// container after the removal: then nothing is removed and the target fails, as a deployment
+/// refuses to start a second replace step beside a running one.
+pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result<RemovedAll, DockerError> {
     let script = format!(
-        "ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
+        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
+           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" || continue\n\
+           if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then\n\
+             echo '--- busy'; cat \"$d/meta\"; exit 0\n\
+           fi\n\
+         done\n\
+         ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
          if [ -n \"$ids\" ]; then\n\
            docker inspect --format '{{{{.Name}}}}' $ids || exit 1\n\
            docker stop $ids > /dev/null || exit 1\n\
@@ -200,12 +220,25 @@ pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result
     );
     let out = sh(host, "remove containers", &script, None, PULL_DEADLINE).await?;
     let text = out.text();
-    let (names, _) = text.split_once("--- leftovers\n").unwrap_or((&text, ""));
-    Ok(names
-        .lines()
-        .map(|l| l.trim().trim_start_matches('/').to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    if let Some((_, busy)) = text.split_once("--- busy\n") {
+        let deployment = busy.lines().find_map(|l| l.strip_prefix("deployment=")).unwrap_or("?");
+        return Err(DockerError::Failed {
+            step: "remove containers",
+            message: format!(
+                "a replace step of deployment {deployment} is still running here; nothing was removed: \
+                 run the removal again once it ended"
+            ),
+        });
+    }
+    let (names, leftovers) = text.split_once("--- leftovers\n").unwrap_or((&text, ""));
+    Ok(RemovedAll {
+        containers: names
+            .lines()
+            .map(|l| l.trim().trim_start_matches('/').to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        leftovers: crate::replace::parse_leftovers(leftovers),
+    })
 }
 
 /// One container by name or id.

@@ -5,7 +5,8 @@
 //! with: its one target is `transport = "local"` (this machine, through `/bin/sh`) and its
 //! feed a registry on loopback, and its example SSH host is a documentation address
 //! (RFC 5737) in a comment, so no command run on it can reach another machine by accident.
-//! It never overwrites anything: if either file exists, nothing is written (exit 2).
+//! It never overwrites anything: if either file exists, nothing is written (exit 2); if the
+//! second file cannot be written, the first is taken back.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -94,10 +95,31 @@ pub fn run(args: &Init, output: OutputFormat) -> Result<i32, Error> {
             .help("move it away, or write the starter into another folder: `ferry init DIR`"),
         ));
     }
+    // A folder on the way that is a file would fail the second write after the first was done.
+    if let Some(parent) =
+        files.iter().filter_map(|(path, _)| path.parent()).find(|p| p.exists() && !p.is_dir())
+    {
+        return Err(Error::Input(
+            Diagnostic::new(format!(
+                "{} is not a folder; ferry init writes its template into it: nothing was written",
+                shown(parent).display()
+            ))
+            .help("move it away, or write the starter into another folder: `ferry init DIR`"),
+        ));
+    }
+    let mut written = Vec::new();
     for (path, text) in &files {
-        write_new(path, text).map_err(|e| {
-            Error::Failed(Diagnostic::new(format!("cannot write {}: {e}", shown(path).display())))
-        })?;
+        if let Err(e) = write_new(path, text) {
+            // All or nothing: what this run wrote goes again (it is ours: created new).
+            for done in &written {
+                let _ = std::fs::remove_file(done);
+            }
+            return Err(Error::Failed(Diagnostic::new(format!(
+                "cannot write {}: {e}; nothing was written",
+                shown(path).display()
+            ))));
+        }
+        written.push(path.clone());
     }
     let written: Vec<String> = files.iter().map(|(p, _)| shown(p).display().to_string()).collect();
     match output {

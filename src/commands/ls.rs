@@ -15,16 +15,22 @@ use crate::output::{self, OutputFormat, table};
 /// One app as `--output json` lists it.
 #[derive(Debug, Serialize)]
 struct App<'a> {
+    /// Its name.
     app: &'a str,
+    /// Its image, without a tag.
     image: &'a str,
+    /// Its feed's name, if it has one.
     feed: Option<&'a str>,
+    /// Where it runs, per environment in inventory order.
     environments: Vec<Placement<'a>>,
 }
 
 /// Where an app runs in one environment.
 #[derive(Debug, Serialize)]
 struct Placement<'a> {
+    /// The environment.
     environment: &'a str,
+    /// Its targets that have one of the app's roles (empty: none).
     targets: Vec<&'a str>,
 }
 

@@ -1,7 +1,7 @@
 //! `ferry promote APP --to ENV`: deploy, to a lifecycle phase, the release that last succeeded
 //! in the phase before it: the same version and the same digest (the registry is not asked
-//! again, so a tag that moved since does not change what is promoted). An app removed from that
-//! phase (`ferry remove`) after its last success there has nothing to promote: refused, exit 4.
+//! again, so a tag that moved since does not change what is promoted). An app removed from every
+//! target of that phase's last success (`ferry remove`) has nothing to promote: refused, exit 4.
 
 use super::deploy::{Kind, Notes, Release, deploy_release};
 use super::store;
@@ -29,10 +29,11 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
         .iter()
         .find(|(_, ds)| ds.iter().any(|d| d.id == source.id))
         .map_or_else(String::new, |(p, _)| p.clone());
-    // A release taken off the earlier phase no longer runs there: it is not what that phase
-    // holds, so there is nothing to promote from it.
+    // A release taken off every target of the earlier phase no longer runs there: it is not
+    // what that phase holds, so there is nothing to promote from it. Taken off some of them
+    // (`remove --limit`), it still runs on the others, and is promoted as usual.
     if let Some(removed) =
-        crate::deployments::Standing::of(&store(&inventory)?.changes(&app, &source_env)?).last_removal()
+        crate::deployments::Standing::of(&store(&inventory)?.changes(&app, &source_env)?).removed_everywhere()
     {
         return Err(Error::Refused(
             Diagnostic::new(format!(

@@ -8,7 +8,10 @@
 //! deployment kept, a stopped one), and records what it removed where in its `run_finished`
 //! record (`removal`). `status` reads that record and no longer expects the app there; the
 //! next `deploy` creates it again as usual; `rollback` after a removal redeploys the last
-//! successful deployment; `promote` from an environment the app was removed from refuses.
+//! successful deployment; `promote` from an environment the app was removed from (from every
+//! target of its last success there) refuses. A
+//! target where a replace step of the app still runs (its runner died moments ago) fails with
+//! nothing removed: that step would start or restore a container after the removal.
 //! Containers of other apps, or of this app in other environments on the same host, never
 //! match: both labels must be equal.
 //!
@@ -36,10 +39,15 @@ use crate::select;
 /// How one target ended.
 #[derive(Debug, Clone)]
 struct TargetRemoval {
+    /// The target.
     target: String,
+    /// How it ended.
     status: Status,
+    /// The containers removed there.
     containers: Vec<String>,
+    /// Why it did not end `ok`.
     error: Option<String>,
+    /// How long it took.
     duration: Duration,
 }
 
@@ -205,7 +213,16 @@ async fn remove_on(
     // must be removed here, before its containers stop. Nothing removes a route yet.
     let _ = events.send(Event::TargetStep { target: removed.target.clone(), step: "removing".into() });
     match crate::docker::remove_all(&*host, &job.app, &job.environment).await {
-        Ok(names) => {
+        Ok(crate::docker::RemovedAll { containers: names, leftovers }) => {
+            // As a deployment reports them before it clears them: the outcome of a replace step
+            // whose runner died is told, not lost.
+            for l in &leftovers {
+                let step = format!(
+                    "an earlier replace step here (deployment {}, {}) ended with nobody to read it: {}",
+                    l.deployment, l.version, l.outcome
+                );
+                let _ = events.send(Event::TargetStep { target: removed.target.clone(), step });
+            }
             let step = if names.is_empty() {
                 "nothing to remove".to_string()
             } else {

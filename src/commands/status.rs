@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::{runtime, ssh_options, store};
 use crate::deployments::{Change, Deployment, Removed, Standing};
+use crate::diagnostic::Diagnostic;
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
@@ -72,25 +73,35 @@ struct RecordRef<'a> {
 /// A removal as `--output json` names it.
 #[derive(Serialize)]
 struct RemovedRef {
+    /// The removal's run id.
     id: String,
+    /// When it finished.
     time: String,
+    /// Who ran it.
     by: String,
+    /// The targets it ran on.
     targets: Vec<String>,
 }
 
 /// One app's status in the environment.
 struct AppStatus<'a> {
+    /// The app.
     app: &'a inventory::App,
+    /// What the records expect of it there.
     standing: Standing,
+    /// One per selected target, in inventory order.
     statuses: Vec<TargetStatus>,
+    /// Deployed tags that moved in the feed.
     warnings: Vec<String>,
 }
 
 impl AppStatus<'_> {
+    /// Any of its targets drifts.
     fn drift(&self) -> bool {
         self.statuses.iter().any(|s| !s.drift.is_empty())
     }
 
+    /// Its `--output json` report (`schema` given at the top level only).
     fn report<'s>(&'s self, environment: &'s str, schema: Option<u32>) -> Report<'s> {
         Report {
             schema,
@@ -106,7 +117,7 @@ impl AppStatus<'_> {
                 id: r.id.clone(),
                 time: r.time.clone(),
                 by: r.actor.describe(),
-                targets: r.removal.targets.keys().cloned().collect(),
+                targets: r.removal.acted_on().into_iter().map(str::to_string).collect(),
             }),
             drift: self.drift(),
             warnings: &self.warnings,
@@ -229,8 +240,9 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
 }
 
 /// The apps asked about, each with its selected targets: the one named, or every app of the
-/// environment (an app none of whose targets `--limit` matches is left out; when that leaves
-/// none, the first app's error says why).
+/// environment. For the whole environment, each `--limit` pattern must match a target of the
+/// environment, not one of every app (apps run on different targets: `--limit web-1,worker-1`
+/// names one of each); an app none of whose targets is matched is left out.
 fn selection<'a>(
     inventory: &'a Inventory,
     env: &inventory::Environment,
@@ -240,21 +252,29 @@ fn selection<'a>(
         let app = inventory.app(name)?;
         return Ok(vec![(app, select::select(inventory, app, env, &args.limits)?)]);
     }
+    let limited = select::select_environment(inventory, env, &[], &args.limits)?;
     let mut selected = Vec::new();
-    let mut first_error = None;
     for app in &inventory.apps {
-        match select::select(inventory, app, env, &args.limits) {
-            Ok(targets) if !targets.is_empty() => selected.push((app, targets)),
-            Ok(_) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+        let targets: Vec<&inventory::Target> = select::select(inventory, app, env, &[])?
+            .into_iter()
+            .filter(|t| limited.iter().any(|l| l.name == t.name))
+            .collect();
+        if !targets.is_empty() {
+            selected.push((app, targets));
         }
     }
-    match (selected.is_empty(), first_error) {
-        (true, Some(e)) => Err(e.into()),
-        _ => Ok(selected),
+    if selected.is_empty() && !args.limits.is_empty() {
+        let names: Vec<&str> = limited.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::Input(
+            Diagnostic::new(format!(
+                "--limit \"{}\" matches no target an app of environment \"{}\" runs on",
+                args.limits.join(","),
+                env.name
+            ))
+            .help(format!("it matches {}; `ferry ls` lists each app's targets", names.join(", "))),
+        ));
     }
+    Ok(selected)
 }
 
 /// Warnings for deployed tags that the feed now resolves to other bytes (the tag moved since:
@@ -434,7 +454,7 @@ fn headline(env: &str, a: &AppStatus<'_>) -> String {
                 d.time
             );
             if let Some(r) = removed {
-                let on: Vec<&str> = r.removal.targets.keys().map(String::as_str).collect();
+                let on = r.removal.acted_on();
                 line += &format!("; removed from {} {} by {}", on.join(", "), r.time, r.actor.describe());
             }
             line
@@ -530,6 +550,58 @@ fn plain(app: Option<&str>, statuses: &[TargetStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two apps on different targets of one environment (roles), as `status --env` sees them.
+    fn two_apps() -> (tempfile::TempDir, Inventory) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[environments.prod]\ntargets = [\"a\", \"b\", \"c\"]\n\n\
+                    [targets.a]\nhost = \"127.0.0.1\"\nroles = [\"web\"]\n\n\
+                    [targets.b]\nhost = \"127.0.0.2\"\nroles = [\"worker\"]\n\n\
+                    [targets.c]\nhost = \"127.0.0.3\"\nroles = [\"db\"]\n\n\
+                    [apps.web]\nimage = \"acme/web\"\ntemplate = \"t.j2\"\nroles = [\"web\"]\n\n\
+                    [apps.worker]\nimage = \"acme/worker\"\ntemplate = \"t.j2\"\nroles = [\"worker\"]\n";
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/t.j2"), "docker run {{ image }}\n").unwrap();
+        let source = crate::diagnostic::SourceFile::new(dir.path().join("ferry.toml"), text.to_string());
+        let inventory = Inventory::parse(source, dir.path()).unwrap();
+        (dir, inventory)
+    }
+
+    fn selected(inventory: &Inventory, limits: &[&str]) -> Result<Vec<(String, Vec<String>)>, String> {
+        let args = Status {
+            app: None,
+            environment: "prod".into(),
+            limits: limits.iter().map(|l| (*l).to_string()).collect(),
+            connect_timeout: std::time::Duration::from_secs(1),
+        };
+        let env = inventory.environment("prod").unwrap();
+        selection(inventory, env, &args).map_err(|e| e.to_string()).map(|apps| {
+            apps.into_iter()
+                .map(|(a, ts)| (a.name.clone(), ts.into_iter().map(|t| t.name.clone()).collect()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_limit_over_the_whole_environment_names_targets_of_any_app() {
+        let (_dir, inventory) = two_apps();
+        let both =
+            vec![("web".to_string(), vec!["a".to_string()]), ("worker".to_string(), vec!["b".to_string()])];
+        assert_eq!(selected(&inventory, &[]), Ok(both.clone()));
+        // One target of each app: both apps, each on its own target.
+        assert_eq!(selected(&inventory, &["a,b"]), Ok(both));
+        assert_eq!(selected(&inventory, &["b"]), Ok(vec![("worker".to_string(), vec!["b".to_string()])]));
+        // A pattern that matches no target of the environment is refused as for one app.
+        let typo = selected(&inventory, &["a", "zz"]).unwrap_err();
+        assert!(typo.contains("--limit \"zz\" matches none of the 3 targets"), "{typo}");
+        // A target no app runs on leaves nothing to show: said, not an empty table.
+        let idle = selected(&inventory, &["c"]).unwrap_err();
+        assert_eq!(
+            idle,
+            "error: --limit \"c\" matches no target an app of environment \"prod\" runs on\n  \
+             = help: it matches c; `ferry ls` lists each app's targets"
+        );
+    }
 
     #[test]
     fn uptime_reads_dockers_nanoseconds() {

@@ -143,6 +143,22 @@ fn init_never_overwrites_and_then_writes_nothing() {
 }
 
 #[test]
+fn init_writes_nothing_when_the_templates_folder_is_a_file() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("templates"), "not a folder\n").unwrap();
+    Test::bare()
+        .args(["init"])
+        .code(2)
+        .stderr(
+            "error: templates is not a folder; ferry init writes its template into it: nothing was written\n  \
+             = help: move it away, or write the starter into another folder: `ferry init DIR`\n",
+        )
+        .run_in(folder.path());
+    assert!(!folder.path().join("ferry.toml").exists(), "all or nothing: no inventory without its template");
+    assert_eq!(std::fs::read_to_string(folder.path().join("templates")).unwrap(), "not a folder\n");
+}
+
+#[test]
 fn remove_without_a_terminal_needs_yes_and_records_nothing() {
     let folder = Test::new().into_dir();
     Test::bare()

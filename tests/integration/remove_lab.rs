@@ -240,7 +240,7 @@ fn remove_takes_the_app_out_of_one_environment_only_and_status_stops_expecting_i
              h2      -          -        -       -       -       -       ok\n",
         )
         .run();
-    assert!(human.stdout.contains(" by root@") || human.stdout.contains(" by "), "{}", human.stdout);
+    assert!(human.stdout.contains(" by root@"), "{}", human.stdout);
     let report =
         fleet.ferry(&["status", "web", "--env", "r-a", "--output", "json"]).stdout_json().run().json();
     assert_eq!(report["drift"], false, "{report}");
@@ -424,4 +424,118 @@ fn remove_with_the_shared_store_is_read_back_by_status_and_rollback() {
     }
     fleet.ferry(&["status", "web", "--env", "r-p", "--output", "plain"]).stdout_contains("h1\t1.0\t").run();
     fleet.ferry(&["audit", "verify"]).stdout_contains(", chain intact\n").run();
+}
+
+/// A process the test started, killed and reaped when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn remove_with_limit_leaves_the_release_promotable_and_minds_replace_steps() {
+    // Environments `rv-…`, host ports 18250–18253 (this review's own).
+    let fleet = Fleet::new(&["rv-a", "rv-b"], &[(18250, 18251), (18252, 18253)]);
+    let steps = "/root/.ferry/replace/web-rv-a-review-busy /root/.ferry/replace/web-rv-a-review-done";
+    for n in [1, 2] {
+        fleet.on_host(n, &format!("rm -rf {steps}"));
+    }
+    fleet.deploy("web", "rv-a", "1.0");
+    // h2: the unread outcome of a replace step whose runner died (a deployment reports these).
+    fleet.on_host(
+        2,
+        "d=/root/.ferry/replace/web-rv-a-review-done; mkdir -p $d && \
+         printf 'app=web\\nenvironment=rv-a\\ndeployment=d-gone\\nversion=0.9\\n' > $d/meta && \
+         echo 'done abandoned-restored' > $d/status",
+    );
+    // h1: a replace step still running (its runner died seconds ago: no lock holds it off). Its
+    // process is this test's child (the hosts share the machine's PID namespace).
+    let busy = Killed(Command::new("sleep").arg("120").spawn().unwrap());
+    fleet.on_host(
+        1,
+        &format!(
+            "d=/root/.ferry/replace/web-rv-a-review-busy; mkdir -p $d && \
+             printf 'app=web\\nenvironment=rv-a\\ndeployment=d-busy\\nversion=0.8\\n' > $d/meta && \
+             : > $d/status && echo {} > $d/pid",
+            busy.0.id()
+        ),
+    );
+
+    // Off h2 only: the outcome found there is told, not silently cleared.
+    let out = fleet
+        .ferry(&["remove", "web", "--env", "rv-a", "--limit", "h2", "--yes", "--output", "json"])
+        .stdout_json_lines()
+        .run();
+    let events = json_lines(&out.stdout);
+    assert_eq!(finished(&events), [("h2".to_string(), "ok".to_string())], "{}", out.stdout);
+    let told: Vec<&str> =
+        events.iter().filter(|e| e["type"] == "target_step").filter_map(|e| e["step"].as_str()).collect();
+    assert!(
+        told.contains(
+            &"an earlier replace step here (deployment d-gone, 0.9) ended with nobody to read it: \
+              nobody collected the result: the script restored the old container by itself"
+        ),
+        "{told:?}"
+    );
+    assert_eq!(fleet.containers(2, "web", "rv-a"), Vec::<String>::new());
+    assert_eq!(fleet.containers(1, "web", "rv-a"), ["web-rv-a running"]);
+    fleet
+        .ferry(&["status", "web", "--env", "rv-a", "--output", "plain"])
+        .stdout_contains("h1\t1.0\t")
+        .stdout_contains("h2\t-\t-\t-\tok\n")
+        .run();
+
+    // The release still runs on h1: promote takes it on.
+    fleet
+        .ferry(&["promote", "web", "--to", "rv-b", "--yes", "--output", "json"])
+        .stdout_json_lines()
+        .stderr_contains("promote: web 1.0 (")
+        .run();
+    for n in [1, 2] {
+        assert_eq!(fleet.containers(n, "web", "rv-b"), ["web-rv-b running"]);
+    }
+
+    // On h1 a replace step still runs, which would start a container after the removal:
+    // nothing is removed there and the target fails (exit 1).
+    let out = fleet
+        .ferry(&["remove", "web", "--env", "rv-a", "--yes", "--output", "json"])
+        .code(1)
+        .stdout_json_lines()
+        .run();
+    let events = json_lines(&out.stdout);
+    assert_eq!(
+        finished(&events),
+        [("h1".to_string(), "failed".to_string()), ("h2".to_string(), "ok".to_string())],
+        "{}",
+        out.stdout
+    );
+    let h1 = events.iter().find(|e| e["type"] == "target_finished" && e["target"] == "h1").unwrap();
+    assert!(
+        h1["error"].as_str().unwrap().contains(
+            "a replace step of deployment d-busy is still running here; nothing was removed: \
+             run the removal again once it ended"
+        ),
+        "{h1}"
+    );
+    assert_eq!(fleet.containers(1, "web", "rv-a"), ["web-rv-a running"]);
+
+    // Once it ended, the removal goes through; now nothing of the release is left in rv-a.
+    drop(busy);
+    fleet
+        .ferry(&["remove", "web", "--env", "rv-a", "--yes", "--output", "plain"])
+        .stdout_contains("remove web from rv-a\n")
+        .run();
+    assert_eq!(fleet.containers(1, "web", "rv-a"), Vec::<String>::new());
+    fleet
+        .ferry(&["promote", "web", "--to", "rv-b", "--yes"])
+        .code(4)
+        .stderr_contains("error: cannot promote web to rv-b: web was removed from rv-a ")
+        .run();
+    for n in [1, 2] {
+        fleet.on_host(n, &format!("rm -rf {steps}"));
+    }
 }
