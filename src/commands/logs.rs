@@ -105,9 +105,13 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
 /// What every target is asked.
 #[derive(Debug, Clone)]
 struct Ask {
+    /// The app, as its containers' `ferry.app` label names it.
     app: String,
+    /// The environment, as the `ferry.environment` label names it.
     environment: String,
+    /// The environment's container name for the app, preferred over the app's other containers.
     container: String,
+    /// What `docker logs` is asked for.
     options: LogsOptions,
 }
 
@@ -168,8 +172,11 @@ async fn read(
 /// One printed line of `--output json`.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
+    /// The target's name.
     target: &'a str,
+    /// The container's stream the line came on.
     stream: Stream,
+    /// The line, masked.
     line: &'a str,
 }
 
