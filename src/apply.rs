@@ -153,6 +153,23 @@ pub fn decide(live: Option<Live<'_>>, plan: &TargetPlan, force: bool) -> Decisio
     }
 }
 
+/// What differs between the container that runs and the planned one, in the words of the
+/// `replacing: …` step: the version, else the digest (the tag moved), else the config; the same
+/// config hash is replaced only because `--force` said so.
+fn why_replaced(current: &Brief, planned: &TargetPlan, version: &str, digest: Option<&str>) -> String {
+    let short = |d: &str| d.get(..19).unwrap_or(d).to_string();
+    if current.config_hash.as_deref() == Some(planned.config_hash.as_str()) {
+        return "--force (the config is unchanged)".into();
+    }
+    match (current.version.as_deref(), current.digest.as_deref(), digest) {
+        (Some(old), _, _) if old != version => format!("version {old} → {version}"),
+        (_, Some(old), Some(new)) if old != new => {
+            format!("digest {} → {} (tag {version} moved)", short(old), short(new))
+        }
+        _ => "the config changed".into(),
+    }
+}
+
 /// The targets' connections, by target name.
 pub type Connections = HashMap<String, Arc<dyn Host>>;
 
@@ -403,6 +420,7 @@ async fn deploy_batch(
                 app: plan.app.clone(),
                 environment: plan.environment.clone(),
                 version: plan.version.clone(),
+                digest: plan.digest.clone(),
                 target: tp,
                 containers,
                 leftovers,
@@ -456,6 +474,8 @@ struct Job {
     app: String,
     environment: String,
     version: String,
+    /// The digest the plan is pinned to, once known.
+    digest: Option<String>,
     target: TargetPlan,
     /// The app's containers there, as listed when the image was pulled.
     containers: Vec<Brief>,
@@ -549,9 +569,11 @@ impl Job {
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
         self.step(match current {
-            Some(c) if c.config_hash.is_some() => "replacing: the config changed",
-            Some(_) => "replacing a container without ferry's config hash",
-            None => "creating",
+            Some(c) if c.config_hash.is_some() => {
+                format!("replacing: {}", why_replaced(c, tp, &self.version, self.digest.as_deref()))
+            }
+            Some(_) => "replacing a container without ferry's config hash".to_string(),
+            None => "creating".to_string(),
         });
         let keep_as = format!("{}-ferry-old-{}", tp.container, short_id(&self.deployment));
         let request = replace::Request {
@@ -1241,6 +1263,64 @@ mod tests {
         assert!(host.ran(PULL)[0].contains("rm -rf \"$d\""), "the pull clears what it read");
     }
 
+    /// The steps a deployment of 1.0 (pinned to [`DIGEST`]) reports where `docker ps` lists
+    /// `container` (id, name, state, config hash, version label, digest label).
+    async fn steps_over(container: &str, force: bool) -> Vec<String> {
+        let listed = format!("Digest: {DIGEST}\n--- containers\n{container}\n");
+        let host = Arc::new(target("t1", vec![(PULL, Reply::ok(&listed))]));
+        deploy_with_events(vec![host], None, force).await.1
+    }
+
+    #[tokio::test]
+    async fn the_replacing_step_says_what_changed() {
+        let pulling = ["pulling registry/web@sha256:0123", "pulled sha256:0123"];
+        for (container, force, said) in [
+            ("old1\tweb-dev\trunning\thash-old\t0.9\tsha256:0999", false, "replacing: version 0.9 → 1.0"),
+            (
+                "old1\tweb-dev\trunning\thash-old\t1.0\tsha256:0999",
+                false,
+                "replacing: digest sha256:0999 → sha256:0123 (tag 1.0 moved)",
+            ),
+            ("old1\tweb-dev\trunning\thash-old\t1.0\tsha256:0123", false, "replacing: the config changed"),
+            // An older ferry's container, without the version and digest labels.
+            ("old1\tweb-dev\trunning\thash-old", false, "replacing: the config changed"),
+            (
+                "old1\tweb-dev\trunning\thash-new\t1.0\tsha256:0123",
+                true,
+                "replacing: --force (the config is unchanged)",
+            ),
+        ] {
+            let steps = steps_over(container, force).await;
+            // The whole list of steps: the replacing step says why, once.
+            let expected = [pulling[0], pulling[1], said, "health gate", "health.cmd passed"];
+            assert_eq!(steps, expected, "{container}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_rollout_says_not_touched_only_when_targets_were_left() {
+        let failing = || target("t1", vec![(PULL, Reply::fail(1, "pull access denied\n"))]);
+        let rollout = |hosts: Vec<FakeHost>| async move {
+            let hosts: Vec<Arc<FakeHost>> = hosts.into_iter().map(Arc::new).collect();
+            let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
+            let mut plan = plan(&names.iter().map(String::as_str).collect::<Vec<_>>());
+            plan.rollout = Rollout { batch: Batch::Count(1), max_failures: 0 };
+            let connections: Connections =
+                hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect();
+            let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+            let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+            let planner: Arc<dyn Planner> = Arc::new(TestPlanner(None));
+            let applied = apply(plan, planner, &connections, &settings(), &events, cancel).await;
+            let summary = crate::commands::deploy::summary(&applied, "deploy web 1.0 to dev");
+            summary.lines().last().unwrap_or_default().to_string()
+        };
+        assert_eq!(
+            rollout(vec![failing(), target("t2", vec![])]).await,
+            "rollout stopped: 1 failed (max_failures 0); the remaining target was not touched"
+        );
+        assert_eq!(rollout(vec![failing()]).await, "rollout stopped: 1 failed (max_failures 0)");
+    }
+
     #[tokio::test]
     async fn a_step_still_running_from_another_run_is_not_disturbed() {
         let launch = Reply::ok("--- busy\napp=web\nenvironment=dev\ndeployment=d0\nversion=0.9\n");
@@ -1322,6 +1402,8 @@ mod tests {
             name: "web-dev".into(),
             running: false,
             config_hash: Some(PLANNED.into()),
+            version: None,
+            digest: None,
         };
         assert_eq!(decide(Some(Live::from(&brief)), &tp, false), Decision::Start);
         assert_eq!(Decision::Unchanged.label(), "unchanged");

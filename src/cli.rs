@@ -280,7 +280,7 @@ pub struct PlanArgs {
     /// The app, environment and narrowing flags.
     pub selection: Selection,
 
-    /// The image tag to deploy [default: latest]
+    /// The image tag [default: latest: the newest version in the app's feed; without a feed, the tag `latest`]
     #[arg(long, value_name = "TAG", value_parser = flag(tag))]
     pub version: Option<String>,
 
@@ -382,7 +382,7 @@ pub struct RollbackArgs {
     #[arg(short, long = "env", value_name = "ENV")]
     pub environment: String,
 
-    /// Roll back to this deployment (an id from `ferry history`) instead of the previous one
+    /// Roll back to this deployment (an id from `ferry history`, or a unique prefix of one) instead of the previous one
     #[arg(long, value_name = "DEPLOYMENT_ID")]
     pub to: Option<String>,
 

@@ -263,25 +263,50 @@ pub fn removed_last(changes: &[Change]) -> Option<&Removed> {
     }
 }
 
-/// What `rollback` goes back to: with `to`, that deployment (it must have succeeded); else the
-/// successful one before the last successful one when the last attempt succeeded, or the last
-/// successful one when the last attempt failed (its targets may be half way).
+/// Why `rollback` has nothing to go back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoTarget {
+    /// `--to` names no deployment on record, or too many, or one that failed: bad input.
+    BadId(String),
+    /// The record holds nothing to go back to: a failure of the command, not of its input.
+    Nothing(String),
+}
+
+impl std::fmt::Display for NoTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoTarget::BadId(why) | NoTarget::Nothing(why) => f.write_str(why),
+        }
+    }
+}
+
+/// What `rollback` goes back to: with `to`, that deployment (an id or a unique prefix of one,
+/// which must have succeeded); else the successful one before the last successful one when the
+/// last attempt succeeded, or the last successful one when the last attempt failed (its targets
+/// may be half way).
 pub fn rollback_target<'a>(
     deployments: &'a [Deployment],
     to: Option<&str>,
-) -> Result<&'a Deployment, String> {
+) -> Result<&'a Deployment, NoTarget> {
     if let Some(id) = to {
-        let found =
-            deployments.iter().find(|d| d.id == id).ok_or_else(|| format!("no deployment {id} on record"))?;
+        let found = match crate::ids::resolve(id, deployments.iter().map(|d| d.id.as_str())) {
+            Ok(full) => deployments.iter().find(|d| d.id == full),
+            Err(crate::ids::Unresolved::NotFound) => None,
+            Err(other) => return Err(NoTarget::BadId(other.describe(id, "deployment"))),
+        };
+        let found = found.ok_or_else(|| NoTarget::BadId(format!("no deployment {id} on record")))?;
         if !found.recorded.succeeded {
-            return Err(format!("deployment {id} did not succeed; roll back to one that did"));
+            return Err(NoTarget::BadId(format!(
+                "deployment {} did not succeed; roll back to one that did",
+                found.id
+            )));
         }
         return Ok(found);
     }
-    let last = deployments.last().ok_or("no deployment of it on record")?;
+    let last = deployments.last().ok_or_else(|| NoTarget::Nothing("no deployment of it on record".into()))?;
     let successes: Vec<&Deployment> = deployments.iter().filter(|d| d.recorded.succeeded).collect();
     let pick = if last.recorded.succeeded { successes.iter().rev().nth(1) } else { successes.last() };
-    pick.copied().ok_or_else(|| "no earlier successful deployment on record".to_string())
+    pick.copied().ok_or_else(|| NoTarget::Nothing("no earlier successful deployment on record".to_string()))
 }
 
 #[cfg(test)]
@@ -420,7 +445,14 @@ mod tests {
         assert!(rollback_target(&[d("a", true)], None).is_err());
         assert!(rollback_target(&[], None).is_err());
         assert_eq!(rollback_target(&after_success, Some("c")).unwrap().id, "c");
-        assert!(rollback_target(&after_success, Some("b")).unwrap_err().contains("did not succeed"));
-        assert!(rollback_target(&after_success, Some("zz")).is_err());
+        assert!(
+            rollback_target(&after_success, Some("b")).unwrap_err().to_string().contains("did not succeed")
+        );
+        assert!(matches!(rollback_target(&after_success, Some("zz")), Err(NoTarget::BadId(_))));
+        let long = [d("0192aaaa-0001", true), d("0192aaaa-0002", true), d("0192bbbb-0001", true)];
+        assert_eq!(rollback_target(&long, Some("0192b")).unwrap().id, "0192bbbb-0001", "a unique prefix");
+        let ambiguous = rollback_target(&long, Some("0192aaaa")).unwrap_err().to_string();
+        assert!(ambiguous.contains("0192aaaa-0001") && ambiguous.contains("0192aaaa-0002"), "{ambiguous}");
+        assert!(rollback_target(&long, Some("019")).unwrap_err().to_string().contains("at least 4"));
     }
 }

@@ -288,6 +288,10 @@ pub struct Brief {
     pub running: bool,
     /// Its `ferry.config-hash` label.
     pub config_hash: Option<String>,
+    /// Its `ferry.version` label (the tag it was deployed as).
+    pub version: Option<String>,
+    /// Its `ferry.digest` label (the bytes it was deployed as).
+    pub digest: Option<String>,
 }
 
 /// Pulls `image` and lists the containers of `app` in `environment`, in one round trip and
@@ -319,7 +323,7 @@ pub async fn pull_and_list(
     let script = format!(
         "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
-           --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}' || exit 1\n\
+           --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}\t{{{{.Label \"ferry.version\"}}}}\t{{{{.Label \"ferry.digest\"}}}}' || exit 1\n\
          echo '--- leftovers'\n{collect}",
         image = q(image),
         app = q(app),
@@ -339,12 +343,20 @@ fn parse_briefs(text: &str) -> Vec<Brief> {
         .filter_map(|line| {
             let mut fields = line.split('\t');
             let (id, name, state) = (fields.next()?, fields.next()?, fields.next()?);
-            let hash = fields.next().map(str::trim).filter(|h| !h.is_empty() && *h != "<no value>");
+            let mut label = || {
+                fields
+                    .next()
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty() && *h != "<no value>")
+                    .map(str::to_string)
+            };
             Some(Brief {
                 id: id.to_string(),
                 name: name.to_string(),
                 running: state == "running",
-                config_hash: hash.map(str::to_string),
+                config_hash: label(),
+                version: label(),
+                digest: label(),
             })
         })
         .collect()

@@ -62,9 +62,33 @@ pub fn format_short(d: Duration) -> String {
     }
 }
 
+/// A time something has been up, for people: the two largest units, whole seconds (`0s`, `3s`,
+/// `2m 5s`, `1h 2m`, `3d 4h`). An uptime is never read back, so it needs no [`parse`] form,
+/// and "0ms" for a container started this second says nothing useful.
+pub fn format_uptime(d: Duration) -> String {
+    let secs = d.as_secs();
+    let units = [(secs / 86_400, "d"), (secs / 3600 % 24, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let Some(first) = units.iter().position(|(n, _)| *n > 0) else { return "0s".into() };
+    let mut out = format!("{}{}", units[first].0, units[first].1);
+    if let Some((n, unit)) = units.get(first + 1).filter(|(n, _)| *n > 0) {
+        out += &format!(" {n}{unit}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptimes_read_as_people_say_them() {
+        let up = |s| format_uptime(Duration::from_secs(s));
+        assert_eq!(
+            [up(0), up(3), up(60), up(125), up(3720), up(3 * 86_400 + 4 * 3600 + 59)],
+            ["0s", "3s", "1m", "2m 5s", "1h 2m", "3d 4h"]
+        );
+        assert_eq!(format_uptime(Duration::from_millis(400)), "0s", "never 0ms");
+    }
 
     #[test]
     fn parses_units_and_combinations() {

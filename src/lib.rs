@@ -32,6 +32,7 @@ pub mod exec;
 pub mod fanout;
 pub mod glob;
 pub mod host;
+pub mod ids;
 pub mod inventory;
 pub mod known_hosts;
 pub mod lifecycle;

@@ -57,6 +57,9 @@ pub struct LockInfo {
     pub deadline_s: Option<i64>,
     /// The acquisition's fencing number on that target (written by the target's lock script).
     pub fence: Option<u64>,
+    /// Taken by hand (`ferry lock acquire`), not by a run that holds it while it works: nobody
+    /// is coming to release it when their work is done, and it is not a sign of a dead run.
+    pub by_hand: bool,
 }
 
 impl LockInfo {
@@ -65,12 +68,13 @@ impl LockInfo {
     pub fn to_text(&self) -> String {
         let one_line = |s: &str| s.replace(['\n', '\r'], " ");
         format!(
-            "holder={}\nrun={}\nsince={}\nexpires={}\nmessage={}\n",
+            "holder={}\nrun={}\nsince={}\nexpires={}\nmessage={}\n{}",
             one_line(&self.holder),
             one_line(&self.run),
             crate::time::format_ms(self.since_ms),
             crate::time::format_ms(self.expires_ms),
-            one_line(&self.message)
+            one_line(&self.message),
+            if self.by_hand { "by=hand\n" } else { "" }
         )
     }
 
@@ -87,6 +91,7 @@ impl LockInfo {
             message: get("message").unwrap_or_default(),
             deadline_s: get("deadline").and_then(|d| d.parse().ok()),
             fence: get("fence").and_then(|f| f.parse().ok()),
+            by_hand: get("by").is_some_and(|b| b == "hand"),
         })
     }
 
@@ -137,15 +142,35 @@ impl Found {
     }
 }
 
+/// The message for a held lock: a run's lock may be a dead run's; a lock taken by hand is
+/// neither, it stays until its holder releases it or it expires.
+fn held(environment: &str, target: &str, info: Option<&LockInfo>) -> String {
+    match info {
+        Some(info) if info.by_hand => {
+            let message =
+                if info.message.is_empty() { "no message".to_string() } else { info.message.clone() };
+            format!(
+                "environment {environment} is locked on {target}, by hand: {} took it with `ferry lock acquire` \
+                 on {} (\"{message}\"); it expires {}. Ask them, or release it with \
+                 `ferry lock release --env {environment} --force` (audited)",
+                info.holder,
+                crate::time::format_ms(info.since_ms),
+                crate::time::format_ms(info.expires_ms)
+            )
+        }
+        _ => format!(
+            "environment {environment} is locked on {target} by {}; wait for it with --lock-wait DURATION, \
+             or, if that run is dead, break it with `ferry lock release --env {environment} --force`",
+            info.map_or_else(|| "another run (no holder recorded yet)".to_string(), LockInfo::describe)
+        ),
+    }
+}
+
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Someone else holds it (and it has not expired, or `--force` was not given).
-    #[error(
-        "environment {environment} is locked on {target} by {}; wait for it with --lock-wait DURATION, \
-         or, if that run is dead, break it with `ferry lock release --env {environment} --force`",
-        info.as_ref().map_or_else(|| "another run (no holder recorded yet)".to_string(), |i| i.describe())
-    )]
+    #[error("{}", held(environment, target, info.as_deref()))]
     Held {
         /// The environment.
         environment: String,

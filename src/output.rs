@@ -14,6 +14,18 @@ pub enum OutputFormat {
     Json,
 }
 
+/// A count and its noun, singular for one: `count(1, "target")` is "1 target", `count(3,
+/// "host key")` is "3 host keys". Every message that counts something goes through here, so no
+/// message reads "1 targets". (Nouns whose plural is not `+s` need their own words.)
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// "is" for one, "are" for more: the verb that goes with [`count`].
+pub fn are(n: usize) -> &'static str {
+    if n == 1 { "is" } else { "are" }
+}
+
 /// Formats rows as a left-aligned table with two spaces between columns; the last column is
 /// not padded (it is often a long command line).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {

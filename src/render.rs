@@ -326,7 +326,18 @@ impl Renderer {
         if let Some(origin) = origin {
             let text = &origin.file.text;
             let range = error.range().map(|r| origin.base + r.start..origin.base + r.end);
-            let range = range.or_else(|| error.line().map(|l| line_range(text, origin.base, l)));
+            let mut range = range.or_else(|| error.line().map(|l| line_range(text, origin.base, l)));
+            // minijinja points an unclosed block at the end of the input; the place to fix is
+            // where the block opens.
+            let at_end = error.kind() == ErrorKind::SyntaxError
+                && error.detail().is_some_and(|d| d.contains("unexpected end of input"));
+            if let Some(end) = range.as_ref().map(|r| r.end).filter(|_| at_end)
+                && let Some((keyword, opens)) = text.get(origin.base..end).and_then(unclosed_block)
+            {
+                message = format!("syntax error: `{{% {keyword} %}}` is never closed");
+                help = Some(format!("close it with `{{% end{keyword} %}}`"));
+                range = Some(origin.base + opens.start..origin.base + opens.end);
+            }
             if let Some(range) = range {
                 if error.kind() == ErrorKind::UndefinedError {
                     let word = undefined_name(text.get(range.clone()).unwrap_or(""));
@@ -351,6 +362,29 @@ impl Renderer {
             None => diagnostic,
         }
     }
+}
+
+/// The innermost block tag (`{% for %}`, `{% if %}`, ...) of `text` that has no end tag: its
+/// keyword and where the tag is.
+fn unclosed_block(text: &str) -> Option<(String, Range<usize>)> {
+    const BLOCKS: [&str; 8] = ["for", "if", "macro", "block", "filter", "with", "call", "autoescape"];
+    let mut open: Vec<(String, Range<usize>)> = Vec::new();
+    let mut rest = 0;
+    while let Some(start) = text.get(rest..)?.find("{%").map(|i| rest + i) {
+        let end = text[start..].find("%}").map_or(text.len(), |i| start + i + 2);
+        let inner = text[start + 2..end.saturating_sub(2).max(start + 2)].trim_start_matches(['-', '+']);
+        let keyword: String =
+            inner.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if BLOCKS.contains(&keyword.as_str()) {
+            open.push((keyword, start..end));
+        } else if let Some(closed) = keyword.strip_prefix("end")
+            && let Some(at) = open.iter().rposition(|(k, _)| k == closed)
+        {
+            open.truncate(at);
+        }
+        rest = end;
+    }
+    open.pop()
 }
 
 /// Renders a bare template string with the shell formatter (used by tests and fuzzing).

@@ -349,9 +349,10 @@ impl Subscriber for AuditTrail {
         self.unrecorded.extend(left);
         if !self.unrecorded.is_empty() {
             eprintln!(
-                "error: {} records of run {} are not in {}; here they are, keep them:",
-                self.unrecorded.len(),
+                "error: {} of run {} {} not in {}; here they are, keep them:",
+                crate::output::count(self.unrecorded.len(), "record"),
                 self.run,
+                crate::output::are(self.unrecorded.len()),
                 self.store.describe()
             );
             for entry in &self.unrecorded {

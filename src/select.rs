@@ -82,10 +82,10 @@ fn limit<'a>(
                     format!("targets of {what}: {}{more}", names.join(", "))
                 });
             return Err(SelectError::LimitMatchesNothing(
-                Diagnostic::new(format!(
-                    "--limit \"{pattern}\" matches none of the {} targets of {what}",
-                    candidates.len()
-                ))
+                Diagnostic::new(match candidates.len() {
+                    1 => format!("--limit \"{pattern}\" does not match the only target of {what}"),
+                    n => format!("--limit \"{pattern}\" matches none of the {n} targets of {what}"),
+                })
                 .help(help),
             ));
         }

@@ -179,7 +179,10 @@ pub fn resolve_secrets(
     let mut out = Secrets::new();
     let mut problems = Vec::new();
     for (name, def) in secret_defs(app, env) {
-        let value = match (read_source(inventory, name, def, lookup_env), missing) {
+        let value = match (
+            read_source(inventory, name, def, lookup_env).and_then(|v| refuse_empty(inventory, name, def, v)),
+            missing,
+        ) {
             (Ok(value), _) => value,
             (Err(VarsError::MissingSecret(d)), MissingSecrets::Placeholder) => {
                 problems.push(d);
@@ -222,6 +225,28 @@ pub fn read_source(
             )),
         },
     }
+}
+
+/// An empty value, unless the secret says `allow_empty = true`, is taken for a missing one: CI
+/// systems (GitHub Actions among them) expand a secret that does not exist to "", and a deploy
+/// would then replace a working container with one that has an empty password.
+fn refuse_empty(
+    inventory: &Inventory,
+    name: &str,
+    def: &SecretDef,
+    value: Secret,
+) -> Result<Secret, VarsError> {
+    if !value.expose().is_empty() || def.allow_empty {
+        return Ok(value);
+    }
+    let what = match &def.source {
+        SecretSource::Env(var) => format!("secret {name}: environment variable {var} is set but empty"),
+        SecretSource::File(path) => format!("secret {name}: file {} is empty", path.display()),
+    };
+    Err(VarsError::MissingSecret(Diagnostic::new(what).at(&inventory.source, def.span.clone()).help(
+        "GitHub Actions sets a missing secret to an empty string: check that the secret exists where the job runs; \
+         if an empty value is meant, add `allow_empty = true` to the secret's source",
+    )))
 }
 
 /// Docker env files hold one `NAME=value` per line: a newline or NUL would change the meaning.

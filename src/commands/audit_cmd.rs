@@ -39,9 +39,10 @@ pub fn run(inventory: &Inventory, args: &Audit, output: OutputFormat) -> Result<
                     );
                 }
                 match &result.broken {
-                    None => {
-                        output::print(&format!("{label}: ok, {} records, chain intact\n", result.records))?
-                    }
+                    None => output::print(&format!(
+                        "{label}: ok, {}, chain intact\n",
+                        output::count(result.records, "record")
+                    ))?,
                     Some((line, problem)) => {
                         output::print(&format!("{label}{at}{line}: BROKEN: {problem}\n"))?
                     }

@@ -103,11 +103,12 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
     } else {
         let verdict = if ok { "ok" } else { "failed (warnings denied)" };
         output::print(&format!(
-            "{path}: {verdict}: {} apps × {} environments, {} targets, {renders} renders, {} warnings\n",
-            inventory.apps.len(),
-            inventory.environments.len(),
-            inventory.targets.len(),
-            warnings.len()
+            "{path}: {verdict}: {} × {}, {}, {}, {}\n",
+            output::count(inventory.apps.len(), "app"),
+            output::count(inventory.environments.len(), "environment"),
+            output::count(inventory.targets.len(), "target"),
+            output::count(renders, "render"),
+            output::count(warnings.len(), "warning")
         ))?;
     }
     Ok(if ok { 0 } else { EXIT_INVALID })

@@ -184,7 +184,7 @@ pub fn execute(
     let env = inventory.environment(&plan.environment)?.clone();
     let app = inventory.app(&plan.app)?.clone();
     let what = format!("{command} {} {} to {}", plan.app, plan.version, plan.environment);
-    let prompt = format!("{what} ({} targets)", plan.targets.len());
+    let prompt = format!("{what} ({})", crate::output::count(plan.targets.len(), "target"));
     Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
     let store = store(inventory)?;
     let login = super::feed::login_for(inventory, &app)?;
@@ -266,7 +266,9 @@ fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
     }
 }
 
-fn summary(applied: &Applied, what: &str) -> String {
+/// The human summary after a rollout: a row per target, the new containers' logs of failed
+/// ones, and why the rollout stopped early.
+pub(crate) fn summary(applied: &Applied, what: &str) -> String {
     let rows: Vec<Vec<String>> = applied
         .reports
         .iter()
@@ -300,7 +302,19 @@ fn summary(applied: &Applied, what: &str) -> String {
         }
     }
     if let Some(why) = &applied.stopped {
-        out += &format!("\n{why}; the remaining targets were not touched\n");
+        // Only when some were left: a rollout stopped after its last batch touched them all.
+        let untouched = applied.reports.iter().filter(|r| r.status == Status::Skipped).count();
+        out += &match untouched {
+            0 => format!("\n{why}\n"),
+            n => format!(
+                "\n{why}; {} not touched\n",
+                if n == 1 {
+                    "the remaining target was".to_string()
+                } else {
+                    format!("the remaining {n} targets were")
+                }
+            ),
+        };
     }
     out
 }

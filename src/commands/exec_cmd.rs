@@ -67,7 +67,11 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
     let script =
         docker::exec_script(&app.name, &env.name, &container, &args.command, interactive).map_err(nul)?;
     if targets.len() > 1 {
-        let what = format!("run `{shown}` in the {} containers of {} targets", app.name, targets.len());
+        let what = format!(
+            "run `{shown}` in the {} containers of {}",
+            app.name,
+            crate::output::count(targets.len(), "target")
+        );
         let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         Session::confirm(args.yes, &what, || format!("targets: {}", names.join(", ")))?;
     }

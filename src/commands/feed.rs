@@ -98,9 +98,9 @@ pub async fn resolve(
         newest.into_iter().next().map(|v| v.tag).ok_or_else(|| {
             Error::Failed(
                 Diagnostic::new(format!(
-                    "no tag of {}/{repository} is a version the app allows ({} tags)",
+                    "no tag of {}/{repository} is a version the app allows ({})",
                     client.endpoint().registry,
-                    tags.len()
+                    crate::output::count(tags.len(), "tag")
                 ))
                 .help("`ferry versions APP` lists them; check the app's `versions` pattern and prerelease setting"),
             )
@@ -108,6 +108,71 @@ pub async fn resolve(
     } else {
         version.to_string()
     };
-    let digest = client.digest(&repository, &tag).await.map_err(feed_error)?;
+    let digest = client.digest(&repository, &tag).await.map_err(|e| tag_error(app, e))?;
     Ok((tag, Some(digest)))
+}
+
+/// A registry error on looking up a tag: a tag the registry does not have is bad input (exit 2,
+/// pointing to the versions it has); anything else is as [`feed_error`] says.
+pub fn tag_error(app: &App, e: RegistryError) -> Error {
+    match e {
+        RegistryError::TagNotFound { .. } => Error::Input(
+            Diagnostic::new(e.to_string())
+                .help(format!("`ferry versions {}` lists the versions the feed has", app.name)),
+        ),
+        other => feed_error(other),
+    }
+}
+
+/// What `plan --version TAG` learnt from the app's feed about the tag.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedCheck {
+    /// The feed's name.
+    pub feed: String,
+    /// The tag looked up.
+    pub tag: String,
+    /// The digest the feed has for it; `None` when the feed could not be asked.
+    pub digest: Option<String>,
+    /// Why the feed could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl FeedCheck {
+    /// The line `plan` shows.
+    pub fn describe(&self) -> String {
+        match (&self.digest, &self.error) {
+            (Some(digest), _) => format!("feed {} has {} ({digest})", self.feed, self.tag),
+            (None, error) => format!(
+                "feed {} cannot be asked ({}): whether it has {} is not checked",
+                self.feed,
+                error.as_deref().unwrap_or("no answer"),
+                self.tag
+            ),
+        }
+    }
+}
+
+/// Asks the app's feed (if it has one) whether it has `tag`: the digest when it does, exit 2
+/// when the registry says it does not, and a check without digest when the feed cannot be asked
+/// (`plan` stays usable offline).
+pub async fn check_tag(inventory: &Inventory, app: &App, tag: &str) -> Result<Option<FeedCheck>, Error> {
+    let Some(feed) = app.feed.clone() else { return Ok(None) };
+    let client = match registry_for(inventory, app) {
+        Ok(Some(client)) => client,
+        Ok(None) => return Ok(None),
+        // The feed's credentials are not on this machine (a laptop, a PR's CI job): the plan
+        // is made without the feed's word, as when it is down.
+        Err(e) => {
+            let why = e.diagnostics().first().map_or_else(|| e.to_string(), |d| d.message.clone());
+            return Ok(Some(FeedCheck { feed, tag: tag.to_string(), digest: None, error: Some(why) }));
+        }
+    };
+    let (client, repository) = client;
+    let (digest, error) = match client.digest(&repository, tag).await {
+        Ok(digest) => (Some(digest), None),
+        Err(e @ RegistryError::TagNotFound { .. }) => return Err(tag_error(app, e)),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Ok(Some(FeedCheck { feed, tag: tag.to_string(), digest, error }))
 }

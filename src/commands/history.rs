@@ -60,23 +60,61 @@ pub fn run(inventory: &Inventory, args: &History, output: OutputFormat) -> Resul
         output::print_json(&serde_json::json!({ "schema": 1, "type": "history", "runs": selected }))?;
         return Ok(0);
     }
+    if output == OutputFormat::Plain {
+        // Whole ids and times, one run per line, no header: for scripts and `grep`.
+        let lines: String = selected
+            .iter()
+            .map(|r| {
+                let cells = [
+                    r.started.to_string(),
+                    r.run.to_string(),
+                    r.actor.clone(),
+                    r.command.to_string(),
+                    r.app.unwrap_or("-").to_string(),
+                    r.environment.unwrap_or("-").to_string(),
+                    r.version.unwrap_or("-").to_string(),
+                    r.targets.to_string(),
+                    r.outcome.clone(),
+                    r.summary.clone(),
+                ];
+                cells.map(|c| c.replace(['\t', '\n'], " ")).join("\t") + "\n"
+            })
+            .collect();
+        output::print(&lines)?;
+        return Ok(0);
+    }
+    // Ids as short as they can be while still telling the shown runs apart; any command that
+    // takes an id takes these prefixes.
+    let id_length = crate::ids::shown_length(selected.iter().map(|r| r.run));
     let rows: Vec<Vec<String>> = selected
         .iter()
         .map(|r| {
             vec![
                 r.started.get(..19).unwrap_or(r.started).replace('T', " "),
-                r.run.get(..13).unwrap_or(r.run).to_string(),
+                r.run.get(..id_length).unwrap_or(r.run).to_string(),
                 r.actor.clone(),
                 r.command.to_string(),
                 r.app.unwrap_or("-").to_string(),
                 r.environment.unwrap_or("-").to_string(),
+                r.version.unwrap_or("-").to_string(),
                 r.targets.to_string(),
                 r.outcome.clone(),
                 r.summary.clone(),
             ]
         })
         .collect();
-    let headers = ["STARTED (UTC)", "RUN", "ACTOR", "COMMAND", "APP", "ENV", "TARGETS", "OUTCOME", "SUMMARY"];
+    let headers = [
+        "STARTED (UTC)",
+        "RUN",
+        "ACTOR",
+        "COMMAND",
+        "APP",
+        "ENV",
+        "VERSION",
+        "TARGETS",
+        "OUTCOME",
+        "SUMMARY",
+    ];
     output::print(&table(&headers, &rows))?;
     Ok(0)
 }
@@ -115,7 +153,10 @@ fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
     let via = |how: &str| list.iter().filter(|r| r.origin.as_ref().is_some_and(|o| o.via == how)).count();
     let (delayed, imported) = (via("spooled"), via("imported") > 0);
     if delayed > 0 {
-        summary.push_str(&format!(" ({delayed} records delayed: spooled while the store was unreachable)"));
+        summary.push_str(&format!(
+            " ({} delayed: spooled while the store was unreachable)",
+            output::count(delayed, "record")
+        ));
     }
     if imported {
         summary.push_str(" (imported)");

@@ -81,6 +81,7 @@ impl Operator<'_> {
             holder: self.me.clone(),
             run: new_deployment_id(),
             message: message.to_string(),
+            by_hand: true,
             ..LockInfo::default()
         };
         let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
@@ -200,7 +201,7 @@ impl Operator<'_> {
             self.record(kind, &run, vec![name.clone()], &change)?;
             released += 1;
         }
-        output::print(&format!("released {environment} on {released} targets\n"))?;
+        output::print(&format!("released {environment} on {}\n", output::count(released, "target")))?;
         Ok(())
     }
 }

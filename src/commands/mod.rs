@@ -173,8 +173,9 @@ pub fn open_store(
     let store = crate::store::postgres::PgStore::open(&url, actor(), &state_dir(inventory), schema)?;
     if store.pushed_from_spool() > 0 {
         eprintln!(
-            "note: {} delayed records from the local spool are now in the state store {}",
-            store.pushed_from_spool(),
+            "note: {} from the local spool {} now in the state store {}",
+            crate::output::count(store.pushed_from_spool(), "delayed record"),
+            crate::output::are(store.pushed_from_spool()),
             url.endpoint()
         );
     }
@@ -208,8 +209,10 @@ fn report_spooled(shared: &SharedKey) {
     let spooled = opened.lock().ok().and_then(|o| o.get(&shared.key).map(|s| s.spooled())).unwrap_or(0);
     if spooled > 0 {
         eprintln!(
-            "warning: the state store {} was lost during this command: {spooled} records are in the local spool {} (fsynced); the next command that reaches the store pushes them (or `ferry state push`)",
+            "warning: the state store {} was lost during this command: {} {} in the local spool {} (fsynced); the next command that reaches the store pushes them (or `ferry state push`)",
             shared.endpoint,
+            crate::output::count(spooled, "record"),
+            crate::output::are(spooled),
             crate::diagnostic::display_path(&shared.spool).display()
         );
     }

@@ -10,44 +10,93 @@ use crate::render::Renderer;
 use crate::request::Plan as PlanArgs;
 use crate::vars::MissingSecrets;
 
-/// The tag planned when `--version` is not given.
-const DEFAULT_VERSION: &str = "latest";
+use super::feed::LATEST;
 
 /// Runs `ferry plan`.
+///
+/// No `--version` means `latest`, as `--version latest` does: the newest version the app's feed
+/// has (the feed must answer), or, for an app without a feed, the tag named `latest` (offline;
+/// `deploy` needs a tag then). A named tag is looked up in the app's feed when it has one: a tag
+/// the registry does not have is exit 2, an unreachable feed only a note (the plan is offline
+/// otherwise). Input problems are found first, offline, so a broken inventory is exit 2 whether
+/// or not the feed answers.
 pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Result<i32, Error> {
     let renderer = Renderer::new(inventory).map_err(Error::Render)?;
     let deployment = new_deployment_id();
-    let asked = args.version.as_deref().unwrap_or(DEFAULT_VERSION);
-    // Only `--version latest` asks the feed (which version is newest); any other tag is planned
-    // offline, by tag.
-    let (version, digest) = match (args.version.as_deref(), inventory.app(&args.selection.app)) {
-        (Some(super::feed::LATEST), Ok(app)) => {
-            super::runtime()?.block_on(super::feed::resolve(inventory, app, asked))?
-        }
-        _ => (asked.to_string(), None),
-    };
+    let asked = args.version.as_deref().unwrap_or(LATEST);
     let hash_key = crate::planning::hash_key(&*super::store(inventory)?)?;
-    let request = PlanRequest {
-        app: &args.selection.app,
-        environment: &args.selection.environment,
-        version: &version,
-        digest: digest.as_deref(),
-        limits: &args.selection.limits,
-        sets: &args.selection.sets,
-        deployment: &deployment,
-        env: &process_env,
-        missing_secrets: MissingSecrets::Error,
-        hash_key: &hash_key,
+    let request = |version: &'_ str, digest: Option<&'_ str>| -> Result<Plan, Error> {
+        let request = PlanRequest {
+            app: &args.selection.app,
+            environment: &args.selection.environment,
+            version,
+            digest,
+            limits: &args.selection.limits,
+            sets: &args.selection.sets,
+            deployment: &deployment,
+            env: &process_env,
+            missing_secrets: MissingSecrets::Error,
+            hash_key: &hash_key,
+        };
+        build_plan(inventory, &renderer, &request)
     };
-    let plan = build_plan(inventory, &renderer, &request)?;
-    if args.version.is_none() && !is_json(output) {
-        eprintln!("note: no --version given; planned with tag \"{DEFAULT_VERSION}\"");
+    // Offline first: every input problem is reported before any feed is asked.
+    let mut plan = request(asked, None)?;
+    let app = inventory.app(&args.selection.app)?;
+    let mut check = None;
+    let note = match (asked, app.feed.as_deref()) {
+        (LATEST, Some(feed)) => {
+            let (version, digest) =
+                super::runtime()?.block_on(super::feed::resolve(inventory, app, LATEST))?;
+            plan = request(&version, digest.as_deref())?;
+            Some(format!("latest is {version} (the newest version in feed {feed})"))
+        }
+        (LATEST, None) => Some(format!(
+            "app {} has no feed: planned the tag \"latest\" (deploy needs --version TAG)",
+            app.name
+        )),
+        (tag, Some(_)) => {
+            check = super::runtime()?.block_on(super::feed::check_tag(inventory, app, tag))?;
+            if let Some(digest) = check.as_ref().and_then(|c| c.digest.as_deref()) {
+                plan = request(tag, Some(digest))?;
+            }
+            check.as_ref().map(super::feed::FeedCheck::describe)
+        }
+        (_, None) => None,
+    };
+    if let Some(note) = note.filter(|_| !is_json(output)) {
+        eprintln!("note: {note}");
     }
     if args.diff {
+        let (version, digest) = (plan.version.clone(), plan.digest.clone());
+        let request = PlanRequest {
+            app: &args.selection.app,
+            environment: &args.selection.environment,
+            version: &version,
+            digest: digest.as_deref(),
+            limits: &args.selection.limits,
+            sets: &args.selection.sets,
+            deployment: &deployment,
+            env: &process_env,
+            missing_secrets: MissingSecrets::Error,
+            hash_key: &hash_key,
+        };
         return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output);
     }
     match output {
-        OutputFormat::Json => output::print_json(&plan)?,
+        OutputFormat::Json => {
+            /// The plan, and what the feed said about its tag.
+            #[derive(serde::Serialize)]
+            struct WithFeed<'a> {
+                /// The plan's own fields, at the top level as before.
+                #[serde(flatten)]
+                plan: &'a Plan,
+                /// The feed's word on a named tag (absent without a feed, and for `latest`).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                feed: Option<&'a super::feed::FeedCheck>,
+            }
+            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref() })?;
+        }
         OutputFormat::Plain => output::print(&plain(&plan))?,
         OutputFormat::Human => output::print(&human(&plan))?,
     }
@@ -62,11 +111,11 @@ pub fn human(plan: &Plan) -> String {
         Batch::Percent(p) => format!("batches of {p}%"),
     };
     let mut out = format!(
-        "plan: {} {} → {}: {} targets, {batch}, max_failures {}\nimage: {}\ndeployment: {}\n",
+        "plan: {} {} → {}: {}, {batch}, max_failures {}\nimage: {}\ndeployment: {}\n",
         plan.app,
         plan.version,
         plan.environment,
-        plan.targets.len(),
+        output::count(plan.targets.len(), "target"),
         plan.rollout.max_failures,
         plan.image,
         plan.deployment

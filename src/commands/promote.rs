@@ -20,10 +20,15 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
         .map_err(|why| {
-            Error::Refused(
-                Diagnostic::new(format!("cannot promote {app} to {to}: {why}"))
-                    .help("deploy to the earlier phase first; `ferry history` shows what is on record"),
-            )
+            // The first phase, or an environment outside the phases, has no earlier phase to
+            // deploy to first: it is deployed to directly.
+            let help = match inventory.phases.iter().position(|p| p == to) {
+                Some(0) | None => {
+                    format!("there is no earlier phase: deploy to {to} directly with `ferry deploy {app} --env {to} --version TAG`")
+                }
+                Some(_) => "deploy to the earlier phase first; `ferry history` shows what is on record".into(),
+            };
+            Error::Refused(Diagnostic::new(format!("cannot promote {app} to {to}: {why}")).help(help))
         })?;
     let source_env = by_phase
         .iter()

@@ -58,7 +58,7 @@ pub fn run(inventory: Inventory, args: &RemoveArgs, output: OutputFormat) -> Res
     let targets: Vec<String> =
         select::select(&inventory, &app, &env, &args.limits)?.iter().map(|t| t.name.clone()).collect();
     let what = format!("remove {} from {}", app.name, env.name);
-    let prompt = format!("{what} ({})", plural(targets.len(), "target"));
+    let prompt = format!("{what} ({})", crate::output::count(targets.len(), "target"));
     Session::confirm(args.yes, &prompt, || {
         format!(
             "stops and removes every container of {} in {} on: {}",
@@ -232,7 +232,7 @@ async fn remove_on(
     if !host.is_local() {
         let outcome = match &removed.error {
             Some(e) => format!("{}: {e}", removed.status.label()),
-            None => format!("removed {}", plural(removed.containers.len(), "container")),
+            None => format!("removed {}", crate::output::count(removed.containers.len(), "container")),
         };
         let line = format!("{} -> {outcome}", job.mirror);
         crate::fanout::write_mirror(&*host, &removed.target, &line, &job.secrets).await;
@@ -295,9 +295,4 @@ fn summary(removed: &[TargetRemoval], what: &str) -> String {
     let mut out = format!("\n{what}\n");
     out += &table(&["TARGET", "STATUS", "REMOVED", "TIME", "DETAIL"], &rows);
     out
-}
-
-/// `1 target`, `2 targets`.
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
 }

@@ -48,10 +48,13 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
         );
     }
     let to = deployments::rollback_target(&history, to_id.as_deref()).map_err(|why| {
-        Error::Failed(
-            Diagnostic::new(format!("cannot roll back {app} in {env}: {why}"))
-                .help(format!("`ferry history {app} --env {env}` lists the deployments on record")),
-        )
+        let said = Diagnostic::new(format!("cannot roll back {app} in {env}: {why}"))
+            .help(format!("`ferry history {app} --env {env}` lists the deployments on record"));
+        match why {
+            // A --to that names no deployment (or several) is the command line's fault: exit 2.
+            deployments::NoTarget::BadId(_) => Error::Input(said),
+            deployments::NoTarget::Nothing(_) => Error::Failed(said),
+        }
     })?;
     let renderer = Renderer::new(&inventory).map_err(Error::Render)?;
     let hash_key = crate::planning::hash_key(&*store)?;

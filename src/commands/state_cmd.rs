@@ -36,8 +36,8 @@ pub fn run(inventory: &Inventory, args: &State, output: OutputFormat) -> Result<
                 }))?;
             } else {
                 output::print(&format!(
-                    "{shown}: {} records, {added} imported into {}, {} already there\n",
-                    records.len(),
+                    "{shown}: {}, {added} imported into {}, {} already there\n",
+                    output::count(records.len(), "record"),
                     store.describe(),
                     records.len() - added
                 ))?;

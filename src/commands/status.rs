@@ -423,7 +423,7 @@ fn cells(s: &TargetStatus) -> Vec<String> {
         s.health.clone().unwrap_or_else(|| "-".into()),
         s.uptime_s.map_or_else(
             || "-".into(),
-            |u| crate::duration::format(std::time::Duration::from_secs(u.unsigned_abs())),
+            |u| crate::duration::format_uptime(std::time::Duration::from_secs(u.unsigned_abs())),
         ),
         if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") },
     ]
@@ -560,5 +560,26 @@ mod tests {
         assert!((9..=11).contains(&up), "{up}");
         assert_eq!(uptime_seconds("0001-01-01T00:00:00Z").map(|u| u > 0), Some(true));
         assert_eq!(uptime_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn the_table_shows_uptimes_as_people_read_them() {
+        let at = |target: &str, uptime_s| TargetStatus {
+            target: target.into(),
+            container: None,
+            state: Some("running".into()),
+            version: Some("1.0".into()),
+            digest: None,
+            config_hash: None,
+            health: Some("healthy".into()),
+            uptime_s: Some(uptime_s),
+            drift: Vec::new(),
+            unread_replace_steps: Vec::new(),
+        };
+        // A row's cells after the target, whole: the uptime column reads as people say it.
+        let row = |uptime_s| cells(&at("h1", uptime_s)).join("|");
+        assert_eq!(row(0), "-|1.0|-|-|healthy|0s|ok");
+        assert_eq!(row(125), "-|1.0|-|-|healthy|2m 5s|ok");
+        assert_eq!(row(3 * 86_400 + 4 * 3600), "-|1.0|-|-|healthy|3d 4h|ok");
     }
 }

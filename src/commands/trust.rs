@@ -80,7 +80,11 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
             targets: to_write.iter().map(|f| f.target.clone()).collect(),
             ..records::entry(records::Kind::TrustRecorded, &detail)
         })?;
-        eprintln!("recorded {} host keys in {}", to_write.len(), inventory.defaults.known_hosts.display());
+        eprintln!(
+            "recorded {} in {}",
+            crate::output::count(to_write.len(), "host key"),
+            inventory.defaults.known_hosts.display()
+        );
     }
     Ok(if refused {
         EXIT_REFUSED
@@ -208,7 +212,8 @@ fn confirmed(yes: bool, count: usize) -> Result<bool, Error> {
         return Ok(false);
     }
     eprint!(
-        "Record {count} host keys? Compare the fingerprints with the hosts' own (ssh-keygen -lf) first. [y/N] "
+        "Record {}? Compare the fingerprints with the hosts' own (ssh-keygen -lf) first. [y/N] ",
+        crate::output::count(count, "host key")
     );
     std::io::stderr().flush()?;
     let mut answer = String::new();

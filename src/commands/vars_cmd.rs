@@ -28,7 +28,11 @@ struct Report<'a> {
 struct SecretReport {
     value: &'static str,
     source: String,
+    /// Readable here, and not an empty value the deploy would refuse.
     available: bool,
+    /// Readable, but empty (without `allow_empty`): a deploy refuses it.
+    #[serde(skip)]
+    empty: bool,
 }
 
 /// The target named on the command line, or an error suggesting one of the environment's.
@@ -59,9 +63,10 @@ pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i
         .into_iter()
         .map(|(name, def)| {
             let value = vars::read_source(inventory, name, def, &super::process_env).ok();
-            let available = value.is_some();
+            let empty = value.as_ref().is_some_and(|v| v.expose().is_empty() && !def.allow_empty);
+            let available = value.is_some() && !empty;
             values.extend(value);
-            (name, SecretReport { value: MASK, source: def.source.to_string(), available })
+            (name, SecretReport { value: MASK, source: def.source.to_string(), available, empty })
         })
         .collect();
     // A variable that happens to hold a secret's value is shown masked, as in plans.
@@ -109,7 +114,11 @@ pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i
         let rows: Vec<Vec<String>> = secrets
             .iter()
             .map(|(k, s)| {
-                let status = if s.available { "available" } else { "MISSING" };
+                let status = match (s.available, s.empty) {
+                    (true, _) => "available",
+                    (false, true) => "EMPTY",
+                    (false, false) => "MISSING",
+                };
                 vec![k.to_string(), s.value.to_string(), status.to_string(), s.source.clone()]
             })
             .collect();

@@ -71,7 +71,8 @@ pub fn run(inventory: &Inventory, args: &Versions, output: OutputFormat) -> Resu
         OutputFormat::Human => {
             let rows: Vec<Vec<String>> =
                 versions.iter().map(|v| vec![v.tag.clone(), v.digest.clone().unwrap_or_default()]).collect();
-            let mut out = format!("{repository}: {} versions, newest first\n\n", versions.len());
+            let mut out =
+                format!("{repository}: {}, newest first\n\n", output::count(versions.len(), "version"));
             out += &table(&["VERSION", "DIGEST"], &rows);
             if !ignored.is_empty() {
                 out += &format!("\nignored ({}): {}\n", ignored.len(), ignored.join(", "));

@@ -20,7 +20,7 @@ use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean, display_path};
 use crate::{duration, glob};
-use raw::{RawInventory, RawSecretSource, RawVars};
+use raw::{RawInventory, RawSecretFrom, RawSecretSource, RawVars};
 
 /// Names ferry puts into every template context; a variable may not shadow them.
 pub const RESERVED_NAMES: &[&str] =
@@ -204,6 +204,8 @@ pub struct SecretDef {
     pub source: SecretSource,
     /// Span in the inventory.
     pub span: Range<usize>,
+    /// `allow_empty = true`: an empty value is meant, not a CI's stand-in for a missing secret.
+    pub allow_empty: bool,
 }
 
 /// A Docker registry.
@@ -378,6 +380,20 @@ fn toml_diagnostic(source: &SourceFile, error: &toml::de::Error) -> Diagnostic {
             .map(|d| format!("{d} (valid keys here: {})", valid.join(", ")))
             .or_else(|| (!valid.is_empty()).then(|| format!("valid keys here: {}", valid.join(", "))));
         return Diagnostic::new(format!("unknown key `{field}`")).at(source, span).maybe_help(help);
+    }
+    if message.starts_with("invalid float") || message.starts_with("invalid number") {
+        // `host = 10.0.0.11` parses as a broken number: the value was meant as a string.
+        let line_start = source.text[..span.start.min(source.text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line = source.text[line_start..].lines().next().unwrap_or_default();
+        let help = match line.split_once('=') {
+            Some((key, value)) if !value.trim().is_empty() => format!(
+                "quote the value: {} = \"{}\" (unquoted, TOML reads it as a number)",
+                key.trim(),
+                value.trim()
+            ),
+            _ => "quote the value (unquoted, TOML reads it as a number)".to_string(),
+        };
+        return Diagnostic::new(message.replace('\n', " ")).at(source, span).help(help);
     }
     let says_what_to_do = message.contains("use ") || message.contains("give ");
     let diagnostic = Diagnostic::new(message.replace('\n', " ")).at(source, span);
@@ -647,7 +663,10 @@ impl Checker<'_> {
                     self.error(
                         selector.span(),
                         format!("target glob \"{pattern}\" in environment \"{env}\" matches no target"),
-                        Some(format!("{} targets are defined; check the pattern", targets.len())),
+                        Some(match targets.len() {
+                            1 => "1 target is defined; check the pattern".to_string(),
+                            n => format!("{n} targets are defined; check the pattern"),
+                        }),
                     );
                 }
             } else if let Some(&i) = by_name.get(pattern.as_str()) {
@@ -784,11 +803,12 @@ impl Checker<'_> {
 
     fn secret_def(&self, raw: Spanned<RawSecretSource>) -> SecretDef {
         let span = raw.span();
-        let source = match raw.into_inner() {
-            RawSecretSource::Env(name) => SecretSource::Env(name),
-            RawSecretSource::File(path) => SecretSource::File(self.dir.join(path)),
+        let raw = raw.into_inner();
+        let source = match raw.from {
+            RawSecretFrom::Env(name) => SecretSource::Env(name),
+            RawSecretFrom::File(path) => SecretSource::File(self.dir.join(path)),
         };
-        SecretDef { source, span }
+        SecretDef { source, span, allow_empty: raw.allow_empty }
     }
 
     fn apps(

@@ -110,10 +110,19 @@ pub struct RawFeed {
     pub ca_file: Option<String>,
 }
 
-/// `{ env = "NAME" }` or `{ file = "path" }`. A bare string is refused: credentials and secrets
-/// are never written inline in an inventory.
+/// `{ env = "NAME" }` or `{ file = "path" }`, optionally with `allow_empty = true`. A bare
+/// string is refused: credentials and secrets are never written inline in an inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawSecretSource {
+pub struct RawSecretSource {
+    /// Where the value is read.
+    pub from: RawSecretFrom,
+    /// An empty value is meant (else it is refused: CI systems turn a missing secret into "").
+    pub allow_empty: bool,
+}
+
+/// The place a secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSecretFrom {
     /// An environment variable of the process running ferry.
     Env(String),
     /// A file, relative to the inventory's folder.
@@ -132,14 +141,20 @@ impl<'de> Deserialize<'de> for RawSecretSource {
             }
         };
         let mut source = None;
+        let mut allow_empty = false;
         for (key, value) in table {
+            if key == "allow_empty" {
+                allow_empty =
+                    value.as_bool().ok_or_else(|| D::Error::custom("`allow_empty` must be true or false"))?;
+                continue;
+            }
             let text = match value {
                 toml::Value::String(text) if !text.is_empty() => text,
                 _ => return Err(D::Error::custom(format!("`{key}` must be a non-empty string"))),
             };
             source = match (key.as_str(), source) {
-                ("env", None) => Some(RawSecretSource::Env(text)),
-                ("file", None) => Some(RawSecretSource::File(text)),
+                ("env", None) => Some(RawSecretFrom::Env(text)),
+                ("file", None) => Some(RawSecretFrom::File(text)),
                 ("env" | "file", Some(_)) => {
                     return Err(D::Error::custom("give only one of `env` or `file`"));
                 }
@@ -150,9 +165,10 @@ impl<'de> Deserialize<'de> for RawSecretSource {
                 }
             };
         }
-        source.ok_or_else(|| {
+        let from = source.ok_or_else(|| {
             D::Error::custom("a secret source needs `env` or `file`, e.g. { env = \"DB_PASSWORD\" }")
-        })
+        })?;
+        Ok(RawSecretSource { from, allow_empty })
     }
 }
 

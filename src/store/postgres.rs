@@ -871,14 +871,33 @@ impl Row {
 
 /// The lease columns as a [`LockInfo`] (times on the database's clock).
 fn lease_info(row: &tokio_postgres::Row) -> LockInfo {
+    let (message, by_hand) = from_lease_message(row.get(2));
     LockInfo {
         holder: row.get(0),
         run: row.get(1),
-        message: row.get(2),
+        message,
         since_ms: row.get(3),
         expires_ms: row.get(4),
         deadline_s: None,
         fence: u64::try_from(row.get::<_, i64>(5)).ok(),
+        by_hand,
+    }
+}
+
+/// Marks a lease taken by hand (`ferry lock acquire`) in its message column: the lease table
+/// has no column of its own for it, and older runners read the mark as part of the message.
+const BY_HAND: &str = "[by hand] ";
+
+/// The message column for `info`'s lease.
+fn lease_message(info: &LockInfo) -> String {
+    if info.by_hand { format!("{BY_HAND}{}", info.message) } else { info.message.clone() }
+}
+
+/// The message and whether the lease was taken by hand, from its message column.
+fn from_lease_message(column: String) -> (String, bool) {
+    match column.strip_prefix(BY_HAND) {
+        Some(message) => (message.to_string(), true),
+        None => (column, false),
     }
 }
 
@@ -1084,7 +1103,7 @@ impl super::Store for PgStore {
     fn lease(&self, environment: &str, info: &LockInfo) -> Result<Box<dyn Lease>, LockError> {
         let ttl_ms = (info.expires_ms - info.since_ms).max(1000);
         let (env, holder, run, message) =
-            (environment.to_string(), info.holder.clone(), info.run.clone(), info.message.clone());
+            (environment.to_string(), info.holder.clone(), info.run.clone(), lease_message(info));
         let answer = self.db.call(|client| async move {
             let client = client.lock().await;
             // One statement: a free, expired or own lease is taken; a live one of another run
@@ -1108,15 +1127,20 @@ impl super::Store for PgStore {
             if let Some(row) = taken {
                 let fence = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
                 let previous = match (row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)) {
-                    (Some(holder), Some(old_run)) if old_run != run => Some(LockInfo {
-                        holder,
-                        run: old_run,
-                        message: row.get::<_, Option<String>>(3).unwrap_or_default(),
-                        since_ms: row.get::<_, Option<i64>>(4).unwrap_or(0),
-                        expires_ms: row.get::<_, Option<i64>>(5).unwrap_or(0),
-                        deadline_s: None,
-                        fence: row.get::<_, Option<i64>>(6).and_then(|f| u64::try_from(f).ok()),
-                    }),
+                    (Some(holder), Some(old_run)) if old_run != run => {
+                        let (message, by_hand) =
+                            from_lease_message(row.get::<_, Option<String>>(3).unwrap_or_default());
+                        Some(LockInfo {
+                            holder,
+                            run: old_run,
+                            message,
+                            since_ms: row.get::<_, Option<i64>>(4).unwrap_or(0),
+                            expires_ms: row.get::<_, Option<i64>>(5).unwrap_or(0),
+                            deadline_s: None,
+                            fence: row.get::<_, Option<i64>>(6).and_then(|f| u64::try_from(f).ok()),
+                            by_hand,
+                        })
+                    }
                     _ => None,
                 };
                 return Ok(Ok((fence, previous)));

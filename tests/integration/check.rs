@@ -39,7 +39,7 @@ fn example_inventory_checks_without_any_secret_set() {
 fn fixture_checks_and_counts_renders() {
     Test::new()
         .args(["check"])
-        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
         .stderr("")
         .run();
 }
@@ -61,7 +61,7 @@ fn unused_variables_and_safe_are_warnings_not_errors() {
         .replace("templates/web.j2", "{{ image }}", "{{ image|safe }}");
     let out = test
         .args(["check"])
-        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 2 warnings\n")
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 2 warnings\n")
         .stderr_snapshot()
         .run();
     insta::assert_snapshot!("check_warnings", out.stderr);
@@ -77,7 +77,9 @@ fn deny_warnings_fails_with_exit_2() {
     let out = test
         .args(["check", "--deny-warnings"])
         .code(2)
-        .stdout("ferry.toml: failed (warnings denied): 1 apps × 2 environments, 3 targets, 3 renders, 1 warnings\n")
+        .stdout(
+            "ferry.toml: failed (warnings denied): 1 app × 2 environments, 3 targets, 3 renders, 1 warning\n",
+        )
         .stderr_snapshot()
         .run();
     insta::assert_snapshot!(out.stderr);

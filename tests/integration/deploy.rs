@@ -374,7 +374,7 @@ fn a_failed_version_restores_the_old_container_and_stops_the_rollout() {
         .stdout_contains("\nh1: last log lines of the new container:\n")
         .stdout_contains("  | httpd: cannot load /etc/web.conf: no such file (broken build)\n")
         .stdout_contains(
-            "\nrollout stopped after batch 1: 1 failed (max_failures 0); the remaining targets were not touched\n",
+            "\nrollout stopped after batch 1: 1 failed (max_failures 0); the remaining 2 targets were not touched\n",
         )
         .run();
     assert!(plain.stdout.contains("h1: last log lines of the new container:"), "{}", plain.stdout);
@@ -642,6 +642,8 @@ fn status_reports_drift_and_plan_diff_explains_what_would_change() {
     let same = fleet
         .ferry(&["plan", "web", "--env", "d-drift", "--version", "1.0", "--diff", "--output", "plain"])
         .stdout("h1\tunchanged\t\nh2\tstart\tthe container is exited\nh3\tunchanged\t\n")
+        // plan asks the feed about a named tag, and says what it has (the digest it plans).
+        .stderr_contains("note: feed lab has 1.0 (sha256:")
         .run();
     assert!(same.stdout.contains("h1\tunchanged") && same.stdout.contains("h2\tstart"), "{}", same.stdout);
     // A deploy starts the stopped container with the planned config rather than recreating it.
@@ -658,7 +660,7 @@ fn deploy_without_a_terminal_needs_yes_and_changes_nothing() {
         .ferry(&["deploy", "web", "--env", "d-ask", "--version", "1.0"])
         .code(4)
         .stderr(
-            "error: refusing to deploy web 1.0 to d-ask (1 targets) without a confirmation: stdin is not a \
+            "error: refusing to deploy web 1.0 to d-ask (1 target) without a confirmation: stdin is not a \
              terminal\n  = help: pass --yes (cron, CI), or run it from a terminal and answer the prompt\n",
         )
         .run();

@@ -114,14 +114,16 @@ fn missing_secret_is_a_warning_for_check() {
     Test::new()
         .unset("WEB_DATABASE_URL")
         .args(["check"])
-        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 1 warnings\n")
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 1 warning\n")
         .stderr(warning)
         .run();
     Test::new()
         .unset("WEB_DATABASE_URL")
         .args(["check", "--deny-warnings"])
         .code(2)
-        .stdout("ferry.toml: failed (warnings denied): 1 apps × 2 environments, 3 targets, 3 renders, 1 warnings\n")
+        .stdout(
+            "ferry.toml: failed (warnings denied): 1 app × 2 environments, 3 targets, 3 renders, 1 warning\n",
+        )
         .stderr(warning)
         .run();
 }
@@ -173,7 +175,7 @@ fn duplicate_target_address_in_one_environment() {
 fn same_address_in_different_environments_is_fine() {
     let test = Test::new().replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"10.0.1.11\"");
     test.args(["check"])
-        .stdout("ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
         .run();
 }
 
@@ -355,10 +357,11 @@ fn a_value_starting_with_a_dash_is_fine_where_docker_reads_a_flags_value_or_the_
             "  {{ image }}\n",
             "  --label app.note={{ note }} -e NOTE {{ image }} echo {{ note }}\n",
         )
-        .replace("ferry.toml", "vars = { port = 8080 }", "vars = { port = 8080, note = \"x\" }");
+        .replace("ferry.toml", "vars = { port = 8080 }", "vars = { port = 8080, note = \"x\" }")
+        .replace("ferry.toml", "feed = \"main\"\n", "");
     test.args(["plan", "web", "--env", "prod", "--set", "note=-x"])
         .stdout_contains("--label app.note=-x -e NOTE")
         .stdout_contains("echo -x")
-        .stderr("note: no --version given; planned with tag \"latest\"\n")
+        .stderr("note: app web has no feed: planned the tag \"latest\" (deploy needs --version TAG)\n")
         .run();
 }

@@ -605,8 +605,10 @@ fn registry_failures_say_what_is_missing() {
     let tag = Test::bare()
         .args(["-i", &inv, "deploy", "many", "--env", "f-err", "--version", "9.9.9", "--yes"])
         .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
-        .code(1)
-        .stderr("error: tag 9.9.9 not found in 10.200.0.1:5000/ferry/web\n")
+        .code(2)
+        .stderr(
+            "error: tag 9.9.9 not found in 10.200.0.1:5000/ferry/web\n  = help: `ferry versions many` lists the versions the feed has\n",
+        )
         .run();
     assert!(tag.stderr.contains("tag 9.9.9 not found in 10.200.0.1:5000/ferry/web"), "{}", tag.stderr);
     // Nothing listens on port 1 of this machine's loopback.

@@ -49,7 +49,7 @@ fn trust_fetches_the_key_of_a_target_behind_a_jump_host_through_that_jump_host()
              inner   127.0.0.1  NEW    ssh-ed25519  {h1_fingerprint}\n",
             pad = " ".repeat(h1_fingerprint.len() - "FINGERPRINT".len())
         ))
-        .stderr(&format!("recorded 1 host keys in {}\n", known_hosts.display()))
+        .stderr(&format!("recorded 1 host key in {}\n", known_hosts.display()))
         .run();
     assert!(out.stdout.contains(&h1_fingerprint), "inner is h1 itself: {}", out.stdout);
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();

@@ -490,7 +490,7 @@ fn trust_records_keys_only_when_confirmed_and_never_replaces_silently() {
     Test::bare()
         .args(["-i", &inventory, "trust", "--env", "lab", "--yes", "--replace", "h1"])
         .stdout(&table(["REPLACE", "TRUSTED", "TRUSTED"], ""))
-        .stderr(&format!("recorded 1 host keys in {known_hosts}\n"))
+        .stderr(&format!("recorded 1 host key in {known_hosts}\n"))
         .run();
     let audit = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
     assert_eq!(
@@ -914,19 +914,23 @@ fn operators_freeze_an_environment_and_only_force_breaks_someone_elses_lock() {
         .run();
     assert_eq!(status.stdout.matches("LOCKED  alice@").count(), 3, "{}", status.stdout);
     assert!(status.stdout.contains("release freeze"));
-    let held = "environment lock-ops is locked on h1 by alice@";
-    let what_to_do = ": release freeze (run ";
-    let force = "; wait for it with --lock-wait DURATION, or, if that run is dead, break it with \
-                 `ferry lock release --env lock-ops --force`\n";
+    // Taken by hand: described as such, never as a run that may be dead.
+    let held = "environment lock-ops is locked on h1, by hand: alice@";
+    let what_to_do = " took it with `ferry lock acquire` on ";
+    let force = " (\"release freeze\"); it expires ";
+    let ask = ". Ask them, or release it with `ferry lock release --env lock-ops --force` (audited)\n";
     let refused = ferry("bob")
         .args(["run", "--env", "lock-ops", "--lock", "--", "true"])
         .code(3)
         .stderr_contains(held)
         .stderr_contains(what_to_do)
         .stderr_contains(force)
+        .stderr_contains(ask)
         .run();
     assert!(
-        refused.stderr.contains("by alice@") && refused.stderr.contains("release freeze"),
+        refused.stderr.contains("by hand: alice@")
+            && !refused.stderr.contains("dead")
+            && refused.stderr.contains("release freeze"),
         "{}",
         refused.stderr
     );
@@ -936,6 +940,7 @@ fn operators_freeze_an_environment_and_only_force_breaks_someone_elses_lock() {
         .stderr_contains(held)
         .stderr_contains(what_to_do)
         .stderr_contains(force)
+        .stderr_contains(ask)
         .run();
     ferry("bob")
         .args(["lock", "release", "--env", "lock-ops", "--force"])

@@ -46,7 +46,7 @@ fn logs_and_exec_targets_must_match() {
             .args(if command[0] == "exec" { &["--", "true"][..] } else { &[][..] }.iter().copied())
             .code(2)
             .stderr(
-                "error: --limit \"nope\" matches none of the 1 targets of app \"web\" in environment \"staging\"\n  \
+                "error: --limit \"nope\" does not match the only target of app \"web\" in environment \"staging\"\n  \
                  = help: targets of app \"web\" in environment \"staging\": stg-1\n",
             )
             .run();

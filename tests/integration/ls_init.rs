@@ -73,7 +73,7 @@ fn ls_needs_no_secret_and_no_network() {
 }
 
 /// The starter's `check` line: one app, two environments on one local target.
-const STARTER_CHECKED: &str = "ferry.toml: ok: 1 apps × 2 environments, 1 targets, 2 renders, 0 warnings\n";
+const STARTER_CHECKED: &str = "ferry.toml: ok: 1 app × 2 environments, 1 target, 2 renders, 0 warnings\n";
 
 #[test]
 fn init_writes_a_starter_that_check_passes() {

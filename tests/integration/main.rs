@@ -15,6 +15,7 @@
 mod audit;
 mod check;
 mod cli;
+mod contract;
 #[cfg(feature = "lab")]
 mod deploy;
 mod errors;

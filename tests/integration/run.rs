@@ -64,7 +64,7 @@ fn unknown_role_and_limit_are_input_errors() {
         .args(["run", "--env", "staging", "--limit", "nope", "--", "true"])
         .code(2)
         .stderr(
-            "error: --limit \"nope\" matches none of the 1 targets of environment \"staging\"\n  \
+            "error: --limit \"nope\" does not match the only target of environment \"staging\"\n  \
              = help: targets of environment \"staging\": stg-1\n",
         )
         .run();

@@ -3,6 +3,12 @@
 
 use crate::test::{SECRET, Test};
 
+/// The test inventory without its feed: `plan` without `--version` then plans the tag
+/// `latest` offline (with a feed it would ask the feed for the newest version).
+fn feedless() -> Test {
+    Test::new().replace("ferry.toml", "feed = \"main\"\n", "")
+}
+
 fn assert_clean(what: &str, out: &crate::test::Output) {
     assert!(!out.stdout.contains(SECRET), "{what}: secret on stdout:\n{}", out.stdout);
     assert!(!out.stderr.contains(SECRET), "{what}: secret on stderr:\n{}", out.stderr);
@@ -10,10 +16,10 @@ fn assert_clean(what: &str, out: &crate::test::Output) {
 
 #[test]
 fn secret_never_printed_by_any_command_or_format() {
-    let note = "note: no --version given; planned with tag \"latest\"\n";
+    let note = "note: app web has no feed: planned the tag \"latest\" (deploy needs --version TAG)\n";
     let human_plan = "plan: web latest → prod: 2 targets, batches of 1, max_failures 0\n";
-    let check = "ferry.toml: ok: 1 apps × 2 environments, 3 targets, 3 renders, 0 warnings\n";
-    let runs = |args: &[&str]| Test::new().args(args.iter().copied());
+    let check = "ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n";
+    let runs = |args: &[&str]| feedless().args(args.iter().copied());
     let tests = [
         runs(&["plan", "web", "--env", "prod"]).stdout_contains(human_plan).stderr(note),
         runs(&["plan", "web", "--env", "prod", "--output", "plain"])
@@ -42,13 +48,15 @@ fn secret_never_printed_by_any_command_or_format() {
 
 #[test]
 fn debug_logs_exist_and_mask_the_secret() {
-    let out = Test::new()
+    let out = feedless()
         .env("FERRY_LOG", "debug")
         .args(["plan", "web", "--env", "prod"])
         .stdout_contains("plan: web latest → prod: 2 targets, batches of 1, max_failures 0\n")
         .stderr_contains("secret resolved")
         .stderr_contains(" DEBUG plan built app=web environment=prod targets=2\n")
-        .stderr_contains("note: no --version given; planned with tag \"latest\"\n")
+        .stderr_contains(
+            "note: app web has no feed: planned the tag \"latest\" (deploy needs --version TAG)\n",
+        )
         .run();
     assert!(out.stderr.contains("secret resolved"), "debug logging must be on:\n{}", out.stderr);
     assert!(out.stderr.contains("value=***"), "{}", out.stderr);
@@ -74,7 +82,18 @@ fn secret_not_in_error_messages() {
 #[test]
 fn a_variable_equal_to_a_secret_is_masked_in_display() {
     let out = Test::new()
-        .args(["plan", "web", "--env", "prod", "--output", "json", "--set", &format!("port={SECRET}")])
+        .args([
+            "plan",
+            "web",
+            "--env",
+            "prod",
+            "--version",
+            "1.0",
+            "--output",
+            "json",
+            "--set",
+            &format!("port={SECRET}"),
+        ])
         .stdout_json()
         .run();
     assert!(out.stdout.contains("***:8080"), "{}", out.stdout);

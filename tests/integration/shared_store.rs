@@ -621,10 +621,17 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
         .run();
     let taken = Instant::now();
     assert!(world.lease("ss4").starts_with("alice@runner-a (cron)|"));
+    // Taken by hand, and described so (not as a run that may be dead).
     b.ferry(&["lock", "acquire", "--env", "ss4"])
         .code(3)
-        .stderr_contains("environment ss4 is locked on the state store by alice@runner-a (cron) since ")
-        .stderr_contains(": short freeze (run ")
+        .stderr_contains(
+            "environment ss4 is locked on the state store, by hand: alice@runner-a (cron) took it with `ferry lock acquire` on ",
+        )
+        .stderr_contains(" (\"short freeze\"); it expires ")
+        .run();
+    b.ferry(&["lock", "status", "--env", "ss4"])
+        .stdout_contains("\n(state store)  LOCKED  alice@runner-a (cron)  ")
+        .stdout_contains("  short freeze\n")
         .run();
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(taken.elapsed()));
     b.ferry(&["lock", "acquire", "--env", "ss4", "--ttl", "1m"]).stdout_contains("locked ss4 until ").run();
