@@ -706,6 +706,7 @@ fn glob(name: &str, text: &str) -> Result<String, Diagnostic> {
     }
 }
 
+/// `ferry logs --since`: see [`request::parse_since`].
 fn since(_: &str, text: &str) -> Result<request::Since, Diagnostic> {
     request::parse_since(text)
 }
