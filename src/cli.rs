@@ -591,7 +591,7 @@ pub struct ExecArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
     pub connect_timeout: Duration,
 
-    /// Kill the command on a target after this long (not in an interactive session)
+    /// Stop waiting for a target after this long (not in an interactive session); the process in the container may go on
     #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
     pub timeout: Option<Duration>,
 
