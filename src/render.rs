@@ -370,7 +370,16 @@ fn unclosed_block(text: &str) -> Option<(String, Range<usize>)> {
     const BLOCKS: [&str; 8] = ["for", "if", "macro", "block", "filter", "with", "call", "autoescape"];
     let mut open: Vec<(String, Range<usize>)> = Vec::new();
     let mut rest = 0;
-    while let Some(start) = text.get(rest..)?.find("{%").map(|i| rest + i) {
+    while let Some(start) = text.get(rest..)?.find(['{']).map(|i| rest + i) {
+        // Tags in a comment are not tags.
+        if text[start..].starts_with("{#") {
+            rest = text[start + 2..].find("#}").map_or(text.len(), |i| start + 4 + i);
+            continue;
+        }
+        if !text[start..].starts_with("{%") {
+            rest = start + 1;
+            continue;
+        }
         // A `{%` never closed runs to the end of the text: cutting two bytes off that end could
         // split a character wider than one byte.
         let (inner_end, end) =

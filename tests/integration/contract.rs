@@ -284,9 +284,10 @@ fn an_unclosed_for_names_the_line_where_it_opens() {
 
 #[test]
 fn an_unclosed_for_is_named_when_the_template_ends_in_a_wide_character() {
-    // A `{%` that is never closed (here inside a comment) and a template ending in a character
-    // wider than one byte: finding the unclosed block must not cut that character in half.
-    let template = "docker run\n  {% for k in container_env %}{# a {% in a comment #}\n  {{ image }} 日";
+    // Tags inside a comment (one of them a `{%` never closed) and a template ending in a
+    // character wider than one byte: the `for` is named (not the comment's `if`), and finding it
+    // does not cut that character in half.
+    let template = "docker run\n  {% for k in container_env %}{# an {% if x %} and a {% in a comment #}\n  {{ image }} 日";
     let out = Test::new().write("templates/web.j2", template).args(["check"]).code(2).stderr_snapshot().run();
     insta::assert_snapshot!(out.stderr);
 }
