@@ -21,6 +21,13 @@
 //!
 //! Targets fail alone. After a batch, failures beyond `max_failures` stop the rollout, and
 //! Ctrl-C stops it too: targets already started finish (or are restored), no new one starts.
+//!
+//! Targets the session could not reach (or whose host key it refused) are reported first, as
+//! they are, and count against `max_failures` before any batch starts: when they alone exceed
+//! it, the rollout stops before any target changes (with the default budget of 0, one
+//! unreachable target stops a rollout of the others; `--limit` the healthy targets, or allow
+//! failures, to get a fix out anyway). A budget that allows them lets the reachable targets be
+//! deployed as usual.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,7 +75,8 @@ pub struct Settings {
 pub struct TargetReport {
     /// Target name.
     pub target: String,
-    /// `ok`, `failed` (restored or untouched), `error` (connection lost), `skipped`.
+    /// `ok`, `failed` (restored or untouched), `error` (connection lost), `unreachable`,
+    /// `refused` (host key), `skipped`.
     pub status: Status,
     /// What happened to its container.
     pub action: Option<Action>,
@@ -173,26 +181,48 @@ fn why_replaced(current: &Brief, planned: &TargetPlan, version: &str, digest: Op
 /// The targets' connections, by target name.
 pub type Connections = HashMap<String, Arc<dyn Host>>;
 
-/// Rolls `plan` out; see the module docs.
+/// Rolls `plan` out, with the targets in `unreached` reported and left alone; see the module
+/// docs.
 pub async fn apply(
     mut plan: Plan,
     planner: Arc<dyn Planner>,
     connections: &Connections,
+    unreached: &[crate::fanout::Unreached],
     settings: &Settings,
     events: &Events,
     cancel: Cancel,
 ) -> Applied {
     let count = plan.targets.len();
     let mut reports: Vec<Option<TargetReport>> = vec![None; count];
-    let mut failures = 0;
+    for u in unreached {
+        if let Some(i) = plan.targets.iter().position(|t| t.target == u.target) {
+            let mut r = report(&u.target, u.status, Some(Action::Untouched), Some(u.error.clone()));
+            r.duration = u.duration;
+            finished(events, Some(&r));
+            reports[i] = Some(r);
+        }
+    }
+    let mut failures = reports.iter().flatten().count();
     let mut stopped: Option<String> = None;
+    if crate::rollout::exceeded(failures, &plan.rollout) {
+        let targets = if failures == 1 { "target was" } else { "targets were" };
+        stopped = Some(format!(
+            "rollout stopped before it began: {failures} {targets} not reached (max_failures {})",
+            plan.rollout.max_failures
+        ));
+    }
     for (index, batch) in crate::rollout::batches(count, &plan.rollout).into_iter().enumerate() {
+        // Unreached targets are reported already: a batch is the rest of its targets.
+        let batch: Vec<usize> = batch.filter(|&i| reports[i].is_none()).collect();
+        if batch.is_empty() {
+            continue;
+        }
         if *cancel.borrow() || stopped.is_some() {
             let why = stopped.clone().unwrap_or_else(|| "not started: interrupted".into());
             skip(&plan, batch, &why, &mut reports, events);
             continue;
         }
-        let names = plan.targets[batch.clone()].iter().map(|t| t.target.clone()).collect();
+        let names = batch.iter().map(|&i| plan.targets[i].target.clone()).collect();
         let _ = events.send(Event::BatchStarted { batch: index + 1, targets: names });
         let ready =
             pull_batch(&mut plan, &planner, batch.clone(), connections, settings, events, &mut reports).await;
@@ -214,8 +244,7 @@ pub async fn apply(
         for (i, r) in done {
             reports[i] = Some(r);
         }
-        failures =
-            reports.iter().flatten().filter(|r| matches!(r.status, Status::Failed | Status::Error)).count();
+        failures = reports.iter().flatten().filter(|r| r.status.is_failure()).count();
         if crate::rollout::exceeded(failures, &plan.rollout) {
             stopped = Some(format!(
                 "rollout stopped after batch {}: {failures} failed (max_failures {})",
@@ -247,13 +276,7 @@ fn report(target: &str, status: Status, action: Option<Action>, error: Option<St
     }
 }
 
-fn skip(
-    plan: &Plan,
-    batch: std::ops::Range<usize>,
-    why: &str,
-    reports: &mut [Option<TargetReport>],
-    events: &Events,
-) {
+fn skip(plan: &Plan, batch: Vec<usize>, why: &str, reports: &mut [Option<TargetReport>], events: &Events) {
     for i in batch {
         reports[i] = Some(report(&plan.targets[i].target, Status::Skipped, None, Some(why.to_string())));
         finished(events, reports[i].as_ref());
@@ -266,7 +289,7 @@ fn skip(
 async fn pull_batch(
     plan: &mut Plan,
     planner: &Arc<dyn Planner>,
-    batch: std::ops::Range<usize>,
+    batch: Vec<usize>,
     connections: &Connections,
     settings: &Settings,
     events: &Events,
@@ -1061,7 +1084,7 @@ mod tests {
         let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
         let planner: Arc<dyn Planner> = Arc::new(TestPlanner(post_deploy.map(str::to_string)));
         let settings = Settings { force, ..settings() };
-        let applied = apply(plan, planner, &connections, &settings, &events, cancel).await;
+        let applied = apply(plan, planner, &connections, &[], &settings, &events, cancel).await;
         let mut steps = Vec::new();
         while let Ok(event) = received.try_recv() {
             if let Event::TargetStep { step, .. } = event {
@@ -1069,6 +1092,108 @@ mod tests {
             }
         }
         (applied, steps)
+    }
+
+    /// A rollout of `targets` (in that order) under `max_failures` and batches of `batch`, where
+    /// `hosts` are the connected ones and `unreached` the others; with every event it sent.
+    async fn deploy_past(
+        targets: &[&str],
+        hosts: &[Arc<FakeHost>],
+        unreached: &[&str],
+        batch: u32,
+        max_failures: u32,
+    ) -> (Applied, Vec<Event>) {
+        let mut plan = plan(targets);
+        plan.rollout = Rollout { batch: Batch::Count(batch), max_failures };
+        let connections: Connections =
+            hosts.iter().map(|h| (h.name().to_string(), Arc::clone(h) as Arc<dyn Host>)).collect();
+        let unreached: Vec<crate::fanout::Unreached> = unreached
+            .iter()
+            .map(|t| crate::fanout::Unreached {
+                target: (*t).to_string(),
+                status: Status::Unreachable,
+                error: format!("no SSH session with {t}:22 within 3 s"),
+                duration: Duration::from_secs(3),
+            })
+            .collect();
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let planner: Arc<dyn Planner> = Arc::new(TestPlanner(None));
+        let applied = apply(plan, planner, &connections, &unreached, &settings(), &events, cancel).await;
+        drop(events);
+        let mut sent = Vec::new();
+        while let Some(event) = received.recv().await {
+            sent.push(event);
+        }
+        (applied, sent)
+    }
+
+    fn outcomes(applied: &Applied) -> Vec<(&str, Status)> {
+        applied.reports.iter().map(|r| (r.target.as_str(), r.status)).collect()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_target_within_the_budget_lets_the_others_deploy() {
+        let hosts = [Arc::new(target("a", vec![])), Arc::new(target("c", vec![]))];
+        let (applied, events) = deploy_past(&["a", "b", "c"], &hosts, &["b"], 1, 1).await;
+        assert_eq!(outcomes(&applied), [("a", Status::Ok), ("b", Status::Unreachable), ("c", Status::Ok)]);
+        let b = &applied.reports[1];
+        assert_eq!(b.action, Some(Action::Untouched));
+        assert_eq!(b.error.as_deref(), Some("no SSH session with b:22 within 3 s"));
+        assert_eq!(applied.stopped, None);
+        assert!(hosts.iter().all(|h| !h.ran(LAUNCH).is_empty()), "both reachable targets were deployed");
+        // Reported first, once, and never in a batch.
+        let finished: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TargetFinished { target, .. } => Some(target.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, ["b", "a", "c"]);
+        let batches: Vec<Vec<String>> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::BatchStarted { targets, .. } => Some(targets.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(batches, [vec!["a".to_string()], vec!["c".to_string()]]);
+    }
+
+    #[tokio::test]
+    async fn with_a_budget_of_zero_an_unreachable_target_stops_the_rollout_before_any_target_changes() {
+        let hosts = [Arc::new(target("a", vec![])), Arc::new(target("c", vec![]))];
+        let (applied, _) = deploy_past(&["a", "b", "c"], &hosts, &["b"], 10, 0).await;
+        assert_eq!(
+            outcomes(&applied),
+            [("a", Status::Skipped), ("b", Status::Unreachable), ("c", Status::Skipped)]
+        );
+        assert_eq!(
+            applied.stopped.as_deref(),
+            Some("rollout stopped before it began: 1 target was not reached (max_failures 0)")
+        );
+        assert!(hosts.iter().all(|h| h.calls().is_empty()), "nothing was sent to a reachable target");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_target_counts_with_the_failures_of_a_batch() {
+        // Budget 1: b unreachable is within it, a failed pull in the first batch is one too many.
+        let hosts = [
+            Arc::new(target("a", vec![(PULL, Reply::fail(1, "manifest unknown"))])),
+            Arc::new(target("c", vec![])),
+        ];
+        let (applied, _) = deploy_past(&["a", "b", "c"], &hosts, &["b"], 1, 1).await;
+        assert_eq!(
+            outcomes(&applied),
+            [("a", Status::Failed), ("b", Status::Unreachable), ("c", Status::Skipped)]
+        );
+        assert!(
+            applied.stopped.as_deref().unwrap().contains("2 failed (max_failures 1)"),
+            "{:?}",
+            applied.stopped
+        );
+        assert!(hosts[1].calls().is_empty(), "c was never started");
     }
 
     async fn deploy_one(host: FakeHost, post_deploy: Option<&str>) -> (Arc<FakeHost>, TargetReport) {
@@ -1310,7 +1435,7 @@ mod tests {
             let (events, _received) = tokio::sync::mpsc::unbounded_channel();
             let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
             let planner: Arc<dyn Planner> = Arc::new(TestPlanner(None));
-            let applied = apply(plan, planner, &connections, &settings(), &events, cancel).await;
+            let applied = apply(plan, planner, &connections, &[], &settings(), &events, cancel).await;
             let summary = crate::commands::deploy::summary(&applied, "deploy web 1.0 to dev");
             summary.lines().last().unwrap_or_default().to_string()
         };

@@ -52,6 +52,36 @@ pub struct TargetResult {
     pub tail: Vec<String>,
 }
 
+/// A target the session could not open a session with (or lock): never touched by the run, and
+/// reported with its own outcome by the command's work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreached {
+    /// Target name.
+    pub target: String,
+    /// `unreachable`, `refused` (host key) or `error` (a rejected key).
+    pub status: Status,
+    /// Why.
+    pub error: String,
+    /// Time spent trying.
+    pub duration: Duration,
+}
+
+impl Unreached {
+    /// The target's result, reported on `events` now.
+    pub fn report(&self, events: &Events) -> TargetResult {
+        let result = TargetResult {
+            target: self.target.clone(),
+            status: self.status,
+            exit: None,
+            error: Some(self.error.clone()),
+            duration: self.duration,
+            tail: Vec::new(),
+        };
+        finished(events, &result);
+        result
+    }
+}
+
 /// Fan-out settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -245,7 +275,7 @@ async fn one_target(
     let connection = match host::open(inventory, target, options).await {
         Ok(c) => c,
         Err(e) => {
-            result.status = if e.is_host_key() { Status::Refused } else { Status::Error };
+            result.status = e.status();
             result.error = Some(e.to_string());
             result.duration = started.elapsed();
             finished(events, &result);

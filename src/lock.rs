@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::exec::{Capture, ExecError};
-use crate::host::{Connected, Host, Opened};
+use crate::host::{Connected, Host};
 
 /// Who holds a lock and why.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -301,21 +301,6 @@ async fn sh(host: &dyn Host, script: &str, stdin: Option<&[u8]>) -> Result<Strin
     Ok(out.text())
 }
 
-/// All connections, or the first target that could not be reached: a lock must cover every
-/// target of the environment.
-pub fn all_connected(environment: &str, connections: Vec<Opened>) -> Result<Vec<Connected>, LockError> {
-    connections
-        .into_iter()
-        .map(|(name, c)| {
-            c.map(|c| (name.clone(), c)).map_err(|e| LockError::Unreachable {
-                environment: environment.to_string(),
-                target: name,
-                message: e.to_string(),
-            })
-        })
-        .collect()
-}
-
 /// Reads the lock of `environment` on a target (`None`: free).
 pub async fn read_remote(host: &dyn Host, environment: &str) -> Result<Option<Found>, ExecError> {
     let d = dir(environment);
@@ -473,12 +458,17 @@ pub struct EnvironmentLock {
     pub fences: Vec<(String, u64)>,
     /// Targets that share the lock of another name for the same machine: released there.
     shared: Vec<String>,
+    /// Targets whose connection opened but whose lock command could not run (the link broke,
+    /// the command timed out), with why: not locked, and not among the lock's connections.
+    pub unreachable: Vec<(String, String)>,
 }
 
 /// Takes `environment`'s lock: the runner-side lease (when a `store` is given) and one on each
-/// of `connections` in order; all or nothing. The lock expires `ttl` after it is actually
-/// taken (each attempt stamps `info` anew). With `wait`, retries until it is free or `wait`
-/// ends.
+/// of `connections` in order. A target held by someone else refuses the whole lock (the ones
+/// taken are released again); a target that cannot be asked is left out and named in
+/// [`EnvironmentLock::unreachable`], so one dead host never blocks the others. The lock expires
+/// `ttl` after it is actually taken (each attempt stamps `info` anew). With `wait`, retries
+/// until it is free or `wait` ends.
 pub async fn lock_environment(
     store: Option<&dyn crate::store::Store>,
     environment: &str,
@@ -493,7 +483,11 @@ pub async fn lock_environment(
         let now = crate::time::now_ms();
         let info = LockInfo { since_ms: now, expires_ms: now.saturating_add(millis(ttl)), ..info.clone() };
         match try_lock_environment(store, environment, &info, ttl, &connections, force).await {
-            Ok((local, taken)) => {
+            Ok((local, taken, unreachable)) => {
+                let connections = connections
+                    .into_iter()
+                    .filter(|(n, _)| !unreachable.iter().any(|(u, _)| u == n))
+                    .collect();
                 let shared =
                     taken.iter().filter(|(_, a)| a.taken == Taken::Reentrant).map(|(n, _)| n.clone());
                 return Ok(EnvironmentLock {
@@ -509,6 +503,7 @@ pub async fn lock_environment(
                     info,
                     local,
                     connections,
+                    unreachable,
                 });
             }
             Err(e @ LockError::Held { .. }) if deadline.is_some_and(|d| tokio::time::Instant::now() < d) => {
@@ -526,7 +521,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-type Attempt = (Option<Box<dyn crate::store::Lease>>, Vec<(String, Acquired)>);
+type Attempt = (Option<Box<dyn crate::store::Lease>>, Vec<(String, Acquired)>, Vec<(String, String)>);
 
 async fn try_lock_environment(
     store: Option<&dyn crate::store::Store>,
@@ -541,9 +536,11 @@ async fn try_lock_environment(
         None => None,
     };
     let mut taken: Vec<(String, Acquired)> = Vec::new();
+    let mut unreachable = Vec::new();
     for (target, host) in connections {
         match lock_remote(&**host, target, environment, info, ttl, force).await {
             Ok(t) => taken.push((target.clone(), t)),
+            Err(LockError::Unreachable { message, .. }) => unreachable.push((target.clone(), message)),
             Err(e) => {
                 for (name, _) in &taken {
                     if let Some((_, c)) = connections.iter().find(|(n, _)| n == name) {
@@ -554,7 +551,7 @@ async fn try_lock_environment(
             }
         }
     }
-    Ok((local, taken))
+    Ok((local, taken, unreachable))
 }
 
 impl EnvironmentLock {
@@ -804,6 +801,26 @@ mod tests {
             );
         }
         assert!(hosts[3].calls().is_empty() && hosts[4].calls().is_empty(), "t4 and t5 were never asked");
+    }
+
+    #[tokio::test]
+    async fn a_target_whose_lock_command_is_lost_is_left_out_and_the_others_are_locked() {
+        let hosts: Vec<Arc<FakeHost>> = (1..=3)
+            .map(|n| {
+                let acquire = if n == 2 { Reply::Lost } else { Reply::ok("acquired 1\n") };
+                Arc::new(
+                    FakeHost::new(&format!("t{n}")).on(ACQUIRE, acquire).on(RELEASE, Reply::ok("released\n")),
+                )
+            })
+            .collect();
+        let mine = info("r1", in_an_hour());
+        let held = lock_environment(None, "dev", &mine, HOUR, connected(&hosts), false, None).await.unwrap();
+        assert_eq!(held.unreachable, [("t2".to_string(), "fake host t2: connection lost".to_string())]);
+        assert_eq!(held.fences, [("t1".to_string(), 1), ("t3".to_string(), 1)]);
+        assert!(held.connection("t2").is_none(), "the work never gets the unlocked target");
+        assert_eq!(held.release().await, Vec::<String>::new());
+        let released: Vec<usize> = hosts.iter().map(|h| h.ran(RELEASE).len()).collect();
+        assert_eq!(released, [1, 0, 1]);
     }
 
     #[tokio::test]

@@ -69,7 +69,8 @@ pub enum Event {
         /// Target name.
         target: String,
         /// `ok`, `failed` (ran, non-zero or signal), `error` (no exit status), `refused` (host
-        /// key), or `skipped` (not started: interrupted).
+        /// key), `unreachable` (no session within the connect timeout), or `skipped` (not
+        /// started: interrupted).
         status: Status,
         /// Exit code, when it exited.
         exit_code: Option<u32>,
@@ -137,6 +138,9 @@ pub enum Status {
     Error,
     /// Host key unknown, changed or revoked: nothing was sent.
     Refused,
+    /// No session within the connect timeout (refused, timed out, no route, lost before the
+    /// lock): not touched, and counted as a failure.
+    Unreachable,
     /// Not started.
     Skipped,
 }
@@ -149,8 +153,14 @@ impl Status {
             Status::Failed => "failed",
             Status::Error => "error",
             Status::Refused => "refused",
+            Status::Unreachable => "unreachable",
             Status::Skipped => "skipped",
         }
+    }
+
+    /// Whether it counts against a rollout's `max_failures` (and fails the run).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Status::Failed | Status::Error | Status::Refused | Status::Unreachable)
     }
 }
 
@@ -409,6 +419,9 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
         Style::Plain => match event {
             Event::Output { target, line, .. } => {
                 let _ = writeln!(out, "{target} | {line}");
+            }
+            Event::TargetFinished { target, status: Status::Unreachable, error: Some(error), .. } => {
+                let _ = writeln!(out, "{target} ! unreachable: {error}");
             }
             Event::TargetFinished { target, error: Some(error), .. } => {
                 let _ = writeln!(out, "{target} ! {error}");

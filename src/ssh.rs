@@ -179,6 +179,25 @@ pub enum SshError {
 }
 
 impl SshError {
+    /// True when no session could be had in time: the TCP connect failed (refused, no route),
+    /// or the handshake or authentication did not end within the connect timeout, or the link
+    /// broke during it. Not a host-key refusal, not a rejected key: those are answers.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SshError::Connect { .. } | SshError::Timeout { .. } | SshError::Protocol { .. })
+    }
+
+    /// The target outcome of a connection that could not be opened: `refused` (host key),
+    /// `unreachable`, or `error` (a rejected key, an unusable identity file, a bug).
+    pub fn status(&self) -> crate::report::Status {
+        if self.is_host_key() {
+            crate::report::Status::Refused
+        } else if self.is_unreachable() {
+            crate::report::Status::Unreachable
+        } else {
+            crate::report::Status::Error
+        }
+    }
+
     /// True for host-key refusals (exit code 4: refused by a gate).
     pub fn is_host_key(&self) -> bool {
         matches!(

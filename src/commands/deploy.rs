@@ -5,7 +5,8 @@
 //! summary. `rollback` runs through the same [`execute`] with a plan rebuilt from the record.
 //!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
-//! 1 when a target failed or the rollout stopped; 3 locked; 4 not confirmed; 130 interrupted.
+//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed
+//! or a host key refused; 130 interrupted.
 
 use std::sync::{Arc, Mutex};
 
@@ -229,9 +230,16 @@ pub fn execute(
         ..RunStarted::default()
     };
     let outcome = session.run(names, started, |context: Context| async move {
-        let applied =
-            apply::apply(plan, planner, &context.connections, &settings, &context.events, context.cancel)
-                .await;
+        let applied = apply::apply(
+            plan,
+            planner,
+            &context.connections,
+            &context.unreached,
+            &settings,
+            &context.events,
+            context.cancel,
+        )
+        .await;
         drop(context.connections);
         finish(applied, notes.rollback_to.as_deref())
     })?;
@@ -324,9 +332,13 @@ fn published(p: &crate::docker::PublishedPort) -> String {
     format!("{host}:{}->{}", p.host_port, p.container)
 }
 
+/// 130 interrupted; 4 when a host key was refused (that target was not touched, like `run`);
+/// 0 when every target is ok; else 1 (an unreachable target included).
 fn exit_code(applied: &Applied) -> i32 {
     if applied.interrupted {
         EXIT_INTERRUPTED
+    } else if applied.reports.iter().any(|r| r.status == Status::Refused) {
+        crate::error::EXIT_REFUSED
     } else if applied.reports.iter().all(|r| r.status == Status::Ok) {
         0
     } else {

@@ -198,7 +198,7 @@ async fn one_interactive(
             // Before raw mode: the message shows as any error does.
             eprintln!("{}: {e}", target.name);
             let (status, code) =
-                if e.is_host_key() { (Status::Refused, EXIT_REFUSED) } else { (Status::Error, 1) };
+                if e.is_host_key() { (Status::Refused, EXIT_REFUSED) } else { (e.status(), 1) };
             finish(status, None, Some(e.to_string()));
             return done(code, status == Status::Ok, false);
         }

@@ -147,7 +147,18 @@ fn summarize<'a>(id: &'a str, list: &[&'a Record]) -> Run<'a> {
     };
     let mut summary = match finished {
         Some(RunFinished { refused: Some(why), .. }) => why,
-        Some(f) => format!("{} ok, {} failed, {} skipped", f.ok, f.failed, f.skipped),
+        Some(f) => {
+            // Which of the failed targets were never reached: read from their outcome records.
+            let unreachable = list
+                .iter()
+                .filter(|r| {
+                    r.kind() == Some(Kind::TargetOutcome) && r.entry.detail["status"] == "unreachable"
+                })
+                .count();
+            let unreachable =
+                if unreachable > 0 { format!(" ({unreachable} unreachable)") } else { String::new() };
+            format!("{} ok, {} failed{unreachable}, {} skipped", f.ok, f.failed, f.skipped)
+        }
         None => first.run_started().and_then(|s| s.command_line).unwrap_or_default(),
     };
     let via = |how: &str| list.iter().filter(|r| r.origin.as_ref().is_some_and(|o| o.via == how)).count();

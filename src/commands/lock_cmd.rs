@@ -1,5 +1,9 @@
 //! `ferry lock status|acquire|release`: operators' control of environment locks, e.g. to freeze
 //! prod during an incident. Taking, releasing and breaking locks is audited.
+//!
+//! A target that cannot be reached never stops the others: `acquire` and `release` act on the
+//! reachable targets, name the others on stderr and exit 1 (4 when a host key was refused);
+//! `status` shows it `UNREACHABLE` (or `REFUSED`, for a host key) and exits 1 (or 4).
 
 use super::{environment_targets, new_deployment_id, runtime, ssh_options, store};
 use crate::audit::Entry;
@@ -19,6 +23,8 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
     let operator = Operator { me: store.actor().describe(), store, environment: &env.name };
     runtime()?.block_on(async {
         let connections = connect_all(inventory, &environment_targets(inventory, env), &options).await;
+        let mut missed: Vec<(String, String)> = Vec::new();
+        let mut refused = false;
         match &args.action {
             LockAction::Status => {
                 let mut rows = status_rows(&connections, &env.name).await;
@@ -32,19 +38,47 @@ pub fn run(inventory: &Inventory, args: &Lock, output: OutputFormat) -> Result<i
                     ];
                     rows.insert(0, row);
                 }
-                print_status(&rows, &env.name, output)?
+                print_status(&rows, &env.name, output)?;
+                if rows.iter().any(|r| r[1] == "REFUSED") {
+                    return Ok(crate::error::EXIT_REFUSED);
+                }
+                if rows.iter().any(|r| r[1] == "UNREACHABLE") {
+                    return Ok(1);
+                }
             }
             LockAction::Acquire { message, ttl, force } => {
-                let connections = lock::all_connected(&env.name, connections)?;
-                operator.acquire(connections, message, *ttl, *force).await?;
+                let connections = reachable(connections, &mut missed, &mut refused);
+                missed.extend(operator.acquire(connections, message, *ttl, *force).await?);
             }
             LockAction::Release { force } => {
-                let connections = lock::all_connected(&env.name, connections)?;
-                operator.release(&connections, *force).await?;
+                let connections = reachable(connections, &mut missed, &mut refused);
+                missed.extend(operator.release(&connections, *force).await?);
             }
         }
-        Ok(0)
+        for (target, why) in &missed {
+            eprintln!("warning: {target} was not reached, its lock is unchanged: {why}");
+        }
+        Ok(if refused { crate::error::EXIT_REFUSED } else { i32::from(!missed.is_empty()) })
     })
+}
+
+/// The open connections; the others go to `missed` (and a refused host key sets `refused`).
+fn reachable(
+    connections: Vec<crate::host::Opened>,
+    missed: &mut Vec<(String, String)>,
+    refused: &mut bool,
+) -> Vec<crate::host::Connected> {
+    let mut open = Vec::new();
+    for (name, connection) in connections {
+        match connection {
+            Ok(c) => open.push((name, c)),
+            Err(e) => {
+                *refused |= e.is_host_key();
+                missed.push((name, format!("{}: {e}", e.status().label())));
+            }
+        }
+    }
+    open
 }
 
 /// An operator's hand on one environment's lock, with every change on record.
@@ -69,14 +103,15 @@ impl Operator<'_> {
         Ok(())
     }
 
-    /// Takes the lock on every target until `ttl` (`--force`: also from someone else).
+    /// Takes the lock on every target of `connections` until `ttl` (`--force`: also from
+    /// someone else); returns the targets where the lock command could not run, with why.
     async fn acquire(
         &self,
         connections: Vec<crate::host::Connected>,
         message: &str,
         ttl: std::time::Duration,
         force: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<(String, String)>, Error> {
         let info = LockInfo {
             holder: self.me.clone(),
             run: new_deployment_id(),
@@ -84,7 +119,7 @@ impl Operator<'_> {
             by_hand: true,
             ..LockInfo::default()
         };
-        let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        let mut names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
         // --force takes over a shared store's live lease too (the targets' locks are taken
         // over by lock_environment itself).
         if force
@@ -109,6 +144,9 @@ impl Operator<'_> {
         )
         .await?;
         let info = held.info().clone();
+        names.retain(|n| held.connection(n).is_some());
+        let missed: Vec<(String, String)> =
+            held.unreachable.iter().map(|(t, why)| (t.clone(), format!("unreachable: {why}"))).collect();
         let (lease_fence, lease_previous) = held.lease_takeover();
         if let Some(previous) = lease_previous {
             let change = LockChange {
@@ -146,11 +184,17 @@ impl Operator<'_> {
         // releasing them.
         held.keep_lease();
         drop(held);
-        Ok(())
+        Ok(missed)
     }
 
-    /// Releases the lock where it is held: ours, or anyone's with `--force`.
-    async fn release(&self, connections: &[crate::host::Connected], force: bool) -> Result<(), Error> {
+    /// Releases the lock where it is held: ours, or anyone's with `--force`; returns the
+    /// targets that could not be asked, with why.
+    async fn release(
+        &self,
+        connections: &[crate::host::Connected],
+        force: bool,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let mut missed = Vec::new();
         let environment = self.environment;
         let mut released = 0;
         if let Some(holder) = self.store.lease_holder(environment)? {
@@ -175,9 +219,13 @@ impl Operator<'_> {
             }
         }
         for (name, connection) in connections {
-            let unreachable = |e| lock_unreachable(environment, name, e);
-            let Some(found) = lock::read_remote(connection, environment).await.map_err(unreachable)? else {
-                continue;
+            let found = match lock::read_remote(connection, environment).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    missed.push((name.clone(), format!("unreachable: {e}")));
+                    continue;
+                }
             };
             let holder = found.info;
             let mine = holder.as_ref().is_some_and(|h| h.holder == self.me);
@@ -190,7 +238,10 @@ impl Operator<'_> {
                 }
                 .into());
             }
-            lock::unlock_remote(connection, environment, None).await.map_err(unreachable)?;
+            if let Err(e) = lock::unlock_remote(connection, environment, None).await {
+                missed.push((name.clone(), format!("unreachable: {e}")));
+                continue;
+            }
             let kind = if mine { Kind::LockReleased } else { Kind::LockBroken };
             let run = holder.as_ref().map_or("unknown", |h| h.run.as_str()).to_string();
             let change = LockChange {
@@ -202,7 +253,7 @@ impl Operator<'_> {
             released += 1;
         }
         output::print(&format!("released {environment} on {}\n", output::count(released, "target")))?;
-        Ok(())
+        Ok(missed)
     }
 }
 
@@ -227,7 +278,10 @@ async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> 
     let mut rows = Vec::new();
     for (name, connection) in connections {
         let row = match connection {
-            Err(e) => vec![name.clone(), "UNREACHABLE".into(), String::new(), String::new(), e.to_string()],
+            Err(e) => {
+                let state = if e.is_host_key() { "REFUSED" } else { "UNREACHABLE" };
+                vec![name.clone(), state.into(), String::new(), String::new(), e.to_string()]
+            }
             Ok(c) => match lock::read_remote(&**c, environment).await {
                 Ok(None) => vec![name.clone(), "free".into(), String::new(), String::new(), String::new()],
                 Ok(Some(found @ lock::Found { info: Some(_), .. })) => {
@@ -254,13 +308,4 @@ async fn status_rows(connections: &[crate::host::Opened], environment: &str) -> 
         rows.push(row);
     }
     rows
-}
-
-/// Each target's fencing number, for the `lock_acquired` record.
-fn lock_unreachable(environment: &str, target: &str, e: crate::exec::ExecError) -> lock::LockError {
-    lock::LockError::Unreachable {
-        environment: environment.to_string(),
-        target: target.to_string(),
-        message: e.to_string(),
-    }
 }

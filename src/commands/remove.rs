@@ -107,6 +107,8 @@ pub fn run(inventory: Inventory, args: &RemoveArgs, output: OutputFormat) -> Res
     }
     let code = if interrupted {
         EXIT_INTERRUPTED
+    } else if removed.iter().any(|r| r.status == Status::Refused) {
+        crate::error::EXIT_REFUSED
     } else if removed.iter().all(|r| r.status == Status::Ok) {
         0
     } else {
@@ -142,8 +144,9 @@ async fn remove_everywhere(
         limits,
         |_, target| {
             let host = context.connections.get(&target).cloned();
+            let unreached = context.unreached.iter().find(|u| u.target == target).cloned();
             let (job, events) = (Arc::clone(&job), context.events.clone());
-            async move { remove_on(&job, target, host, &events).await }
+            async move { remove_on(&job, target, host, unreached, &events).await }
         },
         |_, target| {
             let skipped = TargetRemoval {
@@ -184,6 +187,7 @@ async fn remove_on(
     job: &Job,
     target: String,
     host: Option<Arc<dyn crate::host::Host>>,
+    unreached: Option<crate::fanout::Unreached>,
     events: &Events,
 ) -> TargetRemoval {
     let started = Instant::now();
@@ -195,7 +199,13 @@ async fn remove_on(
         duration: Duration::ZERO,
     };
     let Some(host) = host else {
-        removed.error = Some("unreachable: no connection to it".into());
+        // The session could not reach it (or refused its host key): reported as it found it.
+        match unreached {
+            Some(u) => {
+                (removed.status, removed.error, removed.duration) = (u.status, Some(u.error), u.duration)
+            }
+            None => removed.error = Some("unreachable: no connection to it".into()),
+        }
         finished(events, &removed);
         return removed;
     };

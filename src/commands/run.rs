@@ -1,7 +1,7 @@
 //! `ferry run`: one shell command on every target of an environment, playbook-style.
 //!
 //! Exit code: 0 only if every target exited 0; 4 if a host key was refused (nothing ran there);
-//! 130 if Ctrl-C stopped it; else 1.
+//! 130 if Ctrl-C stopped it; else 1 (a target unreachable included).
 
 use std::sync::Arc;
 
@@ -63,7 +63,12 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
     let inventory = Arc::clone(&session.inventory);
     let started = RunStarted { command_line: Some(shown), ..RunStarted::default() };
     let outcome = session.run(names, started, |context: Context| async move {
-        let results = fanout::run(
+        // Targets the lock could not reach are reported as they are, and not tried again.
+        let mut unreached: Vec<TargetResult> =
+            context.unreached.iter().map(|u| u.report(&context.events)).collect();
+        let order: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let targets = targets.into_iter().filter(|t| !unreached.iter().any(|u| u.target == t.name)).collect();
+        let mut results = fanout::run(
             inventory,
             targets,
             Arc::new(work),
@@ -72,6 +77,8 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             context.cancel.clone(),
         )
         .await;
+        results.append(&mut unreached);
+        results.sort_by_key(|r| order.iter().position(|t| *t == r.target));
         let count = |s: Status| results.iter().filter(|r| r.status == s).count();
         let interrupted = *context.cancel.borrow();
         Finish {

@@ -10,11 +10,15 @@
 //!    the first signal is graceful (in-flight targets finish or restore, no new one starts), the
 //!    second is quick (the work is abandoned, but the run is still recorded as interrupted and
 //!    the lock released, with a short deadline); nothing calls `process::exit` from a task;
-//! 4. the environment lock: taken (locally through the [`Store`] and on every target), renewed
-//!    while the run lives, released at the end, each step on record;
+//! 4. the environment lock: taken (locally through the [`Store`], which covers the whole
+//!    environment, and on each of the run's targets), renewed while the run lives, released at
+//!    the end, each step on record. A target that cannot be reached (or whose host key is
+//!    refused) is left out of the lock and handed to the work as [`Unreached`]: it is reported
+//!    with its own outcome and never touched, and it never stops the lock or the work on the
+//!    others (whether the rest proceeds is the work's failure budget to say);
 //! 5. the event stream, with the audit trail and the renderer as its subscribers;
-//! 6. `run_finished`, or, when the run was refused before any work (a held lock, an unreachable
-//!    target), a `run_finished` that says why.
+//! 6. `run_finished`, or, when the run was refused before any work (a held lock), a
+//!    `run_finished` that says why.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use tokio::sync::watch;
 use crate::audit::Entry;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
-use crate::fanout::Cancel;
+use crate::fanout::{Cancel, Unreached};
 use crate::host::connect_all;
 use crate::inventory::{Environment, Inventory};
 use crate::lock::{self, EnvironmentLock, LockInfo, Taken};
@@ -35,6 +39,9 @@ use crate::report::{AuditTrail, Event, Events, Reporter, Subscriber};
 use crate::request::LockTiming;
 use crate::secret::Secret;
 use crate::store::Store;
+
+/// The lock (when the command takes one) and the run's targets it could not reach.
+type Held = (Option<Arc<EnvironmentLock>>, Vec<Unreached>);
 
 /// Exit code when a signal interrupted the run.
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -78,6 +85,9 @@ pub struct Context {
     pub cancel: Cancel,
     /// The held lock's open connections (empty without a lock).
     pub connections: crate::apply::Connections,
+    /// The run's targets the lock could not reach, in target order (empty without a lock):
+    /// not locked, never to be touched; the work reports them.
+    pub unreached: Vec<Unreached>,
 }
 
 /// How the work ended, for `run_finished`.
@@ -212,7 +222,9 @@ impl Session {
     {
         // First thing, so a signal while locks are being taken still ends in an orderly way.
         let (stop, cancel) = signals();
-        let Some(held) = self.lock_unless_stopped(stop.clone()).await? else { return Ok(Outcome::Abandoned) };
+        let Some((held, unreached)) = self.lock_unless_stopped(&targets, stop.clone()).await? else {
+            return Ok(Outcome::Abandoned);
+        };
         let renewal = held.as_ref().map(|held| self.renew_while_running(Arc::clone(held)));
         let connections = held.as_ref().map_or_else(Default::default, |held| {
             targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
@@ -227,7 +239,7 @@ impl Session {
             targets,
         });
         let started = Instant::now();
-        let context = Context { events: events.clone(), cancel, connections };
+        let context = Context { events: events.clone(), cancel, connections, unreached };
         let mut quit = stop.clone();
         let finish = tokio::select! {
             finish = work(context) => Some(finish),
@@ -273,10 +285,11 @@ impl Session {
     /// run is on record as interrupted, and nothing ran anywhere).
     async fn lock_unless_stopped(
         &self,
+        targets: &[String],
         mut stop: watch::Receiver<Stop>,
-    ) -> Result<Option<Option<Arc<EnvironmentLock>>>, Error> {
+    ) -> Result<Option<Held>, Error> {
         let taken = tokio::select! {
-            taken = self.take_lock() => taken,
+            taken = self.take_lock(targets) => taken,
             Ok(_) = stop.wait_for(|s| *s != Stop::Running) => {
                 self.record_interrupted()?;
                 return Ok(None);
@@ -285,7 +298,7 @@ impl Session {
         match taken {
             Ok(held) => Ok(Some(held)),
             Err(error) => {
-                // Refused before anything changed (a held lock, an unreachable target): on record.
+                // Refused before anything changed (a held lock): on record.
                 let refused = RunFinished { refused: Some(error.to_string()), ..RunFinished::default() };
                 self.store.append(&self.entry(Kind::RunFinished, &refused))?;
                 Err(error)
@@ -347,16 +360,30 @@ impl Session {
         }
     }
 
-    /// Takes the environment lock on every target of the environment, and records it. The lock
-    /// keeps the connections open; the work under it uses them.
-    async fn take_lock(&self) -> Result<Option<Arc<EnvironmentLock>>, Error> {
-        let Some((timing, message)) = &self.lock else { return Ok(None) };
+    /// Takes the environment lock on the run's `targets` (with `--limit`, only those; the
+    /// store's lease covers the whole environment), and records it. Targets that cannot be
+    /// reached are left out and returned; see the module docs. The lock keeps the connections
+    /// open; the work under it uses them.
+    async fn take_lock(&self, targets: &[String]) -> Result<Held, Error> {
+        let Some((timing, message)) = &self.lock else { return Ok((None, Vec::new())) };
         let info = self.lock_info(message);
         let name = self.environment.name.clone();
-        let targets = super::environment_targets(&self.inventory, &self.environment);
-        let connections =
-            lock::all_connected(&name, connect_all(&self.inventory, &targets, &self.ssh).await)?;
-        let names: Vec<String> = connections.iter().map(|(n, _)| n.clone()).collect();
+        let chosen: Vec<&crate::inventory::Target> =
+            targets.iter().filter_map(|t| self.inventory.target(t)).collect();
+        let started = Instant::now();
+        let mut unreached = Vec::new();
+        let mut connections = Vec::new();
+        for (target, opened) in connect_all(&self.inventory, &chosen, &self.ssh).await {
+            match opened {
+                Ok(c) => connections.push((target, c)),
+                Err(e) => unreached.push(Unreached {
+                    target,
+                    status: e.status(),
+                    error: e.to_string(),
+                    duration: started.elapsed(),
+                }),
+            }
+        }
         let held = lock::lock_environment(
             Some(&*self.store),
             &name,
@@ -367,6 +394,15 @@ impl Session {
             timing.wait,
         )
         .await?;
+        unreached.extend(held.unreachable.iter().map(|(target, why)| Unreached {
+            target: target.clone(),
+            status: crate::report::Status::Unreachable,
+            error: format!("cannot lock environment {name} there: {why}"),
+            duration: started.elapsed(),
+        }));
+        // In the run's target order, whichever step found them.
+        unreached.sort_by_key(|u| targets.iter().position(|t| *t == u.target));
+        let names: Vec<String> = targets.iter().filter(|t| held.connection(t).is_some()).cloned().collect();
         let (lease_fence, lease_previous) = held.lease_takeover();
         if let Some(previous) = lease_previous {
             let change = LockChange {
@@ -400,7 +436,7 @@ impl Session {
             ..LockChange::default()
         };
         self.store.append(&Entry { targets: names, ..self.entry(Kind::LockAcquired, &change) })?;
-        Ok(Some(Arc::new(held)))
+        Ok((Some(Arc::new(held)), unreached))
     }
 
     /// Keeps the lock from expiring under a run that outlives its TTL: pushes the expiry one

@@ -17,13 +17,14 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{runtime, ssh_options, store};
-use crate::deployments::{Deployment, Removed, Standing};
+use crate::deployments::{Change, Deployment, Removed, Standing};
 use crate::diagnostic::Diagnostic;
 use crate::docker::{self, Container, ContainerDetails};
 use crate::error::Error;
 use crate::inventory::{self, Inventory};
 use crate::output::{self, OutputFormat, table};
 use crate::replace::{self, Leftover};
+use crate::report;
 use crate::request::Status;
 use crate::select;
 
@@ -125,8 +126,43 @@ impl AppStatus<'_> {
     }
 }
 
-/// What one target showed: per app, its containers and unread replace steps.
-type Seen = Result<BTreeMap<String, (Vec<Container>, Vec<Leftover>)>, String>;
+/// What one target showed: per app, its containers and unread replace steps. The outer error is
+/// a connection that could not be opened (the target is unreachable); the inner one, a
+/// connected target that could not be read.
+type Seen = Result<Result<BTreeMap<String, (Vec<Container>, Vec<Leftover>)>, String>, String>;
+
+/// Why a target's containers are not known.
+enum Unseen {
+    /// No connection within the connect timeout (or the host key was refused).
+    Unreachable(String),
+    /// Connected, but listing them failed.
+    Unreadable(String),
+}
+
+/// The newest deployment among `changes` when it failed: the targets it did not reach still
+/// run the older release, and `status` says so.
+fn failed_last(changes: &[Change]) -> Option<Deployment> {
+    match changes.last() {
+        Some(Change::Deployed(d)) if !d.recorded.succeeded => Some(d.clone()),
+        _ => None,
+    }
+}
+
+/// Notes on each status whose target `newest` (a failed deployment) did not reach.
+fn not_reached(statuses: &mut [TargetStatus], newest: Option<&Deployment>) {
+    let Some(newest) = newest else { return };
+    for s in statuses {
+        let missed = newest.recorded.targets.get(&s.target).map(|t| t.status);
+        if let Some(status @ (report::Status::Unreachable | report::Status::Refused)) = missed {
+            s.drift.push(format!(
+                "not reached by deployment {} ({}): {}",
+                newest.id,
+                newest.version,
+                status.label()
+            ));
+        }
+    }
+}
 
 /// Runs `ferry status`.
 pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result<i32, Error> {
@@ -134,8 +170,11 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let selected = selection(inventory, env, args)?;
     let store = store(inventory)?;
     let mut standings = Vec::new();
+    let mut failed = Vec::new();
     for (app, _) in &selected {
-        standings.push(Standing::of(&store.changes(&app.name, &env.name)?));
+        let changes = store.changes(&app.name, &env.name)?;
+        standings.push(Standing::of(&changes));
+        failed.push(failed_last(&changes));
     }
     let ssh = ssh_options(inventory, args.connect_timeout)?;
     // Every target any selected app runs on, in inventory order, asked once about all of them.
@@ -150,24 +189,26 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
     let observed: BTreeMap<String, Seen> =
         runtime()?.block_on(observe(inventory, &targets, &ssh, &names, &env.name)).into_iter().collect();
     let mut apps = Vec::new();
-    for ((app, app_targets), standing) in selected.into_iter().zip(standings) {
+    for (((app, app_targets), standing), failed) in selected.into_iter().zip(standings).zip(failed) {
         let container = inventory::container_name(app, &env.name);
-        let statuses: Vec<TargetStatus> = app_targets
+        let mut statuses: Vec<TargetStatus> = app_targets
             .iter()
             .map(|t| {
                 let removed = standing.removed_from(&t.name);
-                let seen = observed.get(&t.name).cloned().unwrap_or_else(|| Err("not asked".into()));
-                match seen.map(|mut per_app| per_app.remove(&app.name).unwrap_or_default()) {
-                    Ok((containers, leftovers)) => {
-                        let last = standing.last.as_ref();
+                let seen = observed.get(&t.name).cloned().unwrap_or_else(|| Ok(Err("not asked".into())));
+                let last = standing.last.as_ref();
+                match seen.map(|read| read.map(|mut per_app| per_app.remove(&app.name).unwrap_or_default())) {
+                    Ok(Ok((containers, leftovers))) => {
                         let mut status = judge(&t.name, Ok(containers), last, removed, &container);
                         status.unread_replace_steps = leftovers;
                         status
                     }
-                    Err(e) => judge(&t.name, Err(e), standing.last.as_ref(), removed, &container),
+                    Ok(Err(e)) => judge(&t.name, Err(Unseen::Unreadable(e)), last, removed, &container),
+                    Err(e) => judge(&t.name, Err(Unseen::Unreachable(e)), last, removed, &container),
                 }
             })
             .collect();
+        not_reached(&mut statuses, failed.as_ref());
         let warnings = runtime()?.block_on(moved_tags(inventory, app, &statuses));
         for w in &warnings {
             eprintln!("warning: {w}");
@@ -279,15 +320,19 @@ async fn observe(
     crate::host::on_each(inventory, targets, ssh, |connection| {
         let (apps, environment) = (apps.to_vec(), environment.to_string());
         async move {
-            let mut seen = BTreeMap::new();
-            for app in apps {
-                let containers =
-                    docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-                let leftovers =
-                    replace::leftovers(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-                seen.insert(app, (containers, leftovers));
-            }
-            Ok(seen)
+            let read = async {
+                let mut seen = BTreeMap::new();
+                for app in apps {
+                    let containers =
+                        docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
+                    let leftovers = replace::leftovers(&connection, &app, &environment)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    seen.insert(app, (containers, leftovers));
+                }
+                Ok(seen)
+            };
+            Ok(read.await)
         }
     })
     .await
@@ -295,7 +340,7 @@ async fn observe(
 
 fn judge(
     target: &str,
-    seen: Result<Vec<Container>, String>,
+    seen: Result<Vec<Container>, Unseen>,
     last: Option<&Deployment>,
     removed: Option<&Removed>,
     default_container: &str,
@@ -314,8 +359,15 @@ fn judge(
     };
     let containers = match seen {
         Ok(c) => c,
-        Err(e) => {
+        Err(Unseen::Unreachable(e)) => {
+            // Said in the state and health columns too, so no reader takes it for "nothing runs".
+            status.state = Some("unreachable".into());
+            status.health = Some("unreachable".into());
             status.drift.push(format!("unreachable: {e}"));
+            return status;
+        }
+        Err(Unseen::Unreadable(e)) => {
+            status.drift.push(format!("cannot read its containers: {e}"));
             return status;
         }
     };

@@ -347,6 +347,11 @@ fn a_recorded_argv_passes_the_same_checks_as_a_rendered_one() {
         .run();
     // A rendered-looking argv passes the check; the rollback then fails only to reach the
     // target (127.0.0.1, port 1: nothing listens, nothing leaves this machine).
-    let out = rollback("01900000-0000-7000-8000-0000000000bb").code(1).stderr_contains("127.0.0.1").run();
+    let out = rollback("01900000-0000-7000-8000-0000000000bb")
+        .code(1)
+        .stdout_contains("stg-1 ! unreachable: cannot connect to 127.0.0.1:1: ")
+        .stdout_contains("\nstg-1   unreachable  untouched  ")
+        .stderr_contains("returns to deployment 01900000-0000-7000-8000-0000000000bb")
+        .run();
     assert!(!out.stderr.contains("would have rendered"), "{}", out.stderr);
 }

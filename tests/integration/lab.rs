@@ -536,7 +536,7 @@ fn a_cut_link_fails_that_host_alone_and_fast() {
     let finished: Vec<_> =
         json_lines(&out.stdout).into_iter().filter(|e| e["type"] == "target_finished").collect();
     let status = |t: &str| finished.iter().find(|e| e["target"] == t).unwrap()["status"].clone();
-    assert_eq!((status("h1"), status("h2"), status("h4")), ("ok".into(), "ok".into(), "error".into()));
+    assert_eq!((status("h1"), status("h2"), status("h4")), ("ok".into(), "ok".into(), "unreachable".into()));
 }
 
 #[test]
@@ -578,10 +578,12 @@ fn a_stopped_sshd_fails_that_host() {
     let out = lab
         .ferry(&["run", "--env", "faulty", "--", "true"])
         .code(1)
-        .stdout_contains("h4 ! cannot connect to 10.200.0.14:22: Connection refused (os error 111)\n")
-        .stdout_contains("\nh1      ok      exit 0  ")
-        .stdout_contains("\nh2      ok      exit 0  ")
-        .stdout_contains("\nh4      error   -       ")
+        .stdout_contains(
+            "h4 ! unreachable: cannot connect to 10.200.0.14:22: Connection refused (os error 111)\n",
+        )
+        .stdout_contains("\nh1      ok           exit 0  ")
+        .stdout_contains("\nh2      ok           exit 0  ")
+        .stdout_contains("\nh4      unreachable  -       ")
         .run();
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(out.stdout.contains("cannot connect to 10.200.0.14:22: Connection refused"), "{}", out.stdout);
