@@ -443,6 +443,9 @@ pub async fn renew_remote(
     Ok(sh(host, &script, Some(info.to_text().as_bytes())).await?.starts_with("renewed"))
 }
 
+/// How long releasing waits on a target whose lock command was lost.
+const LOST_RELEASE: Duration = Duration::from_secs(2);
+
 /// An environment lock held by this process: the local lock and the targets' locks.
 pub struct EnvironmentLock {
     /// Run id written into the targets' lock info.
@@ -640,10 +643,12 @@ impl EnvironmentLock {
                 host.close().await;
             }
         }
-        // Best effort, after the others (a lock shared by one machine is gone by then): the
-        // target was reported unreachable, and its lock, if any, would expire anyway.
+        // Best effort, after the others (a lock shared by one machine is gone by then) and
+        // briefly (its link already failed once; a run's quick exit has 5 s for everything):
+        // the target was reported unreachable, and its lock, if any, would expire anyway.
         for (_, host) in self.lost {
-            let _ = unlock_remote(&*host, &self.environment, Some(&self.run)).await;
+            let unlock = unlock_remote(&*host, &self.environment, Some(&self.run));
+            let _ = tokio::time::timeout(LOST_RELEASE, unlock).await;
             host.close().await;
         }
         failed
