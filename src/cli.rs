@@ -591,7 +591,7 @@ pub struct ExecArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
     pub connect_timeout: Duration,
 
-    /// Kill the command on a target after this long (not in an interactive session)
+    /// Stop waiting for a target after this long (not in an interactive session); the process in the container may go on
     #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
     pub timeout: Option<Duration>,
 
@@ -706,6 +706,7 @@ fn glob(name: &str, text: &str) -> Result<String, Diagnostic> {
     }
 }
 
+/// `ferry logs --since`: see [`request::parse_since`].
 fn since(_: &str, text: &str) -> Result<request::Since, Diagnostic> {
     request::parse_since(text)
 }

@@ -428,7 +428,15 @@ async fn local_exec(
         .spawn()
         .map_err(|e| ExecError::Spawn(e.to_string()))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).await.map_err(|e| ExecError::Spawn(e.to_string()))?;
+        // A command may end without reading all of its stdin (a lock script that finds the
+        // lock held exits at once): its exit status says how it ended, as over SSH, where the
+        // channel just closes. Only another write error means it could not be started.
+        match pipe.write_all(data).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(ExecError::Spawn(e.to_string()));
+            }
+            _ => {}
+        }
     }
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(ExecError::Spawn("no output pipes".into()));

@@ -370,9 +370,21 @@ fn unclosed_block(text: &str) -> Option<(String, Range<usize>)> {
     const BLOCKS: [&str; 8] = ["for", "if", "macro", "block", "filter", "with", "call", "autoescape"];
     let mut open: Vec<(String, Range<usize>)> = Vec::new();
     let mut rest = 0;
-    while let Some(start) = text.get(rest..)?.find("{%").map(|i| rest + i) {
-        let end = text[start..].find("%}").map_or(text.len(), |i| start + i + 2);
-        let inner = text[start + 2..end.saturating_sub(2).max(start + 2)].trim_start_matches(['-', '+']);
+    while let Some(start) = text.get(rest..)?.find(['{']).map(|i| rest + i) {
+        // Tags in a comment are not tags.
+        if text[start..].starts_with("{#") {
+            rest = text[start + 2..].find("#}").map_or(text.len(), |i| start + 4 + i);
+            continue;
+        }
+        if !text[start..].starts_with("{%") {
+            rest = start + 1;
+            continue;
+        }
+        // A `{%` never closed runs to the end of the text: cutting two bytes off that end could
+        // split a character wider than one byte.
+        let (inner_end, end) =
+            text[start + 2..].find("%}").map_or((text.len(), text.len()), |i| (start + 2 + i, start + 4 + i));
+        let inner = text[start + 2..inner_end].trim_start_matches(['-', '+']);
         let keyword: String =
             inner.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         if BLOCKS.contains(&keyword.as_str()) {

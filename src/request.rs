@@ -293,11 +293,15 @@ pub enum Since {
 }
 
 impl Since {
-    /// The value `docker logs --since` reads: seconds ago (`600s`) or Unix seconds.
+    /// The value `docker logs --since` reads: seconds ago (`600s`) or Unix seconds (0 for a
+    /// time before 1970: every line, where a negative value would be no time Docker reads).
     pub fn docker(self) -> String {
         match self {
             Since::Ago(d) => format!("{}s", d.as_secs().max(1)),
-            Since::At(ms) => format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000)),
+            Since::At(ms) => {
+                let ms = ms.max(0);
+                format!("{}.{:03}", ms / 1000, ms % 1000)
+            }
         }
     }
 }
@@ -444,14 +448,17 @@ pub fn parse_since(text: &str) -> Result<Since, Diagnostic> {
 /// fraction, then `Z` or `±HH:MM`.
 fn rfc3339_ms(text: &str) -> Option<i64> {
     let (stamp, rest) = (text.get(..19)?, text.get(19..)?);
+    // Digits where digits go: Rust's integer parsing also takes a sign (`T-1:00:00`).
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !stamp.bytes().enumerate().all(|(i, b)| [4, 7, 10, 13, 16].contains(&i) || b.is_ascii_digit()) {
+        return None;
+    }
     let base = crate::time::parse_ms(&format!("{}Z", stamp.replacen(['t', ' '], "T", 1)))?;
     let zone_at = rest.find(['Z', 'z', '+', '-'])?;
     let (fraction, zone) = rest.split_at(zone_at);
     let ms = match fraction.strip_prefix('.') {
         None if fraction.is_empty() => 0,
-        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("{digits:0<3}")[..3].parse::<i64>().ok()?
-        }
+        Some(fraction) if digits(fraction) => format!("{fraction:0<3}")[..3].parse::<i64>().ok()?,
         _ => return None,
     };
     let offset = match zone {
@@ -459,10 +466,14 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
         _ => {
             let (sign, hm) = zone.split_at(1);
             let (h, m) = hm.split_once(':')?;
-            if h.len() != 2 || m.len() != 2 {
+            if h.len() != 2 || m.len() != 2 || !digits(h) || !digits(m) {
                 return None;
             }
-            let minutes = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
+            let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
             if sign == "-" { -minutes } else { minutes }
         }
     };
@@ -507,6 +518,23 @@ mod tests {
         for bad in ["", "10", "yesterday", "2026-12-07", "2026-12-07T01:00:00", "2026-12-07T01:00:00+1"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
+        // Signs and out-of-range offsets are not times (they read as some other time before).
+        for bad in [
+            "2026-12-07T-1:00:00Z",
+            "2026-12-07T01:00:00+-1:00",
+            "2026-12-07T01:00:00+01:-5",
+            "2026-12-07T01:00:00+24:00",
+            "2026-12-07T01:00:00+01:60",
+            "+026-12-07T01:00:00Z",
+        ] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_since("2026-12-07T01:00:00-23:59").unwrap(),
+            Since::At(crate::time::parse_ms("2026-12-08T00:59:00Z").unwrap())
+        );
+        // Before 1970: every line, as Docker reads 0 (a negative value is no time it knows).
+        assert_eq!(parse_since("1969-12-31T23:59:59.5Z").unwrap().docker(), "0.000");
     }
 
     #[test]

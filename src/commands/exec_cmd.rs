@@ -58,8 +58,10 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
         select::select(&inventory, &app, &env, &args.limits)?.into_iter().cloned().collect();
     let secrets = known_secrets(&inventory, &env.name);
     let nul = |_| Error::Input(Diagnostic::new("a command word contains a NUL byte"));
-    let command = shell::join(&args.command).map_err(nul)?;
-    let shown = mask(&command, &secrets);
+    // Each word masked before it is quoted: quoting changes a secret with a quote in it
+    // (`it's` is `'it'\''s'`), which masking the joined line would then no longer find.
+    let words: Vec<String> = args.command.iter().map(|w| mask(w, &secrets)).collect();
+    let shown = mask(&shell::join(&words).map_err(nul)?, &secrets);
     let interactive = targets.len() == 1 && output == OutputFormat::Human && terminal::is_interactive();
     let container = inventory::container_name(&app, &env.name);
     let script =
@@ -89,8 +91,8 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
             ..Entry::default()
         },
         environment: env,
-        // Unmasked here: the event stream masks every event once, for every subscriber.
-        what: command,
+        // Masked word by word (the event stream masks the line once more, which finds nothing).
+        what: shown.clone(),
         secrets: secrets.clone(),
         output,
         // An interactive session owns the terminal: nothing else may draw on it.

@@ -6,7 +6,8 @@
 //! container's stdout and stderr apart; both are printed on ferry's stdout, and `--output json`
 //! tells them apart (`{"target","stream","line"}` per line).
 //!
-//! `--follow` streams until Ctrl-C or SIGTERM, then closes each target's command stdin, on
+//! `--follow` streams until Ctrl-C or SIGTERM (or until its stdout is closed, as after
+//! `| grep -m1 ERROR`), then closes each target's command stdin, on
 //! which the remote script stops its `docker logs` (see [`docker::logs_script`]): nothing keeps
 //! running on a target after ferry. A follow ended that way exits 0: stopping is how a follow
 //! ends, not an interruption of unfinished work (unlike `run` or `deploy`, whose 130 says some
@@ -58,9 +59,12 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
     let parts: Vec<(Transport, Endpoint)> =
         targets.iter().map(|t| (t.transport, crate::host::endpoint(inventory, t))).collect();
     let code = runtime()?.block_on(async {
-        let stop = stop_on_signal(args.follow);
+        let (stop_tx, stop) = watch::channel(false);
+        if args.follow {
+            stop_on_signal(stop_tx.clone());
+        }
         let (events, receiver) = mpsc::unbounded_channel();
-        let printer = tokio::spawn(print(receiver, secrets.clone(), output, width));
+        let printer = tokio::spawn(print(receiver, secrets.clone(), output, width, stop_tx));
         let outcomes = fanout::ordered(
             parts,
             fanout::Limits::parallel(targets.len()),
@@ -101,19 +105,19 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
 /// What every target is asked.
 #[derive(Debug, Clone)]
 struct Ask {
+    /// The app, as its containers' `ferry.app` label names it.
     app: String,
+    /// The environment, as the `ferry.environment` label names it.
     environment: String,
+    /// The environment's container name for the app, preferred over the app's other containers.
     container: String,
+    /// What `docker logs` is asked for.
     options: LogsOptions,
 }
 
-/// Becomes true at the first SIGINT or SIGTERM when following (and never otherwise: a plain
-/// read ends by itself, and Ctrl-C then ends ferry as usual).
-fn stop_on_signal(follow: bool) -> watch::Receiver<bool> {
-    let (stop_tx, stop) = watch::channel(false);
-    if !follow {
-        return stop;
-    }
+/// Sets `stop_tx` at the first SIGINT or SIGTERM. Installed only when following: a plain read
+/// ends by itself, and Ctrl-C then ends ferry as usual.
+fn stop_on_signal(stop_tx: watch::Sender<bool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
@@ -128,7 +132,6 @@ fn stop_on_signal(follow: bool) -> watch::Receiver<bool> {
         // Held: later signals do nothing more (the remote commands are already stopping).
         std::future::pending::<()>().await;
     });
-    stop
 }
 
 /// Reads one target's logs into `events`; the error says why the target could not be read.
@@ -169,27 +172,38 @@ async fn read(
 /// One printed line of `--output json`.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
+    /// The target's name.
     target: &'a str,
+    /// The container's stream the line came on.
     stream: Stream,
+    /// The line, masked.
     line: &'a str,
 }
 
 /// Prints every line as it comes, masked: `TARGET | line` (names padded to `width`), or one
 /// JSON object a line. Flushes whenever it has caught up, so a follow shows lines at once.
+///
+/// A stdout that can no longer be written (`ferry logs --follow | grep -m1 ERROR` after grep
+/// found its line) sets `stop`, as Ctrl-C would: a follow then ends on every target instead of
+/// running on with no reader. The events that still come are drained unprinted, so no target
+/// waits on its backlog.
 async fn print(
     mut receiver: mpsc::UnboundedReceiver<Event>,
     secrets: Vec<Secret>,
     output: OutputFormat,
     width: usize,
+    stop: watch::Sender<bool>,
 ) {
     let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut closed = false;
     while let Some(first) = receiver.recv().await {
         let mut next = Some(first);
         while let Some(event) = next {
-            if let Event::Output { target, stream, line, .. } = &event {
+            if let (Event::Output { target, stream, line, .. }, false) = (&event, closed) {
                 let line = mask(line, &secrets);
-                // A closed stdout (`ferry logs … | head`) must not fail the read: best effort.
-                let _ = match output {
+                // A closed stdout does not fail the read (the exit code says how the targets
+                // were read), it ends it.
+                let written = match output {
                     OutputFormat::Json => {
                         match serde_json::to_string(&JsonLine { target, stream: *stream, line: &line }) {
                             Ok(json) => writeln!(out, "{json}"),
@@ -198,12 +212,16 @@ async fn print(
                     }
                     OutputFormat::Human | OutputFormat::Plain => writeln!(out, "{target:<width$} | {line}"),
                 };
+                closed = written.is_err();
             }
             // Dropping the event gives its bytes back to the target's backlog.
             drop(event);
             next = receiver.try_recv().ok();
         }
-        let _ = out.flush();
+        closed = closed || out.flush().is_err();
+        if closed {
+            let _ = stop.send(true);
+        }
     }
     let _ = out.flush();
 }

@@ -382,16 +382,28 @@ fn toml_diagnostic(source: &SourceFile, error: &toml::de::Error) -> Diagnostic {
         return Diagnostic::new(format!("unknown key `{field}`")).at(source, span).maybe_help(help);
     }
     if message.starts_with("invalid float") || message.starts_with("invalid number") {
-        // `host = 10.0.0.11` parses as a broken number: the value was meant as a string.
-        let line_start = source.text[..span.start.min(source.text.len())].rfind('\n').map_or(0, |i| i + 1);
-        let line = source.text[line_start..].lines().next().unwrap_or_default();
-        let help = match line.split_once('=') {
-            Some((key, value)) if !value.trim().is_empty() => format!(
-                "quote the value: {} = \"{}\" (unquoted, TOML reads it as a number)",
-                key.trim(),
-                value.trim()
-            ),
-            _ => "quote the value (unquoted, TOML reads it as a number)".to_string(),
+        // `host = 10.0.0.11` parses as a broken number: the value was meant as a string. The
+        // value is the word around the error, not the rest of its line (a comment may follow, or
+        // more of an inline table).
+        let text = source.text.as_str();
+        let at = span.start.min(text.len());
+        let (before, after) = (text.get(..at).unwrap_or_default(), text.get(at..).unwrap_or_default());
+        let start = before.rfind(|c: char| c.is_whitespace() || "=,{[".contains(c)).map_or(0, |i| i + 1);
+        let end =
+            after.find(|c: char| c.is_whitespace() || ",}]#".contains(c)).map_or(text.len(), |i| at + i);
+        let value = text.get(start..end).unwrap_or_default();
+        let key = text.get(..start).unwrap_or_default().trim_end().strip_suffix('=').and_then(|k| {
+            k.trim_end()
+                .rsplit(|c: char| c.is_whitespace() || "{,".contains(c))
+                .next()
+                .filter(|k| !k.is_empty())
+        });
+        let help = match (key, value) {
+            (_, "") => "quote the value (unquoted, TOML reads it as a number)".to_string(),
+            (Some(key), value) => {
+                format!("quote the value: {key} = \"{value}\" (unquoted, TOML reads it as a number)")
+            }
+            (None, value) => format!("quote the value: \"{value}\" (unquoted, TOML reads it as a number)"),
         };
         return Diagnostic::new(message.replace('\n', " ")).at(source, span).help(help);
     }

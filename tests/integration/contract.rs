@@ -248,9 +248,46 @@ fn an_unquoted_ip_suggests_quoting() {
 }
 
 #[test]
+fn the_quoting_hint_quotes_the_value_alone() {
+    // A comment after the value, and a value inside an inline table: the hint quotes the address
+    // only, not the comment or the rest of the line.
+    let commented = Test::new()
+        .replace("ferry.toml", "host = \"10.0.0.11\"", "host = 10.0.0.11  # the primary")
+        .args(["check"])
+        .code(2)
+        .stderr_contains(
+            "= help: quote the value: host = \"10.0.0.11\" (unquoted, TOML reads it as a number)\n",
+        )
+        .run();
+    assert!(!commented.stderr.contains("primary\""), "{}", commented.stderr);
+    Test::new()
+        .replace(
+            "ferry.toml",
+            "[targets.stg-1]\nhost = \"10.0.0.11\"",
+            "[targets]\nstg-1 = { host = 10.0.0.11 }",
+        )
+        .args(["check"])
+        .code(2)
+        .stderr_contains(
+            "= help: quote the value: host = \"10.0.0.11\" (unquoted, TOML reads it as a number)\n",
+        )
+        .run();
+}
+
+#[test]
 fn an_unclosed_for_names_the_line_where_it_opens() {
     // The `for` opens on line 3; minijinja itself points at the end of the template (line 5).
     let template = "docker run --restart unless-stopped\n  -p {{ port }}:8080\n  {% for k, v in container_env|items %}\n  {% if k %}-e {{ k }}={{ v }}{% endif %}\n  {{ image }}\n";
+    let out = Test::new().write("templates/web.j2", template).args(["check"]).code(2).stderr_snapshot().run();
+    insta::assert_snapshot!(out.stderr);
+}
+
+#[test]
+fn an_unclosed_for_is_named_when_the_template_ends_in_a_wide_character() {
+    // Tags inside a comment (one of them a `{%` never closed) and a template ending in a
+    // character wider than one byte: the `for` is named (not the comment's `if`), and finding it
+    // does not cut that character in half.
+    let template = "docker run\n  {% for k in container_env %}{# an {% if x %} and a {% in a comment #}\n  {{ image }} 日";
     let out = Test::new().write("templates/web.j2", template).args(["check"]).code(2).stderr_snapshot().run();
     insta::assert_snapshot!(out.stderr);
 }

@@ -87,3 +87,23 @@ fn exec_on_several_targets_without_a_terminal_needs_yes() {
         .run();
     assert_eq!(out.stdout, "");
 }
+
+/// A secret with a quote in it is still masked in exec's command line: the words are quoted for
+/// the shell (`it's` becomes `'it'\''s'`), so masking the joined line alone found no secret and
+/// the confirmation (like the audit record and the mirror line) showed it.
+#[test]
+fn exec_masks_a_secret_word_that_quoting_changes() {
+    let secret = "it's-a-Secret-9";
+    Test::new()
+        .env("WEB_DATABASE_URL", secret)
+        .never_prints(secret)
+        .never_prints("'it'\\''s-a-Secret-9'")
+        .args(["exec", "web", "--env", "prod", "--", "psql", secret])
+        .code(4)
+        .stderr(
+            "error: refusing to run `psql '***'` in the web containers of 2 targets without a \
+             confirmation: stdin is not a terminal\n  \
+             = help: pass --yes (cron, CI), or run it from a terminal and answer the prompt\n",
+        )
+        .run();
+}

@@ -331,3 +331,45 @@ fn exec_on_one_target_from_a_terminal_is_an_interactive_shell_through_a_pty() {
     assert_eq!(exec[0]["detail"]["command_line"], "sh");
     assert_eq!(exec[1]["detail"]["exit_code"], 7);
 }
+
+/// A follow whose reader went away ends (review of issue #14; environment `rl-pipe`, port
+/// 18255): `ferry logs --follow | grep -m1 ERROR` must return once grep has its line. Before,
+/// ferry ignored the failed writes and followed on, with `docker logs` running on the target,
+/// until someone killed it.
+#[test]
+fn logs_follow_ends_when_nothing_reads_its_output_and_stops_the_remote_docker_logs() {
+    let fleet = deployed("rl-pipe", 18255, &[1], TICKING);
+    let id = fleet.id(1);
+    let mut child = fleet.spawn(&["logs", "web", "--env", "rl-pipe", "--follow", "--tail", "1"], TOKEN);
+    let mut stdout = child.stdout.take().unwrap();
+    // Read up to the second tick, then close the pipe, as `grep -m1` does.
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines_of(&seen, "h1 | tick-").len() < 2 {
+        assert!(Instant::now() < deadline, "no stream of ticks: {seen}");
+        let mut buf = [0u8; 4096];
+        let n = stdout.read(&mut buf).unwrap();
+        assert_ne!(n, 0, "ferry closed its stdout: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let running = format!("pgrep -f '[d]ocker logs --follow --tail 1 {id}' || true");
+    assert_ne!(fleet.on_host(1, &running).trim(), "", "docker logs runs on the target while following");
+    drop(stdout);
+    // The next tick fails to be written; the follow then stops as after Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry logs --follow still runs 20 s after its stdout was closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!((status.code(), stderr.as_str()), (Some(0), ""));
+    assert_eq!(fleet.on_host(1, &running).trim(), "", "a docker logs outlived ferry on the target");
+}
