@@ -443,6 +443,9 @@ pub async fn renew_remote(
     Ok(sh(host, &script, Some(info.to_text().as_bytes())).await?.starts_with("renewed"))
 }
 
+/// How long releasing waits on a target whose lock command was lost.
+const LOST_RELEASE: Duration = Duration::from_secs(2);
+
 /// An environment lock held by this process: the local lock and the targets' locks.
 pub struct EnvironmentLock {
     /// Run id written into the targets' lock info.
@@ -461,6 +464,9 @@ pub struct EnvironmentLock {
     /// Targets whose connection opened but whose lock command could not run (the link broke,
     /// the command timed out), with why: not locked, and not among the lock's connections.
     pub unreachable: Vec<(String, String)>,
+    /// Those targets' connections, kept only to release: a lost answer may have come after the
+    /// lock was made there, and such a stray lock would refuse the next run until its TTL.
+    lost: Vec<Connected>,
 }
 
 /// Takes `environment`'s lock: the runner-side lease (when a `store` is given) and one on each
@@ -484,10 +490,8 @@ pub async fn lock_environment(
         let info = LockInfo { since_ms: now, expires_ms: now.saturating_add(millis(ttl)), ..info.clone() };
         match try_lock_environment(store, environment, &info, ttl, &connections, force).await {
             Ok((local, taken, unreachable)) => {
-                let connections = connections
-                    .into_iter()
-                    .filter(|(n, _)| !unreachable.iter().any(|(u, _)| u == n))
-                    .collect();
+                let (lost, connections) =
+                    connections.into_iter().partition(|(n, _)| unreachable.iter().any(|(u, _)| u == n));
                 let shared =
                     taken.iter().filter(|(_, a)| a.taken == Taken::Reentrant).map(|(n, _)| n.clone());
                 return Ok(EnvironmentLock {
@@ -504,6 +508,7 @@ pub async fn lock_environment(
                     local,
                     connections,
                     unreachable,
+                    lost,
                 });
             }
             Err(e @ LockError::Held { .. }) if deadline.is_some_and(|d| tokio::time::Instant::now() < d) => {
@@ -542,7 +547,9 @@ async fn try_lock_environment(
             Ok(t) => taken.push((target.clone(), t)),
             Err(LockError::Unreachable { message, .. }) => unreachable.push((target.clone(), message)),
             Err(e) => {
-                for (name, _) in &taken {
+                // Lost answers too: the lock may have been made there (only this run's goes).
+                let lost = unreachable.iter().map(|(n, _)| n);
+                for name in taken.iter().map(|(n, _)| n).chain(lost) {
                     if let Some((_, c)) = connections.iter().find(|(n, _)| n == name) {
                         let _ = unlock_remote(&**c, environment, Some(&info.run)).await;
                     }
@@ -635,6 +642,14 @@ impl EnvironmentLock {
             if Arc::strong_count(&host) == 1 {
                 host.close().await;
             }
+        }
+        // Best effort, after the others (a lock shared by one machine is gone by then) and
+        // briefly (its link already failed once; a run's quick exit has 5 s for everything):
+        // the target was reported unreachable, and its lock, if any, would expire anyway.
+        for (_, host) in self.lost {
+            let unlock = unlock_remote(&*host, &self.environment, Some(&self.run));
+            let _ = tokio::time::timeout(LOST_RELEASE, unlock).await;
+            host.close().await;
         }
         failed
     }
@@ -819,8 +834,34 @@ mod tests {
         assert_eq!(held.fences, [("t1".to_string(), 1), ("t3".to_string(), 1)]);
         assert!(held.connection("t2").is_none(), "the work never gets the unlocked target");
         assert_eq!(held.release().await, Vec::<String>::new());
+        // The lost answer may have come after t2's lock was made: released there too (only
+        // a lock naming this run is removed), so no stray lock blocks the next run until TTL.
         let released: Vec<usize> = hosts.iter().map(|h| h.ran(RELEASE).len()).collect();
-        assert_eq!(released, [1, 0, 1]);
+        assert_eq!(released, [1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_lock_also_releases_a_target_whose_lock_command_was_lost() {
+        let hosts = [
+            Arc::new(FakeHost::new("t1").on(ACQUIRE, Reply::Lost).on(RELEASE, Reply::ok("released\n"))),
+            Arc::new(
+                FakeHost::new("t2")
+                    .on(ACQUIRE, held_by(&info("other-run", in_an_hour())))
+                    .on(RELEASE, Reply::ok("")),
+            ),
+        ];
+        let mine = info("r1", in_an_hour());
+        let refused = lock_environment(None, "dev", &mine, HOUR, connected(&hosts), false, None).await;
+        assert!(
+            matches!(&refused, Err(LockError::Held { target, .. }) if target == "t2"),
+            "{:?}",
+            refused.err()
+        );
+        assert_eq!(hosts[0].ran(RELEASE).len(), 1, "t1 may hold this run's lock: released");
+        assert!(
+            hosts[0].ran(RELEASE)[0].contains("= r1 ]; then rm -rf .ferry/locks/dev"),
+            "only this run's lock"
+        );
     }
 
     #[tokio::test]
