@@ -520,10 +520,11 @@ pub fn ensure_script(image: &str) -> String {
 
 /// The probe for the deploy's gate: from inside the proxy, through the `ferry` network, the
 /// health path of the new container answers 2xx (busybox and Alpine `wget` fail on 4xx/5xx).
-/// Exit 0: healthy; 125: no proxy container; anything else: not (yet) healthy.
+/// Exit 0: healthy; 125: no proxy container; anything else: not (yet) healthy. The time limit is
+/// busybox `timeout`, not `wget -T`: Debian's static busybox crashes on `-T`.
 pub fn gate_probe_script(alias: &str, port: u16, health: &str, timeout_secs: u32) -> String {
     format!(
-        "docker exec {CONTAINER} wget -q -T {timeout_secs} -O /dev/null {}",
+        "docker exec {CONTAINER} timeout {timeout_secs} wget -q -O /dev/null {}",
         q(&format!("http://{alias}:{port}{health}"))
     )
 }
@@ -952,7 +953,7 @@ mod tests {
     fn the_gate_probe_goes_through_the_proxy() {
         assert_eq!(
             gate_probe_script("web-prod-1", 80, "/up", 2),
-            "docker exec ferry-proxy wget -q -T 2 -O /dev/null http://web-prod-1:80/up"
+            "docker exec ferry-proxy timeout 2 wget -q -O /dev/null http://web-prod-1:80/up"
         );
     }
 

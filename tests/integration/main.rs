@@ -36,6 +36,8 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+#[cfg(feature = "lab")]
+mod proxy_lab;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;
