@@ -939,6 +939,8 @@ mod tests {
                 "web-dev".into(),
                 "img".into(),
             ],
+            route: None,
+            alias: None,
         }
     }
 

@@ -36,6 +36,7 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+mod proxy_config;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;
