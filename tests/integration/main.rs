@@ -36,6 +36,7 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+mod probe;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;
@@ -45,3 +46,5 @@ mod secrets;
 mod shared_store;
 mod test;
 mod vars;
+#[cfg(feature = "lab")]
+mod zero_downtime;
