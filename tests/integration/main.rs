@@ -36,6 +36,7 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+mod probe;
 mod proxy_config;
 mod quoting;
 #[cfg(feature = "lab")]
@@ -46,3 +47,5 @@ mod secrets;
 mod shared_store;
 mod test;
 mod vars;
+#[cfg(feature = "lab")]
+mod zero_downtime;
