@@ -36,6 +36,8 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+mod probe;
+mod proxy_config;
 #[cfg(feature = "lab")]
 mod proxy_lab;
 mod quoting;
@@ -47,3 +49,5 @@ mod secrets;
 mod shared_store;
 mod test;
 mod vars;
+#[cfg(feature = "lab")]
+mod zero_downtime;

@@ -350,21 +350,37 @@ caddy_image_up() {
   rm -rf "$r"
 }
 
-# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in five versions.
-#   1.0, 2.0  healthy, answering "ferry web 1.0" / "ferry web 2.0"
+# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in seven versions.
+#   1.0, 1.1, 2.0  healthy, answering "ferry web 1.0" / "ferry web 1.1" / "ferry web 2.0"
 #   bad       httpd exits at once with an error on stderr (a broken build)
 #   health    has a HEALTHCHECK that passes once httpd answers
-#   sick      has a HEALTHCHECK that never passes
+#   sick      has a HEALTHCHECK that never passes (its /up answers: only the HEALTHCHECK fails it)
+#   noup      httpd runs and answers "ferry web noup", but has no /up (404): it never gets
+#             healthy behind the proxy (issue 15)
+# Every version whose httpd runs has `/up` (answers "up VERSION"; not noup) for the proxy's health
+# gate, and `/cgi-bin/slow`, a CGI that sleeps 3 s and then answers "ferry web VERSION": a
+# request in flight while the proxy switches, for the drain tests.
 web_images_up() {
   local r=$T/rootfs v
   local plain='{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-p","80","-h","/www"]}'
   local check='"Healthcheck":{"Test":["CMD-SHELL","wget -q -O /dev/null http://127.0.0.1/ || exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
   local never='"Healthcheck":{"Test":["CMD-SHELL","exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
-  for v in 1.0 2.0 bad health sick; do
+  for v in 1.0 1.1 2.0 bad health sick noup; do
     echo "ferry web $v" > "$r/www/index.html"
+    rm -f "$r/www/up"; rm -rf "$r/www/cgi-bin"
+    [ "$v" = noup ] || echo "up $v" > "$r/www/up"
+    mkdir -p "$r/www/cgi-bin"
+    # busybox httpd adds the status line; the CGI gives the header block, then the body.
+    cat > "$r/www/cgi-bin/slow" <<EOF
+#!/bin/sh
+/bin/sleep 3
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "ferry web $v"
+EOF
+    chmod 755 "$r/www/cgi-bin/slow"
     rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
     if [ "$v" = bad ]; then
-      rm "$r/bin/httpd"
+      rm "$r/bin/httpd" "$r/www/up"; rm -rf "$r/www/cgi-bin"
       printf '#!/bin/sh\necho "httpd: cannot load /etc/web.conf: no such file (broken build)" >&2\nexit 3\n' > "$r/bin/httpd"
       chmod 755 "$r/bin/httpd"
     fi
@@ -376,6 +392,7 @@ web_images_up() {
     esac
     CONFIG=$CONFIG "$HERE/push-image.sh" "$REGISTRY" ferry/web "$v" "$T/web-$v.tar"
   done
+  rm -f "$r/www/up"; rm -rf "$r/www/cgi-bin"
   rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
   many_tags_up
 }
