@@ -37,6 +37,7 @@ mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
 mod probe;
+mod proxy_cli;
 mod proxy_config;
 #[cfg(feature = "lab")]
 mod proxy_lab;
