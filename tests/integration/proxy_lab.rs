@@ -252,3 +252,167 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     runtime.block_on(host.close());
     clean_h6(&lab);
 }
+
+/// An inventory in `dir` for host h6: two proxied apps in two environments (`pxp-a`, `pxp-b`),
+/// each with its own host name, the lab's proxy image.
+fn commands_inventory(lab: &Lab, dir: &std::path::Path) -> String {
+    let ssh = lab.dir.join("ssh/client_key").display().to_string();
+    let known = lab.dir.join("known_hosts").display().to_string();
+    let text = format!(
+        "[defaults]\nuser = \"root\"\nidentity = \"{ssh}\"\nknown_hosts = \"{known}\"\n\n\
+         [targets.h6]\nhost = \"{H6_ADDR}\"\n\n\
+         [feeds.lab]\nurl = \"http://10.200.0.1:5000\"\n\n\
+         [proxy]\nimage = \"{image}\"\ndrain = \"2s\"\n\n\
+         [environments.pxp-a]\ntargets = [\"h6\"]\n\n[environments.pxp-b]\ntargets = [\"h6\"]\n\n\
+         [apps.pxp-web]\nfeed = \"lab\"\nimage = \"ferry/web\"\ntemplate = \"web.j2\"\n\
+         proxy = {{ host = \"web.pxp.test\", port = 80, health = \"/up\" }}\n\
+         [apps.pxp-web.environments.pxp-b]\nproxy = {{ host = \"web-b.pxp.test\" }}\n\n\
+         [apps.pxp-api]\nfeed = \"lab\"\nimage = \"ferry/web\"\ntemplate = \"web.j2\"\n\
+         proxy = {{ host = \"api.pxp.test\", port = 80, health = \"/up\", tls = \"internal\" }}\n\
+         [apps.pxp-api.environments.pxp-b]\nproxy = {{ host = \"api-b.pxp.test\" }}\n",
+        image = proxy_image(lab)
+    );
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("templates/web.j2"),
+        "docker run --restart unless-stopped --stop-timeout 1\n  {{ image }}\n",
+    )
+    .unwrap();
+    dir.join("ferry.toml").display().to_string()
+}
+
+/// Runs the built `ferry -i INVENTORY ARGS` with its own state folder; returns (exit code,
+/// stdout, stderr).
+fn ferry_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(crate::test::binary())
+        .args(["-i", &dir.join("ferry.toml").display().to_string()])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FERRY_STATE_DIR", dir.join("state"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`ferry_in`] that must exit 0; returns stdout.
+fn ferry_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let (code, stdout, stderr) = ferry_in(dir, args);
+    assert_eq!(code, 0, "ferry {args:?}:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_one_route() {
+    let _h6 = H6.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    clean_h6(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    commands_inventory(&lab, dir);
+
+    // Boot: idempotent.
+    let out = ferry_ok(dir, &["proxy", "boot", "--env", "pxp-a", "--yes", "--output", "plain"]);
+    assert!(out.contains(&format!("proxy booted ({})", proxy_image(&lab))), "{out}");
+    let id = on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy");
+    let out = ferry_ok(dir, &["proxy", "boot", "--env", "pxp-b", "--yes", "--output", "plain"]);
+    assert!(out.contains("proxy already running"), "{out}");
+    assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+
+    // Two apps in two environments on one host, each with its own host name.
+    for (app, env, version) in [
+        ("pxp-web", "pxp-a", "1.0"),
+        ("pxp-api", "pxp-a", "1.1"),
+        ("pxp-web", "pxp-b", "2.0"),
+        ("pxp-api", "pxp-b", "1.0"),
+    ] {
+        ferry_ok(dir, &["deploy", app, "--env", env, "--version", version, "--yes", "--output", "plain"]);
+    }
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        ca.path(),
+        on_host(&lab, 6, "docker exec ferry-proxy cat /data/caddy/pki/authorities/local/root.crt"),
+    )
+    .unwrap();
+    let all_answer = |why: &str| {
+        assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()), "{why}");
+        assert_eq!(curl("web-b.pxp.test", "/", None), (200, "ferry web 2.0".into()), "{why}");
+        eventually(why, || curl("api.pxp.test", "/", Some(ca.path())) == (200, "ferry web 1.1".into()));
+        eventually(why, || curl("api-b.pxp.test", "/", Some(ca.path())) == (200, "ferry web 1.0".into()));
+    };
+    all_answer("after the deploys");
+
+    // Status shows every route on the host, whatever its environment.
+    let out = ferry_ok(dir, &["proxy", "status", "--env", "pxp-a", "--output", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["problems"], false, "{out}");
+    let routes = status["targets"][0]["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 4, "{out}");
+    assert!(routes.iter().all(|r| r["container_state"] == "running" && r["maintenance"].is_null()), "{out}");
+    let out = ferry_ok(dir, &["proxy", "status", "--env", "pxp-b"]);
+    assert!(out.contains("h6      pxp-api  pxp-b  api-b.pxp.test (tls internal)"), "{out}");
+
+    // Maintenance on: 503 with the message for that app in that environment only; off: the app.
+    let message = "Back at 10:00 UTC — \"sorry\" $(nothing) 'here'";
+    ferry_ok(dir, &["maintenance", "on", "pxp-web", "--env", "pxp-a", "--yes", "--message", message]);
+    assert_eq!(curl("web.pxp.test", "/", None), (503, message.into()));
+    assert_eq!(curl("web-b.pxp.test", "/", None), (200, "ferry web 2.0".into()));
+    let out = ferry_ok(dir, &["proxy", "status", "--env", "pxp-a", "--output", "plain"]);
+    assert!(out.contains("route\th6\tpxp-web\tpxp-a\tweb.pxp.test\t"), "{out}");
+    assert!(out.contains(&format!("maintenance: {message:?}")), "{out}");
+    ferry_ok(dir, &["maintenance", "off", "pxp-web", "--env", "pxp-a", "--yes"]);
+    assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+    ferry_ok(dir, &["maintenance", "on", "pxp-api", "--env", "pxp-b", "--yes"]);
+    assert_eq!(curl("api-b.pxp.test", "/", Some(ca.path())), (503, "pxp-api is under maintenance".into()));
+    ferry_ok(dir, &["maintenance", "off", "pxp-api", "--env", "pxp-b", "--yes"]);
+    // Both on the record, with the action and the message.
+    let audit = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap();
+    let started: Vec<serde_json::Value> = crate::lab::json_lines(&audit)
+        .into_iter()
+        .filter(|r| r["command"] == "maintenance" && r["kind"] == "run_started")
+        .collect();
+    assert_eq!(started.len(), 4, "{audit}");
+    assert_eq!(started[0]["app"], "pxp-web");
+    assert_eq!(started[0]["environment"], "pxp-a");
+    assert_eq!(
+        started[0]["detail"]["notes"],
+        serde_json::json!({ "action": "on", "message": message }),
+        "{audit}"
+    );
+    assert_eq!(started[1]["detail"]["notes"], serde_json::json!({ "action": "off" }), "{audit}");
+    let finished = crate::lab::json_lines(&audit)
+        .into_iter()
+        .filter(|r| r["command"] == "maintenance" && r["kind"] == "run_finished")
+        .count();
+    assert_eq!(finished, 4, "{audit}");
+
+    // A reboot from one environment re-applies every route on the host from its files.
+    ferry_ok(dir, &["proxy", "reboot", "--env", "pxp-b", "--yes"]);
+    assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+    all_answer("after the reboot");
+
+    // Remove drops that app's route in that environment, before its container; others stay.
+    let out = ferry_ok(dir, &["remove", "pxp-api", "--env", "pxp-b", "--yes", "--output", "plain"]);
+    assert!(out.contains("removed its route from the proxy"), "{out}");
+    assert_ne!(curl("api-b.pxp.test", "/", Some(ca.path())).0, 200);
+    assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+    assert_eq!(curl("api.pxp.test", "/", Some(ca.path())), (200, "ferry web 1.1".into()));
+    let files = on_host(&lab, 6, "ls /root/.ferry/proxy/routes");
+    assert!(!files.contains("pxp-api@pxp-b"), "{files}");
+    assert_eq!(files.split_whitespace().count(), 6, "{files}");
+
+    // A route whose container is gone makes status exit 1, naming it.
+    on_host(&lab, 6, "docker rm -f pxp-web-pxp-b > /dev/null");
+    let (code, out, _) = ferry_in(dir, &["proxy", "status", "--env", "pxp-a"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("! h6: route pxp-web@pxp-b points at container pxp-web-pxp-b, which is gone"),
+        "{out}"
+    );
+    clean_h6(&lab);
+}
