@@ -1727,7 +1727,7 @@ mod tests {
         let at = |needle: &str| launch.find(needle).unwrap_or_else(|| panic!("{needle} not in the script"));
         let order = [
             "id=$(",
-            "wget -q -T 3 -O /dev/null",
+            "timeout 3 wget -q -O /dev/null",
             "gated $rc",
             "case $(cat",
             "ferry_proxy_set ",

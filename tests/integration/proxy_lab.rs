@@ -406,6 +406,14 @@ fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_on
     assert!(!files.contains("pxp-api@pxp-b"), "{files}");
     assert_eq!(files.split_whitespace().count(), 6, "{files}");
 
+    // Maintenance survives a deploy (maintenance, deploy with migrations, check, off) and off
+    // then reaches the new version.
+    ferry_ok(dir, &["maintenance", "on", "pxp-web", "--env", "pxp-a", "--yes", "--message", message]);
+    ferry_ok(dir, &["deploy", "pxp-web", "--env", "pxp-a", "--version", "1.1", "--yes", "--output", "plain"]);
+    assert_eq!(curl("web.pxp.test", "/", None), (503, message.into()));
+    ferry_ok(dir, &["maintenance", "off", "pxp-web", "--env", "pxp-a", "--yes"]);
+    assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.1".into()));
+
     // A route whose container is gone makes status exit 1, naming it.
     on_host(&lab, 6, "docker rm -f pxp-web-pxp-b > /dev/null");
     let (code, out, _) = ferry_in(dir, &["proxy", "status", "--env", "pxp-a"]);
