@@ -1839,7 +1839,7 @@ mod tests {
                  container before the switch; the old one kept serving"
             )
         );
-        assert!(steps.iter().any(|s| s == "proxy: booted docker.io/library/caddy:2"), "{steps:?}");
+        assert!(steps.iter().any(|s| s == "proxy: booted caddy:2"), "{steps:?}");
     }
 
     #[tokio::test]
