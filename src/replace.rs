@@ -312,6 +312,17 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
     )
 }
 
+/// The gate's probe: from inside the proxy, through the `ferry` network, the health path
+/// answers 2xx (busybox and Alpine `wget` fail on 4xx/5xx), bounded by the target's `timeout`
+/// when it has one. Not `wget -T`: the lab's busybox-static `wget` crashes with it (exit 139).
+fn probe_script(alias: &str, port: u16, health: &str) -> String {
+    let url = q(&format!("http://{alias}:{port}{health}"));
+    format!(
+        "$(command -v timeout > /dev/null && echo timeout 5) docker exec {} wget -q -O /dev/null {url}",
+        crate::proxy::CONTAINER
+    )
+}
+
 /// The detached script for an app behind the proxy (see the module docs); `$1` is its folder.
 fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> String {
     let old = request.old.map_or("", |(id, _)| id);
@@ -320,7 +331,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
         None => ("", ""),
     };
     let next = next_name(request.name);
-    let probe = crate::proxy::gate_probe_script(proxy.alias, proxy.port, proxy.health, 3);
+    let probe = probe_script(proxy.alias, proxy.port, proxy.health);
     let timeout = request.gate.timeout.as_secs().max(1);
     // The image's HEALTHCHECK (or health.cmd) after the probe; without either, the probe
     // itself is the check, so no grace period is waited on top.
@@ -335,7 +346,10 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
          alive() {{ [ $(( $(date +%s) - $(stat -c %Y \"$dir/seen\" 2>/dev/null || echo 0) )) -lt \"$abandon\" ]; }}\n\
          {read_env}exec < /dev/null\n\
          {functions}\n\
-         if docker inspect \"$next\" > /dev/null 2>&1; then\n\
+         if stray=$(docker inspect -f '{{{{index .Config.Labels \"ferry.deployment\"}}}}' \"$next\" 2>/dev/null); then\n\
+           if [ -n \"$stray\" ] && grep -qxF \"deployment=$stray\" \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null; then\n\
+             say \"notstarted $next serves the route (an earlier rename failed): rename it to $c by hand\"; say 'done untouched'; exit 0\n\
+           fi\n\
            docker rm -f \"$next\" > /dev/null 2>&1 && say \"warn removed a stray $next (a replace step that ended without cleaning up)\"\n\
          fi\n\
          id=$({feed}{run} 2> \"$dir/err\"); rc=$?\n\
@@ -343,9 +357,9 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
          say \"started $(printf '%s\\n' \"$id\" | tail -n 1)\"\n\
          (\n\
            start=$(date +%s)\n\
-           until {probe} 2> /dev/null; do\n\
+           until said=$({probe} 2>&1); do\n\
              [ \"$(docker inspect -f '{{{{.State.Running}}}}' \"$next\" 2>/dev/null)\" = true ] || {{ echo 'gate: the container is not running (it exited)'; exit 1; }}\n\
-             [ $(( $(date +%s) - start )) -lt {timeout} ] || {{ echo 'gate: '{health_q}' did not answer 2xx through the proxy network within {timeout}s'; exit 1; }}\n\
+             [ $(( $(date +%s) - start )) -lt {timeout} ] || {{ echo 'gate: '{health_q}' did not answer 2xx through the proxy network within {timeout}s'; printf '%s\\n' \"$said\" | tail -n 2; exit 1; }}\n\
              sleep {interval:.3}\n\
            done\n\
            ( {gate} )\n\
@@ -566,6 +580,43 @@ pub fn collect_leftovers_script(app: &str, environment: &str) -> String {
 /// Reads what [`leftovers_script`] printed.
 pub fn parse_leftovers(text: &str) -> Vec<Leftover> {
     text.split("--- step\n").filter(|s| !s.trim().is_empty()).filter_map(leftover_of).collect()
+}
+
+/// Removes a stray `NAME-next` of a proxied app on a target (a replace step killed before it
+/// could clean up) unless a step for `container` still runs there, or the route points at it
+/// (an earlier rename failed: it is what serves). Returns it as a [`Leftover`] (its deployment
+/// and version from its labels) when one was removed.
+pub async fn remove_stray_next(
+    host: &dyn Host,
+    app: &str,
+    environment: &str,
+    container: &str,
+) -> Result<Option<Leftover>, DockerError> {
+    let next = next_name(container);
+    let script = format!(
+        "d={dir}; n={n}; meta=\"$HOME/.ferry/proxy/routes/\"{key}.meta\n\
+         if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then exit 0; fi\n\
+         dep=$(docker inspect -f '{{{{index .Config.Labels \"ferry.deployment\"}}}}' \"$n\" 2>/dev/null) || exit 0\n\
+         ! grep -qxF \"deployment=$dep\" \"$meta\" 2>/dev/null || exit 0\n\
+         ver=$(docker inspect -f '{{{{index .Config.Labels \"ferry.version\"}}}}' \"$n\" 2>/dev/null)\n\
+         docker rm -f \"$n\" > /dev/null && printf 'deployment=%s\\nversion=%s\\n' \"$dep\" \"$ver\"",
+        dir = dir(container),
+        n = q(&next),
+        key = q(&crate::proxy::key(app, environment)),
+    );
+    let mut out = Capture::default();
+    let status = host.exec(&script, None, Some(STEP_DEADLINE), &mut out).await?;
+    if !status.success() {
+        return Err(DockerError::Failed { step: "remove a stray container", message: out.errors() });
+    }
+    let text = out.text();
+    Ok(meta_field(&text, "deployment").map(|deployment| Leftover {
+        deployment: deployment.to_string(),
+        version: meta_field(&text, "version").unwrap_or("?").to_string(),
+        outcome: format!(
+            "its new container {next} was left behind before the switch (the step was stopped); removed it now"
+        ),
+    }))
 }
 
 /// The unread outcomes of replace steps of `app` in `environment` on a target, left in place

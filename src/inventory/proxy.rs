@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::raw::RawRoute;
 
-/// The public Caddy 2 image, the default proxy image.
-pub const DEFAULT_IMAGE: &str = "docker.io/library/caddy:2";
+/// The public Caddy 2 image (`docker.io/library/caddy:2`), the default proxy image.
+pub const DEFAULT_IMAGE: &str = crate::proxy::DEFAULT_IMAGE;
 /// How long ferry waits at most for in-flight requests to the old container after a switch.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
