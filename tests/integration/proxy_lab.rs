@@ -418,8 +418,13 @@ fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_on
         .count();
     assert_eq!(finished, 4, "{audit}");
 
+    let history = ferry_ok(dir, &["history", "pxp-web", "--env", "pxp-a"]);
+    assert!(history.contains("maintenance"), "{history}");
+
     // A reboot from one environment re-applies every route on the host from its files.
     ferry_ok(dir, &["proxy", "reboot", "--env", "pxp-b", "--yes"]);
+    let history = ferry_ok(dir, &["history", "--env", "pxp-b"]);
+    assert!(history.contains("proxy reboot"), "{history}");
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     all_answer("after the reboot");
 
