@@ -363,10 +363,12 @@ fn is_health(s: &str) -> bool {
 ///
 /// - `ferry_proxy_assemble`: `caddy.json` from the route files (tmp + mv; caller holds the lock).
 /// - `ferry_proxy_load`: `caddy reload --force` inside the proxy; Caddy's error on stderr.
-/// - `ferry_proxy_set KEY ROUTE_JSON META [offline]`: under the lock, writes (or with both
-///   empty, removes) the route files, assembles and loads; on failure puts the previous files
-///   back and fails. With `offline`, a proxy that is not running is not an error (the files are
-///   what it loads when it starts).
+/// - `ferry_proxy_set KEY ROUTE_JSON META [offline | keep PREFIX SUFFIX]`: under the lock,
+///   writes (or with both empty, removes) the route files, assembles and loads; on failure puts
+///   the previous files back and fails. With `offline`, a proxy that is not running is not an
+///   error (the files are what it loads when it starts). With `keep`, a route in maintenance
+///   stays in maintenance: the message from its meta file goes between PREFIX and SUFFIX (the
+///   maintenance variant of the new route) and into the new meta file.
 /// - `ferry_proxy_ensure IMAGE`: network and proxy, created or started when missing.
 /// - `ferry_proxy_reboot IMAGE`: assembles and recreates the proxy (the image is pulled first).
 pub const FUNCTIONS: &str = r#"
@@ -428,8 +430,18 @@ ferry_proxy_set() {
     for fp_f in "$fp_r/$1.route.json" "$fp_r/$1.meta" "$ferry_proxy_dir/caddy.json"; do
       [ ! -f "$fp_f" ] || cp -p "$fp_f" "$fp_b/" || exit 1
     done
+    fp_json=$2; fp_meta=$3
+    if [ "${4:-}" = keep ] && [ -f "$fp_r/$1.meta" ]; then
+      fp_m=$(sed -n 's/^maintenance=//p' "$fp_r/$1.meta" | head -n 1)
+      case "$fp_m" in \"*\")
+        fp_json="$5${fp_m%\"}\\n\"$6"
+        fp_meta="${3%maintenance=*}maintenance=$fp_m
+"
+        echo "proxy: kept maintenance" ;;
+      esac
+    fi
     if [ -n "$2" ]; then
-      printf '%s\n' "$2" > "$fp_r/.$1.route.json.tmp" && printf '%s' "$3" > "$fp_r/.$1.meta.tmp" &&
+      printf '%s\n' "$fp_json" > "$fp_r/.$1.route.json.tmp" && printf '%s' "$fp_meta" > "$fp_r/.$1.meta.tmp" &&
         mv -f "$fp_r/.$1.route.json.tmp" "$fp_r/$1.route.json" && mv -f "$fp_r/.$1.meta.tmp" "$fp_r/$1.meta" || exit 1
     else
       rm -f "$fp_r/$1.route.json" "$fp_r/$1.meta" || exit 1
@@ -506,8 +518,34 @@ fn q(value: &str) -> String {
 }
 
 /// The line that switches `route` in (a script that embeds [`FUNCTIONS`] runs it): writes its
-/// files, assembles, loads; fails with Caddy's error and the previous routes back in place.
+/// files, assembles, loads; fails with Caddy's error and the previous routes back in place. A
+/// deploy switches with this: when the app is in maintenance on the target, it stays in
+/// maintenance (same message) with the new upstream recorded, so that `maintenance off` then
+/// sends requests to the new container (maintenance → deploy with migrations → check → off).
 pub fn switch_call(route: &Route) -> Result<String, String> {
+    route.validate()?;
+    let json = serde_json::to_string(&route.caddy_route()).map_err(|e| e.to_string())?;
+    let placeholder = Route { maintenance: Some(BODY_PLACEHOLDER.into()), ..route.clone() };
+    let variant = serde_json::to_string(&placeholder.caddy_route()).map_err(|e| e.to_string())?;
+    let body = format!("\"{BODY_PLACEHOLDER}\\n\"");
+    let Some((prefix, suffix)) = variant.split_once(&body) else {
+        return Err("the maintenance route has no body".into());
+    };
+    Ok(format!(
+        "ferry_proxy_set {} {} {} keep {} {}",
+        q(&route.key()),
+        q(&json),
+        q(&route.meta()),
+        q(prefix),
+        q(suffix)
+    ))
+}
+
+/// Stands for the maintenance message in the route that [`switch_call`] hands to the target.
+const BODY_PLACEHOLDER: &str = "@@FERRY_BODY@@";
+
+/// The line that sets `route` exactly as given (maintenance on or off as it says).
+fn set_call(route: &Route) -> Result<String, String> {
     route.validate()?;
     let json = serde_json::to_string(&route.caddy_route()).map_err(|e| e.to_string())?;
     Ok(format!("ferry_proxy_set {} {} {}", q(&route.key()), q(&json), q(&route.meta())))
@@ -520,10 +558,11 @@ pub fn ensure_script(image: &str) -> String {
 
 /// The probe for the deploy's gate: from inside the proxy, through the `ferry` network, the
 /// health path of the new container answers 2xx (busybox and Alpine `wget` fail on 4xx/5xx).
-/// Exit 0: healthy; 125: no proxy container; anything else: not (yet) healthy.
+/// Exit 0: healthy; 125: no proxy container; anything else: not (yet) healthy. The time limit is
+/// busybox `timeout`, not `wget -T`: Debian's static busybox crashes on `-T`.
 pub fn gate_probe_script(alias: &str, port: u16, health: &str, timeout_secs: u32) -> String {
     format!(
-        "docker exec {CONTAINER} wget -q -T {timeout_secs} -O /dev/null {}",
+        "docker exec {CONTAINER} timeout {timeout_secs} wget -q -O /dev/null {}",
         q(&format!("http://{alias}:{port}{health}"))
     )
 }
@@ -613,10 +652,10 @@ pub async fn ensure(host: &dyn Host, image: &str) -> Result<Ensured, DockerError
     })
 }
 
-/// Switches `route` in with one config load; on failure the previous route files and config
-/// stay in place and the error carries Caddy's words.
+/// Sets `route` exactly as given (its maintenance too) with one config load; on failure the
+/// previous route files and config stay in place and the error carries Caddy's words.
 pub async fn switch(host: &dyn Host, route: &Route) -> Result<(), DockerError> {
-    let call = switch_call(route).map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+    let call = set_call(route).map_err(|message| DockerError::Failed { step: "proxy route", message })?;
     sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), STEP_DEADLINE).await.map(|_| ())
 }
 
@@ -900,16 +939,31 @@ mod tests {
     }
 
     #[test]
-    fn the_switch_call_quotes_the_route_for_sh() {
+    fn the_set_call_quotes_the_route_for_sh() {
         let r = Route { maintenance: Some("it's 'down'".into()), ..route() };
-        let call = switch_call(&r).unwrap();
+        let call = set_call(&r).unwrap();
         assert!(call.starts_with("ferry_proxy_set web@prod '{"), "{call}");
         let words = crate::shell::split(&call).unwrap();
         assert_eq!(words.len(), 4);
         let json: Value = serde_json::from_str(&words[2].text).unwrap();
         assert_eq!(json, r.caddy_route());
         assert_eq!(words[3].text, r.meta());
+        assert!(set_call(&Route { host: "a b".into(), ..route() }).is_err());
         assert!(switch_call(&Route { host: "a b".into(), ..route() }).is_err());
+    }
+
+    #[test]
+    fn the_deploy_switch_carries_the_maintenance_variant_around_the_message() {
+        let call = switch_call(&route()).unwrap();
+        let words: Vec<String> = crate::shell::split(&call).unwrap().into_iter().map(|w| w.text).collect();
+        assert_eq!(words.len(), 7);
+        assert_eq!(words[4], "keep");
+        // What the target puts together from the meta file's JSON message: the maintenance route.
+        let message = "back \"soon\" é";
+        let stored = serde_json::to_string(message).unwrap();
+        let assembled = format!("{}{}\\n\"{}", words[5], &stored[..stored.len() - 1], words[6]);
+        let json: Value = serde_json::from_str(&assembled).unwrap();
+        assert_eq!(json, Route { maintenance: Some(message.into()), ..route() }.caddy_route());
     }
 
     #[test]
@@ -952,7 +1006,7 @@ mod tests {
     fn the_gate_probe_goes_through_the_proxy() {
         assert_eq!(
             gate_probe_script("web-prod-1", 80, "/up", 2),
-            "docker exec ferry-proxy wget -q -T 2 -O /dev/null http://web-prod-1:80/up"
+            "docker exec ferry-proxy timeout 2 wget -q -O /dev/null http://web-prod-1:80/up"
         );
     }
 
