@@ -142,6 +142,7 @@ impl<'a> Release<'a> {
             deployment: self.deployment,
             secrets: &self.secrets,
             secret_hashes: &self.secret_hashes,
+            route: self.app.route(&self.env.name),
         }
     }
 

@@ -17,6 +17,15 @@
 //!   next `ferry deploy` (which reports it, then clears it) or `ferry status` (which reports it)
 //!   reads it.
 //!
+//! An app behind the proxy (issue 15) gets another script, [`proxied_script`]: the old container
+//! is never stopped before the new one serves. The new one starts as `NAME-next` beside it, is
+//! gated through the `ferry` network from inside the proxy (plus its HEALTHCHECK), and only after
+//! ferry's `commit` does the script switch the route (one config load), wait for the old
+//! upstream's in-flight requests (at most `drain`), stop and remove the old container and rename
+//! `NAME-next` to `NAME`. Before the switch, every failure and a missing decision remove the new
+//! container and nothing else: the old one was never touched, the route never changed. A stray
+//! `NAME-next` (a step killed before it could clean up) is removed when the next step starts.
+//!
 //! Secrets reach the script through a pipe that it reads once into memory, and `docker run`
 //! through another (`--env-file /dev/stdin`): never a file. The script's protocol is one line
 //! per event in `status`, parsed by [`parse`].
@@ -69,6 +78,30 @@ pub struct Request<'a> {
     pub gate: Gate<'a>,
     /// Who asked for it.
     pub meta: Meta<'a>,
+    /// The proxy's part, for an app behind the proxy: start beside the old one, then switch.
+    pub proxy: Option<ProxyStep<'a>>,
+}
+
+/// What the proxied replace step needs besides [`Request`].
+#[derive(Debug, Clone)]
+pub struct ProxyStep<'a> {
+    /// The new container's alias on the `ferry` network (the route's upstream).
+    pub alias: &'a str,
+    /// The container's port.
+    pub port: u16,
+    /// The health path that must answer 2xx through the network.
+    pub health: &'a str,
+    /// The route table's key (`APP@ENV`): the old upstream is read from its meta file.
+    pub key: &'a str,
+    /// The line that switches the route in ([`crate::proxy::switch_call`]).
+    pub switch: &'a str,
+    /// The longest wait for the old upstream's in-flight requests.
+    pub drain: Duration,
+}
+
+/// The name the new container runs under beside the old one until the switch.
+pub fn next_name(container: &str) -> String {
+    format!("{container}-next")
 }
 
 /// A replace step that ended with nobody to read its outcome, as a later command finds it.
@@ -112,6 +145,10 @@ pub enum Line {
     Log(String),
     /// Something worth saying that changes nothing (the old container could not be removed).
     Warning(String),
+    /// A step of the proxied replacement worth reporting (switched, drained).
+    Step(String),
+    /// The route could not be switched (the errors are in the `err` lines before it).
+    SwitchFailed,
     /// The step is over.
     Done(Outcome),
 }
@@ -135,6 +172,12 @@ pub enum Outcome {
     AbandonedKept,
     /// The script is gone without an outcome (killed, or its folder removed by hand).
     Vanished,
+    /// Behind the proxy: the new container failed (or was refused) before the switch and was
+    /// removed; the old one served throughout.
+    Discarded,
+    /// Behind the proxy: nobody decided in time, so the new container was removed before any
+    /// switch; the old one served throughout.
+    AbandonedDiscarded,
 }
 
 impl Outcome {
@@ -148,6 +191,8 @@ impl Outcome {
             "abandoned-restore-failed" => Outcome::AbandonedRestoreFailed,
             "abandoned-kept" => Outcome::AbandonedKept,
             "vanished" => Outcome::Vanished,
+            "discarded" => Outcome::Discarded,
+            "abandoned-discarded" => Outcome::AbandonedDiscarded,
             _ => return None,
         })
     }
@@ -169,6 +214,12 @@ impl Outcome {
                 "nobody collected the result: the new container passed its gate and was kept (there was no old one)"
             }
             Outcome::Vanished => "its script ended without an outcome (killed, or its folder removed)",
+            Outcome::Discarded => {
+                "the new container failed before the switch and was removed; the old one kept serving"
+            }
+            Outcome::AbandonedDiscarded => {
+                "nobody collected the result: the script removed the new container before the switch; the old one kept serving"
+            }
         }
     }
 }
@@ -190,6 +241,8 @@ fn parse_line(line: &str) -> Option<Line> {
         "gated" => Line::Gated(rest.trim() == "0"),
         "log" => Line::Log(rest.to_string()),
         "warn" => Line::Warning(rest.to_string()),
+        "step" => Line::Step(rest.to_string()),
+        "switchfailed" => Line::SwitchFailed,
         "done" => Line::Done(Outcome::read(rest.trim())?),
         "" => return None,
         _ => return None,
@@ -259,13 +312,100 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
     )
 }
 
+/// The detached script for an app behind the proxy (see the module docs); `$1` is its folder.
+fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> String {
+    let old = request.old.map_or("", |(id, _)| id);
+    let (read_env, feed) = match request.env {
+        Some(_) => ("env=$(cat)\n", "printf '%s\\n' \"$env\" | "),
+        None => ("", ""),
+    };
+    let next = next_name(request.name);
+    let probe = crate::proxy::gate_probe_script(proxy.alias, proxy.port, proxy.health, 3);
+    let timeout = request.gate.timeout.as_secs().max(1);
+    // The image's HEALTHCHECK (or health.cmd) after the probe; without either, the probe
+    // itself is the check, so no grace period is waited on top.
+    let gate = docker::Gate { cmd: Some(request.gate.cmd.unwrap_or(&probe)), ..request.gate.clone() };
+    format!(
+        "dir=$1; c={name}; next={next}; old={old}; abandon={abandon}; key={key}; drain={drain}\n\
+         echo $$ > \"$dir/pid\"\n\
+         say() {{ printf '%s\\n' \"$*\" >> \"$dir/status\"; }}\n\
+         errs() {{ grep -v '^[[:space:]]*$' \"$dir/err\" | tail -n 3 | sed 's/^/err /' >> \"$dir/status\"; }}\n\
+         logs() {{ docker logs --tail {lines} \"$next\" 2>&1 | tail -n {lines} | sed 's/^/log /' >> \"$dir/status\"; }}\n\
+         discard() {{ docker rm -f \"$next\" > /dev/null 2>&1; say \"done $1\"; exit 0; }}\n\
+         alive() {{ [ $(( $(date +%s) - $(stat -c %Y \"$dir/seen\" 2>/dev/null || echo 0) )) -lt \"$abandon\" ]; }}\n\
+         {read_env}exec < /dev/null\n\
+         {functions}\n\
+         if docker inspect \"$next\" > /dev/null 2>&1; then\n\
+           docker rm -f \"$next\" > /dev/null 2>&1 && say \"warn removed a stray $next (a replace step that ended without cleaning up)\"\n\
+         fi\n\
+         id=$({feed}{run} 2> \"$dir/err\"); rc=$?\n\
+         if [ \"$rc\" != 0 ]; then errs; say \"runfailed exit $rc\"; logs; discard discarded; fi\n\
+         say \"started $(printf '%s\\n' \"$id\" | tail -n 1)\"\n\
+         (\n\
+           start=$(date +%s)\n\
+           until {probe} 2> /dev/null; do\n\
+             [ \"$(docker inspect -f '{{{{.State.Running}}}}' \"$next\" 2>/dev/null)\" = true ] || {{ echo 'gate: the container is not running (it exited)'; exit 1; }}\n\
+             [ $(( $(date +%s) - start )) -lt {timeout} ] || {{ echo 'gate: '{health_q}' did not answer 2xx through the proxy network within {timeout}s'; exit 1; }}\n\
+             sleep {interval:.3}\n\
+           done\n\
+           ( {gate} )\n\
+         ) > \"$dir/gate\" 2>&1; rc=$?\n\
+         sed 's/^/g /' \"$dir/gate\" >> \"$dir/status\"; say \"gated $rc\"\n\
+         if [ \"$rc\" != 0 ]; then logs; discard discarded; fi\n\
+         while [ ! -s \"$dir/decision\" ] && alive; do sleep 0.2; done\n\
+         case $(cat \"$dir/decision\" 2>/dev/null) in\n\
+           commit) ;;\n\
+           restore) logs; discard discarded ;;\n\
+           *) discard abandoned-discarded ;;\n\
+         esac\n\
+         old_up=$(sed -n 's/^upstream=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
+         old_port=$(sed -n 's/^port=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
+         {switch} > /dev/null 2> \"$dir/err\" || {{ errs; say switchfailed; discard discarded; }}\n\
+         say \"step switched the route to {alias}:{port}\"\n\
+         if [ -n \"$old_up\" ] && [ \"$old_up\" != {alias_q} ]; then\n\
+           start=$(date +%s); n=''\n\
+           while [ $(( $(date +%s) - start )) -lt \"$drain\" ]; do\n\
+             n=$(docker exec ferry-proxy wget -q -O - http://localhost:2019/reverse_proxy/upstreams 2>/dev/null | tr '{{' '\\n' \\\n\
+               | grep -F \"\\\"address\\\":\\\"$old_up:$old_port\\\"\" | sed -n 's/.*\"num_requests\":\\([0-9]*\\).*/\\1/p' | head -n 1)\n\
+             [ -n \"$n\" ] && [ \"$n\" != 0 ] || break\n\
+             sleep 0.2\n\
+           done\n\
+           if [ -n \"$n\" ] && [ \"$n\" != 0 ]; then say \"step drain: $n requests still in flight after ${{drain}}s\"; else say \"step drained\"; fi\n\
+         fi\n\
+         if [ -n \"$old\" ]; then\n\
+           docker stop \"$old\" > /dev/null 2> \"$dir/err\" && docker rm \"$old\" > /dev/null 2>> \"$dir/err\" \\\n\
+             || say \"warn the old container $old could not be removed: $(tail -n 1 \"$dir/err\")\"\n\
+         fi\n\
+         docker rename \"$next\" \"$c\" 2> \"$dir/err\" || say \"warn the new container runs as $next: the rename failed: $(tail -n 1 \"$dir/err\")\"\n\
+         say 'done committed'\n",
+        name = q(request.name),
+        next = q(&next),
+        old = q(old),
+        abandon = ABANDON_AFTER.as_secs(),
+        key = q(proxy.key),
+        drain = proxy.drain.as_secs().max(1),
+        lines = docker::LOG_LINES,
+        functions = crate::proxy::FUNCTIONS,
+        health_q = q(proxy.health),
+        interval = request.gate.interval.as_secs_f64().max(0.2),
+        gate = docker::gate_script(&next, &gate),
+        switch = proxy.switch,
+        alias = proxy.alias,
+        alias_q = q(proxy.alias),
+        port = proxy.port,
+    )
+}
+
 /// The command that starts the detached script: it reports (and clears) an earlier step's
 /// unread outcome, or refuses while one still runs, then starts the script with `setsid` (its
 /// output to a private file, the secrets through a pipe).
 fn launcher(request: &Request<'_>) -> Result<String, DockerError> {
     let run = shell::join(request.argv)
         .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
-    let script = detached_script(request, &run);
+    let script = match &request.proxy {
+        Some(proxy) => proxied_script(request, proxy, &run),
+        None => detached_script(request, &run),
+    };
     let meta = format!(
         "app={}\nenvironment={}\ndeployment={}\nversion={}",
         request.meta.app, request.meta.environment, request.meta.deployment, request.meta.version
@@ -455,6 +595,7 @@ mod tests {
                 since_start: false,
             },
             meta: Meta { app: "web", environment: "dev", deployment: "d1", version: "1.0" },
+            proxy: None,
         }
     }
 
@@ -469,6 +610,25 @@ mod tests {
             let request = request(&argv, env);
             let detached = detached_script(&request, &shell::join(&argv).unwrap());
             for script in [launcher(&request).unwrap(), detached] {
+                let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
+                assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        // Behind the proxy: the other script, valid too.
+        let switch = "ferry_proxy_set web@dev '{}' 'app=web'";
+        let proxy = ProxyStep {
+            alias: "web-dev-0123",
+            port: 8080,
+            health: "/up",
+            key: "web@dev",
+            switch,
+            drain: Duration::from_secs(10),
+        };
+        for env in [None, Some(&b"TOKEN=x"[..])] {
+            let request = Request { proxy: Some(proxy.clone()), ..request(&argv, env) };
+            let proxied = proxied_script(&request, &proxy, &shell::join(&argv).unwrap());
+            assert!(proxied.contains(switch) && proxied.contains("web-dev-next"));
+            for script in [launcher(&request).unwrap(), proxied] {
                 let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
                 assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
             }

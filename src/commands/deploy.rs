@@ -202,6 +202,7 @@ pub fn execute(
         mirror: format!("ferry {what} ({}) by {}", plan.deployment, store.actor().describe()),
         login,
         secrets: secrets.clone(),
+        proxy: inventory.proxy.clone(),
     };
     let session = Session {
         inventory: Arc::clone(inventory),

@@ -107,8 +107,12 @@ pub fn run(
                 .iter()
                 .map(|d| vec![d.target.clone(), d.change.to_string(), d.reasons.join("; ")])
                 .collect();
-            let head =
-                format!("plan --diff: {} {} → {}: {image}\n\n", plan.app, plan.version, plan.environment);
+            let route = plan.targets.first().and_then(|t| t.route.as_ref());
+            let route = route.map_or_else(String::new, |r| format!("proxy: {}\n", r.describe()));
+            let head = format!(
+                "plan --diff: {} {} → {}: {image}\n{route}\n",
+                plan.app, plan.version, plan.environment
+            );
             output::print(&(head + &table(&["TARGET", "CHANGE", "WHY"], &rows)))?;
         }
     }
@@ -162,7 +166,11 @@ fn compare(
             let images = [current.details.image.as_str(), plan.image.as_str()];
             let changes = argv_changes(&r.argv, &tp.stable_argv, &images);
             if changes.is_empty() && reasons.is_empty() {
-                reasons.push("secret values changed (their keyed hashes differ)".into());
+                reasons.push(match &tp.route {
+                    // The route's port, health and tls are in the hash, not in the argv.
+                    Some(_) => "the proxy route (port, health, tls) or secret values changed".into(),
+                    None => "secret values changed (their keyed hashes differ)".into(),
+                });
             }
             reasons.extend(changes);
         }

@@ -37,6 +37,10 @@ mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
 mod probe;
+mod proxy_cli;
+mod proxy_config;
+#[cfg(feature = "lab")]
+mod proxy_lab;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;

@@ -325,6 +325,29 @@ image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 
   tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/rootfs.tar" .
   "$HERE/push-image.sh" "$REGISTRY" ferry/busybox 1.0 "$T/rootfs.tar"
   web_images_up
+  caddy_image_up
+}
+
+# ferry/caddy:2.6.2, the proxy image (issue 15): Debian's caddy binary with the libraries `ldd`
+# names, plus busybox-static for `sh` and `wget` (the public caddy:2 image is Alpine and has
+# both; ferry needs them inside the proxy). Env, Cmd and folders as in the public image, so that
+# a test against this image behaves like one against caddy:2.
+caddy_image_up() {
+  local r=$T/caddy-rootfs lib
+  rm -rf "$r"; mkdir -p "$r/bin" "$r/usr/bin" "$r/etc/caddy" "$r/data" "$r/config" "$r/tmp" "$r/srv"
+  chmod 1777 "$r/tmp"
+  cp /usr/bin/caddy "$r/usr/bin/caddy"
+  for lib in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+    mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+  done
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $("$r/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
+  printf ':80 {\n\troot * /srv\n\tfile_server\n}\n' > "$r/etc/caddy/Caddyfile"
+  echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"; echo 'root:x:0:' > "$r/etc/group"
+  tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/caddy.tar" .
+  CONFIG='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","XDG_CONFIG_HOME=/config","XDG_DATA_HOME=/data"],"Cmd":["caddy","run","--config","/etc/caddy/Caddyfile","--adapter","caddyfile"],"ExposedPorts":{"80/tcp":{},"443/tcp":{},"443/udp":{},"2019/tcp":{}},"WorkingDir":"/srv"}' \
+    "$HERE/push-image.sh" "$REGISTRY" ferry/caddy 2.6.2 "$T/caddy.tar"
+  rm -rf "$r"
 }
 
 # The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in seven versions.
@@ -500,6 +523,7 @@ up() {
     echo "FERRY_LAB_HOSTS=$n"
     echo "FERRY_LAB_REGISTRY=$REGISTRY"
     echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
+    echo "FERRY_LAB_PROXY_IMAGE=$REGISTRY/ferry/caddy:2.6.2"
     echo "FERRY_LAB_PG_URL=$(pg_url ferry)"
     echo "FERRY_LAB_PG_SOCKET=$PG/sock"
   } > "$T/lab.env.new"

@@ -1,0 +1,967 @@
+//! The proxy on each target: Caddy in a container (`ferry-proxy`), its route table, and the
+//! scripts that change it.
+//!
+//! Why Caddy: a zero-downtime switch needs a proxy that loads a new configuration gracefully
+//! (in-flight requests finish on the old one, new ones take the new one, no listener closes),
+//! can be driven without an agent, and is maintained by others. Caddy does all of it from one
+//! static binary: a JSON config loaded in one step (`caddy reload`), an admin API that tells how
+//! many requests an upstream still serves (the drain), active health checks, and automatic TLS
+//! (its own internal CA, or ACME). ferry runs no proxy code of its own.
+//!
+//! Why the route table lives in files on the target (`~/.ferry/proxy/routes/APP@ENV.route.json`
+//! and `APP@ENV.meta`): the target must be able to rebuild its whole configuration alone. A
+//! runner that dies mid-deploy, a proxy container that is recreated (`ferry proxy reboot`, a
+//! new image), or a second runner deploying another app on the same host all read the same
+//! files, so no app's route is ever lost because another one changed (Kamal #1552). Caddy's own
+//! live config is never the record: it is always assembled from the files.
+//!
+//! Why the assembly is POSIX `sh` (see [`FUNCTIONS`]): the switch runs inside the detached
+//! replace script on the target (it must finish when the runner's link drops), so writing a
+//! route, assembling `caddy.json` and loading it cannot need ferry. The functions take the
+//! lock `~/.ferry/proxy/lock` (`flock`), write every file as tmp + `mv`, and put the previous
+//! route files and `caddy.json` back when Caddy refuses the new config, printing Caddy's error.
+//!
+//! Everything ferry reads back from a target (the meta files, the admin API's upstreams) is
+//! parsed strictly: a malformed or unknown meta line makes that route unreadable, reported and
+//! never acted upon. The admin API is reached only through `docker exec ferry-proxy` (no admin
+//! port is published).
+//!
+//! The API, for the deploy flow:
+//! - [`Route`]: one app's route in one environment; [`Route::validate`], [`Route::caddy_route`],
+//!   [`Route::meta`], [`Route::parse_meta`].
+//! - [`ensure`] / [`ensure_script`]: network `ferry` and the proxy container, booted on first need.
+//! - [`switch`] / [`switch_call`]: write the route and load it (one config load);
+//!   [`switch_call`] is the line that a script which embeds [`FUNCTIONS`] runs.
+//! - [`remove`], [`maintenance`], [`reboot`], [`read`] (the table and the proxy's state).
+//! - [`in_flight`] / [`upstreams_script`] + [`parse_upstreams`]: in-flight requests of an upstream.
+//! - [`gate_probe_script`]: the health probe through the `ferry` network from inside the proxy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::docker::DockerError;
+use crate::exec::Capture;
+use crate::host::Host;
+
+/// The Docker network the proxy and every proxied app join.
+pub const NETWORK: &str = "ferry";
+/// The proxy container's name on every target.
+pub const CONTAINER: &str = "ferry-proxy";
+/// The proxy image when the inventory names none: the public Caddy 2 image (Alpine: it has the
+/// `sh` and `wget` ferry needs inside the proxy).
+pub const DEFAULT_IMAGE: &str = "caddy:2";
+/// The route table's folder, relative to the target user's home.
+pub const ROUTES_DIR: &str = ".ferry/proxy/routes";
+/// The default maintenance message, `{app}` replaced by the app's name.
+pub const DEFAULT_MESSAGE: &str = "{app} is under maintenance";
+/// The longest maintenance message ferry accepts (it is a response body, not a page).
+pub const MESSAGE_MAX: usize = 4096;
+
+/// How long a proxy step may take (a pull is not one of them).
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a reboot may take: it pulls the image.
+const REBOOT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How a route serves TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// Caddy's internal CA issues the certificate (for private networks and tests).
+    Internal,
+    /// Caddy's default ACME issuers (Let's Encrypt, ZeroSSL); needs public DNS and :80/:443.
+    Acme,
+}
+
+impl Tls {
+    /// The word in the inventory and the meta file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::Internal => "internal",
+            Tls::Acme => "acme",
+        }
+    }
+
+    /// Reads the word back.
+    pub fn parse(word: &str) -> Option<Tls> {
+        match word {
+            "internal" => Some(Tls::Internal),
+            "acme" => Some(Tls::Acme),
+            _ => None,
+        }
+    }
+}
+
+/// One app's route in one environment on one target: what the meta file records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// The app.
+    pub app: String,
+    /// The environment.
+    pub environment: String,
+    /// The host name requests carry (`Host:`).
+    pub host: String,
+    /// A path prefix (`/api`), or none: the whole host.
+    pub path: Option<String>,
+    /// The container's port.
+    pub port: u16,
+    /// The health path (answers 2xx when the app is ready).
+    pub health: String,
+    /// TLS on :443, or plain HTTP on :80.
+    pub tls: Option<Tls>,
+    /// The container's network alias on `ferry` (unique per deployment): the upstream's host.
+    pub upstream: String,
+    /// The container's name.
+    pub container: String,
+    /// The deployment that set the route.
+    pub deployment: String,
+    /// While in maintenance: the 503 answer's body.
+    pub maintenance: Option<String>,
+}
+
+/// The keys of a meta file, each exactly once.
+const META_KEYS: [&str; 11] = [
+    "app",
+    "environment",
+    "host",
+    "path",
+    "port",
+    "health",
+    "tls",
+    "upstream",
+    "container",
+    "deployment",
+    "maintenance",
+];
+
+impl Route {
+    /// `APP@ENV`: the route files' name on the target.
+    pub fn key(&self) -> String {
+        key(&self.app, &self.environment)
+    }
+
+    /// `UPSTREAM:PORT`, the address Caddy dials (and the admin API lists).
+    pub fn dial(&self) -> String {
+        format!("{}:{}", self.upstream, self.port)
+    }
+
+    /// Checks every field: names are plain words, the host a lower-case DNS name, paths start
+    /// with `/` and hold only URL path characters, the message has no NUL and fits. The sh
+    /// functions put host, path and tls into JSON and file names unescaped, so nothing else may
+    /// reach a target.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, value) in [
+            ("app", &self.app),
+            ("environment", &self.environment),
+            ("upstream", &self.upstream),
+            ("container", &self.container),
+            ("deployment", &self.deployment),
+        ] {
+            if !is_name(value) {
+                return Err(format!(
+                    "{what} {value:?} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.' or '-')"
+                ));
+            }
+        }
+        if !is_host(&self.host) {
+            return Err(format!(
+                "host {:?} is not a lower-case DNS name (letters, digits, '-' and '.')",
+                self.host
+            ));
+        }
+        if let Some(path) = &self.path
+            && !is_prefix(path)
+        {
+            return Err(format!(
+                "path {path:?} must start with '/', not end with '/', and hold only letters, digits and -._~/"
+            ));
+        }
+        if !is_health(&self.health) {
+            return Err(format!(
+                "health {:?} must start with '/' and hold only URL path characters (no spaces or quotes)",
+                self.health
+            ));
+        }
+        if self.port == 0 {
+            return Err("port 0 is not a port".into());
+        }
+        if let Some(message) = &self.maintenance {
+            check_message(message)?;
+        }
+        Ok(())
+    }
+
+    /// The Caddy route object: host (and path prefix) matcher, then a reverse proxy to the
+    /// upstream with an active health check, or, in maintenance, a 503 with the message.
+    pub fn caddy_route(&self) -> Value {
+        let mut matcher = json!({ "host": [self.host] });
+        if let Some(path) = &self.path {
+            matcher["path"] = json!([path, format!("{path}/*")]);
+        }
+        let handle = match &self.maintenance {
+            Some(message) => json!([{
+                "handler": "static_response",
+                "status_code": 503,
+                "headers": {
+                    "Content-Type": ["text/plain; charset=utf-8"],
+                    "Retry-After": ["60"],
+                    "Cache-Control": ["no-store"]
+                },
+                "body": format!("{message}\n"),
+            }]),
+            None => json!([{
+                "handler": "reverse_proxy",
+                "upstreams": [{ "dial": self.dial() }],
+                "health_checks": {
+                    "active": { "uri": self.health, "interval": "5s", "timeout": "3s" }
+                },
+            }]),
+        };
+        json!({ "match": [matcher], "handle": handle, "terminal": true })
+    }
+
+    /// The meta file: `key=value` lines, the message as a JSON string (one line, any text).
+    pub fn meta(&self) -> String {
+        let maintenance = self
+            .maintenance
+            .as_ref()
+            .map(|m| serde_json::to_string(m).unwrap_or_default())
+            .unwrap_or_default();
+        format!(
+            "app={}\nenvironment={}\nhost={}\npath={}\nport={}\nhealth={}\ntls={}\nupstream={}\ncontainer={}\ndeployment={}\nmaintenance={}\n",
+            self.app,
+            self.environment,
+            self.host,
+            self.path.as_deref().unwrap_or(""),
+            self.port,
+            self.health,
+            self.tls.map(Tls::as_str).unwrap_or(""),
+            self.upstream,
+            self.container,
+            self.deployment,
+            maintenance,
+        )
+    }
+
+    /// Reads a meta file back, trusting nothing: every key exactly once, no other line, every
+    /// value valid ([`Route::validate`]).
+    pub fn parse_meta(text: &str) -> Result<Route, String> {
+        let mut values: BTreeMap<&str, &str> = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!("line {}: not key=value", n + 1));
+            };
+            if !META_KEYS.contains(&key) {
+                return Err(format!("line {}: unknown key {key:?}", n + 1));
+            }
+            if values.insert(key, value).is_some() {
+                return Err(format!("line {}: {key} given twice", n + 1));
+            }
+        }
+        let get = |key: &str| values.get(key).copied().ok_or_else(|| format!("{key}= is missing"));
+        let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
+        let tls = match get("tls")? {
+            "" => None,
+            word => Some(Tls::parse(word).ok_or_else(|| format!("tls {word:?} is not internal or acme"))?),
+        };
+        let port = get("port")?;
+        let port = if port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0') {
+            port.parse::<u16>().map_err(|_| format!("port {port:?} is not a port"))?
+        } else {
+            return Err(format!("port {port:?} is not a port"));
+        };
+        let maintenance = match get("maintenance")? {
+            "" => None,
+            json => Some(
+                serde_json::from_str::<String>(json)
+                    .map_err(|_| "maintenance is not a JSON string".to_string())?,
+            ),
+        };
+        let route = Route {
+            app: get("app")?.to_string(),
+            environment: get("environment")?.to_string(),
+            host: get("host")?.to_string(),
+            path: optional(get("path")?),
+            port,
+            health: get("health")?.to_string(),
+            tls,
+            upstream: get("upstream")?.to_string(),
+            container: get("container")?.to_string(),
+            deployment: get("deployment")?.to_string(),
+            maintenance,
+        };
+        route.validate()?;
+        Ok(route)
+    }
+}
+
+/// `APP@ENV`.
+pub fn key(app: &str, environment: &str) -> String {
+    format!("{app}@{environment}")
+}
+
+/// A maintenance message ferry can serve.
+pub fn check_message(message: &str) -> Result<(), String> {
+    if message.contains('\0') {
+        return Err("the maintenance message contains a NUL byte".into());
+    }
+    if message.len() > MESSAGE_MAX {
+        return Err(format!("the maintenance message is longer than {MESSAGE_MAX} bytes"));
+    }
+    if message.trim().is_empty() {
+        return Err("the maintenance message is empty".into());
+    }
+    Ok(())
+}
+
+/// A plain name: safe in a file name, a label and JSON without escaping.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(['.', '-'])
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A lower-case DNS name (what the sh functions match with `[a-z0-9.-]`).
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// A path prefix: `/` then unreserved characters and `/`, no trailing `/` (the matcher adds
+/// `/*`), no `..` segment.
+fn is_prefix(s: &str) -> bool {
+    s.len() > 1
+        && s.len() <= 256
+        && s.starts_with('/')
+        && !s.ends_with('/')
+        && !s.contains("//")
+        && !s.split('/').any(|seg| seg == "." || seg == "..")
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'))
+}
+
+/// A health path (a query is allowed): no byte that needs quoting in a URL or a shell word.
+fn is_health(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 256
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~' | b'?' | b'=' | b'%' | b'+' | b',')
+        })
+}
+
+/// The sh functions every proxy script starts with (and the detached replace script embeds).
+///
+/// - `ferry_proxy_assemble`: `caddy.json` from the route files (tmp + mv; caller holds the lock).
+/// - `ferry_proxy_load`: `caddy reload --force` inside the proxy; Caddy's error on stderr.
+/// - `ferry_proxy_set KEY ROUTE_JSON META [offline]`: under the lock, writes (or with both
+///   empty, removes) the route files, assembles and loads; on failure puts the previous files
+///   back and fails. With `offline`, a proxy that is not running is not an error (the files are
+///   what it loads when it starts).
+/// - `ferry_proxy_ensure IMAGE`: network and proxy, created or started when missing.
+/// - `ferry_proxy_reboot IMAGE`: assembles and recreates the proxy (the image is pulled first).
+pub const FUNCTIONS: &str = r#"
+ferry_proxy_dir="$HOME/.ferry/proxy"
+ferry_proxy_assemble() {
+  fp_r="$ferry_proxy_dir/routes"
+  fp_list=$(cd "$fp_r" 2>/dev/null && for fp_m in *.meta; do
+      [ -f "$fp_m" ] && [ -f "${fp_m%.meta}.route.json" ] || continue
+      fp_h=$(sed -n 's/^host=//p' "$fp_m" | head -n 1)
+      fp_p=$(sed -n 's/^path=//p' "$fp_m" | head -n 1)
+      fp_t=$(sed -n 's/^tls=//p' "$fp_m" | head -n 1)
+      case "$fp_h" in ''|*[!a-z0-9.-]*) continue ;; esac
+      case "$fp_t" in '') fp_t=none ;; internal|acme) ;; *) continue ;; esac
+      printf '%s %s %s %s\n' "${#fp_p}" "$fp_t" "$fp_h" "${fp_m%.meta}.route.json"
+    done | sort -k1,1nr -k3,3 -k4,4)
+  fp_plain=; fp_tls=; fp_pol=; fp_seen=' '
+  while read -r fp_len fp_t fp_h fp_j; do
+    [ -n "$fp_j" ] || continue
+    fp_body=$(cat "$fp_r/$fp_j") || return 1
+    [ -n "$fp_body" ] || continue
+    if [ "$fp_t" = none ]; then
+      fp_plain="$fp_plain${fp_plain:+,}$fp_body"
+    else
+      fp_tls="$fp_tls${fp_tls:+,}$fp_body"
+      case "$fp_seen" in *" $fp_h "*) ;; *)
+        fp_seen="$fp_seen$fp_h "
+        if [ "$fp_t" = internal ]; then
+          fp_pol="$fp_pol${fp_pol:+,}{\"subjects\":[\"$fp_h\"],\"issuers\":[{\"module\":\"internal\"}]}"
+        else
+          fp_pol="$fp_pol${fp_pol:+,}{\"subjects\":[\"$fp_h\"]}"
+        fi ;;
+      esac
+    fi
+  done <<FERRY_PROXY_LIST
+$fp_list
+FERRY_PROXY_LIST
+  {
+    printf '{"admin":{"listen":"localhost:2019"},"apps":{"http":{"servers":{"ferry_http":{"listen":[":80"],"routes":[%s]}' "$fp_plain"
+    [ -z "$fp_tls" ] || printf ',"ferry_https":{"listen":[":443"],"routes":[%s]}' "$fp_tls"
+    printf '}}'
+    [ -z "$fp_pol" ] || printf ',"tls":{"automation":{"policies":[%s]}}' "$fp_pol"
+    printf ',"pki":{"certificate_authorities":{"local":{"install_trust":false}}}}}\n'
+  } > "$ferry_proxy_dir/.caddy.json.tmp" && mv -f "$ferry_proxy_dir/.caddy.json.tmp" "$ferry_proxy_dir/caddy.json"
+}
+ferry_proxy_running() {
+  [ "$(docker inspect -f '{{.State.Running}}' ferry-proxy 2>/dev/null)" = true ]
+}
+ferry_proxy_load() {
+  fp_out=$(docker exec ferry-proxy caddy reload --config /etc/ferry-proxy/caddy.json --force 2>&1) && return 0
+  printf '%s\n' "$fp_out" | grep -v '^{"level":"info"' | tail -n 5 >&2
+  return 1
+}
+ferry_proxy_set() {
+  mkdir -p "$ferry_proxy_dir/routes" || return 1
+  (
+    flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
+    fp_r="$ferry_proxy_dir/routes"; fp_b="$ferry_proxy_dir/.previous"
+    rm -rf "$fp_b" && mkdir "$fp_b" || exit 1
+    for fp_f in "$fp_r/$1.route.json" "$fp_r/$1.meta" "$ferry_proxy_dir/caddy.json"; do
+      [ ! -f "$fp_f" ] || cp -p "$fp_f" "$fp_b/" || exit 1
+    done
+    if [ -n "$2" ]; then
+      printf '%s\n' "$2" > "$fp_r/.$1.route.json.tmp" && printf '%s' "$3" > "$fp_r/.$1.meta.tmp" &&
+        mv -f "$fp_r/.$1.route.json.tmp" "$fp_r/$1.route.json" && mv -f "$fp_r/.$1.meta.tmp" "$fp_r/$1.meta" || exit 1
+    else
+      rm -f "$fp_r/$1.route.json" "$fp_r/$1.meta" || exit 1
+    fi
+    if ferry_proxy_assemble; then
+      if [ "${4:-}" = offline ] && ! ferry_proxy_running; then
+        echo "proxy: not running"; rm -rf "$fp_b"; exit 0
+      fi
+      if ferry_proxy_load; then echo "proxy: loaded"; rm -rf "$fp_b"; exit 0; fi
+    fi
+    rm -f "$fp_r/$1.route.json" "$fp_r/$1.meta"
+    for fp_f in "$1.route.json" "$1.meta"; do [ ! -f "$fp_b/$fp_f" ] || mv -f "$fp_b/$fp_f" "$fp_r/$fp_f"; done
+    [ ! -f "$fp_b/caddy.json" ] || mv -f "$fp_b/caddy.json" "$ferry_proxy_dir/caddy.json"
+    rm -rf "$fp_b"
+    echo "the proxy refused the new route; the previous routes are back in place" >&2
+    exit 1
+  ) 9> "$ferry_proxy_dir/lock"
+}
+ferry_proxy_run() {
+  docker run -d --name ferry-proxy --restart unless-stopped --network ferry -p 80:80 -p 443:443 \
+    -v ferry-proxy-data:/data -v ferry-proxy-config:/config -v "$ferry_proxy_dir:/etc/ferry-proxy:ro" \
+    --label ferry.proxy=1 --label "ferry.proxy.image=$1" "$1" \
+    caddy run --config /etc/ferry-proxy/caddy.json > /dev/null
+}
+ferry_proxy_wait() {
+  fp_i=0
+  while [ "$fp_i" -lt 150 ]; do
+    docker exec ferry-proxy wget -q -O /dev/null http://localhost:2019/config/ 2> /dev/null && return 0
+    ferry_proxy_running || break
+    fp_i=$((fp_i + 1)); sleep 0.2
+  done
+  echo "the proxy did not answer on its admin API; its last log lines:" >&2
+  docker logs --tail 5 ferry-proxy 2>&1 | sed 's/^/  /' >&2
+  return 1
+}
+ferry_proxy_network() {
+  docker network inspect ferry > /dev/null 2>&1 && return 0
+  docker network create --label ferry.managed=true ferry > /dev/null && { echo "network: created"; return 0; }
+  docker network inspect ferry > /dev/null 2>&1
+}
+ferry_proxy_ensure() {
+  mkdir -p "$ferry_proxy_dir/routes" || return 1
+  (
+    flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
+    ferry_proxy_network || exit 1
+    fp_st=$(docker inspect -f '{{.State.Running}}' ferry-proxy 2>/dev/null)
+    if [ "$fp_st" = true ]; then echo "proxy: running"; exit 0; fi
+    ferry_proxy_assemble || exit 1
+    if [ "$fp_st" = false ]; then
+      docker start ferry-proxy > /dev/null || exit 1; echo "proxy: started"
+    else
+      ferry_proxy_run "$1" || exit 1; echo "proxy: booted"
+    fi
+    ferry_proxy_wait
+  ) 9> "$ferry_proxy_dir/lock"
+}
+ferry_proxy_reboot() {
+  mkdir -p "$ferry_proxy_dir/routes" || return 1
+  (
+    flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
+    ferry_proxy_network || exit 1
+    ferry_proxy_assemble || exit 1
+    docker rm -f ferry-proxy > /dev/null 2>&1
+    ferry_proxy_run "$1" || exit 1
+    echo "proxy: rebooted"
+    ferry_proxy_wait
+  ) 9> "$ferry_proxy_dir/lock"
+}
+"#;
+
+/// Quotes a value for a script (values here are validated or JSON; none holds a NUL).
+fn q(value: &str) -> String {
+    crate::shell::quote(value).unwrap_or_else(|_| "''".into())
+}
+
+/// The line that switches `route` in (a script that embeds [`FUNCTIONS`] runs it): writes its
+/// files, assembles, loads; fails with Caddy's error and the previous routes back in place.
+pub fn switch_call(route: &Route) -> Result<String, String> {
+    route.validate()?;
+    let json = serde_json::to_string(&route.caddy_route()).map_err(|e| e.to_string())?;
+    Ok(format!("ferry_proxy_set {} {} {}", q(&route.key()), q(&json), q(&route.meta())))
+}
+
+/// The whole script that ensures the network and the proxy (`image`), booting it when missing.
+pub fn ensure_script(image: &str) -> String {
+    format!("{FUNCTIONS}\nferry_proxy_ensure {}\n", q(image))
+}
+
+/// The probe for the deploy's gate: from inside the proxy, through the `ferry` network, the
+/// health path of the new container answers 2xx (busybox and Alpine `wget` fail on 4xx/5xx).
+/// Exit 0: healthy; 125: no proxy container; anything else: not (yet) healthy. The time limit is
+/// busybox `timeout`, not `wget -T`: Debian's static busybox crashes on `-T`.
+pub fn gate_probe_script(alias: &str, port: u16, health: &str, timeout_secs: u32) -> String {
+    format!(
+        "docker exec {CONTAINER} timeout {timeout_secs} wget -q -O /dev/null {}",
+        q(&format!("http://{alias}:{port}{health}"))
+    )
+}
+
+/// Prints the admin API's upstreams (JSON) from inside the proxy.
+pub fn upstreams_script() -> String {
+    format!("docker exec {CONTAINER} wget -q -O - http://localhost:2019/reverse_proxy/upstreams")
+}
+
+/// One upstream as Caddy's admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    /// `HOST:PORT` as dialled.
+    pub address: String,
+    /// Requests it serves right now.
+    pub num_requests: u64,
+    /// Recent failures (passive health).
+    pub fails: u64,
+    /// Caddy's health verdict, when the version reports one.
+    pub healthy: Option<bool>,
+}
+
+/// Reads `GET /reverse_proxy/upstreams`: a JSON array of objects with `address` and
+/// `num_requests` (`fails`, `healthy` when present); anything else is an error.
+pub fn parse_upstreams(text: &str) -> Result<Vec<Upstream>, String> {
+    let value: Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Array(items) = value else {
+        return Err("not a JSON array".into());
+    };
+    items
+        .iter()
+        .map(|item| {
+            let address =
+                item.get("address").and_then(Value::as_str).ok_or("an upstream without address")?.to_string();
+            let num_requests = item.get("num_requests").and_then(Value::as_u64).ok_or("no num_requests")?;
+            Ok(Upstream {
+                address,
+                num_requests,
+                fails: item.get("fails").and_then(Value::as_u64).unwrap_or(0),
+                healthy: item.get("healthy").and_then(Value::as_bool),
+            })
+        })
+        .collect()
+}
+
+/// Runs `script`; a non-zero exit is a [`DockerError::Failed`] with the last stderr lines.
+async fn sh(
+    host: &dyn Host,
+    step: &'static str,
+    script: &str,
+    deadline: Duration,
+) -> Result<String, DockerError> {
+    let mut out = Capture::default();
+    let status = host.exec(script, None, Some(deadline), &mut out).await?;
+    if status.success() {
+        return Ok(out.text());
+    }
+    let errors = out.errors();
+    let lines: Vec<&str> = errors.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message =
+        if lines.is_empty() { status.to_string() } else { lines[lines.len().saturating_sub(4)..].join("; ") };
+    Err(DockerError::Failed { step, message })
+}
+
+/// What [`ensure`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ensured {
+    /// It was running.
+    Running,
+    /// It existed, stopped; it was started.
+    Started,
+    /// There was none; it was created.
+    Booted,
+}
+
+/// Ensures network `ferry` and a running `ferry-proxy` (from `image` when it must be created),
+/// whose admin API answers. Idempotent; serialised with every route change on the target.
+pub async fn ensure(host: &dyn Host, image: &str) -> Result<Ensured, DockerError> {
+    let out = sh(host, "proxy boot", &ensure_script(image), REBOOT_DEADLINE).await?;
+    Ok(if out.contains("proxy: booted") {
+        Ensured::Booted
+    } else if out.contains("proxy: started") {
+        Ensured::Started
+    } else {
+        Ensured::Running
+    })
+}
+
+/// Switches `route` in with one config load; on failure the previous route files and config
+/// stay in place and the error carries Caddy's words.
+pub async fn switch(host: &dyn Host, route: &Route) -> Result<(), DockerError> {
+    let call = switch_call(route).map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+    sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), STEP_DEADLINE).await.map(|_| ())
+}
+
+/// Removes the route of `app` in `environment` (none there: nothing to do). A proxy that is not
+/// running is no error: its config file no longer has the route when it starts.
+pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<bool, DockerError> {
+    let key = key(app, environment);
+    let script = format!(
+        "{FUNCTIONS}\n[ -f \"$ferry_proxy_dir/routes/\"{k}.meta ] || [ -f \"$ferry_proxy_dir/routes/\"{k}.route.json ] || {{ echo 'proxy: no route'; exit 0; }}\n\
+         ferry_proxy_set {k} '' '' offline\n",
+        k = q(&key)
+    );
+    let out = sh(host, "proxy route", &script, STEP_DEADLINE).await?;
+    Ok(!out.contains("proxy: no route"))
+}
+
+/// Recreates the proxy from `image` (pulled first) and loads every route in the table: all apps
+/// and environments on the host.
+pub async fn reboot(host: &dyn Host, image: &str) -> Result<(), DockerError> {
+    let script =
+        format!("{FUNCTIONS}\ndocker pull {i} > /dev/null || exit 1\nferry_proxy_reboot {i}\n", i = q(image));
+    sh(host, "proxy reboot", &script, REBOOT_DEADLINE).await.map(|_| ())
+}
+
+/// In-flight requests of the upstream `dial` (`ALIAS:PORT`) per the admin API; `None` when Caddy
+/// no longer lists it (no config references it and no request holds it).
+pub async fn in_flight(host: &dyn Host, dial: &str) -> Result<Option<u64>, DockerError> {
+    let text = sh(host, "proxy upstreams", &upstreams_script(), STEP_DEADLINE).await?;
+    let upstreams = parse_upstreams(&text)
+        .map_err(|message| DockerError::Failed { step: "read proxy upstreams", message })?;
+    Ok(upstreams.iter().find(|u| u.address == dial).map(|u| u.num_requests))
+}
+
+/// Turns maintenance on (with `message`) or off (`None`) for the route of `app` in
+/// `environment`: the route is read back from the table, changed, and switched in. A target
+/// with no readable route for the app fails (there is nothing to put in maintenance).
+pub async fn maintenance(
+    host: &dyn Host,
+    app: &str,
+    environment: &str,
+    message: Option<&str>,
+) -> Result<Route, DockerError> {
+    let failed = |message: String| DockerError::Failed { step: "maintenance", message };
+    let table = read(host).await?;
+    let wanted = key(app, environment);
+    if let Some(bad) = table.unreadable.iter().find(|u| u.key == wanted) {
+        return Err(failed(format!(
+            "the route file {}.meta is unreadable ({}); nothing changed",
+            bad.key, bad.error
+        )));
+    }
+    let Some(route) = table.routes.into_iter().find(|r| r.key() == wanted) else {
+        return Err(failed(format!(
+            "{app} has no route in {environment} here: deploy it behind the proxy first"
+        )));
+    };
+    if !table.proxy.as_ref().is_some_and(|p| p.running) {
+        return Err(failed("the proxy is not running: `ferry proxy boot` first".into()));
+    }
+    let mut route = route;
+    route.maintenance = message.map(str::to_string);
+    switch(host, &route).await?;
+    Ok(route)
+}
+
+/// The proxy container as `docker inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyContainer {
+    /// Whether it runs.
+    pub running: bool,
+    /// Its image.
+    pub image: String,
+    /// `caddy version`'s first word, when it answered.
+    pub version: Option<String>,
+}
+
+/// A route file that could not be read: reported, never acted upon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// The file's name without `.meta`.
+    pub key: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The proxy's state on one target, read back by [`read`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Table {
+    /// The container, if there is one.
+    pub proxy: Option<ProxyContainer>,
+    /// Whether network `ferry` exists.
+    pub network: bool,
+    /// The readable routes, by key.
+    pub routes: Vec<Route>,
+    /// The unreadable route files.
+    pub unreadable: Vec<Unreadable>,
+    /// The admin API's upstreams (empty when it did not answer).
+    pub upstreams: Vec<Upstream>,
+    /// Every container name on the target, with whether it runs.
+    pub containers: BTreeMap<String, bool>,
+}
+
+/// The script behind [`read`]: sections separated by `--- ` lines; meta lines are prefixed with
+/// `| ` so that no file content can forge a section.
+pub fn read_script() -> String {
+    format!(
+        "echo '--- proxy'; docker inspect -f '{{{{.State.Running}}}} {{{{.Config.Image}}}}' {CONTAINER} 2>/dev/null\n\
+         echo '--- version'; docker exec {CONTAINER} caddy version 2>/dev/null | head -n 1\n\
+         echo '--- network'; docker network inspect -f '{{{{.Name}}}}' {NETWORK} 2>/dev/null\n\
+         echo '--- upstreams'; {up} 2>/dev/null | tr -d '\\n'; echo\n\
+         echo '--- containers'; docker ps -a --format '{{{{.Names}}}} {{{{.State}}}}' || exit 1\n\
+         for m in \"$HOME/{ROUTES_DIR}\"/*.meta; do [ -f \"$m\" ] || continue; n=${{m##*/}}; \
+         printf -- '--- route %s\\n' \"$n\" | tr -c 'A-Za-z0-9@._ \\n-' '?'; sed 's/^/| /' \"$m\"; echo; done\n",
+        up = upstreams_script()
+    )
+}
+
+/// Reads [`read_script`]'s output.
+pub fn parse_table(text: &str) -> Table {
+    let mut table = Table {
+        proxy: None,
+        network: false,
+        routes: Vec::new(),
+        unreadable: Vec::new(),
+        upstreams: Vec::new(),
+        containers: BTreeMap::new(),
+    };
+    let mut section = String::new();
+    let mut meta: Vec<(String, String)> = Vec::new();
+    let mut version = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("--- ") {
+            section = name.to_string();
+            if let Some(file) = name.strip_prefix("route ") {
+                meta.push((file.to_string(), String::new()));
+            }
+            continue;
+        }
+        match section.as_str() {
+            "proxy" => {
+                if let Some((running, image)) = line.split_once(' ') {
+                    table.proxy = Some(ProxyContainer {
+                        running: running == "true",
+                        image: image.to_string(),
+                        version: None,
+                    });
+                }
+            }
+            "version" => {
+                version = line.split_whitespace().next().map(str::to_string).filter(|v| !v.is_empty());
+            }
+            "network" => table.network |= line.trim() == NETWORK,
+            "upstreams" if !line.trim().is_empty() => {
+                table.upstreams = parse_upstreams(line).unwrap_or_default();
+            }
+            "containers" => {
+                if let Some((name, state)) = line.split_once(' ') {
+                    table.containers.insert(name.to_string(), state == "running");
+                }
+            }
+            _ if section.starts_with("route ") => {
+                if let (Some((_, body)), Some(content)) = (meta.last_mut(), line.strip_prefix("| ")) {
+                    body.push_str(content);
+                    body.push('\n');
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(proxy) = table.proxy.as_mut() {
+        proxy.version = version;
+    }
+    let mut seen = BTreeSet::new();
+    for (file, body) in meta {
+        let key = file.strip_suffix(".meta").unwrap_or(&file).to_string();
+        match Route::parse_meta(&body) {
+            Ok(route) if route.key() == key && seen.insert(key.clone()) => table.routes.push(route),
+            Ok(route) => table.unreadable.push(Unreadable {
+                error: format!("it describes {} (the file name must match)", route.key()),
+                key,
+            }),
+            Err(error) => table.unreadable.push(Unreadable { key, error }),
+        }
+    }
+    table
+}
+
+/// Reads the proxy's state, its route table and the upstreams on one target.
+pub async fn read(host: &dyn Host) -> Result<Table, DockerError> {
+    let text = sh(host, "read proxy", &read_script(), STEP_DEADLINE).await?;
+    Ok(parse_table(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        Route {
+            app: "web".into(),
+            environment: "prod".into(),
+            host: "web.example.com".into(),
+            path: Some("/api".into()),
+            port: 8080,
+            health: "/up".into(),
+            tls: Some(Tls::Internal),
+            upstream: "web-prod-0193abcd".into(),
+            container: "web-prod".into(),
+            deployment: "0193abcd-1234".into(),
+            maintenance: None,
+        }
+    }
+
+    #[test]
+    fn the_route_proxies_host_and_path_to_the_upstream_with_a_health_check() {
+        let json = route().caddy_route();
+        assert_eq!(json["match"][0]["host"], json!(["web.example.com"]));
+        assert_eq!(json["match"][0]["path"], json!(["/api", "/api/*"]));
+        assert_eq!(json["terminal"], json!(true));
+        let handler = &json["handle"][0];
+        assert_eq!(handler["handler"], "reverse_proxy");
+        assert_eq!(handler["upstreams"], json!([{ "dial": "web-prod-0193abcd:8080" }]));
+        assert_eq!(handler["health_checks"]["active"]["uri"], "/up");
+    }
+
+    #[test]
+    fn a_host_only_route_has_no_path_matcher() {
+        let json = Route { path: None, ..route() }.caddy_route();
+        assert_eq!(json["match"], json!([{ "host": ["web.example.com"] }]));
+    }
+
+    #[test]
+    fn maintenance_answers_503_with_the_message_escaped() {
+        let message = "back at 5 \"o'clock\"\n<b>$(rm -rf /)</b> \\ ü";
+        let json = Route { maintenance: Some(message.into()), ..route() }.caddy_route();
+        let handler = &json["handle"][0];
+        assert_eq!(handler["handler"], "static_response");
+        assert_eq!(handler["status_code"], 503);
+        assert_eq!(handler["body"], format!("{message}\n"));
+        assert_eq!(handler["headers"]["Content-Type"], json!(["text/plain; charset=utf-8"]));
+        // And through the meta file and back.
+        let r = Route { maintenance: Some(message.into()), ..route() };
+        assert_eq!(r.meta().lines().count(), 11);
+        assert_eq!(Route::parse_meta(&r.meta()).unwrap(), r);
+    }
+
+    #[test]
+    fn meta_round_trips_every_field() {
+        for r in
+            [route(), Route { path: None, tls: None, ..route() }, Route { tls: Some(Tls::Acme), ..route() }]
+        {
+            assert_eq!(Route::parse_meta(&r.meta()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn the_meta_parser_trusts_nothing() {
+        let good = route().meta();
+        let cases = [
+            (good.replace("port=8080", "port=08080"), "port"),
+            (good.replace("port=8080", "port=70000"), "port"),
+            (good.replace("port=8080", "port=0"), "port"),
+            (good.replace("tls=internal", "tls=self"), "tls"),
+            (good.replace("host=web.example.com", "host=Web.example.com"), "host"),
+            (good.replace("host=web.example.com", "host=a\",\"b"), "host"),
+            (good.replace("path=/api", "path=/api/"), "path"),
+            (good.replace("path=/api", "path=/../x"), "path"),
+            (good.replace("app=web", "app=../web"), "app"),
+            (good.replace("health=/up", "health=up"), "health"),
+            (good.replace("health=/up", "health=/up'x"), "health"),
+            (good.replace("maintenance=", "maintenance=not json"), "maintenance"),
+            (format!("{good}extra=1\n"), "unknown key"),
+            (format!("{good}app=web\n"), "twice"),
+            (format!("{good}garbage\n"), "key=value"),
+            (good.replace("deployment=0193abcd-1234\n", ""), "deployment= is missing"),
+        ];
+        for (text, why) in cases {
+            let err = Route::parse_meta(&text).expect_err(&text);
+            assert!(err.contains(why), "{why:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_switch_call_quotes_the_route_for_sh() {
+        let r = Route { maintenance: Some("it's 'down'".into()), ..route() };
+        let call = switch_call(&r).unwrap();
+        assert!(call.starts_with("ferry_proxy_set web@prod '{"), "{call}");
+        let words = crate::shell::split(&call).unwrap();
+        assert_eq!(words.len(), 4);
+        let json: Value = serde_json::from_str(&words[2].text).unwrap();
+        assert_eq!(json, r.caddy_route());
+        assert_eq!(words[3].text, r.meta());
+        assert!(switch_call(&Route { host: "a b".into(), ..route() }).is_err());
+    }
+
+    #[test]
+    fn upstreams_are_read_strictly() {
+        let text = r#"[{"address":"web-prod-1:80","num_requests":2,"fails":0},{"address":"x:80","num_requests":0,"healthy":true}]"#;
+        let ups = parse_upstreams(text).unwrap();
+        assert_eq!(
+            ups[0],
+            Upstream { address: "web-prod-1:80".into(), num_requests: 2, fails: 0, healthy: None }
+        );
+        assert_eq!(ups[1].healthy, Some(true));
+        assert_eq!(parse_upstreams("null\n"), Err("not a JSON array".into()));
+        assert!(parse_upstreams("[{\"address\":\"a\"}]").is_err());
+        assert!(parse_upstreams("").is_err());
+    }
+
+    #[test]
+    fn the_table_reports_unreadable_and_misnamed_route_files() {
+        let good = route().meta().lines().map(|l| format!("| {l}\n")).collect::<String>();
+        let text = format!(
+            "--- proxy\ntrue caddy:2\n--- version\nv2.6.2 h1:abc\n--- network\nferry\n--- upstreams\n\
+             [{{\"address\":\"web-prod-0193abcd:8080\",\"num_requests\":1}}]\n--- containers\nweb-prod running\nferry-proxy running\n\
+             --- route web@prod.meta\n{good}\n--- route other@prod.meta\n{good}\n--- route bad@x.meta\n| app=bad\n| --- route forged\n\n"
+        );
+        let table = parse_table(&text);
+        assert_eq!(
+            table.proxy,
+            Some(ProxyContainer { running: true, image: "caddy:2".into(), version: Some("v2.6.2".into()) })
+        );
+        assert!(table.network);
+        assert_eq!(table.routes, vec![route()]);
+        assert_eq!(table.upstreams.len(), 1);
+        assert_eq!(table.containers.get("web-prod"), Some(&true));
+        let bad: Vec<&str> = table.unreadable.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(bad, ["other@prod", "bad@x"]);
+        assert!(table.unreadable[0].error.contains("describes web@prod"));
+    }
+
+    #[test]
+    fn the_gate_probe_goes_through_the_proxy() {
+        assert_eq!(
+            gate_probe_script("web-prod-1", 80, "/up", 2),
+            "docker exec ferry-proxy timeout 2 wget -q -O /dev/null http://web-prod-1:80/up"
+        );
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        assert!(check_message("ok").is_ok());
+        assert!(check_message(" ").is_err());
+        assert!(check_message("a\0b").is_err());
+        assert!(check_message(&"x".repeat(MESSAGE_MAX + 1)).is_err());
+    }
+}
