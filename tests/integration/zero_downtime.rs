@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::lab::lab;
-use crate::probe::Probe;
+use crate::probe::{Outcome, Probe};
 
 /// The lab host these tests use.
 const HOST: usize = 7;
@@ -200,8 +200,9 @@ impl Site {
 }
 
 /// Two apps with two host names on one host, both behind h7's proxy: each answers, with no failed
-/// request, throughout the other's deploy, its own deploy (switching exactly once), and a
-/// `ferry proxy reboot`, which re-applies both routes (Kamal #1552: a reboot dropped routes).
+/// request, throughout the other's deploy and its own (switching exactly once); through a
+/// `ferry proxy reboot`, both routes come back from the host's route table (Kamal #1552: a
+/// reboot dropped routes), with requests failing only while the proxy container is recreated.
 #[test]
 fn two_apps_on_one_host_answer_through_each_others_deploys_and_a_proxy_reboot() {
     let _h7 = PROXY_H7.lock().unwrap_or_else(|e| e.into_inner());
@@ -244,6 +245,11 @@ fn two_apps_on_one_host_answer_through_each_others_deploys_and_a_proxy_reboot() 
     assert_eq!(site.containers("pxtb"), ["pxtb-pxt-two"]);
 
     // A proxy reboot: a new ferry-proxy container, both routes back from the host's own record.
+    // The proxy's :80 is gone between `docker rm` and Caddy listening again (the design
+    // recreates the container, and the prompt says requests fail for a moment): failed
+    // connections are allowed within a few seconds, but no request may ever get an answer other
+    // than the app's own (a route dropped or mixed up by the reboot, Kamal #1552), and both
+    // answer at the end.
     let before = on_host(HOST, "docker inspect -f '{{.Id}}' ferry-proxy");
     let (a, b) = (Probe::lab("10.200.0.17", "a.pxt.test"), Probe::lab("10.200.0.17", "b.pxt.test"));
     std::thread::sleep(Duration::from_millis(500));
@@ -252,8 +258,28 @@ fn two_apps_on_one_host_answer_through_each_others_deploys_and_a_proxy_reboot() 
     let (a, b) = (a.stop(), b.stop());
     let after = on_host(HOST, "docker inspect -f '{{.Id}}' ferry-proxy");
     assert_ne!(before, after, "the reboot recreated ferry-proxy");
-    assert!(a.failures().is_empty() && a.sequence() == ["ferry web 1.1"], "A: {}", a.summary());
-    assert!(b.failures().is_empty() && b.sequence() == ["ferry web 1.1"], "B: {}", b.summary());
+    for (name, report) in [("A", &a), ("B", &b)] {
+        assert_eq!(report.sequence(), ["ferry web 1.1"], "{name}: only its own answer: {}", report.summary());
+        let last = report.samples.last().unwrap();
+        assert!(last.ok(), "{name} answers after the reboot: {}", report.summary());
+        let failed = report.failures();
+        // Measured: about half a second refused, then connections accepted a second late (SYN
+        // retried), then refused again for a moment, until Caddy listens: one outage of the
+        // recreate, not routes coming and going.
+        if let (Some(first), Some(end)) = (failed.first(), failed.last()) {
+            assert!(
+                end.sent - first.sent < Duration::from_secs(5),
+                "{name}: outage too long: {}",
+                report.summary()
+            );
+            assert!(
+                failed.iter().all(|s| matches!(s.outcome, Outcome::Error(_))),
+                "{name}: {}",
+                report.summary()
+            );
+        }
+        eprintln!("proxy reboot, {name}: {}", report.summary());
+    }
 }
 
 /// `tls = "internal"`: the proxy serves the app over HTTPS on :443 with a certificate from
@@ -344,9 +370,14 @@ fn maintenance_on_answers_503_with_the_message_and_off_brings_the_app_back_both_
         records.iter().filter(|r| r["command"] == "maintenance" && r["kind"] == "run_started").collect();
     assert_eq!(maintenance.len(), 4, "{audit}");
     assert!(maintenance.iter().all(|r| r["app"] == "pxtm" && r["environment"] == "pxt-mnt"), "{audit}");
-    let text: Vec<String> = maintenance.iter().map(|r| r["detail"].to_string()).collect();
-    assert!(text[0].contains("on") && text[0].contains("back at 06:00"), "{text:?}");
-    assert!(text[1].contains("off"), "{text:?}");
+    let notes: Vec<&serde_json::Value> = maintenance.iter().map(|r| &r["detail"]["notes"]).collect();
+    assert_eq!(notes[0], &serde_json::json!({ "action": "on", "message": "back at 06:00" }), "{audit}");
+    assert_eq!(notes[1], &serde_json::json!({ "action": "off" }), "{audit}");
+    assert_eq!(
+        notes[2],
+        &serde_json::json!({ "action": "on", "message": "pxtm is under maintenance" }),
+        "{audit}"
+    );
 }
 
 /// `GET /` on h7's :80 with `Host: host`: (status, body, seconds).
