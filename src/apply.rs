@@ -1727,7 +1727,7 @@ mod tests {
         let at = |needle: &str| launch.find(needle).unwrap_or_else(|| panic!("{needle} not in the script"));
         let order = [
             "id=$(",
-            "wget -q -O /dev/null http://web-dev-0123456789ab:8080/up",
+            "timeout 3 wget -q -O /dev/null http://web-dev-0123456789ab:8080/up",
             "gated $rc",
             "case $(cat",
             "ferry_proxy_set ",

@@ -312,17 +312,6 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
     )
 }
 
-/// The gate's probe: from inside the proxy, through the `ferry` network, the health path
-/// answers 2xx (busybox and Alpine `wget` fail on 4xx/5xx), bounded by the target's `timeout`
-/// when it has one. Not `wget -T`: the lab's busybox-static `wget` crashes with it (exit 139).
-fn probe_script(alias: &str, port: u16, health: &str) -> String {
-    let url = q(&format!("http://{alias}:{port}{health}"));
-    format!(
-        "$(command -v timeout > /dev/null && echo timeout 5) docker exec {} wget -q -O /dev/null {url}",
-        crate::proxy::CONTAINER
-    )
-}
-
 /// The detached script for an app behind the proxy (see the module docs); `$1` is its folder.
 fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> String {
     let old = request.old.map_or("", |(id, _)| id);
@@ -331,7 +320,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
         None => ("", ""),
     };
     let next = next_name(request.name);
-    let probe = probe_script(proxy.alias, proxy.port, proxy.health);
+    let probe = crate::proxy::gate_probe_script(proxy.alias, proxy.port, proxy.health, 3);
     let timeout = request.gate.timeout.as_secs().max(1);
     // The image's HEALTHCHECK (or health.cmd) after the probe; without either, the probe
     // itself is the check, so no grace period is waited on top.
