@@ -70,6 +70,8 @@ pub struct Settings {
     pub secrets: Vec<crate::secret::Secret>,
     /// `[proxy]`: the image booted where a proxied app finds no proxy, and the drain limit.
     pub proxy: crate::inventory::Proxy,
+    /// When `[proxy] feed` has credentials: targets log in before they pull the proxy image.
+    pub proxy_login: Option<docker::Login>,
 }
 
 /// How one target ended.
@@ -835,7 +837,9 @@ impl Job {
         };
         let switch = crate::proxy::switch_call(&table)
             .map_err(|message| DockerError::Failed { step: "proxy route", message })?;
-        match crate::proxy::ensure(host, &self.settings.proxy.image).await? {
+        match crate::proxy::ensure(host, &self.settings.proxy.image, self.settings.proxy_login.as_ref())
+            .await?
+        {
             crate::proxy::Ensured::Running => {}
             crate::proxy::Ensured::Started => self.step("proxy: started (it was stopped)"),
             crate::proxy::Ensured::Booted => {
@@ -1078,6 +1082,7 @@ mod tests {
             login: None,
             secrets: vec![crate::secret::Secret::new(SECRET_VALUE)],
             proxy: crate::inventory::Proxy::default(),
+            proxy_login: None,
         }
     }
 

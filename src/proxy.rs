@@ -42,7 +42,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::docker::DockerError;
+use crate::docker::{DockerError, Login};
 use crate::exec::Capture;
 use crate::host::Host;
 
@@ -372,7 +372,13 @@ fn is_health(s: &str) -> bool {
 ///   stays in maintenance: the message from its meta file goes between PREFIX and SUFFIX (the
 ///   maintenance variant of the new route) and into the new meta file.
 /// - `ferry_proxy_ensure IMAGE`: network and proxy, created or started when missing.
+/// - `ferry_proxy_start NAME`: starts the created proxy; when it cannot (another container or
+///   process holds :80 or :443), removes it (a created proxy that cannot bind would be started
+///   again and fail again) and names the container that publishes the port.
 /// - `ferry_proxy_reboot IMAGE`: assembles and recreates the proxy (the image is pulled first).
+///   The new container is created before the old one is removed, so that the outage is only
+///   the old one's kill, the new one's start and Caddy's config load: a recreate cannot be
+///   seamless (the ports are bound by one container at a time).
 pub const FUNCTIONS: &str = r#"
 ferry_proxy_dir="$HOME/.ferry/proxy"
 ferry_proxy_assemble() {
@@ -463,11 +469,28 @@ ferry_proxy_set() {
     exit 1
   ) 9> "$ferry_proxy_dir/lock"
 }
-ferry_proxy_run() {
-  docker run -d --name ferry-proxy --restart unless-stopped --network ferry -p 80:80 -p 443:443 \
+ferry_proxy_create() {
+  docker create --name "$2" --restart unless-stopped --network ferry -p 80:80 -p 443:443 \
     -v ferry-proxy-data:/data -v ferry-proxy-config:/config -v "$ferry_proxy_dir:/etc/ferry-proxy:ro" \
     --label ferry.proxy=1 --label "ferry.proxy.image=$1" "$1" \
     caddy run --config /etc/ferry-proxy/caddy.json > /dev/null
+}
+ferry_proxy_start() {
+  fp_err=$(docker start "$1" 2>&1 > /dev/null) && return 0
+  docker rm -f "$1" > /dev/null 2>&1
+  printf '%s\n' "$fp_err" | tail -n 2 >&2
+  case "$fp_err" in *ddress\ already\ in\ use*|*already\ allocated*|*:80*|*:443*)
+    fp_hold=$(docker ps --format '{{.Names}} {{.Ports}}' | grep -E ':(80|443)->' | cut -d' ' -f1 | grep -vx "$1" | tr '\n' ' ')
+    if [ -n "$fp_hold" ]; then
+      echo "the proxy needs the target's ports 80 and 443, which container(s) ${fp_hold% } publish: put that app behind the proxy or move it off :80/:443" >&2
+    else
+      echo "the proxy needs the target's ports 80 and 443; another process on the target holds one of them" >&2
+    fi ;;
+  esac
+  return 1
+}
+ferry_proxy_run() {
+  ferry_proxy_create "$1" ferry-proxy && ferry_proxy_start ferry-proxy
 }
 ferry_proxy_wait() {
   fp_i=0
@@ -494,7 +517,7 @@ ferry_proxy_ensure() {
     if [ "$fp_st" = true ]; then echo "proxy: running"; exit 0; fi
     ferry_proxy_assemble || exit 1
     if [ "$fp_st" = false ]; then
-      docker start ferry-proxy > /dev/null || exit 1; echo "proxy: started"
+      ferry_proxy_start ferry-proxy || exit 1; echo "proxy: started"
     else
       ferry_proxy_run "$1" || exit 1; echo "proxy: booted"
     fi
@@ -507,8 +530,11 @@ ferry_proxy_reboot() {
     flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
     ferry_proxy_network || exit 1
     ferry_proxy_assemble || exit 1
+    docker rm -f ferry-proxy-next > /dev/null 2>&1
+    ferry_proxy_create "$1" ferry-proxy-next || exit 1
     docker rm -f ferry-proxy > /dev/null 2>&1
-    ferry_proxy_run "$1" || exit 1
+    ferry_proxy_start ferry-proxy-next || exit 1
+    docker rename ferry-proxy-next ferry-proxy || exit 1
     echo "proxy: rebooted"
     ferry_proxy_wait
   ) 9> "$ferry_proxy_dir/lock"
@@ -555,8 +581,27 @@ fn set_call(route: &Route) -> Result<String, String> {
 }
 
 /// The whole script that ensures the network and the proxy (`image`), booting it when missing.
-pub fn ensure_script(image: &str) -> String {
-    format!("{FUNCTIONS}\nferry_proxy_ensure {}\n", q(image))
+/// When the proxy must be created and its image is not on the target, the image is pulled
+/// first, logged in with `login` (`[proxy] feed`) when given: the password on stdin.
+pub fn ensure_script(image: &str, login: Option<&Login>) -> String {
+    format!(
+        "{FUNCTIONS}\nif ! docker inspect ferry-proxy > /dev/null 2>&1 && ! docker image inspect {i} > /dev/null 2>&1; then\n\
+         {login}docker pull {i} > /dev/null || exit 1\n{logout}fi\nferry_proxy_ensure {i}\n",
+        i = q(image),
+        login = login.map(crate::docker::login_script).unwrap_or_default(),
+        logout = crate::docker::LOGOUT,
+    )
+}
+
+/// The whole script that pulls `image` (logged in with `login` when given) and recreates the
+/// proxy from it with every route in the table.
+pub fn reboot_script(image: &str, login: Option<&Login>) -> String {
+    format!(
+        "{FUNCTIONS}\n{login}docker pull {i} > /dev/null || exit 1\n{logout}ferry_proxy_reboot {i}\n",
+        i = q(image),
+        login = login.map(crate::docker::login_script).unwrap_or_default(),
+        logout = crate::docker::LOGOUT,
+    )
 }
 
 /// The probe for the deploy's gate: from inside the proxy, through the `ferry` network, the
@@ -616,10 +661,11 @@ async fn sh(
     host: &dyn Host,
     step: &'static str,
     script: &str,
+    stdin: Option<&[u8]>,
     deadline: Duration,
 ) -> Result<String, DockerError> {
     let mut out = Capture::default();
-    let status = host.exec(script, None, Some(deadline), &mut out).await?;
+    let status = host.exec(script, stdin, Some(deadline), &mut out).await?;
     if status.success() {
         return Ok(out.text());
     }
@@ -644,8 +690,9 @@ pub enum Ensured {
 
 /// Ensures network `ferry` and a running `ferry-proxy` (from `image` when it must be created),
 /// whose admin API answers. Idempotent; serialised with every route change on the target.
-pub async fn ensure(host: &dyn Host, image: &str) -> Result<Ensured, DockerError> {
-    let out = sh(host, "proxy boot", &ensure_script(image), REBOOT_DEADLINE).await?;
+pub async fn ensure(host: &dyn Host, image: &str, login: Option<&Login>) -> Result<Ensured, DockerError> {
+    let stdin = login.map(|l| l.password.expose().as_bytes());
+    let out = sh(host, "proxy boot", &ensure_script(image, login), stdin, REBOOT_DEADLINE).await?;
     Ok(if out.contains("proxy: booted") {
         Ensured::Booted
     } else if out.contains("proxy: started") {
@@ -659,7 +706,7 @@ pub async fn ensure(host: &dyn Host, image: &str) -> Result<Ensured, DockerError
 /// previous route files and config stay in place and the error carries Caddy's words.
 pub async fn switch(host: &dyn Host, route: &Route) -> Result<(), DockerError> {
     let call = set_call(route).map_err(|message| DockerError::Failed { step: "proxy route", message })?;
-    sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), STEP_DEADLINE).await.map(|_| ())
+    sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), None, STEP_DEADLINE).await.map(|_| ())
 }
 
 /// Removes the route of `app` in `environment` (none there: nothing to do). A proxy that is not
@@ -671,22 +718,21 @@ pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<boo
          ferry_proxy_set {k} '' '' offline\n",
         k = q(&key)
     );
-    let out = sh(host, "proxy route", &script, STEP_DEADLINE).await?;
+    let out = sh(host, "proxy route", &script, None, STEP_DEADLINE).await?;
     Ok(!out.contains("proxy: no route"))
 }
 
 /// Recreates the proxy from `image` (pulled first) and loads every route in the table: all apps
 /// and environments on the host.
-pub async fn reboot(host: &dyn Host, image: &str) -> Result<(), DockerError> {
-    let script =
-        format!("{FUNCTIONS}\ndocker pull {i} > /dev/null || exit 1\nferry_proxy_reboot {i}\n", i = q(image));
-    sh(host, "proxy reboot", &script, REBOOT_DEADLINE).await.map(|_| ())
+pub async fn reboot(host: &dyn Host, image: &str, login: Option<&Login>) -> Result<(), DockerError> {
+    let stdin = login.map(|l| l.password.expose().as_bytes());
+    sh(host, "proxy reboot", &reboot_script(image, login), stdin, REBOOT_DEADLINE).await.map(|_| ())
 }
 
 /// In-flight requests of the upstream `dial` (`ALIAS:PORT`) per the admin API; `None` when Caddy
 /// no longer lists it (no config references it and no request holds it).
 pub async fn in_flight(host: &dyn Host, dial: &str) -> Result<Option<u64>, DockerError> {
-    let text = sh(host, "proxy upstreams", &upstreams_script(), STEP_DEADLINE).await?;
+    let text = sh(host, "proxy upstreams", &upstreams_script(), None, STEP_DEADLINE).await?;
     let upstreams = parse_upstreams(&text)
         .map_err(|message| DockerError::Failed { step: "read proxy upstreams", message })?;
     Ok(upstreams.iter().find(|u| u.address == dial).map(|u| u.num_requests))
@@ -848,7 +894,7 @@ pub fn parse_table(text: &str) -> Table {
 
 /// Reads the proxy's state, its route table and the upstreams on one target.
 pub async fn read(host: &dyn Host) -> Result<Table, DockerError> {
-    let text = sh(host, "read proxy", &read_script(), STEP_DEADLINE).await?;
+    let text = sh(host, "read proxy", &read_script(), None, STEP_DEADLINE).await?;
     Ok(parse_table(&text))
 }
 
@@ -1011,6 +1057,31 @@ mod tests {
             gate_probe_script("web-prod-1", 80, "/up", 2),
             "docker exec ferry-proxy timeout 2 wget -q -O /dev/null http://web-prod-1:80/up"
         );
+    }
+
+    #[test]
+    fn the_proxy_image_is_pulled_with_the_feeds_login_and_the_password_stays_off_the_script() {
+        let login = Login {
+            registry: "registry.example.com".into(),
+            username: "deploy".into(),
+            password: crate::secret::Secret::new("pa55-word"),
+        };
+        for script in [
+            ensure_script("registry.example.com/caddy:2", Some(&login)),
+            reboot_script("registry.example.com/caddy:2", Some(&login)),
+        ] {
+            assert!(!script.contains("pa55-word"), "{script}");
+            let login_at =
+                script.find("docker login --username deploy --password-stdin registry.example.com").unwrap();
+            let pull_at = script.find("docker pull registry.example.com/caddy:2").unwrap();
+            let logout_at = script.find(crate::docker::LOGOUT).unwrap();
+            assert!(login_at < pull_at && pull_at < logout_at, "{script}");
+        }
+        // Without a login: no login step, the pull and the rest as before.
+        for script in [ensure_script("caddy:2", None), reboot_script("caddy:2", None)] {
+            assert!(!script.contains("docker login"), "{script}");
+            assert!(script.contains("docker pull caddy:2 > /dev/null || exit 1"), "{script}");
+        }
     }
 
     #[test]

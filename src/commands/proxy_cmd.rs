@@ -212,7 +212,10 @@ fn act(
     let prompt = format!("{what} ({})", output::count(targets.len(), "target"));
     Session::confirm(write.yes, &prompt, || action.shown(&targets))?;
     let store = store(&inventory)?;
-    let secrets = known_secrets(&inventory, &env.name);
+    // `[proxy] feed`: boot, reboot and a maintenance that finds no proxy pull the image with it.
+    let login = super::feed::proxy_login(&inventory)?;
+    let mut secrets = known_secrets(&inventory, &env.name);
+    secrets.extend(login.iter().map(|l| l.password.clone()));
     let ssh = ssh_options(&inventory, write.connect_timeout)?;
     let mirror = format!("ferry {what} by {}", store.actor().describe());
     let started = RunStarted { notes: Some(action.notes()), ..RunStarted::default() };
@@ -234,7 +237,8 @@ fn act(
         lock: Some((write.lock, format!("ferry {what}"))),
         ssh,
     };
-    let job = Arc::new(Job { action, environment: env.name.clone(), mirror, secrets: secrets.clone() });
+    let job =
+        Arc::new(Job { action, environment: env.name.clone(), mirror, secrets: secrets.clone(), login });
     let parallel = write.parallel;
     let outcome = session.run(targets.clone(), started, |context: Context| async move {
         let done = everywhere(job, targets, parallel, &context).await;
@@ -268,6 +272,8 @@ struct Job {
     mirror: String,
     /// Masked in the mirror line.
     secrets: Vec<Secret>,
+    /// `[proxy] feed`'s login, for pulling the proxy image.
+    login: Option<crate::docker::Login>,
 }
 
 /// Runs the job on every target over the lock's connections, at most `parallel` at once; after
@@ -337,14 +343,14 @@ async fn on_target(
         let _ = events.send(Event::TargetStep { target: done.target.clone(), step: text });
     };
     let result = match &job.action {
-        Action::Boot { image } => proxy::ensure(&*host, image).await.map(|e| match e {
+        Action::Boot { image } => proxy::ensure(&*host, image, job.login.as_ref()).await.map(|e| match e {
             proxy::Ensured::Running => "proxy already running".to_string(),
             proxy::Ensured::Started => "proxy started (it was stopped)".to_string(),
             proxy::Ensured::Booted => format!("proxy booted ({image})"),
         }),
         Action::Reboot { image } => {
             step(format!("pulling {image} and recreating ferry-proxy"));
-            match proxy::reboot(&*host, image).await {
+            match proxy::reboot(&*host, image, job.login.as_ref()).await {
                 Ok(()) => proxy::read(&*host).await.map(|t| {
                     format!("proxy rebooted ({image}); {} loaded", output::count(t.routes.len(), "route"))
                 }),
@@ -353,7 +359,7 @@ async fn on_target(
         }
         Action::Maintenance { app, message, image } => {
             // Booted on first need, like a deploy: the route table on the target is the record.
-            match proxy::ensure(&*host, image).await {
+            match proxy::ensure(&*host, image, job.login.as_ref()).await {
                 Ok(proxy::Ensured::Running) => {}
                 Ok(proxy::Ensured::Started) => step("proxy started (it was stopped)".into()),
                 Ok(proxy::Ensured::Booted) => step(format!("proxy booted ({image})")),

@@ -137,9 +137,9 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     let host = &*host;
 
     // Booted on first need, then left alone.
-    assert_eq!(runtime.block_on(proxy::ensure(host, &image)).unwrap(), proxy::Ensured::Booted);
+    assert_eq!(runtime.block_on(proxy::ensure(host, &image, None)).unwrap(), proxy::Ensured::Booted);
     let id = on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy");
-    assert_eq!(runtime.block_on(proxy::ensure(host, &image)).unwrap(), proxy::Ensured::Running);
+    assert_eq!(runtime.block_on(proxy::ensure(host, &image, None)).unwrap(), proxy::Ensured::Running);
     assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(
         on_host(&lab, 6, "docker network inspect -f '{{.Labels}}' ferry").trim(),
@@ -241,7 +241,7 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     assert!(err.to_string().contains("pxp-none has no route in pxp-a here"), "{err}");
 
     // A reboot recreates the proxy and every route comes back from the files.
-    runtime.block_on(proxy::reboot(host, &image)).unwrap();
+    runtime.block_on(proxy::reboot(host, &image, None)).unwrap();
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
     assert_eq!(curl("down.pxp.test", "/", None), (503, message.into()));
@@ -454,5 +454,142 @@ fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_on
         out.contains("! h6: route pxp-web@pxp-b points at container pxp-web-pxp-b, which is gone"),
         "{out}"
     );
+    clean_h6(&lab);
+}
+
+/// Runs the built ferry with the secure registry's credentials in its environment; returns
+/// (exit code, stdout, stderr), after checking that the password is nowhere in them.
+fn ferry_secure(dir: &std::path::Path, password: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(crate::test::binary())
+        .args(["-i", &dir.join("ferry.toml").display().to_string()])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FERRY_STATE_DIR", dir.join("state"))
+        .env("REG_USER", "tester")
+        .env("REG_PASSWORD", password)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !stdout.contains(password) && !stderr.contains(password),
+        "the password leaked:\n{stdout}\n{stderr}"
+    );
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// One request to h6's :80 over a fresh connection: whether the proxy answered it.
+fn answered() -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([10, 200, 0, 16], 80)),
+        Duration::from_millis(500),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"GET / HTTP/1.1\r\nHost: nobody.pxp.test\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
+}
+
+#[test]
+fn the_proxy_image_is_pulled_with_the_proxy_feeds_login_a_reboot_is_short_and_a_held_port_is_named() {
+    let _h6 = H6.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    clean_h6(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let env = std::fs::read_to_string(lab.dir.join("lab.env")).unwrap();
+    let secure = env.lines().find_map(|l| l.strip_prefix("FERRY_LAB_SECURE_REGISTRY=")).unwrap().to_string();
+    // The lab's proxy image, from the registry that wants a login (same storage as :5000).
+    let image = proxy_image(&lab).replace("10.200.0.1:5000", &secure);
+    assert_ne!(image, proxy_image(&lab));
+    std::fs::write(
+        dir.join("ferry.toml"),
+        format!(
+            "[defaults]\nuser = \"root\"\nidentity = \"{ssh}\"\nknown_hosts = \"{known}\"\n\n\
+             [targets.h6]\nhost = \"{H6_ADDR}\"\n\n\
+             [feeds.secure]\nurl = \"https://{secure}\"\nca_file = \"{ca}\"\n\
+             username = {{ env = \"REG_USER\" }}\npassword = {{ env = \"REG_PASSWORD\" }}\n\n\
+             [proxy]\nimage = \"{image}\"\nfeed = \"secure\"\n\n\
+             [environments.pxp-s]\ntargets = [\"h6\"]\n",
+            ssh = lab.dir.join("ssh/client_key").display(),
+            known = lab.dir.join("known_hosts").display(),
+            ca = lab.dir.join("registry2/ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    on_host(&lab, 6, &format!("docker rmi -f {image} > /dev/null 2>&1; true"));
+
+    // A wrong password: the pull is refused, nothing is created.
+    let (code, _, stderr) = ferry_secure(dir, "wrong", &["proxy", "boot", "--env", "pxp-s", "--yes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(on_host(&lab, 6, "docker ps -aq --filter name=^/?ferry-proxy$"), "");
+    // Boot pulls the image with the feed's login (the password through stdin) and logs out.
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "boot", "--env", "pxp-s", "--yes", "--output", "plain"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("proxy booted ({image})")), "{stdout}");
+    let logins = "ls -d /root/.ferry/docker-config-* 2>/dev/null | wc -l";
+    assert_eq!(on_host(&lab, 6, logins).trim(), "0");
+
+    // Reboot pulls again (the registry wants the login for the manifest too) and swaps fast:
+    // the longest time h6's :80 did not answer while the proxy was recreated.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut last_ok, mut longest) = (Instant::now(), Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if answered() {
+                    longest = longest.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            longest
+        })
+    };
+    let id = on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy");
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "reboot", "--env", "pxp-s", "--yes"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let gap = probe.join().unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+    assert_eq!(on_host(&lab, 6, "docker ps -aq --filter name=ferry-proxy-next"), "");
+    assert_eq!(on_host(&lab, 6, logins).trim(), "0");
+    eprintln!("proxy reboot: h6's :80 did not answer for at most {} ms", gap.as_millis());
+    assert!(gap < Duration::from_secs(3), "the reboot's outage: {gap:?}");
+
+    // Another container publishing :80: boot fails naming it, and leaves no proxy behind that
+    // would fail again on every start.
+    on_host(
+        &lab,
+        6,
+        "docker rm -f ferry-proxy > /dev/null; docker run -d --name pxp-hold80 -p 80:80 \
+         10.200.0.1:5000/ferry/web:1.0 httpd -f -p 80 -h /www > /dev/null",
+    );
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "boot", "--env", "pxp-s", "--yes"]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .contains("the proxy needs the target's ports 80 and 443, which container(s) pxp-hold80 publish"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(on_host(&lab, 6, "docker ps -aq --filter name=^/?ferry-proxy$"), "");
+    on_host(&lab, 6, "docker rm -f pxp-hold80 > /dev/null");
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "boot", "--env", "pxp-s", "--yes", "--output", "plain"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("proxy booted"), "{stdout}");
     clean_h6(&lab);
 }
