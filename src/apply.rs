@@ -1739,7 +1739,7 @@ mod tests {
             "step switched the route",
             "reverse_proxy/upstreams",
             "docker stop ",
-            "docker rename ",
+            "docker rename \"$next\" \"$c\"",
             "done committed",
         ];
         let positions: Vec<usize> = order.iter().map(|n| at(n)).collect();
