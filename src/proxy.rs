@@ -370,7 +370,9 @@ fn is_health(s: &str) -> bool {
 ///   the previous files back and fails. With `offline`, a proxy that is not running is not an
 ///   error (the files are what it loads when it starts). With `keep`, a route in maintenance
 ///   stays in maintenance: the message from its meta file goes between PREFIX and SUFFIX (the
-///   maintenance variant of the new route) and into the new meta file.
+///   maintenance variant of the new route) and into the new meta file, only when it is one JSON
+///   string (read back from the target, so not trusted: anything else would splice into the
+///   route's JSON); otherwise the step fails and nothing changes.
 /// - `ferry_proxy_ensure IMAGE`: network and proxy, created or started when missing.
 /// - `ferry_proxy_start NAME`: starts the created proxy; when it cannot (another container or
 ///   process holds :80 or :443), removes it (a created proxy that cannot bind would be started
@@ -442,12 +444,17 @@ ferry_proxy_set() {
     fp_json=$2; fp_meta=$3
     if [ "${4:-}" = keep ] && [ -f "$fp_r/$1.meta" ]; then
       fp_m=$(sed -n 's/^maintenance=//p' "$fp_r/$1.meta" | head -n 1)
-      case "$fp_m" in \"*\")
+      if [ -z "$fp_m" ]; then :
+      elif printf '%s\n' "$fp_m" | grep -Eqx '"([^"\\[:cntrl:]]|\\(["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'; then
         fp_json="$5${fp_m%\"}\\n\"$6"
         fp_meta="${3%maintenance=*}maintenance=$fp_m
 "
-        echo "proxy: kept maintenance" ;;
-      esac
+        echo "proxy: kept maintenance"
+      else
+        rm -rf "$fp_b"
+        echo "the route file $1.meta has a maintenance line that is not a JSON string; nothing changed" >&2
+        exit 1
+      fi
     fi
     if [ -n "$2" ]; then
       printf '%s\n' "$fp_json" > "$fp_r/.$1.route.json.tmp" && printf '%s' "$fp_meta" > "$fp_r/.$1.meta.tmp" &&
@@ -495,7 +502,11 @@ ferry_proxy_run() {
 ferry_proxy_wait() {
   fp_i=0
   while [ "$fp_i" -lt 150 ]; do
-    docker exec ferry-proxy wget -q -O /dev/null http://localhost:2019/config/ 2> /dev/null && return 0
+    fp_err=$(docker exec ferry-proxy wget -q -O /dev/null http://localhost:2019/config/ 2>&1) && return 0
+    case "$fp_err" in *executable\ file\ not\ found*)
+      echo "the proxy image has no wget (ferry needs caddy, sh, wget and timeout in it): $fp_err" >&2
+      return 1 ;;
+    esac
     ferry_proxy_running || break
     fp_i=$((fp_i + 1)); sleep 0.2
   done

@@ -591,5 +591,55 @@ fn the_proxy_image_is_pulled_with_the_proxy_feeds_login_a_reboot_is_short_and_a_
         ferry_secure(dir, "s3cret-lab", &["proxy", "boot", "--env", "pxp-s", "--yes", "--output", "plain"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("proxy booted"), "{stdout}");
+
+    // A deploy's switch keeps a route in maintenance with the message read back from the target;
+    // a maintenance line that is not one JSON string is not spliced into Caddy's config.
+    start_app(&lab, "pxp-keep-pxp-s", "pxp-keep-pxp-s-1", "1.0");
+    let r = Route {
+        app: "pxp-keep".into(),
+        environment: "pxp-s".into(),
+        ..route("pxp-keep", "pxp-s", "keep.pxp.test", None)
+    };
+    let switch = format!("{}\n{}\n", proxy::FUNCTIONS, proxy::switch_call(&r).unwrap());
+    on_host(&lab, 6, &format!("HOME=/root\n{switch}"));
+    assert_eq!(curl("keep.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+    let meta = "/root/.ferry/proxy/routes/pxp-keep@pxp-s.meta";
+    on_host(
+        &lab,
+        6,
+        &format!("sed -i 's/^maintenance=.*/maintenance=\"a\",\"status_code\":200,\"x\":\"b\"/' {meta}"),
+    );
+    let tampered = on_host(&lab, 6, &format!("cat {meta} /root/.ferry/proxy/caddy.json"));
+    let holder = std::fs::read_to_string(lab.dir.join("net/h6/holder.pid")).unwrap();
+    let out = Command::new("nsenter")
+        .args(["-t", holder.trim(), "-m", "-n", "sh", "-c", &format!("HOME=/root\n{switch}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the tampered maintenance line was spliced in: {err}");
+    assert!(err.contains("has a maintenance line that is not a JSON string; nothing changed"), "{err}");
+    assert_eq!(on_host(&lab, 6, &format!("cat {meta} /root/.ferry/proxy/caddy.json")), tampered);
+    assert_eq!(curl("keep.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+
+    // An image without wget: the reboot says so at once instead of waiting 30 s for the admin API.
+    let nowget = "10.200.0.1:5000/pxp/nowget:1";
+    on_host(
+        &lab,
+        6,
+        &format!(
+            "docker rm -f pxp-nowget > /dev/null 2>&1; docker run --name pxp-nowget {image} rm /bin/wget && \
+             docker commit pxp-nowget {nowget} > /dev/null && docker rm pxp-nowget > /dev/null && \
+             docker push {nowget} > /dev/null"
+        ),
+    );
+    let started = Instant::now();
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "reboot", "--env", "pxp-s", "--yes", "--image", nowget]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("the proxy image has no wget (ferry needs caddy, sh, wget and timeout in it)"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     clean_h6(&lab);
 }
