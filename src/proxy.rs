@@ -362,6 +362,8 @@ fn is_health(s: &str) -> bool {
 /// The sh functions every proxy script starts with (and the detached replace script embeds).
 ///
 /// - `ferry_proxy_assemble`: `caddy.json` from the route files (tmp + mv; caller holds the lock).
+///   A route whose meta file has a line that is not one of ferry's keys is left out, as ferry
+///   leaves it alone when it reads the table back.
 /// - `ferry_proxy_load`: `caddy reload --force` inside the proxy; Caddy's error on stderr.
 /// - `ferry_proxy_set KEY ROUTE_JSON META [offline | keep PREFIX SUFFIX]`: under the lock,
 ///   writes (or with both empty, removes) the route files, assembles and loads; on failure puts
@@ -377,6 +379,7 @@ ferry_proxy_assemble() {
   fp_r="$ferry_proxy_dir/routes"
   fp_list=$(cd "$fp_r" 2>/dev/null && for fp_m in *.meta; do
       [ -f "$fp_m" ] && [ -f "${fp_m%.meta}.route.json" ] || continue
+      grep -Evq '^(app|environment|host|path|port|health|tls|upstream|container|deployment|maintenance)=' "$fp_m" && continue
       fp_h=$(sed -n 's/^host=//p' "$fp_m" | head -n 1)
       fp_p=$(sed -n 's/^path=//p' "$fp_m" | head -n 1)
       fp_t=$(sed -n 's/^tls=//p' "$fp_m" | head -n 1)

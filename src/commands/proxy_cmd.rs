@@ -74,11 +74,12 @@ pub fn maintenance(inventory: Inventory, request: Maintenance, output: OutputFor
     } else {
         None
     };
+    let image = inventory.proxy.image.clone();
     act(
         inventory,
         request.write,
         Some(app.name.clone()),
-        Action::Maintenance { app: app.name, message },
+        Action::Maintenance { app: app.name, message, image },
         output,
     )
 }
@@ -116,6 +117,8 @@ enum Action {
         app: String,
         /// The answer's text while on.
         message: Option<String>,
+        /// The proxy image, should the proxy have to be booted (it was removed by hand).
+        image: String,
     },
 }
 
@@ -134,10 +137,10 @@ impl Action {
         match self {
             Action::Boot { .. } => format!("boot the proxy in {environment}"),
             Action::Reboot { image } => format!("reboot the proxy in {environment} with {image}"),
-            Action::Maintenance { app, message: Some(_) } => {
+            Action::Maintenance { app, message: Some(_), .. } => {
                 format!("put {app} in {environment} in maintenance")
             }
-            Action::Maintenance { app, message: None } => {
+            Action::Maintenance { app, message: None, .. } => {
                 format!("take {app} in {environment} out of maintenance")
             }
         }
@@ -154,10 +157,10 @@ impl Action {
                 "pulls {image}, recreates ferry-proxy and loads every route of every app and environment again \
                  (their requests fail for a moment) on: {on}"
             ),
-            Action::Maintenance { app, message: Some(m) } => {
+            Action::Maintenance { app, message: Some(m), .. } => {
                 format!("the proxy answers {app}'s requests with 503 {m:?} on: {on}")
             }
-            Action::Maintenance { app, message: None } => {
+            Action::Maintenance { app, message: None, .. } => {
                 format!("the proxy sends {app}'s requests to it again on: {on}")
             }
         }
@@ -348,7 +351,20 @@ async fn on_target(
                 Err(e) => Err(e),
             }
         }
-        Action::Maintenance { app, message } => {
+        Action::Maintenance { app, message, image } => {
+            // Booted on first need, like a deploy: the route table on the target is the record.
+            match proxy::ensure(&*host, image).await {
+                Ok(proxy::Ensured::Running) => {}
+                Ok(proxy::Ensured::Started) => step("proxy started (it was stopped)".into()),
+                Ok(proxy::Ensured::Booted) => step(format!("proxy booted ({image})")),
+                Err(e) => {
+                    done.status = if e.is_connection() { Status::Error } else { Status::Failed };
+                    done.error = Some(e.to_string());
+                    done.duration = started.elapsed();
+                    finished(events, &done);
+                    return done;
+                }
+            }
             proxy::maintenance(&*host, app, &job.environment, message.as_deref()).await.map(|r| match message
             {
                 Some(_) => format!("{}{} answers 503", r.host, r.path.as_deref().unwrap_or("")),

@@ -207,6 +207,29 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     assert_eq!(table.unreadable[0].key, "pxp-junk@pxp-a");
     assert!(table.unreadable[0].error.contains("unknown key \"bogus\""), "{:?}", table.unreadable);
     on_host(&lab, 6, "rm /root/.ferry/proxy/routes/pxp-junk@pxp-a.meta");
+    // Nor is such a route loaded into Caddy, though its route file is fine.
+    let junk =
+        Route { upstream: "pxp-web-pxp-a-1".into(), ..route("pxp-junk", "pxp-a", "junk.pxp.test", None) };
+    let junk_json = serde_json::to_string(&junk.caddy_route()).unwrap();
+    on_host(
+        &lab,
+        6,
+        &format!(
+            "cd /root/.ferry/proxy/routes && printf '%s\\n' '{junk_json}' > pxp-junk@pxp-a.route.json && \
+             printf '%sbogus=1\\n' '{}' > pxp-junk@pxp-a.meta",
+            junk.meta()
+        ),
+    );
+    runtime.block_on(proxy::switch(host, &web)).unwrap();
+    assert_ne!(curl("junk.pxp.test", "/", None).1, "ferry web 1.0");
+    on_host(&lab, 6, "sed -i '/^bogus=/d' /root/.ferry/proxy/routes/pxp-junk@pxp-a.meta");
+    runtime.block_on(proxy::switch(host, &web)).unwrap();
+    assert_eq!(
+        curl("junk.pxp.test", "/", None),
+        (200, "ferry web 1.0".into()),
+        "the same route, readable, is served"
+    );
+    on_host(&lab, 6, "rm /root/.ferry/proxy/routes/pxp-junk@pxp-a.*");
 
     // Maintenance on and off for a live app.
     let on = runtime.block_on(proxy::maintenance(host, "pxp-web", "pxp-a", Some("web is resting"))).unwrap();
@@ -367,7 +390,11 @@ fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_on
     assert!(out.contains(&format!("maintenance: {message:?}")), "{out}");
     ferry_ok(dir, &["maintenance", "off", "pxp-web", "--env", "pxp-a", "--yes"]);
     assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
-    ferry_ok(dir, &["maintenance", "on", "pxp-api", "--env", "pxp-b", "--yes"]);
+    // A proxy removed by hand is booted again by maintenance, with every route from the table.
+    on_host(&lab, 6, "docker rm -f ferry-proxy > /dev/null");
+    let out =
+        ferry_ok(dir, &["maintenance", "on", "pxp-api", "--env", "pxp-b", "--yes", "--output", "plain"]);
+    assert!(out.contains("proxy booted"), "{out}");
     assert_eq!(curl("api-b.pxp.test", "/", Some(ca.path())), (503, "pxp-api is under maintenance".into()));
     ferry_ok(dir, &["maintenance", "off", "pxp-api", "--env", "pxp-b", "--yes"]);
     // Both on the record, with the action and the message.
@@ -391,8 +418,13 @@ fn the_commands_boot_reboot_and_maintain_what_deploys_routed_and_remove_drops_on
         .count();
     assert_eq!(finished, 4, "{audit}");
 
+    let history = ferry_ok(dir, &["history", "pxp-web", "--env", "pxp-a"]);
+    assert!(history.contains("maintenance"), "{history}");
+
     // A reboot from one environment re-applies every route on the host from its files.
     ferry_ok(dir, &["proxy", "reboot", "--env", "pxp-b", "--yes"]);
+    let history = ferry_ok(dir, &["history", "--env", "pxp-b"]);
+    assert!(history.contains("proxy reboot"), "{history}");
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     all_answer("after the reboot");
 
