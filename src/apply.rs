@@ -1753,6 +1753,16 @@ mod tests {
         );
         assert!(steps.iter().any(|s| s == &format!("switched the route to {ALIAS}:8080")), "{steps:?}");
         assert!(steps.iter().any(|s| s == "drained"), "{steps:?}");
+        assert!(launch.contains("if [ 0 = 1 ] && alive"), "with a post_deploy, the script waits for commit");
+    }
+
+    #[tokio::test]
+    async fn without_post_deploy_the_script_switches_as_soon_as_its_gate_passes() {
+        let host = Arc::new(proxied_target(vec![]));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Ok, "{report:?}");
+        let launch = &host.ran(LAUNCH)[0];
+        assert!(launch.contains("if [ 1 = 1 ] && alive; then decision=commit"), "{launch}");
     }
 
     #[tokio::test]
