@@ -211,9 +211,14 @@ impl Route {
                 },
                 "body": format!("{message}\n"),
             }]),
+            // No keep-alive to the container: the drain counts the proxy's open connections
+            // to the old container as its requests in flight, and Caddy keeps the old config's
+            // idle connections open after a switch (measured: a keep-alive app's drain always
+            // waited out `drain`). A connection per request on the local bridge costs little.
             None => json!([{
                 "handler": "reverse_proxy",
                 "upstreams": [{ "dial": self.dial() }],
+                "transport": { "protocol": "http", "keep_alive": { "enabled": false } },
                 "health_checks": {
                     "active": { "uri": self.health, "interval": "5s", "timeout": "3s" }
                 },
@@ -940,6 +945,7 @@ mod tests {
         assert_eq!(handler["handler"], "reverse_proxy");
         assert_eq!(handler["upstreams"], json!([{ "dial": "web-prod-0193abcd:8080" }]));
         assert_eq!(handler["health_checks"]["active"]["uri"], "/up");
+        assert_eq!(handler["transport"]["keep_alive"]["enabled"], false, "the drain counts connections");
     }
 
     #[test]

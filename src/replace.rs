@@ -404,9 +404,9 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
 /// lab: slow requests in flight were cut by `docker stop` when only the API was asked). So the
 /// loop also counts the proxy's established TCP connections to the old container's address on
 /// the `ferry` network (`/proc/net/tcp{,6}` inside the proxy: its own network namespace; an
-/// IPv4 peer shows as `HEX:PORT`, also in the IPv4-mapped tcp6 form). An idle keep-alive
-/// connection counts too: it ends when Caddy closes the old config's idle connections or the
-/// app's own keep-alive timeout ends, at the latest when `drain` is up.
+/// IPv4 peer shows as `HEX:PORT`, also in the IPv4-mapped tcp6 form). The routes turn off
+/// keep-alive to the containers ([`crate::proxy::Route::caddy_route`]), so each such connection
+/// is a request in flight, not an idle one the old config keeps.
 const DRAIN_LOOP: &str = r#"ferry_peer() { printf '%02X%02X%02X%02X:%04X' "$4" "$3" "$2" "$1" "$5"; }
            peer=''; case $old_ip in *.*.*.*) peer=$(IFS=.; ferry_peer $old_ip $old_port) ;; esac
            start=$(date +%s); n=''; k=0

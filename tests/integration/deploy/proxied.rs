@@ -434,3 +434,48 @@ fn a_no_op_deploy_repairs_a_route_that_is_missing_or_points_elsewhere() {
         .stderr_contains("note: feed lab has 1.0 (sha256:")
         .run();
 }
+
+#[test]
+fn the_drain_does_not_wait_on_idle_keep_alive_connections_to_the_old_container() {
+    // ferry/web's busybox httpd closes every connection after its answer; most apps keep them
+    // alive. The app here is Caddy's file server (the lab's proxy image): after a probe the proxy
+    // holds idle keep-alive connections to it. The drain counts the proxy's connections to the
+    // old container, so it must not take those for requests in flight and wait out `drain`.
+    let px = Px::new(&["pxd-ka"], "");
+    let inventory = std::fs::read_to_string(px.inventory()).unwrap()
+        + "\n[apps.kc]\nfeed = \"lab\"\nimage = \"ferry/caddy\"\ntemplate = \"kc.j2\"\n\
+           health = { timeout = \"8s\", interval = \"500ms\" }\n\
+           proxy = { host = \"kc.pxd-ka.pxd.test\", port = 80, health = \"/up\" }\n";
+    std::fs::write(px.inventory(), inventory).unwrap();
+    std::fs::write(
+        px.dir.path().join("templates/kc.j2"),
+        "docker run --restart unless-stopped --stop-timeout 1\n  {{ image }}\n  \
+         sh -c \"echo kc > /srv/up && echo kc > /srv/index.html && exec caddy file-server --listen :80 --root /srv\"\n",
+    )
+    .unwrap();
+    let deploy = |force: bool| {
+        let mut args =
+            vec!["deploy", "kc", "--env", "pxd-ka", "--version", "2.6.2", "--yes", "--output", "json"];
+        if force {
+            args.push("--force");
+        }
+        px.ferry(&args).stdout_json_lines().run()
+    };
+    deploy(false);
+    let probe = Probe::lab(IP, "kc.pxd-ka.pxd.test");
+    std::thread::sleep(Duration::from_secs(2));
+    let began = Instant::now();
+    let out = deploy(true);
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = probe.stop();
+    assert!(report.failures().is_empty(), "{}", report.summary());
+    assert_eq!(report.sequence(), ["kc"], "{}", report.summary());
+    let said = steps(&json_lines(&out.stdout));
+    eprintln!("keep-alive app: deploy --force took {took:?}; steps {said:?}");
+    let drained = said.iter().find(|s| s.starts_with("drain")).cloned().unwrap_or_default();
+    assert!(
+        drained == "drained after 0s" || drained == "drained after 1s",
+        "the drain waited on idle connections: {drained:?} ({said:?})"
+    );
+}
