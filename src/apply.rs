@@ -46,6 +46,9 @@ pub trait Planner: Send + Sync {
     fn pinned(&self, digest: &str) -> Result<Plan, String>;
     /// The target's `post_deploy` script, rendered with the new container's details.
     fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String>;
+    /// Whether the app has a `post_deploy` step at all: without one, a proxied replace step may
+    /// switch as soon as its gate passes instead of waiting a round trip for ferry's decision.
+    fn has_post_deploy(&self) -> bool;
 }
 
 /// Deployment settings besides the plan.
@@ -630,6 +633,7 @@ impl Job {
             key: &key,
             switch,
             drain: self.settings.proxy.drain,
+            auto_commit: !self.planner.has_post_deploy(),
         });
         let request = replace::Request {
             name: &tp.container,
@@ -1108,6 +1112,9 @@ mod tests {
             _container: &ContainerDetails,
         ) -> Result<Option<String>, String> {
             Ok(self.0.clone())
+        }
+        fn has_post_deploy(&self) -> bool {
+            self.0.is_some()
         }
     }
 
@@ -1773,7 +1780,7 @@ mod tests {
             "id=$(",
             "timeout 3 wget -q -O /dev/null http://web-dev-0123456789ab:8080/up",
             "gated $rc",
-            "case $(cat",
+            "case $decision in",
             "ferry_proxy_set ",
             "step switched the route",
             "reverse_proxy/upstreams",
@@ -1790,6 +1797,16 @@ mod tests {
         );
         assert!(steps.iter().any(|s| s == &format!("switched the route to {ALIAS}:8080")), "{steps:?}");
         assert!(steps.iter().any(|s| s == "drained"), "{steps:?}");
+        assert!(launch.contains("if [ 0 = 1 ] && alive"), "with a post_deploy, the script waits for commit");
+    }
+
+    #[tokio::test]
+    async fn without_post_deploy_the_script_switches_as_soon_as_its_gate_passes() {
+        let host = Arc::new(proxied_target(vec![]));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Ok, "{report:?}");
+        let launch = &host.ran(LAUNCH)[0];
+        assert!(launch.contains("if [ 1 = 1 ] && alive; then decision=commit"), "{launch}");
     }
 
     #[tokio::test]
