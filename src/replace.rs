@@ -804,6 +804,7 @@ esac
             key: "web@dev",
             switch: &switch,
             drain: Duration::from_secs(1),
+            auto_commit: false,
         };
         let base = request(&argv, None);
         let gate = Gate {
