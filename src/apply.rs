@@ -596,8 +596,14 @@ impl Job {
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
         match (decide(current.map(Live::from), tp, self.settings.force), current) {
-            (Decision::Unchanged, Some(current)) => return self.check_unchanged(host, &current.id).await,
-            (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
+            (Decision::Unchanged, Some(current)) => {
+                let done = self.check_unchanged(host, &current.id).await?;
+                return self.converge_route(host, done).await;
+            }
+            (Decision::Start, Some(current)) => {
+                let done = self.start_stopped(host, &current.id).await?;
+                return self.converge_route(host, done).await;
+            }
             _ => {}
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
@@ -823,7 +829,16 @@ impl Job {
         host: &dyn Host,
     ) -> Result<Option<(String, crate::inventory::Route, String)>, DockerError> {
         let (Some(route), Some(alias)) = (&self.target.route, &self.target.alias) else { return Ok(None) };
-        let table = crate::proxy::Route {
+        let table = self.table_route(route, alias);
+        let switch = crate::proxy::switch_call(&table)
+            .map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+        self.ensure_proxy(host).await?;
+        Ok(Some((alias.clone(), route.clone(), switch)))
+    }
+
+    /// The route table's entry for this deployment's container under `alias`.
+    fn table_route(&self, route: &crate::inventory::Route, alias: &str) -> crate::proxy::Route {
+        crate::proxy::Route {
             app: self.app.clone(),
             environment: self.environment.clone(),
             host: route.host.clone(),
@@ -834,13 +849,15 @@ impl Job {
                 crate::inventory::Tls::Internal => crate::proxy::Tls::Internal,
                 crate::inventory::Tls::Acme => crate::proxy::Tls::Acme,
             }),
-            upstream: alias.clone(),
+            upstream: alias.to_string(),
             container: self.target.container.clone(),
             deployment: self.deployment.clone(),
             maintenance: None,
-        };
-        let switch = crate::proxy::switch_call(&table)
-            .map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+        }
+    }
+
+    /// Network and proxy, booted on first need; says when it had to start or boot it.
+    async fn ensure_proxy(&self, host: &dyn Host) -> Result<(), DockerError> {
         match crate::proxy::ensure(host, &self.settings.proxy.image, self.settings.proxy_login.as_ref())
             .await?
         {
@@ -850,7 +867,34 @@ impl Job {
                 self.step(format!("proxy: booted {}", self.settings.proxy.image))
             }
         }
-        Ok(Some((alias.clone(), route.clone(), switch)))
+        Ok(())
+    }
+
+    /// After a no-op deploy (unchanged, or started) of an app behind the proxy: a deploy
+    /// converges, so the route must send the app's traffic to the container that runs. A route
+    /// file removed, a proxy rebuilt without it, or a route left pointing elsewhere is written
+    /// again (one config load) and the step says so. A failure here fails the target; the
+    /// container is left as it is.
+    async fn converge_route(
+        &self,
+        host: &dyn Host,
+        done: (Action, Option<ContainerDetails>),
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        let Some(route) = &self.target.route else { return Ok(done) };
+        let failed = |e: DockerError| Failure {
+            status: failed_status(&e),
+            action: done.0,
+            error: format!("the container is right but its proxy route could not be set: {e}"),
+            logs: Vec::new(),
+        };
+        self.ensure_proxy(host).await.map_err(failed)?;
+        let table = self.table_route(route, "");
+        match crate::proxy::converge(host, &table, &self.target.container).await {
+            Ok(None) => {}
+            Ok(Some(why)) => self.step(format!("repaired the proxy route ({why})")),
+            Err(e) => return Err(failed(e)),
+        }
+        Ok(done)
     }
 
     /// Runs `post_deploy` while telling the replace step ferry is still there; the error text

@@ -589,7 +589,7 @@ pub fn gate_script(container: &str, gate: &Gate<'_>) -> String {
     format!(
         "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
          ok() {{ echo \"gate: $1\"; echo '--- inspect'; printf '[%s]\\n' \"$json\"; exit 0; }}\n\
-         start=$(date +%s); out=''; slept=0\n\
+         start=${{ferry_gate_start:-$(date +%s)}}; out=''; slept=0\n\
          if [ {since_start} = 1 ]; then\n\
            up=$(date -d \"$(docker inspect -f '{{{{.State.StartedAt}}}}' \"$c\" 2>/dev/null)\" +%s 2>/dev/null) && slept=$(( (start - up) * 1000 ))\n\
          fi\n\

@@ -211,9 +211,14 @@ impl Route {
                 },
                 "body": format!("{message}\n"),
             }]),
+            // No keep-alive to the container: the drain counts the proxy's open connections
+            // to the old container as its requests in flight, and Caddy keeps the old config's
+            // idle connections open after a switch (measured: a keep-alive app's drain always
+            // waited out `drain`). A connection per request on the local bridge costs little.
             None => json!([{
                 "handler": "reverse_proxy",
                 "upstreams": [{ "dial": self.dial() }],
+                "transport": { "protocol": "http", "keep_alive": { "enabled": false } },
                 "health_checks": {
                     "active": { "uri": self.health, "interval": "5s", "timeout": "3s" }
                 },
@@ -720,6 +725,64 @@ pub async fn switch(host: &dyn Host, route: &Route) -> Result<(), DockerError> {
     sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), None, STEP_DEADLINE).await.map(|_| ())
 }
 
+/// Makes the route table send `route` to the running container `container` (a no-op deploy
+/// of a proxied app): the upstream is the alias of the deployment that container was started
+/// by (its `ferry.deployment` label), so a route file that was removed, or that points at
+/// another container or an older host/path/port, is written again; a route in maintenance stays
+/// in maintenance. `Some(why)`: it was repaired, and why; `None`: it was right already.
+pub async fn converge(
+    host: &dyn Host,
+    route: &Route,
+    container: &str,
+) -> Result<Option<String>, DockerError> {
+    let read = format!(
+        "docker inspect -f '{{{{index .Config.Labels \"ferry.deployment\"}}}}' {c} || exit 1\n\
+         echo '--- meta'; cat \"$HOME/{ROUTES_DIR}/\"{k}.meta 2>/dev/null; exit 0",
+        c = q(container),
+        k = q(&route.key())
+    );
+    let text = sh(host, "proxy route", &read, None, STEP_DEADLINE).await?;
+    let (deployment, meta) = text.split_once("--- meta\n").unwrap_or((&text, ""));
+    let deployment = deployment.trim();
+    if deployment.is_empty() || deployment == "<no value>" {
+        return Err(DockerError::Failed {
+            step: "proxy route",
+            message: format!("{container} has no ferry.deployment label: its alias is unknown"),
+        });
+    }
+    let want = Route {
+        upstream: crate::plan::alias(container, deployment),
+        container: container.to_string(),
+        deployment: deployment.to_string(),
+        maintenance: None,
+        ..route.clone()
+    };
+    let why = match Route::parse_meta(meta) {
+        _ if meta.trim().is_empty() => "the route file was missing".to_string(),
+        Err(e) => format!("the route file was unreadable ({e})"),
+        Ok(have) if Route { maintenance: None, ..have.clone() } == want => return Ok(None),
+        Ok(have) if have.upstream != want.upstream => {
+            format!("it pointed at {} ({})", have.upstream, have.container)
+        }
+        Ok(_) => "it differed from the planned route".to_string(),
+    };
+    let call = switch_call(&want).map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+    sh(host, "proxy route", &format!("{FUNCTIONS}\n{call}\n"), None, STEP_DEADLINE).await?;
+    Ok(Some(why))
+}
+
+/// The route of `app` in `environment` as the target's table records it: `None` when there is
+/// no meta file, `Some(Err)` when it is unreadable.
+pub async fn read_route(
+    host: &dyn Host,
+    app: &str,
+    environment: &str,
+) -> Result<Option<Result<Route, String>>, DockerError> {
+    let script = format!("cat \"$HOME/{ROUTES_DIR}/\"{}.meta 2>/dev/null; exit 0", q(&key(app, environment)));
+    let text = sh(host, "proxy route", &script, None, STEP_DEADLINE).await?;
+    Ok((!text.trim().is_empty()).then(|| Route::parse_meta(&text)))
+}
+
 /// Removes the route of `app` in `environment` (none there: nothing to do). A proxy that is not
 /// running is no error: its config file no longer has the route when it starts.
 pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<bool, DockerError> {
@@ -939,6 +1002,7 @@ mod tests {
         assert_eq!(handler["handler"], "reverse_proxy");
         assert_eq!(handler["upstreams"], json!([{ "dial": "web-prod-0193abcd:8080" }]));
         assert_eq!(handler["health_checks"]["active"]["uri"], "/up");
+        assert_eq!(handler["transport"]["keep_alive"]["enabled"], false, "the drain counts connections");
     }
 
     #[test]

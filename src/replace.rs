@@ -331,7 +331,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
     // itself is the check, so no grace period is waited on top.
     let gate = docker::Gate { cmd: Some(request.gate.cmd.unwrap_or(&probe)), ..request.gate.clone() };
     format!(
-        "dir=$1; c={name}; next={next}; old={old}; abandon={abandon}; key={key}; drain={drain}\n\
+        "dir=$1; c={name}; next={next}; old={old}; abandon={abandon}; key={key}; drain={drain}; kept=''\n\
          echo $$ > \"$dir/pid\"\n\
          say() {{ printf '%s\\n' \"$*\" >> \"$dir/status\"; }}\n\
          errs() {{ grep -v '^[[:space:]]*$' \"$dir/err\" | tail -n 3 | sed 's/^/err /' >> \"$dir/status\"; }}\n\
@@ -356,7 +356,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
              [ $(( $(date +%s) - start )) -lt {timeout} ] || {{ echo 'gate: '{health_q}' did not answer 2xx through the proxy network within {timeout}s'; printf '%s\\n' \"$said\" | tail -n 2; exit 1; }}\n\
              sleep {interval:.3}\n\
            done\n\
-           ( {gate} )\n\
+           ( ferry_gate_start=$start; {gate} )\n\
          ) > \"$dir/gate\" 2>&1; rc=$?\n\
          sed 's/^/g /' \"$dir/gate\" >> \"$dir/status\"; say \"gated $rc\"\n\
          if [ \"$rc\" != 0 ]; then logs; discard discarded; fi\n\
@@ -367,28 +367,22 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
          case $decision in\n\
            commit) ;;\n\
            restore) logs; discard discarded ;;\n\
-           *) discard abandoned-discarded ;;\n\
+           *) [ -z \"$old\" ] || discard abandoned-discarded; kept=1 ;;\n\
          esac\n\
          old_up=$(sed -n 's/^upstream=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
          old_port=$(sed -n 's/^port=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
+         old_ip=$(docker inspect -f '{{{{with index .NetworkSettings.Networks \"ferry\"}}}}{{{{.IPAddress}}}}{{{{end}}}}' \"$c\" 2>/dev/null)\n\
          {switch} > /dev/null 2> \"$dir/err\" || {{ errs; say switchfailed; discard discarded; }}\n\
          say \"step switched the route to {alias}:{port}\"\n\
          if [ -n \"$old_up\" ] && [ \"$old_up\" != {alias_q} ]; then\n\
-           start=$(date +%s); n=''\n\
-           while [ $(( $(date +%s) - start )) -lt \"$drain\" ]; do\n\
-             n=$(docker exec ferry-proxy wget -q -O - http://localhost:2019/reverse_proxy/upstreams 2>/dev/null | tr '{{' '\\n' \\\n\
-               | grep -F \"\\\"address\\\":\\\"$old_up:$old_port\\\"\" | sed -n 's/.*\"num_requests\":\\([0-9]*\\).*/\\1/p' | head -n 1)\n\
-             [ -n \"$n\" ] && [ \"$n\" != 0 ] || break\n\
-             sleep 0.2\n\
-           done\n\
-           if [ -n \"$n\" ] && [ \"$n\" != 0 ]; then say \"step drain: $n requests still in flight after ${{drain}}s\"; else say \"step drained\"; fi\n\
+           {drain_loop}\n\
          fi\n\
          if [ -n \"$old\" ]; then\n\
            docker stop \"$old\" > /dev/null 2> \"$dir/err\" && docker rm \"$old\" > /dev/null 2>> \"$dir/err\" \\\n\
              || say \"warn the old container $old could not be removed: $(tail -n 1 \"$dir/err\")\"\n\
          fi\n\
          docker rename \"$next\" \"$c\" 2> \"$dir/err\" || say \"warn the new container runs as $next: the rename failed: $(tail -n 1 \"$dir/err\")\"\n\
-         say 'done committed'\n",
+         if [ -n \"$kept\" ]; then say 'done abandoned-kept'; else say 'done committed'; fi\n",
         name = q(request.name),
         next = q(&next),
         old = q(old),
@@ -405,8 +399,35 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
         alias = proxy.alias,
         alias_q = q(proxy.alias),
         port = proxy.port,
+        drain_loop = DRAIN_LOOP,
     )
 }
+
+/// The drain after the switch (needs `$old_up`, `$old_port`, `$old_ip`, `$drain`, `say`): waits,
+/// at most `$drain` seconds, while the proxy still has requests in flight to the old container.
+///
+/// Two counts, because neither alone is enough. The admin API's `num_requests` of the old
+/// upstream is exact while Caddy lists it, but Caddy drops an upstream from
+/// `/reverse_proxy/upstreams` as soon as the loaded config no longer names it, i.e. right at the
+/// switch, while the old config still proxies its in-flight requests to it (measured in the
+/// lab: slow requests in flight were cut by `docker stop` when only the API was asked). So the
+/// loop also counts the proxy's established TCP connections to the old container's address on
+/// the `ferry` network (`/proc/net/tcp{,6}` inside the proxy: its own network namespace; an
+/// IPv4 peer shows as `HEX:PORT`, also in the IPv4-mapped tcp6 form). The routes turn off
+/// keep-alive to the containers ([`crate::proxy::Route::caddy_route`]), so each such connection
+/// is a request in flight, not an idle one the old config keeps.
+const DRAIN_LOOP: &str = r#"ferry_peer() { printf '%02X%02X%02X%02X:%04X' "$4" "$3" "$2" "$1" "$5"; }
+           peer=''; case $old_ip in *.*.*.*) peer=$(IFS=.; ferry_peer $old_ip $old_port) ;; esac
+           start=$(date +%s); n=''; k=0
+           while [ $(( $(date +%s) - start )) -lt "$drain" ]; do
+             n=$(docker exec ferry-proxy wget -q -O - http://localhost:2019/reverse_proxy/upstreams 2>/dev/null | tr '{' '
+'                | grep -F ""address":"$old_up:$old_port"" | sed -n 's/.*"num_requests":\([0-9]*\).*//p' | head -n 1)
+             k=0; [ -z "$peer" ] || k=$(docker exec ferry-proxy cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -c " [0-9A-F]*$peer 01 ")
+             [ "${n:-0}" != 0 ] || [ "${k:-0}" != 0 ] || break
+             sleep 0.2
+           done
+           if [ "${n:-0}" != 0 ] || [ "${k:-0}" != 0 ]; then say "step drain: ${n:-0} requests and ${k:-0} connections still open after ${drain}s"
+           else say "step drained after $(( $(date +%s) - start ))s"; fi"#;
 
 /// The command that starts the detached script: it reports (and clears) an earlier step's
 /// unread outcome, or refuses while one still runs, then starts the script with `setsid` (its
@@ -712,5 +733,132 @@ mod tests {
                 outcome: Outcome::AbandonedRestored.describe().into()
             })
         );
+    }
+
+    /// A `docker` for running the proxied script on this machine: it logs its arguments to
+    /// `$FAKE/calls`; the gate probe passes once `$FAKE/healthy` exists (made `$FAKE_AFTER`
+    /// seconds after the first probe), the image's HEALTHCHECK says `$FAKE_HEALTH`.
+    const FAKE_DOCKER: &str = r#"#!/bin/sh
+echo "$*" >> "$FAKE/calls"
+case "$1 $2" in
+  'exec ferry-proxy')
+    case "$*" in
+      *wget*http://web-dev-*) [ -f "$FAKE/first" ] || { date +%s > "$FAKE/first"; }
+        [ $(( $(date +%s) - $(cat "$FAKE/first") )) -ge "$FAKE_AFTER" ] ;;
+      *upstreams*) echo '[]' ;;
+      *) exit 0 ;;
+    esac ;;
+  inspect*)
+    case "$*" in
+      *State.Status*) printf 'running 0 %s\n{}\n' "$FAKE_HEALTH" ;;
+      *State.Running*) echo true ;;
+      *Health.Log*) echo 'still starting' ;;
+      *) exit 1 ;;
+    esac ;;
+  run*) echo new1 ;;
+  *) exit 0 ;;
+esac
+"#;
+
+    /// Runs the proxied script with the fake `docker`: `old` or none, HEALTHCHECK `health`,
+    /// the probe passing after `after` s; nobody decides (the runner is gone). The status lines,
+    /// the docker calls, and how long it took.
+    fn run_proxied(old: bool, health: &str, after: u32, timeout: u64) -> (String, String, Duration) {
+        let fake = tempfile::tempdir().unwrap();
+        let bin = fake.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("docker"), FAKE_DOCKER).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", &bin.join("docker").display().to_string()])
+            .status()
+            .unwrap();
+        let dir = fake.path().join("step");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status"), "").unwrap();
+        std::fs::write(dir.join("seen"), "").unwrap();
+        // The runner's heartbeat is long gone.
+        std::process::Command::new("touch")
+            .args(["-d", "@0", &dir.join("seen").display().to_string()])
+            .status()
+            .unwrap();
+        let argv: Vec<String> =
+            ["docker", "run", "--detach", "--name", "web-dev-next", "img"].map(String::from).to_vec();
+        let route = crate::proxy::Route {
+            app: "web".into(),
+            environment: "dev".into(),
+            host: "web.test".into(),
+            path: None,
+            port: 8080,
+            health: "/up".into(),
+            tls: None,
+            upstream: "web-dev-0123".into(),
+            container: "web-dev".into(),
+            deployment: "d1".into(),
+            maintenance: None,
+        };
+        let switch = crate::proxy::switch_call(&route).unwrap();
+        let proxy = ProxyStep {
+            alias: "web-dev-0123",
+            port: 8080,
+            health: "/up",
+            key: "web@dev",
+            switch: &switch,
+            drain: Duration::from_secs(1),
+            auto_commit: false,
+        };
+        let base = request(&argv, None);
+        let gate = Gate {
+            cmd: None,
+            timeout: Duration::from_secs(timeout),
+            interval: Duration::from_millis(200),
+            ..base.gate
+        };
+        let request =
+            Request { old: old.then_some(("old1", true)), gate, proxy: Some(proxy.clone()), ..base };
+        let script = proxied_script(&request, &proxy, &shell::join(&argv).unwrap());
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let began = std::time::Instant::now();
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script, "ferry-replace", &dir.display().to_string()])
+            .env("PATH", path)
+            .env("HOME", fake.path())
+            .env("FAKE", fake.path())
+            .env("FAKE_HEALTH", health)
+            .env("FAKE_AFTER", after.to_string())
+            .output()
+            .unwrap();
+        let took = began.elapsed();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap_or_default();
+        (status, calls, took)
+    }
+
+    /// A first deploy behind the proxy whose runner is lost after the gate: there is no old
+    /// container to fall back on, so the script switches to the healthy new one and keeps it
+    /// (as the plain path's `abandoned-kept`) instead of leaving nothing to serve. With an old
+    /// container, the new one is removed and the old one serves on.
+    #[test]
+    fn an_abandoned_first_deploy_behind_the_proxy_keeps_the_healthy_container() {
+        let (status, calls, _) = run_proxied(false, "none", 0, 5);
+        assert!(status.ends_with("done abandoned-kept\n"), "{status}");
+        assert!(status.contains("step switched the route to web-dev-0123:8080\n"), "{status}");
+        assert!(calls.contains("rename web-dev-next web-dev"), "{calls}");
+        assert!(!calls.contains("rm -f web-dev-next"), "{calls}");
+
+        let (status, calls, _) = run_proxied(true, "none", 0, 5);
+        assert!(status.ends_with("done abandoned-discarded\n"), "{status}");
+        assert!(!status.contains("switched"), "{status}");
+        assert!(calls.contains("rm -f web-dev-next") && !calls.contains("stop old1"), "{calls}");
+    }
+
+    /// The gate is the probe and then the image's HEALTHCHECK, both within one timeout: a
+    /// probe that passes late leaves the HEALTHCHECK only the rest (not a second timeout).
+    #[test]
+    fn the_proxied_gate_keeps_within_one_timeout() {
+        let (status, _, took) = run_proxied(true, "starting", 3, 4);
+        assert!(status.contains("g gate: not healthy after 4s\n"), "{status}");
+        assert!(status.ends_with("done discarded\n"), "{status}");
+        assert!(took < Duration::from_millis(5800), "the gate took {took:?} with a 4 s timeout");
     }
 }

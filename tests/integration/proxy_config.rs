@@ -196,3 +196,27 @@ fn the_config_hash_covers_the_route_but_not_the_alias_or_drain() {
         "no network flags"
     );
 }
+
+#[test]
+fn an_environment_override_of_the_route_changes_that_environment_s_hash_only() {
+    let hash = |env: &str, host: &str| {
+        proxied(ROUTE)
+            .replace(
+                "ferry.toml",
+                &format!("proxy = {ROUTE}\n"),
+                &format!(
+                    "proxy = {ROUTE}\n[apps.web.environments.staging]\nproxy = {{ host = \"{host}\" }}\n"
+                ),
+            )
+            .args(["plan", "web", "--env", env, "--version", "1.0", "--output", "json"])
+            .stdout_json()
+            .run()
+            .json()["targets"][0]["config_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (a, b) = (hash("staging", "a.example.com"), hash("staging", "b.example.com"));
+    assert!(!a.is_empty() && a != b, "the override is part of staging's container: {a} {b}");
+    assert_eq!(hash("prod", "a.example.com"), hash("prod", "b.example.com"), "prod keeps its route");
+}

@@ -344,3 +344,138 @@ fn a_link_cut_before_the_switch_leaves_the_old_container_serving_and_status_and_
     assert_eq!(px.version("pxd-cut"), "1.1");
     px.wait_for("pxd-cut", "ferry web 1.1\n");
 }
+
+#[test]
+fn slow_requests_in_flight_across_the_switch_complete_on_the_old_version() {
+    // Item 3's drain: "or until in-flight requests end". A 3 s request started through the
+    // proxy every ~300 ms for the whole deploy; the ones the old container holds at the switch
+    // must end with its answer (not be cut by `docker stop`).
+    let px = Px::new(&["pxd-drain"], "");
+    px.deploy("pxd-drain", "1.0").run();
+    px.wait_for("pxd-drain", "ferry web 1.0\n");
+    let probe = Probe::start(
+        format!("{IP}:80").parse().unwrap(),
+        "pxd-drain.pxd.test",
+        "/cgi-bin/slow",
+        3,
+        Duration::from_secs(15),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let began = Instant::now();
+    let out = px.deploy("pxd-drain", "1.1").run();
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = probe.stop();
+    assert!(report.failures().is_empty(), "{}", report.summary());
+    assert_eq!(report.sequence(), ["ferry web 1.0", "ferry web 1.1"], "{}", report.summary());
+    let said = steps(&json_lines(&out.stdout));
+    assert!(said.iter().any(|s| s.starts_with("drained after ")), "{said:?}");
+    assert_eq!(px.containers("pxd-drain"), ["web-pxd-drain"]);
+    eprintln!("deploy with slow requests in flight took {took:?}; steps {said:?}; {}", report.summary());
+}
+
+#[test]
+fn a_no_op_deploy_repairs_a_route_that_is_missing_or_points_elsewhere() {
+    // A deploy converges: the container is unchanged, but the proxy must route to it again.
+    let px = Px::new(&["pxd-conv"], "");
+    px.deploy("pxd-conv", "1.0").run();
+    px.wait_for("pxd-conv", "ferry web 1.0\n");
+    let reboot = || {
+        px.ferry(&["proxy", "reboot", "--env", "pxd-conv", "--yes"])
+            .stdout_contains("")
+            .stderr_contains("")
+            .run();
+    };
+    let answer = || {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", " %{http_code}", "--max-time", "3"])
+            .args(["-H", "Host: pxd-conv.pxd.test", &format!("http://{IP}/")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let no_op = |why: &str| {
+        let out = px.deploy("pxd-conv", "1.0").run();
+        let events = json_lines(&out.stdout);
+        assert_eq!(finished(&events, "h5")["action"], "unchanged", "{events:?}");
+        let said = steps(&events);
+        assert!(said.iter().any(|s| s == &format!("repaired the proxy route ({why})")), "{said:?}");
+        px.wait_for("pxd-conv", "ferry web 1.0\n");
+    };
+
+    // The route file removed and the proxy rebuilt from the table: no route for the host.
+    px.on_host("rm -f /root/.ferry/proxy/routes/web@pxd-conv.*");
+    reboot();
+    // Caddy answers a host it has no route for with an empty 200.
+    assert_eq!(answer(), " 200", "the route is gone");
+    no_op("the route file was missing");
+
+    // The route left pointing elsewhere (the proxy's own admin port, which only listens on its
+    // loopback: refused at once, no name to look up).
+    px.on_host(
+        "cd /root/.ferry/proxy/routes && sed -i 's/^upstream=.*/upstream=ferry-proxy/' web@pxd-conv.meta \
+         && sed -i 's/web-pxd-conv-[0-9a-f]*:80/ferry-proxy:2019/' web@pxd-conv.route.json",
+    );
+    reboot();
+    let said = answer();
+    assert!(said == " 502" || said == " 503", "the route points elsewhere: {said}");
+    no_op("it pointed at ferry-proxy (web-pxd-conv)");
+
+    // Right already: a no-op deploy says nothing about the route.
+    let out = px.deploy("pxd-conv", "1.0").run();
+    let said = steps(&json_lines(&out.stdout));
+    assert!(!said.iter().any(|s| s.starts_with("repaired the proxy route")), "{said:?}");
+
+    // Only the route changes: `plan --diff` says which part of it (the argv cannot show it).
+    let inventory = std::fs::read_to_string(px.inventory()).unwrap();
+    std::fs::write(px.inventory(), inventory.replace("health = \"/up\" }", "health = \"/\" }")).unwrap();
+    px.ferry(&["plan", "web", "--env", "pxd-conv", "--version", "1.0", "--diff", "--output", "plain"])
+        .stdout("h5\treplace\tproxy route health: /up → /\n")
+        .stderr_contains("note: feed lab has 1.0 (sha256:")
+        .run();
+}
+
+#[test]
+fn the_drain_does_not_wait_on_idle_keep_alive_connections_to_the_old_container() {
+    // ferry/web's busybox httpd closes every connection after its answer; most apps keep them
+    // alive. The app here is Caddy's file server (the lab's proxy image): after a probe the proxy
+    // holds idle keep-alive connections to it. The drain counts the proxy's connections to the
+    // old container, so it must not take those for requests in flight and wait out `drain`.
+    let px = Px::new(&["pxd-ka"], "");
+    let inventory = std::fs::read_to_string(px.inventory()).unwrap()
+        + "\n[apps.kc]\nfeed = \"lab\"\nimage = \"ferry/caddy\"\ntemplate = \"kc.j2\"\n\
+           health = { timeout = \"8s\", interval = \"500ms\" }\n\
+           proxy = { host = \"kc.pxd-ka.pxd.test\", port = 80, health = \"/up\" }\n";
+    std::fs::write(px.inventory(), inventory).unwrap();
+    std::fs::write(
+        px.dir.path().join("templates/kc.j2"),
+        "docker run --restart unless-stopped --stop-timeout 1\n  {{ image }}\n  \
+         sh -c \"echo kc > /srv/up && echo kc > /srv/index.html && exec caddy file-server --listen :80 --root /srv\"\n",
+    )
+    .unwrap();
+    let deploy = |force: bool| {
+        let mut args =
+            vec!["deploy", "kc", "--env", "pxd-ka", "--version", "2.6.2", "--yes", "--output", "json"];
+        if force {
+            args.push("--force");
+        }
+        px.ferry(&args).stdout_json_lines().run()
+    };
+    deploy(false);
+    let probe = Probe::lab(IP, "kc.pxd-ka.pxd.test");
+    std::thread::sleep(Duration::from_secs(2));
+    let began = Instant::now();
+    let out = deploy(true);
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = probe.stop();
+    assert!(report.failures().is_empty(), "{}", report.summary());
+    assert_eq!(report.sequence(), ["kc"], "{}", report.summary());
+    let said = steps(&json_lines(&out.stdout));
+    eprintln!("keep-alive app: deploy --force took {took:?}; steps {said:?}");
+    let drained = said.iter().find(|s| s.starts_with("drain")).cloned().unwrap_or_default();
+    assert!(
+        drained == "drained after 0s" || drained == "drained after 1s",
+        "the drain waited on idle connections: {drained:?} ({said:?})"
+    );
+}
