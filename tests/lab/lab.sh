@@ -421,14 +421,17 @@ users_up() {
   : > "$T/users"
   for pair in $SHELL_USERS; do
     user=${pair%%:*}; shell=${pair#*:}
-    if ! id "$user" > /dev/null 2>&1; then
-      mkdir -p "$T/home/$user"
+    mkdir -p "$T/home/$user"
+    if id "$user" > /dev/null 2>&1; then
+      # Left by a lab that died before its `down`: its home folder may be gone; take it over.
+      usermod -d "$T/home/$user" -s "$shell" "$user"
+    else
       useradd -M -d "$T/home/$user" -s "$shell" "$user"
-      usermod -p '*' "$user"                      # UsePAM no: a locked password (!) refuses login
-      if getent group docker > /dev/null; then usermod -aG docker "$user"; fi
-      chown "$user" "$T/home/$user"
-      echo "$user" >> "$T/users"
     fi
+    usermod -p '*' "$user"                        # UsePAM no: a locked password (!) refuses login
+    if getent group docker > /dev/null; then usermod -aG docker "$user"; fi
+    chown "$user" "$T/home/$user"
+    echo "$user" >> "$T/users"
   done
 }
 

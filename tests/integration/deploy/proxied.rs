@@ -386,13 +386,22 @@ fn a_no_op_deploy_repairs_a_route_that_is_missing_or_points_elsewhere() {
             .stderr_contains("")
             .run();
     };
+    // Right after a reboot the new proxy may not listen yet (no answer: ` 000`); what the checks
+    // below are about is the answer once it does.
     let answer = || {
-        let out = Command::new("curl")
-            .args(["-sS", "-w", " %{http_code}", "--max-time", "3"])
-            .args(["-H", "Host: pxd-conv.pxd.test", &format!("http://{IP}/")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let out = Command::new("curl")
+                .args(["-sS", "-w", " %{http_code}", "--max-time", "3"])
+                .args(["-H", "Host: pxd-conv.pxd.test", &format!("http://{IP}/")])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !said.ends_with(" 000") || std::time::Instant::now() > deadline {
+                return said;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     };
     let no_op = |why: &str| {
         let out = px.deploy("pxd-conv", "1.0").run();
