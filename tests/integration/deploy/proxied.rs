@@ -483,8 +483,10 @@ fn the_drain_does_not_wait_on_idle_keep_alive_connections_to_the_old_container()
     let said = steps(&json_lines(&out.stdout));
     eprintln!("keep-alive app: deploy --force took {took:?}; steps {said:?}");
     let drained = said.iter().find(|s| s.starts_with("drain")).cloned().unwrap_or_default();
+    // Waiting on an idle connection would run the drain to its limit and say what stayed open;
+    // how many whole seconds a drain that ended by itself took depends on the machine's load.
     assert!(
-        drained == "drained after 0s" || drained == "drained after 1s",
+        drained.starts_with("drained after ") && !drained.contains("still open"),
         "the drain waited on idle connections: {drained:?} ({said:?})"
     );
 }
