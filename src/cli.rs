@@ -468,7 +468,8 @@ pub enum ProxyAction {
     },
     /// Create the network and start the proxy where they are missing (idempotent)
     Boot(ProxyWriteArgs),
-    /// Pull and recreate the proxy, then load every route of every app and environment again
+    /// Pull the image and load every route of every app and environment again: gracefully
+    /// when the proxy already runs that image, else by recreating it
     Reboot {
         /// Which environment, and how.
         #[command(flatten)]
@@ -476,6 +477,9 @@ pub enum ProxyAction {
         /// This image instead of the inventory's `[proxy] image`
         #[arg(long, value_name = "IMAGE")]
         image: Option<String>,
+        /// Recreate the container even when it runs the image (requests fail for a moment)
+        #[arg(long)]
+        recreate: bool,
     },
 }
 
@@ -897,7 +901,9 @@ impl Command {
                     request::Proxy::Status { environment, limits: limit, connect_timeout }
                 }
                 ProxyAction::Boot(write) => request::Proxy::Boot(write.into()),
-                ProxyAction::Reboot { write, image } => request::Proxy::Reboot { write: write.into(), image },
+                ProxyAction::Reboot { write, image, recreate } => {
+                    request::Proxy::Reboot { write: write.into(), image, recreate }
+                }
             }),
             Command::Maintenance(a) => Request::Maintenance(match a.action {
                 MaintenanceAction::On { app, write, message } => {

@@ -231,6 +231,8 @@ pub enum Proxy {
         write: ProxyWrite,
         /// `--image`: instead of the inventory's.
         image: Option<String>,
+        /// `--recreate`: a new container even when the running one has the image.
+        recreate: bool,
     },
 }
 

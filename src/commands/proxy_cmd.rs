@@ -46,12 +46,12 @@ pub fn run(inventory: Inventory, request: Proxy, output: OutputFormat) -> Result
             let image = inventory.proxy.image.clone();
             act(inventory, write, None, Action::Boot { image }, output)
         }
-        Proxy::Reboot { write, image } => {
+        Proxy::Reboot { write, image, recreate } => {
             let image = match image {
                 Some(image) => checked_image(image)?,
                 None => inventory.proxy.image.clone(),
             };
-            act(inventory, write, None, Action::Reboot { image }, output)
+            act(inventory, write, None, Action::Reboot { image, recreate }, output)
         }
     }
 }
@@ -106,10 +106,12 @@ enum Action {
         /// The image to create it from.
         image: String,
     },
-    /// Pull, recreate, re-apply every route.
+    /// Pull, re-apply every route: a graceful load, or a new container when needed or asked.
     Reboot {
-        /// The image to recreate it from.
+        /// The image it must run.
         image: String,
+        /// `--recreate`.
+        recreate: bool,
     },
     /// The app's route answers 503 with the message (`Some`), or proxies again (`None`).
     Maintenance {
@@ -136,7 +138,7 @@ impl Action {
     fn what(&self, environment: &str) -> String {
         match self {
             Action::Boot { .. } => format!("boot the proxy in {environment}"),
-            Action::Reboot { image } => format!("reboot the proxy in {environment} with {image}"),
+            Action::Reboot { image, .. } => format!("reboot the proxy in {environment} with {image}"),
             Action::Maintenance { app, message: Some(_), .. } => {
                 format!("put {app} in {environment} in maintenance")
             }
@@ -153,9 +155,13 @@ impl Action {
             Action::Boot { image } => {
                 format!("creates network ferry and starts ferry-proxy ({image}) where missing on: {on}")
             }
-            Action::Reboot { image } => format!(
+            Action::Reboot { image, recreate: true } => format!(
                 "pulls {image}, recreates ferry-proxy and loads every route of every app and environment again \
                  (their requests fail for a moment) on: {on}"
+            ),
+            Action::Reboot { image, recreate: false } => format!(
+                "pulls {image} and loads every route of every app and environment again on: {on}; a proxy \
+                 that runs another image (or none) is recreated, and requests to it fail for a moment"
             ),
             Action::Maintenance { app, message: Some(m), .. } => {
                 format!("the proxy answers {app}'s requests with 503 {m:?} on: {on}")
@@ -170,7 +176,9 @@ impl Action {
     fn notes(&self) -> serde_json::Value {
         match self {
             Action::Boot { image } => json!({ "action": "boot", "image": image }),
-            Action::Reboot { image } => json!({ "action": "reboot", "image": image }),
+            Action::Reboot { image, recreate } => {
+                json!({ "action": "reboot", "image": image, "recreate": recreate })
+            }
             Action::Maintenance { message: Some(m), .. } => json!({ "action": "on", "message": m }),
             Action::Maintenance { message: None, .. } => json!({ "action": "off" }),
         }
@@ -348,11 +356,20 @@ async fn on_target(
             proxy::Ensured::Started => "proxy started (it was stopped)".to_string(),
             proxy::Ensured::Booted => format!("proxy booted ({image})"),
         }),
-        Action::Reboot { image } => {
-            step(format!("pulling {image} and recreating ferry-proxy"));
-            match proxy::reboot(&*host, image, job.login.as_ref()).await {
-                Ok(()) => proxy::read(&*host).await.map(|t| {
-                    format!("proxy rebooted ({image}); {} loaded", output::count(t.routes.len(), "route"))
+        Action::Reboot { image, recreate } => {
+            step(format!("pulling {image}"));
+            match proxy::reboot(&*host, image, job.login.as_ref(), *recreate).await {
+                Ok(rebooted) => proxy::read(&*host).await.map(|t| {
+                    let how = match &rebooted.recreated {
+                        None => "reloaded, same container".to_string(),
+                        Some(why) => format!("recreated: {why}"),
+                    };
+                    let migrate =
+                        if rebooted.migrate { String::new() } else { format!("; {}", proxy::NO_MIGRATE) };
+                    format!(
+                        "proxy {how} ({image}); {} loaded{migrate}",
+                        output::count(t.routes.len(), "route")
+                    )
                 }),
                 Err(e) => Err(e),
             }
@@ -593,12 +610,14 @@ fn proxy_cell(row: &TargetRow) -> String {
     match (&row.error, &row.proxy) {
         (Some(_), _) => "unreachable".into(),
         (None, None) => "none".into(),
-        (None, Some(p)) => format!(
-            "{} {}{}",
-            if p.running { "running" } else { "stopped" },
-            p.image,
-            p.version.as_deref().map(|v| format!(" ({v})")).unwrap_or_default()
-        ),
+        (None, Some(p)) => {
+            format!(
+                "{} {}{}",
+                if p.running { "running" } else { "stopped" },
+                p.image,
+                p.version.as_deref().map(|v| format!(" ({v})")).unwrap_or_default()
+            ) + if p.running && p.migrate == Some(false) { "; no tcp_migrate_req" } else { "" }
+        }
     }
 }
 

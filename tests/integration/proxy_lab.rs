@@ -240,9 +240,20 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     let err = runtime.block_on(proxy::maintenance(host, "pxp-none", "pxp-a", Some("x"))).unwrap_err();
     assert!(err.to_string().contains("pxp-none has no route in pxp-a here"), "{err}");
 
-    // A reboot recreates the proxy and every route comes back from the files.
-    runtime.block_on(proxy::reboot(host, &image, None)).unwrap();
+    // A reboot of a proxy that runs the image loads the table again in the same container; with
+    // `recreate`, a new container, and every route comes back from the files.
+    let rebooted = runtime.block_on(proxy::reboot(host, &image, None, false)).unwrap();
+    assert_eq!(rebooted, proxy::Rebooted { recreated: None, migrate: true });
+    assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+    assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+    let rebooted = runtime.block_on(proxy::reboot(host, &image, None, true)).unwrap();
+    assert_eq!(rebooted, proxy::Rebooted { recreated: Some("--recreate".into()), migrate: true });
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+    assert_eq!(
+        on_host(&lab, 6, "docker inspect -f '{{index .Config.Labels \"ferry.proxy.boot\"}}' ferry-proxy"),
+        "2\n",
+        "labelled with the way this ferry creates it"
+    );
     assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
     assert_eq!(curl("down.pxp.test", "/", None), (503, message.into()));
     eventually("api.pxp.test answers on HTTPS after the reboot", || {
@@ -539,8 +550,17 @@ fn the_proxy_image_is_pulled_with_the_proxy_feeds_login_a_reboot_is_short_and_a_
     let logins = "ls -d /root/.ferry/docker-config-* 2>/dev/null | wc -l";
     assert_eq!(on_host(&lab, 6, logins).trim(), "0");
 
-    // Reboot pulls again (the registry wants the login for the manifest too) and swaps fast:
-    // the longest time h6's :80 did not answer while the proxy was recreated.
+    // A reboot with the image the proxy runs pulls it with the login and reloads in place.
+    let id = on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy");
+    let (code, stdout, stderr) =
+        ferry_secure(dir, "s3cret-lab", &["proxy", "reboot", "--env", "pxp-s", "--yes", "--output", "plain"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("proxy reloaded, same container ({image}); ")), "{stdout}");
+    assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
+    assert!(!stdout.contains("s3cret-lab") && !stderr.contains("s3cret-lab"));
+
+    // Reboot pulls again (the registry wants the login for the manifest too); `--recreate` swaps
+    // the container fast: the longest time h6's :80 did not answer while it was recreated.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = {
         let stop = Arc::clone(&stop);
@@ -558,11 +578,12 @@ fn the_proxy_image_is_pulled_with_the_proxy_feeds_login_a_reboot_is_short_and_a_
     };
     let id = on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy");
     let (code, stdout, stderr) =
-        ferry_secure(dir, "s3cret-lab", &["proxy", "reboot", "--env", "pxp-s", "--yes"]);
+        ferry_secure(dir, "s3cret-lab", &["proxy", "reboot", "--env", "pxp-s", "--yes", "--recreate"]);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let gap = probe.join().unwrap();
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("proxy recreated: --recreate ({image}); ")), "{stdout}");
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(on_host(&lab, 6, "docker ps -aq --filter name=ferry-proxy-next"), "");
     assert_eq!(on_host(&lab, 6, logins).trim(), "0");
