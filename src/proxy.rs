@@ -1284,6 +1284,56 @@ mod tests {
         assert_eq!(table.proxy.unwrap().migrate, None, "read strictly");
     }
 
+    /// A `docker` for [`FUNCTIONS`] on this machine, for a fault the lab's kernel cannot produce
+    /// (it has `tcp_migrate_req`): `start` fails as runc does on Linux < 5.14 when the container
+    /// was created with the sysctl. Logs every call to `$FAKE/calls`.
+    const OLD_KERNEL_DOCKER: &str = r#"#!/bin/sh
+echo "$*" >> "$FAKE/calls"
+case "$1" in
+  create) case "$*" in *tcp_migrate_req*) touch "$FAKE/sysctl" ;; *) rm -f "$FAKE/sysctl" ;; esac ;;
+  start) if [ -f "$FAKE/sysctl" ]; then
+      echo 'Error response from daemon: failed to create task for container: runc create failed: open /proc/sys/net/ipv4/tcp_migrate_req: no such file or directory: unknown' >&2
+      exit 1
+    fi ;;
+esac
+exit 0
+"#;
+
+    #[test]
+    fn on_a_kernel_without_tcp_migrate_req_the_proxy_is_created_again_without_it() {
+        let fake = tempfile::tempdir().unwrap();
+        let bin = fake.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("docker"), OLD_KERNEL_DOCKER).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{FUNCTIONS}\nferry_proxy_run img:1"))
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("HOME", fake.path())
+            .env("FAKE", fake.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout, "proxy: no tcp_migrate_req\n");
+        let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap();
+        let calls: Vec<&str> = calls.lines().map(|l| l.split(" -v ").next().unwrap_or(l)).collect();
+        assert_eq!(
+            calls,
+            [
+                "create --name ferry-proxy --restart unless-stopped --network ferry -p 80:80 -p 443:443 \
+                 --sysctl net.ipv4.tcp_migrate_req=1",
+                "start ferry-proxy",
+                "rm -f ferry-proxy",
+                "create --name ferry-proxy --restart unless-stopped --network ferry -p 80:80 -p 443:443",
+                "start ferry-proxy",
+            ]
+        );
+        let created = std::fs::read_to_string(fake.path().join("calls")).unwrap();
+        assert!(created.contains("--label ferry.proxy.boot=2-nomigrate img:1"), "{created}");
+    }
+
     #[test]
     fn messages_are_checked() {
         assert!(check_message("ok").is_ok());
