@@ -1227,6 +1227,16 @@ mod tests {
         post_deploy: Option<&str>,
         force: bool,
     ) -> (Applied, Vec<String>) {
+        let hosts = hosts.into_iter().map(|h| h as Arc<dyn Host>).collect();
+        deploy_over(hosts, post_deploy, force).await
+    }
+
+    /// [`deploy_with_events`] over any connections (a fake behind a wrapper, say).
+    async fn deploy_over(
+        hosts: Vec<Arc<dyn Host>>,
+        post_deploy: Option<&str>,
+        force: bool,
+    ) -> (Applied, Vec<String>) {
         let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
         let plan = plan(&names.iter().map(String::as_str).collect::<Vec<_>>());
         let connections: Connections =
@@ -1513,6 +1523,37 @@ mod tests {
             "{error}"
         );
         assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, FOLLOW, MIRROR], "no decision, nothing cleared");
+    }
+
+    /// Issue 15: the link goes silent right after the old container stopped. Packets are
+    /// dropped and the SSH session is stuck, so neither an answer nor an error ever comes (the
+    /// fake's `Stall`, which a real peer cannot be made to do on demand). Through the wrapper
+    /// every SSH connection gets, the poll gives up by its deadline, the mirror line by its own,
+    /// and the target ends as on any lost link: an error saying it restores the old container
+    /// by itself. Before, only the SSH session itself could end these waits, and once in CI it
+    /// did not for 14 minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_link_gone_silent_mid_step_ends_by_the_deadlines_and_leaves_the_target_to_restore() {
+        let fake = FakeHost::new("t1").on_times(FOLLOW, 1, Reply::ok("stopped\n")).on(FOLLOW, Reply::Stall);
+        let fake = Arc::new(with_defaults(fake));
+        let host: Arc<dyn Host> = Arc::new(crate::host::Bounded::new(Arc::clone(&fake)));
+        let started = tokio::time::Instant::now();
+        let rollout = deploy_over(vec![host], None, false);
+        // Paused time: an hour passes at once if the rollout hangs, and fails the test.
+        let Ok((applied, _)) = tokio::time::timeout(Duration::from_secs(3600), rollout).await else {
+            panic!("the rollout did not end: the silent link held it");
+        };
+        // The poll's 30 s and the mirror's 10 s, each with 5 s to give up.
+        assert_eq!(started.elapsed(), Duration::from_secs(50));
+        let r = &applied.reports[0];
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        let error = r.error.clone().unwrap_or_default();
+        assert!(error.starts_with("connection lost (no answer from t1 (fake) within 35s"), "{error}");
+        assert!(
+            error.contains("the target restores it by itself unless this run confirmed the new one"),
+            "{error}"
+        );
+        assert_eq!(steps(&fake), [PULL, LAUNCH, FOLLOW, FOLLOW, MIRROR], "no decision, nothing cleared");
     }
 
     #[tokio::test]
