@@ -403,8 +403,10 @@ pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux
 ///   `proxy: no tcp_migrate_req`.
 /// - `ferry_proxy_reboot IMAGE [recreate]`: assembles the table and, when the running proxy
 ///   already runs IMAGE the way this ferry creates it, loads it (one graceful config load:
-///   nothing is refused); otherwise (another image, not running, created by an older ferry, or
-///   `recreate`) recreates the proxy and prints why. The new container is created before the
+///   nothing is refused; when Caddy refuses it, `caddy.json` is put back as the proxy runs it, so
+///   that a restart of the container does not start from a table it refused); otherwise (another
+///   image, not running, created by an older ferry, or `recreate`) recreates the proxy and prints
+///   why. The new container is created before the
 ///   old one is removed, so that the outage is only the old one's kill, the new one's start and
 ///   Caddy's config load: a recreate cannot be seamless (one container at a time holds a
 ///   published port).
@@ -577,12 +579,14 @@ ferry_proxy_reboot() {
   (
     flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
     ferry_proxy_network || exit 1
+    fp_prev="$ferry_proxy_dir/.caddy.json.previous"; rm -f "$fp_prev" || exit 1
+    [ ! -f "$ferry_proxy_dir/caddy.json" ] || cp -p "$ferry_proxy_dir/caddy.json" "$fp_prev" || exit 1
     ferry_proxy_assemble || exit 1
     fp_why=
     if [ "${2:-}" = recreate ]; then fp_why="--recreate"
     elif ! ferry_proxy_running; then fp_why="it was not running"
     elif [ "$(docker inspect -f '{{.Image}}' ferry-proxy)" != "$(docker image inspect -f '{{.Id}}' "$1")" ]; then
-      fp_why="another image"
+      fp_why="it ran another image"
     else
       case "$(docker inspect -f '{{index .Config.Labels "ferry.proxy.boot"}}' ferry-proxy)" in
         "$ferry_proxy_boot"|"$ferry_proxy_boot-nomigrate") ;;
@@ -590,9 +594,12 @@ ferry_proxy_reboot() {
       esac
     fi
     if [ -z "$fp_why" ]; then
-      ferry_proxy_load || exit 1
-      echo "proxy: reloaded"; exit 0
+      if ferry_proxy_load; then rm -f "$fp_prev"; echo "proxy: reloaded"; exit 0; fi
+      [ ! -f "$fp_prev" ] || mv -f "$fp_prev" "$ferry_proxy_dir/caddy.json"
+      echo "the proxy did not load the route table; its previous configuration stays in place" >&2
+      exit 1
     fi
+    rm -f "$fp_prev"
     docker rm -f ferry-proxy-next > /dev/null 2>&1
     ferry_proxy_create "$1" ferry-proxy-next || exit 1
     docker rm -f ferry-proxy > /dev/null 2>&1
@@ -850,7 +857,7 @@ pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<boo
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebooted {
     /// `None`: the running proxy had the image and loaded the table gracefully; `Some(why)`: it
-    /// was recreated (`another image`, `it was not running`, `created by an older ferry`,
+    /// was recreated (`it ran another image`, `it was not running`, `created by an older ferry`,
     /// `--recreate`).
     pub recreated: Option<String>,
     /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it.
@@ -1262,8 +1269,8 @@ mod tests {
             Rebooted { recreated: None, migrate: true }
         );
         assert_eq!(
-            parse_rebooted("network: created\nproxy: recreated (another image)\nmigrate=0\n"),
-            Rebooted { recreated: Some("another image".into()), migrate: false }
+            parse_rebooted("network: created\nproxy: recreated (it ran another image)\nmigrate=0\n"),
+            Rebooted { recreated: Some("it ran another image".into()), migrate: false }
         );
         // No answer from the proxy's namespace is not "it has it".
         assert!(!parse_rebooted("proxy: reloaded\nmigrate=\n").migrate);
@@ -1332,6 +1339,124 @@ exit 0
         );
         let created = std::fs::read_to_string(fake.path().join("calls")).unwrap();
         assert!(created.contains("--label ferry.proxy.boot=2-nomigrate img:1"), "{created}");
+    }
+
+    /// A `docker` for [`FUNCTIONS`]'s reboot on this machine: the proxy's state comes from
+    /// `$FAKE/state` (`RUNNING`, `CID`: the container's image id, `IID`: the pulled image's id,
+    /// empty when `image inspect` fails, `LABEL`, `RELOAD`: `caddy reload`'s exit code). Logs
+    /// every call to `$FAKE/calls` and the config each reload read to `$FAKE/loaded`.
+    const REBOOT_DOCKER: &str = r#"#!/bin/sh
+. "$FAKE/state"
+echo "$*" >> "$FAKE/calls"
+case "$1 $2 $3" in
+  "inspect -f {{.State.Running}}") echo "$RUNNING" ;;
+  "inspect -f {{.Image}}") echo "$CID" ;;
+  "inspect -f {{index .Config.Labels \"ferry.proxy.boot\"}}") echo "$LABEL" ;;
+  "image inspect -f") [ -n "$IID" ] || { echo "Error: No such image" >&2; exit 1; }; echo "$IID" ;;
+  "exec ferry-proxy caddy") cat "$HOME/.ferry/proxy/caddy.json" > "$FAKE/loaded"; exit "$RELOAD" ;;
+esac
+exit 0
+"#;
+
+    /// Runs `ferry_proxy_reboot img:1 ARGS` with [`REBOOT_DOCKER`] in `state`, a route table of
+    /// one route and a `caddy.json` that says `previous`: (success, stdout, stderr, calls).
+    fn fake_reboot(state: &str, args: &str) -> (bool, String, String, String, tempfile::TempDir) {
+        let fake = tempfile::tempdir().unwrap();
+        let bin = fake.path().join("bin");
+        let routes = fake.path().join(".ferry/proxy/routes");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&routes).unwrap();
+        std::fs::write(bin.join("docker"), REBOOT_DOCKER).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
+        std::fs::write(fake.path().join("state"), state).unwrap();
+        std::fs::write(routes.join("web@prod.meta"), "app=web\nenvironment=prod\nhost=web.example.com\n")
+            .unwrap();
+        std::fs::write(routes.join("web@prod.route.json"), "{\"ROUTE\":\"web\"}\n").unwrap();
+        std::fs::write(fake.path().join(".ferry/proxy/caddy.json"), "previous\n").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{FUNCTIONS}\nferry_proxy_reboot img:1 {args}"))
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("HOME", fake.path())
+            .env("FAKE", fake.path())
+            .output()
+            .unwrap();
+        let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap_or_default();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr), calls, fake)
+    }
+
+    const SAME: &str = "RUNNING=true CID=sha256:a IID=sha256:a LABEL=2 RELOAD=0\n";
+
+    #[test]
+    fn a_reboot_of_a_proxy_that_runs_the_image_loads_the_whole_table_in_the_same_container() {
+        for label in ["2", "2-nomigrate"] {
+            let state = SAME.replace("LABEL=2", &format!("LABEL={label}"));
+            let (ok, stdout, stderr, calls, fake) = fake_reboot(&state, "");
+            assert!(ok, "{stdout}{stderr}");
+            assert_eq!(stdout, "proxy: reloaded\n", "{label}");
+            assert!(
+                calls.contains("exec ferry-proxy caddy reload --config /etc/ferry-proxy/caddy.json --force")
+            );
+            assert!(!calls.contains("create") && !calls.contains("rm -f ferry-proxy"), "{calls}");
+            // What was loaded is the table assembled again, not the caddy.json that was there.
+            let loaded = std::fs::read_to_string(fake.path().join("loaded")).unwrap();
+            assert!(loaded.contains("{\"ROUTE\":\"web\"}") && !loaded.contains("previous"), "{loaded}");
+            assert!(!fake.path().join(".ferry/proxy/.caddy.json.previous").exists());
+        }
+    }
+
+    #[test]
+    fn a_reboot_recreates_the_proxy_and_says_why_when_it_must() {
+        for (state, args, why) in [
+            (SAME.to_string(), "recreate", "--recreate"),
+            (SAME.replace("RUNNING=true", "RUNNING=false"), "", "it was not running"),
+            (SAME.replace("RUNNING=true", "RUNNING="), "", "it was not running"),
+            (SAME.replace("CID=sha256:a", "CID=sha256:b"), "", "it ran another image"),
+            (SAME.replace("IID=sha256:a", "IID="), "", "it ran another image"),
+            (SAME.replace("LABEL=2", "LABEL='<no value>'"), "", "created by an older ferry"),
+            (SAME.replace("LABEL=2", "LABEL=3"), "", "created by an older ferry"),
+        ] {
+            let (ok, stdout, stderr, calls, fake) = fake_reboot(&state, args);
+            assert!(ok, "{why}: {stdout}{stderr}");
+            assert_eq!(stdout, format!("proxy: recreated ({why})\n"), "{state}");
+            let steps: Vec<&str> = calls
+                .lines()
+                .filter(|l| !l.starts_with("inspect") && !l.starts_with("image") && !l.starts_with("network"))
+                .collect();
+            assert_eq!(steps.len(), 6, "{calls}");
+            assert!(
+                steps[1].starts_with("create --name ferry-proxy-next") && steps[1].contains("--sysctl"),
+                "{calls}"
+            );
+            assert!(steps[1].contains("--label ferry.proxy.boot=2 img:1"), "{calls}");
+            assert_eq!(
+                &steps[2..5],
+                ["rm -f ferry-proxy", "start ferry-proxy-next", "rename ferry-proxy-next ferry-proxy"]
+            );
+            assert!(steps[5].starts_with("exec ferry-proxy wget"), "waits for the admin API: {calls}");
+            let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+            assert!(
+                config.contains("{\"ROUTE\":\"web\"}"),
+                "the new container starts from the table: {config}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reload_the_proxy_refuses_fails_and_puts_back_the_config_it_runs() {
+        let (ok, stdout, stderr, _, fake) = fake_reboot(&SAME.replace("RELOAD=0", "RELOAD=1"), "");
+        assert!(!ok, "{stdout}");
+        assert_eq!(stdout, "");
+        assert!(
+            stderr.ends_with(
+                "the proxy did not load the route table; its previous configuration stays in place\n"
+            ),
+            "{stderr}"
+        );
+        // A restart of the container must not start from a table the proxy refused.
+        let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+        assert_eq!(config, "previous\n");
     }
 
     #[test]
