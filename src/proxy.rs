@@ -375,8 +375,12 @@ fn is_health(s: &str) -> bool {
 pub const MIGRATE_SYSCTL: &str = "net.ipv4.tcp_migrate_req";
 
 /// What ferry says of a proxy that runs without `tcp_migrate_req`.
+/// The remedy names `--recreate`: a plain reboot reloads a proxy labelled `2-nomigrate` in place
+/// (it would otherwise recreate it on every reboot of an old kernel), so after a kernel upgrade
+/// only `--recreate` brings the sysctl in.
 pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux < 5.14, or a proxy created by an \
-     older ferry: `ferry proxy reboot`): a config load may reset a connection that arrives at that moment";
+     older ferry or before a kernel upgrade: `ferry proxy reboot --recreate`): a config load may reset a \
+     connection that arrives at that moment";
 
 /// The sh functions every proxy script starts with (and the detached replace script embeds).
 ///
@@ -860,8 +864,9 @@ pub struct Rebooted {
     /// was recreated (`it ran another image`, `it was not running`, `created by an older ferry`,
     /// `--recreate`).
     pub recreated: Option<String>,
-    /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it.
-    pub migrate: bool,
+    /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it;
+    /// `None` when it did not answer `0` or `1` (unknown is neither "it has it" nor "it has not").
+    pub migrate: Option<bool>,
 }
 
 /// Pulls `image` and loads every route in the table (all apps and environments on the host):
@@ -885,7 +890,11 @@ pub fn parse_rebooted(out: &str) -> Rebooted {
     let recreated = out.lines().find_map(|l| {
         l.strip_prefix("proxy: recreated (").and_then(|w| w.strip_suffix(')')).map(str::to_string)
     });
-    let migrate = out.lines().any(|l| l.trim() == "migrate=1");
+    let migrate = out.lines().find_map(|l| match l.trim() {
+        "migrate=1" => Some(true),
+        "migrate=0" => Some(false),
+        _ => None,
+    });
     Rebooted { recreated, migrate }
 }
 
@@ -1266,14 +1275,15 @@ mod tests {
     fn a_reboot_says_whether_it_reloaded_or_recreated_and_why() {
         assert_eq!(
             parse_rebooted("proxy: reloaded\nmigrate=1\n"),
-            Rebooted { recreated: None, migrate: true }
+            Rebooted { recreated: None, migrate: Some(true) }
         );
         assert_eq!(
             parse_rebooted("network: created\nproxy: recreated (it ran another image)\nmigrate=0\n"),
-            Rebooted { recreated: Some("it ran another image".into()), migrate: false }
+            Rebooted { recreated: Some("it ran another image".into()), migrate: Some(false) }
         );
-        // No answer from the proxy's namespace is not "it has it".
-        assert!(!parse_rebooted("proxy: reloaded\nmigrate=\n").migrate);
+        // No answer from the proxy's namespace is neither "it has it" nor "it has not".
+        assert_eq!(parse_rebooted("proxy: reloaded\nmigrate=\n").migrate, None);
+        assert_eq!(parse_rebooted("proxy: reloaded\nmigrate=yes\n").migrate, None);
         assert!(
             reboot_script("caddy:2", None, true).contains("ferry_proxy_reboot caddy:2 recreate || exit 1")
         );

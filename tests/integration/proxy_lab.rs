@@ -243,11 +243,11 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     // A reboot of a proxy that runs the image loads the table again in the same container; with
     // `recreate`, a new container, and every route comes back from the files.
     let rebooted = runtime.block_on(proxy::reboot(host, &image, None, false)).unwrap();
-    assert_eq!(rebooted, proxy::Rebooted { recreated: None, migrate: true });
+    assert_eq!(rebooted, proxy::Rebooted { recreated: None, migrate: Some(true) });
     assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
     let rebooted = runtime.block_on(proxy::reboot(host, &image, None, true)).unwrap();
-    assert_eq!(rebooted, proxy::Rebooted { recreated: Some("--recreate".into()), migrate: true });
+    assert_eq!(rebooted, proxy::Rebooted { recreated: Some("--recreate".into()), migrate: Some(true) });
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(
         on_host(&lab, 6, "docker inspect -f '{{index .Config.Labels \"ferry.proxy.boot\"}}' ferry-proxy"),
