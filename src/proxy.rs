@@ -407,8 +407,10 @@ pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux
 ///   `proxy: no tcp_migrate_req`.
 /// - `ferry_proxy_reboot IMAGE [recreate]`: assembles the table and, when the running proxy
 ///   already runs IMAGE the way this ferry creates it, loads it (one graceful config load:
-///   nothing is refused; when Caddy refuses it, `caddy.json` is put back as the proxy runs it, so
-///   that a restart of the container does not start from a table it refused); otherwise (another
+///   nothing is refused; when Caddy refuses it and still answers, `caddy.json` is put back as the
+///   proxy runs it, so that a restart of the container does not start from a table it refused;
+///   when Caddy does not answer, e.g. crash-looping on a bad `caddy.json`, the table stays for
+///   its next start); otherwise (another
 ///   image, not running, created by an older ferry, or `recreate`) recreates the proxy and prints
 ///   why. The new container is created before the
 ///   old one is removed, so that the outage is only the old one's kill, the new one's start and
@@ -599,8 +601,13 @@ ferry_proxy_reboot() {
     fi
     if [ -z "$fp_why" ]; then
       if ferry_proxy_load; then rm -f "$fp_prev"; echo "proxy: reloaded"; exit 0; fi
-      [ ! -f "$fp_prev" ] || mv -f "$fp_prev" "$ferry_proxy_dir/caddy.json"
-      echo "the proxy did not load the route table; its previous configuration stays in place" >&2
+      if docker exec ferry-proxy wget -q -O /dev/null http://localhost:2019/config/ > /dev/null 2>&1; then
+        [ ! -f "$fp_prev" ] || mv -f "$fp_prev" "$ferry_proxy_dir/caddy.json"
+        echo "the proxy did not load the route table; its previous configuration stays in place" >&2
+      else
+        rm -f "$fp_prev"
+        echo "the proxy did not load the route table and its admin API does not answer: ferry proxy reboot --recreate" >&2
+      fi
       exit 1
     fi
     rm -f "$fp_prev"
@@ -1354,7 +1361,8 @@ exit 0
     /// A `docker` for [`FUNCTIONS`]'s reboot on this machine: the proxy's state comes from
     /// `$FAKE/state` (`RUNNING`, `CID`: the container's image id, `IID`: the pulled image's id,
     /// empty when `image inspect` fails, `LABEL`, `RELOAD`: `caddy reload`'s exit code). Logs
-    /// every call to `$FAKE/calls` and the config each reload read to `$FAKE/loaded`.
+    /// every call to `$FAKE/calls` and the config each reload read to `$FAKE/loaded`; `ADMIN`: the
+    /// admin API's answer (`wget`'s exit code, 0 when unset).
     const REBOOT_DOCKER: &str = r#"#!/bin/sh
 . "$FAKE/state"
 echo "$*" >> "$FAKE/calls"
@@ -1364,6 +1372,7 @@ case "$1 $2 $3" in
   "inspect -f {{index .Config.Labels \"ferry.proxy.boot\"}}") echo "$LABEL" ;;
   "image inspect -f") [ -n "$IID" ] || { echo "Error: No such image" >&2; exit 1; }; echo "$IID" ;;
   "exec ferry-proxy caddy") cat "$HOME/.ferry/proxy/caddy.json" > "$FAKE/loaded"; exit "$RELOAD" ;;
+  "exec ferry-proxy wget") exit "${ADMIN:-0}" ;;
 esac
 exit 0
 "#;
@@ -1467,6 +1476,18 @@ exit 0
         // A restart of the container must not start from a table the proxy refused.
         let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
         assert_eq!(config, "previous\n");
+        // A proxy that does not answer (crash-looping on a bad caddy.json, say) gets the table
+        // for its next start, not the config it could not run.
+        let state = SAME.replace("RELOAD=0", "RELOAD=1 ADMIN=1");
+        let (ok, stdout, stderr, _, fake) = fake_reboot(&state, "");
+        assert!(!ok, "{stdout}");
+        assert!(
+            stderr.ends_with("its admin API does not answer: ferry proxy reboot --recreate\n"),
+            "{stderr}"
+        );
+        let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+        assert!(config.contains("{\"ROUTE\":\"web\"}"), "{config}");
+        assert!(!fake.path().join(".ferry/proxy/.caddy.json.previous").exists());
     }
 
     #[test]
