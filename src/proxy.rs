@@ -375,8 +375,12 @@ fn is_health(s: &str) -> bool {
 pub const MIGRATE_SYSCTL: &str = "net.ipv4.tcp_migrate_req";
 
 /// What ferry says of a proxy that runs without `tcp_migrate_req`.
+/// The remedy names `--recreate`: a plain reboot reloads a proxy labelled `2-nomigrate` in place
+/// (it would otherwise recreate it on every reboot of an old kernel), so after a kernel upgrade
+/// only `--recreate` brings the sysctl in.
 pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux < 5.14, or a proxy created by an \
-     older ferry: `ferry proxy reboot`): a config load may reset a connection that arrives at that moment";
+     older ferry or before a kernel upgrade: `ferry proxy reboot --recreate`): a config load may reset a \
+     connection that arrives at that moment";
 
 /// The sh functions every proxy script starts with (and the detached replace script embeds).
 ///
@@ -403,8 +407,12 @@ pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux
 ///   `proxy: no tcp_migrate_req`.
 /// - `ferry_proxy_reboot IMAGE [recreate]`: assembles the table and, when the running proxy
 ///   already runs IMAGE the way this ferry creates it, loads it (one graceful config load:
-///   nothing is refused); otherwise (another image, not running, created by an older ferry, or
-///   `recreate`) recreates the proxy and prints why. The new container is created before the
+///   nothing is refused; when Caddy refuses it and still answers, `caddy.json` is put back as the
+///   proxy runs it, so that a restart of the container does not start from a table it refused;
+///   when Caddy does not answer, e.g. crash-looping on a bad `caddy.json`, the table stays for
+///   its next start); otherwise (another
+///   image, not running, created by an older ferry, or `recreate`) recreates the proxy and prints
+///   why. The new container is created before the
 ///   old one is removed, so that the outage is only the old one's kill, the new one's start and
 ///   Caddy's config load: a recreate cannot be seamless (one container at a time holds a
 ///   published port).
@@ -577,12 +585,14 @@ ferry_proxy_reboot() {
   (
     flock -w 120 9 || { echo "the proxy's route table is locked (~/.ferry/proxy/lock)" >&2; exit 1; }
     ferry_proxy_network || exit 1
+    fp_prev="$ferry_proxy_dir/.caddy.json.previous"; rm -f "$fp_prev" || exit 1
+    [ ! -f "$ferry_proxy_dir/caddy.json" ] || cp -p "$ferry_proxy_dir/caddy.json" "$fp_prev" || exit 1
     ferry_proxy_assemble || exit 1
     fp_why=
     if [ "${2:-}" = recreate ]; then fp_why="--recreate"
     elif ! ferry_proxy_running; then fp_why="it was not running"
     elif [ "$(docker inspect -f '{{.Image}}' ferry-proxy)" != "$(docker image inspect -f '{{.Id}}' "$1")" ]; then
-      fp_why="another image"
+      fp_why="it ran another image"
     else
       case "$(docker inspect -f '{{index .Config.Labels "ferry.proxy.boot"}}' ferry-proxy)" in
         "$ferry_proxy_boot"|"$ferry_proxy_boot-nomigrate") ;;
@@ -590,9 +600,17 @@ ferry_proxy_reboot() {
       esac
     fi
     if [ -z "$fp_why" ]; then
-      ferry_proxy_load || exit 1
-      echo "proxy: reloaded"; exit 0
+      if ferry_proxy_load; then rm -f "$fp_prev"; echo "proxy: reloaded"; exit 0; fi
+      if docker exec ferry-proxy wget -q -O /dev/null http://localhost:2019/config/ > /dev/null 2>&1; then
+        [ ! -f "$fp_prev" ] || mv -f "$fp_prev" "$ferry_proxy_dir/caddy.json"
+        echo "the proxy did not load the route table; its previous configuration stays in place" >&2
+      else
+        rm -f "$fp_prev"
+        echo "the proxy did not load the route table and its admin API does not answer: ferry proxy reboot --recreate" >&2
+      fi
+      exit 1
     fi
+    rm -f "$fp_prev"
     docker rm -f ferry-proxy-next > /dev/null 2>&1
     ferry_proxy_create "$1" ferry-proxy-next || exit 1
     docker rm -f ferry-proxy > /dev/null 2>&1
@@ -850,11 +868,12 @@ pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<boo
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebooted {
     /// `None`: the running proxy had the image and loaded the table gracefully; `Some(why)`: it
-    /// was recreated (`another image`, `it was not running`, `created by an older ferry`,
+    /// was recreated (`it ran another image`, `it was not running`, `created by an older ferry`,
     /// `--recreate`).
     pub recreated: Option<String>,
-    /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it.
-    pub migrate: bool,
+    /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it;
+    /// `None` when it did not answer `0` or `1` (unknown is neither "it has it" nor "it has not").
+    pub migrate: Option<bool>,
 }
 
 /// Pulls `image` and loads every route in the table (all apps and environments on the host):
@@ -878,7 +897,11 @@ pub fn parse_rebooted(out: &str) -> Rebooted {
     let recreated = out.lines().find_map(|l| {
         l.strip_prefix("proxy: recreated (").and_then(|w| w.strip_suffix(')')).map(str::to_string)
     });
-    let migrate = out.lines().any(|l| l.trim() == "migrate=1");
+    let migrate = out.lines().find_map(|l| match l.trim() {
+        "migrate=1" => Some(true),
+        "migrate=0" => Some(false),
+        _ => None,
+    });
     Rebooted { recreated, migrate }
 }
 
@@ -1259,14 +1282,15 @@ mod tests {
     fn a_reboot_says_whether_it_reloaded_or_recreated_and_why() {
         assert_eq!(
             parse_rebooted("proxy: reloaded\nmigrate=1\n"),
-            Rebooted { recreated: None, migrate: true }
+            Rebooted { recreated: None, migrate: Some(true) }
         );
         assert_eq!(
-            parse_rebooted("network: created\nproxy: recreated (another image)\nmigrate=0\n"),
-            Rebooted { recreated: Some("another image".into()), migrate: false }
+            parse_rebooted("network: created\nproxy: recreated (it ran another image)\nmigrate=0\n"),
+            Rebooted { recreated: Some("it ran another image".into()), migrate: Some(false) }
         );
-        // No answer from the proxy's namespace is not "it has it".
-        assert!(!parse_rebooted("proxy: reloaded\nmigrate=\n").migrate);
+        // No answer from the proxy's namespace is neither "it has it" nor "it has not".
+        assert_eq!(parse_rebooted("proxy: reloaded\nmigrate=\n").migrate, None);
+        assert_eq!(parse_rebooted("proxy: reloaded\nmigrate=yes\n").migrate, None);
         assert!(
             reboot_script("caddy:2", None, true).contains("ferry_proxy_reboot caddy:2 recreate || exit 1")
         );
@@ -1332,6 +1356,138 @@ exit 0
         );
         let created = std::fs::read_to_string(fake.path().join("calls")).unwrap();
         assert!(created.contains("--label ferry.proxy.boot=2-nomigrate img:1"), "{created}");
+    }
+
+    /// A `docker` for [`FUNCTIONS`]'s reboot on this machine: the proxy's state comes from
+    /// `$FAKE/state` (`RUNNING`, `CID`: the container's image id, `IID`: the pulled image's id,
+    /// empty when `image inspect` fails, `LABEL`, `RELOAD`: `caddy reload`'s exit code). Logs
+    /// every call to `$FAKE/calls` and the config each reload read to `$FAKE/loaded`; `ADMIN`: the
+    /// admin API's answer (`wget`'s exit code, 0 when unset).
+    const REBOOT_DOCKER: &str = r#"#!/bin/sh
+. "$FAKE/state"
+echo "$*" >> "$FAKE/calls"
+case "$1 $2 $3" in
+  "inspect -f {{.State.Running}}") echo "$RUNNING" ;;
+  "inspect -f {{.Image}}") echo "$CID" ;;
+  "inspect -f {{index .Config.Labels \"ferry.proxy.boot\"}}") echo "$LABEL" ;;
+  "image inspect -f") [ -n "$IID" ] || { echo "Error: No such image" >&2; exit 1; }; echo "$IID" ;;
+  "exec ferry-proxy caddy") cat "$HOME/.ferry/proxy/caddy.json" > "$FAKE/loaded"; exit "$RELOAD" ;;
+  "exec ferry-proxy wget") exit "${ADMIN:-0}" ;;
+esac
+exit 0
+"#;
+
+    /// Runs `ferry_proxy_reboot img:1 ARGS` with [`REBOOT_DOCKER`] in `state`, a route table of
+    /// one route and a `caddy.json` that says `previous`: (success, stdout, stderr, calls).
+    fn fake_reboot(state: &str, args: &str) -> (bool, String, String, String, tempfile::TempDir) {
+        let fake = tempfile::tempdir().unwrap();
+        let bin = fake.path().join("bin");
+        let routes = fake.path().join(".ferry/proxy/routes");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&routes).unwrap();
+        std::fs::write(bin.join("docker"), REBOOT_DOCKER).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
+        std::fs::write(fake.path().join("state"), state).unwrap();
+        std::fs::write(routes.join("web@prod.meta"), "app=web\nenvironment=prod\nhost=web.example.com\n")
+            .unwrap();
+        std::fs::write(routes.join("web@prod.route.json"), "{\"ROUTE\":\"web\"}\n").unwrap();
+        std::fs::write(fake.path().join(".ferry/proxy/caddy.json"), "previous\n").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{FUNCTIONS}\nferry_proxy_reboot img:1 {args}"))
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("HOME", fake.path())
+            .env("FAKE", fake.path())
+            .output()
+            .unwrap();
+        let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap_or_default();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr), calls, fake)
+    }
+
+    const SAME: &str = "RUNNING=true CID=sha256:a IID=sha256:a LABEL=2 RELOAD=0\n";
+
+    #[test]
+    fn a_reboot_of_a_proxy_that_runs_the_image_loads_the_whole_table_in_the_same_container() {
+        for label in ["2", "2-nomigrate"] {
+            let state = SAME.replace("LABEL=2", &format!("LABEL={label}"));
+            let (ok, stdout, stderr, calls, fake) = fake_reboot(&state, "");
+            assert!(ok, "{stdout}{stderr}");
+            assert_eq!(stdout, "proxy: reloaded\n", "{label}");
+            assert!(
+                calls.contains("exec ferry-proxy caddy reload --config /etc/ferry-proxy/caddy.json --force")
+            );
+            assert!(!calls.contains("create") && !calls.contains("rm -f ferry-proxy"), "{calls}");
+            // What was loaded is the table assembled again, not the caddy.json that was there.
+            let loaded = std::fs::read_to_string(fake.path().join("loaded")).unwrap();
+            assert!(loaded.contains("{\"ROUTE\":\"web\"}") && !loaded.contains("previous"), "{loaded}");
+            assert!(!fake.path().join(".ferry/proxy/.caddy.json.previous").exists());
+        }
+    }
+
+    #[test]
+    fn a_reboot_recreates_the_proxy_and_says_why_when_it_must() {
+        for (state, args, why) in [
+            (SAME.to_string(), "recreate", "--recreate"),
+            (SAME.replace("RUNNING=true", "RUNNING=false"), "", "it was not running"),
+            (SAME.replace("RUNNING=true", "RUNNING="), "", "it was not running"),
+            (SAME.replace("CID=sha256:a", "CID=sha256:b"), "", "it ran another image"),
+            (SAME.replace("IID=sha256:a", "IID="), "", "it ran another image"),
+            (SAME.replace("LABEL=2", "LABEL='<no value>'"), "", "created by an older ferry"),
+            (SAME.replace("LABEL=2", "LABEL=3"), "", "created by an older ferry"),
+        ] {
+            let (ok, stdout, stderr, calls, fake) = fake_reboot(&state, args);
+            assert!(ok, "{why}: {stdout}{stderr}");
+            assert_eq!(stdout, format!("proxy: recreated ({why})\n"), "{state}");
+            let steps: Vec<&str> = calls
+                .lines()
+                .filter(|l| !l.starts_with("inspect") && !l.starts_with("image") && !l.starts_with("network"))
+                .collect();
+            assert_eq!(steps.len(), 6, "{calls}");
+            assert!(
+                steps[1].starts_with("create --name ferry-proxy-next") && steps[1].contains("--sysctl"),
+                "{calls}"
+            );
+            assert!(steps[1].contains("--label ferry.proxy.boot=2 img:1"), "{calls}");
+            assert_eq!(
+                &steps[2..5],
+                ["rm -f ferry-proxy", "start ferry-proxy-next", "rename ferry-proxy-next ferry-proxy"]
+            );
+            assert!(steps[5].starts_with("exec ferry-proxy wget"), "waits for the admin API: {calls}");
+            let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+            assert!(
+                config.contains("{\"ROUTE\":\"web\"}"),
+                "the new container starts from the table: {config}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reload_the_proxy_refuses_fails_and_puts_back_the_config_it_runs() {
+        let (ok, stdout, stderr, _, fake) = fake_reboot(&SAME.replace("RELOAD=0", "RELOAD=1"), "");
+        assert!(!ok, "{stdout}");
+        assert_eq!(stdout, "");
+        assert!(
+            stderr.ends_with(
+                "the proxy did not load the route table; its previous configuration stays in place\n"
+            ),
+            "{stderr}"
+        );
+        // A restart of the container must not start from a table the proxy refused.
+        let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+        assert_eq!(config, "previous\n");
+        // A proxy that does not answer (crash-looping on a bad caddy.json, say) gets the table
+        // for its next start, not the config it could not run.
+        let state = SAME.replace("RELOAD=0", "RELOAD=1 ADMIN=1");
+        let (ok, stdout, stderr, _, fake) = fake_reboot(&state, "");
+        assert!(!ok, "{stdout}");
+        assert!(
+            stderr.ends_with("its admin API does not answer: ferry proxy reboot --recreate\n"),
+            "{stderr}"
+        );
+        let config = std::fs::read_to_string(fake.path().join(".ferry/proxy/caddy.json")).unwrap();
+        assert!(config.contains("{\"ROUTE\":\"web\"}"), "{config}");
+        assert!(!fake.path().join(".ferry/proxy/.caddy.json.previous").exists());
     }
 
     #[test]

@@ -161,7 +161,8 @@ impl Action {
             ),
             Action::Reboot { image, recreate: false } => format!(
                 "pulls {image} and loads every route of every app and environment again on: {on}; a proxy \
-                 that runs another image (or none) is recreated, and requests to it fail for a moment"
+                 that runs another image, is not running or was created by an older ferry is recreated, and \
+                 requests to it fail for a moment"
             ),
             Action::Maintenance { app, message: Some(m), .. } => {
                 format!("the proxy answers {app}'s requests with 503 {m:?} on: {on}")
@@ -364,8 +365,11 @@ async fn on_target(
                         None => "reloaded, same container".to_string(),
                         Some(why) => format!("recreated: {why}"),
                     };
-                    let migrate =
-                        if rebooted.migrate { String::new() } else { format!("; {}", proxy::NO_MIGRATE) };
+                    let migrate = if rebooted.migrate == Some(false) {
+                        format!("; {}", proxy::NO_MIGRATE)
+                    } else {
+                        String::new()
+                    };
                     format!(
                         "proxy {how} ({image}); {} loaded{migrate}",
                         output::count(t.routes.len(), "route")

@@ -241,13 +241,23 @@ fn a_real_caddy_serves_two_apps_tls_internal_and_maintenance_from_the_route_tabl
     assert!(err.to_string().contains("pxp-none has no route in pxp-a here"), "{err}");
 
     // A reboot of a proxy that runs the image loads the table again in the same container; with
-    // `recreate`, a new container, and every route comes back from the files.
+    // `recreate`, a new container, and every route comes back from the files. First the running
+    // Caddy loses every route (its config changed behind ferry's back, Kamal #1552): a reload
+    // that only kept what runs would leave them lost.
+    on_host(
+        &lab,
+        6,
+        "printf '%s' '{\"admin\":{\"listen\":\"localhost:2019\"}}' | docker exec -i ferry-proxy sh -c \
+         'cat > /tmp/bare.json && caddy reload --config /tmp/bare.json --force' > /dev/null 2>&1",
+    );
+    assert_ne!(curl("web.pxp.test", "/", None).0, 200, "the running Caddy lost its routes");
     let rebooted = runtime.block_on(proxy::reboot(host, &image, None, false)).unwrap();
-    assert_eq!(rebooted, proxy::Rebooted { recreated: None, migrate: true });
+    assert_eq!(rebooted, proxy::Rebooted { recreated: None, migrate: Some(true) });
     assert_eq!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(curl("web.pxp.test", "/", None), (200, "ferry web 1.0".into()));
+    assert_eq!(curl("down.pxp.test", "/", None), (503, message.into()));
     let rebooted = runtime.block_on(proxy::reboot(host, &image, None, true)).unwrap();
-    assert_eq!(rebooted, proxy::Rebooted { recreated: Some("--recreate".into()), migrate: true });
+    assert_eq!(rebooted, proxy::Rebooted { recreated: Some("--recreate".into()), migrate: Some(true) });
     assert_ne!(on_host(&lab, 6, "docker inspect -f '{{.Id}}' ferry-proxy"), id);
     assert_eq!(
         on_host(&lab, 6, "docker inspect -f '{{index .Config.Labels \"ferry.proxy.boot\"}}' ferry-proxy"),
