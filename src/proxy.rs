@@ -411,7 +411,7 @@ pub const NO_MIGRATE: &str = "no tcp_migrate_req in its network namespace (Linux
 ///   proxy runs it, so that a restart of the container does not start from a table it refused;
 ///   when Caddy does not answer, e.g. crash-looping on a bad `caddy.json`, the table stays for
 ///   its next start); otherwise (another
-///   image, not running, created by an older ferry, or `recreate`) recreates the proxy and prints
+///   image, not running, created by another ferry version, or `recreate`) recreates the proxy and prints
 ///   why. The new container is created before the
 ///   old one is removed, so that the outage is only the old one's kill, the new one's start and
 ///   Caddy's config load: a recreate cannot be seamless (one container at a time holds a
@@ -596,7 +596,7 @@ ferry_proxy_reboot() {
     else
       case "$(docker inspect -f '{{index .Config.Labels "ferry.proxy.boot"}}' ferry-proxy)" in
         "$ferry_proxy_boot"|"$ferry_proxy_boot-nomigrate") ;;
-        *) fp_why="created by an older ferry" ;;
+        *) fp_why="created by another ferry version" ;;
       esac
     fi
     if [ -z "$fp_why" ]; then
@@ -868,7 +868,7 @@ pub async fn remove(host: &dyn Host, app: &str, environment: &str) -> Result<boo
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebooted {
     /// `None`: the running proxy had the image and loaded the table gracefully; `Some(why)`: it
-    /// was recreated (`it ran another image`, `it was not running`, `created by an older ferry`,
+    /// was recreated (`it ran another image`, `it was not running`, `created by another ferry version`,
     /// `--recreate`).
     pub recreated: Option<String>,
     /// Whether the proxy runs with `tcp_migrate_req` (see [`MIGRATE_SYSCTL`]), read back from it;
@@ -1433,8 +1433,8 @@ exit 0
             (SAME.replace("RUNNING=true", "RUNNING="), "", "it was not running"),
             (SAME.replace("CID=sha256:a", "CID=sha256:b"), "", "it ran another image"),
             (SAME.replace("IID=sha256:a", "IID="), "", "it ran another image"),
-            (SAME.replace("LABEL=2", "LABEL='<no value>'"), "", "created by an older ferry"),
-            (SAME.replace("LABEL=2", "LABEL=3"), "", "created by an older ferry"),
+            (SAME.replace("LABEL=2", "LABEL='<no value>'"), "", "created by another ferry version"),
+            (SAME.replace("LABEL=2", "LABEL=3"), "", "created by another ferry version"),
         ] {
             let (ok, stdout, stderr, calls, fake) = fake_reboot(&state, args);
             assert!(ok, "{why}: {stdout}{stderr}");

@@ -161,7 +161,7 @@ impl Action {
             ),
             Action::Reboot { image, recreate: false } => format!(
                 "pulls {image} and loads every route of every app and environment again on: {on}; a proxy \
-                 that runs another image, is not running or was created by an older ferry is recreated, and \
+                 that runs another image, is not running or was created by another ferry version is recreated, and \
                  requests to it fail for a moment"
             ),
             Action::Maintenance { app, message: Some(m), .. } => {
