@@ -46,6 +46,9 @@ pub trait Planner: Send + Sync {
     fn pinned(&self, digest: &str) -> Result<Plan, String>;
     /// The target's `post_deploy` script, rendered with the new container's details.
     fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String>;
+    /// Whether the app has a `post_deploy` step at all: without one, a proxied replace step may
+    /// switch as soon as its gate passes instead of waiting a round trip for ferry's decision.
+    fn has_post_deploy(&self) -> bool;
 }
 
 /// Deployment settings besides the plan.
@@ -68,6 +71,10 @@ pub struct Settings {
     /// The run's secret values, masked in the line each target's audit mirror gets (a docker
     /// error or a health check's output can echo one).
     pub secrets: Vec<crate::secret::Secret>,
+    /// `[proxy]`: the image booted where a proxied app finds no proxy, and the drain limit.
+    pub proxy: crate::inventory::Proxy,
+    /// When `[proxy] feed` has credentials: targets log in before they pull the proxy image.
+    pub proxy_login: Option<docker::Login>,
 }
 
 /// How one target ended.
@@ -581,13 +588,22 @@ impl Job {
         for l in &self.leftovers {
             self.leftover(l);
         }
-        for extra in self.containers.iter().filter(|c| c.name != tp.container) {
+        // A stray NAME-next is the proxied step's own business: it removes it and says so.
+        let next = replace::next_name(&tp.container);
+        let own = |name: &str| name == tp.container || (tp.route.is_some() && name == next);
+        for extra in self.containers.iter().filter(|c| !own(&c.name)) {
             self.step(format!("found another container of this app: {} (left alone)", extra.name));
         }
         let current = self.containers.iter().find(|c| c.name == tp.container);
         match (decide(current.map(Live::from), tp, self.settings.force), current) {
-            (Decision::Unchanged, Some(current)) => return self.check_unchanged(host, &current.id).await,
-            (Decision::Start, Some(current)) => return self.start_stopped(host, &current.id).await,
+            (Decision::Unchanged, Some(current)) => {
+                let done = self.check_unchanged(host, &current.id).await?;
+                return self.converge_route(host, done).await;
+            }
+            (Decision::Start, Some(current)) => {
+                let done = self.start_stopped(host, &current.id).await?;
+                return self.converge_route(host, done).await;
+            }
             _ => {}
         }
         let old = current.map(|c| (c.id.as_str(), c.running));
@@ -599,12 +615,34 @@ impl Job {
             None => "creating".to_string(),
         });
         let keep_as = format!("{}-ferry-old-{}", tp.container, short_id(&self.deployment));
+        let proxied = match self.proxied(host).await {
+            Ok(p) => p,
+            Err(e) if e.is_connection() => {
+                return Err(Failure::lost(e, "no container was touched; the proxy may have been booted"));
+            }
+            Err(e) => return Err(Failure::untouched(e)),
+        };
+        let argv = match &proxied {
+            // Beside the old container until the switch: the same argv under NAME-next.
+            Some(_) => next_argv(&tp.exec_argv, &tp.container, &next),
+            None => tp.exec_argv.clone(),
+        };
+        let key = crate::proxy::key(&self.app, &self.environment);
+        let proxy = proxied.as_ref().map(|(alias, route, switch)| replace::ProxyStep {
+            alias,
+            port: route.port,
+            health: &route.health,
+            key: &key,
+            switch,
+            drain: self.settings.proxy.drain,
+            auto_commit: !self.planner.has_post_deploy(),
+        });
         let request = replace::Request {
             name: &tp.container,
             old,
             keep_as: &keep_as,
             env: tp.env_file.as_ref().map(|f| f.content.expose().as_bytes()),
-            argv: &tp.exec_argv,
+            argv: &argv,
             gate: self.gate_settings(false),
             meta: replace::Meta {
                 app: &self.app,
@@ -612,9 +650,15 @@ impl Job {
                 deployment: &self.deployment,
                 version: &self.version,
             },
+            proxy,
         };
-        let unknown = "the old container may be stopped and renamed; the target restores it by itself \
-                       unless this run confirmed the new one; run `ferry status` when it is back";
+        let unknown = if proxied.is_some() {
+            "the old container still serves; the target removes the new one by itself unless this run \
+             confirmed it; run `ferry status` when it is back"
+        } else {
+            "the old container may be stopped and renamed; the target restores it by itself \
+                       unless this run confirmed the new one; run `ferry status` when it is back"
+        };
         match replace::launch(host, &request).await {
             Ok(replace::Launched::Running(leftover)) => {
                 if let Some(l) = leftover {
@@ -698,7 +742,11 @@ impl Job {
                         }
                     },
                     Line::Log(line) => logs.push(line),
-                    Line::Warning(text) => self.step(text),
+                    Line::Warning(text) | Line::Step(text) => self.step(text),
+                    Line::SwitchFailed => {
+                        why = Some(format!("proxy switch: {}", errors.join("; ")));
+                        self.restoring(old);
+                    }
                     Line::Done(outcome) => {
                         // The outcome is read: the step's folder can go.
                         let _ = follower.collect(host).await;
@@ -722,9 +770,13 @@ impl Job {
         let why = why.unwrap_or_else(|| outcome.describe().to_string());
         let failure = |status, action, error| Followed::Failure(Failure { status, action, error, logs });
         match outcome {
-            Outcome::Committed => Ok((action, healthy.map(|c| c.details))),
+            // Gated as NAME-next behind the proxy; it runs under its own name now.
+            Outcome::Committed => Ok((
+                action,
+                healthy.map(|c| ContainerDetails { name: self.target.container.clone(), ..c.details }),
+            )),
             Outcome::Untouched => Err(failure(Status::Failed, Action::Untouched, why)),
-            Outcome::Restored => Err(failure(Status::Failed, Action::Restored, why)),
+            Outcome::Restored | Outcome::Discarded => Err(failure(Status::Failed, Action::Restored, why)),
             Outcome::RestoreFailed => Err(failure(
                 Status::Error,
                 Action::Untouched,
@@ -736,9 +788,13 @@ impl Job {
             Outcome::AbandonedRestored
             | Outcome::AbandonedRestoreFailed
             | Outcome::AbandonedKept
+            | Outcome::AbandonedDiscarded
             | Outcome::Vanished => {
-                let action =
-                    if outcome == Outcome::AbandonedRestored { Action::Restored } else { Action::Untouched };
+                let action = if matches!(outcome, Outcome::AbandonedRestored | Outcome::AbandonedDiscarded) {
+                    Action::Restored
+                } else {
+                    Action::Untouched
+                };
                 Err(failure(
                     Status::Error,
                     action,
@@ -757,9 +813,88 @@ impl Job {
 
     fn restoring(&self, old: Option<(&str, bool)>) {
         self.step(match old {
+            Some(_) if self.target.route.is_some() => {
+                "failed: removing the new container (the old one keeps serving)"
+            }
             Some(_) => "failed: restoring the old container",
             None => "failed: removing the new container",
         });
+    }
+
+    /// For an app behind the proxy: ensures the network and the proxy (booted on first need),
+    /// then gives the new container's alias, its route and the line that switches the route to
+    /// it. `None`: the app has no proxy route.
+    async fn proxied(
+        &self,
+        host: &dyn Host,
+    ) -> Result<Option<(String, crate::inventory::Route, String)>, DockerError> {
+        let (Some(route), Some(alias)) = (&self.target.route, &self.target.alias) else { return Ok(None) };
+        let table = self.table_route(route, alias);
+        let switch = crate::proxy::switch_call(&table)
+            .map_err(|message| DockerError::Failed { step: "proxy route", message })?;
+        self.ensure_proxy(host).await?;
+        Ok(Some((alias.clone(), route.clone(), switch)))
+    }
+
+    /// The route table's entry for this deployment's container under `alias`.
+    fn table_route(&self, route: &crate::inventory::Route, alias: &str) -> crate::proxy::Route {
+        crate::proxy::Route {
+            app: self.app.clone(),
+            environment: self.environment.clone(),
+            host: route.host.clone(),
+            path: route.path.clone(),
+            port: route.port,
+            health: route.health.clone(),
+            tls: route.tls.map(|t| match t {
+                crate::inventory::Tls::Internal => crate::proxy::Tls::Internal,
+                crate::inventory::Tls::Acme => crate::proxy::Tls::Acme,
+            }),
+            upstream: alias.to_string(),
+            container: self.target.container.clone(),
+            deployment: self.deployment.clone(),
+            maintenance: None,
+        }
+    }
+
+    /// Network and proxy, booted on first need; says when it had to start or boot it.
+    async fn ensure_proxy(&self, host: &dyn Host) -> Result<(), DockerError> {
+        match crate::proxy::ensure(host, &self.settings.proxy.image, self.settings.proxy_login.as_ref())
+            .await?
+        {
+            crate::proxy::Ensured::Running => {}
+            crate::proxy::Ensured::Started => self.step("proxy: started (it was stopped)"),
+            crate::proxy::Ensured::Booted => {
+                self.step(format!("proxy: booted {}", self.settings.proxy.image))
+            }
+        }
+        Ok(())
+    }
+
+    /// After a no-op deploy (unchanged, or started) of an app behind the proxy: a deploy
+    /// converges, so the route must send the app's traffic to the container that runs. A route
+    /// file removed, a proxy rebuilt without it, or a route left pointing elsewhere is written
+    /// again (one config load) and the step says so. A failure here fails the target; the
+    /// container is left as it is.
+    async fn converge_route(
+        &self,
+        host: &dyn Host,
+        done: (Action, Option<ContainerDetails>),
+    ) -> Result<(Action, Option<ContainerDetails>), Failure> {
+        let Some(route) = &self.target.route else { return Ok(done) };
+        let failed = |e: DockerError| Failure {
+            status: failed_status(&e),
+            action: done.0,
+            error: format!("the container is right but its proxy route could not be set: {e}"),
+            logs: Vec::new(),
+        };
+        self.ensure_proxy(host).await.map_err(failed)?;
+        let table = self.table_route(route, "");
+        match crate::proxy::converge(host, &table, &self.target.container).await {
+            Ok(None) => {}
+            Ok(Some(why)) => self.step(format!("repaired the proxy route ({why})")),
+            Err(e) => return Err(failed(e)),
+        }
+        Ok(done)
     }
 
     /// Runs `post_deploy` while telling the replace step ferry is still there; the error text
@@ -880,6 +1015,15 @@ impl Job {
     }
 }
 
+/// `argv` with the container's name replaced by `next` (only ferry's own `--name`, the first).
+fn next_argv(argv: &[String], name: &str, next: &str) -> Vec<String> {
+    let mut out = argv.to_vec();
+    if let Some(i) = out.windows(2).position(|w| w[0] == "--name" && w[1] == name) {
+        out[i + 1] = next.to_string();
+    }
+    out
+}
+
 /// The last 12 hex digits of a deployment id (the random part of a UUID v7).
 fn short_id(deployment: &str) -> String {
     let hex: String = deployment.chars().filter(char::is_ascii_hexdigit).collect();
@@ -939,6 +1083,8 @@ mod tests {
                 "web-dev".into(),
                 "img".into(),
             ],
+            route: None,
+            alias: None,
         }
     }
 
@@ -971,6 +1117,9 @@ mod tests {
         ) -> Result<Option<String>, String> {
             Ok(self.0.clone())
         }
+        fn has_post_deploy(&self) -> bool {
+            self.0.is_some()
+        }
     }
 
     fn settings() -> Settings {
@@ -983,6 +1132,8 @@ mod tests {
             mirror: "ferry deploy web 1.0 to dev".into(),
             login: None,
             secrets: vec![crate::secret::Secret::new(SECRET_VALUE)],
+            proxy: crate::inventory::Proxy::default(),
+            proxy_login: None,
         }
     }
 
@@ -1073,6 +1224,16 @@ mod tests {
     /// The rollout, and the step messages it sent.
     async fn deploy_with_events(
         hosts: Vec<Arc<FakeHost>>,
+        post_deploy: Option<&str>,
+        force: bool,
+    ) -> (Applied, Vec<String>) {
+        let hosts = hosts.into_iter().map(|h| h as Arc<dyn Host>).collect();
+        deploy_over(hosts, post_deploy, force).await
+    }
+
+    /// [`deploy_with_events`] over any connections (a fake behind a wrapper, say).
+    async fn deploy_over(
+        hosts: Vec<Arc<dyn Host>>,
         post_deploy: Option<&str>,
         force: bool,
     ) -> (Applied, Vec<String>) {
@@ -1364,6 +1525,37 @@ mod tests {
         assert_eq!(steps(&host), [PULL, LAUNCH, FOLLOW, FOLLOW, MIRROR], "no decision, nothing cleared");
     }
 
+    /// Issue 15: the link goes silent right after the old container stopped. Packets are
+    /// dropped and the SSH session is stuck, so neither an answer nor an error ever comes (the
+    /// fake's `Stall`, which a real peer cannot be made to do on demand). Through the wrapper
+    /// every SSH connection gets, the poll gives up by its deadline, the mirror line by its own,
+    /// and the target ends as on any lost link: an error saying it restores the old container
+    /// by itself. Before, only the SSH session itself could end these waits, and once in CI it
+    /// did not for 14 minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_link_gone_silent_mid_step_ends_by_the_deadlines_and_leaves_the_target_to_restore() {
+        let fake = FakeHost::new("t1").on_times(FOLLOW, 1, Reply::ok("stopped\n")).on(FOLLOW, Reply::Stall);
+        let fake = Arc::new(with_defaults(fake));
+        let host: Arc<dyn Host> = Arc::new(crate::host::Bounded::new(Arc::clone(&fake)));
+        let started = tokio::time::Instant::now();
+        let rollout = deploy_over(vec![host], None, false);
+        // Paused time: an hour passes at once if the rollout hangs, and fails the test.
+        let Ok((applied, _)) = tokio::time::timeout(Duration::from_secs(3600), rollout).await else {
+            panic!("the rollout did not end: the silent link held it");
+        };
+        // The poll's 30 s and the mirror's 10 s, each with 5 s to give up.
+        assert_eq!(started.elapsed(), Duration::from_secs(50));
+        let r = &applied.reports[0];
+        assert_eq!((r.status, r.action), (Status::Error, Some(Action::Untouched)));
+        let error = r.error.clone().unwrap_or_default();
+        assert!(error.starts_with("connection lost (no answer from t1 (fake) within 35s"), "{error}");
+        assert!(
+            error.contains("the target restores it by itself unless this run confirmed the new one"),
+            "{error}"
+        );
+        assert_eq!(steps(&fake), [PULL, LAUNCH, FOLLOW, FOLLOW, MIRROR], "no decision, nothing cleared");
+    }
+
     #[tokio::test]
     async fn an_earlier_step_nobody_collected_is_reported_by_the_next_deploy() {
         let launch = Reply::ok(
@@ -1532,5 +1724,271 @@ mod tests {
         };
         assert_eq!(decide(Some(Live::from(&brief)), &tp, false), Decision::Start);
         assert_eq!(Decision::Unchanged.label(), "unchanged");
+    }
+
+    // ---- behind the proxy (issue 15) ----
+
+    const ENSURE: &str = "\nferry_proxy_ensure ";
+    const ALIAS: &str = "web-dev-0123456789ab";
+
+    /// The status lines of a proxied step up to a passed gate (nothing is stopped first).
+    fn proxied_gated() -> String {
+        format!("started new1\ng gate: health.cmd passed\ng --- inspect\ng {INSPECT}\ngated 0\n")
+    }
+
+    /// A proxied target: the proxy runs, the step gates, switches, drains and commits, unless
+    /// `overrides` (checked first) say otherwise.
+    fn proxied_target(overrides: Vec<(&str, Reply)>) -> FakeHost {
+        let mut host = FakeHost::new("a");
+        for (pattern, reply) in overrides {
+            host = host.on(pattern, reply);
+        }
+        host.on(LAUNCH, Reply::ok("--- launched\n"))
+            .on(ENSURE, Reply::ok("proxy: running\n"))
+            .on(PULL, Reply::ok(&listed("hash-old", "running")))
+            .on_times(FOLLOW, 1, Reply::ok(&proxied_gated()))
+            .on(
+                FOLLOW,
+                Reply::ok(&format!(
+                    "{}step switched the route to {ALIAS}:8080\nstep drained\ndone committed\n",
+                    proxied_gated()
+                )),
+            )
+            .on(DECIDE, Reply::ok(""))
+            .on(COLLECT, Reply::ok(""))
+            .on(HEARTBEAT, Reply::ok(""))
+            .on(LOGS, Reply::ok("log line 1\n"))
+            .on(POST_DEPLOY, Reply::ok("notified\n"))
+            .on(MIRROR, Reply::ok(""))
+    }
+
+    /// Deploys the one proxied target `host`; the report and the step messages.
+    async fn deploy_proxied(host: &Arc<FakeHost>, post_deploy: Option<&str>) -> (TargetReport, Vec<String>) {
+        let mut plan = plan(&["a"]);
+        for t in &mut plan.targets {
+            t.route = Some(crate::inventory::Route {
+                host: "web.example.com".into(),
+                port: 8080,
+                health: "/up".into(),
+                path: None,
+                tls: None,
+            });
+            t.alias = Some(crate::plan::alias(&t.container, &plan.deployment));
+        }
+        let connections: Connections = [("a".to_string(), Arc::clone(host) as Arc<dyn Host>)].into();
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let planner: Arc<dyn Planner> = Arc::new(TestPlanner(post_deploy.map(str::to_string)));
+        let applied = apply(plan, planner, &connections, &[], &settings(), &events, cancel).await;
+        let mut steps = Vec::new();
+        while let Ok(event) = received.try_recv() {
+            if let Event::TargetStep { step, .. } = event {
+                steps.push(step);
+            }
+        }
+        (applied.reports[0].clone(), steps)
+    }
+
+    /// Which of the proxied flow's steps ran, in order.
+    fn proxied_steps(host: &FakeHost) -> Vec<&'static str> {
+        let names = [LAUNCH, ENSURE, PULL, FOLLOW, DECIDE, COLLECT, HEARTBEAT, LOGS, POST_DEPLOY, MIRROR];
+        host.calls()
+            .iter()
+            .map(|c| names.iter().find(|p| c.command.contains(**p)).copied().unwrap_or("?"))
+            .filter(|s| *s != MIRROR && *s != HEARTBEAT)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn behind_the_proxy_the_new_container_starts_beside_the_old_and_the_step_switches_after_commit() {
+        let host = Arc::new(proxied_target(vec![]));
+        let (report, steps) = deploy_proxied(&host, Some("notify-deployed")).await;
+        assert_eq!(report.status, Status::Ok, "{report:?}");
+        assert_eq!(report.action, Some(Action::Replaced));
+        assert_eq!(
+            report.container.as_ref().map(|c| c.name.as_str()),
+            Some("web-dev"),
+            "renamed from NAME-next"
+        );
+        assert_eq!(
+            proxied_steps(&host),
+            [PULL, ENSURE, LAUNCH, FOLLOW, POST_DEPLOY, DECIDE, FOLLOW, COLLECT],
+            "pull, ensure the proxy, start beside, gate, post_deploy, commit, then the outcome"
+        );
+        assert!(host.ran(DECIDE)[0].contains("commit"));
+        // The detached script: run as NAME-next, gate, wait for commit, switch, drain, stop the
+        // old one, rename; nothing stops the old container before the switch.
+        let launch = &host.ran(LAUNCH)[0];
+        assert!(launch.contains("--name web-dev-next"), "{launch}");
+        assert!(launch.contains(&format!("--network-alias {ALIAS}")) || !launch.contains("--network-alias"));
+        let at = |needle: &str| launch.find(needle).unwrap_or_else(|| panic!("{needle} not in the script"));
+        let order = [
+            "id=$(",
+            "timeout 3 wget -q -O /dev/null http://web-dev-0123456789ab:8080/up",
+            "gated $rc",
+            "case $decision in",
+            "ferry_proxy_set ",
+            "step switched the route",
+            "reverse_proxy/upstreams",
+            "docker stop ",
+            "docker rename \"$next\" \"$c\"",
+            "done committed",
+        ];
+        let positions: Vec<usize> = order.iter().map(|n| at(n)).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{order:?} at {positions:?}");
+        assert_eq!(
+            launch.matches("docker stop").count(),
+            1,
+            "the old container is stopped once, after the switch"
+        );
+        assert!(steps.iter().any(|s| s == &format!("switched the route to {ALIAS}:8080")), "{steps:?}");
+        assert!(steps.iter().any(|s| s == "drained"), "{steps:?}");
+        assert!(launch.contains("if [ 0 = 1 ] && alive"), "with a post_deploy, the script waits for commit");
+    }
+
+    #[tokio::test]
+    async fn without_post_deploy_the_script_switches_as_soon_as_its_gate_passes() {
+        let host = Arc::new(proxied_target(vec![]));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Ok, "{report:?}");
+        let launch = &host.ran(LAUNCH)[0];
+        assert!(launch.contains("if [ 1 = 1 ] && alive; then decision=commit"), "{launch}");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_cannot_be_booted_touches_nothing() {
+        let host = Arc::new(proxied_target(vec![(ENSURE, Reply::fail(1, "port 80 is already allocated"))]));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Failed);
+        assert_eq!(report.action, Some(Action::Untouched));
+        assert!(
+            report.error.as_deref().unwrap_or_default().contains("port 80 is already allocated"),
+            "{report:?}"
+        );
+        assert!(host.ran(LAUNCH).is_empty(), "no container started");
+    }
+
+    #[tokio::test]
+    async fn a_new_container_that_fails_its_gate_is_removed_and_the_old_one_serves_on() {
+        let failed = "started new1\ng gate: '/up' did not answer 2xx through the proxy network within 5s\ngated 1\nlog boom\ndone discarded\n";
+        let host = Arc::new(proxied_target(vec![(FOLLOW, Reply::ok(failed))]));
+        let (report, steps) = deploy_proxied(&host, Some("notify-deployed")).await;
+        assert_eq!(report.status, Status::Failed);
+        assert_eq!(report.action, Some(Action::Restored));
+        assert_eq!(
+            report.error.as_deref(),
+            Some("health gate: '/up' did not answer 2xx through the proxy network within 5s")
+        );
+        assert_eq!(report.logs, ["boom"]);
+        assert!(host.ran(DECIDE).is_empty() && host.ran(POST_DEPLOY).is_empty());
+        assert!(
+            steps.iter().any(|s| s == "failed: removing the new container (the old one keeps serving)"),
+            "{steps:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_post_deploy_discards_the_new_container_before_any_switch() {
+        let host = Arc::new(proxied_target(vec![
+            (POST_DEPLOY, Reply::fail(1, "smoke test failed")),
+            (FOLLOW, Reply::ok(&format!("{}log x\ndone discarded\n", proxied_gated()))),
+        ]));
+        let (report, _) = deploy_proxied(&host, Some("notify-deployed")).await;
+        assert_eq!(report.status, Status::Failed);
+        assert_eq!(report.action, Some(Action::Restored));
+        assert!(host.ran(DECIDE)[0].contains("restore"), "the step is told to discard");
+    }
+
+    #[tokio::test]
+    async fn a_route_the_proxy_refuses_fails_the_target_with_caddys_words() {
+        let failing = FakeHost::new("a")
+            .on(LAUNCH, Reply::ok("--- launched\n"))
+            .on_times(FOLLOW, 1, Reply::ok(&proxied_gated()))
+            .on(
+                FOLLOW,
+                Reply::ok(&format!(
+                    "{}err caddy: loading config: bad host\nswitchfailed\ndone discarded\n",
+                    proxied_gated()
+                )),
+            );
+        let host = Arc::new(with_proxy_defaults(failing));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Failed);
+        assert_eq!(report.action, Some(Action::Restored));
+        assert_eq!(report.error.as_deref(), Some("proxy switch: caddy: loading config: bad host"));
+    }
+
+    /// The proxied defaults after `host`'s own rules.
+    fn with_proxy_defaults(host: FakeHost) -> FakeHost {
+        host.on(ENSURE, Reply::ok("proxy: booted\n"))
+            .on(PULL, Reply::ok(&listed("hash-old", "running")))
+            .on(DECIDE, Reply::ok(""))
+            .on(COLLECT, Reply::ok(""))
+            .on(HEARTBEAT, Reply::ok(""))
+            .on(LOGS, Reply::ok(""))
+            .on(MIRROR, Reply::ok(""))
+    }
+
+    #[tokio::test]
+    async fn a_step_that_lost_its_runner_removes_the_new_container_itself_and_says_so() {
+        let abandoned = FakeHost::new("a")
+            .on(LAUNCH, Reply::ok("--- launched\n"))
+            .on_times(FOLLOW, 1, Reply::ok(&proxied_gated()))
+            .on(FOLLOW, Reply::ok(&format!("{}done abandoned-discarded\n", proxied_gated())));
+        let host = Arc::new(with_proxy_defaults(abandoned));
+        let (report, steps) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Error);
+        assert_eq!(report.action, Some(Action::Restored));
+        assert_eq!(
+            report.error.as_deref(),
+            Some(
+                "the target lost track of this run: nobody collected the result: the script removed the new \
+                 container before the switch; the old one kept serving"
+            )
+        );
+        assert!(steps.iter().any(|s| s == "proxy: booted caddy:2"), "{steps:?}");
+    }
+
+    #[tokio::test]
+    async fn a_link_lost_while_following_says_the_old_container_still_serves() {
+        let lost = FakeHost::new("a").on(LAUNCH, Reply::ok("--- launched\n")).on(FOLLOW, Reply::Lost);
+        let host = Arc::new(with_proxy_defaults(lost));
+        let (report, _) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Error);
+        let error = report.error.unwrap_or_default();
+        assert!(
+            error.contains("the old container still serves; the target removes the new one by itself"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stray_next_container_is_left_to_the_step_which_removes_it() {
+        let listed = format!(
+            "{}stray1\tweb-dev-next\trunning\thash-x\nother\tweb-dev-2\trunning\thash-y\n",
+            listed("hash-old", "running")
+        );
+        let host = Arc::new(proxied_target(vec![(PULL, Reply::ok(&listed))]));
+        let (report, steps) = deploy_proxied(&host, None).await;
+        assert_eq!(report.status, Status::Ok);
+        assert!(!steps.iter().any(|s| s.contains("web-dev-next")), "{steps:?}");
+        assert!(
+            steps.iter().any(|s| s == "found another container of this app: web-dev-2 (left alone)"),
+            "{steps:?}"
+        );
+        let launch = &host.ran(LAUNCH)[0];
+        assert!(launch.contains("removed a stray $next"), "the step removes it and says so");
+    }
+
+    #[test]
+    fn next_argv_renames_only_ferrys_own_name() {
+        let argv: Vec<String> =
+            ["docker", "run", "--name", "web-dev", "img", "--name", "web-dev"].map(String::from).to_vec();
+        assert_eq!(next_argv(&argv, "web-dev", "web-dev-next")[3], "web-dev-next");
+        assert_eq!(
+            next_argv(&argv, "web-dev", "web-dev-next")[6],
+            "web-dev",
+            "the command's words are its own"
+        );
     }
 }

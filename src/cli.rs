@@ -66,6 +66,8 @@ const EXAMPLES: &str = "Examples:
   ferry status web --env prod
   ferry status --env prod
   ferry remove web --env staging
+  ferry maintenance on web --env prod --message 'Back at 10:00 UTC'
+  ferry proxy status --env prod
   ferry promote web --to prod
   ferry rollback web --env prod
   ferry run --env prod --role web -- docker ps
@@ -93,6 +95,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop and remove an app's containers in an environment, and stop expecting it there
     Remove(RemoveArgs),
+    /// The proxy on the targets (apps with `proxy = {…}`): status, boot, reboot
+    Proxy(ProxyArgs),
+    /// Put an app behind the proxy in maintenance (503 with a message), or take it out
+    Maintenance(MaintenanceArgs),
     /// The inventory's apps, their environments and targets (no SSH)
     #[command(visible_alias = "apps")]
     Ls,
@@ -437,6 +443,123 @@ pub struct RemoveArgs {
     pub lock_ttl: Duration,
 }
 
+/// `ferry proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: ProxyAction,
+}
+
+/// `ferry proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProxyAction {
+    /// The proxy, its network and its routes on each target of the environment
+    Status {
+        /// The environment
+        #[arg(short, long = "env", value_name = "ENV")]
+        environment: String,
+        /// Only targets matching these globs (repeat, or separate with commas)
+        #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
+        limit: Vec<String>,
+        /// Give up on a target whose SSH session is not up within this time
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+        connect_timeout: Duration,
+    },
+    /// Create the network and start the proxy where they are missing (idempotent)
+    Boot(ProxyWriteArgs),
+    /// Pull the image and load every route of every app and environment again: gracefully
+    /// when the proxy already runs that image, else by recreating it
+    Reboot {
+        /// Which environment, and how.
+        #[command(flatten)]
+        write: ProxyWriteArgs,
+        /// This image instead of the inventory's `[proxy] image`
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Recreate the container even when it runs the image (requests fail for a moment)
+        #[arg(long)]
+        recreate: bool,
+    },
+}
+
+/// The flags of `ferry proxy boot|reboot` and `ferry maintenance on|off`.
+#[derive(Debug, Args)]
+pub struct ProxyWriteArgs {
+    /// The environment
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub environment: String,
+
+    /// Only targets matching these globs (repeat, or separate with commas)
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = flag(glob))]
+    pub limit: Vec<String>,
+
+    /// Go ahead without the confirmation prompt (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Targets worked on at once
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+
+    /// Give up on a target whose SSH session is not up within this time
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = flag(duration))]
+    pub connect_timeout: Duration,
+
+    /// Wait this long for a held environment lock instead of failing at once (exit 3)
+    #[arg(long, value_name = "DURATION", value_parser = flag(duration))]
+    pub lock_wait: Option<Duration>,
+
+    /// The lock expires after this long if ferry dies without releasing it
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = flag(duration))]
+    pub lock_ttl: Duration,
+}
+
+impl From<ProxyWriteArgs> for request::ProxyWrite {
+    fn from(a: ProxyWriteArgs) -> Self {
+        request::ProxyWrite {
+            environment: a.environment,
+            limits: a.limit,
+            yes: a.yes,
+            parallel: a.parallel,
+            connect_timeout: a.connect_timeout,
+            lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+        }
+    }
+}
+
+/// `ferry maintenance`.
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    /// On or off
+    #[command(subcommand)]
+    pub action: MaintenanceAction,
+}
+
+/// `ferry maintenance` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceAction {
+    /// The proxy answers the app's requests with 503 and a message
+    On {
+        /// The app
+        app: String,
+        /// Which environment, and how.
+        #[command(flatten)]
+        write: ProxyWriteArgs,
+        /// The answer's text [default: "APP is under maintenance"]
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+    },
+    /// The proxy sends the app's requests to it again
+    Off {
+        /// The app
+        app: String,
+        /// Which environment, and how.
+        #[command(flatten)]
+        write: ProxyWriteArgs,
+    },
+}
+
 /// `ferry init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -772,6 +895,23 @@ impl Command {
                 parallel: a.parallel,
                 connect_timeout: a.connect_timeout,
                 lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+            }),
+            Command::Proxy(a) => Request::Proxy(match a.action {
+                ProxyAction::Status { environment, limit, connect_timeout } => {
+                    request::Proxy::Status { environment, limits: limit, connect_timeout }
+                }
+                ProxyAction::Boot(write) => request::Proxy::Boot(write.into()),
+                ProxyAction::Reboot { write, image, recreate } => {
+                    request::Proxy::Reboot { write: write.into(), image, recreate }
+                }
+            }),
+            Command::Maintenance(a) => Request::Maintenance(match a.action {
+                MaintenanceAction::On { app, write, message } => {
+                    request::Maintenance { app, on: true, message, write: write.into() }
+                }
+                MaintenanceAction::Off { app, write } => {
+                    request::Maintenance { app, on: false, message: None, write: write.into() }
+                }
             }),
             Command::Ls => Request::Ls,
             Command::Init(a) => Request::Init(request::Init { dir: a.dir }),

@@ -308,17 +308,7 @@ pub async fn pull_and_list(
     // The password reaches `docker login` through the channel's stdin, never a command line,
     // and is stored only in a private client config (0700, random name) that this script
     // removes when the pull is done, whatever way it ends: nothing stays logged in.
-    let login_step = login.map_or_else(String::new, |l| {
-        format!(
-            "{DOCKER_CONFIG_SWEEP}\
-             cfg=$(umask 077 && mkdir -p \"$HOME/.ferry\" && mktemp -d \"$HOME/.ferry/{DOCKER_CONFIG_PREFIX}XXXXXXXX\") || exit 1\n\
-             trap 'rm -rf \"$cfg\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
-             export DOCKER_CONFIG=\"$cfg\"\n\
-             docker login --username {} --password-stdin {} > /dev/null || exit 1\n",
-            q(&l.username),
-            q(&l.registry)
-        )
-    });
+    let login_step = login.map_or_else(String::new, login_script);
     let stdin = login.map(|l| l.password.expose().as_bytes());
     let script = format!(
         "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
@@ -336,6 +326,25 @@ pub async fn pull_and_list(
     let (listed, leftovers) = listed.split_once("--- leftovers\n").unwrap_or((listed, ""));
     Ok((pulled_digest(pulled), parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
+
+/// The lines that log a script in to `login`'s registry before it pulls: the password is read
+/// from the channel's stdin (the caller passes it), never a command line, into a private
+/// client config (`$cfg`, exported as `DOCKER_CONFIG`) that the script removes when it exits,
+/// whatever way. A caller that goes on after the pull removes it earlier with [`LOGOUT`].
+pub fn login_script(login: &Login) -> String {
+    format!(
+        "{DOCKER_CONFIG_SWEEP}\
+         cfg=$(umask 077 && mkdir -p \"$HOME/.ferry\" && mktemp -d \"$HOME/.ferry/{DOCKER_CONFIG_PREFIX}XXXXXXXX\") || exit 1\n\
+         trap 'rm -rf \"$cfg\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
+         export DOCKER_CONFIG=\"$cfg\"\n\
+         docker login --username {} --password-stdin {} > /dev/null || exit 1\n",
+        q(&login.username),
+        q(&login.registry)
+    )
+}
+
+/// Ends what [`login_script`] began, right after the pull (nothing stays logged in).
+pub const LOGOUT: &str = "[ -z \"${cfg:-}\" ] || { rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }\n";
 
 /// Reads the `docker ps` lines of [`pull_and_list`].
 fn parse_briefs(text: &str) -> Vec<Brief> {
@@ -580,7 +589,7 @@ pub fn gate_script(container: &str, gate: &Gate<'_>) -> String {
     format!(
         "c={c}; timeout={timeout}; interval={interval:.3}; grace_ms={grace_ms}; cmd={cmd}\n\
          ok() {{ echo \"gate: $1\"; echo '--- inspect'; printf '[%s]\\n' \"$json\"; exit 0; }}\n\
-         start=$(date +%s); out=''; slept=0\n\
+         start=${{ferry_gate_start:-$(date +%s)}}; out=''; slept=0\n\
          if [ {since_start} = 1 ]; then\n\
            up=$(date -d \"$(docker inspect -f '{{{{.State.StartedAt}}}}' \"$c\" 2>/dev/null)\" +%s 2>/dev/null) && slept=$(( (start - up) * 1000 ))\n\
          fi\n\

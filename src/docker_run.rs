@@ -34,14 +34,43 @@ const BOOLEAN_LONG_FLAGS: &[&str] = &[
 const BOOLEAN_SHORT_FLAGS: &[char] = &['d', 'i', 't', 'P', 'q'];
 
 /// Checks that `words` are one acceptable `docker run` of `image`; returns the words after
-/// `run`. An error is (output offset, message, help).
-pub fn check(words: &[shell::Word], image: &str) -> Result<Vec<String>, (usize, String, Option<String>)> {
-    check_with_options(words, image).map(|(args, _)| args)
+/// `run`. An error is (output offset, message, help). `proxied`: the app sits behind the proxy,
+/// so the template may neither publish ports nor choose networks (ferry does).
+pub fn check(
+    words: &[shell::Word],
+    image: &str,
+    proxied: bool,
+) -> Result<Vec<String>, (usize, String, Option<String>)> {
+    check_with_options(words, image, proxied).map(|(args, _)| args)
+}
+
+/// The refusal of a flag that an app behind the proxy must not have, if `flag` is one.
+fn proxied_refusal(flag: &str) -> Option<(String, String)> {
+    let (what, help) = match flag {
+        "-p" | "--publish" | "-P" | "--publish-all" => (
+            "publishes a port",
+            format!(
+                "remove {flag}: the proxy reaches the container's port (proxy.port) on the ferry network"
+            ),
+        ),
+        "--network" | "--net" | "--network-alias" => (
+            "chooses a network",
+            format!(
+                "remove {flag}: ferry puts the container on its `ferry` network with an alias per deployment"
+            ),
+        ),
+        _ => return None,
+    };
+    Some((format!("an app behind the proxy is reached through it; this template {what} ({flag})"), help))
 }
 
 /// [`check`], also returning the output offsets of the words docker reads as options (flags
 /// before the image, not their values), so that a caller can refuse one that a value made.
-pub fn check_with_options(words: &[shell::Word], image: &str) -> Result<(Vec<String>, Vec<usize>), Refusal> {
+pub fn check_with_options(
+    words: &[shell::Word],
+    image: &str,
+    proxied: bool,
+) -> Result<(Vec<String>, Vec<usize>), Refusal> {
     let first = words.first().map_or(0, |w| w.offset);
     let start = match words {
         [d, r, ..] if d.text == "docker" && r.text == "run" => 2,
@@ -66,7 +95,7 @@ pub fn check_with_options(words: &[shell::Word], image: &str) -> Result<(Vec<Str
     }
     let args = &words[start..];
     let mut options = Vec::new();
-    let image_at = find_image(args, &mut options)?;
+    let image_at = find_image(args, &mut options, proxied)?;
     match image_at {
         Some(i) if args[i].text == image => Ok((
             args.iter().map(|w| w.text.clone()).collect(),
@@ -90,6 +119,7 @@ pub fn check_with_options(words: &[shell::Word], image: &str) -> Result<(Vec<Str
 fn find_image(
     args: &[shell::Word],
     options: &mut Vec<usize>,
+    proxied: bool,
 ) -> Result<Option<usize>, (usize, String, Option<String>)> {
     let mut i = 0;
     while i < args.len() {
@@ -111,6 +141,9 @@ fn find_image(
             inline_value.map(str::to_string).or_else(|| next.map(|w| w.text.clone()))
         };
         if flag.starts_with("--") {
+            if let Some((message, help)) = proxied.then(|| proxied_refusal(flag)).flatten() {
+                return refuse(&message, &help);
+            }
             match flag {
                 "--name" => {
                     return refuse(
@@ -136,6 +169,9 @@ fn find_image(
         // A cluster of short flags such as -it, or -p8080:80.
         let mut consumed = 1;
         for (at, c) in flag[1..].char_indices() {
+            if let Some((message, help)) = proxied.then(|| proxied_refusal(&format!("-{c}"))).flatten() {
+                return refuse(&message, &help);
+            }
             if c == 'd' {
                 return refuse("ferry always starts the container detached", "remove -d");
             }
@@ -167,7 +203,30 @@ mod tests {
 
     fn check_text(text: &str) -> Result<Vec<String>, String> {
         let words = shell::split(text).map_err(|e| e.message)?;
-        check(&words, "img:1").map_err(|e| e.1)
+        check(&words, "img:1", false).map_err(|e| e.1)
+    }
+
+    #[test]
+    fn an_app_behind_the_proxy_publishes_nothing_and_chooses_no_network() {
+        for bad in [
+            "docker run -p 80:80 img:1",
+            "docker run -p8080:80 img:1",
+            "docker run -itp 80:80 img:1",
+            "docker run --publish=80:80 img:1",
+            "docker run --publish 80:80 img:1",
+            "docker run -P img:1",
+            "docker run --publish-all img:1",
+            "docker run --network host img:1",
+            "docker run --net=bridge img:1",
+            "docker run --network-alias x img:1",
+        ] {
+            let words = shell::split(bad).unwrap();
+            let err = check(&words, "img:1", true).err().map(|e| e.1).unwrap_or_default();
+            assert!(err.contains("an app behind the proxy is reached through it"), "{bad}: {err}");
+            assert!(check(&words, "img:1", false).is_ok(), "{bad} is fine without a proxy");
+        }
+        let words = shell::split("docker run -e P=1 --init img:1 -p 80").unwrap();
+        assert!(check(&words, "img:1", true).is_ok(), "flags after the image belong to the container");
     }
 
     #[test]

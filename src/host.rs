@@ -156,6 +156,105 @@ pub fn frame(script: &str, stdin: Option<&[u8]>) -> Vec<u8> {
     framed
 }
 
+/// How long past its deadline a command may take to end before ferry stops waiting for it (see
+/// [`Bounded`]). The transport signals the command and closes its channel at the deadline
+/// without waiting for a round trip, so on a working session this is never reached.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+/// How long closing a connection politely may take (see [`Bounded`]).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// A connection whose every operation with a deadline ends by it, whatever state the transport
+/// is in: a command given a deadline answers within the deadline plus [`ANSWER_GRACE`] (else it
+/// is [`ExecError::Lost`], naming the target and the time waited), and closing takes at most
+/// [`CLOSE_GRACE`].
+///
+/// Why a wrapper around the transport, and not only the transport's own deadline: over SSH,
+/// the session's deadline covers waiting for the command's output, and russh's keepalive ends a
+/// session whose peer went silent. But opening the channel, sending the request and stdin,
+/// signalling the command after its deadline and closing are all handed to russh's session
+/// task, and each completes only when that task gets to it. When that task is itself waiting
+/// (on a socket write, whose only limit is the kernel's TCP retransmission timeout of about
+/// 15 minutes, or on handing a message to a channel), its keepalive timer is not polled
+/// either, and nothing ends the wait: a link cut that silently dropped packets once kept
+/// `ferry deploy` waiting 14 minutes on such a call (issue 15). One bound here, at the only door every
+/// command goes through, holds whatever the session does; a lost link then reads as any lost
+/// link. Commands without a deadline (`run` without `--deadline`, `logs --follow`, an
+/// interactive `exec`) are the user's to stop, as before.
+pub struct Bounded<H> {
+    inner: H,
+}
+
+impl<H: Host> Bounded<H> {
+    /// `inner`, bounded.
+    pub fn new(inner: H) -> Bounded<H> {
+        Bounded { inner }
+    }
+}
+
+impl<H: Host> Host for Bounded<H> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: Option<&'a [u8]>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        let Some(limit) = deadline else { return self.inner.exec(command, stdin, None, sink) };
+        Box::pin(async move {
+            let bound = limit + ANSWER_GRACE;
+            match tokio::time::timeout(bound, self.inner.exec(command, stdin, Some(limit), sink)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ExecError::Lost(format!(
+                    "no answer from {} within {} (the command's deadline of {} and {} to stop it): \
+                     the link is down or the SSH session is stuck",
+                    self.inner.describe(),
+                    crate::duration::format(bound),
+                    crate::duration::format(limit),
+                    crate::duration::format(ANSWER_GRACE),
+                ))),
+            }
+        })
+    }
+
+    fn exec_until<'a>(
+        &'a self,
+        command: &'a str,
+        stop: BoxFuture<'a, ()>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        self.inner.exec_until(command, stop, sink)
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        command: &'a str,
+        terminal: Terminal<'a>,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        self.inner.interactive(command, terminal)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if tokio::time::timeout(CLOSE_GRACE, self.inner.close()).await.is_err() {
+                tracing::debug!(target = %self.inner.name(), "closing the connection did not end: dropped");
+            }
+        })
+    }
+}
+
 /// A target reached over SSH.
 pub struct SshHost {
     name: String,
@@ -339,7 +438,7 @@ pub async fn open_endpoint(
             let session = SshSession::connect(endpoint, options).await?;
             let port = if endpoint.port == 22 { String::new() } else { format!(":{}", endpoint.port) };
             let description = format!("{} ({}@{}{port})", endpoint.name, endpoint.user, endpoint.host);
-            Ok(Arc::new(SshHost { name: endpoint.name.clone(), description, session }))
+            Ok(Arc::new(Bounded::new(SshHost { name: endpoint.name.clone(), description, session })))
         }
     }
 }
@@ -606,6 +705,32 @@ mod tests {
         assert_eq!(out.text(), "logs --follow --tail 5 c1\n");
         assert_eq!(status, ExitStatus::Code(128 + 15), "the follower was stopped with TERM");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    /// A connection that stopped answering (the fake's `Stall`: packets silently dropped under a
+    /// stuck SSH session, which a real peer cannot be made to do on demand) still answers every
+    /// command that has a deadline by then, as a lost link, and its close ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_answers_by_the_deadline_as_a_lost_link_and_closes() {
+        let host = Bounded::new(fake::FakeHost::new("t1").on("", fake::Reply::Stall));
+        let started = tokio::time::Instant::now();
+        let mut out = crate::exec::Capture::default();
+        let outcome = host.exec("true", None, Some(Duration::from_secs(30)), &mut out).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(30) + ANSWER_GRACE);
+        let said = "no answer from t1 (fake) within 35s (the command's deadline of 30s and 5s to stop it): \
+                    the link is down or the SSH session is stuck";
+        assert_eq!(outcome, Err(ExecError::Lost(said.into())));
+        let closing = tokio::time::Instant::now();
+        host.close().await;
+        assert_eq!(closing.elapsed(), CLOSE_GRACE);
+        // A working connection is not held to anything more than its own answer.
+        let working = Bounded::new(fake::FakeHost::new("t2").on("", fake::Reply::ok("hi\n")));
+        let quick = tokio::time::Instant::now();
+        let status = working.exec("echo hi", None, Some(Duration::from_secs(30)), &mut out).await;
+        assert_eq!(
+            (status, out.text(), quick.elapsed()),
+            (Ok(ExitStatus::Code(0)), "hi\n".into(), Duration::ZERO)
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod planning;
+pub mod proxy;
 pub mod records;
 pub mod registry;
 pub mod render;

@@ -6,6 +6,11 @@
 //! so an unchanged deployment is recognised as a no-op on any machine, rotating a secret changes
 //! the hash, and the hash reveals nothing about the secret. Version and deployment id are not
 //! part of it: the same digest with the same config is the same container, whatever tag was asked.
+//!
+//! An app behind the proxy (issue 15) also gets `--network ferry`, the `ferry.proxy.host` and
+//! `ferry.proxy.path` labels and its route in the hash (changing the route is a change), and a
+//! per-deployment `--network-alias` that the hash leaves out: the proxy must be able to tell the
+//! new container from the old one while both run, so the alias cannot be the same twice.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::Diagnostic;
-use crate::inventory::{Rollout, Target, Transport};
+use crate::inventory::{Rollout, Route, Target, Transport};
 use crate::render::Rendered;
 use crate::secret::{Secret, mask};
 use crate::shell;
@@ -91,6 +96,13 @@ pub struct TargetPlan {
     /// The unmasked argv for execution (equal to `argv` unless a secret value leaked into it).
     #[serde(skip)]
     pub exec_argv: Vec<String>,
+    /// The app's route through the proxy on this target (issue 15); `None`: no proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    /// The container's name on the `ferry` network for this deployment, which the proxy's route
+    /// points at (`CONTAINER-SHORTID`); set with `route`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 /// The secrets env file for one container, sent to `docker run --env-file /dev/stdin` through
@@ -124,6 +136,56 @@ pub struct TargetInput<'a> {
     pub secrets: &'a Secrets,
     /// Keyed hashes of the secrets, from [`secret_hashes`] (once per plan, not per target).
     pub secret_hashes: &'a BTreeMap<String, String>,
+    /// The app's route through the proxy in this environment, if it has one.
+    pub route: Option<&'a Route>,
+}
+
+/// The Docker network ferry puts the proxy and every proxied container on.
+pub const NETWORK: &str = "ferry";
+
+/// The name of a proxied container on the `ferry` network for one deployment: unique per
+/// deployment, so that old and new can run side by side and the route names exactly one.
+pub fn alias(container: &str, deployment: &str) -> String {
+    let hex: String = deployment.chars().filter(char::is_ascii_hexdigit).collect();
+    format!("{container}-{}", &hex[hex.len().saturating_sub(12)..])
+}
+
+/// The managed flags of a proxied container that stay the same across deployments.
+fn proxy_block(route: &Route) -> [String; 6] {
+    [
+        "--network".into(),
+        NETWORK.into(),
+        "--label".into(),
+        format!("ferry.proxy.host={}", route.host),
+        "--label".into(),
+        format!("ferry.proxy.path={}", route.path.as_deref().unwrap_or("")),
+    ]
+}
+
+/// Where the proxy block goes in a stable argv: after the labels and the managed env file.
+fn proxy_at(stable: &[String]) -> usize {
+    if stable.get(LABELS_END).is_some_and(|f| f == "--env-file") { LABELS_END + 2 } else { LABELS_END }
+}
+
+/// The stable argv with the proxy block of `route` (and only it): a recorded block (from the
+/// route of that day) is replaced, since the route is the inventory's today, not the record's.
+fn routed(mut stable: Vec<String>, route: Option<&Route>) -> Vec<String> {
+    let at = proxy_at(&stable).min(stable.len());
+    let recorded = stable.get(at..at + 6).is_some_and(|block| {
+        block[0] == "--network"
+            && block[1] == NETWORK
+            && block[2] == "--label"
+            && block[3].starts_with("ferry.proxy.host=")
+            && block[4] == "--label"
+            && block[5].starts_with("ferry.proxy.path=")
+    });
+    if recorded {
+        stable.drain(at..at + 6);
+    }
+    if let Some(route) = route {
+        stable.splice(at..at, proxy_block(route));
+    }
+    stable
 }
 
 /// Builds one target's plan from its rendered template.
@@ -173,6 +235,17 @@ pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> 
     {
         rest = after;
     }
+    // The proxy block of the day of the record (its route may differ from today's).
+    if let [network, name, l1, host, l2, path, after @ ..] = rest
+        && network == "--network"
+        && name == NETWORK
+        && l1 == "--label"
+        && host.starts_with("ferry.proxy.host=")
+        && l2 == "--label"
+        && path.starts_with("ferry.proxy.path=")
+    {
+        rest = after;
+    }
     let words: Vec<shell::Word> = ["docker", "run"]
         .into_iter()
         .map(str::to_string)
@@ -180,7 +253,12 @@ pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> 
         .enumerate()
         .map(|(offset, text)| shell::Word { text, offset, starts_line: offset == 0 })
         .collect();
-    crate::docker_run::check(&words, image).map(|_| ()).map_err(|(_, message, _)| message)
+    crate::docker_run::check(&words, image, input.route.is_some()).map(|_| ()).map_err(
+        |(_, message, help)| match help {
+            Some(help) if input.route.is_some() => format!("{message} ({help})"),
+            _ => message,
+        },
+    )
 }
 
 /// Where the labels that change per deployment go in the argv: after the two stable ones.
@@ -189,7 +267,7 @@ const LABELS_END: usize = 9;
 /// Builds a target's plan from a stable argv (as [`target_plan`] makes it, or as an audit
 /// record kept it, for a rollback): adds the per-deployment labels and computes the hash.
 pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<String>) -> TargetPlan {
-    let stable = piped_env_file(stable);
+    let stable = routed(piped_env_file(stable), input.route);
     let env_file = env_file(input);
     let config_hash = config_hash(input, &stable);
     let mut volatile = vec![format!("ferry.version={}", input.version)];
@@ -202,6 +280,10 @@ pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<S
     let mut exec_argv = stable[..split].to_vec();
     for label in volatile {
         exec_argv.extend(["--label".to_string(), label]);
+    }
+    let alias = input.route.map(|_| alias(input.container, input.deployment));
+    if let Some(alias) = &alias {
+        exec_argv.extend(["--network-alias".to_string(), alias.clone()]);
     }
     exec_argv.extend_from_slice(&stable[split..]);
     let values: Vec<&Secret> = input.secrets.values().map(|s| &s.value).collect();
@@ -226,6 +308,8 @@ pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<S
         stable_argv: stable,
         env_file,
         exec_argv,
+        route: input.route.cloned(),
+        alias,
     }
 }
 
@@ -259,9 +343,19 @@ fn config_hash(input: &TargetInput<'_>, stable_argv: &[String]) -> String {
         image: &'a str,
         digest: Option<&'a str>,
         secrets: BTreeMap<&'a str, String>,
+        // Absent for an app without a proxy: its hash stays what it was before issue 15.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        route: Option<&'a Route>,
     }
     let secrets = input.secret_hashes.iter().map(|(name, hash)| (name.as_str(), hash.clone())).collect();
-    let canonical = Canonical { v: 1, argv: stable_argv, image: input.image, digest: input.digest, secrets };
+    let canonical = Canonical {
+        v: 1,
+        argv: stable_argv,
+        image: input.image,
+        digest: input.digest,
+        secrets,
+        route: input.route,
+    };
     // Serializing plain strings and maps cannot fail; an empty fallback would still hash stably.
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     hex(&Sha256::digest(&bytes))

@@ -142,6 +142,7 @@ impl<'a> Release<'a> {
             deployment: self.deployment,
             secrets: &self.secrets,
             secret_hashes: &self.secret_hashes,
+            route: self.app.route(&self.env.name),
         }
     }
 
@@ -275,6 +276,11 @@ impl Planner for InventoryPlanner {
             .map_err(|e| e.to_string())?;
         post_deploy(&release, &self.renderer, target, container)
     }
+
+    fn has_post_deploy(&self) -> bool {
+        // An app that cannot be found is treated as having one: waiting is the safe side.
+        !matches!(self.inventory.app(&self.app), Ok(app) if app.post_deploy.is_none())
+    }
 }
 
 /// Plans from a deployment record (`rollback`): each target's recorded argv and the recorded
@@ -355,6 +361,11 @@ impl Planner for RecordPlanner {
     fn post_deploy(&self, target: &str, container: &ContainerDetails) -> Result<Option<String>, String> {
         let release = self.release(self.record.digest.as_deref()).map_err(|e| e.to_string())?;
         post_deploy(&release, &self.renderer, target, container)
+    }
+
+    fn has_post_deploy(&self) -> bool {
+        // An app that cannot be found is treated as having one: waiting is the safe side.
+        !matches!(self.inventory.app(&self.app), Ok(app) if app.post_deploy.is_none())
     }
 }
 

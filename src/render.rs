@@ -143,7 +143,8 @@ impl Renderer {
         let context = minijinja::value::merge_maps([Value::from(extra), base]);
         let name = ctx.app.template.as_str();
         let text = self.render_one(name, &context, ctx.vars)?;
-        let args = self.command_args(name, &text, &context, ctx.image)?;
+        let proxied = ctx.app.route(ctx.environment).is_some();
+        let args = self.command_args(name, &text, &context, ctx.image, proxied)?;
         let health_cmd = match ctx.app.health.cmd {
             Some(_) => Some(self.render_one(&health_name(&ctx.app.name), &context, ctx.vars)?),
             None => None,
@@ -233,12 +234,13 @@ impl Renderer {
         text: &str,
         context: &Value,
         image: &str,
+        proxied: bool,
     ) -> Result<Vec<String>, RenderError> {
         let fail = |offset: usize, message: String, help: Option<String>| {
             RenderError::Command(self.output_diagnostic(name, context, offset, message).maybe_help(help))
         };
         let words = shell::split(text).map_err(|e| fail(e.offset, e.message, None))?;
-        let (checked, options) = docker_run::check_with_options(&words, image)
+        let (checked, options) = docker_run::check_with_options(&words, image, proxied)
             .map_err(|(offset, message, help)| fail(offset, message, help))?;
         if let Some(error) = self.option_from_value(name, context, &options) {
             return Err(error);

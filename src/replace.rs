@@ -17,6 +17,16 @@
 //!   next `ferry deploy` (which reports it, then clears it) or `ferry status` (which reports it)
 //!   reads it.
 //!
+//! An app behind the proxy (issue 15) gets another script, [`proxied_script`]: the old container
+//! is never stopped before the new one serves. The new one starts as `NAME-next` beside it, is
+//! gated through the `ferry` network from inside the proxy (plus its HEALTHCHECK), and only after
+//! ferry's `commit` (after `post_deploy`; an app without one switches as soon as its gate passes
+//! while ferry's heartbeat is fresh) does the script switch the route (one config load), wait for the old
+//! upstream's in-flight requests (at most `drain`), stop and remove the old container and rename
+//! `NAME-next` to `NAME`. Before the switch, every failure and a missing decision remove the new
+//! container and nothing else: the old one was never touched, the route never changed. A stray
+//! `NAME-next` (a step killed before it could clean up) is removed when the next step starts.
+//!
 //! Secrets reach the script through a pipe that it reads once into memory, and `docker run`
 //! through another (`--env-file /dev/stdin`): never a file. The script's protocol is one line
 //! per event in `status`, parsed by [`parse`].
@@ -69,6 +79,34 @@ pub struct Request<'a> {
     pub gate: Gate<'a>,
     /// Who asked for it.
     pub meta: Meta<'a>,
+    /// The proxy's part, for an app behind the proxy: start beside the old one, then switch.
+    pub proxy: Option<ProxyStep<'a>>,
+}
+
+/// What the proxied replace step needs besides [`Request`].
+#[derive(Debug, Clone)]
+pub struct ProxyStep<'a> {
+    /// The new container's alias on the `ferry` network (the route's upstream).
+    pub alias: &'a str,
+    /// The container's port.
+    pub port: u16,
+    /// The health path that must answer 2xx through the network.
+    pub health: &'a str,
+    /// The route table's key (`APP@ENV`): the old upstream is read from its meta file.
+    pub key: &'a str,
+    /// The line that switches the route in ([`crate::proxy::switch_call`]).
+    pub switch: &'a str,
+    /// The longest wait for the old upstream's in-flight requests.
+    pub drain: Duration,
+    /// The app has no `post_deploy`, so there is nothing for ferry to decide after the gate: the
+    /// script switches as soon as the gate passes (while ferry's heartbeat is fresh) instead of
+    /// waiting a round trip for `commit`. This is most of the switch's cost above the gate.
+    pub auto_commit: bool,
+}
+
+/// The name the new container runs under beside the old one until the switch.
+pub fn next_name(container: &str) -> String {
+    format!("{container}-next")
 }
 
 /// A replace step that ended with nobody to read its outcome, as a later command finds it.
@@ -112,6 +150,10 @@ pub enum Line {
     Log(String),
     /// Something worth saying that changes nothing (the old container could not be removed).
     Warning(String),
+    /// A step of the proxied replacement worth reporting (switched, drained).
+    Step(String),
+    /// The route could not be switched (the errors are in the `err` lines before it).
+    SwitchFailed,
     /// The step is over.
     Done(Outcome),
 }
@@ -135,6 +177,12 @@ pub enum Outcome {
     AbandonedKept,
     /// The script is gone without an outcome (killed, or its folder removed by hand).
     Vanished,
+    /// Behind the proxy: the new container failed (or was refused) before the switch and was
+    /// removed; the old one served throughout.
+    Discarded,
+    /// Behind the proxy: nobody decided in time, so the new container was removed before any
+    /// switch; the old one served throughout.
+    AbandonedDiscarded,
 }
 
 impl Outcome {
@@ -148,6 +196,8 @@ impl Outcome {
             "abandoned-restore-failed" => Outcome::AbandonedRestoreFailed,
             "abandoned-kept" => Outcome::AbandonedKept,
             "vanished" => Outcome::Vanished,
+            "discarded" => Outcome::Discarded,
+            "abandoned-discarded" => Outcome::AbandonedDiscarded,
             _ => return None,
         })
     }
@@ -169,6 +219,12 @@ impl Outcome {
                 "nobody collected the result: the new container passed its gate and was kept (there was no old one)"
             }
             Outcome::Vanished => "its script ended without an outcome (killed, or its folder removed)",
+            Outcome::Discarded => {
+                "the new container failed before the switch and was removed; the old one kept serving"
+            }
+            Outcome::AbandonedDiscarded => {
+                "nobody collected the result: the script removed the new container before the switch; the old one kept serving"
+            }
         }
     }
 }
@@ -190,6 +246,8 @@ fn parse_line(line: &str) -> Option<Line> {
         "gated" => Line::Gated(rest.trim() == "0"),
         "log" => Line::Log(rest.to_string()),
         "warn" => Line::Warning(rest.to_string()),
+        "step" => Line::Step(rest.to_string()),
+        "switchfailed" => Line::SwitchFailed,
         "done" => Line::Done(Outcome::read(rest.trim())?),
         "" => return None,
         _ => return None,
@@ -259,13 +317,128 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
     )
 }
 
+/// The detached script for an app behind the proxy (see the module docs); `$1` is its folder.
+fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> String {
+    let old = request.old.map_or("", |(id, _)| id);
+    let (read_env, feed) = match request.env {
+        Some(_) => ("env=$(cat)\n", "printf '%s\\n' \"$env\" | "),
+        None => ("", ""),
+    };
+    let next = next_name(request.name);
+    let probe = crate::proxy::gate_probe_script(proxy.alias, proxy.port, proxy.health, 3);
+    let timeout = request.gate.timeout.as_secs().max(1);
+    // The image's HEALTHCHECK (or health.cmd) after the probe; without either, the probe
+    // itself is the check, so no grace period is waited on top.
+    let gate = docker::Gate { cmd: Some(request.gate.cmd.unwrap_or(&probe)), ..request.gate.clone() };
+    format!(
+        "dir=$1; c={name}; next={next}; old={old}; abandon={abandon}; key={key}; drain={drain}; kept=''\n\
+         echo $$ > \"$dir/pid\"\n\
+         say() {{ printf '%s\\n' \"$*\" >> \"$dir/status\"; }}\n\
+         errs() {{ grep -v '^[[:space:]]*$' \"$dir/err\" | tail -n 3 | sed 's/^/err /' >> \"$dir/status\"; }}\n\
+         logs() {{ docker logs --tail {lines} \"$next\" 2>&1 | tail -n {lines} | sed 's/^/log /' >> \"$dir/status\"; }}\n\
+         discard() {{ docker rm -f \"$next\" > /dev/null 2>&1; say \"done $1\"; exit 0; }}\n\
+         alive() {{ [ $(( $(date +%s) - $(stat -c %Y \"$dir/seen\" 2>/dev/null || echo 0) )) -lt \"$abandon\" ]; }}\n\
+         {read_env}exec < /dev/null\n\
+         {functions}\n\
+         if stray=$(docker inspect -f '{{{{index .Config.Labels \"ferry.deployment\"}}}}' \"$next\" 2>/dev/null); then\n\
+           if [ -n \"$stray\" ] && grep -qxF \"deployment=$stray\" \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null; then\n\
+             say \"notstarted $next serves the route (an earlier rename failed): rename it to $c by hand\"; say 'done untouched'; exit 0\n\
+           fi\n\
+           docker rm -f \"$next\" > /dev/null 2>&1 && say \"warn removed a stray $next (a replace step that ended without cleaning up)\"\n\
+         fi\n\
+         id=$({feed}{run} 2> \"$dir/err\"); rc=$?\n\
+         if [ \"$rc\" != 0 ]; then errs; say \"runfailed exit $rc\"; logs; discard discarded; fi\n\
+         say \"started $(printf '%s\\n' \"$id\" | tail -n 1)\"\n\
+         (\n\
+           start=$(date +%s)\n\
+           until said=$({probe} 2>&1); do\n\
+             [ \"$(docker inspect -f '{{{{.State.Running}}}}' \"$next\" 2>/dev/null)\" = true ] || {{ echo 'gate: the container is not running (it exited)'; exit 1; }}\n\
+             [ $(( $(date +%s) - start )) -lt {timeout} ] || {{ echo 'gate: '{health_q}' did not answer 2xx through the proxy network within {timeout}s'; printf '%s\\n' \"$said\" | tail -n 2; exit 1; }}\n\
+             sleep {interval:.3}\n\
+           done\n\
+           ( ferry_gate_start=$start; {gate} )\n\
+         ) > \"$dir/gate\" 2>&1; rc=$?\n\
+         sed 's/^/g /' \"$dir/gate\" >> \"$dir/status\"; say \"gated $rc\"\n\
+         if [ \"$rc\" != 0 ]; then logs; discard discarded; fi\n\
+         if [ {auto_commit} = 1 ] && alive; then decision=commit; else\n\
+           while [ ! -s \"$dir/decision\" ] && alive; do sleep 0.2; done\n\
+           decision=$(cat \"$dir/decision\" 2>/dev/null)\n\
+         fi\n\
+         case $decision in\n\
+           commit) ;;\n\
+           restore) logs; discard discarded ;;\n\
+           *) [ -z \"$old\" ] || discard abandoned-discarded; kept=1 ;;\n\
+         esac\n\
+         old_up=$(sed -n 's/^upstream=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
+         old_port=$(sed -n 's/^port=//p' \"$ferry_proxy_dir/routes/$key.meta\" 2>/dev/null | head -n 1)\n\
+         old_ip=$(docker inspect -f '{{{{with index .NetworkSettings.Networks \"ferry\"}}}}{{{{.IPAddress}}}}{{{{end}}}}' \"$c\" 2>/dev/null)\n\
+         {switch} > /dev/null 2> \"$dir/err\" || {{ errs; say switchfailed; discard discarded; }}\n\
+         say \"step switched the route to {alias}:{port}\"\n\
+         if [ -n \"$old_up\" ] && [ \"$old_up\" != {alias_q} ]; then\n\
+           {drain_loop}\n\
+         fi\n\
+         if [ -n \"$old\" ]; then\n\
+           docker stop \"$old\" > /dev/null 2> \"$dir/err\" && docker rm \"$old\" > /dev/null 2>> \"$dir/err\" \\\n\
+             || say \"warn the old container $old could not be removed: $(tail -n 1 \"$dir/err\")\"\n\
+         fi\n\
+         docker rename \"$next\" \"$c\" 2> \"$dir/err\" || say \"warn the new container runs as $next: the rename failed: $(tail -n 1 \"$dir/err\")\"\n\
+         if [ -n \"$kept\" ]; then say 'done abandoned-kept'; else say 'done committed'; fi\n",
+        name = q(request.name),
+        next = q(&next),
+        old = q(old),
+        abandon = ABANDON_AFTER.as_secs(),
+        key = q(proxy.key),
+        drain = proxy.drain.as_secs().max(1),
+        auto_commit = u8::from(proxy.auto_commit),
+        lines = docker::LOG_LINES,
+        functions = crate::proxy::FUNCTIONS,
+        health_q = q(proxy.health),
+        interval = request.gate.interval.as_secs_f64().max(0.2),
+        gate = docker::gate_script(&next, &gate),
+        switch = proxy.switch,
+        alias = proxy.alias,
+        alias_q = q(proxy.alias),
+        port = proxy.port,
+        drain_loop = DRAIN_LOOP,
+    )
+}
+
+/// The drain after the switch (needs `$old_up`, `$old_port`, `$old_ip`, `$drain`, `say`): waits,
+/// at most `$drain` seconds, while the proxy still has requests in flight to the old container.
+///
+/// Two counts, because neither alone is enough. The admin API's `num_requests` of the old
+/// upstream is exact while Caddy lists it, but Caddy drops an upstream from
+/// `/reverse_proxy/upstreams` as soon as the loaded config no longer names it, i.e. right at the
+/// switch, while the old config still proxies its in-flight requests to it (measured in the
+/// lab: slow requests in flight were cut by `docker stop` when only the API was asked). So the
+/// loop also counts the proxy's established TCP connections to the old container's address on
+/// the `ferry` network (`/proc/net/tcp{,6}` inside the proxy: its own network namespace; an
+/// IPv4 peer shows as `HEX:PORT`, also in the IPv4-mapped tcp6 form). The routes turn off
+/// keep-alive to the containers ([`crate::proxy::Route::caddy_route`]), so each such connection
+/// is a request in flight, not an idle one the old config keeps.
+const DRAIN_LOOP: &str = r#"ferry_peer() { printf '%02X%02X%02X%02X:%04X' "$4" "$3" "$2" "$1" "$5"; }
+           peer=''; case $old_ip in *.*.*.*) peer=$(IFS=.; ferry_peer $old_ip $old_port) ;; esac
+           start=$(date +%s); n=''; k=0
+           while [ $(( $(date +%s) - start )) -lt "$drain" ]; do
+             n=$(docker exec ferry-proxy wget -q -O - http://localhost:2019/reverse_proxy/upstreams 2>/dev/null | tr '{' '
+'                | grep -F ""address":"$old_up:$old_port"" | sed -n 's/.*"num_requests":\([0-9]*\).*//p' | head -n 1)
+             k=0; [ -z "$peer" ] || k=$(docker exec ferry-proxy cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -c " [0-9A-F]*$peer 01 ")
+             [ "${n:-0}" != 0 ] || [ "${k:-0}" != 0 ] || break
+             sleep 0.2
+           done
+           if [ "${n:-0}" != 0 ] || [ "${k:-0}" != 0 ]; then say "step drain: ${n:-0} requests and ${k:-0} connections still open after ${drain}s"
+           else say "step drained after $(( $(date +%s) - start ))s"; fi"#;
+
 /// The command that starts the detached script: it reports (and clears) an earlier step's
 /// unread outcome, or refuses while one still runs, then starts the script with `setsid` (its
 /// output to a private file, the secrets through a pipe).
 fn launcher(request: &Request<'_>) -> Result<String, DockerError> {
     let run = shell::join(request.argv)
         .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
-    let script = detached_script(request, &run);
+    let script = match &request.proxy {
+        Some(proxy) => proxied_script(request, proxy, &run),
+        None => detached_script(request, &run),
+    };
     let meta = format!(
         "app={}\nenvironment={}\ndeployment={}\nversion={}",
         request.meta.app, request.meta.environment, request.meta.deployment, request.meta.version
@@ -428,6 +601,43 @@ pub fn parse_leftovers(text: &str) -> Vec<Leftover> {
     text.split("--- step\n").filter(|s| !s.trim().is_empty()).filter_map(leftover_of).collect()
 }
 
+/// Removes a stray `NAME-next` of a proxied app on a target (a replace step killed before it
+/// could clean up) unless a step for `container` still runs there, or the route points at it
+/// (an earlier rename failed: it is what serves). Returns it as a [`Leftover`] (its deployment
+/// and version from its labels) when one was removed.
+pub async fn remove_stray_next(
+    host: &dyn Host,
+    app: &str,
+    environment: &str,
+    container: &str,
+) -> Result<Option<Leftover>, DockerError> {
+    let next = next_name(container);
+    let script = format!(
+        "d={dir}; n={n}; meta=\"$HOME/.ferry/proxy/routes/\"{key}.meta\n\
+         if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then exit 0; fi\n\
+         dep=$(docker inspect -f '{{{{index .Config.Labels \"ferry.deployment\"}}}}' \"$n\" 2>/dev/null) || exit 0\n\
+         ! grep -qxF \"deployment=$dep\" \"$meta\" 2>/dev/null || exit 0\n\
+         ver=$(docker inspect -f '{{{{index .Config.Labels \"ferry.version\"}}}}' \"$n\" 2>/dev/null)\n\
+         docker rm -f \"$n\" > /dev/null && printf 'deployment=%s\\nversion=%s\\n' \"$dep\" \"$ver\"",
+        dir = dir(container),
+        n = q(&next),
+        key = q(&crate::proxy::key(app, environment)),
+    );
+    let mut out = Capture::default();
+    let status = host.exec(&script, None, Some(STEP_DEADLINE), &mut out).await?;
+    if !status.success() {
+        return Err(DockerError::Failed { step: "remove a stray container", message: out.errors() });
+    }
+    let text = out.text();
+    Ok(meta_field(&text, "deployment").map(|deployment| Leftover {
+        deployment: deployment.to_string(),
+        version: meta_field(&text, "version").unwrap_or("?").to_string(),
+        outcome: format!(
+            "its new container {next} was left behind before the switch (the step was stopped); removed it now"
+        ),
+    }))
+}
+
 /// The unread outcomes of replace steps of `app` in `environment` on a target, left in place
 /// (`status` changes nothing; the next deployment clears them).
 pub async fn leftovers(host: &dyn Host, app: &str, environment: &str) -> Result<Vec<Leftover>, DockerError> {
@@ -455,6 +665,7 @@ mod tests {
                 since_start: false,
             },
             meta: Meta { app: "web", environment: "dev", deployment: "d1", version: "1.0" },
+            proxy: None,
         }
     }
 
@@ -469,6 +680,27 @@ mod tests {
             let request = request(&argv, env);
             let detached = detached_script(&request, &shell::join(&argv).unwrap());
             for script in [launcher(&request).unwrap(), detached] {
+                let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
+                assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        // Behind the proxy: the other script, valid too.
+        let switch = "ferry_proxy_set web@dev '{}' 'app=web'";
+        let proxy = ProxyStep {
+            alias: "web-dev-0123",
+            port: 8080,
+            health: "/up",
+            key: "web@dev",
+            switch,
+            drain: Duration::from_secs(10),
+            auto_commit: false,
+        };
+        for (env, auto_commit) in [(None, false), (Some(&b"TOKEN=x"[..]), true)] {
+            let proxy = ProxyStep { auto_commit, ..proxy.clone() };
+            let request = Request { proxy: Some(proxy.clone()), ..request(&argv, env) };
+            let proxied = proxied_script(&request, &proxy, &shell::join(&argv).unwrap());
+            assert!(proxied.contains(switch) && proxied.contains("web-dev-next"));
+            for script in [launcher(&request).unwrap(), proxied] {
                 let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
                 assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
             }
@@ -501,5 +733,132 @@ mod tests {
                 outcome: Outcome::AbandonedRestored.describe().into()
             })
         );
+    }
+
+    /// A `docker` for running the proxied script on this machine: it logs its arguments to
+    /// `$FAKE/calls`; the gate probe passes once `$FAKE/healthy` exists (made `$FAKE_AFTER`
+    /// seconds after the first probe), the image's HEALTHCHECK says `$FAKE_HEALTH`.
+    const FAKE_DOCKER: &str = r#"#!/bin/sh
+echo "$*" >> "$FAKE/calls"
+case "$1 $2" in
+  'exec ferry-proxy')
+    case "$*" in
+      *wget*http://web-dev-*) [ -f "$FAKE/first" ] || { date +%s > "$FAKE/first"; }
+        [ $(( $(date +%s) - $(cat "$FAKE/first") )) -ge "$FAKE_AFTER" ] ;;
+      *upstreams*) echo '[]' ;;
+      *) exit 0 ;;
+    esac ;;
+  inspect*)
+    case "$*" in
+      *State.Status*) printf 'running 0 %s\n{}\n' "$FAKE_HEALTH" ;;
+      *State.Running*) echo true ;;
+      *Health.Log*) echo 'still starting' ;;
+      *) exit 1 ;;
+    esac ;;
+  run*) echo new1 ;;
+  *) exit 0 ;;
+esac
+"#;
+
+    /// Runs the proxied script with the fake `docker`: `old` or none, HEALTHCHECK `health`,
+    /// the probe passing after `after` s; nobody decides (the runner is gone). The status lines,
+    /// the docker calls, and how long it took.
+    fn run_proxied(old: bool, health: &str, after: u32, timeout: u64) -> (String, String, Duration) {
+        let fake = tempfile::tempdir().unwrap();
+        let bin = fake.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("docker"), FAKE_DOCKER).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", &bin.join("docker").display().to_string()])
+            .status()
+            .unwrap();
+        let dir = fake.path().join("step");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status"), "").unwrap();
+        std::fs::write(dir.join("seen"), "").unwrap();
+        // The runner's heartbeat is long gone.
+        std::process::Command::new("touch")
+            .args(["-d", "@0", &dir.join("seen").display().to_string()])
+            .status()
+            .unwrap();
+        let argv: Vec<String> =
+            ["docker", "run", "--detach", "--name", "web-dev-next", "img"].map(String::from).to_vec();
+        let route = crate::proxy::Route {
+            app: "web".into(),
+            environment: "dev".into(),
+            host: "web.test".into(),
+            path: None,
+            port: 8080,
+            health: "/up".into(),
+            tls: None,
+            upstream: "web-dev-0123".into(),
+            container: "web-dev".into(),
+            deployment: "d1".into(),
+            maintenance: None,
+        };
+        let switch = crate::proxy::switch_call(&route).unwrap();
+        let proxy = ProxyStep {
+            alias: "web-dev-0123",
+            port: 8080,
+            health: "/up",
+            key: "web@dev",
+            switch: &switch,
+            drain: Duration::from_secs(1),
+            auto_commit: false,
+        };
+        let base = request(&argv, None);
+        let gate = Gate {
+            cmd: None,
+            timeout: Duration::from_secs(timeout),
+            interval: Duration::from_millis(200),
+            ..base.gate
+        };
+        let request =
+            Request { old: old.then_some(("old1", true)), gate, proxy: Some(proxy.clone()), ..base };
+        let script = proxied_script(&request, &proxy, &shell::join(&argv).unwrap());
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let began = std::time::Instant::now();
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script, "ferry-replace", &dir.display().to_string()])
+            .env("PATH", path)
+            .env("HOME", fake.path())
+            .env("FAKE", fake.path())
+            .env("FAKE_HEALTH", health)
+            .env("FAKE_AFTER", after.to_string())
+            .output()
+            .unwrap();
+        let took = began.elapsed();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap_or_default();
+        (status, calls, took)
+    }
+
+    /// A first deploy behind the proxy whose runner is lost after the gate: there is no old
+    /// container to fall back on, so the script switches to the healthy new one and keeps it
+    /// (as the plain path's `abandoned-kept`) instead of leaving nothing to serve. With an old
+    /// container, the new one is removed and the old one serves on.
+    #[test]
+    fn an_abandoned_first_deploy_behind_the_proxy_keeps_the_healthy_container() {
+        let (status, calls, _) = run_proxied(false, "none", 0, 5);
+        assert!(status.ends_with("done abandoned-kept\n"), "{status}");
+        assert!(status.contains("step switched the route to web-dev-0123:8080\n"), "{status}");
+        assert!(calls.contains("rename web-dev-next web-dev"), "{calls}");
+        assert!(!calls.contains("rm -f web-dev-next"), "{calls}");
+
+        let (status, calls, _) = run_proxied(true, "none", 0, 5);
+        assert!(status.ends_with("done abandoned-discarded\n"), "{status}");
+        assert!(!status.contains("switched"), "{status}");
+        assert!(calls.contains("rm -f web-dev-next") && !calls.contains("stop old1"), "{calls}");
+    }
+
+    /// The gate is the probe and then the image's HEALTHCHECK, both within one timeout: a
+    /// probe that passes late leaves the HEALTHCHECK only the rest (not a second timeout).
+    #[test]
+    fn the_proxied_gate_keeps_within_one_timeout() {
+        let (status, _, took) = run_proxied(true, "starting", 3, 4);
+        assert!(status.contains("g gate: not healthy after 4s\n"), "{status}");
+        assert!(status.ends_with("done discarded\n"), "{status}");
+        assert!(took < Duration::from_millis(5800), "the gate took {took:?} with a 4 s timeout");
     }
 }

@@ -40,6 +40,10 @@ pub enum Request {
     Status(Status),
     /// `ferry remove`.
     Remove(Remove),
+    /// `ferry proxy status|boot|reboot`.
+    Proxy(Proxy),
+    /// `ferry maintenance on|off`.
+    Maintenance(Maintenance),
     /// `ferry ls`.
     Ls,
     /// `ferry init`.
@@ -205,6 +209,62 @@ pub struct Remove {
     pub connect_timeout: Duration,
     /// The environment lock.
     pub lock: LockTiming,
+}
+
+/// `ferry proxy`.
+#[derive(Debug, Clone)]
+pub enum Proxy {
+    /// `ferry proxy status`: read only.
+    Status {
+        /// Environment name.
+        environment: String,
+        /// `--limit` globs.
+        limits: Vec<String>,
+        /// Give up on a target whose SSH session is not up within this time.
+        connect_timeout: Duration,
+    },
+    /// `ferry proxy boot`.
+    Boot(ProxyWrite),
+    /// `ferry proxy reboot`.
+    Reboot {
+        /// The environment and how.
+        write: ProxyWrite,
+        /// `--image`: instead of the inventory's.
+        image: Option<String>,
+        /// `--recreate`: a new container even when the running one has the image.
+        recreate: bool,
+    },
+}
+
+/// What `ferry proxy boot|reboot` and `ferry maintenance` share: a locked, audited run over the
+/// environment's targets.
+#[derive(Debug, Clone)]
+pub struct ProxyWrite {
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs.
+    pub limits: Vec<String>,
+    /// `--yes`: no confirmation prompt.
+    pub yes: bool,
+    /// Targets worked on at once.
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// The environment lock.
+    pub lock: LockTiming,
+}
+
+/// `ferry maintenance on|off`.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// App name.
+    pub app: String,
+    /// On (503 with the message) or off (the app again).
+    pub on: bool,
+    /// `--message` (on only).
+    pub message: Option<String>,
+    /// The environment and how.
+    pub write: ProxyWrite,
 }
 
 /// `ferry init`.

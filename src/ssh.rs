@@ -12,7 +12,9 @@
 //! * TCP_NODELAY on (it saves three delayed-ACK waits per connection), a connect timeout, and
 //!   keepalives every 15 s, a peer silent for three of them (45 s) being dead, but no inactivity
 //!   timeout: a silent `docker pull` is never cut off, while a dead host is noticed in under a
-//!   minute.
+//!   minute. Keepalives run in russh's session task, so they cannot end a wait while that task
+//!   is itself stuck; the deadlines of ferry's own commands are therefore enforced around the
+//!   whole call as well, by [`crate::host::Bounded`].
 //! * Authentication tries the target's identity file (passphrase from `FERRY_SSH_PASSPHRASE`),
 //!   then the ssh-agent at `SSH_AUTH_SOCK`, then `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
 //! * An exit status is only ever what the server reported: a channel that closes without one

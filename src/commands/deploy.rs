@@ -189,9 +189,11 @@ pub fn execute(
     Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
     let store = store(inventory)?;
     let login = super::feed::login_for(inventory, &app)?;
+    let proxy_login =
+        if app.route(&env.name).is_some() { super::feed::proxy_login(inventory)? } else { None };
     let mut secrets = known_secrets(inventory, &env.name);
-    // The registry password too: Docker or a target could echo it in an error.
-    secrets.extend(login.iter().map(|l| l.password.clone()));
+    // The registry passwords too: Docker or a target could echo them in an error.
+    secrets.extend(login.iter().chain(&proxy_login).map(|l| l.password.clone()));
     let names: Vec<String> = plan.targets.iter().map(|t| t.target.clone()).collect();
     let settings = apply::Settings {
         parallel: flags.parallel,
@@ -202,6 +204,8 @@ pub fn execute(
         mirror: format!("ferry {what} ({}) by {}", plan.deployment, store.actor().describe()),
         login,
         secrets: secrets.clone(),
+        proxy: inventory.proxy.clone(),
+        proxy_login,
     };
     let session = Session {
         inventory: Arc::clone(inventory),

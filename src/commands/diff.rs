@@ -60,7 +60,9 @@ pub fn run(
         async move {
             let listed = docker::list(&connection, &app, &env).await.map_err(|e| e.to_string())?;
             let digest = docker::local_digest(&connection, &image).await.map_err(|e| e.to_string())?;
-            Ok((listed, digest))
+            // What the proxy routes there now (only a proxied plan's reasons use it).
+            let route = crate::proxy::read_route(&connection, &app, &env).await.ok().flatten();
+            Ok((listed, (digest, route)))
         }
     }));
     // The feed knows which bytes the tag names; without one, the targets' last pulls do.
@@ -70,8 +72,9 @@ pub fn run(
         }
         _ => plan.digest.clone(),
     };
-    let digest = from_feed
-        .or_else(|| observed.iter().find_map(|(_, seen)| seen.as_ref().ok().and_then(|(_, d)| d.clone())));
+    let digest = from_feed.or_else(|| {
+        observed.iter().find_map(|(_, seen)| seen.as_ref().ok().and_then(|(_, (d, _))| d.clone()))
+    });
     let plan = match &digest {
         Some(d) => build_plan(inventory, renderer, &PlanRequest { digest: Some(d), ..request.clone() })?,
         None => plan,
@@ -81,7 +84,13 @@ pub fn run(
         .targets
         .iter()
         .zip(observed)
-        .map(|(tp, (_, seen))| compare(&plan, tp, seen.map(|(c, _)| c), &history))
+        .map(|(tp, (_, seen))| {
+            let (containers, route) = match seen {
+                Ok((c, (_, route))) => (Ok(c), route),
+                Err(e) => (Err(e), None),
+            };
+            compare(&plan, tp, containers, route, &history)
+        })
         .collect();
     match output {
         OutputFormat::Json => output::print_json(&Report {
@@ -107,8 +116,12 @@ pub fn run(
                 .iter()
                 .map(|d| vec![d.target.clone(), d.change.to_string(), d.reasons.join("; ")])
                 .collect();
-            let head =
-                format!("plan --diff: {} {} → {}: {image}\n\n", plan.app, plan.version, plan.environment);
+            let route = plan.targets.first().and_then(|t| t.route.as_ref());
+            let route = route.map_or_else(String::new, |r| format!("proxy: {}\n", r.describe()));
+            let head = format!(
+                "plan --diff: {} {} → {}: {image}\n{route}\n",
+                plan.app, plan.version, plan.environment
+            );
             output::print(&(head + &table(&["TARGET", "CHANGE", "WHY"], &rows)))?;
         }
     }
@@ -119,6 +132,7 @@ fn compare(
     plan: &Plan,
     tp: &TargetPlan,
     seen: Result<Vec<Container>, String>,
+    route: Option<Result<crate::proxy::Route, String>>,
     history: &[Deployment],
 ) -> TargetDiff {
     let diff = |change, reasons| TargetDiff { target: tp.target.clone(), change, reasons };
@@ -152,6 +166,18 @@ fn compare(
     if let Some(version) = current.label("ferry.version").filter(|v| *v != plan.version) {
         reasons.push(format!("version: {version} → {}", plan.version));
     }
+    // The route is in the config hash but not in the argv: say what of it changed.
+    let route_known = match (&tp.route, route) {
+        (Some(planned), Some(Ok(now))) => {
+            reasons.extend(route_changes(&now, planned));
+            true
+        }
+        (Some(planned), None) => {
+            reasons.push(format!("proxy route: none → {}", planned.describe()));
+            true
+        }
+        _ => false,
+    };
     let recorded = current
         .label("ferry.deployment")
         .and_then(|id| history.iter().rev().find(|d| d.id == id))
@@ -162,7 +188,13 @@ fn compare(
             let images = [current.details.image.as_str(), plan.image.as_str()];
             let changes = argv_changes(&r.argv, &tp.stable_argv, &images);
             if changes.is_empty() && reasons.is_empty() {
-                reasons.push("secret values changed (their keyed hashes differ)".into());
+                reasons.push(match &tp.route {
+                    // The route's port, health and tls are in the hash, not in the argv.
+                    Some(_) if !route_known => {
+                        "the proxy route (port, health, tls) or secret values changed".into()
+                    }
+                    _ => "secret values changed (their keyed hashes differ)".into(),
+                });
             }
             reasons.extend(changes);
         }
@@ -173,6 +205,24 @@ fn compare(
         None => {}
     }
     diff(Decision::Replace.label(), reasons)
+}
+
+/// What differs between the route the target's table records and the planned one.
+fn route_changes(now: &crate::proxy::Route, planned: &crate::inventory::Route) -> Vec<String> {
+    let tls = |t: Option<&str>| t.unwrap_or("none").to_string();
+    let path = |p: Option<&str>| p.unwrap_or("(all)").to_string();
+    let pairs = [
+        ("host", now.host.clone(), planned.host.clone()),
+        ("path", path(now.path.as_deref()), path(planned.path.as_deref())),
+        ("port", now.port.to_string(), planned.port.to_string()),
+        ("health", now.health.clone(), planned.health.clone()),
+        ("tls", tls(now.tls.map(crate::proxy::Tls::as_str)), tls(planned.tls.map(|t| t.word()))),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(what, a, b)| format!("proxy route {what}: {a} → {b}"))
+        .collect()
 }
 
 /// The `docker run` arguments removed and added, as units: an option with its value

@@ -22,7 +22,18 @@ pub fn registry_for(inventory: &Inventory, app: &App) -> Result<Option<(Registry
 /// The `docker login` targets need before they pull the app's image: when its feed has
 /// credentials (its own, or this machine's Docker config for that registry).
 pub fn login_for(inventory: &Inventory, app: &App) -> Result<Option<crate::docker::Login>, Error> {
-    let Some((endpoint, credentials, _)) = feed_parts(inventory, app)? else { return Ok(None) };
+    login_named(inventory, app.feed.as_deref())
+}
+
+/// The `docker login` targets need before they pull the proxy image: `[proxy] feed`'s
+/// credentials, exactly as an app's feed gives them.
+pub fn proxy_login(inventory: &Inventory) -> Result<Option<crate::docker::Login>, Error> {
+    login_named(inventory, inventory.proxy.feed.as_deref())
+}
+
+/// The login of the feed named `feed` (none: no login).
+fn login_named(inventory: &Inventory, feed: Option<&str>) -> Result<Option<crate::docker::Login>, Error> {
+    let Some((endpoint, credentials, _)) = feed_parts_named(inventory, feed)? else { return Ok(None) };
     Ok(credentials.map(|c| crate::docker::Login {
         registry: endpoint.registry,
         username: c.username,
@@ -33,7 +44,11 @@ pub fn login_for(inventory: &Inventory, app: &App) -> Result<Option<crate::docke
 type FeedParts = (Endpoint, Option<Credentials>, Option<std::path::PathBuf>);
 
 fn feed_parts(inventory: &Inventory, app: &App) -> Result<Option<FeedParts>, Error> {
-    let Some(feed) = app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) else { return Ok(None) };
+    feed_parts_named(inventory, app.feed.as_deref())
+}
+
+fn feed_parts_named(inventory: &Inventory, feed: Option<&str>) -> Result<Option<FeedParts>, Error> {
+    let Some(feed) = feed.and_then(|f| inventory.feeds.get(f)) else { return Ok(None) };
     let endpoint = Endpoint::from_url(&feed.url)
         .ok_or_else(|| Diagnostic::new(format!("feed {}: invalid url {}", feed.name, feed.url)))?;
     let credentials = match (&feed.username, &feed.password) {

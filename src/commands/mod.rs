@@ -19,6 +19,7 @@ pub mod logs;
 pub mod ls;
 pub mod plan;
 pub mod promote;
+pub mod proxy_cmd;
 pub mod remove;
 pub mod rollback;
 pub mod run;
@@ -64,6 +65,8 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Rollback(r) => rollback::run(inventory, &r, output),
         Request::Status(r) => status::run(&inventory, &r, output),
         Request::Remove(r) => remove::run(inventory, &r, output),
+        Request::Proxy(r) => proxy_cmd::run(inventory, r, output),
+        Request::Maintenance(r) => proxy_cmd::maintenance(inventory, r, output),
         Request::Ls => ls::run(&inventory, output),
         // Answered before any inventory is read (see `run`).
         Request::Init(r) => init::run(&r, output),

@@ -123,6 +123,9 @@ pub fn human(plan: &Plan) -> String {
     if let Some(first) = plan.targets.first().filter(|t| !t.secrets.is_empty()) {
         out += &format!("secrets (env file, values hidden): {}\n", first.secrets.join(", "));
     }
+    if let Some(route) = plan.targets.first().and_then(|t| t.route.as_ref()) {
+        out += &format!("proxy: {}\n", route.describe());
+    }
     out += "\n";
     let rows: Vec<Vec<String>> = plan
         .targets

@@ -13,7 +13,8 @@
 //! target where a replace step of the app still runs (its runner died moments ago) fails with
 //! nothing removed: that step would start or restore a container after the removal.
 //! Containers of other apps, or of this app in other environments on the same host, never
-//! match: both labels must be equal.
+//! match: both labels must be equal. An app behind the proxy loses its route on the target
+//! first (`~/.ferry/proxy/routes/APP@ENV.*`, one config load); other routes stay.
 //!
 //! Exit code: 0 when every selected target has none of the app's containers left; 1 when one
 //! failed; 3 locked; 4 not confirmed; 130 interrupted.
@@ -209,10 +210,21 @@ async fn remove_on(
         finished(events, &removed);
         return removed;
     };
-    // SEAM(issue 15, the proxy): once an app can sit behind a proxy, its route on this target
-    // must be removed here, before its containers stop. Nothing removes a route yet.
     let _ = events.send(Event::TargetStep { target: removed.target.clone(), step: "removing".into() });
-    match crate::docker::remove_all(&*host, &job.app, &job.environment).await {
+    // The route first, before its containers stop: the proxy answers "no route" rather than
+    // sending requests to a container that is going away. A route that cannot be removed
+    // fails the target with nothing else removed.
+    let result = match crate::proxy::remove(&*host, &job.app, &job.environment).await {
+        Ok(dropped) => {
+            if dropped {
+                let step = "removed its route from the proxy".to_string();
+                let _ = events.send(Event::TargetStep { target: removed.target.clone(), step });
+            }
+            crate::docker::remove_all(&*host, &job.app, &job.environment).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(crate::docker::RemovedAll { containers: names, leftovers }) => {
             // As a deployment reports them before it clears them: the outcome of a replace step
             // whose runner died is told, not lost.

@@ -185,7 +185,14 @@ pub fn run(inventory: &Inventory, args: &Status, output: OutputFormat) -> Result
         }
     }
     targets.sort_by_key(|t| inventory.targets.iter().position(|k| k.name == t.name));
-    let names: Vec<String> = selected.iter().map(|(a, _)| a.name.clone()).collect();
+    let names: Vec<(String, Option<String>)> = selected
+        .iter()
+        .map(|(a, _)| {
+            // Behind the proxy, a stray NAME-next is cleaned up (and reported) by status too.
+            let proxied = a.route(&env.name).map(|_| inventory::container_name(a, &env.name));
+            (a.name.clone(), proxied)
+        })
+        .collect();
     let observed: BTreeMap<String, Seen> =
         runtime()?.block_on(observe(inventory, &targets, &ssh, &names, &env.name)).into_iter().collect();
     let mut apps = Vec::new();
@@ -314,7 +321,7 @@ async fn observe(
     inventory: &Inventory,
     targets: &[&inventory::Target],
     ssh: &crate::ssh::Options,
-    apps: &[String],
+    apps: &[(String, Option<String>)],
     environment: &str,
 ) -> Vec<(String, Seen)> {
     crate::host::on_each(inventory, targets, ssh, |connection| {
@@ -322,12 +329,21 @@ async fn observe(
         async move {
             let read = async {
                 let mut seen = BTreeMap::new();
-                for app in apps {
+                for (app, proxied) in apps {
+                    let stray = match &proxied {
+                        Some(container) => {
+                            replace::remove_stray_next(&connection, &app, &environment, container)
+                                .await
+                                .map_err(|e| e.to_string())?
+                        }
+                        None => None,
+                    };
                     let containers =
                         docker::list(&connection, &app, &environment).await.map_err(|e| e.to_string())?;
-                    let leftovers = replace::leftovers(&connection, &app, &environment)
+                    let mut leftovers = replace::leftovers(&connection, &app, &environment)
                         .await
                         .map_err(|e| e.to_string())?;
+                    leftovers.extend(stray);
                     seen.insert(app, (containers, leftovers));
                 }
                 Ok(seen)

@@ -8,7 +8,7 @@
 //! It answers a command with the first rule whose pattern occurs in the command's text, and
 //! records every command it got (with its stdin), so a test can assert the exact sequence of
 //! steps. Once it has answered "connection lost", every later command is lost too, as on a
-//! real link.
+//! real link; once it has stalled, every later command (and the close) hangs.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,6 +30,11 @@ pub enum Reply {
     },
     /// The connection went away before an exit status arrived (and stays away).
     Lost,
+    /// The link went silent: no answer ever comes, not even a reset (packets silently dropped,
+    /// under an SSH session that is itself stuck), and every later command and the close hang
+    /// too. The fake ignores deadlines, as such a session does: what ends the wait is up to
+    /// the layers above. A real peer cannot be made to do this on demand, hence the fake.
+    Stall,
 }
 
 impl Reply {
@@ -67,6 +72,7 @@ pub struct FakeHost {
     rules: Mutex<Vec<Rule>>,
     calls: Mutex<Vec<Call>>,
     lost: Mutex<bool>,
+    stalled: Mutex<bool>,
     closed: Mutex<bool>,
 }
 
@@ -80,6 +86,7 @@ impl FakeHost {
             rules: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             lost: Mutex::new(false),
+            stalled: Mutex::new(false),
             closed: Mutex::new(false),
         }
     }
@@ -125,6 +132,9 @@ impl FakeHost {
     }
 
     fn answer(&self, command: &str) -> Reply {
+        if self.stalled() {
+            return Reply::Stall;
+        }
         if self.lost.lock().map(|l| *l).unwrap_or(true) {
             return Reply::Lost;
         }
@@ -142,7 +152,16 @@ impl FakeHost {
         {
             *lost = true;
         }
+        if reply == Reply::Stall
+            && let Ok(mut stalled) = self.stalled.lock()
+        {
+            *stalled = true;
+        }
         reply
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled.lock().map(|s| *s).unwrap_or(false)
     }
 }
 
@@ -179,6 +198,7 @@ impl Host for FakeHost {
                     Ok(ExitStatus::Code(code))
                 }
                 Reply::Lost => Err(ExecError::Lost(format!("fake host {}: connection lost", self.name))),
+                Reply::Stall => std::future::pending().await,
             }
         })
     }
@@ -187,6 +207,9 @@ impl Host for FakeHost {
         Box::pin(async move {
             if let Ok(mut closed) = self.closed.lock() {
                 *closed = true;
+            }
+            if self.stalled() {
+                std::future::pending::<()>().await;
             }
         })
     }

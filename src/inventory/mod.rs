@@ -8,6 +8,7 @@
 //! Nothing here touches the network; the only file-system reads are the inventory itself and the
 //! templates folder listing (to check that templates exist and stay inside it).
 
+pub mod proxy;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,6 +21,7 @@ use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean, display_path};
 use crate::{duration, glob};
+pub use proxy::{Proxy, Route, Tls};
 use raw::{RawInventory, RawSecretFrom, RawSecretSource, RawVars};
 
 /// Names ferry puts into every template context; a variable may not shadow them.
@@ -73,6 +75,8 @@ pub struct Inventory {
     /// `[state] url`: the shared store's URL (a secret: it may hold a password). `None`: the
     /// process's `FERRY_STATE_URL`, else the local files.
     pub state_url: Option<SecretDef>,
+    /// `[proxy]` (defaults when absent): the proxy that routes to apps with a `proxy` route.
+    pub proxy: Proxy,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -305,6 +309,16 @@ pub struct App {
     pub versions: crate::version::Rules,
     /// Per-environment overrides.
     pub environments: BTreeMap<String, AppEnvironment>,
+    /// The app's route through the proxy per environment name (the app's `proxy` merged with
+    /// the environment's, key by key); an environment without one runs the app unproxied.
+    pub routes: BTreeMap<String, Route>,
+}
+
+impl App {
+    /// The app's route through the proxy in `environment`, if it sits behind the proxy there.
+    pub fn route(&self, environment: &str) -> Option<&Route> {
+        self.routes.get(environment)
+    }
 }
 
 impl Inventory {
@@ -439,6 +453,7 @@ impl Checker<'_> {
         let templates_dir = self.templates_dir(&defaults.1);
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
+        let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -451,6 +466,7 @@ impl Checker<'_> {
             feeds,
             apps,
             state_url,
+            proxy,
         }
     }
 
@@ -834,6 +850,8 @@ impl Checker<'_> {
         let templates = list_templates(templates_dir);
         let roles: BTreeSet<&str> = targets.iter().flat_map(|t| t.roles.iter().map(String::as_str)).collect();
         let mut apps = Vec::with_capacity(raw.len());
+        // (index into `apps`, environment, span of the route that decided it): for messages.
+        let mut route_spans: Vec<(usize, String, Range<usize>)> = Vec::new();
         for (name, app) in raw {
             let name_span = name.span();
             let name = name.into_inner();
@@ -875,6 +893,31 @@ impl Checker<'_> {
             let secrets = self.secrets(app.secrets, &env);
             let health = app.health.map(|h| self.health(h)).unwrap_or_default();
             let versions = app.versions.map(|v| self.versions(v)).unwrap_or_default();
+            let mut problems = Vec::new();
+            let app_route = app.proxy.map(|r| proxy::layer(r, &mut problems));
+            let mut env_routes = BTreeMap::new();
+            for (env_name, overrides) in &app.environments {
+                if let Some(route) = &overrides.get_ref().proxy {
+                    let route = route.clone();
+                    env_routes.insert(env_name.get_ref().clone(), proxy::layer(route, &mut problems));
+                }
+            }
+            let mut routes = BTreeMap::new();
+            for e in envs {
+                let merged = proxy::merge(app_route.as_ref(), env_routes.get(&e.name), &mut problems);
+                if let Some(route) = merged {
+                    let at = env_routes.get(&e.name).or(app_route.as_ref()).map_or(0..0, |l| l.span.clone());
+                    route_spans.push((apps.len(), e.name.clone(), at));
+                    routes.insert(e.name.clone(), route);
+                }
+            }
+            problems.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            let mut seen = BTreeSet::new();
+            for (span, message, help) in problems {
+                if seen.insert((span.start, message.clone())) {
+                    self.error(span, message, help);
+                }
+            }
             let environments = self.app_environments(app.environments, envs, &env, &secrets);
             let app = App {
                 name,
@@ -892,10 +935,12 @@ impl Checker<'_> {
                 post_deploy: app.post_deploy.map(|p| (p.get_ref().clone(), p.span())),
                 versions,
                 environments,
+                routes,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
             apps.push(app);
         }
+        self.check_routes(&apps, &route_spans, targets, envs);
         apps.sort_by_key(|a| a.name_span.start);
         self.check_container_names(&apps, envs);
         apps
@@ -1121,6 +1166,81 @@ impl Checker<'_> {
                         "give a target of \"{}\" one of these roles, or change the app's roles",
                         env.name
                     )),
+                );
+            }
+        }
+    }
+
+    fn proxy(&mut self, raw: raw::RawProxy, feeds: &BTreeMap<String, Feed>) -> Proxy {
+        let mut proxy = Proxy::default();
+        if let Some(image) = raw.image {
+            let text = image.get_ref();
+            if text.is_empty() || text.contains(char::is_whitespace) || text.starts_with('-') {
+                self.error(
+                    image.span(),
+                    "invalid proxy image",
+                    Some("write an image reference with its tag, like \"caddy:2\"".into()),
+                );
+            } else {
+                proxy.image = text.clone();
+            }
+        }
+        if let Some(feed) = raw.feed {
+            if !feeds.contains_key(feed.get_ref()) {
+                let help = did_you_mean(feed.get_ref(), feeds.keys().map(String::as_str))
+                    .or(Some("define it as [feeds.NAME]".into()));
+                self.error(feed.span(), format!("unknown feed \"{}\"", feed.get_ref()), help);
+            }
+            proxy.feed = Some(feed.into_inner());
+        }
+        if let Some(drain) = raw.drain {
+            match duration::parse(drain.get_ref()) {
+                Ok(d) => proxy.drain = d,
+                Err(e) => self.errors.push(Diagnostic::new(e).at(self.source, drain.span())),
+            }
+        }
+        proxy
+    }
+
+    /// Two apps (or one app in two environments) that route the same host and path on one
+    /// target: the proxy there could only send that traffic to one of them.
+    fn check_routes(
+        &mut self,
+        apps: &[App],
+        spans: &[(usize, String, Range<usize>)],
+        targets: &[Target],
+        envs: &[Environment],
+    ) {
+        let mut reported = BTreeSet::new();
+        for (t, target) in targets.iter().enumerate() {
+            let mut claimed: BTreeMap<(String, String), &(usize, String, Range<usize>)> = BTreeMap::new();
+            for entry in spans {
+                let (a, env_name, span) = entry;
+                let (Some(app), Some(env)) = (apps.get(*a), envs.iter().find(|e| &e.name == env_name)) else {
+                    continue;
+                };
+                let runs_here = env.targets.contains(&t)
+                    && app.roles.as_ref().is_none_or(|roles| target.roles.iter().any(|r| roles.contains(r)));
+                let Some(route) = app.route(env_name).filter(|_| runs_here) else { continue };
+                let Some(first) = claimed.get(&route.key()).copied() else {
+                    claimed.insert(route.key(), entry);
+                    continue;
+                };
+                if !reported.insert((first.2.start, span.start)) {
+                    continue;
+                }
+                let other = apps.get(first.0).map_or("?", |a| a.name.as_str());
+                self.error(
+                    span.clone(),
+                    format!(
+                        "{}{} is routed twice on target \"{}\": app \"{other}\" in \"{}\" and app \"{}\" in \"{env_name}\"",
+                        route.host,
+                        route.path.as_deref().unwrap_or(""),
+                        target.name,
+                        first.1,
+                        app.name,
+                    ),
+                    Some("a target's proxy can send a host and path to one app only: give one of them another host or path".into()),
                 );
             }
         }

@@ -34,6 +34,28 @@ pub struct RawInventory {
     #[serde(default)]
     pub apps: SpannedMap<Spanned<RawApp>>,
     pub state: Option<Spanned<RawState>>,
+    pub proxy: Option<Spanned<RawProxy>>,
+}
+
+/// `[proxy]`: the proxy every target of a proxied app runs (issue 15).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub image: Option<Spanned<String>>,
+    pub feed: Option<Spanned<String>>,
+    pub drain: Option<Spanned<String>>,
+}
+
+/// `proxy = { host, port, health, path, tls }` on an app, or (key by key) on an app's
+/// environment. Every key is optional here: the merged route is checked for completeness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub health: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub tls: Option<Spanned<String>>,
 }
 
 /// `[state]`: where the records live when they are shared.
@@ -190,6 +212,7 @@ pub struct RawApp {
     pub health: Option<Spanned<RawHealth>>,
     pub post_deploy: Option<Spanned<String>>,
     pub versions: Option<RawVersions>,
+    pub proxy: Option<Spanned<RawRoute>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
 }
@@ -222,4 +245,5 @@ pub struct RawAppEnvironment {
     pub env: SpannedMap<Spanned<toml::Value>>,
     #[serde(default)]
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
+    pub proxy: Option<Spanned<RawRoute>>,
 }

@@ -68,7 +68,9 @@ fn check_commands(line: &str) -> usize {
         };
         // `ferry lock status|acquire|release --env …`: a flag must exist in one of them.
         let subs: Vec<&str> = match (*command, words.get(1)) {
-            ("lock" | "audit" | "state", Some(sub)) if !sub.starts_with('-') => sub.split('|').collect(),
+            ("lock" | "audit" | "state" | "proxy" | "maintenance", Some(sub)) if !sub.starts_with('-') => {
+                sub.split('|').collect()
+            }
             _ => vec![""],
         };
         let mut help = String::new();

@@ -255,7 +255,7 @@ fn tls_and_basic_auth_feed_lists_resolves_and_deploys_and_a_wrong_password_is_re
             .never_prints("s3cret-lab")
     };
     let doc = ferry(&["versions", "many", "--output", "json"], "s3cret-lab").stdout_json().run().json();
-    assert_eq!(versions(&doc), ["2.0", "1.0"]);
+    assert_eq!(versions(&doc), ["2.0", "1.1", "1.0"]);
     let wrong = "error: registry 10.200.0.1:5001 refused the credentials: 401 Unauthorized for user tester\n  \
                  = help: check the feed's username and password sources (or `docker login`)\n";
     let refused = ferry(&["versions", "many"], "wrong").code(1).stderr(wrong).run();

@@ -352,3 +352,69 @@ fn answer_parsers_never_panic_and_versions_order_totally() {
         panic!("{e}");
     }
 }
+
+/// Pieces of meta files, route tables and admin API answers (issue 15's proxy parsers).
+const PROXY_TOKENS: &[&str] = &[
+    "app=web\n",
+    "environment=prod\n",
+    "host=web.example.com\n",
+    "path=/api\n",
+    "path=\n",
+    "port=80\n",
+    "port=65536\n",
+    "health=/up\n",
+    "tls=internal\n",
+    "tls=acme\n",
+    "tls=\n",
+    "upstream=web-prod-1\n",
+    "container=web-prod\n",
+    "deployment=d1\n",
+    "maintenance=\n",
+    "maintenance=\"down \\\"now\\\"\"\n",
+    "maintenance=\"\\ud800\"\n",
+    "--- route web@prod.meta\n",
+    "--- proxy\n",
+    "--- upstreams\n",
+    "--- containers\n",
+    "| ",
+    "=",
+    "\n",
+    "[{\"address\":\"a:1\",\"num_requests\":",
+    "18446744073709551616",
+    "-1",
+    "}]",
+    "true caddy:2\n",
+    "é",
+    "\0",
+];
+
+#[test]
+fn proxy_parsers_never_panic_and_a_parsed_route_round_trips() {
+    use ferry::proxy::{Route, parse_table, parse_upstreams};
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let text = prop::collection::vec(0..PROXY_TOKENS.len(), 0..40)
+        .prop_map(|picks| picks.iter().map(|&i| PROXY_TOKENS[i]).collect::<String>());
+    let executed = AtomicUsize::new(0);
+    let result = runner.run(&(text, any::<String>()), |(tokens, raw)| {
+        executed.fetch_add(1, Ordering::Relaxed);
+        for input in [&tokens, &raw] {
+            let _ = parse_upstreams(input);
+            let _ = parse_table(input);
+            if let Ok(route) = Route::parse_meta(input) {
+                // Whatever the parser accepts is valid and reads back as itself.
+                prop_assert_eq!(route.validate(), Ok(()));
+                prop_assert_eq!(Route::parse_meta(&route.meta()), Ok(route.clone()));
+                let _ = ferry::proxy::switch_call(&route);
+            }
+        }
+        Ok(())
+    });
+    println!("proxy parsers: {} inputs", executed.load(Ordering::Relaxed));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -36,6 +36,11 @@ mod mirror;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
+mod probe;
+mod proxy_cli;
+mod proxy_config;
+#[cfg(feature = "lab")]
+mod proxy_lab;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;
@@ -45,3 +50,5 @@ mod secrets;
 mod shared_store;
 mod test;
 mod vars;
+#[cfg(feature = "lab")]
+mod zero_downtime;

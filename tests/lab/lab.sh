@@ -325,23 +325,62 @@ image_up() { # builds busybox-static into an image and pushes ferry/busybox:1.0 
   tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/rootfs.tar" .
   "$HERE/push-image.sh" "$REGISTRY" ferry/busybox 1.0 "$T/rootfs.tar"
   web_images_up
+  caddy_image_up
 }
 
-# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in five versions.
-#   1.0, 2.0  healthy, answering "ferry web 1.0" / "ferry web 2.0"
+# ferry/caddy:2.6.2, the proxy image (issue 15): Debian's caddy binary with the libraries `ldd`
+# names, plus busybox-static for `sh` and `wget` (the public caddy:2 image is Alpine and has
+# both; ferry needs them inside the proxy). Env, Cmd and folders as in the public image, so that
+# a test against this image behaves like one against caddy:2.
+caddy_image_up() {
+  local r=$T/caddy-rootfs lib
+  rm -rf "$r"; mkdir -p "$r/bin" "$r/usr/bin" "$r/etc/caddy" "$r/data" "$r/config" "$r/tmp" "$r/srv"
+  chmod 1777 "$r/tmp"
+  cp /usr/bin/caddy "$r/usr/bin/caddy"
+  for lib in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+    mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+  done
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $("$r/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
+  printf ':80 {\n\troot * /srv\n\tfile_server\n}\n' > "$r/etc/caddy/Caddyfile"
+  echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"; echo 'root:x:0:' > "$r/etc/group"
+  tar -C "$r" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$T/caddy.tar" .
+  CONFIG='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","XDG_CONFIG_HOME=/config","XDG_DATA_HOME=/data"],"Cmd":["caddy","run","--config","/etc/caddy/Caddyfile","--adapter","caddyfile"],"ExposedPorts":{"80/tcp":{},"443/tcp":{},"443/udp":{},"2019/tcp":{}},"WorkingDir":"/srv"}' \
+    "$HERE/push-image.sh" "$REGISTRY" ferry/caddy 2.6.2 "$T/caddy.tar"
+  rm -rf "$r"
+}
+
+# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in seven versions.
+#   1.0, 1.1, 2.0  healthy, answering "ferry web 1.0" / "ferry web 1.1" / "ferry web 2.0"
 #   bad       httpd exits at once with an error on stderr (a broken build)
 #   health    has a HEALTHCHECK that passes once httpd answers
-#   sick      has a HEALTHCHECK that never passes
+#   sick      has a HEALTHCHECK that never passes (its /up answers: only the HEALTHCHECK fails it)
+#   noup      httpd runs and answers "ferry web noup", but has no /up (404): it never gets
+#             healthy behind the proxy (issue 15)
+# Every version whose httpd runs has `/up` (answers "up VERSION"; not noup) for the proxy's health
+# gate, and `/cgi-bin/slow`, a CGI that sleeps 3 s and then answers "ferry web VERSION": a
+# request in flight while the proxy switches, for the drain tests.
 web_images_up() {
   local r=$T/rootfs v
   local plain='{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-p","80","-h","/www"]}'
   local check='"Healthcheck":{"Test":["CMD-SHELL","wget -q -O /dev/null http://127.0.0.1/ || exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
   local never='"Healthcheck":{"Test":["CMD-SHELL","exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
-  for v in 1.0 2.0 bad health sick; do
+  for v in 1.0 1.1 2.0 bad health sick noup; do
     echo "ferry web $v" > "$r/www/index.html"
+    rm -f "$r/www/up"; rm -rf "$r/www/cgi-bin"
+    [ "$v" = noup ] || echo "up $v" > "$r/www/up"
+    mkdir -p "$r/www/cgi-bin"
+    # busybox httpd adds the status line; the CGI gives the header block, then the body.
+    cat > "$r/www/cgi-bin/slow" <<EOF
+#!/bin/sh
+/bin/sleep 3
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "ferry web $v"
+EOF
+    chmod 755 "$r/www/cgi-bin/slow"
     rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
     if [ "$v" = bad ]; then
-      rm "$r/bin/httpd"
+      rm "$r/bin/httpd" "$r/www/up"; rm -rf "$r/www/cgi-bin"
       printf '#!/bin/sh\necho "httpd: cannot load /etc/web.conf: no such file (broken build)" >&2\nexit 3\n' > "$r/bin/httpd"
       chmod 755 "$r/bin/httpd"
     fi
@@ -353,6 +392,7 @@ web_images_up() {
     esac
     CONFIG=$CONFIG "$HERE/push-image.sh" "$REGISTRY" ferry/web "$v" "$T/web-$v.tar"
   done
+  rm -f "$r/www/up"; rm -rf "$r/www/cgi-bin"
   rm -f "$r/bin/httpd"; ln -s busybox "$r/bin/httpd"
   many_tags_up
 }
@@ -381,14 +421,17 @@ users_up() {
   : > "$T/users"
   for pair in $SHELL_USERS; do
     user=${pair%%:*}; shell=${pair#*:}
-    if ! id "$user" > /dev/null 2>&1; then
-      mkdir -p "$T/home/$user"
+    mkdir -p "$T/home/$user"
+    if id "$user" > /dev/null 2>&1; then
+      # Left by a lab that died before its `down`: its home folder may be gone; take it over.
+      usermod -d "$T/home/$user" -s "$shell" "$user"
+    else
       useradd -M -d "$T/home/$user" -s "$shell" "$user"
-      usermod -p '*' "$user"                      # UsePAM no: a locked password (!) refuses login
-      if getent group docker > /dev/null; then usermod -aG docker "$user"; fi
-      chown "$user" "$T/home/$user"
-      echo "$user" >> "$T/users"
     fi
+    usermod -p '*' "$user"                        # UsePAM no: a locked password (!) refuses login
+    if getent group docker > /dev/null; then usermod -aG docker "$user"; fi
+    chown "$user" "$T/home/$user"
+    echo "$user" >> "$T/users"
   done
 }
 
@@ -483,6 +526,7 @@ up() {
     echo "FERRY_LAB_HOSTS=$n"
     echo "FERRY_LAB_REGISTRY=$REGISTRY"
     echo "FERRY_LAB_SECURE_REGISTRY=$SECURE_REGISTRY"
+    echo "FERRY_LAB_PROXY_IMAGE=$REGISTRY/ferry/caddy:2.6.2"
     echo "FERRY_LAB_PG_URL=$(pg_url ferry)"
     echo "FERRY_LAB_PG_SOCKET=$PG/sock"
   } > "$T/lab.env.new"

@@ -131,7 +131,7 @@ fn a_link_cut_right_after_the_old_container_stopped_leaves_a_container_running_a
     let first = json_lines(&fleet.deploy("1.0", &[]).run().stdout);
     assert_eq!(actions(&first), ["created"]);
     let old = fleet.id(4);
-    let child = fleet
+    let mut child = fleet
         .spawn(&["deploy", "web", "--env", "t-cut", "--version", "2.0", "--yes", "--output", "json"], TOKEN);
     // Watched from inside the host's namespaces, which needs no link.
     let waiting = Instant::now();
@@ -166,6 +166,18 @@ fn a_link_cut_right_after_the_old_container_stopped_leaves_a_container_running_a
     }
     let answer = fleet.on_host(4, "busybox wget -q -O - http://127.0.0.1:18152/");
     assert_eq!(answer, "ferry web 1.0\n", "it answers (asked from inside the cut-off host)");
+    // ferry ends on its own while the link stays cut: every wait over the dead link has a
+    // deadline (issue 15: once it sat here 14 minutes). Its longest way out: the poll (30 s), the
+    // mirror line (10 s) and the lock's release (30 s), each with 5 s to give up, and the close.
+    while child.try_wait().unwrap().is_none() {
+        if cut.elapsed() > Duration::from_secs(150) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("ferry deploy still ran 150 s after the cut: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("t-cut: ferry deploy ended {:?} after the cut", cut.elapsed());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
