@@ -1323,21 +1323,33 @@ esac
 exit 0
 "#;
 
-    #[test]
-    fn on_a_kernel_without_tcp_migrate_req_the_proxy_is_created_again_without_it() {
+    /// A temporary home with a fake `docker` (the script `docker`) first on `PATH`.
+    fn fake_home(docker: &str) -> tempfile::TempDir {
         let fake = tempfile::tempdir().unwrap();
         let bin = fake.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        std::fs::write(bin.join("docker"), OLD_KERNEL_DOCKER).unwrap();
+        std::fs::write(bin.join("docker"), docker).unwrap();
         std::process::Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
-        let out = std::process::Command::new("sh")
+        fake
+    }
+
+    /// Runs `call` after [`FUNCTIONS`] in `fake` (from [`fake_home`]).
+    fn run_functions(fake: &tempfile::TempDir, call: &str) -> std::process::Output {
+        let bin = fake.path().join("bin");
+        std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("{FUNCTIONS}\nferry_proxy_run img:1"))
+            .arg(format!("{FUNCTIONS}\n{call}"))
             .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
             .env("HOME", fake.path())
             .env("FAKE", fake.path())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn on_a_kernel_without_tcp_migrate_req_the_proxy_is_created_again_without_it() {
+        let fake = fake_home(OLD_KERNEL_DOCKER);
+        let out = run_functions(&fake, "ferry_proxy_run img:1");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stdout, "proxy: no tcp_migrate_req\n");
@@ -1380,26 +1392,15 @@ exit 0
     /// Runs `ferry_proxy_reboot img:1 ARGS` with [`REBOOT_DOCKER`] in `state`, a route table of
     /// one route and a `caddy.json` that says `previous`: (success, stdout, stderr, calls).
     fn fake_reboot(state: &str, args: &str) -> (bool, String, String, String, tempfile::TempDir) {
-        let fake = tempfile::tempdir().unwrap();
-        let bin = fake.path().join("bin");
+        let fake = fake_home(REBOOT_DOCKER);
         let routes = fake.path().join(".ferry/proxy/routes");
-        std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(&routes).unwrap();
-        std::fs::write(bin.join("docker"), REBOOT_DOCKER).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(bin.join("docker")).status().unwrap();
         std::fs::write(fake.path().join("state"), state).unwrap();
         std::fs::write(routes.join("web@prod.meta"), "app=web\nenvironment=prod\nhost=web.example.com\n")
             .unwrap();
         std::fs::write(routes.join("web@prod.route.json"), "{\"ROUTE\":\"web\"}\n").unwrap();
         std::fs::write(fake.path().join(".ferry/proxy/caddy.json"), "previous\n").unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{FUNCTIONS}\nferry_proxy_reboot img:1 {args}"))
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
-            .env("HOME", fake.path())
-            .env("FAKE", fake.path())
-            .output()
-            .unwrap();
+        let out = run_functions(&fake, &format!("ferry_proxy_reboot img:1 {args}"));
         let calls = std::fs::read_to_string(fake.path().join("calls")).unwrap_or_default();
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (out.status.success(), text(&out.stdout), text(&out.stderr), calls, fake)
