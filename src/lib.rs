@@ -38,6 +38,7 @@ pub mod known_hosts;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod planning;

@@ -77,6 +77,8 @@ pub struct Inventory {
     pub state_url: Option<SecretDef>,
     /// `[proxy]` (defaults when absent): the proxy that routes to apps with a `proxy` route.
     pub proxy: Proxy,
+    /// `[notify.NAME]`: where deployments are announced, by name.
+    pub notifiers: Vec<Notifier>,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -198,6 +200,29 @@ impl std::fmt::Display for SecretSource {
             SecretSource::Env(name) => write!(f, "environment variable {name}"),
             SecretSource::File(path) => write!(f, "file {}", path.display()),
         }
+    }
+}
+
+/// `[notify.NAME]`: a receiver of deployment notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifier {
+    /// NAME.
+    pub name: String,
+    /// The webhook URL: a secret (whoever has a chat's webhook URL posts into it).
+    pub url: SecretDef,
+    /// The payload's shape.
+    pub format: crate::notify::Format,
+    /// Which moments it is told of (`on`; default all three).
+    pub on: Vec<crate::notify::Moment>,
+    /// Only these environments (`environments`; `None`: every one).
+    pub environments: Option<Vec<String>>,
+}
+
+impl Notifier {
+    /// Whether a deployment to `environment` at `moment` is announced here.
+    pub fn wants(&self, environment: &str, moment: crate::notify::Moment) -> bool {
+        self.on.contains(&moment)
+            && self.environments.as_ref().is_none_or(|e| e.iter().any(|n| n == environment))
     }
 }
 
@@ -454,6 +479,7 @@ impl Checker<'_> {
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
+        let notifiers = self.notifiers(raw.notify, &environments);
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -467,7 +493,64 @@ impl Checker<'_> {
             apps,
             state_url,
             proxy,
+            notifiers,
         }
+    }
+
+    fn notifiers(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawNotify>>,
+        environments: &[Environment],
+    ) -> Vec<Notifier> {
+        use crate::notify::{Format, Moment};
+        let mut notifiers = Vec::new();
+        for (name, notify) in raw {
+            let name = name.into_inner();
+            let notify = notify.into_inner();
+            let format = match Format::parse(notify.format.get_ref()) {
+                Some(f) => f,
+                None => {
+                    self.error(
+                        notify.format.span(),
+                        format!("notifier \"{name}\" has an unknown format \"{}\"", notify.format.get_ref()),
+                        Some("write \"slack\", \"teams\" or \"cloudevents\"".into()),
+                    );
+                    continue;
+                }
+            };
+            let mut on = Vec::new();
+            match notify.on {
+                None => on = vec![Moment::Started, Moment::Succeeded, Moment::Failed],
+                Some(list) => {
+                    for word in list.into_inner() {
+                        match Moment::parse(word.get_ref()) {
+                            Some(m) if !on.contains(&m) => on.push(m),
+                            Some(_) => {}
+                            None => self.error(
+                                word.span(),
+                                format!("unknown moment \"{}\" in `on`", word.get_ref()),
+                                Some("write any of \"started\", \"succeeded\", \"failed\"".into()),
+                            ),
+                        }
+                    }
+                }
+            }
+            let environments = notify.environments.map(|list| {
+                let mut names = Vec::new();
+                for env in list.into_inner() {
+                    if !environments.iter().any(|e| &e.name == env.get_ref()) {
+                        let help = did_you_mean(env.get_ref(), environments.iter().map(|e| e.name.as_str()))
+                            .or(Some("name an environment defined as [environments.NAME]".into()));
+                        self.error(env.span(), format!("unknown environment \"{}\"", env.get_ref()), help);
+                    }
+                    names.push(env.into_inner());
+                }
+                names
+            });
+            let url = self.secret_def(notify.url);
+            notifiers.push(Notifier { name, url, format, on, environments });
+        }
+        notifiers
     }
 
     fn templates_dir(&self, configured: &Option<PathBuf>) -> PathBuf {

@@ -35,6 +35,18 @@ pub struct RawInventory {
     pub apps: SpannedMap<Spanned<RawApp>>,
     pub state: Option<Spanned<RawState>>,
     pub proxy: Option<Spanned<RawProxy>>,
+    #[serde(default)]
+    pub notify: SpannedMap<Spanned<RawNotify>>,
+}
+
+/// `[notify.NAME]`: a receiver of deployment notifications (issue 16).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Spanned<RawSecretSource>,
+    pub format: Spanned<String>,
+    pub on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub environments: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).
