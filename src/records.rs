@@ -31,11 +31,13 @@ pub enum Kind {
     TrustRecorded,
     /// A synthetic record of `ferry audit bench`.
     Bench,
+    /// A notification of the run was sent, or could not be (issue 16).
+    Notified,
 }
 
 impl Kind {
     /// Every kind, for parsing.
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::RunStarted,
         Kind::TargetOutcome,
         Kind::RunFinished,
@@ -44,6 +46,7 @@ impl Kind {
         Kind::LockBroken,
         Kind::TrustRecorded,
         Kind::Bench,
+        Kind::Notified,
     ];
 
     /// The word stored in the log.
@@ -57,6 +60,7 @@ impl Kind {
             Kind::LockBroken => "lock_broken",
             Kind::TrustRecorded => "trust_recorded",
             Kind::Bench => "bench",
+            Kind::Notified => "notified",
         }
     }
 

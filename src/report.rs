@@ -104,6 +104,20 @@ pub enum Event {
         /// Its targets.
         targets: Vec<String>,
     },
+    /// A notification of the run went to a receiver (`[notify.NAME]`), or could not.
+    Notified {
+        /// The notifier's name.
+        notifier: String,
+        /// `started`, `succeeded` or `failed`.
+        moment: crate::notify::Moment,
+        /// Whether the receiver took it.
+        delivered: bool,
+        /// Attempts made.
+        attempts: u32,
+        /// Why not (never the URL).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The run is over.
     RunFinished {
         /// Targets that succeeded.
@@ -331,6 +345,17 @@ impl AuditTrail {
                     ),
                 }
             }
+            Event::Notified { notifier, moment, delivered, attempts, error } => entry(
+                Kind::Notified,
+                Vec::new(),
+                serde_json::json!({
+                    "notifier": notifier,
+                    "moment": moment,
+                    "delivered": delivered,
+                    "attempts": attempts,
+                    "error": error,
+                }),
+            ),
             Event::RunStarted { .. }
             | Event::TargetConnected { .. }
             | Event::TargetStep { .. }
@@ -432,6 +457,9 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             Event::BatchStarted { batch, targets } => {
                 let _ = writeln!(out, "batch {batch}: {}", targets.join(", "));
             }
+            Event::Notified { .. } => {
+                let _ = writeln!(out, "{}", notified_line(event));
+            }
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
@@ -459,6 +487,9 @@ fn masked(secrets: &[Secret], event: Event) -> Event {
             Event::TargetFinished { target, status, exit_code, signal, error, ms, action, container, logs }
         }
         Event::TargetStep { target, step } => Event::TargetStep { target, step: mask(&step, secrets) },
+        Event::Notified { notifier, moment, delivered, attempts, error } => {
+            Event::Notified { notifier, moment, delivered, attempts, error: error.map(|e| mask(&e, secrets)) }
+        }
         other => other,
     }
 }
@@ -526,7 +557,27 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         Event::BatchStarted { batch, targets } => {
             let _ = multi.println(format!("batch {batch}: {}", targets.join(", ")));
         }
+        Event::Notified { .. } => {
+            let _ = multi.println(notified_line(event));
+        }
         Event::RunFinished { .. } => {}
+    }
+}
+
+/// `notified chat (started)`, or why it was not delivered.
+fn notified_line(event: &Event) -> String {
+    let Event::Notified { notifier, moment, delivered, attempts, error } = event else {
+        return String::new();
+    };
+    if *delivered {
+        format!("notified {notifier} ({})", moment.as_str())
+    } else {
+        format!(
+            "notify {notifier} ({}): not delivered after {}: {}",
+            moment.as_str(),
+            crate::output::count(*attempts as usize, "attempt"),
+            error.as_deref().unwrap_or("no answer")
+        )
     }
 }
 

@@ -18,7 +18,11 @@
 //!    others (whether the rest proceeds is the work's failure budget to say);
 //! 5. the event stream, with the audit trail and the renderer as its subscribers;
 //! 6. `run_finished`, or, when the run was refused before any work (a held lock), a
-//!    `run_finished` that says why.
+//!    `run_finished` that says why;
+//! 7. for a deployment (`deploy`, `promote`, `rollback`), the notifications of
+//!    `[notify.NAME]`: `started` once the lock is held, `succeeded` or `failed` after
+//!    `run_finished` (so they carry every target's outcome). Each delivery is an event
+//!    (`notified`), shown and recorded; a notifier that fails never fails the run.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use crate::fanout::{Cancel, Unreached};
 use crate::host::connect_all;
 use crate::inventory::{Environment, Inventory};
 use crate::lock::{self, EnvironmentLock, LockInfo, Taken};
+use crate::notify::Moment;
 use crate::output::OutputFormat;
 use crate::records::{self, Kind, LockChange, RunFinished, RunStarted};
 use crate::report::{AuditTrail, Event, Events, Reporter, Subscriber};
@@ -230,14 +235,22 @@ impl Session {
             targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
         });
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let notices = self.notifiers().map(|n| (n, Outcomes::default()));
+        let mut subscribers = self.subscribers();
+        if let Some((_, outcomes)) = &notices {
+            subscribers.push(Box::new(outcomes.clone()));
+        }
         let mut dispatcher =
-            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), self.subscribers()));
+            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
         let _ = events.send(Event::RunStarted {
             run: self.base.run.clone(),
             command: self.what.clone(),
             environment: self.environment.name.clone(),
             targets,
         });
+        if let Some((notifiers, _)) = &notices {
+            self.notify(notifiers, &events, Moment::Started, Vec::new()).await;
+        }
         let started = Instant::now();
         let context = Context { events: events.clone(), cancel, connections, unreached };
         let mut quit = stop.clone();
@@ -247,7 +260,14 @@ impl Session {
         };
         let outcome = match finish {
             Some(mut finish) => {
-                let _ = events.send(self.finished(finish.summary(started)));
+                let summary = finish.summary(started);
+                let good = summary.failed == 0 && !summary.interrupted && summary.stopped.is_none();
+                let _ = events.send(self.finished(summary));
+                if let Some((notifiers, outcomes)) = &notices {
+                    let targets = outcomes.after_the_end().await;
+                    let moment = if good { Moment::Succeeded } else { Moment::Failed };
+                    self.notify(notifiers, &events, moment, targets).await;
+                }
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
                 Outcome::Finished { value: finish.value, audited }
@@ -329,6 +349,92 @@ impl Session {
         let interrupted = RunFinished { interrupted: true, ..RunFinished::default() };
         self.store.append(&self.entry(Kind::RunFinished, &interrupted))?;
         Ok(())
+    }
+
+    /// The notifiers of this run, when it is a deployment and any are configured for its
+    /// environment: a shared HTTP client and each notifier with its URL resolved. A URL that
+    /// cannot be resolved (its variable unset) is reported as a delivery that failed.
+    fn notifiers(&self) -> Option<Vec<(crate::inventory::Notifier, Result<Secret, String>)>> {
+        if !matches!(self.base.command.as_str(), "deploy" | "promote" | "rollback") {
+            return None;
+        }
+        let env = &self.environment.name;
+        let wanted: Vec<_> = self
+            .inventory
+            .notifiers
+            .iter()
+            .filter(|n| n.environments.as_ref().is_none_or(|e| e.contains(env)))
+            .map(|n| {
+                let name = format!("notify.{}.url", n.name);
+                let url =
+                    crate::vars::read_source(&self.inventory, &name, &n.url, &|v| std::env::var(v).ok())
+                        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
+                (n.clone(), url)
+            })
+            .collect();
+        (!wanted.is_empty()).then_some(wanted)
+    }
+
+    /// Sends the `moment` notice to every notifier that wants it, all at once, and puts each
+    /// delivery on the event stream.
+    async fn notify(
+        &self,
+        notifiers: &[(crate::inventory::Notifier, Result<Secret, String>)],
+        events: &Events,
+        moment: Moment,
+        targets: Vec<crate::notify::TargetOutcome>,
+    ) {
+        let actor = self.store.actor().describe();
+        let notice = crate::notify::Notice {
+            moment,
+            app: self.base.app.clone().unwrap_or_default(),
+            environment: self.environment.name.clone(),
+            version: self.base.version.clone().unwrap_or_default(),
+            digest: self.base.digest.clone(),
+            run: self.base.run.clone(),
+            actor: crate::secret::mask(&actor, &self.secrets),
+            time: crate::time::now_rfc3339(),
+            targets,
+        };
+        let source = format!("ferry://{}", self.store.actor().host);
+        let client = crate::notify::client();
+        let sends = notifiers.iter().filter(|(n, _)| n.on.contains(&moment)).map(|(n, url)| {
+            let (client, notice, source) = (&client, &notice, &source);
+            async move {
+                let failed = |error: String| crate::notify::Delivery {
+                    notifier: n.name.clone(),
+                    attempts: 0,
+                    delivered: false,
+                    error: Some(error),
+                };
+                match (client, url) {
+                    (Ok(client), Ok(url)) => {
+                        let id = uuid::Uuid::now_v7().to_string();
+                        let body = crate::notify::payload(n.format, notice, source, &id);
+                        crate::notify::send(
+                            client,
+                            &n.name,
+                            url,
+                            n.format,
+                            &body,
+                            crate::notify::FIRST_BACKOFF,
+                        )
+                        .await
+                    }
+                    (Err(e), _) => failed(format!("no HTTP client: {e}")),
+                    (_, Err(e)) => failed(format!("its url: {e}")),
+                }
+            }
+        });
+        for delivery in futures_join_all(sends).await {
+            let _ = events.send(Event::Notified {
+                notifier: delivery.notifier,
+                moment,
+                delivered: delivery.delivered,
+                attempts: delivery.attempts,
+                error: delivery.error,
+            });
+        }
     }
 
     /// The audit trail first (an outcome is on record before it is shown), then the renderer.
@@ -525,4 +631,67 @@ pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
         }
     }
     out
+}
+
+/// Runs every future to its end, concurrently on this task, in order of the input.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *slot = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// Every target's outcome as the notifications tell it, collected from the event stream (a
+/// subscriber, so in the stream's order), and when the stream reached `run_finished`.
+#[derive(Clone, Default)]
+struct Outcomes {
+    targets: Arc<std::sync::Mutex<Vec<crate::notify::TargetOutcome>>>,
+    ended: Arc<tokio::sync::Notify>,
+    seen_end: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outcomes {
+    /// The outcomes once `run_finished` went through the stream (every target's end comes
+    /// before it); after 5 s, what there is.
+    async fn after_the_end(&self) -> Vec<crate::notify::TargetOutcome> {
+        let ended = self.ended.notified();
+        if !self.seen_end.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        }
+        self.targets.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+impl Subscriber for Outcomes {
+    fn event(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::TargetFinished { target, status, error, .. } => {
+                if let Ok(mut targets) = self.targets.lock() {
+                    targets.push(crate::notify::TargetOutcome {
+                        target: target.clone(),
+                        status: status.label().to_string(),
+                        error: error.clone(),
+                    });
+                }
+            }
+            Event::RunFinished { .. } => {
+                self.seen_end.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.ended.notify_waiters();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }

@@ -763,3 +763,149 @@ mod day_two;
 mod proxied;
 mod target;
 mod unreachable;
+
+/// A webhook receiver for the notification test: a real HTTP/1.1 server on 127.0.0.1 (the
+/// runner's loopback) that answers `first` to the first request on each path and 200 after,
+/// and keeps (path, body) of every request.
+struct Receiver {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    fn start(first: u16) -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let record = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let (head, body) = loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string)
+                            })
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break (head.to_string(), body.to_string());
+                        }
+                    }
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let status = {
+                    let mut seen = record.lock().unwrap();
+                    let earlier = seen.iter().filter(|(p, _)| *p == path).count();
+                    seen.push((path, body));
+                    if earlier == 0 { first } else { 200 }
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Receiver { base, seen }
+    }
+
+    /// The JSON bodies sent to `path`, in order.
+    fn bodies(&self, path: &str) -> Vec<Value> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|(p, _)| p == path).map(|(_, b)| serde_json::from_str(b).unwrap()).collect()
+    }
+}
+
+/// Issue 16: `[notify.NAME]` announces a deployment: Slack gets `started` (after one retry of a
+/// 500) and `succeeded`, CloudEvents gets only `succeeded` with every target's outcome and the
+/// digest, and a dead receiver is tried three times and recorded without failing the deploy.
+/// No payload and no output holds the app's secret or a webhook URL's secret path.
+#[test]
+fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
+    let chat = Receiver::start(500);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fleet = Fleet::new(Spec {
+        env: "d-notify",
+        port: 18190,
+        hosts: &[1, 2],
+        extra: "\n[notify.chat]\nurl = { env = \"CHAT_URL\" }\nformat = \"slack\"\n\n\
+                [notify.bus]\nurl = { env = \"BUS_URL\" }\nformat = \"cloudevents\"\non = [\"succeeded\", \"failed\"]\n\n\
+                [notify.dead]\nurl = { env = \"DEAD_URL\" }\nformat = \"teams\"\non = [\"succeeded\"]\n",
+        ..Spec::default()
+    });
+    let events = fleet
+        .deploy("1.0", &[])
+        .env("CHAT_URL", &format!("{}/chat/s3cretChat", chat.base))
+        .env("BUS_URL", &format!("{}/bus/s3cretBus", chat.base))
+        .env("DEAD_URL", &format!("http://127.0.0.1:{dead_port}/teams/s3cretDead"))
+        .never_prints("s3cretChat")
+        .never_prints("s3cretBus")
+        .never_prints("s3cretDead")
+        .run()
+        .json_lines();
+    let notified: Vec<(String, String, bool, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "notified")
+        .map(|e| {
+            (
+                e["notifier"].as_str().unwrap().to_string(),
+                e["moment"].as_str().unwrap().to_string(),
+                e["delivered"].as_bool().unwrap(),
+                e["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(notified.contains(&("chat".into(), "started".into(), true, 2)), "{notified:?}");
+    assert!(notified.contains(&("chat".into(), "succeeded".into(), true, 1)), "{notified:?}");
+    assert!(notified.contains(&("bus".into(), "succeeded".into(), true, 1)), "{notified:?}");
+    assert!(notified.contains(&("dead".into(), "succeeded".into(), false, 3)), "{notified:?}");
+    assert_eq!(notified.len(), 4, "{notified:?}");
+
+    let slack = chat.bodies("/chat/s3cretChat");
+    assert_eq!(slack.len(), 3, "started twice (a 500, then 200), succeeded once: {slack:?}");
+    assert_eq!(slack[1]["text"], "Deploying web 1.0 to d-notify");
+    assert_eq!(slack[2]["text"], "Deployed web 1.0 to d-notify");
+    assert_eq!(slack[2]["blocks"][0]["type"], "section");
+    let bus = chat.bodies("/bus/s3cretBus");
+    assert_eq!(bus.len(), 1, "{bus:?}");
+    let event = &bus[0];
+    assert_eq!(
+        (event["specversion"].as_str(), event["type"].as_str()),
+        (Some("1.0"), Some("dev.ferry.deploy.succeeded"))
+    );
+    assert_eq!(event["subject"], "web/d-notify");
+    assert!(event["data"]["digest"].as_str().unwrap().starts_with("sha256:"), "{event}");
+    let targets: Vec<(&str, &str)> = event["data"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(targets.len(), 2, "{event}");
+    assert!(targets.contains(&("h1", "ok")) && targets.contains(&("h2", "ok")), "{event}");
+    for (_, body) in chat.seen.lock().unwrap().iter() {
+        assert!(!body.contains(TOKEN) && !body.contains("s3cret"), "{body}");
+    }
+    // On record: every delivery, the failed one with why, and no URL.
+    let audit = std::fs::read_to_string(fleet.state().join("audit.jsonl")).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "notified")
+        .collect();
+    assert_eq!(records.len(), 4, "{audit}");
+    let dead = records.iter().find(|r| r["detail"]["notifier"] == "dead").unwrap();
+    assert_eq!(dead["detail"]["delivered"], false, "{dead}");
+    assert!(dead["detail"]["error"].as_str().unwrap().to_lowercase().contains("connect"), "{dead}");
+    assert!(!audit.contains("s3cret"), "{audit}");
+}
