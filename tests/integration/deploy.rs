@@ -827,9 +827,11 @@ impl Receiver {
 }
 
 /// Issue 16: `[notify.NAME]` announces a deployment: Slack gets `started` (after one retry of a
-/// 500) and `succeeded`, CloudEvents gets only `succeeded` with every target's outcome and the
-/// digest, and a dead receiver is tried three times and recorded without failing the deploy.
-/// No payload and no output holds the app's secret or a webhook URL's secret path.
+/// 500) and `succeeded`, CloudEvents gets only `succeeded` (also after a 500: the retry carries
+/// the same event id) with every target's outcome and the digest, and a dead receiver is tried
+/// three times and recorded without failing the deploy. A deploy that fails says so to both,
+/// with the failed target's error. No payload and no output holds the app's secret or a
+/// webhook URL's secret path.
 #[test]
 fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
     let chat = Receiver::start(500);
@@ -867,7 +869,7 @@ fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
         .collect();
     assert!(notified.contains(&("chat".into(), "started".into(), true, 2)), "{notified:?}");
     assert!(notified.contains(&("chat".into(), "succeeded".into(), true, 1)), "{notified:?}");
-    assert!(notified.contains(&("bus".into(), "succeeded".into(), true, 1)), "{notified:?}");
+    assert!(notified.contains(&("bus".into(), "succeeded".into(), true, 2)), "{notified:?}");
     assert!(notified.contains(&("dead".into(), "succeeded".into(), false, 3)), "{notified:?}");
     assert_eq!(notified.len(), 4, "{notified:?}");
 
@@ -877,8 +879,9 @@ fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
     assert_eq!(slack[2]["text"], "Deployed web 1.0 to d-notify");
     assert_eq!(slack[2]["blocks"][0]["type"], "section");
     let bus = chat.bodies("/bus/s3cretBus");
-    assert_eq!(bus.len(), 1, "{bus:?}");
-    let event = &bus[0];
+    assert_eq!(bus.len(), 2, "a 500, then 200: {bus:?}");
+    assert_eq!(bus[0], bus[1], "the retry sends the same event (same id)");
+    let event = &bus[1];
     assert_eq!(
         (event["specversion"].as_str(), event["type"].as_str()),
         (Some("1.0"), Some("dev.ferry.deploy.succeeded"))
@@ -908,4 +911,34 @@ fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
     assert_eq!(dead["detail"]["delivered"], false, "{dead}");
     assert!(dead["detail"]["error"].as_str().unwrap().to_lowercase().contains("connect"), "{dead}");
     assert!(!audit.contains("s3cret"), "{audit}");
+
+    // A version that fails its gate: `failed`, with the target's error, to chat and bus.
+    let out = fleet
+        .deploy("bad", &[])
+        .code(1)
+        .env("CHAT_URL", &format!("{}/chat/s3cretChat", chat.base))
+        .env("BUS_URL", &format!("{}/bus/s3cretBus", chat.base))
+        .env("DEAD_URL", &format!("http://127.0.0.1:{dead_port}/teams/s3cretDead"))
+        .never_prints("s3cretChat")
+        .run();
+    let events = json_lines(&out.stdout);
+    assert!(
+        events.iter().all(|e| e["type"] != "notified" || e["notifier"] != "dead"),
+        "dead: succeeded only"
+    );
+    let slack = chat.bodies("/chat/s3cretChat");
+    let failed = slack.last().unwrap();
+    assert!(
+        failed["text"].as_str().unwrap().starts_with("Deploy of web bad to d-notify failed on "),
+        "{failed}"
+    );
+    assert!(failed["blocks"][0]["text"]["text"].as_str().unwrap().contains("• h"), "{failed}");
+    let event = chat.bodies("/bus/s3cretBus").pop().unwrap();
+    assert_eq!(event["type"], "dev.ferry.deploy.failed");
+    let bad: Vec<&Value> =
+        event["data"]["targets"].as_array().unwrap().iter().filter(|t| t["status"] != "ok").collect();
+    assert!(
+        !bad.is_empty() && bad.iter().all(|t| t["error"].is_string() || t["status"] == "skipped"),
+        "{event}"
+    );
 }
