@@ -20,8 +20,9 @@
 //! 6. `run_finished`, or, when the run was refused before any work (a held lock), a
 //!    `run_finished` that says why;
 //! 7. for a deployment (`deploy`, `promote`, `rollback`), the notifications of
-//!    `[notify.NAME]`: `started` once the lock is held, `succeeded` or `failed` after
-//!    `run_finished` (so they carry every target's outcome). Each delivery is an event
+//!    `[notify.NAME]`: `started` once the lock is held, sent beside the work (a slow receiver
+//!    never delays a target), `succeeded` or `failed` after `run_finished` (so they carry
+//!    every target's outcome). Each delivery is an event
 //!    (`notified`), shown and recorded; a notifier that fails never fails the run.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -248,14 +249,18 @@ impl Session {
             environment: self.environment.name.clone(),
             targets,
         });
-        if let Some((notifiers, _)) = &notices {
-            self.notify(notifiers, &events, Moment::Started, Vec::new()).await;
-        }
         let started = Instant::now();
         let context = Context { events: events.clone(), cancel, connections, unreached };
+        // `started` goes out beside the work, so a slow receiver never delays a target.
+        let announce = async {
+            if let Some((notifiers, _)) = &notices {
+                self.notify(notifiers, &events, Moment::Started, Vec::new()).await;
+            }
+        };
+        let work = async { tokio::join!(work(context), announce).0 };
         let mut quit = stop.clone();
         let finish = tokio::select! {
-            finish = work(context) => Some(finish),
+            finish = work => Some(finish),
             Ok(_) = quit.wait_for(|s| *s == Stop::Now) => None,
         };
         let outcome = match finish {
