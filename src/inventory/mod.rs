@@ -8,6 +8,7 @@
 //! Nothing here touches the network; the only file-system reads are the inventory itself and the
 //! templates folder listing (to check that templates exist and stay inside it).
 
+mod freeze;
 pub mod proxy;
 pub mod raw;
 
@@ -77,6 +78,8 @@ pub struct Inventory {
     pub state_url: Option<SecretDef>,
     /// `[proxy]` (defaults when absent): the proxy that routes to apps with a `proxy` route.
     pub proxy: Proxy,
+    /// `[[freeze]]` windows, in file order.
+    pub freezes: Vec<crate::freeze::Window>,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -454,6 +457,11 @@ impl Checker<'_> {
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
+        let mut problems = Vec::new();
+        let freezes = freeze::windows(raw.freeze, &environments, &mut problems);
+        for (span, message, help) in problems {
+            self.error(span, message, help);
+        }
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -467,6 +475,7 @@ impl Checker<'_> {
             apps,
             state_url,
             proxy,
+            freezes,
         }
     }
 

@@ -35,6 +35,22 @@ pub struct RawInventory {
     pub apps: SpannedMap<Spanned<RawApp>>,
     pub state: Option<Spanned<RawState>>,
     pub proxy: Option<Spanned<RawProxy>>,
+    #[serde(default)]
+    pub freeze: Vec<Spanned<RawFreeze>>,
+}
+
+/// `[[freeze]]`: a window when deploys to some environments are refused (issue 16).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreeze {
+    pub name: Option<Spanned<String>>,
+    pub environments: Spanned<Vec<Spanned<String>>>,
+    pub reason: Spanned<String>,
+    pub from: Option<Spanned<toml::Value>>,
+    pub until: Option<Spanned<toml::Value>>,
+    pub days: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hours: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).
