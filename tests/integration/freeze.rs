@@ -242,3 +242,70 @@ hours = "18:00-08:00"
     let out = inventory(bad).args(["check"]).code(2).stderr_snapshot().run();
     insta::assert_snapshot!(out.stderr);
 }
+
+#[test]
+fn a_rollback_inside_a_window_with_an_override_records_both_its_target_and_the_reason() {
+    let window = HOLIDAYS.replace("environments = [\"prod\"]", "environments = [\"staging\"]");
+    let folder = inventory(&window).into_dir();
+    // A successful deployment on record to return to (written as ferry's own log writes it).
+    let log = ferry::audit::Log::new(
+        &folder.path().join(".ferry"),
+        ferry::audit::Actor { user: "alice".into(), host: "h".into(), via: "terminal".into(), job: None },
+    );
+    let image = "127.0.0.1:5000/acme/web:1.0";
+    let argv = [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        "web-staging",
+        "--label",
+        "ferry.app=web",
+        "--label",
+        "ferry.environment=staging",
+        "--env-file",
+        ".ferry/env/web-staging.env",
+        "-p",
+        "8080:8080",
+        image,
+    ];
+    let run = "01900000-0000-7000-8000-0000000000aa";
+    log.append(ferry::audit::Entry {
+        kind: "run_finished".into(),
+        run: run.into(),
+        command: "deploy".into(),
+        app: Some("web".into()),
+        environment: Some("staging".into()),
+        version: Some("1.0".into()),
+        detail: serde_json::json!({ "ok": 1, "failed": 0, "skipped": 0, "interrupted": false, "deployment": {
+            "image": image, "succeeded": true, "targets": { "stg-1": {
+                "container": "web-staging", "config_hash": "x", "argv": argv, "secrets": ["DATABASE_URL"],
+                "status": "ok", "action": "created" } } } }),
+        ..ferry::audit::Entry::default()
+    })
+    .unwrap();
+    let rollback = ["rollback", "web", "--env", "staging", "--to", run, "--yes"];
+    ferry()
+        .args(rollback)
+        .code(4)
+        .stderr_contains("error: rollback refused: staging is frozen")
+        .run_in(folder.path());
+    ferry()
+        .args(rollback)
+        .args(["--override-freeze", "--reason", "revert the bad config"])
+        .code(1)
+        .stdout_contains("stg-1   unreachable  untouched")
+        .stderr_contains("warning: freeze overridden: staging is frozen by \"holidays\"")
+        .stderr_contains("; reason: revert the bad config\n")
+        .stderr_contains(&format!("returns to deployment {run}"))
+        .run_in(folder.path());
+    let text = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
+    let started = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["kind"] == "run_started")
+        .unwrap();
+    assert_eq!(started["command"], "rollback");
+    assert_eq!(started["detail"]["notes"]["rollback_to"], run);
+    assert_eq!(started["detail"]["notes"]["freeze_override"]["reason"], "revert the bad config", "{started}");
+}
