@@ -333,6 +333,7 @@ pub struct ApplyFlags {
 
 /// `ferry deploy`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("overrides").args(["skip_lifecycle", "override_freeze"]).multiple(true)))]
 pub struct DeployArgs {
     #[command(flatten)]
     /// The app, environment and narrowing flags.
@@ -346,8 +347,12 @@ pub struct DeployArgs {
     #[arg(long, requires = "reason")]
     pub skip_lifecycle: bool,
 
-    /// Why the lifecycle is skipped (kept in the audit log)
-    #[arg(long, value_name = "TEXT", requires = "skip_lifecycle")]
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the lifecycle is skipped or the freeze overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "overrides")]
     pub reason: Option<String>,
 
     #[command(flatten)]
@@ -373,6 +378,14 @@ pub struct PromoteArgs {
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = flag(set))]
     pub sets: Vec<Set>,
 
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the freeze is overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "override_freeze")]
+    pub reason: Option<String>,
+
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
     pub apply: ApplyFlags,
@@ -391,6 +404,14 @@ pub struct RollbackArgs {
     /// Roll back to this deployment (an id from `ferry history`, or a unique prefix of one) instead of the previous one
     #[arg(long, value_name = "DEPLOYMENT_ID")]
     pub to: Option<String>,
+
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the freeze is overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "override_freeze")]
+    pub reason: Option<String>,
 
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
@@ -863,8 +884,8 @@ impl Command {
             Command::Deploy(a) => Request::Deploy(request::Deploy {
                 selection: a.selection.into(),
                 version: a.version,
-                skip_lifecycle: a.skip_lifecycle.then(|| a.reason.unwrap_or_default()),
-                apply: a.apply.into(),
+                skip_lifecycle: a.skip_lifecycle.then(|| a.reason.clone().unwrap_or_default()),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Promote(a) => Request::Promote(request::Promote {
                 selection: request::Selection {
@@ -873,13 +894,13 @@ impl Command {
                     limits: a.limit,
                     sets: a.sets,
                 },
-                apply: a.apply.into(),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Rollback(a) => Request::Rollback(request::Rollback {
                 app: a.app,
                 environment: a.environment,
                 to: a.to,
-                apply: a.apply.into(),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Status(a) => Request::Status(request::Status {
                 app: a.app,
@@ -973,9 +994,15 @@ impl From<Selection> for request::Selection {
     }
 }
 
+/// The apply flags, with `--override-freeze --reason TEXT` (clap makes them come together).
+fn with_freeze(flags: ApplyFlags, override_freeze: bool, reason: Option<String>) -> request::Apply {
+    request::Apply { override_freeze: override_freeze.then(|| reason.unwrap_or_default()), ..flags.into() }
+}
+
 impl From<ApplyFlags> for request::Apply {
     fn from(a: ApplyFlags) -> Self {
         request::Apply {
+            override_freeze: None,
             yes: a.yes,
             force: a.force,
             quiet: a.quiet,

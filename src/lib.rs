@@ -30,6 +30,7 @@ pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod fanout;
+pub mod freeze;
 pub mod glob;
 pub mod host;
 pub mod ids;

@@ -122,6 +122,8 @@ pub struct Apply {
     pub connect_timeout: Duration,
     /// The environment lock.
     pub lock: LockTiming,
+    /// `--override-freeze --reason TEXT`: the reason.
+    pub override_freeze: Option<String>,
 }
 
 /// `ferry check`.

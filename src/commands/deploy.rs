@@ -32,10 +32,12 @@ pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Res
     // target is touched: every target then pulls and runs those bytes.
     let app = inventory.app(&args.selection.app)?;
     inventory.environment(&args.selection.environment)?;
+    let freeze = freeze_gate(&inventory, "deploy", &args.selection.environment, &args.apply)?;
     let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
     let skip = args.skip_lifecycle.clone();
-    let notes =
+    let mut notes =
         lifecycle_gate(&inventory, app, &args.selection.environment, &version, digest.as_deref(), skip)?;
+    notes.freeze_override = freeze;
     let release = Release { version, digest, kind: Kind::Deploy, notes };
     deploy_release(inventory, &args.selection, release, &args.apply, output)
 }
@@ -67,6 +69,43 @@ pub struct Notes {
     /// `--skip-lifecycle --reason`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_lifecycle: Option<String>,
+    /// `--override-freeze --reason` inside a freeze window: the window and the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_override: Option<crate::freeze::Override>,
+}
+
+/// Refuses (exit 4) to change `environment` inside a freeze window, before anything is asked or
+/// connected, unless `--override-freeze --reason` says why; returns what the record keeps of an
+/// override.
+pub fn freeze_gate(
+    inventory: &Inventory,
+    command: &str,
+    environment: &str,
+    flags: &ApplyFlags,
+) -> Result<Option<crate::freeze::Override>, Error> {
+    if let Some(reason) = &flags.override_freeze
+        && reason.trim().is_empty()
+    {
+        return Err(Error::Input(
+            Diagnostic::new("--reason: an empty reason")
+                .help("say why the freeze is overridden: it is kept in the audit log"),
+        ));
+    }
+    let Some(frozen) = crate::freeze::frozen(&inventory.freezes, environment, jiff::Timestamp::now()) else {
+        return Ok(None);
+    };
+    let said = frozen.describe(environment);
+    match &flags.override_freeze {
+        Some(reason) => {
+            eprintln!("warning: freeze overridden: {said}; reason: {reason}");
+            Ok(Some(frozen.record(reason)))
+        }
+        None => Err(Error::Refused(
+            Diagnostic::new(format!("{command} refused: {said}"))
+                .at(&inventory.source, frozen.window.span.clone())
+                .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)"),
+        )),
+    }
 }
 
 /// Plans `release` from the inventory and runs it.

@@ -67,6 +67,19 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
     if let Some(note) = note.filter(|_| !is_json(output)) {
         eprintln!("note: {note}");
     }
+    // When a deploy of this plan would be refused: now, or within the next days.
+    let environment = [args.selection.environment.as_str()];
+    let freeze = crate::freeze::Outlook::at(&inventory.freezes, &environment, jiff::Timestamp::now());
+    if !is_json(output) {
+        for (i, line) in freeze.lines.iter().enumerate() {
+            let now = if i < freeze.active.len() {
+                " (a deploy now is refused without --override-freeze)"
+            } else {
+                ""
+            };
+            eprintln!("freeze: {line}{now}");
+        }
+    }
     if args.diff {
         let (version, digest) = (plan.version.clone(), plan.digest.clone());
         let request = PlanRequest {
@@ -94,8 +107,13 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
                 /// The feed's word on a named tag (absent without a feed, and for `latest`).
                 #[serde(skip_serializing_if = "Option::is_none")]
                 feed: Option<&'a super::feed::FeedCheck>,
+                /// The freeze windows of the environment now and in the next 7 days (absent
+                /// when none).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                freeze: Option<&'a crate::freeze::Outlook>,
             }
-            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref() })?;
+            let freeze = Some(&freeze).filter(|f| !f.active.is_empty() || !f.upcoming.is_empty());
+            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref(), freeze })?;
         }
         OutputFormat::Plain => output::print(&plain(&plan))?,
         OutputFormat::Human => output::print(&human(&plan))?,

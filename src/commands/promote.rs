@@ -16,6 +16,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let to = &args.selection.environment;
     let app = inventory.app(&args.selection.app)?.name.clone();
     inventory.environment(to)?;
+    let freeze = super::deploy::freeze_gate(&inventory, "promote", to, &args.apply)?;
     let by_phase = store(&inventory)?.successes_by_phase(&app, &inventory.phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
@@ -63,6 +64,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let notes = Notes {
         promoted_from: Some(format!("{source_env} deployment {}", source.id)),
         lifecycle: Some(format!("passed {source_env} in deployment {}", source.id)),
+        freeze_override: freeze,
         ..Notes::default()
     };
     let release = Release {

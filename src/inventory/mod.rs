@@ -8,6 +8,7 @@
 //! Nothing here touches the network; the only file-system reads are the inventory itself and the
 //! templates folder listing (to check that templates exist and stay inside it).
 
+mod freeze;
 pub mod proxy;
 pub mod raw;
 
@@ -79,6 +80,8 @@ pub struct Inventory {
     pub proxy: Proxy,
     /// `[notify.NAME]`: where deployments are announced, by name.
     pub notifiers: Vec<Notifier>,
+    /// `[[freeze]]` windows, in file order.
+    pub freezes: Vec<crate::freeze::Window>,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -480,6 +483,11 @@ impl Checker<'_> {
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
         let notifiers = self.notifiers(raw.notify, &environments);
+        let mut problems = Vec::new();
+        let freezes = freeze::windows(raw.freeze, &environments, &mut problems);
+        for (span, message, help) in problems {
+            self.error(span, message, help);
+        }
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -494,6 +502,7 @@ impl Checker<'_> {
             state_url,
             proxy,
             notifiers,
+            freezes,
         }
     }
 

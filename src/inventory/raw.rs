@@ -37,6 +37,8 @@ pub struct RawInventory {
     pub proxy: Option<Spanned<RawProxy>>,
     #[serde(default)]
     pub notify: SpannedMap<Spanned<RawNotify>>,
+    #[serde(default)]
+    pub freeze: Vec<Spanned<RawFreeze>>,
 }
 
 /// `[notify.NAME]`: a receiver of deployment notifications (issue 16).
@@ -47,6 +49,20 @@ pub struct RawNotify {
     pub format: Spanned<String>,
     pub on: Option<Spanned<Vec<Spanned<String>>>>,
     pub environments: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[[freeze]]`: a window when deploys to some environments are refused (issue 16).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreeze {
+    pub name: Option<Spanned<String>>,
+    pub environments: Spanned<Vec<Spanned<String>>>,
+    pub reason: Spanned<String>,
+    pub from: Option<Spanned<toml::Value>>,
+    pub until: Option<Spanned<toml::Value>>,
+    pub days: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hours: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).

@@ -22,6 +22,7 @@ mod errors;
 #[cfg(feature = "lab")]
 mod feeds;
 mod flags;
+mod freeze;
 mod fuzz;
 #[cfg(feature = "lab")]
 mod hostkeys;
