@@ -77,6 +77,8 @@ pub struct Inventory {
     pub state_url: Option<SecretDef>,
     /// `[proxy]` (defaults when absent): the proxy that routes to apps with a `proxy` route.
     pub proxy: Proxy,
+    /// `[hooks]`: executables run on the runner around deploy, promote and rollback.
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -454,6 +456,7 @@ impl Checker<'_> {
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
+        let hooks = self.hooks(raw.hooks);
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -467,7 +470,52 @@ impl Checker<'_> {
             apps,
             state_url,
             proxy,
+            hooks,
         }
+    }
+
+    /// `[hooks]`: each path is checked now (a file with an execute bit), so a typo is exit 2
+    /// at its line before anything runs, not a refused deployment later.
+    fn hooks(&mut self, raw: Option<raw::RawHooks>) -> crate::hooks::Hooks {
+        // Absolute, so the hook starts whatever ferry's own working folder is.
+        let dir = self.dir.canonicalize().unwrap_or_else(|_| self.dir.to_path_buf());
+        let mut hooks = crate::hooks::Hooks { dir, ..crate::hooks::Hooks::default() };
+        let Some(raw) = raw else { return hooks };
+        if let Some(text) = raw.timeout {
+            match duration::parse(text.get_ref()) {
+                Ok(d) if !d.is_zero() => hooks.timeout = d,
+                Ok(_) => self.error(text.span(), "a hook timeout must be longer than 0", None),
+                Err(e) => self.errors.push(Diagnostic::new(e).at(self.source, text.span())),
+            }
+        }
+        hooks.pre_deploy = raw.pre_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.post_deploy = raw.post_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.failed = raw.failed.and_then(|p| self.hook(p, &hooks.dir));
+        hooks
+    }
+
+    fn hook(&mut self, raw: Spanned<String>, dir: &Path) -> Option<crate::hooks::Hook> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = raw.get_ref();
+        let path = dir.join(text);
+        let problem = match std::fs::metadata(&path) {
+            _ if text.trim().is_empty() => Some(("a hook path is empty".to_string(), None)),
+            Err(_) => Some((format!("hook \"{text}\" not found"), None)),
+            Ok(m) if !m.is_file() => Some((format!("hook \"{text}\" is not a file"), None)),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some((
+                format!("hook \"{text}\" is not executable"),
+                Some(format!("make it executable: chmod +x {}", display_path(&path).display())),
+            )),
+            Ok(_) => None,
+        };
+        let Some((message, help)) = problem else {
+            return Some(crate::hooks::Hook { shown: text.clone(), path });
+        };
+        let help = help.unwrap_or_else(|| {
+            "name an executable file, relative to the inventory's folder (or remove the key)".into()
+        });
+        self.error(raw.span(), message, Some(help));
+        None
     }
 
     fn templates_dir(&self, configured: &Option<PathBuf>) -> PathBuf {

@@ -35,6 +35,18 @@ pub struct RawInventory {
     pub apps: SpannedMap<Spanned<RawApp>>,
     pub state: Option<Spanned<RawState>>,
     pub proxy: Option<Spanned<RawProxy>>,
+    pub hooks: Option<RawHooks>,
+}
+
+/// `[hooks]`: executables on the runner around a deployment (issue 16; not the app's
+/// `post_deploy`, which runs on targets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_deploy: Option<Spanned<String>>,
+    pub post_deploy: Option<Spanned<String>>,
+    pub failed: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).

@@ -23,6 +23,7 @@ mod errors;
 mod feeds;
 mod flags;
 mod fuzz;
+mod hooks;
 #[cfg(feature = "lab")]
 mod hostkeys;
 #[cfg(feature = "lab")]
