@@ -96,4 +96,14 @@ fn a_failing_pre_deploy_hook_changes_no_container_and_post_deploy_sees_the_facts
         finished["detail"]["refused"].as_str().unwrap().starts_with("pre_deploy hook hooks/pre exited 1")
     );
     assert!(finished["detail"]["deployment"].is_null(), "a refused run is no deployment");
+
+    // A failing post_deploy is reported and recorded; the deployment stands, exit 0.
+    std::fs::remove_file(dir.join("refuse")).unwrap();
+    executable(&fleet, "hooks/post", "echo 'cache purge failed'; exit 3");
+    let out = fleet.deploy("1.1", &[]).run();
+    let events = json_lines(&out.stdout);
+    let hook = events.iter().find(|e| e["type"] == "hook_finished" && e["hook"] == "post_deploy").unwrap();
+    assert_eq!((&hook["status"], &hook["exit_code"]), (&"failed".into(), &3.into()), "{}", out.stdout);
+    assert_eq!(fleet.http(3), "ferry web 1.1\n", "the deployment stands");
+    assert!(!dir.join("failed-ran").exists(), "the rollout succeeded: `failed` does not run");
 }
