@@ -12,7 +12,8 @@
 //! subscribers (the renderers and the audit trail). Everything ferry remembers goes through a
 //! [`store::Store`] as [`records`]: the audit chain, the runner-side lease, and the
 //! [`deployments`] that `status`, `rollback` and the [`lifecycle`] gate read back. [`registry`]
-//! is the feed client, [`version`] orders tags.
+//! is the feed client, [`version`] orders tags. [`hooks`] runs the inventory's deploy hooks on
+//! the runner around a rollout.
 //!
 //! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
@@ -32,6 +33,7 @@ pub mod exec;
 pub mod fanout;
 pub mod freeze;
 pub mod glob;
+pub mod hooks;
 pub mod host;
 pub mod ids;
 pub mod inventory;

@@ -33,11 +33,13 @@ pub enum Kind {
     Bench,
     /// A notification of the run was sent, or could not be (issue 16).
     Notified,
+    /// A deploy hook (`[hooks]`) ended on the runner.
+    HookFinished,
 }
 
 impl Kind {
     /// Every kind, for parsing.
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::RunStarted,
         Kind::TargetOutcome,
         Kind::RunFinished,
@@ -47,6 +49,7 @@ impl Kind {
         Kind::TrustRecorded,
         Kind::Bench,
         Kind::Notified,
+        Kind::HookFinished,
     ];
 
     /// The word stored in the log.
@@ -61,6 +64,7 @@ impl Kind {
             Kind::TrustRecorded => "trust_recorded",
             Kind::Bench => "bench",
             Kind::Notified => "notified",
+            Kind::HookFinished => "hook_finished",
         }
     }
 
@@ -156,6 +160,35 @@ where
 {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(serde_json::from_value(value).ok())
+}
+
+/// `hook_finished`: how a deploy hook (`[hooks]`) ended on the runner; also the
+/// `hook_finished` event (`--output json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookFinished {
+    /// `pre_deploy`, `post_deploy` or `failed`.
+    pub hook: crate::hooks::HookKind,
+    /// The path as the inventory writes it.
+    pub path: String,
+    /// `FERRY_OUTCOME` as the hook saw it (`post_deploy`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<crate::hooks::RunOutcome>,
+    /// `ok`, `failed` (non-zero exit, a signal), `timed_out`, `error` (could not be started).
+    pub status: crate::hooks::HookStatus,
+    /// Exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal name, when it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// What went wrong (masked): `exited 1`, `still running after 5m: killed`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall time.
+    pub ms: u64,
+    /// The last output lines, both streams (masked).
+    #[serde(default)]
+    pub tail: Vec<String>,
 }
 
 /// `lock_acquired`, `lock_released`, `lock_broken`.

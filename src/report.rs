@@ -118,6 +118,27 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A deploy hook (`[hooks]`) starts on the runner.
+    HookStarted {
+        /// `pre_deploy`, `post_deploy` or `failed`.
+        hook: crate::hooks::HookKind,
+        /// Its path as the inventory writes it.
+        path: String,
+    },
+    /// One line of a hook's output (without its newline).
+    HookOutput {
+        /// Which hook.
+        hook: crate::hooks::HookKind,
+        /// `stdout` or `stderr`.
+        stream: Stream,
+        /// The line, lossily decoded as UTF-8.
+        line: String,
+        /// The line's share of the hook's backlog, given back when the event is dropped.
+        #[serde(skip)]
+        in_flight: InFlight,
+    },
+    /// A hook ended: how, and its last lines (also its `hook_finished` record).
+    HookFinished(crate::records::HookFinished),
     /// The run is over.
     RunFinished {
         /// Targets that succeeded.
@@ -356,10 +377,15 @@ impl AuditTrail {
                     "error": error,
                 }),
             ),
+            Event::HookFinished(finished) => {
+                entry(Kind::HookFinished, Vec::new(), serde_json::to_value(finished).unwrap_or_default())
+            }
             Event::RunStarted { .. }
             | Event::TargetConnected { .. }
             | Event::TargetStep { .. }
-            | Event::BatchStarted { .. } => return Ok(()),
+            | Event::BatchStarted { .. }
+            | Event::HookStarted { .. }
+            | Event::HookOutput { .. } => return Ok(()),
         };
         self.store.append(&record).map(|_| ()).inspect_err(|_| self.unrecorded.push(record))
     }
@@ -460,10 +486,29 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             Event::Notified { .. } => {
                 let _ = writeln!(out, "{}", notified_line(event));
             }
+            Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
+                if let Some(line) = hook_line(event) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
         Style::Quiet => {}
+    }
+}
+
+/// A hook's event as one line: `hook NAME - running PATH`, `hook NAME | output`, `hook NAME -
+/// ok` or `hook NAME ! what went wrong`.
+fn hook_line(event: &Event) -> Option<String> {
+    match event {
+        Event::HookStarted { hook, path } => Some(format!("hook {hook} - running {path}")),
+        Event::HookOutput { hook, line, .. } => Some(format!("hook {hook} | {line}")),
+        Event::HookFinished(finished) => Some(match &finished.error {
+            None => format!("hook {} - ok", finished.hook),
+            Some(error) => format!("hook {} ! {error}", finished.hook),
+        }),
+        _ => None,
     }
 }
 
@@ -489,6 +534,14 @@ fn masked(secrets: &[Secret], event: Event) -> Event {
         Event::TargetStep { target, step } => Event::TargetStep { target, step: mask(&step, secrets) },
         Event::Notified { notifier, moment, delivered, attempts, error } => {
             Event::Notified { notifier, moment, delivered, attempts, error: error.map(|e| mask(&e, secrets)) }
+        }
+        Event::HookOutput { hook, stream, line, in_flight } => {
+            Event::HookOutput { hook, stream, line: mask(&line, secrets), in_flight }
+        }
+        Event::HookFinished(mut finished) => {
+            finished.error = finished.error.map(|e| mask(&e, secrets));
+            finished.tail = finished.tail.iter().map(|l| mask(l, secrets)).collect();
+            Event::HookFinished(finished)
         }
         other => other,
     }
@@ -560,6 +613,11 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         Event::Notified { .. } => {
             let _ = multi.println(notified_line(event));
         }
+        Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
+            if let Some(line) = hook_line(event) {
+                let _ = multi.println(line);
+            }
+        }
         Event::RunFinished { .. } => {}
     }
 }
@@ -589,6 +647,8 @@ fn notified_line(event: &Event) -> String {
 /// and summaries is a fixed number of cut lines.
 pub struct LineSplitter {
     target: String,
+    /// A hook's output instead of a target's: sent as [`Event::HookOutput`].
+    hook: Option<crate::hooks::HookKind>,
     events: Events,
     partial: [Vec<u8>; 2],
     /// The last lines seen (both streams), oldest first.
@@ -671,11 +731,17 @@ impl LineSplitter {
     pub fn new(target: &str, events: Events) -> LineSplitter {
         LineSplitter {
             target: target.to_string(),
+            hook: None,
             events,
             partial: [Vec::new(), Vec::new()],
             tail: Default::default(),
             backlog: Arc::default(),
         }
+    }
+
+    /// A splitter for a deploy hook's output on the runner.
+    pub fn for_hook(hook: crate::hooks::HookKind, events: Events) -> LineSplitter {
+        LineSplitter { hook: Some(hook), ..LineSplitter::new(hook.as_str(), events) }
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) {
@@ -686,7 +752,11 @@ impl LineSplitter {
         self.tail.push_back(truncate_line(&line, TAIL_LINE_BYTES));
         // The weight counts the event's own allocations too, so that short lines add up.
         let in_flight = InFlight::new(&self.backlog, line.len() + self.target.len() + 64);
-        let _ = self.events.send(Event::Output { target: self.target.clone(), stream, line, in_flight });
+        let event = match self.hook {
+            Some(hook) => Event::HookOutput { hook, stream, line, in_flight },
+            None => Event::Output { target: self.target.clone(), stream, line, in_flight },
+        };
+        let _ = self.events.send(event);
     }
 
     /// Sends what is left of unterminated last lines.

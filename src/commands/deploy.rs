@@ -4,9 +4,12 @@
 //! re-planning with the pinned digest, rendering `post_deploy`), the lock, the audit log and the
 //! summary. `rollback` runs through the same [`execute`] with a plan rebuilt from the record.
 //!
+//! The inventory's `[hooks]` ([`crate::hooks`]) run here, inside the session (the lock held):
+//! `pre_deploy` before the rollout, `post_deploy` or `failed` after it.
+//!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
-//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed
-//! or a host key refused; 130 interrupted.
+//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed,
+//! a host key refused or a failing `pre_deploy` hook; 130 interrupted.
 
 use std::sync::{Arc, Mutex};
 
@@ -266,6 +269,18 @@ pub fn execute(
         lock: Some((flags.lock, format!("ferry {what}"))),
         ssh: ssh_options(inventory, flags.connect_timeout)?,
     };
+    let hooks = inventory.hooks.clone();
+    let facts = crate::hooks::Facts {
+        app: plan.app.clone(),
+        environment: plan.environment.clone(),
+        version: plan.version.clone(),
+        digest: plan.digest.clone(),
+        run: plan.deployment.clone(),
+        actor: session.store.actor().describe(),
+        targets: names.clone(),
+    };
+    let refused_skips = names.len();
+    let hook_secrets = secrets.clone();
     let started = RunStarted {
         image: Some(plan.image.clone()),
         force: Some(flags.force),
@@ -273,6 +288,15 @@ pub fn execute(
         ..RunStarted::default()
     };
     let outcome = session.run(names, started, |context: Context| async move {
+        use crate::hooks::{HookKind, RunOutcome};
+        let pre =
+            crate::hooks::run(&hooks, HookKind::PreDeploy, &facts, None, &context.events, &hook_secrets)
+                .await;
+        if let Some(pre) = pre.filter(|p| p.status != crate::hooks::HookStatus::Ok) {
+            // Before any pull: nothing on any target has changed.
+            let refusal = crate::hooks::refusal(&pre);
+            return refused(refused_skips, &refusal);
+        }
         let applied = apply::apply(
             plan,
             planner,
@@ -284,24 +308,63 @@ pub fn execute(
         )
         .await;
         drop(context.connections);
-        finish(applied, notes.rollback_to.as_deref())
+        let outcome = RunOutcome::of(applied.reports.iter().map(|r| r.status));
+        let facts = crate::hooks::Facts { digest: applied.plan.digest.clone(), ..facts };
+        let after =
+            crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &context.events, &hook_secrets)
+                .await;
+        finish(applied, notes.rollback_to.as_deref(), after)
     })?;
-    let Outcome::Finished { value: applied, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
+    let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
+    let (applied, after) = match value {
+        Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
+        Rolled::Applied(applied, after) => (*applied, after),
+    };
+    let hook_report = after.as_ref().map_or_else(String::new, crate::hooks::report);
     let nothing_to_say = flags.quiet
+        && hook_report.is_empty()
         && applied
             .reports
             .iter()
             .all(|r| r.status == Status::Ok && r.action == Some(crate::docker::Action::Unchanged));
     if output != OutputFormat::Json && !nothing_to_say {
-        output::print(&mask(&summary(&applied, &what), &secrets))?;
+        output::print(&mask(&(summary(&applied, &what) + &hook_report), &secrets))?;
     }
     let code = exit_code(&applied);
     // A deployment whose outcome is not on record did not fully succeed.
     Ok(if code == 0 && !audited { 1 } else { code })
 }
 
+/// What the work under the session ends with.
+enum Rolled {
+    /// The `pre_deploy` hook failed: nothing ran.
+    Refused(Diagnostic),
+    /// The rollout ran; the `post_deploy` or `failed` hook's end, if one is configured.
+    Applied(Box<Applied>, Option<crate::records::HookFinished>),
+}
+
+/// A run that `pre_deploy` refused, as the session records it: every target skipped, and
+/// why in `run_finished` (`history` shows it as refused).
+fn refused(targets: usize, refusal: &Diagnostic) -> Finish<Rolled> {
+    let why = refusal.message.lines().next().unwrap_or_default().to_string();
+    Finish {
+        ok: 0,
+        failed: 0,
+        skipped: targets,
+        interrupted: false,
+        stopped: None,
+        record: Some(RunFinished { refused: Some(why), ..RunFinished::default() }),
+        digest: None,
+        value: Rolled::Refused(refusal.clone()),
+    }
+}
+
 /// The rollout's end as the session records it: counts and the deployment's record.
-fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
+fn finish(
+    applied: Applied,
+    rollback_to: Option<&str>,
+    after: Option<crate::records::HookFinished>,
+) -> Finish<Rolled> {
     let deployment =
         crate::deployments::detail(&applied.plan, &applied.reports, applied.interrupted, rollback_to);
     let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
@@ -313,7 +376,7 @@ fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
         stopped: applied.stopped.clone(),
         record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
         digest: applied.plan.digest.clone(),
-        value: applied,
+        value: Rolled::Applied(Box::new(applied), after),
     }
 }
 

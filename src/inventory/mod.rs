@@ -82,6 +82,8 @@ pub struct Inventory {
     pub notifiers: Vec<Notifier>,
     /// `[[freeze]]` windows, in file order.
     pub freezes: Vec<crate::freeze::Window>,
+    /// `[hooks]`: executables run on the runner around deploy, promote and rollback.
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -488,6 +490,7 @@ impl Checker<'_> {
         for (span, message, help) in problems {
             self.error(span, message, help);
         }
+        let hooks = self.hooks(raw.hooks);
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -503,7 +506,52 @@ impl Checker<'_> {
             proxy,
             notifiers,
             freezes,
+            hooks,
         }
+    }
+
+    /// `[hooks]`: each path is checked now (a file with an execute bit), so a typo is exit 2
+    /// at its line before anything runs, not a refused deployment later.
+    fn hooks(&mut self, raw: Option<raw::RawHooks>) -> crate::hooks::Hooks {
+        // Absolute, so the hook starts whatever ferry's own working folder is.
+        let dir = self.dir.canonicalize().unwrap_or_else(|_| self.dir.to_path_buf());
+        let mut hooks = crate::hooks::Hooks { dir, ..crate::hooks::Hooks::default() };
+        let Some(raw) = raw else { return hooks };
+        if let Some(text) = raw.timeout {
+            match duration::parse(text.get_ref()) {
+                Ok(d) if !d.is_zero() => hooks.timeout = d,
+                Ok(_) => self.error(text.span(), "a hook timeout must be longer than 0", None),
+                Err(e) => self.errors.push(Diagnostic::new(e).at(self.source, text.span())),
+            }
+        }
+        hooks.pre_deploy = raw.pre_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.post_deploy = raw.post_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.failed = raw.failed.and_then(|p| self.hook(p, &hooks.dir));
+        hooks
+    }
+
+    fn hook(&mut self, raw: Spanned<String>, dir: &Path) -> Option<crate::hooks::Hook> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = raw.get_ref();
+        let path = dir.join(text);
+        let problem = match std::fs::metadata(&path) {
+            _ if text.trim().is_empty() => Some(("a hook path is empty".to_string(), None)),
+            Err(_) => Some((format!("hook \"{text}\" not found"), None)),
+            Ok(m) if !m.is_file() => Some((format!("hook \"{text}\" is not a file"), None)),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some((
+                format!("hook \"{text}\" is not executable"),
+                Some(format!("make it executable: chmod +x {}", display_path(&path).display())),
+            )),
+            Ok(_) => None,
+        };
+        let Some((message, help)) = problem else {
+            return Some(crate::hooks::Hook { shown: text.clone(), path });
+        };
+        let help = help.unwrap_or_else(|| {
+            "name an executable file, relative to the inventory's folder (or remove the key)".into()
+        });
+        self.error(raw.span(), message, Some(help));
+        None
     }
 
     fn notifiers(

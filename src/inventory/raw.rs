@@ -39,6 +39,7 @@ pub struct RawInventory {
     pub notify: SpannedMap<Spanned<RawNotify>>,
     #[serde(default)]
     pub freeze: Vec<Spanned<RawFreeze>>,
+    pub hooks: Option<RawHooks>,
 }
 
 /// `[notify.NAME]`: a receiver of deployment notifications (issue 16).
@@ -63,6 +64,17 @@ pub struct RawFreeze {
     pub days: Option<Spanned<Vec<Spanned<String>>>>,
     pub hours: Option<Spanned<String>>,
     pub timezone: Option<Spanned<String>>,
+}
+
+/// `[hooks]`: executables on the runner around a deployment (issue 16; not the app's
+/// `post_deploy`, which runs on targets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_deploy: Option<Spanned<String>>,
+    pub post_deploy: Option<Spanned<String>>,
+    pub failed: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).

@@ -24,6 +24,7 @@ mod feeds;
 mod flags;
 mod freeze;
 mod fuzz;
+mod hooks;
 #[cfg(feature = "lab")]
 mod hostkeys;
 #[cfg(feature = "lab")]

@@ -1,0 +1,216 @@
+//! Deploy hooks (`[hooks]`, issue 16 part 1) without the lab: a `transport = "local"` target
+//! whose `docker` is a stand-in that logs its calls and fails, so a test can tell whether a
+//! deployment touched Docker at all. A failing `pre_deploy` refuses before any pull; a failed
+//! rollout runs the `failed` hook with exactly the documented environment, and that hook's
+//! failure does not change the exit code. The lab test (tests/integration/deploy/hooks.rs)
+//! covers a real rollout and `post_deploy`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::test::{SECRET, Test};
+
+/// The CLI test inventory with its staging target on this machine, no feed (no registry to
+/// ask), `hooks` as the `[hooks]` table, and a `docker` on PATH that logs and fails.
+fn with_hooks(hooks: &str) -> Test {
+    let test = Test::new()
+        .replace(
+            "ferry.toml",
+            "[targets.stg-1]\nhost = \"10.0.0.11\"",
+            "[targets.stg-1]\ntransport = \"local\"",
+        )
+        .replace("ferry.toml", "feed = \"main\"\n", "")
+        .replace("ferry.toml", "[feeds.main]", &format!("[hooks]\n{hooks}\n\n[feeds.main]"));
+    let test = executable(test, "bin/docker", "echo \"$*\" >> \"$(dirname \"$0\")/../docker-calls\"; exit 1");
+    let path = format!("{}/bin:{}", test.path().display(), std::env::var("PATH").unwrap_or_default());
+    test.env("PATH", &path)
+}
+
+/// Writes an executable `#!/bin/sh` script at `path` in the test folder.
+fn executable(test: Test, path: &str, body: &str) -> Test {
+    let test = test.write(path, &format!("#!/bin/sh\n{body}\n"));
+    std::fs::set_permissions(test.path().join(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    test
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `NAME=value` lines of a file a hook wrote with `env`, sorted.
+fn env_file(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL="))
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+const DEPLOY: [&str; 9] =
+    ["deploy", "web", "--env", "staging", "--version", "1.0", "--yes", "--output", "plain"];
+
+#[test]
+fn a_missing_or_unexecutable_hook_is_exit_2_at_its_line() {
+    with_hooks("pre_deploy = \"hooks/pre\"")
+        .args(["check"])
+        .code(2)
+        .stderr(
+            "error: hook \"hooks/pre\" not found
+  --> ferry.toml:27:14
+   |
+27 | pre_deploy = \"hooks/pre\"
+   |              ^^^^^^^^^^^
+  = help: name an executable file, relative to the inventory's folder (or remove the key)
+",
+        )
+        .run();
+    with_hooks("failed = \"hooks/failed\"\ntimeout = \"0s\"")
+        .write("hooks/failed", "#!/bin/sh\n")
+        .args(["check"])
+        .code(2)
+        .stderr(
+            "error: a hook timeout must be longer than 0
+  --> ferry.toml:28:11
+   |
+28 | timeout = \"0s\"
+   |           ^^^^
+
+error: hook \"hooks/failed\" is not executable
+  --> ferry.toml:27:10
+   |
+27 | failed = \"hooks/failed\"
+   |          ^^^^^^^^^^^^^^
+  = help: make it executable: chmod +x hooks/failed
+",
+        )
+        .run();
+}
+
+#[test]
+fn a_failing_pre_deploy_hook_refuses_before_any_pull_and_is_recorded_masked() {
+    let test =
+        with_hooks("pre_deploy = \"hooks/pre\"\npost_deploy = \"hooks/post\"\nfailed = \"hooks/failed\"");
+    let test = executable(test, "hooks/pre", &format!("echo window closed; echo 'token {SECRET}'; exit 1"));
+    let test = executable(test, "hooks/post", "touch post-ran");
+    let test = executable(test, "hooks/failed", "touch failed-ran");
+    let folder = test.into_dir();
+    let dir = folder.path();
+    let inventory = dir.join("ferry.toml").display().to_string();
+    let path = format!("{}/bin:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    Test::bare()
+        .env("WEB_DATABASE_URL", SECRET)
+        .env("PATH", &path)
+        .args(["-i", &inventory])
+        .args(DEPLOY)
+        .code(4)
+        .stdout(
+            "hook pre_deploy - running hooks/pre
+hook pre_deploy | window closed
+hook pre_deploy | token ***
+hook pre_deploy ! exited 1
+",
+        )
+        .stderr(
+            "error: pre_deploy hook hooks/pre exited 1: the deployment is refused, no target was changed
+  | window closed
+  | token ***
+  = help: fix what the hook reports (or the hook) and deploy again; its output is in the audit log (`hook_finished`)
+",
+        )
+        .run_in(dir);
+    assert!(
+        !dir.join("docker-calls").exists(),
+        "Docker was called: {:?}",
+        std::fs::read_to_string(dir.join("docker-calls"))
+    );
+    assert!(!dir.join("post-ran").exists() && !dir.join("failed-ran").exists(), "no other hook runs");
+    let records = records(dir);
+    let kinds: Vec<&str> = records.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["run_started", "lock_acquired", "hook_finished", "run_finished", "lock_released"]);
+    let hook = &records[2]["detail"];
+    assert_eq!(hook["hook"], "pre_deploy");
+    assert_eq!(hook["status"], "failed");
+    assert_eq!(hook["exit_code"], 1);
+    assert_eq!(hook["tail"], serde_json::json!(["window closed", "token ***"]));
+    assert_eq!(
+        records[3]["detail"]["refused"],
+        "pre_deploy hook hooks/pre exited 1: the deployment is refused, no target was changed"
+    );
+    let log = std::fs::read_to_string(dir.join(".ferry/audit.jsonl")).unwrap();
+    assert!(!log.contains(SECRET), "the secret is in the audit log");
+    assert!(!dir.join(".ferry/locks/staging").exists(), "the lock is released");
+}
+
+#[test]
+fn a_failed_rollout_runs_the_failed_hook_with_only_the_documented_environment() {
+    let test =
+        with_hooks("pre_deploy = \"hooks/pre\"\npost_deploy = \"hooks/post\"\nfailed = \"hooks/failed\"");
+    let test = executable(test, "hooks/pre", "env > pre-env");
+    let test = executable(test, "hooks/post", "touch post-ran");
+    let test = executable(test, "hooks/failed", "env > failed-env; echo paging on-call; exit 7");
+    let folder = test.into_dir();
+    let dir = folder.path();
+    let inventory = dir.join("ferry.toml").display().to_string();
+    let path = format!("{}/bin:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Test::bare()
+        .env("WEB_DATABASE_URL", SECRET)
+        .env("PATH", &path)
+        .env("HOME", &dir.display().to_string())
+        .env("REGISTRY_PASSWORD", "not-for-hooks")
+        .args(["-i", &inventory])
+        .args(DEPLOY)
+        .code(1)
+        .stdout_contains("hook pre_deploy - running hooks/pre\nhook pre_deploy - ok\n")
+        .stdout_contains("hook failed - running hooks/failed\nhook failed | paging on-call\nhook failed ! exited 7\n")
+        .stdout_contains(
+            "\nfailed hook hooks/failed exited 7 (recorded; the deployment and its exit code stand)\n  | paging on-call\n",
+        )
+        .run_in(dir);
+    assert!(dir.join("docker-calls").exists(), "the rollout ran: {}", out.stdout);
+    assert!(!dir.join("post-ran").exists(), "post_deploy runs only after a success");
+    let run = records(dir)[0]["run"].as_str().unwrap().to_string();
+    let expected = |outcome: Option<&str>| {
+        let mut lines: Vec<String> = [
+            "FERRY_ACTOR=",
+            "FERRY_APP=web",
+            "FERRY_DIGEST=",
+            "FERRY_ENVIRONMENT=staging",
+            &format!("FERRY_RUN={run}"),
+            "FERRY_TARGETS=stg-1",
+            "FERRY_VERSION=1.0",
+            &format!("HOME={}", dir.display()),
+            &format!("PATH={path}"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(outcome.map(|o| format!("FERRY_OUTCOME={o}")))
+        .collect();
+        lines.sort();
+        lines
+    };
+    let mut pre = env_file(&dir.join("pre-env"));
+    let mut failed = env_file(&dir.join("failed-env"));
+    // The actor names the machine's user and host: the same in both, checked for shape only.
+    for env in [&mut pre, &mut failed] {
+        let actor = env.iter_mut().find(|l| l.starts_with("FERRY_ACTOR=")).unwrap();
+        assert!(actor.contains('@') && actor.ends_with(')'), "{actor}");
+        *actor = "FERRY_ACTOR=".into();
+    }
+    assert_eq!(pre, expected(None), "pre_deploy's whole environment");
+    assert_eq!(failed, expected(Some("failed")), "failed's whole environment");
+    let hooks: Vec<serde_json::Value> = records(dir)
+        .into_iter()
+        .filter(|r| r["kind"] == "hook_finished")
+        .map(|r| r["detail"].clone())
+        .collect();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!((&hooks[0]["hook"], &hooks[0]["status"]), (&"pre_deploy".into(), &"ok".into()));
+    assert_eq!(hooks[1]["hook"], "failed");
+    assert_eq!(hooks[1]["outcome"], "failed");
+    assert_eq!(hooks[1]["exit_code"], 7);
+    assert_eq!(hooks[1]["tail"], serde_json::json!(["paging on-call"]));
+}
