@@ -18,6 +18,7 @@ mod cli;
 mod contract;
 #[cfg(feature = "lab")]
 mod deploy;
+mod deploy_to;
 mod errors;
 #[cfg(feature = "lab")]
 mod feeds;
