@@ -24,6 +24,7 @@ mod errors;
 mod feeds;
 mod flags;
 mod fuzz;
+mod history;
 #[cfg(feature = "lab")]
 mod hostkeys;
 #[cfg(feature = "lab")]
