@@ -199,6 +199,10 @@ pub struct HistoryArgs {
     /// At most this many runs
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
+
+    /// Show one run: its targets' outcomes, container ids and errors (a run id from `ferry history`, or a unique prefix of one)
+    #[arg(long, value_name = "ID", conflicts_with_all = ["app", "environment", "since"])]
+    pub run: Option<String>,
 }
 
 /// `ferry state`.
@@ -971,6 +975,7 @@ impl Command {
                 environment: a.environment,
                 since: a.since,
                 limit: a.limit,
+                run: a.run,
             }),
             Command::Audit(a) => Request::Audit(match a.action {
                 AuditAction::Verify { log } => request::Audit::Verify { log },

@@ -90,6 +90,9 @@ impl<'a> Release<'a> {
     ) -> Result<Self, Error> {
         let app = inventory.app(request.app)?;
         let env = inventory.environment(request.environment)?;
+        // Every plan passes here (deploy, plan, promote, rollback): none for an environment the
+        // app does not deploy to, whatever the command checked first.
+        app.check_deploys_to(&env.name)?;
         // Checked here too: a version read back from a record did not pass the command line.
         crate::request::check_tag(request.version)?;
         let (secrets, problems) =

@@ -411,6 +411,8 @@ pub struct History {
     pub since: Option<Duration>,
     /// At most this many runs.
     pub limit: usize,
+    /// Show this one run (an id or a unique prefix of one) in detail.
+    pub run: Option<String>,
 }
 
 /// `ferry audit …`.

@@ -47,7 +47,7 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
     // One warning per unavailable secret, naming every deployment it would break.
     let mut unavailable = BTreeMap::new();
     for app in &inventory.apps {
-        for env in &inventory.environments {
+        for env in inventory.environments.iter().filter(|e| app.deploys_to(&e.name)) {
             let request = PlanRequest {
                 app: &app.name,
                 environment: &env.name,

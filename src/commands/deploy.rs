@@ -35,6 +35,8 @@ pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Res
     // target is touched: every target then pulls and runs those bytes.
     let app = inventory.app(&args.selection.app)?;
     inventory.environment(&args.selection.environment)?;
+    // Before the feed is asked: a deploy that cannot happen is bad input, found offline.
+    app.check_deploys_to(&args.selection.environment)?;
     let freeze = freeze_gate(&inventory, "deploy", &args.selection.environment, &args.apply)?;
     let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
     let skip = args.skip_lifecycle.clone();
@@ -148,16 +150,12 @@ pub fn lifecycle_gate(
     digest: Option<&str>,
     skip: Option<String>,
 ) -> Result<Notes, Error> {
-    let by_phase = super::store(inventory)?.successes_by_phase(&app.name, &inventory.phases)?;
+    // The phases the app deploys to: a prod-only worker is not held back by staging.
+    let phases = app.phases(&inventory.phases);
+    let by_phase = super::store(inventory)?.successes_by_phase(&app.name, &phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let release = digest.unwrap_or(version);
-    let gate = crate::lifecycle::check(
-        &inventory.phases,
-        &inventory.optional_phases,
-        environment,
-        release,
-        successes,
-    );
+    let gate = crate::lifecycle::check(&phases, &inventory.optional_phases, environment, release, successes);
     let mut notes = Notes::default();
     match gate {
         crate::lifecycle::Gate::Free => {}

@@ -259,10 +259,12 @@ pub fn audit_log(inventory: &Inventory) -> crate::audit::Log {
     crate::audit::Log::new(&state_dir(inventory), actor())
 }
 
-/// Who runs this process (user, host, CI job, cron or terminal).
+/// Who runs this process (user, host, CI job, terminal, cron, systemd or a script).
 fn actor() -> crate::audit::Actor {
     use std::io::IsTerminal;
-    crate::audit::Actor::detect(&process_env, std::io::stdin().is_terminal())
+    let terminal = std::io::stdin().is_terminal() || std::io::stderr().is_terminal();
+    let under_cron = || crate::audit::cron_ancestor(std::path::Path::new("/proc"), "self").is_some();
+    crate::audit::Actor::detect(&process_env, terminal, &under_cron)
 }
 
 /// The targets of `env`, in inventory order (locks cover all of them, whatever `--limit` says).

@@ -21,6 +21,10 @@ use super::feed::LATEST;
 /// otherwise). Input problems are found first, offline, so a broken inventory is exit 2 whether
 /// or not the feed answers.
 pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Result<i32, Error> {
+    // Before the store or the feed is asked: a plan that cannot be deployed is bad input.
+    let app = inventory.app(&args.selection.app)?;
+    inventory.environment(&args.selection.environment)?;
+    app.check_deploys_to(&args.selection.environment)?;
     let renderer = Renderer::new(inventory).map_err(Error::Render)?;
     let deployment = new_deployment_id();
     let asked = args.version.as_deref().unwrap_or(LATEST);

@@ -26,6 +26,7 @@ use crate::request::Rollback as RollbackArgs;
 pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
+    inventory.app(&app)?.check_deploys_to(&env)?;
     let freeze = super::deploy::freeze_gate(&inventory, "rollback", &env, &args.apply)?;
     let store = store(&inventory)?;
     let changes = store.changes(&app, &env)?;

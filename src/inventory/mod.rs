@@ -342,9 +342,48 @@ pub struct App {
     /// The app's route through the proxy per environment name (the app's `proxy` merged with
     /// the environment's, key by key); an environment without one runs the app unproxied.
     pub routes: BTreeMap<String, Route>,
+    /// `deploy_to`: the only environments the app deploys to; `None` deploys it to every one.
+    pub deploy_to: Option<DeployTo>,
+}
+
+/// `deploy_to = ["staging", "prod"]` on an app: where it deploys, so that an environment it
+/// has no place in (an ops-only one, staging for a prod-only worker) can be described. The
+/// name is not `environments`, which is the app's table of per-environment settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployTo {
+    /// The environments, in the order written.
+    pub environments: Vec<String>,
+    /// Where the key is written (`ferry.toml:12`), for messages.
+    pub at: String,
 }
 
 impl App {
+    /// Whether the app deploys to `environment`: listed in `deploy_to`, or no `deploy_to`.
+    pub fn deploys_to(&self, environment: &str) -> bool {
+        self.deploy_to.as_ref().is_none_or(|d| d.environments.iter().any(|e| e == environment))
+    }
+
+    /// Exit 2 unless the app deploys to `environment`: deploy, plan, promote and rollback ask
+    /// this before anything else.
+    pub fn check_deploys_to(&self, environment: &str) -> Result<(), Diagnostic> {
+        match &self.deploy_to {
+            Some(d) if !self.deploys_to(environment) => Err(Diagnostic::new(format!(
+                "{} deploys only to {} (deploy_to, {})",
+                self.name,
+                d.environments.join(", "),
+                d.at
+            ))
+            .help(format!("to deploy it to {environment}, add \"{environment}\" to its deploy_to"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lifecycle phases that concern the app: `phases` without the environments it does not
+    /// deploy to, so a prod-only worker is not held back by a staging it never runs in.
+    pub fn phases(&self, phases: &[String]) -> Vec<String> {
+        phases.iter().filter(|p| self.deploys_to(p)).cloned().collect()
+    }
+
     /// The app's route through the proxy in `environment`, if it sits behind the proxy there.
     pub fn route(&self, environment: &str) -> Option<&Route> {
         self.routes.get(environment)
@@ -1042,8 +1081,22 @@ impl Checker<'_> {
                     env_routes.insert(env_name.get_ref().clone(), proxy::layer(route, &mut problems));
                 }
             }
+            let deploy_to = app.deploy_to.map(|list| self.deploy_to(list, envs));
+            let deploys_to = |env: &str| {
+                deploy_to.as_ref().is_none_or(|d: &DeployTo| d.environments.iter().any(|e| e == env))
+            };
+            for env_name in app.environments.keys() {
+                if let Some(d) = deploy_to.as_ref().filter(|_| !deploys_to(env_name.get_ref())) {
+                    let env = env_name.get_ref();
+                    self.error(
+                        env_name.span(),
+                        format!("app \"{name}\" has settings for \"{env}\", an environment it does not deploy to ({})", d.environments.join(", ")),
+                        Some(format!("add \"{env}\" to its deploy_to, or remove [apps.{name}.environments.{env}]")),
+                    );
+                }
+            }
             let mut routes = BTreeMap::new();
-            for e in envs {
+            for e in envs.iter().filter(|e| deploys_to(&e.name)) {
                 let merged = proxy::merge(app_route.as_ref(), env_routes.get(&e.name), &mut problems);
                 if let Some(route) = merged {
                     let at = env_routes.get(&e.name).or(app_route.as_ref()).map_or(0..0, |l| l.span.clone());
@@ -1076,6 +1129,7 @@ impl Checker<'_> {
                 versions,
                 environments,
                 routes,
+                deploy_to,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
             apps.push(app);
@@ -1289,9 +1343,40 @@ impl Checker<'_> {
         out
     }
 
+    /// `deploy_to`: known environments, each once, at least one.
+    fn deploy_to(&mut self, raw: Spanned<Vec<Spanned<String>>>, envs: &[Environment]) -> DeployTo {
+        let span = raw.span();
+        let at = format!("{}:{}", self.source.path.display(), self.source.line_of(span.start));
+        let list = raw.into_inner();
+        if list.is_empty() {
+            self.error(
+                span,
+                "deploy_to = [] deploys the app nowhere",
+                Some("list the environments it deploys to, or remove the key to deploy it to every environment".into()),
+            );
+        }
+        let mut environments: Vec<String> = Vec::with_capacity(list.len());
+        for name in list {
+            let text = name.get_ref();
+            if !envs.iter().any(|e| &e.name == text) {
+                let help = did_you_mean(text, envs.iter().map(|e| e.name.as_str()))
+                    .or_else(|| list_help("environments", envs.iter().map(|e| &e.name)));
+                self.error(name.span(), format!("unknown environment \"{text}\" in deploy_to"), help);
+            } else if environments.contains(text) {
+                self.error(name.span(), format!("\"{text}\" is listed twice in deploy_to"), None);
+                continue;
+            }
+            environments.push(name.into_inner());
+        }
+        DeployTo { environments, at }
+    }
+
+    /// Today's rule, kept: an app with roles must find a target with one of them in each
+    /// environment that has targets. With `deploy_to`, only in the environments it lists: an
+    /// ops-only environment (bastions, a database host) needs none of the app's roles.
     fn check_app_has_targets(&mut self, app: &App, at: usize, targets: &[Target], envs: &[Environment]) {
         let Some(roles) = &app.roles else { return };
-        for env in envs {
+        for env in envs.iter().filter(|e| app.deploys_to(&e.name)) {
             let any = env.targets.iter().any(|&i| targets[i].roles.iter().any(|r| roles.contains(r)));
             if !any && !env.targets.is_empty() {
                 self.error(
@@ -1389,7 +1474,8 @@ impl Checker<'_> {
     fn check_container_names(&mut self, apps: &[App], envs: &[Environment]) {
         for env in envs {
             let mut seen: HashMap<String, &App> = HashMap::new();
-            for app in apps {
+            // Two apps that never deploy to one environment never meet there.
+            for app in apps.iter().filter(|a| a.deploys_to(&env.name)) {
                 let name = container_name(app, &env.name);
                 if let Some(first) = seen.insert(name.clone(), app) {
                     self.error(

@@ -253,6 +253,8 @@ pub struct RawApp {
     pub post_deploy: Option<Spanned<String>>,
     pub versions: Option<RawVersions>,
     pub proxy: Option<Spanned<RawRoute>>,
+    /// The only environments the app deploys to (absent: every environment).
+    pub deploy_to: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
 }

@@ -1016,6 +1016,12 @@ impl super::Store for PgStore {
         if let Some(since) = filter.since_ms {
             conditions.push(format!("time_ms >= {}", params.push(Param::Int(since))));
         }
+        if let Some(prefix) = &filter.run {
+            // Compared as text, not with LIKE (whose `%` and `_` a prefix could hold) nor a
+            // range (which a collation may order otherwise).
+            let prefix = params.push(Param::Text(prefix.clone()));
+            conditions.push(format!("left(run, char_length({prefix})) = {prefix}"));
+        }
         let condition =
             if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let limit = params.push(Param::Int(i64::try_from(filter.limit).unwrap_or(i64::MAX)));

@@ -18,12 +18,14 @@ mod cli;
 mod contract;
 #[cfg(feature = "lab")]
 mod deploy;
+mod deploy_to;
 mod errors;
 #[cfg(feature = "lab")]
 mod feeds;
 mod flags;
 mod freeze;
 mod fuzz;
+mod history;
 mod hooks;
 #[cfg(feature = "lab")]
 mod hostkeys;
