@@ -37,6 +37,15 @@ use crate::secret::Secret;
 pub const ATTEMPTS: u32 = 3;
 /// The pause before the second attempt; doubled before each later one.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest failure line a chat message shows.
+const FAILURE_CHARS: usize = 200;
+
+/// Slack's mrkdwn control characters escaped (`&`, `<`, `>`), so that a target's error can
+/// neither ping a channel (`<!channel>`) nor render a link.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// One attempt's limit (connect, send, answer).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -152,13 +161,23 @@ impl Notice {
         format!("run {} by {}{digest}", self.run, self.actor)
     }
 
-    /// The failed targets as lines `target: error`, at most `limit` of them.
+    /// The failed targets as lines `target: error`, at most `limit` of them, each the first
+    /// line of its error cut to [`FAILURE_CHARS`] (a chat message, not a log: Slack refuses a
+    /// section over 3000 characters, and a refused failure notice is lost when it matters).
     fn failures(&self, limit: usize) -> Vec<String> {
         self.targets
             .iter()
             .filter(|t| t.status != "ok")
             .take(limit)
-            .map(|t| format!("{}: {}", t.target, t.error.as_deref().unwrap_or(&t.status)))
+            .map(|t| {
+                let error = t.error.as_deref().unwrap_or(&t.status);
+                let first = error.lines().next().unwrap_or_default();
+                let mut line: String = format!("{}: {first}", t.target).chars().take(FAILURE_CHARS).collect();
+                if line.chars().count() == FAILURE_CHARS || error.lines().nth(1).is_some() {
+                    line.push('…');
+                }
+                line
+            })
             .collect()
     }
 }
@@ -175,15 +194,15 @@ pub fn payload(format: Format, notice: &Notice, source: &str, id: &str) -> Value
 
 /// Slack: `text` plus `blocks` (Block Kit).
 fn slack(notice: &Notice) -> Value {
-    let mut text = format!("*{}*", notice.headline());
+    let mut text = format!("*{}*", slack_escape(&notice.headline()));
     for line in notice.failures(10) {
-        text += &format!("\n• {line}");
+        text += &format!("\n• {}", slack_escape(&line));
     }
     json!({
-        "text": notice.headline(),
+        "text": slack_escape(&notice.headline()),
         "blocks": [
             { "type": "section", "text": { "type": "mrkdwn", "text": text } },
-            { "type": "context", "elements": [ { "type": "mrkdwn", "text": notice.context() } ] },
+            { "type": "context", "elements": [ { "type": "mrkdwn", "text": slack_escape(&notice.context()) } ] },
         ],
     })
 }
@@ -398,6 +417,18 @@ mod tests {
             body["blocks"][1]["elements"][0]["text"],
             "run 0193a1b2c3d4 by ana@ci-7 via github-actions, sha256:0123abcd"
         );
+    }
+
+    #[test]
+    fn slack_text_from_a_target_cannot_ping_or_link_and_stays_short() {
+        let mut n = notice(Moment::Failed);
+        n.targets[1].error =
+            Some(format!("<!channel> see <http://x|here> & {}\nsecond line", "y".repeat(500)));
+        let body = payload(Format::Slack, &n, "ferry://runner", "id");
+        let section = body["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert!(section.contains("&lt;!channel&gt; see &lt;http://x|here&gt; &amp; yyy"), "{section}");
+        assert!(!section.contains("second line") && !section.contains('<'), "{section}");
+        assert!(section.chars().count() < 400, "{}", section.chars().count());
     }
 
     #[test]

@@ -238,11 +238,13 @@ impl Session {
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let notices = self.notifiers().map(|n| (n, Outcomes::default()));
         let mut subscribers = self.subscribers();
-        if let Some((_, outcomes)) = &notices {
+        // A webhook URL is a secret too: masked wherever a hook or a target might print it.
+        let mut secrets = self.secrets.clone();
+        if let Some((notifiers, outcomes)) = &notices {
             subscribers.push(Box::new(outcomes.clone()));
+            secrets.extend(notifiers.iter().filter_map(|(_, url)| url.as_ref().ok().cloned()));
         }
-        let mut dispatcher =
-            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
+        let mut dispatcher = tokio::spawn(crate::report::dispatch(receiver, secrets, subscribers));
         let _ = events.send(Event::RunStarted {
             run: self.base.run.clone(),
             command: self.what.clone(),
@@ -254,7 +256,7 @@ impl Session {
         // `started` goes out beside the work, so a slow receiver never delays a target.
         let announce = async {
             if let Some((notifiers, _)) = &notices {
-                self.notify(notifiers, &events, Moment::Started, Vec::new()).await;
+                self.notify(notifiers, &events, Moment::Started, Vec::new(), self.base.digest.clone()).await;
             }
         };
         let work = async { tokio::join!(work(context), announce).0 };
@@ -266,12 +268,21 @@ impl Session {
         let outcome = match finish {
             Some(mut finish) => {
                 let summary = finish.summary(started);
-                let good = summary.failed == 0 && !summary.interrupted && summary.stopped.is_none();
+                // Succeeded means every target ended well: a run refused before any target
+                // (a failing `pre_deploy` hook), skipped targets or a stopped rollout did not.
+                let refused = summary.record.as_ref().is_some_and(|r| r.refused.is_some());
+                let good = summary.failed == 0
+                    && summary.skipped == 0
+                    && !summary.interrupted
+                    && summary.stopped.is_none()
+                    && !refused;
+                // An app without a feed learns its digest during the rollout.
+                let digest = summary.digest.clone().or_else(|| self.base.digest.clone());
                 let _ = events.send(self.finished(summary));
                 if let Some((notifiers, outcomes)) = &notices {
                     let targets = outcomes.after_the_end().await;
                     let moment = if good { Moment::Succeeded } else { Moment::Failed };
-                    self.notify(notifiers, &events, moment, targets).await;
+                    self.notify(notifiers, &events, moment, targets, digest).await;
                 }
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
@@ -388,6 +399,7 @@ impl Session {
         events: &Events,
         moment: Moment,
         targets: Vec<crate::notify::TargetOutcome>,
+        digest: Option<String>,
     ) {
         let actor = self.store.actor().describe();
         let notice = crate::notify::Notice {
@@ -395,7 +407,7 @@ impl Session {
             app: self.base.app.clone().unwrap_or_default(),
             environment: self.environment.name.clone(),
             version: self.base.version.clone().unwrap_or_default(),
-            digest: self.base.digest.clone(),
+            digest,
             run: self.base.run.clone(),
             actor: crate::secret::mask(&actor, &self.secrets),
             time: crate::time::now_rfc3339(),
