@@ -308,7 +308,7 @@ async fn pull_batch(
     let mut containers: HashMap<usize, Listed> = HashMap::new();
     for (i, outcome) in pulls {
         match outcome {
-            Ok((digest, briefs, leftovers)) => {
+            Ok((digest, _, briefs, leftovers)) => {
                 digests.push((i, digest));
                 containers.insert(i, (briefs, leftovers));
             }
@@ -371,7 +371,8 @@ async fn pull_batch(
 /// A target's containers of the app, and its replace steps that ended with nobody to read them.
 type Listed = (Vec<Brief>, Vec<replace::Leftover>);
 
-type PullOutcome = Result<(Option<String>, Vec<Brief>, Vec<replace::Leftover>), (DockerError, Duration)>;
+type PullOutcome =
+    Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), (DockerError, Duration)>;
 
 /// Pulls `image` on the targets at `indexes`, at most `parallel` at once.
 async fn pull_all(
@@ -400,8 +401,13 @@ async fn pull_all(
                 let _ =
                     events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
                 let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
-                if let Ok((Some(digest), _, _)) = &outcome {
-                    let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+                if let Ok((Some(digest), present, _, _)) = &outcome {
+                    let step = if *present {
+                        format!("{digest} is here already: not pulled")
+                    } else {
+                        format!("pulled {digest}")
+                    };
+                    let _ = events.send(Event::TargetStep { target: name, step });
                 }
                 outcome.map_err(|e| (e, started.elapsed()))
             }

@@ -66,6 +66,7 @@ const EXAMPLES: &str = "Examples:
   ferry status web --env prod
   ferry status --env prod
   ferry remove web --env staging
+  ferry prune web --env prod --dry-run
   ferry maintenance on web --env prod --message 'Back at 10:00 UTC'
   ferry proxy status --env prod
   ferry promote web --to prod
@@ -95,6 +96,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop and remove an app's containers in an environment, and stop expecting it there
     Remove(RemoveArgs),
+    /// Remove an app's images that retention no longer keeps, and its stopped containers
+    Prune(PruneArgs),
     /// The proxy on the targets (apps with `proxy = {…}`): status, boot, reboot
     Proxy(ProxyArgs),
     /// Put an app behind the proxy in maintenance (503 with a message), or take it out
@@ -466,6 +469,18 @@ pub struct RemoveArgs {
     /// The lock expires after this long if ferry dies without releasing it
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = flag(duration))]
     pub lock_ttl: Duration,
+}
+
+/// `ferry prune`: `remove`'s flags, and `--dry-run`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    /// The app, environment, selection and lock flags.
+    pub common: RemoveArgs,
+
+    /// List what would be removed on each target; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `ferry proxy`.
@@ -920,6 +935,16 @@ impl Command {
                 parallel: a.parallel,
                 connect_timeout: a.connect_timeout,
                 lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+            }),
+            Command::Prune(PruneArgs { common: a, dry_run }) => Request::Prune(request::Prune {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                yes: a.yes,
+                parallel: a.parallel,
+                connect_timeout: a.connect_timeout,
+                lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+                dry_run,
             }),
             Command::Proxy(a) => Request::Proxy(match a.action {
                 ProxyAction::Status { environment, limit, connect_timeout } => {

@@ -140,7 +140,7 @@ impl DockerError {
 }
 
 /// Runs `script`; a non-zero exit is a [`DockerError::Failed`] carrying stderr.
-async fn sh(
+pub(crate) async fn sh(
     host: &dyn Host,
     step: &'static str,
     script: &str,
@@ -164,7 +164,7 @@ fn last_lines(text: &str, n: usize) -> String {
 
 /// Quotes a value for a script. Values here are names, ids and paths that ferry produced or
 /// validated; a NUL (the only thing `quote` refuses) cannot be in them.
-fn q(value: &str) -> String {
+pub(crate) fn q(value: &str) -> String {
     shell::quote(value).unwrap_or_else(|_| "''".into())
 }
 
@@ -201,19 +201,14 @@ pub struct RemovedAll {
 /// refuses to start a second replace step beside a running one.
 pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result<RemovedAll, DockerError> {
     let script = format!(
-        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
-           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" || continue\n\
-           if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then\n\
-             echo '--- busy'; cat \"$d/meta\"; exit 0\n\
-           fi\n\
-         done\n\
-         ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
+        "{busy}ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
          if [ -n \"$ids\" ]; then\n\
            docker inspect --format '{{{{.Name}}}}' $ids || exit 1\n\
            docker stop $ids > /dev/null || exit 1\n\
            docker rm $ids > /dev/null || exit 1\n\
          fi\n\
          echo '--- leftovers'\n{collect}",
+        busy = replace_busy_script(app, environment),
         app = q(app),
         env = q(environment),
         collect = crate::replace::collect_leftovers_script(app, environment),
@@ -239,6 +234,22 @@ pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result
             .collect(),
         leftovers: crate::replace::parse_leftovers(leftovers),
     })
+}
+
+/// Script lines that print `--- busy` and the step's `meta` (`deployment=…`) and exit 0 when a
+/// replace step of `app` in `environment` still runs on the target (its runner died moments
+/// ago): its stopped containers are its own to start or restore.
+pub(crate) fn replace_busy_script(app: &str, environment: &str) -> String {
+    format!(
+        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
+           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" || continue\n\
+           if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then\n\
+             echo '--- busy'; cat \"$d/meta\"; exit 0\n\
+           fi\n\
+         done\n",
+        app = q(app),
+        env = q(environment),
+    )
 }
 
 /// One container by name or id.
@@ -297,25 +308,40 @@ pub struct Brief {
 /// Pulls `image` and lists the containers of `app` in `environment`, in one round trip and
 /// one `docker ps` (a deployment's hot path: each docker CLI start costs tens of milliseconds
 /// of CPU on the target); also reads (and clears) the outcomes of this app's replace steps that
-/// ended with nobody to read them, so that the deployment can report them.
+/// ended with nobody to read them, so that the deployment can report them. An image pinned by
+/// digest that the target already has is not pulled (then the second value is true).
 pub async fn pull_and_list(
     host: &dyn Host,
     image: &str,
     app: &str,
     environment: &str,
     login: Option<&Login>,
-) -> Result<(Option<String>, Vec<Brief>, Vec<crate::replace::Leftover>), DockerError> {
+) -> Result<(Option<String>, bool, Vec<Brief>, Vec<crate::replace::Leftover>), DockerError> {
     // The password reaches `docker login` through the channel's stdin, never a command line,
     // and is stored only in a private client config (0700, random name) that this script
     // removes when the pull is done, whatever way it ends: nothing stays logged in.
     let login_step = login.map_or_else(String::new, login_script);
     let stdin = login.map(|l| l.password.expose().as_bytes());
+    let pull = format!(
+        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}",
+        image = q(image)
+    );
+    // An image pinned by digest that the target already has is those bytes: no pull, so a
+    // rollback to an image retention kept works with the registry out of reach.
+    let pull = match image.split_once('@').filter(|(_, d)| d.starts_with("sha256:")) {
+        Some((_, digest)) => format!(
+            "if docker image inspect {image} > /dev/null 2>&1; then echo {present}; echo {line}; else\n{pull}\nfi",
+            image = q(image),
+            present = q(PRESENT),
+            line = q(&format!("Digest: {digest}")),
+        ),
+        None => pull,
+    };
     let script = format!(
-        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
+        "{pull}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
            --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}\t{{{{.Label \"ferry.version\"}}}}\t{{{{.Label \"ferry.digest\"}}}}' || exit 1\n\
          echo '--- leftovers'\n{collect}",
-        image = q(image),
         app = q(app),
         env = q(environment),
         collect = crate::replace::collect_leftovers_script(app, environment),
@@ -324,8 +350,12 @@ pub async fn pull_and_list(
     let text = out.text();
     let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
     let (listed, leftovers) = listed.split_once("--- leftovers\n").unwrap_or((listed, ""));
-    Ok((pulled_digest(pulled), parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
+    let present = pulled.lines().any(|l| l == PRESENT);
+    Ok((pulled_digest(pulled), present, parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
+
+/// The line [`pull_and_list`]'s script prints when the image pinned by digest was there already.
+const PRESENT: &str = "ferry: image present, not pulled";
 
 /// The lines that log a script in to `login`'s registry before it pulls: the password is read
 /// from the channel's stdin (the caller passes it), never a command line, into a private

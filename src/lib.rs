@@ -52,6 +52,7 @@ pub mod render;
 pub mod replace;
 pub mod report;
 pub mod request;
+pub mod retention;
 pub mod rollout;
 pub mod secret;
 pub mod select;

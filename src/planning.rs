@@ -191,12 +191,17 @@ pub fn build_plan(
     Ok(release.plan(plans))
 }
 
-/// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
-pub fn image_reference(inventory: &Inventory, app: &App, version: &str, digest: Option<&str>) -> String {
-    let repository = match app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) {
+/// The app's image repository as targets pull it: `registry/repo` (with a feed), else `repo`.
+pub fn repository(inventory: &Inventory, app: &App) -> String {
+    match app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) {
         Some(feed) => format!("{}/{}", feed.registry, app.image),
         None => app.image.clone(),
-    };
+    }
+}
+
+/// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
+pub fn image_reference(inventory: &Inventory, app: &App, version: &str, digest: Option<&str>) -> String {
+    let repository = repository(inventory, app);
     match digest {
         Some(d) => format!("{repository}@{d}"),
         None => format!("{repository}:{version}"),

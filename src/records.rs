@@ -35,11 +35,13 @@ pub enum Kind {
     Notified,
     /// A deploy hook (`[hooks]`) ended on the runner.
     HookFinished,
+    /// Image retention ran on a target (after a deployment, or `ferry prune`).
+    Pruned,
 }
 
 impl Kind {
     /// Every kind, for parsing.
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::RunStarted,
         Kind::TargetOutcome,
         Kind::RunFinished,
@@ -50,6 +52,7 @@ impl Kind {
         Kind::Bench,
         Kind::Notified,
         Kind::HookFinished,
+        Kind::Pruned,
     ];
 
     /// The word stored in the log.
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Bench => "bench",
             Kind::Notified => "notified",
             Kind::HookFinished => "hook_finished",
+            Kind::Pruned => "pruned",
         }
     }
 

@@ -139,6 +139,9 @@ pub enum Event {
     },
     /// A hook ended: how, and its last lines (also its `hook_finished` record).
     HookFinished(crate::records::HookFinished),
+    /// Image retention on a target: what it removed (or would, `--dry-run`), bytes freed, and
+    /// what went wrong (also its `pruned` record).
+    Pruned(crate::retention::Pruned),
     /// The run is over.
     RunFinished {
         /// Targets that succeeded.
@@ -380,6 +383,11 @@ impl AuditTrail {
             Event::HookFinished(finished) => {
                 entry(Kind::HookFinished, Vec::new(), serde_json::to_value(finished).unwrap_or_default())
             }
+            Event::Pruned(pruned) => entry(
+                Kind::Pruned,
+                vec![pruned.target.clone()],
+                serde_json::to_value(pruned).unwrap_or_default(),
+            ),
             Event::RunStarted { .. }
             | Event::TargetConnected { .. }
             | Event::TargetStep { .. }
@@ -486,6 +494,9 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             Event::Notified { .. } => {
                 let _ = writeln!(out, "{}", notified_line(event));
             }
+            Event::Pruned(pruned) => {
+                let _ = writeln!(out, "{}", pruned_line(pruned));
+            }
             Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
                 if let Some(line) = hook_line(event) {
                     let _ = writeln!(out, "{line}");
@@ -537,6 +548,10 @@ fn masked(secrets: &[Secret], event: Event) -> Event {
         }
         Event::HookOutput { hook, stream, line, in_flight } => {
             Event::HookOutput { hook, stream, line: mask(&line, secrets), in_flight }
+        }
+        Event::Pruned(mut pruned) => {
+            pruned.error = pruned.error.map(|e| mask(&e, secrets));
+            Event::Pruned(pruned)
         }
         Event::HookFinished(mut finished) => {
             finished.error = finished.error.map(|e| mask(&e, secrets));
@@ -613,6 +628,9 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         Event::Notified { .. } => {
             let _ = multi.println(notified_line(event));
         }
+        Event::Pruned(pruned) => {
+            let _ = multi.println(pruned_line(pruned));
+        }
         Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
             if let Some(line) = hook_line(event) {
                 let _ = multi.println(line);
@@ -620,6 +638,13 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         }
         Event::RunFinished { .. } => {}
     }
+}
+
+/// `web-1 - retention: removed 2 images (…), 0 containers; 12.3 MB freed`; `!` when something
+/// could not be removed.
+fn pruned_line(pruned: &crate::retention::Pruned) -> String {
+    let mark = if pruned.error.is_some() { '!' } else { '-' };
+    format!("{} {mark} retention: {}", pruned.target, pruned.describe())
 }
 
 /// `notified chat (started)`, or why it was not delivered.

@@ -6,6 +6,8 @@
 //!
 //! The inventory's `[hooks]` ([`crate::hooks`]) run here, inside the session (the lock held):
 //! `pre_deploy` before the rollout, `post_deploy` or `failed` after it.
+//! Between the rollout and those hooks, image retention ([`crate::commands::prune`]) runs on the
+//! targets that succeeded: a warning when it fails, never the exit code.
 //!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
 //! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed,
@@ -279,6 +281,8 @@ pub fn execute(
     };
     let refused_skips = names.len();
     let hook_secrets = secrets.clone();
+    let (records, kept_inventory, parallel) =
+        (Arc::clone(&session.store), Arc::clone(inventory), flags.parallel);
     let started = RunStarted {
         image: Some(plan.image.clone()),
         force: Some(flags.force),
@@ -305,6 +309,22 @@ pub fn execute(
             context.cancel,
         )
         .await;
+        // Image retention on the targets that run the new container, under the lock and
+        // before `run_finished`: its outcome is part of the run, never its exit code.
+        if !applied.interrupted {
+            let succeeded =
+                applied.reports.iter().filter(|r| r.status == Status::Ok).map(|r| r.target.clone()).collect();
+            crate::commands::prune::after_rollout(
+                &kept_inventory,
+                &*records,
+                &applied.plan,
+                succeeded,
+                &context.connections,
+                parallel,
+                &context.events,
+            )
+            .await;
+        }
         drop(context.connections);
         let outcome = RunOutcome::of(applied.reports.iter().map(|r| r.status));
         let facts = crate::hooks::Facts { digest: applied.plan.digest.clone(), ..facts };

@@ -20,6 +20,7 @@ pub mod ls;
 pub mod plan;
 pub mod promote;
 pub mod proxy_cmd;
+pub mod prune;
 pub mod remove;
 pub mod rollback;
 pub mod run;
@@ -65,6 +66,7 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Rollback(r) => rollback::run(inventory, &r, output),
         Request::Status(r) => status::run(&inventory, &r, output),
         Request::Remove(r) => remove::run(inventory, &r, output),
+        Request::Prune(r) => prune::run(inventory, &r, output),
         Request::Proxy(r) => proxy_cmd::run(inventory, r, output),
         Request::Maintenance(r) => proxy_cmd::maintenance(inventory, r, output),
         Request::Ls => ls::run(&inventory, output),

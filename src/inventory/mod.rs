@@ -303,6 +303,8 @@ pub struct AppEnvironment {
     pub env: BTreeMap<String, EnvDef>,
     /// Secrets that override or add to the app's.
     pub secrets: BTreeMap<String, SecretDef>,
+    /// `retention = { images = N }` for this environment, overriding the app's.
+    pub retention: Option<usize>,
 }
 
 /// An app: image, template, variables, env, secrets and health check.
@@ -344,6 +346,9 @@ pub struct App {
     pub routes: BTreeMap<String, Route>,
     /// `deploy_to`: the only environments the app deploys to; `None` deploys it to every one.
     pub deploy_to: Option<DeployTo>,
+    /// `retention = { images = N }`: the deployments whose images each target keeps
+    /// ([`crate::retention`]); default [`crate::retention::DEFAULT_IMAGES`].
+    pub retention: usize,
 }
 
 /// `deploy_to = ["staging", "prod"]` on an app: where it deploys, so that an environment it
@@ -358,6 +363,12 @@ pub struct DeployTo {
 }
 
 impl App {
+    /// How many deployments' images a target keeps in `environment` (its override, else the
+    /// app's).
+    pub fn retained_images(&self, environment: &str) -> usize {
+        self.environments.get(environment).and_then(|e| e.retention).unwrap_or(self.retention)
+    }
+
     /// Whether the app deploys to `environment`: listed in `deploy_to`, or no `deploy_to`.
     pub fn deploys_to(&self, environment: &str) -> bool {
         self.deploy_to.as_ref().is_none_or(|d| d.environments.iter().any(|e| e == environment))
@@ -1082,6 +1093,7 @@ impl Checker<'_> {
                 }
             }
             let deploy_to = app.deploy_to.map(|list| self.deploy_to(list, envs));
+            let retention = app.retention.map_or(crate::retention::DEFAULT_IMAGES, |r| self.retention(r));
             let deploys_to = |env: &str| {
                 deploy_to.as_ref().is_none_or(|d: &DeployTo| d.environments.iter().any(|e| e == env))
             };
@@ -1130,6 +1142,7 @@ impl Checker<'_> {
                 environments,
                 routes,
                 deploy_to,
+                retention,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
             apps.push(app);
@@ -1281,6 +1294,25 @@ impl Checker<'_> {
         crate::version::Rules { pattern, prerelease: raw.prerelease.unwrap_or(false) }
     }
 
+    /// `retention = { images = N }`: N at least 1 (the running image is always kept).
+    fn retention(&mut self, raw: Spanned<raw::RawRetention>) -> usize {
+        let images = raw.into_inner().images;
+        match usize::try_from(*images.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.error(
+                    images.span(),
+                    format!("retention.images = {}: keep at least 1", images.get_ref()),
+                    Some(
+                        "the number of deployments whose images each target keeps, e.g. { images = 5 }"
+                            .into(),
+                    ),
+                );
+                crate::retention::DEFAULT_IMAGES
+            }
+        }
+    }
+
     fn health(&mut self, raw: Spanned<raw::RawHealth>) -> Health {
         let raw = raw.into_inner();
         let mut health =
@@ -1338,7 +1370,8 @@ impl Checker<'_> {
                     );
                 }
             }
-            out.insert(name, AppEnvironment { vars, env, secrets });
+            let retention = overrides.retention.map(|r| self.retention(r));
+            out.insert(name, AppEnvironment { vars, env, secrets, retention });
         }
         out
     }

@@ -255,8 +255,17 @@ pub struct RawApp {
     pub proxy: Option<Spanned<RawRoute>>,
     /// The only environments the app deploys to (absent: every environment).
     pub deploy_to: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `retention = { images = 5 }`.
+    pub retention: Option<Spanned<RawRetention>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
+}
+
+/// `retention = { images = 5 }`: how many deployments' images each target keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub images: Spanned<i64>,
 }
 
 /// `versions = { pattern = "regex", prerelease = false }`.
@@ -288,4 +297,5 @@ pub struct RawAppEnvironment {
     #[serde(default)]
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub proxy: Option<Spanned<RawRoute>>,
+    pub retention: Option<Spanned<RawRetention>>,
 }

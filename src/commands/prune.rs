@@ -1,0 +1,358 @@
+//! `ferry prune APP --env ENV [--dry-run]`: image retention on demand, and the retention step
+//! every deployment runs after a successful rollout.
+//!
+//! Both do the same per target (see [`crate::retention`]): read from the records which images
+//! the target keeps (the last N deployments of each environment and app of the repository that
+//! it serves, plus the deployment a rollback returns to), list what it has, and remove the rest
+//! of the app's repository and the app's stopped leftover containers in the environment. Each
+//! target's result is a `pruned` event and record: images removed (short digest, version when
+//! a record knows it), containers removed, bytes freed.
+//!
+//! After a deployment, retention runs on the targets that succeeded, under the deployment's lock
+//! and before its `run_finished` record; a failure is a warning on the event stream and in the
+//! record, never the deployment's exit code. `prune` runs as a session of its own like `remove`
+//! (confirmation unless `--dry-run`, the environment lock, records): exit 0 when every target
+//! was pruned, 1 when one failed, 3 locked, 4 not confirmed, 130 interrupted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::{new_deployment_id, ssh_options, store};
+use crate::apply::Connections;
+use crate::audit::Entry;
+use crate::error::Error;
+use crate::fanout::millis;
+use crate::inventory::Inventory;
+use crate::output::{self, OutputFormat, table};
+use crate::records::RunStarted;
+use crate::report::{Event, Events, Status};
+use crate::request::Prune as PruneArgs;
+use crate::retention::{Keep, Pruned, Scope};
+use crate::secret::mask;
+use crate::select;
+use crate::store::{Store, StoreError};
+
+/// What each target keeps, decided from the records before anything is listed.
+pub struct Kept {
+    /// Per target: the digests it keeps.
+    pub targets: BTreeMap<String, Keep>,
+    /// The version of every digest on record, for the report.
+    pub versions: Keep,
+}
+
+/// What each of `targets` keeps of `app`'s repository: for every environment the target belongs
+/// to, and every app of the same repository that deploys there, the last N deployments and the
+/// one a rollback returns to. `current` (digest, version) is the deployment in progress in
+/// `environment`, which counts as one of its N.
+pub fn kept(
+    inventory: &Inventory,
+    store: &dyn Store,
+    app: &str,
+    environment: &str,
+    targets: &[String],
+    current: Option<(&str, &str)>,
+) -> Result<Kept, StoreError> {
+    let repository =
+        inventory.app(app).map(|a| crate::planning::repository(inventory, a)).unwrap_or_default();
+    let mut histories: BTreeMap<(String, String), Vec<crate::deployments::Deployment>> = BTreeMap::new();
+    let mut kept = Kept { targets: BTreeMap::new(), versions: Keep::new() };
+    for target in targets {
+        let index = inventory.targets.iter().position(|t| t.name == *target);
+        let mut keep = Keep::new();
+        for env in inventory.environments.iter().filter(|e| index.is_some_and(|i| e.targets.contains(&i))) {
+            let sharing = inventory.apps.iter().filter(|a| {
+                a.deploys_to(&env.name) && crate::planning::repository(inventory, a) == repository
+            });
+            for other in sharing {
+                let key = (other.name.clone(), env.name.clone());
+                if !histories.contains_key(&key) {
+                    let history = store.deployments(&other.name, &env.name)?;
+                    kept.versions.extend(crate::retention::versions(&history));
+                    histories.insert(key.clone(), history);
+                }
+                let history = histories.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let ours = other.name == app && env.name == environment;
+                let images = other.retained_images(&env.name);
+                keep.extend(crate::retention::keep(history, images, current.filter(|_| ours)));
+            }
+        }
+        kept.targets.insert(target.clone(), keep);
+    }
+    if let Some((digest, version)) = current {
+        kept.versions.insert(digest.to_string(), version.to_string());
+    }
+    Ok(kept)
+}
+
+/// Runs retention on each of `targets` over the lock's `connections`, at most `parallel` at
+/// once, each result sent as a `pruned` event; returns them in target order.
+pub async fn retain(
+    scope: &Scope,
+    kept: &Kept,
+    targets: Vec<String>,
+    connections: &Connections,
+    dry_run: bool,
+    parallel: usize,
+    events: &Events,
+) -> Vec<(String, Result<Pruned, String>)> {
+    // Each target's task owns what it reads.
+    let (scope, versions) = (Arc::new(scope.clone()), Arc::new(kept.versions.clone()));
+    let outcomes = crate::fanout::ordered(
+        targets.clone(),
+        crate::fanout::Limits::parallel(parallel),
+        |_, target| {
+            let host = connections.get(&target).cloned();
+            let keep = kept.targets.get(&target).cloned().unwrap_or_default();
+            let (scope, versions, events) = (Arc::clone(&scope), Arc::clone(&versions), events.clone());
+            async move {
+                let result = match host {
+                    Some(host) => crate::retention::run(&*host, &scope, &keep, &versions, dry_run)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("unreachable: no connection to it".to_string()),
+                };
+                let pruned = match &result {
+                    Ok(p) => p.clone(),
+                    Err(e) => Pruned {
+                        target: target.clone(),
+                        dry_run,
+                        error: Some(e.clone()),
+                        ..Pruned::default()
+                    },
+                };
+                let _ = events.send(Event::Pruned(pruned));
+                result
+            }
+        },
+        |_, _| {},
+    )
+    .await;
+    targets.into_iter().zip(outcomes).map(|(t, o)| (t, o.unwrap_or_else(|e| Err(e.to_string())))).collect()
+}
+
+/// The retention step after a rollout, on the targets that succeeded: see the module docs.
+/// Nothing here fails the deployment; what goes wrong is a `pruned` event with its error.
+pub async fn after_rollout(
+    inventory: &Inventory,
+    store: &dyn Store,
+    plan: &crate::plan::Plan,
+    succeeded: Vec<String>,
+    connections: &Connections,
+    parallel: usize,
+    events: &Events,
+) {
+    if succeeded.is_empty() {
+        return;
+    }
+    let Ok(app) = inventory.app(&plan.app) else { return };
+    let scope = Scope {
+        app: plan.app.clone(),
+        environment: plan.environment.clone(),
+        repository: crate::planning::repository(inventory, app),
+    };
+    let current = plan.digest.as_deref().map(|d| (d, plan.version.as_str()));
+    match kept(inventory, store, &plan.app, &plan.environment, &succeeded, current) {
+        Ok(kept) => {
+            retain(&scope, &kept, succeeded, connections, false, parallel, events).await;
+        }
+        Err(e) => {
+            for target in succeeded {
+                let error = Some(format!("nothing removed: cannot read the records: {e}"));
+                let _ = events.send(Event::Pruned(Pruned { target, error, ..Pruned::default() }));
+            }
+        }
+    }
+}
+
+/// How one target ended.
+#[derive(Debug, Clone)]
+struct TargetPrune {
+    target: String,
+    status: Status,
+    pruned: Option<Pruned>,
+    error: Option<String>,
+    duration: Duration,
+}
+
+/// Runs `ferry prune`.
+pub fn run(inventory: Inventory, args: &PruneArgs, output: OutputFormat) -> Result<i32, Error> {
+    let app = inventory.app(&args.app)?.clone();
+    let env = inventory.environment(&args.environment)?.clone();
+    let targets: Vec<String> =
+        select::select(&inventory, &app, &env, &args.limits)?.iter().map(|t| t.name.clone()).collect();
+    let what = if args.dry_run {
+        format!("prune {} in {} (dry run)", app.name, env.name)
+    } else {
+        format!("prune {} in {}", app.name, env.name)
+    };
+    let prompt = format!("{what} ({})", crate::output::count(targets.len(), "target"));
+    // A dry run changes nothing: no confirmation.
+    Session::confirm(args.yes || args.dry_run, &prompt, || {
+        format!(
+            "removes the images of {} that {} no longer keeps (retention: the last {}) and its stopped containers on: {}",
+            app.name,
+            env.name,
+            app.retained_images(&env.name),
+            targets.join(", ")
+        )
+    })?;
+    let store = store(&inventory)?;
+    let secrets = known_secrets(&inventory, &env.name);
+    let ssh = ssh_options(&inventory, args.connect_timeout)?;
+    let scope = Scope {
+        app: app.name.clone(),
+        environment: env.name.clone(),
+        repository: crate::planning::repository(&inventory, &app),
+    };
+    let records = Arc::clone(&store);
+    let inventory = Arc::new(inventory);
+    let session = Session {
+        inventory: Arc::clone(&inventory),
+        store,
+        base: Entry {
+            run: new_deployment_id(),
+            command: "prune".into(),
+            app: Some(app.name.clone()),
+            environment: Some(env.name.clone()),
+            ..Entry::default()
+        },
+        environment: env,
+        what: what.clone(),
+        secrets: secrets.clone(),
+        output,
+        quiet: false,
+        lock: Some((args.lock, format!("ferry {what}"))),
+        ssh,
+    };
+    let started = RunStarted {
+        notes: Some(serde_json::json!({ "action": "prune", "dry_run": args.dry_run })),
+        ..RunStarted::default()
+    };
+    let (parallel, dry_run) = (args.parallel, args.dry_run);
+    let outcome = session.run(targets.clone(), started, |context: Context| async move {
+        let pruned =
+            prune_everywhere(&inventory, &*records, &scope, targets, parallel, dry_run, &context).await;
+        let interrupted = *context.cancel.borrow();
+        drop(context);
+        finish(pruned, interrupted)
+    })?;
+    let Outcome::Finished { value: (pruned, interrupted), audited } = outcome else {
+        return Ok(EXIT_INTERRUPTED);
+    };
+    if output != OutputFormat::Json {
+        output::print(&mask(&summary(&pruned, &what), &secrets))?;
+    }
+    let code = if interrupted {
+        EXIT_INTERRUPTED
+    } else if pruned.iter().any(|r| r.status == Status::Refused) {
+        crate::error::EXIT_REFUSED
+    } else if pruned.iter().all(|r| r.status == Status::Ok) {
+        0
+    } else {
+        1
+    };
+    Ok(if code == 0 && !audited { 1 } else { code })
+}
+
+/// Prunes every reachable target; the ones the session could not reach end as it found them.
+async fn prune_everywhere(
+    inventory: &Inventory,
+    store: &dyn Store,
+    scope: &Scope,
+    targets: Vec<String>,
+    parallel: usize,
+    dry_run: bool,
+    context: &Context,
+) -> Vec<TargetPrune> {
+    let started = Instant::now();
+    let reached: Vec<String> =
+        targets.iter().filter(|t| context.connections.contains_key(*t)).cloned().collect();
+    let results: BTreeMap<String, Result<Pruned, String>> =
+        match kept(inventory, store, &scope.app, &scope.environment, &reached, None) {
+            Ok(kept) => {
+                retain(scope, &kept, reached, &context.connections, dry_run, parallel, &context.events)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+            Err(e) => {
+                reached.into_iter().map(|t| (t, Err(format!("cannot read the records: {e}")))).collect()
+            }
+        };
+    let mut out = Vec::new();
+    for target in targets {
+        let mut done = TargetPrune {
+            target: target.clone(),
+            status: Status::Error,
+            pruned: None,
+            error: None,
+            duration: started.elapsed(),
+        };
+        match results.get(&target) {
+            Some(Ok(pruned)) => {
+                done.status = if pruned.error.is_some() { Status::Failed } else { Status::Ok };
+                done.error.clone_from(&pruned.error);
+                done.pruned = Some(pruned.clone());
+            }
+            Some(Err(e)) => done.error = Some(e.clone()),
+            None => match context.unreached.iter().find(|u| u.target == target) {
+                Some(u) => {
+                    (done.status, done.error, done.duration) = (u.status, Some(u.error.clone()), u.duration)
+                }
+                None => done.error = Some("unreachable: no connection to it".into()),
+            },
+        }
+        let _ = context.events.send(Event::TargetFinished {
+            target: done.target.clone(),
+            status: done.status,
+            exit_code: None,
+            signal: None,
+            error: done.error.clone(),
+            ms: millis(done.duration),
+            action: None,
+            container: None,
+            logs: Vec::new(),
+        });
+        out.push(done);
+    }
+    out
+}
+
+/// The run's end as the session records it.
+fn finish(pruned: Vec<TargetPrune>, interrupted: bool) -> Finish<(Vec<TargetPrune>, bool)> {
+    let count = |s: Status| pruned.iter().filter(|r| r.status == s).count();
+    Finish {
+        ok: count(Status::Ok),
+        failed: pruned.len() - count(Status::Ok) - count(Status::Skipped),
+        skipped: count(Status::Skipped),
+        interrupted,
+        stopped: None,
+        record: None,
+        digest: None,
+        value: (pruned, interrupted),
+    }
+}
+
+/// The table printed after the run (not with `--output json`, whose events say it all).
+fn summary(pruned: &[TargetPrune], what: &str) -> String {
+    let rows: Vec<Vec<String>> = pruned
+        .iter()
+        .map(|r| {
+            let p = r.pruned.as_ref();
+            vec![
+                r.target.clone(),
+                r.status.label().to_string(),
+                p.map_or_else(|| "-".into(), |p| p.images.len().to_string()),
+                p.map_or_else(|| "-".into(), |p| p.containers.len().to_string()),
+                p.map_or_else(|| "-".into(), |p| crate::retention::bytes(p.bytes)),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let freed = if what.ends_with("(dry run)") { "WOULD FREE" } else { "FREED" };
+    let mut out = format!("\n{what}\n");
+    out += &table(&["TARGET", "STATUS", "IMAGES", "CONTAINERS", freed, "DETAIL"], &rows);
+    out
+}
