@@ -48,6 +48,7 @@ mod proxy_lab;
 mod quoting;
 #[cfg(feature = "lab")]
 mod remove_lab;
+mod retention;
 mod run;
 mod secrets;
 #[cfg(feature = "lab")]
