@@ -35,13 +35,11 @@ pub enum Kind {
     Notified,
     /// A deploy hook (`[hooks]`) ended on the runner.
     HookFinished,
-    /// Image retention ran on a target (after a deployment, or `ferry prune`).
-    Pruned,
 }
 
 impl Kind {
     /// Every kind, for parsing.
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 10] = [
         Kind::RunStarted,
         Kind::TargetOutcome,
         Kind::RunFinished,
@@ -52,7 +50,6 @@ impl Kind {
         Kind::Bench,
         Kind::Notified,
         Kind::HookFinished,
-        Kind::Pruned,
     ];
 
     /// The word stored in the log.
@@ -68,7 +65,6 @@ impl Kind {
             Kind::Bench => "bench",
             Kind::Notified => "notified",
             Kind::HookFinished => "hook_finished",
-            Kind::Pruned => "pruned",
         }
     }
 
@@ -154,6 +150,10 @@ pub struct RunFinished {
     /// that they no longer expect the app there).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
     pub removal: Option<Removal>,
+    /// Image retention per target (`ferry prune`, and a deployment's step after its rollout):
+    /// what was removed (or would be, a dry run), the bytes freed, what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
+    pub retention: Option<std::collections::BTreeMap<String, crate::retention::Pruned>>,
 }
 
 /// A value of type `T`, or none when it does not have `T`'s shape.

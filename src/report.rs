@@ -140,7 +140,7 @@ pub enum Event {
     /// A hook ended: how, and its last lines (also its `hook_finished` record).
     HookFinished(crate::records::HookFinished),
     /// Image retention on a target: what it removed (or would, `--dry-run`), bytes freed, and
-    /// what went wrong (also its `pruned` record).
+    /// what went wrong (also in the run's `run_finished` record, `retention`).
     Pruned(crate::retention::Pruned),
     /// The run is over.
     RunFinished {
@@ -383,17 +383,14 @@ impl AuditTrail {
             Event::HookFinished(finished) => {
                 entry(Kind::HookFinished, Vec::new(), serde_json::to_value(finished).unwrap_or_default())
             }
-            Event::Pruned(pruned) => entry(
-                Kind::Pruned,
-                vec![pruned.target.clone()],
-                serde_json::to_value(pruned).unwrap_or_default(),
-            ),
             Event::RunStarted { .. }
             | Event::TargetConnected { .. }
             | Event::TargetStep { .. }
             | Event::BatchStarted { .. }
             | Event::HookStarted { .. }
-            | Event::HookOutput { .. } => return Ok(()),
+            | Event::HookOutput { .. }
+            // In the run's `run_finished` (`retention`), one record for the run.
+            | Event::Pruned(_) => return Ok(()),
         };
         self.store.append(&record).map(|_| ()).inspect_err(|_| self.unrecorded.push(record))
     }

@@ -219,8 +219,8 @@ pub struct PrunedImage {
     pub bytes: u64,
 }
 
-/// What retention did (or, for a dry run, would do) on one target: the `pruned` event and
-/// record.
+/// What retention did (or, for a dry run, would do) on one target: the `pruned` event, and
+/// the target's entry in `run_finished`'s `retention`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pruned {
     /// The target.

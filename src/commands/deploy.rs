@@ -299,6 +299,10 @@ pub fn execute(
             let refusal = crate::hooks::refusal(&pre);
             return refused(refused_skips, &refusal);
         }
+        // What retention keeps is read before anything changes (see `prune::Histories`).
+        let histories =
+            crate::commands::prune::Histories::read(&kept_inventory, &*records, &facts.app, &facts.targets)
+                .map_err(|e| e.to_string());
         let applied = apply::apply(
             plan,
             planner,
@@ -311,12 +315,13 @@ pub fn execute(
         .await;
         // Image retention on the targets that run the new container, under the lock and
         // before `run_finished`: its outcome is part of the run, never its exit code.
+        let mut retention = Vec::new();
         if !applied.interrupted {
             let succeeded =
                 applied.reports.iter().filter(|r| r.status == Status::Ok).map(|r| r.target.clone()).collect();
-            crate::commands::prune::after_rollout(
+            retention = crate::commands::prune::after_rollout(
                 &kept_inventory,
-                &*records,
+                &histories,
                 &applied.plan,
                 succeeded,
                 &context.connections,
@@ -331,7 +336,7 @@ pub fn execute(
         let after =
             crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &context.events, &hook_secrets)
                 .await;
-        finish(applied, notes.rollback_to.as_deref(), after)
+        finish(applied, notes.rollback_to.as_deref(), after, retention)
     })?;
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let (applied, after) = match value {
@@ -382,6 +387,7 @@ fn finish(
     applied: Applied,
     rollback_to: Option<&str>,
     after: Option<crate::records::HookFinished>,
+    retention: Vec<crate::retention::Pruned>,
 ) -> Finish<Rolled> {
     let deployment =
         crate::deployments::detail(&applied.plan, &applied.reports, applied.interrupted, rollback_to);
@@ -392,7 +398,12 @@ fn finish(
         skipped: count(Status::Skipped),
         interrupted: applied.interrupted,
         stopped: applied.stopped.clone(),
-        record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
+        record: Some(RunFinished {
+            deployment: Some(deployment),
+            retention: (!retention.is_empty())
+                .then(|| retention.into_iter().map(|p| (p.target.clone(), p)).collect()),
+            ..RunFinished::default()
+        }),
         digest: applied.plan.digest.clone(),
         value: Rolled::Applied(Box::new(applied), after),
     }

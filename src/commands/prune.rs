@@ -5,14 +5,18 @@
 //! the target keeps (the last N deployments of each environment and app of the repository that
 //! it serves, plus the deployment a rollback returns to), list what it has, and remove the rest
 //! of the app's repository and the app's stopped leftover containers in the environment. Each
-//! target's result is a `pruned` event and record: images removed (short digest, version when
-//! a record knows it), containers removed, bytes freed.
+//! target's result is a `pruned` event and an entry of the run's `run_finished` record
+//! (`retention`, one record for the run, not one per target): images removed (short digest,
+//! version when a record knows it), containers removed, bytes freed.
 //!
 //! After a deployment, retention runs on the targets that succeeded, under the deployment's lock
-//! and before its `run_finished` record; a failure is a warning on the event stream and in the
-//! record, never the deployment's exit code. `prune` runs as a session of its own like `remove`
-//! (confirmation unless `--dry-run`, the environment lock, records): exit 0 when every target
-//! was pruned, 1 when one failed, 3 locked, 4 not confirmed, 130 interrupted.
+//! and before its `run_finished` record, from records read before the rollout; a failure is a
+//! warning on the event stream and in the record, never the deployment's exit code, and a target
+//! with nothing removed is not an event (only an entry in the record).
+//!
+//! `prune` runs as a session of its own like `remove` (confirmation unless `--dry-run`, the
+//! environment lock, records): exit 0 when every target was pruned, 1 when one failed, 3
+//! locked, 4 not confirmed, 130 interrupted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use crate::error::Error;
 use crate::fanout::millis;
 use crate::inventory::Inventory;
 use crate::output::{self, OutputFormat, table};
-use crate::records::RunStarted;
+use crate::records::{RunFinished, RunStarted};
 use crate::report::{Event, Events, Status};
 use crate::request::Prune as PruneArgs;
 use crate::retention::{Keep, Pruned, Scope};
@@ -42,61 +46,109 @@ pub struct Kept {
     pub versions: Keep,
 }
 
-/// What each of `targets` keeps of `app`'s repository: for every environment the target belongs
-/// to, and every app of the same repository that deploys there, the last N deployments and the
-/// one a rollback returns to. `current` (digest, version) is the deployment in progress in
-/// `environment`, which counts as one of its N.
-pub fn kept(
-    inventory: &Inventory,
-    store: &dyn Store,
-    app: &str,
-    environment: &str,
-    targets: &[String],
-    current: Option<(&str, &str)>,
-) -> Result<Kept, StoreError> {
-    let repository =
-        inventory.app(app).map(|a| crate::planning::repository(inventory, a)).unwrap_or_default();
-    let mut histories: BTreeMap<(String, String), Vec<crate::deployments::Deployment>> = BTreeMap::new();
-    let mut kept = Kept { targets: BTreeMap::new(), versions: Keep::new() };
-    for target in targets {
-        let index = inventory.targets.iter().position(|t| t.name == *target);
-        let mut keep = Keep::new();
-        for env in inventory.environments.iter().filter(|e| index.is_some_and(|i| e.targets.contains(&i))) {
-            let sharing = inventory.apps.iter().filter(|a| {
-                a.deploys_to(&env.name) && crate::planning::repository(inventory, a) == repository
-            });
-            for other in sharing {
-                let key = (other.name.clone(), env.name.clone());
-                if !histories.contains_key(&key) {
-                    let history = store.deployments(&other.name, &env.name)?;
-                    kept.versions.extend(crate::retention::versions(&history));
-                    histories.insert(key.clone(), history);
-                }
-                let history = histories.get(&key).map(Vec::as_slice).unwrap_or_default();
-                let ours = other.name == app && env.name == environment;
-                let images = other.retained_images(&env.name);
-                keep.extend(crate::retention::keep(history, images, current.filter(|_| ours)));
+/// The deployments on record that decide what `app`'s targets keep: of every (app,
+/// environment) whose images share `app`'s repository and whose environment holds one of the
+/// targets. Read once, under the lock, before anything changes (a deployment reads them before
+/// its rollout, so a store that goes away mid-run does not cost the retention step).
+pub struct Histories {
+    /// `app`'s repository.
+    repository: String,
+    /// Per (app, environment), oldest first.
+    deployments: BTreeMap<(String, String), Vec<crate::deployments::Deployment>>,
+}
+
+impl Histories {
+    /// Reads them; see [`Histories`].
+    pub fn read(
+        inventory: &Inventory,
+        store: &dyn Store,
+        app: &str,
+        targets: &[String],
+    ) -> Result<Histories, StoreError> {
+        let repository =
+            inventory.app(app).map(|a| crate::planning::repository(inventory, a)).unwrap_or_default();
+        let mut deployments = BTreeMap::new();
+        for (key, _) in serving(inventory, &repository, targets) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = deployments.entry(key) {
+                let (app, env) = slot.key();
+                let history = store.deployments(app, env)?;
+                slot.insert(history);
             }
         }
-        kept.targets.insert(target.clone(), keep);
+        Ok(Histories { repository, deployments })
     }
-    if let Some((digest, version)) = current {
-        kept.versions.insert(digest.to_string(), version.to_string());
+
+    /// What each of `targets` keeps of the repository: for every environment the target
+    /// belongs to, and every app of the repository that deploys there, the last N deployments
+    /// and the one a rollback returns to. `current` (digest, version) is the deployment in
+    /// progress of `app` in `environment`, which counts as one of its N.
+    pub fn kept(
+        &self,
+        inventory: &Inventory,
+        app: &str,
+        environment: &str,
+        targets: &[String],
+        current: Option<(&str, &str)>,
+    ) -> Kept {
+        let mut kept = Kept { targets: BTreeMap::new(), versions: Keep::new() };
+        for history in self.deployments.values() {
+            kept.versions.extend(crate::retention::versions(history));
+        }
+        if let Some((digest, version)) = current {
+            kept.versions.insert(digest.to_string(), version.to_string());
+        }
+        for target in targets {
+            let mut keep = Keep::new();
+            for (key, images) in serving(inventory, &self.repository, std::slice::from_ref(target)) {
+                let history = self.deployments.get(&key).map_or(&[][..], Vec::as_slice);
+                let ours = key.0 == app && key.1 == environment;
+                keep.extend(crate::retention::keep(history, images, current.filter(|_| ours)));
+            }
+            kept.targets.insert(target.clone(), keep);
+        }
+        kept
     }
-    Ok(kept)
+}
+
+/// The (app, environment) pairs whose images of `repository` `targets` hold, each with how many
+/// deployments it keeps.
+fn serving(inventory: &Inventory, repository: &str, targets: &[String]) -> Vec<((String, String), usize)> {
+    let indexes: Vec<usize> =
+        targets.iter().filter_map(|t| inventory.targets.iter().position(|x| x.name == *t)).collect();
+    let mut out = Vec::new();
+    for env in inventory.environments.iter().filter(|e| indexes.iter().any(|i| e.targets.contains(i))) {
+        for app in &inventory.apps {
+            if app.deploys_to(&env.name) && crate::planning::repository(inventory, app) == repository {
+                out.push(((app.name.clone(), env.name.clone()), app.retained_images(&env.name)));
+            }
+        }
+    }
+    out
+}
+
+/// How [`retain`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// List only; remove nothing.
+    pub dry_run: bool,
+    /// A deployment's step: no event for a target with nothing to say.
+    pub quiet: bool,
+    /// Targets at once.
+    pub parallel: usize,
 }
 
 /// Runs retention on each of `targets` over the lock's `connections`, at most `parallel` at
-/// once, each result sent as a `pruned` event; returns them in target order.
+/// once; returns the results in target order. Each is sent as a `pruned` event, except, when
+/// `quiet` (after a deployment), one that removed nothing and met no error.
 pub async fn retain(
     scope: &Scope,
     kept: &Kept,
     targets: Vec<String>,
     connections: &Connections,
-    dry_run: bool,
-    parallel: usize,
+    how: How,
     events: &Events,
 ) -> Vec<(String, Result<Pruned, String>)> {
+    let How { dry_run, quiet, parallel } = how;
     // Each target's task owns what it reads.
     let (scope, versions) = (Arc::new(scope.clone()), Arc::new(kept.versions.clone()));
     let outcomes = crate::fanout::ordered(
@@ -122,7 +174,14 @@ pub async fn retain(
                         ..Pruned::default()
                     },
                 };
-                let _ = events.send(Event::Pruned(pruned));
+                // After a deployment, a target with nothing removed and nothing wrong is no news.
+                if !quiet
+                    || pruned.error.is_some()
+                    || !pruned.images.is_empty()
+                    || !pruned.containers.is_empty()
+                {
+                    let _ = events.send(Event::Pruned(pruned));
+                }
                 result
             }
         },
@@ -133,36 +192,51 @@ pub async fn retain(
 }
 
 /// The retention step after a rollout, on the targets that succeeded: see the module docs.
-/// Nothing here fails the deployment; what goes wrong is a `pruned` event with its error.
+/// `histories` were read before the rollout. Nothing here fails the deployment; what goes wrong
+/// is a result with its error. Returns what each target did, for `run_finished`.
 pub async fn after_rollout(
     inventory: &Inventory,
-    store: &dyn Store,
+    histories: &Result<Histories, String>,
     plan: &crate::plan::Plan,
     succeeded: Vec<String>,
     connections: &Connections,
     parallel: usize,
     events: &Events,
-) {
-    if succeeded.is_empty() {
-        return;
-    }
-    let Ok(app) = inventory.app(&plan.app) else { return };
+) -> Vec<Pruned> {
+    let Ok(app) = inventory.app(&plan.app) else { return Vec::new() };
     let scope = Scope {
         app: plan.app.clone(),
         environment: plan.environment.clone(),
         repository: crate::planning::repository(inventory, app),
     };
     let current = plan.digest.as_deref().map(|d| (d, plan.version.as_str()));
-    match kept(inventory, store, &plan.app, &plan.environment, &succeeded, current) {
-        Ok(kept) => {
-            retain(&scope, &kept, succeeded, connections, false, parallel, events).await;
+    match histories {
+        Ok(histories) => {
+            let kept = histories.kept(inventory, &plan.app, &plan.environment, &succeeded, current);
+            retain(
+                &scope,
+                &kept,
+                succeeded,
+                connections,
+                How { dry_run: false, quiet: true, parallel },
+                events,
+            )
+            .await
+            .into_iter()
+            .map(|(target, result)| {
+                result.unwrap_or_else(|error| Pruned { target, error: Some(error), ..Pruned::default() })
+            })
+            .collect()
         }
-        Err(e) => {
-            for target in succeeded {
+        Err(e) => succeeded
+            .into_iter()
+            .map(|target| {
                 let error = Some(format!("nothing removed: cannot read the records: {e}"));
-                let _ = events.send(Event::Pruned(Pruned { target, error, ..Pruned::default() }));
-            }
-        }
+                let pruned = Pruned { target, error, ..Pruned::default() };
+                let _ = events.send(Event::Pruned(pruned.clone()));
+                pruned
+            })
+            .collect(),
     }
 }
 
@@ -270,12 +344,20 @@ async fn prune_everywhere(
     let reached: Vec<String> =
         targets.iter().filter(|t| context.connections.contains_key(*t)).cloned().collect();
     let results: BTreeMap<String, Result<Pruned, String>> =
-        match kept(inventory, store, &scope.app, &scope.environment, &reached, None) {
-            Ok(kept) => {
-                retain(scope, &kept, reached, &context.connections, dry_run, parallel, &context.events)
-                    .await
-                    .into_iter()
-                    .collect()
+        match Histories::read(inventory, store, &scope.app, &reached) {
+            Ok(histories) => {
+                let kept = histories.kept(inventory, &scope.app, &scope.environment, &reached, None);
+                retain(
+                    scope,
+                    &kept,
+                    reached,
+                    &context.connections,
+                    How { dry_run, quiet: false, parallel },
+                    &context.events,
+                )
+                .await
+                .into_iter()
+                .collect()
             }
             Err(e) => {
                 reached.into_iter().map(|t| (t, Err(format!("cannot read the records: {e}")))).collect()
@@ -323,13 +405,14 @@ async fn prune_everywhere(
 /// The run's end as the session records it.
 fn finish(pruned: Vec<TargetPrune>, interrupted: bool) -> Finish<(Vec<TargetPrune>, bool)> {
     let count = |s: Status| pruned.iter().filter(|r| r.status == s).count();
+    let retention = pruned.iter().filter_map(|r| r.pruned.clone()).map(|p| (p.target.clone(), p)).collect();
     Finish {
         ok: count(Status::Ok),
         failed: pruned.len() - count(Status::Ok) - count(Status::Skipped),
         skipped: count(Status::Skipped),
         interrupted,
         stopped: None,
-        record: None,
+        record: Some(RunFinished { retention: Some(retention), ..RunFinished::default() }),
         digest: None,
         value: (pruned, interrupted),
     }

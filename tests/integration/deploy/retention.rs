@@ -114,11 +114,13 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     assert!(events[0]["bytes"].as_u64().unwrap() > 0, "{}", events[0]);
     assert!(events[0].get("error").is_none(), "{}", events[0]);
     let records = fleet.audit();
-    let record = records.iter().rev().find(|r| r["kind"] == "pruned").unwrap();
-    assert_eq!(
-        (&record["targets"][0], &record["detail"]["images"][0]["version"]),
-        (&"h4".into(), &"r4".into())
-    );
+    // On record in the deployment's run_finished, beside the deployment.
+    let record = records.iter().rev().find(|r| r["kind"] == "run_finished").unwrap();
+    let h4 = &record["detail"]["retention"]["h4"];
+    assert_eq!(h4["images"][0]["version"], "r4", "{record}");
+    assert!(h4["bytes"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!(record["detail"]["deployment"]["succeeded"], true);
+    assert!(records.iter().all(|r| r["kind"] != "pruned"), "no record kind of its own");
 
     // Exactly the last three deployed are left of ferry/web, besides what other containers use.
     let left = images(&fleet, REPO);
@@ -186,9 +188,12 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     assert_eq!(fleet.http(4), "ferry web r7\n", "the running container is untouched");
     assert_eq!(images(&fleet, OTHER_REPO), other, "another app's image is untouched");
     let records = fleet.audit();
-    let record = records.iter().rev().find(|r| r["kind"] == "pruned" && r["command"] == "prune").unwrap();
-    assert!(record["detail"]["bytes"].as_u64().unwrap() > 0, "{record}");
-    assert_eq!(record["detail"]["dry_run"], false);
+    let record =
+        records.iter().rev().find(|r| r["kind"] == "run_finished" && r["command"] == "prune").unwrap();
+    let h4 = &record["detail"]["retention"]["h4"];
+    assert!(h4["bytes"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!((&h4["dry_run"], &h4["images"][0]["version"]), (&false.into(), &"r5".into()), "{record}");
+    assert_eq!(h4["containers"], serde_json::json!(["rt-keep-stale"]), "{record}");
 
     // With the registry out of reach for h4, an image it lacks cannot be pulled (the block
     // works), and the rollback to r6 runs all the same: its image was kept, nothing is pulled.
@@ -210,10 +215,11 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
         .filter_map(|e| e["step"].as_str().map(String::from))
         .collect();
     assert!(steps.contains(&format!("{} is here already: not pulled", digests[5])), "{steps:?}");
-    let events = out.json_lines();
-    let after = pruned(&events);
-    assert_eq!(after.len(), 1, "{}", out.stdout);
-    assert_eq!(after[0]["images"], serde_json::json!([]), "r6 runs, r7 is the rollback's: {}", after[0]);
+    // Nothing to remove (r6 runs, r7 is the rollback's): no event, and in the record.
+    assert!(pruned(&out.json_lines()).is_empty(), "{}", out.stdout);
+    let records = fleet.audit();
+    let record = records.iter().rev().find(|r| r["kind"] == "run_finished").unwrap();
+    assert_eq!(record["detail"]["retention"]["h4"]["images"], serde_json::json!([]), "{record}");
     assert!(present(&fleet, &digests[6]), "r7 is kept for a rollback");
     drop(_registry);
 
