@@ -130,7 +130,13 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
             Outcome::Abandoned => EXIT_INTERRUPTED,
         });
     }
-    let work = Work { command: script, stdin: None, deadline: args.timeout, mirror: Some(mirror) };
+    let work = Work {
+        command: script,
+        stdin: None,
+        deadline: args.timeout,
+        mirror: Some(mirror),
+        secrets: secrets.clone(),
+    };
     let settings = Settings { parallel: args.parallel, ssh };
     let outcome = session.run(names, started, |context: Context| async move {
         let results = fanout::run(
