@@ -115,6 +115,7 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
                     stopped: None,
                     record: None,
                     digest: None,
+                    after: None,
                     value: 1,
                 },
             }
@@ -158,6 +159,7 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
             stopped: None,
             record: None,
             digest: None,
+            after: None,
             value: (results, interrupted),
         }
     })?;
@@ -274,6 +276,7 @@ fn done(code: i32, ok: bool, interrupted: bool) -> Finish<i32> {
         stopped: None,
         record: None,
         digest: None,
+        after: None,
         value: code,
     }
 }

@@ -90,6 +90,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             stopped: None,
             record: None,
             digest: None,
+            after: None,
             value: (results, interrupted),
         }
     })?;
