@@ -23,7 +23,8 @@
 //! 7. for a deployment (`deploy`, `promote`, `rollback`), the notifications of
 //!    `[notify.NAME]`: `started` once the lock is held, sent beside the work (a slow receiver
 //!    never delays a target), `succeeded` or `failed` after `run_finished` (so they carry
-//!    every target's outcome). Each delivery is an event
+//!    every target's outcome; a run abandoned by a second signal is announced as failed, with
+//!    the outcomes so far, within the quick stop's deadline). Each delivery is an event
 //!    (`notified`), shown and recorded; a notifier that fails never fails the run.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -306,8 +307,15 @@ impl Session {
                 Outcome::Finished { value: finish.value, audited }
             }
             None => {
-                // The work is gone mid-flight. What already finished is still recorded (the
-                // trail gets a moment to catch up).
+                // The work is gone mid-flight. The receivers still hear that it failed, with the
+                // targets that ended so far, within the quick stop's deadline.
+                if let Some((notifiers, outcomes)) = &notices {
+                    let targets = outcomes.so_far();
+                    let told =
+                        self.notify(notifiers, &events, Moment::Failed, targets, self.base.digest.clone());
+                    let _ = tokio::time::timeout(QUICK_RELEASE, told).await;
+                }
+                // What already finished is still recorded (the trail gets a moment to catch up).
                 drop(events);
                 if tokio::time::timeout(QUICK_RELEASE, &mut dispatcher).await.is_err() {
                     dispatcher.abort();
@@ -704,6 +712,11 @@ impl Outcomes {
         if !self.seen_end.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
         }
+        self.so_far()
+    }
+
+    /// The outcomes the stream has carried until now (a run abandoned before its end).
+    fn so_far(&self) -> Vec<crate::notify::TargetOutcome> {
         self.targets.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }
