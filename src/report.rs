@@ -494,7 +494,13 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-        Style::Quiet => {}
+        // A notifier that failed is still said, on stderr: under cron with `--quiet`, the
+        // mail cron sends is the only way anyone learns that the webhook broke.
+        Style::Quiet => {
+            if let Event::Notified { delivered: false, .. } = event {
+                eprintln!("warning: {}", notified_line(event));
+            }
+        }
     }
 }
 

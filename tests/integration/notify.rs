@@ -93,3 +93,51 @@ fn a_run_abandoned_by_a_second_signal_is_still_announced_as_failed() {
     let text = bodies[1]["text"].as_str().unwrap();
     assert!(text.starts_with("Deploy of web 1.0 to staging failed"), "{text}");
 }
+
+/// `--quiet` shows nothing of a run, except what someone must act on: a notifier that failed
+/// is said on stderr (under cron, the mail cron sends is how anyone learns of it).
+#[test]
+fn a_notifier_that_failed_is_still_said_under_quiet() {
+    let chat = Receiver::start(200);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = folder("exit 1");
+    let out = deploy(dir.path(), &chat)
+        .arg("--quiet")
+        .env("CHAT_URL", format!("http://127.0.0.1:{dead}/chat/s3cretChat"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: notify chat")).collect();
+    assert_eq!(warnings.len(), 2, "started and failed: {stderr}");
+    assert!(
+        warnings[0].starts_with("warning: notify chat (started): not delivered after 3 attempts: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+#[test]
+fn a_notifier_with_no_moment_is_refused_at_its_line() {
+    let dir = folder("exit 1");
+    let inventory = dir.path().join("ferry.toml");
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace("format = \"slack\"\n", "format = \"slack\"\non = []\n");
+    std::fs::write(&inventory, text).unwrap();
+    let out = Command::new(crate::test::binary())
+        .args(["-i", &inventory.display().to_string(), "check"])
+        .env_clear()
+        .env("CHAT_URL", "http://127.0.0.1:9/x")
+        .env("WEB_DATABASE_URL", SECRET)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: notifier \"chat\" has no moment in `on`: it would never send\n  --> "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("on = []"), "{stderr}");
+}
