@@ -46,6 +46,59 @@ fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Text for an Adaptive Card `TextBlock`, which renders Markdown: a target's output must not
+/// become a link, emphasis or a list in the channel, so Markdown's characters are escaped.
+fn markdown_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '`' | '#' | '~' | '<' | '>' | '!' | '-' | '+'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The pieces of a webhook URL that grant access, each masked wherever it could be shown: the
+/// whole URL, its path and query, and each path segment and query value long enough to be a
+/// token (Slack's `/services/T…/B…/TOKEN`, a Workflows URL's `sig=…`), also percent-decoded. A
+/// receiver that echoes the path in an error ("Cannot POST /services/…") shows none of them.
+pub fn url_secrets(url: &Secret) -> Vec<Secret> {
+    let mut pieces = vec![url.expose().to_string()];
+    if let Ok(parsed) = url::Url::parse(url.expose()) {
+        let path_and_query = match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        pieces.push(path_and_query);
+        let segments = parsed.path_segments().into_iter().flatten().map(String::from);
+        let values = parsed.query_pairs().map(|(_, v)| v.into_owned());
+        for piece in segments.chain(values) {
+            if let Ok(decoded) = percent_encoding::percent_decode_str(&piece).decode_utf8() {
+                pieces.push(decoded.into_owned());
+            }
+            pieces.push(piece);
+        }
+    }
+    let mut secrets: Vec<Secret> = Vec::new();
+    for piece in pieces {
+        // Short pieces (`services`, `hooks`, `v1`) are not secret, and masking them would blank
+        // ordinary words in every message.
+        if piece.len() >= TOKEN_CHARS && !secrets.iter().any(|s| s.expose() == piece) {
+            secrets.push(Secret::new(piece));
+        }
+    }
+    // The longest first, so a whole URL is masked before a piece of it is.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    secrets
+}
+
+/// A URL piece or value shorter than this is not masked (see [`url_secrets`]).
+const TOKEN_CHARS: usize = 12;
+
 /// One attempt's limit (connect, send, answer).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,6 +192,10 @@ pub struct Notice {
     pub time: String,
     /// Per-target outcomes (empty for `started`).
     pub targets: Vec<TargetOutcome>,
+    /// Why the run was refused before any target (its freeze re-check, a failing `pre_deploy`
+    /// hook), already masked: a `failed` notice then says so instead of counting targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Notice {
@@ -148,6 +205,9 @@ impl Notice {
         match self.moment {
             Moment::Started => format!("Deploying {what}"),
             Moment::Succeeded => format!("Deployed {what}"),
+            Moment::Failed if self.refused.is_some() => {
+                format!("Deploy of {what} refused: {}", self.refused.as_deref().unwrap_or_default())
+            }
             Moment::Failed => {
                 let bad = self.targets.iter().filter(|t| t.status != "ok").count();
                 format!("Deploy of {what} failed on {bad} of {} targets", self.targets.len())
@@ -220,11 +280,12 @@ fn teams(notice: &Notice) -> Value {
         facts.push(json!({ "title": "Digest", "value": digest }));
     }
     let mut body = vec![
-        json!({ "type": "TextBlock", "text": notice.headline(), "weight": "Bolder", "size": "Medium", "wrap": true }),
+        json!({ "type": "TextBlock", "text": markdown_escape(&notice.headline()), "weight": "Bolder", "size": "Medium", "wrap": true }),
         json!({ "type": "FactSet", "facts": facts }),
     ];
     for line in notice.failures(10) {
-        body.push(json!({ "type": "TextBlock", "text": line, "wrap": true, "color": "Attention" }));
+        let text = markdown_escape(&line);
+        body.push(json!({ "type": "TextBlock", "text": text, "wrap": true, "color": "Attention" }));
     }
     json!({
         "type": "message",
@@ -336,11 +397,19 @@ pub async fn send(
                 delivery.error = None;
                 return delivery;
             }
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
-                let answer = response.text().await.unwrap_or_default();
+                // Only the start is shown: a receiver's endless answer is not read to its end.
+                let mut read = Vec::new();
+                while read.len() < ANSWER_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                // Masked before it is cut: a URL cut in half would no longer match.
+                let answer = crate::secret::mask(&String::from_utf8_lossy(&read), &url_secrets(url));
                 let answer: String = answer.chars().filter(|c| !c.is_control()).take(200).collect();
-                let answer = crate::secret::mask(&answer, [url]);
                 delivery.error = Some(format!(
                     "the receiver answered {status}{}",
                     if answer.is_empty() { String::new() } else { format!(": {answer}") }
@@ -352,7 +421,7 @@ pub async fn send(
                 delivery.error = Some(if e.is_timeout() {
                     format!("no answer within {}", crate::duration::format(TIMEOUT))
                 } else {
-                    crate::secret::mask(&error_chain(&e), [url])
+                    crate::secret::mask(&error_chain(&e), &url_secrets(url))
                 });
                 true
             }
@@ -363,6 +432,10 @@ pub async fn send(
     }
     delivery
 }
+
+/// At most this much of a refusing receiver's answer is read (its first 200 characters are
+/// shown).
+const ANSWER_BYTES: usize = 4096;
 
 /// An error and its causes on one line (reqwest's own message is only the outermost).
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -401,6 +474,7 @@ mod tests {
                     error: Some("health gate: no answer".into()),
                 },
             ],
+            refused: None,
         }
     }
 
@@ -592,6 +666,54 @@ mod tests {
         assert_eq!(Format::parse("msteams"), None);
         assert_eq!(Moment::parse("failed"), Some(Moment::Failed));
         assert_eq!(Moment::parse("done"), None);
+    }
+
+    /// What a receiver answers is arbitrary bytes from the network: any answer (a status line
+    /// or not, cut anywhere, endless headers) ends in a delivery or an error, never a panic,
+    /// and counts as delivered only after a 2xx status line.
+    #[test]
+    fn any_answer_of_a_receiver_ends_in_a_delivery_or_an_error() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = client().unwrap();
+        let answers = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (100u16..1000, "[ -~\r\n]{0,300}")
+                .prop_map(|(code, rest)| format!("HTTP/1.1 {code} X\r\n{rest}").into_bytes()),
+        ];
+        let config =
+            proptest::test_runner::Config { cases: 48, failure_persistence: None, ..Default::default() };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&answers, |answer| {
+            let delivery = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}/hook", listener.local_addr().unwrap());
+                let reply = answer.clone();
+                let server = tokio::spawn(async move {
+                    // Every attempt gets the same answer, then the connection closes.
+                    while let Ok((mut stream, _)) = listener.accept().await {
+                        let mut buf = [0u8; 4096];
+                        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+                        let _ = stream.write_all(&reply).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+                let body = payload(Format::Slack, &notice(Moment::Started), "ferry://runner", "id");
+                let delivery =
+                    send(&client, "chat", &Secret::new(url), Format::Slack, &body, Duration::from_millis(1))
+                        .await;
+                server.abort();
+                delivery
+            });
+            let status_2xx = answer.starts_with(b"HTTP/1.1 2");
+            prop_assert!(!delivery.delivered || status_2xx, "{delivery:?}");
+            prop_assert!(delivery.delivered || delivery.error.is_some(), "{delivery:?}");
+            prop_assert!((1..=ATTEMPTS).contains(&delivery.attempts));
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
     }
 }
 

@@ -502,7 +502,13 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-        Style::Quiet => {}
+        // A notifier that failed is still said, on stderr: under cron with `--quiet`, the
+        // mail cron sends is the only way anyone learns that the webhook broke.
+        Style::Quiet => {
+            if let Event::Notified { delivered: false, .. } = event {
+                eprintln!("warning: {}", notified_line(event));
+            }
+        }
     }
 }
 
@@ -676,6 +682,8 @@ pub struct LineSplitter {
     /// The last lines seen (both streams), oldest first.
     pub tail: std::collections::VecDeque<String>,
     backlog: Arc<Backlog>,
+    /// Masked in a tail line before it is cut: a secret cut in half would no longer match.
+    secrets: Vec<crate::secret::Secret>,
 }
 
 /// Output bytes of one target sent on as events that no subscriber has handled yet, past which
@@ -758,7 +766,15 @@ impl LineSplitter {
             partial: [Vec::new(), Vec::new()],
             tail: Default::default(),
             backlog: Arc::default(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// The same splitter, masking `secrets` in the tail it keeps (before a long line is cut, so
+    /// a secret that the cut would split is still found). The events are masked on their way.
+    pub fn masking(mut self, secrets: &[crate::secret::Secret]) -> LineSplitter {
+        self.secrets = secrets.to_vec();
+        self
     }
 
     /// A splitter for a deploy hook's output on the runner.
@@ -771,7 +787,7 @@ impl LineSplitter {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(truncate_line(&line, TAIL_LINE_BYTES));
+        self.tail.push_back(truncate_line(&crate::secret::mask(&line, &self.secrets), TAIL_LINE_BYTES));
         // The weight counts the event's own allocations too, so that short lines add up.
         let in_flight = InFlight::new(&self.backlog, line.len() + self.target.len() + 64);
         let event = match self.hook {
@@ -792,6 +808,29 @@ impl LineSplitter {
     }
 }
 
+/// `buffer` with every occurrence of each secret's bytes replaced by `***`, as
+/// [`crate::secret::mask`] does for text (the buffer may end inside a character).
+fn mask_bytes(buffer: &mut Vec<u8>, secrets: &[crate::secret::Secret]) {
+    for secret in secrets {
+        let needle = secret.expose().as_bytes();
+        if needle.is_empty() || buffer.len() < needle.len() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut i = 0;
+        while i < buffer.len() {
+            if buffer[i..].starts_with(needle) {
+                out.extend_from_slice(b"***");
+                i += needle.len();
+            } else {
+                out.push(buffer[i]);
+                i += 1;
+            }
+        }
+        *buffer = out;
+    }
+}
+
 impl OutputSink for LineSplitter {
     fn output(&mut self, stream: Stream, data: &[u8]) {
         let i = usize::from(stream == Stream::Stderr);
@@ -806,7 +845,16 @@ impl OutputSink for LineSplitter {
             rest = &rest[newline + 1..];
         }
         self.partial[i].extend_from_slice(rest);
-        while self.partial[i].len() >= MAX_LINE_BYTES {
+        // A piece is cut only once the longest secret fits after the cut, and the buffer is
+        // masked first: a secret that would straddle the cut is masked whole, not sent in halves.
+        let margin = self.secrets.iter().map(|s| s.expose().len()).max().unwrap_or(0);
+        while self.partial[i].len() > MAX_LINE_BYTES + margin {
+            if margin > 0 {
+                mask_bytes(&mut self.partial[i], &self.secrets);
+                if self.partial[i].len() <= MAX_LINE_BYTES + margin {
+                    break;
+                }
+            }
             // Cut before a UTF-8 continuation byte, so that no character is split in two.
             let mut cut = MAX_LINE_BYTES;
             while cut > MAX_LINE_BYTES - 3 && self.partial[i][cut] & 0xC0 == 0x80 {
@@ -999,6 +1047,59 @@ mod tests {
         assert!(splitter.tail.iter().all(|l| l.len() <= TAIL_LINE_BYTES && l.ends_with('…')));
         assert_eq!(truncate_line("short", TAIL_LINE_BYTES), "short");
         assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
+    }
+
+    #[test]
+    fn output_of_exactly_the_piece_size_without_a_newline_is_no_panic() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        // A hook's reads are 8 KiB: eight of them end exactly at the piece size.
+        for _ in 0..MAX_LINE_BYTES / 8192 {
+            splitter.output(Stream::Stdout, &[b'x'; 8192]);
+        }
+        splitter.output(Stream::Stdout, b"y");
+        splitter.flush();
+        let mut total = 0;
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            assert!(line.len() <= MAX_LINE_BYTES);
+            total += line.len();
+        }
+        assert_eq!(total, MAX_LINE_BYTES + 1);
+    }
+
+    #[test]
+    fn a_secret_across_a_piece_cut_is_masked_whole() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret begins 5 bytes before the piece size, and arrives in two writes.
+        splitter.output(Stream::Stdout, &vec![b'x'; MAX_LINE_BYTES - 5]);
+        splitter.output(Stream::Stdout, b"hunter2-");
+        splitter.output(Stream::Stdout, b"swordfish and more");
+        splitter.output(Stream::Stdout, &vec![b'z'; MAX_LINE_BYTES]);
+        splitter.flush();
+        let mut all = String::new();
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            all.push_str(&line);
+        }
+        assert!(!all.contains("hunter") && !all.contains("swordfish"), "no half of it is sent");
+        assert!(all.contains("xxx*** and more"), "masked whole");
+    }
+
+    #[test]
+    fn a_secret_that_the_tail_cut_would_split_is_masked_before_the_cut() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret starts 8 bytes before the cut: cut first, masked after, "hunter2-" stays.
+        let line = format!("{}hunter2-swordfish tail\n", "x".repeat(TAIL_LINE_BYTES - 3 - 8));
+        splitter.output(Stream::Stdout, line.as_bytes());
+        let kept = splitter.tail.back().unwrap();
+        assert!(!kept.contains("hunter"), "no part of the secret is kept: {}", &kept[kept.len() - 20..]);
+        assert!(kept.ends_with("*** tail"), "{}", &kept[kept.len() - 20..]);
+        let mut unmasked = LineSplitter::new("t", mpsc::unbounded_channel().0);
+        unmasked.output(Stream::Stdout, line.as_bytes());
+        assert!(unmasked.tail.back().unwrap().contains("hunter2-"), "the case this test is about");
     }
 
     #[tokio::test]

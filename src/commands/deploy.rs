@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::session::{After, Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
 use super::{new_deployment_id, runtime, ssh_options, store};
 use crate::apply::{self, Applied, Planner};
 use crate::audit::Entry;
@@ -101,17 +101,70 @@ pub fn freeze_gate(
     let Some(frozen) = crate::freeze::frozen(&inventory.freezes, environment, jiff::Timestamp::now()) else {
         return Ok(None);
     };
-    let said = frozen.describe(environment);
     match &flags.override_freeze {
         Some(reason) => {
-            eprintln!("warning: freeze overridden: {said}; reason: {reason}");
+            eprintln!("warning: freeze overridden: {}; reason: {reason}", frozen.describe(environment));
             Ok(Some(frozen.record(reason)))
         }
-        None => Err(Error::Refused(
-            Diagnostic::new(format!("{command} refused: {said}"))
-                .at(&inventory.source, frozen.window.span.clone())
-                .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)"),
-        )),
+        None => Err(Error::Refused(freeze_refusal(inventory, command, environment, &frozen))),
+    }
+}
+
+/// Why `command` may not change `environment` now: the window, its end, and the way out.
+fn freeze_refusal(
+    inventory: &Inventory,
+    command: &str,
+    environment: &str,
+    frozen: &crate::freeze::Frozen<'_>,
+) -> Diagnostic {
+    Diagnostic::new(format!("{command} refused: {}", frozen.describe(environment)))
+        .at(&inventory.source, frozen.window.span.clone())
+        .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)")
+}
+
+/// The freeze check again, once the lock is held (see [`freeze_gate`] for the first one).
+struct FreezeRecheck {
+    inventory: Arc<Inventory>,
+    command: &'static str,
+    environment: String,
+    /// `--override-freeze --reason`: the run proceeds in any window, for this reason.
+    reason: Option<String>,
+    /// The first check already found a window (and its override is in `run_started`).
+    overridden_at_start: bool,
+}
+
+/// What the second freeze check says.
+enum Recheck {
+    /// No window, or one the first check already saw overridden.
+    Free,
+    /// A window that began after the first check, overridden: for `run_finished`.
+    Overridden(crate::freeze::Override),
+    /// A window that began after the first check, not overridden: exit 4.
+    Refused(Diagnostic),
+}
+
+impl FreezeRecheck {
+    fn check(&self) -> Recheck {
+        if self.overridden_at_start {
+            return Recheck::Free;
+        }
+        let Some(frozen) =
+            crate::freeze::frozen(&self.inventory.freezes, &self.environment, jiff::Timestamp::now())
+        else {
+            return Recheck::Free;
+        };
+        match &self.reason {
+            Some(reason) => {
+                eprintln!(
+                    "warning: freeze overridden: {}; reason: {reason}",
+                    frozen.describe(&self.environment)
+                );
+                Recheck::Overridden(frozen.record(reason))
+            }
+            None => {
+                Recheck::Refused(freeze_refusal(&self.inventory, self.command, &self.environment, &frozen))
+            }
+        }
     }
 }
 
@@ -289,8 +342,26 @@ pub fn execute(
         notes: serde_json::to_value(&notes).ok(),
         ..RunStarted::default()
     };
-    let outcome = session.run(names, started, |context: Context| async move {
+    // The `post_deploy` or `failed` hook's end, filled in once it ran (after `run_finished`).
+    let after_hook: Arc<Mutex<Option<crate::records::HookFinished>>> = Arc::default();
+    let after_slot = Arc::clone(&after_hook);
+    let recheck = FreezeRecheck {
+        inventory: Arc::clone(inventory),
+        command,
+        environment: plan.environment.clone(),
+        reason: flags.override_freeze.clone(),
+        overridden_at_start: notes.freeze_override.is_some(),
+    };
+    let outcome = session.run(names, started, |mut context: Context| async move {
         use crate::hooks::{HookKind, RunOutcome};
+        let begins = context.rollout_begins.take();
+        // Again with the lock held: a wait for the lock or at the prompt may have run into a
+        // window that had not begun when the command started.
+        let late_override = match recheck.check() {
+            Recheck::Free => None,
+            Recheck::Overridden(granted) => Some(granted),
+            Recheck::Refused(refusal) => return refused(refused_skips, &refusal),
+        };
         let pre =
             crate::hooks::run(&hooks, HookKind::PreDeploy, &facts, None, &context.events, &hook_secrets)
                 .await;
@@ -303,6 +374,9 @@ pub fn execute(
         let histories =
             crate::commands::prune::Histories::read(&kept_inventory, &*records, &facts.app, &facts.targets)
                 .map_err(|e| e.to_string());
+        if let Some(begins) = begins {
+            let _ = begins.send(());
+        }
         let applied = apply::apply(
             plan,
             planner,
@@ -333,16 +407,25 @@ pub fn execute(
         drop(context.connections);
         let outcome = RunOutcome::of(applied.reports.iter().map(|r| r.status));
         let facts = crate::hooks::Facts { digest: applied.plan.digest.clone(), ..facts };
-        let after =
-            crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &context.events, &hook_secrets)
-                .await;
-        finish(applied, notes.rollback_to.as_deref(), after, retention)
+        let events = context.events;
+        let after: After = Box::pin(async move {
+            let ended =
+                crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &events, &hook_secrets)
+                    .await;
+            *after_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ended;
+        });
+        let mut finished = finish(applied, notes.rollback_to.as_deref(), after, retention);
+        if let Some(record) = finished.record.as_mut() {
+            record.freeze_override = late_override;
+        }
+        finished
     })?;
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
-    let (applied, after) = match value {
+    let applied = match value {
         Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
-        Rolled::Applied(applied, after) => (*applied, after),
+        Rolled::Applied(applied) => *applied,
     };
+    let after = after_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let hook_report = after.as_ref().map_or_else(String::new, crate::hooks::report);
     let nothing_to_say = flags.quiet
         && hook_report.is_empty()
@@ -362,8 +445,8 @@ pub fn execute(
 enum Rolled {
     /// The `pre_deploy` hook failed: nothing ran.
     Refused(Diagnostic),
-    /// The rollout ran; the `post_deploy` or `failed` hook's end, if one is configured.
-    Applied(Box<Applied>, Option<crate::records::HookFinished>),
+    /// The rollout ran.
+    Applied(Box<Applied>),
 }
 
 /// A run that `pre_deploy` refused, as the session records it: every target skipped, and
@@ -378,6 +461,7 @@ fn refused(targets: usize, refusal: &Diagnostic) -> Finish<Rolled> {
         stopped: None,
         record: Some(RunFinished { refused: Some(why), ..RunFinished::default() }),
         digest: None,
+        after: None,
         value: Rolled::Refused(refusal.clone()),
     }
 }
@@ -386,7 +470,7 @@ fn refused(targets: usize, refusal: &Diagnostic) -> Finish<Rolled> {
 fn finish(
     applied: Applied,
     rollback_to: Option<&str>,
-    after: Option<crate::records::HookFinished>,
+    after: After,
     retention: Vec<crate::retention::Pruned>,
 ) -> Finish<Rolled> {
     let deployment =
@@ -405,7 +489,8 @@ fn finish(
             ..RunFinished::default()
         }),
         digest: applied.plan.digest.clone(),
-        value: Rolled::Applied(Box::new(applied), after),
+        after: Some(after),
+        value: Rolled::Applied(Box::new(applied)),
     }
 }
 

@@ -414,6 +414,7 @@ fn finish(pruned: Vec<TargetPrune>, interrupted: bool) -> Finish<(Vec<TargetPrun
         stopped: None,
         record: Some(RunFinished { retention: Some(retention), ..RunFinished::default() }),
         digest: None,
+        after: None,
         value: (pruned, interrupted),
     }
 }

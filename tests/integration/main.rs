@@ -37,6 +37,7 @@ mod logs_exec;
 mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
+mod notify;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
@@ -46,6 +47,7 @@ mod proxy_config;
 #[cfg(feature = "lab")]
 mod proxy_lab;
 mod quoting;
+mod receiver;
 #[cfg(feature = "lab")]
 mod remove_lab;
 mod retention;
