@@ -75,7 +75,14 @@ pub fn url_secrets(url: &Secret) -> Vec<Secret> {
         };
         pieces.push(path_and_query);
         let segments = parsed.path_segments().into_iter().flatten().map(String::from);
-        let values = parsed.query_pairs().map(|(_, v)| v.into_owned());
+        // Each query value as written (percent-encoded) and as decoded.
+        let raw: Vec<String> = parsed
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.to_string()))
+            .collect();
+        let values = parsed.query_pairs().map(|(_, v)| v.into_owned()).chain(raw);
         for piece in segments.chain(values) {
             if let Ok(decoded) = percent_encoding::percent_decode_str(&piece).decode_utf8() {
                 pieces.push(decoded.into_owned());
@@ -578,11 +585,16 @@ mod tests {
                         }
                     }
                 };
+                // A refusal echoes the path, as Express's "Cannot POST /…" does.
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
                 record.lock().unwrap().push(Seen { head, body });
                 let status = answers.get(n).or(answers.last()).copied().unwrap_or(200);
                 n += 1;
-                let answer =
-                    format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let text = if status < 300 { "ok".to_string() } else { format!("Cannot POST {path}") };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
                 let _ = stream.write_all(answer.as_bytes()).await;
             }
         });
@@ -629,7 +641,11 @@ mod tests {
         )
         .await;
         assert_eq!((delivery.attempts, delivery.delivered), (1, false));
-        assert_eq!(delivery.error.as_deref(), Some("the receiver answered 404 Not Found: ok"));
+        assert_eq!(
+            delivery.error.as_deref(),
+            Some("the receiver answered 404 Not Found: Cannot POST ***"),
+            "the receiver's answer is shown, the URL's path masked"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
@@ -655,13 +671,38 @@ mod tests {
     }
 
     #[test]
-    fn no_payload_carries_anything_but_the_notice() {
-        // The notice has no secret field; the payload is built only from it, so a secret can
-        // reach a payload only through a notice field, which the caller masks.
-        for format in [Format::Slack, Format::Teams, Format::CloudEvents] {
-            let text = payload(format, &notice(Moment::Failed), "ferry://runner", "id").to_string();
-            assert!(!text.contains("s3cret"), "{text}");
-        }
+    fn the_pieces_of_a_webhook_url_that_grant_access_are_secrets() {
+        let url = Secret::new("https://hooks.slack.com/services/T0123ABCD/B0123ABCD/xoxTOKENxox12345");
+        let shown: Vec<String> = url_secrets(&url).iter().map(|s| s.expose().to_string()).collect();
+        assert_eq!(shown[0], url.expose(), "the whole URL first");
+        assert!(shown.contains(&"xoxTOKENxox12345".to_string()), "{shown:?}");
+        assert!(
+            !shown.iter().any(|s| s == "services" || s == "T0123ABCD"),
+            "short pieces are words: {shown:?}"
+        );
+        let flow = Secret::new(
+            "https://x.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sig=Zm9v%2BYmFyYmF6cXV4",
+        );
+        let shown: Vec<String> = url_secrets(&flow).iter().map(|s| s.expose().to_string()).collect();
+        assert!(shown.contains(&"Zm9v+YmFyYmF6cXV4".to_string()), "decoded too: {shown:?}");
+        assert!(shown.contains(&"Zm9v%2BYmFyYmF6cXV4".to_string()), "{shown:?}");
+        let said = crate::secret::mask(
+            "Cannot POST /services/T0123ABCD/B0123ABCD/xoxTOKENxox12345/x",
+            &url_secrets(&url),
+        );
+        assert!(!said.contains("xoxTOKEN"), "{said}");
+    }
+
+    #[test]
+    fn teams_text_from_a_target_cannot_link_or_format() {
+        let mut n = notice(Moment::Failed);
+        n.targets[1].error = Some("see [here](https://evil.example) *now*".into());
+        let card = payload(Format::Teams, &n, "ferry://runner", "id").to_string();
+        assert!(card.contains(r"see \\[here\\]\\(https://evil.example\\) \\*now\\*"), "{card}");
+    }
+
+    #[test]
+    fn formats_and_moments_parse_by_their_documented_names() {
         assert_eq!(Format::parse("teams"), Some(Format::Teams));
         assert_eq!(Format::parse("msteams"), None);
         assert_eq!(Moment::parse("failed"), Some(Moment::Failed));
