@@ -440,3 +440,95 @@ fn summary(pruned: &[TargetPrune], what: &str) -> String {
     out += &table(&["TARGET", "STATUS", "IMAGES", "CONTAINERS", freed, "DETAIL"], &rows);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployments::{Deployment, Recorded};
+
+    /// Targets a (staging and prod) and b (prod); web and worker share acme/web, other does not.
+    const INVENTORY: &str = r#"
+[environments.staging]
+targets = ["a"]
+
+[environments.prod]
+targets = ["a", "b"]
+
+[targets.a]
+host = "10.200.0.21"
+
+[targets.b]
+host = "10.200.0.22"
+
+[apps.web]
+image = "acme/web"
+template = "t.j2"
+retention = { images = 2 }
+
+[apps.web.environments.staging]
+retention = { images = 1 }
+
+[apps.worker]
+image = "acme/web"
+template = "t.j2"
+deploy_to = ["prod"]
+
+[apps.other]
+image = "acme/other"
+template = "t.j2"
+"#;
+
+    fn deployment(name: &str) -> Deployment {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        let digest = format!("sha256:{hex:0>64}");
+        Deployment {
+            id: name.into(),
+            command: "deploy".into(),
+            time: String::new(),
+            version: name.into(),
+            digest: Some(digest),
+            recorded: Recorded {
+                image: String::new(),
+                succeeded: true,
+                rollback_to: None,
+                targets: BTreeMap::new(),
+            },
+        }
+    }
+
+    fn versions(kept: &Kept, target: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            kept.targets[target].keys().map(|d| kept.versions.get(d).cloned().unwrap_or_default()).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn each_target_keeps_what_every_environment_and_app_of_the_repository_it_serves_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ferry.toml"), INVENTORY).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/t.j2"), "docker run {{ image }}\n").unwrap();
+        let inventory = Inventory::load(&dir.path().join("ferry.toml")).unwrap();
+        let targets = ["a".to_string(), "b".to_string()];
+        let served: Vec<(String, String)> =
+            serving(&inventory, "acme/web", &targets).into_iter().map(|(k, _)| k).collect();
+        assert!(!served.iter().any(|(app, _)| app == "other"), "another repository: {served:?}");
+        let history = |names: &[&str]| names.iter().map(|n| deployment(n)).collect::<Vec<_>>();
+        let histories = Histories {
+            repository: "acme/web".into(),
+            deployments: BTreeMap::from([
+                (("web".into(), "staging".into()), history(&["s1", "s2"])),
+                (("web".into(), "prod".into()), history(&["p1", "p2", "p3", "p4"])),
+                (("worker".into(), "prod".into()), history(&["w1", "w2"])),
+            ]),
+        };
+        let current = deployment("p5");
+        let digest = current.digest.clone().unwrap();
+        let kept = histories.kept(&inventory, "web", "prod", &targets, Some((&digest, "p5")));
+        // prod: p5 (the run) and p4 (the last before it, also the rollback's): 2 deployments;
+        // staging's 1 and its rollback's (s1); the worker's last 5 (both).
+        assert_eq!(versions(&kept, "a"), ["p4", "p5", "s1", "s2", "w1", "w2"]);
+        assert_eq!(versions(&kept, "b"), ["p4", "p5", "w1", "w2"], "b is not in staging");
+    }
+}
