@@ -264,7 +264,7 @@ impl Runner<'_> {
         let endpoint = format!("ferry@10.200.0.1:5432/{}", self.world.db);
         self.ferry(&["state", "init"])
             .stdout(&format!(
-                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   1\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
+                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   2\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
             ))
             .run();
     }
