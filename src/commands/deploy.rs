@@ -7,8 +7,12 @@
 //! The inventory's `[hooks]` ([`crate::hooks`]) run here, inside the session (the lock held):
 //! `pre_deploy` before the rollout, `post_deploy` or `failed` after it.
 //!
+//! Before the hook, an app with `networks` or `volumes` has them checked on every target
+//! ([`crate::netvol::preflight`]): a network that exists with other options is exit 2 there.
+//!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
-//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed,
+//! 1 when a target failed or was unreachable, or the rollout stopped; 2 a network that exists
+//! with other options; 3 locked; 4 not confirmed,
 //! a host key refused or a failing `pre_deploy` hook; 130 interrupted.
 
 use std::sync::{Arc, Mutex};
@@ -285,8 +289,17 @@ pub fn execute(
         notes: serde_json::to_value(&notes).ok(),
         ..RunStarted::default()
     };
+    let parallel = flags.parallel;
     let outcome = session.run(names, started, |context: Context| async move {
         use crate::hooks::{HookKind, RunOutcome};
+        // Networks that exist with other options anywhere: bad input, before anything else runs.
+        if let Err(mismatch) =
+            crate::netvol::preflight(&plan, &context.connections, parallel, &context.events).await
+        {
+            let mut finish = refused(refused_skips, &mismatch);
+            finish.value = Rolled::Invalid(mismatch);
+            return finish;
+        }
         let pre =
             crate::hooks::run(&hooks, HookKind::PreDeploy, &facts, None, &context.events, &hook_secrets)
                 .await;
@@ -316,6 +329,7 @@ pub fn execute(
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let (applied, after) = match value {
         Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
+        Rolled::Invalid(mismatch) => return Err(Error::Input(mismatch)),
         Rolled::Applied(applied, after) => (*applied, after),
     };
     let hook_report = after.as_ref().map_or_else(String::new, crate::hooks::report);
@@ -337,6 +351,8 @@ pub fn execute(
 enum Rolled {
     /// The `pre_deploy` hook failed: nothing ran.
     Refused(Diagnostic),
+    /// The networks preflight found a network it cannot join (exit 2): nothing ran.
+    Invalid(Diagnostic),
     /// The rollout ran; the `post_deploy` or `failed` hook's end, if one is configured.
     Applied(Box<Applied>, Option<crate::records::HookFinished>),
 }

@@ -255,6 +255,10 @@ pub struct RawApp {
     pub proxy: Option<Spanned<RawRoute>>,
     /// The only environments the app deploys to (absent: every environment).
     pub deploy_to: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Docker networks the container joins, created by ferry when missing (issue 16).
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Named volumes: volume name -> absolute container path (issue 16).
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
 }
@@ -288,4 +292,8 @@ pub struct RawAppEnvironment {
     #[serde(default)]
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub proxy: Option<Spanned<RawRoute>>,
+    /// Replaces the app's `networks` in this environment.
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Replaces the app's `volumes` in this environment.
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
 }
