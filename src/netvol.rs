@@ -354,7 +354,7 @@ pub async fn preflight(
         |_, _| {},
     )
     .await;
-    let mut problems = Vec::new();
+    let mut problems: Vec<(String, String, String)> = Vec::new();
     for (target, outcome) in names.iter().zip(outcomes) {
         // A target that cannot answer now fails its own step later; it does not stop the rest.
         let Ok(Ok(text)) = outcome else { continue };
@@ -362,7 +362,7 @@ pub async fn preflight(
             let said = match &found {
                 Found::Network { name, .. } => match found.differs() {
                     Some(what) => {
-                        problems.push(format!("target {target}: network {name} exists with {what}"));
+                        problems.push((target.clone(), name.clone(), what));
                         continue;
                     }
                     None => format!("network {name} exists"),
@@ -376,22 +376,36 @@ pub async fn preflight(
             let _ = events.send(Event::TargetStep { target: target.clone(), step: said });
         }
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let message = match problems.as_slice() {
-        [one] => format!("{one}, not as ferry creates networks; nothing was changed on any target"),
-        many => format!(
-            "{} networks exist with other options than ferry creates; nothing was changed on any target:\n  {}",
-            many.len(),
-            many.join("\n  ")
+    mismatch(&problems).map_or(Ok(()), Err)
+}
+
+/// The exit-2 diagnostic for networks that exist with other options: (target, network, what
+/// differs) each; `None` when there are none.
+fn mismatch(problems: &[(String, String, String)]) -> Option<Diagnostic> {
+    let message = match problems {
+        [] => return None,
+        [(target, name, what)] => format!(
+            "network {name} on target {target} exists with {what}; ferry never recreates a network \
+             under running containers: nothing was changed on any target"
         ),
+        many => {
+            let lines: Vec<String> =
+                many.iter().map(|(t, n, w)| format!("network {n} on target {t} exists with {w}")).collect();
+            format!(
+                "{} networks exist with other options than ferry creates; ferry never recreates a \
+                 network under running containers: nothing was changed on any target\n  {}",
+                many.len(),
+                lines.join("\n  ")
+            )
+        }
     };
-    Err(Diagnostic::new(message).help(format!(
-        "ferry joins only networks like the ones it creates (docker network create --driver {DRIVER}), \
-         and never recreates one under running containers: remove the network on that target \
-         (docker network rm NAME, once no container uses it) so that ferry creates it, or name \
-         another network in the app's `networks`"
+    let remove = match problems {
+        [(target, name, _)] => format!("on {target}, `docker network rm {name}` once no container uses it"),
+        _ => "on each target, `docker network rm NAME` once no container uses it".into(),
+    };
+    Some(Diagnostic::new(message).help(format!(
+        "{remove}, and ferry creates it as it creates its networks (driver {DRIVER}, not internal); \
+         or name another network in the app's `networks`"
     )))
 }
 
@@ -478,6 +492,25 @@ mod tests {
         let script = preflight_script(&["a".into()], &[Volume { name: "v1".into(), path: "/v".into() }]);
         let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
         assert!(out.status.success(), "{script}");
+    }
+
+    #[test]
+    fn a_mismatch_names_the_target_the_network_and_what_to_do() {
+        assert!(mismatch(&[]).is_none());
+        let one = [("h5".to_string(), "nv-x".to_string(), "internal true (ferry: false)".to_string())];
+        let d = mismatch(&one).unwrap();
+        assert_eq!(
+            d.message,
+            "network nv-x on target h5 exists with internal true (ferry: false); ferry never recreates a \
+             network under running containers: nothing was changed on any target"
+        );
+        assert!(d.help.unwrap().starts_with("on h5, `docker network rm nv-x` once no container uses it"));
+        let two = [one[0].clone(), ("h6".into(), "nv-y".into(), "driver macvlan (ferry: bridge)".into())];
+        let d = mismatch(&two).unwrap();
+        assert!(d.message.starts_with("2 networks exist with other options"), "{}", d.message);
+        assert!(
+            d.message.ends_with("\n  network nv-y on target h6 exists with driver macvlan (ferry: bridge)")
+        );
     }
 
     proptest::proptest! {
