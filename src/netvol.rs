@@ -147,12 +147,12 @@ pub fn describe_networks(networks: &[String]) -> String {
     if networks.is_empty() { "none".into() } else { networks.join(", ") }
 }
 
-/// The volumes as `NAME → PATH` for messages.
+/// The volumes as `NAME:PATH` (as `--volume` writes them) for messages.
 pub fn describe_volumes(volumes: &[Volume]) -> String {
     if volumes.is_empty() {
         return "none".into();
     }
-    volumes.iter().map(|v| format!("{} → {}", v.name, v.path)).collect::<Vec<_>>().join(", ")
+    volumes.iter().map(|v| format!("{}:{}", v.name, v.path)).collect::<Vec<_>>().join(", ")
 }
 
 /// Quotes a value for a script; names and paths here were validated (no NUL).

@@ -447,6 +447,58 @@ mod tests {
         text.split(' ').map(str::to_string).collect()
     }
 
+    /// A rollback's recorded argv gets today's networks and volumes: the recorded block is
+    /// replaced (or one is added to a record from before them), and the record still passes the
+    /// check of what ferry would have rendered.
+    #[test]
+    fn a_recorded_block_is_replaced_by_todays_networks_and_volumes() {
+        let target = Target {
+            name: "t".into(),
+            name_span: 0..0,
+            host: "h".into(),
+            port: 22,
+            user: None,
+            identity: None,
+            roles: Vec::new(),
+            vars: Default::default(),
+            transport: Transport::Ssh,
+            jump: None,
+        };
+        let (secrets, hashes) = (Secrets::new(), BTreeMap::new());
+        let networks = vec!["nv-new".to_string()];
+        let volumes = vec![crate::netvol::Volume { name: "data".into(), path: "/data".into() }];
+        let input = TargetInput {
+            target: &target,
+            app: "web",
+            environment: "prod",
+            container: "web-prod",
+            image: "img",
+            version: "1",
+            digest: None,
+            deployment: "d",
+            secrets: &secrets,
+            secret_hashes: &hashes,
+            route: None,
+            networks: &networks,
+            volumes: &volumes,
+        };
+        let prefix =
+            "docker run --detach --name web-prod --label ferry.app=web --label ferry.environment=prod";
+        let today = format!(
+            "{prefix} --label ferry.networks=nv-new --network nv-new --label ferry.volumes=data:/data --volume data:/data -p 80:80 img"
+        );
+        for recorded in [
+            format!("{prefix} --label ferry.networks=nv-old --network nv-old -p 80:80 img"),
+            format!("{prefix} -p 80:80 img"),
+        ] {
+            check_recorded(&input, &words(&recorded), "img").unwrap();
+            assert_eq!(finish(&input, words(&recorded), None).stable_argv, words(&today), "{recorded}");
+        }
+        // A record whose template chose a network is refused once the app has `networks`.
+        let own = words(&format!("{prefix} --network host img"));
+        assert!(check_recorded(&input, &own, "img").unwrap_err().contains("chooses a network"));
+    }
+
     #[test]
     fn a_recorded_env_file_on_disk_becomes_the_pipe_and_nothing_else_changes() {
         let prefix =

@@ -85,7 +85,7 @@ fn plan_shows_networks_and_volumes_and_they_are_in_the_config_hash() {
         .env("FERRY_HASH_KEY", "k")
         .args(["plan", "web", "--env", "staging", "--version", "1.0"])
         .stdout_contains("networks (created where missing): nv-backend, nv-cache\n")
-        .stdout_contains("volumes (created where missing, never removed): nv-data → /data\n")
+        .stdout_contains("volumes (created where missing, never removed): nv-data:/data\n")
         .stdout_contains(
             "--env-file /dev/stdin --label ferry.networks=nv-backend,nv-cache --network nv-backend --network nv-cache \
              --label ferry.volumes=nv-data:/data --volume nv-data:/data --restart unless-stopped",

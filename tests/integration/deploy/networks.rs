@@ -86,6 +86,20 @@ fn networks_and_volumes_are_created_kept_across_deploys_and_a_foreign_network_st
     let changed = text.replace(KEYS, "networks = [\"nv-backend\", \"nv-internal\"]\nvolumes = { nv-data = \"/data\", nv-fresh = \"/fresh\" }\n");
     assert_ne!(changed, text);
     std::fs::write(&inventory, changed).unwrap();
+    // `plan --diff` says what of them changes (and nothing else: the version is the same).
+    let out = fleet
+        .ferry(&["plan", "web", "--env", "nv-accept", "--version", "1.1", "--diff", "--output", "json"])
+        .stdout_json()
+        .run();
+    assert_eq!(
+        out.json()["targets"][0]["reasons"],
+        serde_json::json!([
+            "networks: nv-backend, nv-second → nv-backend, nv-internal",
+            "volumes: nv-data:/data → nv-data:/data, nv-fresh:/fresh"
+        ]),
+        "{}",
+        out.stdout
+    );
     let out = fleet
         .ferry(&["deploy", "web", "--env", "nv-accept", "--version", "2.0", "--yes", "--quiet"])
         .code(2)
