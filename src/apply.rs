@@ -913,7 +913,8 @@ impl Job {
             Err(e) => return Err(format!("post_deploy: {e}")),
         };
         self.step("post_deploy");
-        let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
+        let mut sink =
+            LineSplitter::new(&self.target.target, self.events.clone()).masking(&self.settings.secrets);
         let heartbeat = async {
             loop {
                 tokio::time::sleep(replace::HEARTBEAT).await;

@@ -138,8 +138,11 @@ fn join_some(parts: &[Option<String>]) -> Option<String> {
 }
 
 /// Process names of cron daemons (and of the children they fork to run a job, which keep the
-/// daemon's name until they exec the job's shell).
-const CRON_NAMES: [&str; 3] = ["cron", "crond", "anacron"];
+/// daemon's name until they exec the job's shell): Debian's and cronie's (`cron`, `crond`, also
+/// dcron's), anacron, fcron, mcron, bcron (the scheduler and the job runner it forks), and
+/// supercronic (containers). Names are as the kernel keeps them (at most 15 bytes).
+const CRON_NAMES: [&str; 8] =
+    ["cron", "crond", "anacron", "fcron", "mcron", "bcron-sched", "bcron-exec", "supercronic"];
 
 /// How many ancestors are walked at most: a real chain is a handful deep; the bound only keeps
 /// a pid loop in a strange /proc (a bind-mounted fake, a race with pid reuse) from hanging.
@@ -154,6 +157,10 @@ const MAX_ANCESTORS: usize = 256;
 /// scheduled job from a person's script. The cron daemon's process is the one fact only cron
 /// runs have. A busybox crond runs as `busybox` when started as `busybox crond`: its argv
 /// (`PROC/PID/cmdline`) says which applet it is.
+///
+/// An ancestor that cannot be read ends the walk with `None` (`script`): with /proc mounted
+/// `hidepid=2`, a job that cron runs as another user cannot see the root-owned daemon. The
+/// record then says `script`, never a `cron` it could not see.
 pub fn cron_ancestor(proc_root: &Path, start: &str) -> Option<String> {
     let stat = |pid: &str| std::fs::read(proc_root.join(pid).join("stat")).ok().and_then(|b| parse_stat(&b));
     let (_, mut pid) = stat(start)?;
@@ -725,6 +732,16 @@ mod tests {
             &[(1, "init", 0, ""), (5, "anacron", 1, ""), (6, "run-parts", 5, ""), (9, "ferry", 6, "")],
         );
         assert_eq!(cron_ancestor(anacron.path(), "self").as_deref(), Some("anacron"));
+        let supercronic = fake_proc(
+            9,
+            &[(1, "supercronic", 0, "supercronic /etc/crontab"), (8, "sh", 1, ""), (9, "ferry", 8, "")],
+        );
+        assert_eq!(cron_ancestor(supercronic.path(), "self").as_deref(), Some("supercronic"));
+        let bcron = fake_proc(
+            9,
+            &[(1, "init", 0, ""), (4, "bcron-sched", 1, ""), (5, "bcron-exec", 4, ""), (9, "ferry", 5, "")],
+        );
+        assert_eq!(cron_ancestor(bcron.path(), "self").as_deref(), Some("bcron-exec"));
         // A container whose pid 1 is cron.
         let pid1 = fake_proc(9, &[(1, "cron", 0, "cron -f"), (8, "sh", 1, ""), (9, "ferry", 8, "")]);
         assert_eq!(cron_ancestor(pid1.path(), "self").as_deref(), Some("cron"));

@@ -235,7 +235,7 @@ pub async fn run(
     let env = environment(facts, outcome, &crate::planning::process_env);
     let _ = events.send(Event::HookStarted { hook: kind, path: hook.shown.clone() });
     let started = Instant::now();
-    let mut splitter = LineSplitter::for_hook(kind, events.clone());
+    let mut splitter = LineSplitter::for_hook(kind, events.clone()).masking(secrets);
     let ended = execute(&hook.path, &hooks.dir, &env, hooks.timeout, &mut splitter).await;
     splitter.flush();
     let (status, exit_code, signal, error) = match ended {
@@ -263,7 +263,7 @@ pub async fn run(
         signal,
         error: error.map(|e| mask(&e, secrets)),
         ms: crate::fanout::millis(started.elapsed()),
-        tail: splitter.tail.iter().map(|line| mask(line, secrets)).collect(),
+        tail: splitter.tail.iter().cloned().collect(),
     };
     let _ = events.send(Event::HookFinished(finished.clone()));
     Some(finished)

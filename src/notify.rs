@@ -336,9 +336,17 @@ pub async fn send(
                 delivery.error = None;
                 return delivery;
             }
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
-                let answer = response.text().await.unwrap_or_default();
+                // Only the start is shown: a receiver's endless answer is not read to its end.
+                let mut read = Vec::new();
+                while read.len() < ANSWER_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                let answer = String::from_utf8_lossy(&read);
                 let answer: String = answer.chars().filter(|c| !c.is_control()).take(200).collect();
                 let answer = crate::secret::mask(&answer, [url]);
                 delivery.error = Some(format!(
@@ -363,6 +371,10 @@ pub async fn send(
     }
     delivery
 }
+
+/// At most this much of a refusing receiver's answer is read (its first 200 characters are
+/// shown).
+const ANSWER_BYTES: usize = 4096;
 
 /// An error and its causes on one line (reqwest's own message is only the outermost).
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -592,6 +604,54 @@ mod tests {
         assert_eq!(Format::parse("msteams"), None);
         assert_eq!(Moment::parse("failed"), Some(Moment::Failed));
         assert_eq!(Moment::parse("done"), None);
+    }
+
+    /// What a receiver answers is arbitrary bytes from the network: any answer (a status line
+    /// or not, cut anywhere, endless headers) ends in a delivery or an error, never a panic,
+    /// and counts as delivered only after a 2xx status line.
+    #[test]
+    fn any_answer_of_a_receiver_ends_in_a_delivery_or_an_error() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = client().unwrap();
+        let answers = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (100u16..1000, "[ -~\r\n]{0,300}")
+                .prop_map(|(code, rest)| format!("HTTP/1.1 {code} X\r\n{rest}").into_bytes()),
+        ];
+        let config =
+            proptest::test_runner::Config { cases: 48, failure_persistence: None, ..Default::default() };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&answers, |answer| {
+            let delivery = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}/hook", listener.local_addr().unwrap());
+                let reply = answer.clone();
+                let server = tokio::spawn(async move {
+                    // Every attempt gets the same answer, then the connection closes.
+                    while let Ok((mut stream, _)) = listener.accept().await {
+                        let mut buf = [0u8; 4096];
+                        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+                        let _ = stream.write_all(&reply).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+                let body = payload(Format::Slack, &notice(Moment::Started), "ferry://runner", "id");
+                let delivery =
+                    send(&client, "chat", &Secret::new(url), Format::Slack, &body, Duration::from_millis(1))
+                        .await;
+                server.abort();
+                delivery
+            });
+            let status_2xx = answer.starts_with(b"HTTP/1.1 2");
+            prop_assert!(!delivery.delivered || status_2xx, "{delivery:?}");
+            prop_assert!(delivery.delivered || delivery.error.is_some(), "{delivery:?}");
+            prop_assert!((1..=ATTEMPTS).contains(&delivery.attempts));
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
     }
 }
 

@@ -494,7 +494,13 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-        Style::Quiet => {}
+        // A notifier that failed is still said, on stderr: under cron with `--quiet`, the
+        // mail cron sends is the only way anyone learns that the webhook broke.
+        Style::Quiet => {
+            if let Event::Notified { delivered: false, .. } = event {
+                eprintln!("warning: {}", notified_line(event));
+            }
+        }
     }
 }
 
@@ -654,6 +660,8 @@ pub struct LineSplitter {
     /// The last lines seen (both streams), oldest first.
     pub tail: std::collections::VecDeque<String>,
     backlog: Arc<Backlog>,
+    /// Masked in a tail line before it is cut: a secret cut in half would no longer match.
+    secrets: Vec<crate::secret::Secret>,
 }
 
 /// Output bytes of one target sent on as events that no subscriber has handled yet, past which
@@ -736,7 +744,15 @@ impl LineSplitter {
             partial: [Vec::new(), Vec::new()],
             tail: Default::default(),
             backlog: Arc::default(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// The same splitter, masking `secrets` in the tail it keeps (before a long line is cut, so
+    /// a secret that the cut would split is still found). The events are masked on their way.
+    pub fn masking(mut self, secrets: &[crate::secret::Secret]) -> LineSplitter {
+        self.secrets = secrets.to_vec();
+        self
     }
 
     /// A splitter for a deploy hook's output on the runner.
@@ -749,7 +765,7 @@ impl LineSplitter {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(truncate_line(&line, TAIL_LINE_BYTES));
+        self.tail.push_back(truncate_line(&crate::secret::mask(&line, &self.secrets), TAIL_LINE_BYTES));
         // The weight counts the event's own allocations too, so that short lines add up.
         let in_flight = InFlight::new(&self.backlog, line.len() + self.target.len() + 64);
         let event = match self.hook {
@@ -977,6 +993,22 @@ mod tests {
         assert!(splitter.tail.iter().all(|l| l.len() <= TAIL_LINE_BYTES && l.ends_with('…')));
         assert_eq!(truncate_line("short", TAIL_LINE_BYTES), "short");
         assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
+    }
+
+    #[test]
+    fn a_secret_that_the_tail_cut_would_split_is_masked_before_the_cut() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret starts 8 bytes before the cut: cut first, masked after, "hunter2-" stays.
+        let line = format!("{}hunter2-swordfish tail\n", "x".repeat(TAIL_LINE_BYTES - 3 - 8));
+        splitter.output(Stream::Stdout, line.as_bytes());
+        let kept = splitter.tail.back().unwrap();
+        assert!(!kept.contains("hunter"), "no part of the secret is kept: {}", &kept[kept.len() - 20..]);
+        assert!(kept.ends_with("*** tail"), "{}", &kept[kept.len() - 20..]);
+        let mut unmasked = LineSplitter::new("t", mpsc::unbounded_channel().0);
+        unmasked.output(Stream::Stdout, line.as_bytes());
+        assert!(unmasked.tail.back().unwrap().contains("hunter2-"), "the case this test is about");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::session::{After, Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
 use super::{new_deployment_id, runtime, ssh_options, store};
 use crate::apply::{self, Applied, Planner};
 use crate::audit::Entry;
@@ -103,17 +103,45 @@ pub fn freeze_gate(
     let Some(frozen) = crate::freeze::frozen(&inventory.freezes, environment, jiff::Timestamp::now()) else {
         return Ok(None);
     };
-    let said = frozen.describe(environment);
     match &flags.override_freeze {
         Some(reason) => {
-            eprintln!("warning: freeze overridden: {said}; reason: {reason}");
+            eprintln!("warning: freeze overridden: {}; reason: {reason}", frozen.describe(environment));
             Ok(Some(frozen.record(reason)))
         }
-        None => Err(Error::Refused(
-            Diagnostic::new(format!("{command} refused: {said}"))
-                .at(&inventory.source, frozen.window.span.clone())
-                .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)"),
-        )),
+        None => Err(Error::Refused(freeze_refusal(inventory, command, environment, &frozen))),
+    }
+}
+
+/// Why `command` may not change `environment` now: the window, its end, and the way out.
+fn freeze_refusal(
+    inventory: &Inventory,
+    command: &str,
+    environment: &str,
+    frozen: &crate::freeze::Frozen<'_>,
+) -> Diagnostic {
+    Diagnostic::new(format!("{command} refused: {}", frozen.describe(environment)))
+        .at(&inventory.source, frozen.window.span.clone())
+        .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)")
+}
+
+/// The freeze check again, once the lock is held (see [`freeze_gate`] for the first one).
+struct FreezeRecheck {
+    inventory: Arc<Inventory>,
+    command: &'static str,
+    environment: String,
+    /// `--override-freeze --reason` was given: the run proceeds in any window.
+    overridden: bool,
+}
+
+impl FreezeRecheck {
+    /// The refusal, when a window covers now and no override was given.
+    fn refusal(&self) -> Option<Diagnostic> {
+        if self.overridden {
+            return None;
+        }
+        let frozen =
+            crate::freeze::frozen(&self.inventory.freezes, &self.environment, jiff::Timestamp::now())?;
+        Some(freeze_refusal(&self.inventory, self.command, &self.environment, &frozen))
     }
 }
 
@@ -289,10 +317,24 @@ pub fn execute(
         notes: serde_json::to_value(&notes).ok(),
         ..RunStarted::default()
     };
+    // The `post_deploy` or `failed` hook's end, filled in once it ran (after `run_finished`).
+    let after_hook: Arc<Mutex<Option<crate::records::HookFinished>>> = Arc::default();
+    let after_slot = Arc::clone(&after_hook);
+    let recheck = FreezeRecheck {
+        inventory: Arc::clone(inventory),
+        command,
+        environment: plan.environment.clone(),
+        overridden: flags.override_freeze.is_some(),
+    };
     let parallel = flags.parallel;
     let outcome = session.run(names, started, |context: Context| async move {
         use crate::hooks::{HookKind, RunOutcome};
-        // Networks that exist with other options anywhere: bad input, before anything else runs.
+        // Again with the lock held: a wait for the lock or at the prompt may have run into a
+        // window that had not begun when the command started.
+        if let Some(refusal) = recheck.refusal() {
+            return refused(refused_skips, &refusal);
+        }
+        // Networks that exist with other options anywhere: bad input, before any hook or target.
         if let Err(mismatch) =
             crate::netvol::preflight(&plan, &context.connections, parallel, &context.events).await
         {
@@ -321,17 +363,22 @@ pub fn execute(
         drop(context.connections);
         let outcome = RunOutcome::of(applied.reports.iter().map(|r| r.status));
         let facts = crate::hooks::Facts { digest: applied.plan.digest.clone(), ..facts };
-        let after =
-            crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &context.events, &hook_secrets)
-                .await;
+        let events = context.events;
+        let after: After = Box::pin(async move {
+            let ended =
+                crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &events, &hook_secrets)
+                    .await;
+            *after_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ended;
+        });
         finish(applied, notes.rollback_to.as_deref(), after)
     })?;
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
-    let (applied, after) = match value {
+    let applied = match value {
         Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
         Rolled::Invalid(mismatch) => return Err(Error::Input(mismatch)),
-        Rolled::Applied(applied, after) => (*applied, after),
+        Rolled::Applied(applied) => *applied,
     };
+    let after = after_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let hook_report = after.as_ref().map_or_else(String::new, crate::hooks::report);
     let nothing_to_say = flags.quiet
         && hook_report.is_empty()
@@ -353,8 +400,8 @@ enum Rolled {
     Refused(Diagnostic),
     /// The networks preflight found a network it cannot join (exit 2): nothing ran.
     Invalid(Diagnostic),
-    /// The rollout ran; the `post_deploy` or `failed` hook's end, if one is configured.
-    Applied(Box<Applied>, Option<crate::records::HookFinished>),
+    /// The rollout ran.
+    Applied(Box<Applied>),
 }
 
 /// A run that `pre_deploy` refused, as the session records it: every target skipped, and
@@ -369,16 +416,13 @@ fn refused(targets: usize, refusal: &Diagnostic) -> Finish<Rolled> {
         stopped: None,
         record: Some(RunFinished { refused: Some(why), ..RunFinished::default() }),
         digest: None,
+        after: None,
         value: Rolled::Refused(refusal.clone()),
     }
 }
 
 /// The rollout's end as the session records it: counts and the deployment's record.
-fn finish(
-    applied: Applied,
-    rollback_to: Option<&str>,
-    after: Option<crate::records::HookFinished>,
-) -> Finish<Rolled> {
+fn finish(applied: Applied, rollback_to: Option<&str>, after: After) -> Finish<Rolled> {
     let deployment =
         crate::deployments::detail(&applied.plan, &applied.reports, applied.interrupted, rollback_to);
     let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
@@ -390,7 +434,8 @@ fn finish(
         stopped: applied.stopped.clone(),
         record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
         digest: applied.plan.digest.clone(),
-        value: Rolled::Applied(Box::new(applied), after),
+        after: Some(after),
+        value: Rolled::Applied(Box::new(applied)),
     }
 }
 

@@ -41,6 +41,10 @@ struct Report<'a> {
     version: &'a str,
     digest: Option<&'a str>,
     targets: &'a [TargetDiff],
+    /// The environment's freeze windows now and in the next 7 days (absent when none), as in
+    /// `plan --output json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze: Option<&'a crate::freeze::Outlook>,
 }
 
 /// Runs `ferry plan --diff` for a plan built by tag; re-plans with the digest the targets know.
@@ -51,6 +55,7 @@ pub fn run(
     plan: Plan,
     connect_timeout: std::time::Duration,
     output: OutputFormat,
+    freeze: Option<&crate::freeze::Outlook>,
 ) -> Result<i32, Error> {
     let ssh = ssh_options(inventory, connect_timeout)?;
     let targets: Vec<_> = plan.targets.iter().filter_map(|t| inventory.target(&t.target)).collect();
@@ -100,6 +105,7 @@ pub fn run(
             version: &plan.version,
             digest: plan.digest.as_deref(),
             targets: &diffs,
+            freeze,
         })?,
         OutputFormat::Plain => output::print(
             &diffs

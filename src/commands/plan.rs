@@ -84,6 +84,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
             eprintln!("freeze: {line}{now}");
         }
     }
+    let freeze = Some(&freeze).filter(|f| !f.active.is_empty() || !f.upcoming.is_empty());
     if args.diff {
         let (version, digest) = (plan.version.clone(), plan.digest.clone());
         let request = PlanRequest {
@@ -98,7 +99,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
             missing_secrets: MissingSecrets::Error,
             hash_key: &hash_key,
         };
-        return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output);
+        return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output, freeze);
     }
     match output {
         OutputFormat::Json => {
@@ -116,7 +117,6 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
                 #[serde(skip_serializing_if = "Option::is_none")]
                 freeze: Option<&'a crate::freeze::Outlook>,
             }
-            let freeze = Some(&freeze).filter(|f| !f.active.is_empty() || !f.upcoming.is_empty());
             output::print_json(&WithFeed { plan: &plan, feed: check.as_ref(), freeze })?;
         }
         OutputFormat::Plain => output::print(&plain(&plan))?,

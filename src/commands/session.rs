@@ -18,11 +18,13 @@
 //!    others (whether the rest proceeds is the work's failure budget to say);
 //! 5. the event stream, with the audit trail and the renderer as its subscribers;
 //! 6. `run_finished`, or, when the run was refused before any work (a held lock), a
-//!    `run_finished` that says why;
+//!    `run_finished` that says why; then the work's [`After`] part (a deployment's
+//!    `post_deploy` or `failed` hook), the lock still held;
 //! 7. for a deployment (`deploy`, `promote`, `rollback`), the notifications of
 //!    `[notify.NAME]`: `started` once the lock is held, sent beside the work (a slow receiver
 //!    never delays a target), `succeeded` or `failed` after `run_finished` (so they carry
-//!    every target's outcome). Each delivery is an event
+//!    every target's outcome; a run abandoned by a second signal is announced as failed, with
+//!    the outcomes so far, within the quick stop's deadline). Each delivery is an event
 //!    (`notified`), shown and recorded; a notifier that fails never fails the run.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -114,7 +116,14 @@ pub struct Finish<T> {
     pub record: Option<RunFinished>,
     /// The digest the run pinned on the way (an app without a feed), for its record.
     pub digest: Option<String>,
+    /// Work that runs once `run_finished` is on record, with the lock still held.
+    pub after: Option<After>,
 }
+
+/// What a run does after its end is on record and before its lock is released: a deployment's
+/// `post_deploy` or `failed` hook, which sees the run as ended (`ferry history` shows it) while
+/// no other run can change the environment yet. Its events are recorded like the work's.
+pub type After = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// [`Finish`] without the value: what `run_finished` says.
 struct Summary {
@@ -279,18 +288,34 @@ impl Session {
                 // An app without a feed learns its digest during the rollout.
                 let digest = summary.digest.clone().or_else(|| self.base.digest.clone());
                 let _ = events.send(self.finished(summary));
-                if let Some((notifiers, outcomes)) = &notices {
-                    let targets = outcomes.after_the_end().await;
-                    let moment = if good { Moment::Succeeded } else { Moment::Failed };
-                    self.notify(notifiers, &events, moment, targets, digest).await;
-                }
+                // The hook and the end notice do not wait for each other.
+                let after = async {
+                    if let Some(after) = finish.after.take() {
+                        after.await;
+                    }
+                };
+                let announce = async {
+                    if let Some((notifiers, outcomes)) = &notices {
+                        let targets = outcomes.after_the_end().await;
+                        let moment = if good { Moment::Succeeded } else { Moment::Failed };
+                        self.notify(notifiers, &events, moment, targets, digest).await;
+                    }
+                };
+                tokio::join!(after, announce);
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
                 Outcome::Finished { value: finish.value, audited }
             }
             None => {
-                // The work is gone mid-flight. What already finished is still recorded (the
-                // trail gets a moment to catch up).
+                // The work is gone mid-flight. The receivers still hear that it failed, with the
+                // targets that ended so far, within the quick stop's deadline.
+                if let Some((notifiers, outcomes)) = &notices {
+                    let targets = outcomes.so_far();
+                    let told =
+                        self.notify(notifiers, &events, Moment::Failed, targets, self.base.digest.clone());
+                    let _ = tokio::time::timeout(QUICK_RELEASE, told).await;
+                }
+                // What already finished is still recorded (the trail gets a moment to catch up).
                 drop(events);
                 if tokio::time::timeout(QUICK_RELEASE, &mut dispatcher).await.is_err() {
                     dispatcher.abort();
@@ -687,6 +712,11 @@ impl Outcomes {
         if !self.seen_end.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
         }
+        self.so_far()
+    }
+
+    /// The outcomes the stream has carried until now (a run abandoned before its end).
+    fn so_far(&self) -> Vec<crate::notify::TargetOutcome> {
         self.targets.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }

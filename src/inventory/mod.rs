@@ -638,6 +638,14 @@ impl Checker<'_> {
             match notify.on {
                 None => on = vec![Moment::Started, Moment::Succeeded, Moment::Failed],
                 Some(list) => {
+                    if list.get_ref().is_empty() {
+                        // A notifier that never sends is a mistake more often than a choice.
+                        self.error(
+                            list.span(),
+                            format!("notifier \"{name}\" has no moment in `on`: it would never send"),
+                            Some("name any of \"started\", \"succeeded\", \"failed\", or remove the key (all three), or the table".into()),
+                        );
+                    }
                     for word in list.into_inner() {
                         match Moment::parse(word.get_ref()) {
                             Some(m) if !on.contains(&m) => on.push(m),

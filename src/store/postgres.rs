@@ -1017,10 +1017,17 @@ impl super::Store for PgStore {
             conditions.push(format!("time_ms >= {}", params.push(Param::Int(since))));
         }
         if let Some(prefix) = &filter.run {
-            // Compared as text, not with LIKE (whose `%` and `_` a prefix could hold) nor a
-            // range (which a collation may order otherwise).
+            // A whole run id (as JSON output and `history --run` show it) is looked up by
+            // ferry_runs's key. A shorter prefix is compared as text, not with LIKE (whose `%` and
+            // `_` a prefix could hold) nor a range (which a collation may order otherwise): that
+            // reads ferry_runs whole, one small row per run, never the audit table.
+            let whole = uuid::Uuid::try_parse(prefix).is_ok_and(|id| id.hyphenated().to_string() == *prefix);
             let prefix = params.push(Param::Text(prefix.clone()));
-            conditions.push(format!("left(run, char_length({prefix})) = {prefix}"));
+            conditions.push(if whole {
+                format!("run = {prefix}")
+            } else {
+                format!("left(run, char_length({prefix})) = {prefix}")
+            });
         }
         let condition =
             if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };

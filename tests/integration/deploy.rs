@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::lab::{FAULTS, Lab, Restore, json_lines, lab};
+use crate::receiver::Receiver;
 use crate::test::Test;
 
 /// The deploy tests' template: `--stop-timeout 1` because busybox httpd as PID 1 ignores TERM.
@@ -765,68 +766,6 @@ mod networks;
 mod proxied;
 mod target;
 mod unreachable;
-
-/// A webhook receiver for the notification test: a real HTTP/1.1 server on 127.0.0.1 (the
-/// runner's loopback) that answers `first` to the first request on each path and 200 after,
-/// and keeps (path, body) of every request.
-struct Receiver {
-    base: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    fn start(first: u16) -> Receiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
-        let record = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                let (head, body) = loop {
-                    let n = stream.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break (String::new(), String::new());
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&data).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string)
-                            })
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break (head.to_string(), body.to_string());
-                        }
-                    }
-                };
-                let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
-                let status = {
-                    let mut seen = record.lock().unwrap();
-                    let earlier = seen.iter().filter(|(p, _)| *p == path).count();
-                    seen.push((path, body));
-                    if earlier == 0 { first } else { 200 }
-                };
-                let _ = stream.write_all(
-                    format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                );
-            }
-        });
-        Receiver { base, seen }
-    }
-
-    /// The JSON bodies sent to `path`, in order.
-    fn bodies(&self, path: &str) -> Vec<Value> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter().filter(|(p, _)| p == path).map(|(_, b)| serde_json::from_str(b).unwrap()).collect()
-    }
-}
 
 /// Issue 16: `[notify.NAME]` announces a deployment: Slack gets `started` (after one retry of a
 /// 500) and `succeeded`, CloudEvents gets only `succeeded` (also after a 500: the retry carries

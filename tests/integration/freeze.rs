@@ -214,6 +214,14 @@ fn plan_says_when_a_deploy_would_be_refused() {
         .json();
     assert_eq!(json["freeze"]["active"][0]["window"], "holidays");
     assert_eq!(json["freeze"]["upcoming"], serde_json::json!([]));
+    // `--diff` says it too (its targets are unreachable here: each is `unknown`).
+    let json = feedless(&extra)
+        .args(["plan", "web", "--env", "prod", "--version", "1.0", "--diff", "--output", "json"])
+        .stdout_json()
+        .run()
+        .json();
+    assert_eq!(json["freeze"]["active"][0]["window"], "holidays", "{json}");
+    assert_eq!(json["targets"][0]["change"], "unknown", "{json}");
 }
 
 #[test]

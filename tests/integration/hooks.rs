@@ -151,7 +151,12 @@ fn a_failed_rollout_runs_the_failed_hook_with_only_the_documented_environment() 
         with_hooks("pre_deploy = \"hooks/pre\"\npost_deploy = \"hooks/post\"\nfailed = \"hooks/failed\"");
     let test = executable(test, "hooks/pre", "env > pre-env");
     let test = executable(test, "hooks/post", "touch post-ran");
-    let test = executable(test, "hooks/failed", "env > failed-env; echo paging on-call; exit 7");
+    // It runs once the run's end is on record: `ferry history` would show it.
+    let test = executable(
+        test,
+        "hooks/failed",
+        "env > failed-env; grep -c '\"run_finished\"' .ferry/audit.jsonl > ended; echo paging on-call; exit 7",
+    );
     let folder = test.into_dir();
     let dir = folder.path();
     let inventory = dir.join("ferry.toml").display().to_string();
@@ -213,4 +218,56 @@ fn a_failed_rollout_runs_the_failed_hook_with_only_the_documented_environment() 
     assert_eq!(hooks[1]["outcome"], "failed");
     assert_eq!(hooks[1]["exit_code"], 7);
     assert_eq!(hooks[1]["tail"], serde_json::json!(["paging on-call"]));
+    assert_eq!(std::fs::read_to_string(dir.join("ended")).unwrap(), "1\n", "run_finished came first");
+    let kinds: Vec<String> = records(dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    let at = |kind: &str| kinds.iter().rposition(|k| k == kind).unwrap();
+    assert!(at("run_finished") < at("hook_finished"), "{kinds:?}");
+    assert!(at("hook_finished") < at("lock_released"), "the lock is held while it runs: {kinds:?}");
+}
+
+/// The freeze is checked again once the lock is held (here after a `--lock-wait`): a window
+/// that began while the deploy waited refuses it (exit 4) before any hook or target runs.
+#[test]
+fn a_freeze_that_begins_while_a_deploy_waits_for_the_lock_refuses_it_once_the_lock_is_held() {
+    let begins = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+    let until = begins + jiff::SignedDuration::from_secs(3600);
+    let freeze = format!(
+        "\n[[freeze]]\nname = \"late\"\nenvironments = [\"staging\"]\nreason = \"began during the wait\"\nfrom = \"{begins}\"\nuntil = \"{until}\"\n"
+    );
+    let test = with_hooks("pre_deploy = \"hooks/pre\"");
+    let test = executable(test, "hooks/pre", "touch pre-ran").replace(
+        "ferry.toml",
+        "\n[feeds.main]",
+        &format!("{freeze}\n[feeds.main]"),
+    );
+    let folder = test.into_dir();
+    let dir = folder.path();
+    let inventory = dir.join("ferry.toml").display().to_string();
+    let path = format!("{}/bin:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let ferry = |args: &[&str]| {
+        let mut command = std::process::Command::new(crate::test::binary());
+        command.args(["-i", &inventory]).args(args).env("PATH", &path).env("HOME", dir).current_dir(dir);
+        command.env("WEB_DATABASE_URL", SECRET).env_remove("FERRY_STATE_URL");
+        command
+    };
+    let held = ferry(&["lock", "acquire", "--env", "staging", "--ttl", "2m"]).output().unwrap();
+    assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stderr));
+    let deploy = ferry(&DEPLOY)
+        .args(["--lock-wait", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Released once the window has begun: the deploy passed the first check before it.
+    let wait = (begins + jiff::SignedDuration::from_millis(500)).duration_since(jiff::Timestamp::now());
+    std::thread::sleep(wait.try_into().unwrap_or_default());
+    let released = ferry(&["lock", "release", "--env", "staging"]).output().unwrap();
+    assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
+    let out = deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("deploy refused: staging is frozen by \"late\" until"), "{stderr}");
+    assert!(!dir.join("pre-ran").exists() && !dir.join("docker-calls").exists(), "nothing ran");
+    let finished = records(dir).into_iter().rfind(|r| r["kind"] == "run_finished").unwrap();
+    assert!(finished["detail"]["refused"].as_str().unwrap().contains("frozen"), "{finished}");
 }

@@ -38,6 +38,7 @@ mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
 mod netvol;
+mod notify;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
@@ -47,6 +48,7 @@ mod proxy_config;
 #[cfg(feature = "lab")]
 mod proxy_lab;
 mod quoting;
+mod receiver;
 #[cfg(feature = "lab")]
 mod remove_lab;
 mod run;

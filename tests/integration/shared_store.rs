@@ -379,6 +379,9 @@ fn two_runners_share_one_record_promote_history_and_rollback() {
     );
     assert_eq!(target["container"]["digest"], digest.as_str(), "{one}");
     assert_eq!(target["container"]["id"].as_str().map(str::len), Some(64), "{one}");
+    // The whole id (looked up by the runs table's key) finds the same run.
+    let whole = a.ferry(&["history", "--run", &b_run, "--output", "json"]).stdout_json().run().json();
+    assert_eq!(whole, one);
     a.ferry(&["history", "--run", "0000ffff"])
         .code(2)
         .stderr("error: no run 0000ffff on record\n  = help: `ferry history` lists the runs on record\n")
