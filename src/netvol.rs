@@ -520,10 +520,31 @@ mod tests {
             let _ = parse_preflight(&text);
         }
 
-        /// A block is found again in any argv that starts with it, whatever follows.
+        /// Any argv is read without a panic, and a block made from any valid lists is found
+        /// again whole in front of whatever follows.
         #[test]
-        fn block_len_never_panics(words in proptest::collection::vec("[-a-z.=,:/]{0,12}", 0..10)) {
+        fn block_len_finds_exactly_the_block(
+            words in proptest::collection::vec("[-a-z.=,:/]{0,12}", 0..10),
+            networks in proptest::collection::btree_set("[a-z][a-z0-9-]{1,6}", 0..3),
+            volumes in proptest::collection::btree_map("[a-z][a-z0-9-]{1,6}", "/[a-z]{1,6}", 0..3),
+        ) {
             let _ = block_len(&words);
+            let networks: Vec<String> = networks.into_iter().collect();
+            let volumes: Vec<Volume> =
+                volumes.into_iter().map(|(name, path)| Volume { name, path }).collect();
+            let made = block(&networks, &volumes);
+            let mut argv = made.clone();
+            argv.extend(["img".to_string()]);
+            proptest::prop_assert_eq!(block_len(&argv), made.len());
+            let labels = |prefix: &str| made.iter().find_map(|w| w.strip_prefix(prefix).map(str::to_string));
+            let read = from_labels(labels(NETWORKS_LABEL).as_deref(), labels(VOLUMES_LABEL).as_deref());
+            proptest::prop_assert_eq!(read, (networks, volumes));
+        }
+
+        /// Labels of any text are read without a panic.
+        #[test]
+        fn from_labels_takes_any_text(n in "\\PC*", v in "\\PC*") {
+            let _ = from_labels(Some(&n), Some(&v));
         }
     }
 }
