@@ -165,8 +165,8 @@ impl Frozen<'_> {
     }
 }
 
-/// `--override-freeze --reason TEXT`, as the run's `run_started` record keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `--override-freeze --reason TEXT`, as the run's `run_started` (or `run_finished`) record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Override {
     /// The window overridden.
     pub window: String,

@@ -46,6 +46,66 @@ fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Text for an Adaptive Card `TextBlock`, which renders Markdown: a target's output must not
+/// become a link, emphasis or a list in the channel, so Markdown's characters are escaped.
+fn markdown_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '`' | '#' | '~' | '<' | '>' | '!' | '-' | '+'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The pieces of a webhook URL that grant access, each masked wherever it could be shown: the
+/// whole URL, its path and query, and each path segment and query value long enough to be a
+/// token (Slack's `/services/T…/B…/TOKEN`, a Workflows URL's `sig=…`), also percent-decoded. A
+/// receiver that echoes the path in an error ("Cannot POST /services/…") shows none of them.
+pub fn url_secrets(url: &Secret) -> Vec<Secret> {
+    let mut pieces = vec![url.expose().to_string()];
+    if let Ok(parsed) = url::Url::parse(url.expose()) {
+        let path_and_query = match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        pieces.push(path_and_query);
+        let segments = parsed.path_segments().into_iter().flatten().map(String::from);
+        // Each query value as written (percent-encoded) and as decoded.
+        let raw: Vec<String> = parsed
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.to_string()))
+            .collect();
+        let values = parsed.query_pairs().map(|(_, v)| v.into_owned()).chain(raw);
+        for piece in segments.chain(values) {
+            if let Ok(decoded) = percent_encoding::percent_decode_str(&piece).decode_utf8() {
+                pieces.push(decoded.into_owned());
+            }
+            pieces.push(piece);
+        }
+    }
+    let mut secrets: Vec<Secret> = Vec::new();
+    for piece in pieces {
+        // Short pieces (`services`, `hooks`, `v1`) are not secret, and masking them would blank
+        // ordinary words in every message.
+        if piece.len() >= TOKEN_CHARS && !secrets.iter().any(|s| s.expose() == piece) {
+            secrets.push(Secret::new(piece));
+        }
+    }
+    // The longest first, so a whole URL is masked before a piece of it is.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    secrets
+}
+
+/// A URL piece or value shorter than this is not masked (see [`url_secrets`]).
+const TOKEN_CHARS: usize = 12;
+
 /// One attempt's limit (connect, send, answer).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,6 +199,10 @@ pub struct Notice {
     pub time: String,
     /// Per-target outcomes (empty for `started`).
     pub targets: Vec<TargetOutcome>,
+    /// Why the run was refused before any target (its freeze re-check, a failing `pre_deploy`
+    /// hook), already masked: a `failed` notice then says so instead of counting targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Notice {
@@ -148,6 +212,9 @@ impl Notice {
         match self.moment {
             Moment::Started => format!("Deploying {what}"),
             Moment::Succeeded => format!("Deployed {what}"),
+            Moment::Failed if self.refused.is_some() => {
+                format!("Deploy of {what} refused: {}", self.refused.as_deref().unwrap_or_default())
+            }
             Moment::Failed => {
                 let bad = self.targets.iter().filter(|t| t.status != "ok").count();
                 format!("Deploy of {what} failed on {bad} of {} targets", self.targets.len())
@@ -220,11 +287,12 @@ fn teams(notice: &Notice) -> Value {
         facts.push(json!({ "title": "Digest", "value": digest }));
     }
     let mut body = vec![
-        json!({ "type": "TextBlock", "text": notice.headline(), "weight": "Bolder", "size": "Medium", "wrap": true }),
+        json!({ "type": "TextBlock", "text": markdown_escape(&notice.headline()), "weight": "Bolder", "size": "Medium", "wrap": true }),
         json!({ "type": "FactSet", "facts": facts }),
     ];
     for line in notice.failures(10) {
-        body.push(json!({ "type": "TextBlock", "text": line, "wrap": true, "color": "Attention" }));
+        let text = markdown_escape(&line);
+        body.push(json!({ "type": "TextBlock", "text": text, "wrap": true, "color": "Attention" }));
     }
     json!({
         "type": "message",
@@ -346,9 +414,9 @@ pub async fn send(
                         _ => break,
                     }
                 }
-                let answer = String::from_utf8_lossy(&read);
+                // Masked before it is cut: a URL cut in half would no longer match.
+                let answer = crate::secret::mask(&String::from_utf8_lossy(&read), &url_secrets(url));
                 let answer: String = answer.chars().filter(|c| !c.is_control()).take(200).collect();
-                let answer = crate::secret::mask(&answer, [url]);
                 delivery.error = Some(format!(
                     "the receiver answered {status}{}",
                     if answer.is_empty() { String::new() } else { format!(": {answer}") }
@@ -360,7 +428,7 @@ pub async fn send(
                 delivery.error = Some(if e.is_timeout() {
                     format!("no answer within {}", crate::duration::format(TIMEOUT))
                 } else {
-                    crate::secret::mask(&error_chain(&e), [url])
+                    crate::secret::mask(&error_chain(&e), &url_secrets(url))
                 });
                 true
             }
@@ -413,6 +481,7 @@ mod tests {
                     error: Some("health gate: no answer".into()),
                 },
             ],
+            refused: None,
         }
     }
 
@@ -516,11 +585,16 @@ mod tests {
                         }
                     }
                 };
+                // A refusal echoes the path, as Express's "Cannot POST /…" does.
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
                 record.lock().unwrap().push(Seen { head, body });
                 let status = answers.get(n).or(answers.last()).copied().unwrap_or(200);
                 n += 1;
-                let answer =
-                    format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let text = if status < 300 { "ok".to_string() } else { format!("Cannot POST {path}") };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
                 let _ = stream.write_all(answer.as_bytes()).await;
             }
         });
@@ -567,7 +641,11 @@ mod tests {
         )
         .await;
         assert_eq!((delivery.attempts, delivery.delivered), (1, false));
-        assert_eq!(delivery.error.as_deref(), Some("the receiver answered 404 Not Found: ok"));
+        assert_eq!(
+            delivery.error.as_deref(),
+            Some("the receiver answered 404 Not Found: Cannot POST ***"),
+            "the receiver's answer is shown, the URL's path masked"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
@@ -593,13 +671,38 @@ mod tests {
     }
 
     #[test]
-    fn no_payload_carries_anything_but_the_notice() {
-        // The notice has no secret field; the payload is built only from it, so a secret can
-        // reach a payload only through a notice field, which the caller masks.
-        for format in [Format::Slack, Format::Teams, Format::CloudEvents] {
-            let text = payload(format, &notice(Moment::Failed), "ferry://runner", "id").to_string();
-            assert!(!text.contains("s3cret"), "{text}");
-        }
+    fn the_pieces_of_a_webhook_url_that_grant_access_are_secrets() {
+        let url = Secret::new("https://hooks.slack.com/services/T0123ABCD/B0123ABCD/xoxTOKENxox12345");
+        let shown: Vec<String> = url_secrets(&url).iter().map(|s| s.expose().to_string()).collect();
+        assert_eq!(shown[0], url.expose(), "the whole URL first");
+        assert!(shown.contains(&"xoxTOKENxox12345".to_string()), "{shown:?}");
+        assert!(
+            !shown.iter().any(|s| s == "services" || s == "T0123ABCD"),
+            "short pieces are words: {shown:?}"
+        );
+        let flow = Secret::new(
+            "https://x.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sig=Zm9v%2BYmFyYmF6cXV4",
+        );
+        let shown: Vec<String> = url_secrets(&flow).iter().map(|s| s.expose().to_string()).collect();
+        assert!(shown.contains(&"Zm9v+YmFyYmF6cXV4".to_string()), "decoded too: {shown:?}");
+        assert!(shown.contains(&"Zm9v%2BYmFyYmF6cXV4".to_string()), "{shown:?}");
+        let said = crate::secret::mask(
+            "Cannot POST /services/T0123ABCD/B0123ABCD/xoxTOKENxox12345/x",
+            &url_secrets(&url),
+        );
+        assert!(!said.contains("xoxTOKEN"), "{said}");
+    }
+
+    #[test]
+    fn teams_text_from_a_target_cannot_link_or_format() {
+        let mut n = notice(Moment::Failed);
+        n.targets[1].error = Some("see [here](https://evil.example) *now*".into());
+        let card = payload(Format::Teams, &n, "ferry://runner", "id").to_string();
+        assert!(card.contains(r"see \\[here\\]\\(https://evil.example\\) \\*now\\*"), "{card}");
+    }
+
+    #[test]
+    fn formats_and_moments_parse_by_their_documented_names() {
         assert_eq!(Format::parse("teams"), Some(Format::Teams));
         assert_eq!(Format::parse("msteams"), None);
         assert_eq!(Moment::parse("failed"), Some(Moment::Failed));

@@ -141,6 +141,11 @@ pub struct RunFinished {
     /// Refused before anything changed (a held lock, an unreachable target): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// A freeze window that began after the run started (during `--lock-wait` or the prompt)
+    /// and that `--override-freeze --reason` overrode: the window and the reason. One in force
+    /// when the run started is in `run_started`'s notes instead.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
+    pub freeze_override: Option<crate::freeze::Override>,
     /// Deployments: what ran where (read back by status, rollback, promote, the lifecycle).
     /// One this ferry cannot read (another version's shape) reads as none: the run's counts
     /// and outcome still show in `history`, and nothing acts on the unreadable part.

@@ -786,6 +786,29 @@ impl LineSplitter {
     }
 }
 
+/// `buffer` with every occurrence of each secret's bytes replaced by `***`, as
+/// [`crate::secret::mask`] does for text (the buffer may end inside a character).
+fn mask_bytes(buffer: &mut Vec<u8>, secrets: &[crate::secret::Secret]) {
+    for secret in secrets {
+        let needle = secret.expose().as_bytes();
+        if needle.is_empty() || buffer.len() < needle.len() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut i = 0;
+        while i < buffer.len() {
+            if buffer[i..].starts_with(needle) {
+                out.extend_from_slice(b"***");
+                i += needle.len();
+            } else {
+                out.push(buffer[i]);
+                i += 1;
+            }
+        }
+        *buffer = out;
+    }
+}
+
 impl OutputSink for LineSplitter {
     fn output(&mut self, stream: Stream, data: &[u8]) {
         let i = usize::from(stream == Stream::Stderr);
@@ -800,7 +823,16 @@ impl OutputSink for LineSplitter {
             rest = &rest[newline + 1..];
         }
         self.partial[i].extend_from_slice(rest);
-        while self.partial[i].len() >= MAX_LINE_BYTES {
+        // A piece is cut only once the longest secret fits after the cut, and the buffer is
+        // masked first: a secret that would straddle the cut is masked whole, not sent in halves.
+        let margin = self.secrets.iter().map(|s| s.expose().len()).max().unwrap_or(0);
+        while self.partial[i].len() > MAX_LINE_BYTES + margin {
+            if margin > 0 {
+                mask_bytes(&mut self.partial[i], &self.secrets);
+                if self.partial[i].len() <= MAX_LINE_BYTES + margin {
+                    break;
+                }
+            }
             // Cut before a UTF-8 continuation byte, so that no character is split in two.
             let mut cut = MAX_LINE_BYTES;
             while cut > MAX_LINE_BYTES - 3 && self.partial[i][cut] & 0xC0 == 0x80 {
@@ -993,6 +1025,43 @@ mod tests {
         assert!(splitter.tail.iter().all(|l| l.len() <= TAIL_LINE_BYTES && l.ends_with('…')));
         assert_eq!(truncate_line("short", TAIL_LINE_BYTES), "short");
         assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
+    }
+
+    #[test]
+    fn output_of_exactly_the_piece_size_without_a_newline_is_no_panic() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        // A hook's reads are 8 KiB: eight of them end exactly at the piece size.
+        for _ in 0..MAX_LINE_BYTES / 8192 {
+            splitter.output(Stream::Stdout, &[b'x'; 8192]);
+        }
+        splitter.output(Stream::Stdout, b"y");
+        splitter.flush();
+        let mut total = 0;
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            assert!(line.len() <= MAX_LINE_BYTES);
+            total += line.len();
+        }
+        assert_eq!(total, MAX_LINE_BYTES + 1);
+    }
+
+    #[test]
+    fn a_secret_across_a_piece_cut_is_masked_whole() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret begins 5 bytes before the piece size, and arrives in two writes.
+        splitter.output(Stream::Stdout, &vec![b'x'; MAX_LINE_BYTES - 5]);
+        splitter.output(Stream::Stdout, b"hunter2-");
+        splitter.output(Stream::Stdout, b"swordfish and more");
+        splitter.output(Stream::Stdout, &vec![b'z'; MAX_LINE_BYTES]);
+        splitter.flush();
+        let mut all = String::new();
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            all.push_str(&line);
+        }
+        assert!(!all.contains("hunter") && !all.contains("swordfish"), "no half of it is sent");
+        assert!(all.contains("xxx*** and more"), "masked whole");
     }
 
     #[test]

@@ -129,19 +129,44 @@ struct FreezeRecheck {
     inventory: Arc<Inventory>,
     command: &'static str,
     environment: String,
-    /// `--override-freeze --reason` was given: the run proceeds in any window.
-    overridden: bool,
+    /// `--override-freeze --reason`: the run proceeds in any window, for this reason.
+    reason: Option<String>,
+    /// The first check already found a window (and its override is in `run_started`).
+    overridden_at_start: bool,
+}
+
+/// What the second freeze check says.
+enum Recheck {
+    /// No window, or one the first check already saw overridden.
+    Free,
+    /// A window that began after the first check, overridden: for `run_finished`.
+    Overridden(crate::freeze::Override),
+    /// A window that began after the first check, not overridden: exit 4.
+    Refused(Diagnostic),
 }
 
 impl FreezeRecheck {
-    /// The refusal, when a window covers now and no override was given.
-    fn refusal(&self) -> Option<Diagnostic> {
-        if self.overridden {
-            return None;
+    fn check(&self) -> Recheck {
+        if self.overridden_at_start {
+            return Recheck::Free;
         }
-        let frozen =
-            crate::freeze::frozen(&self.inventory.freezes, &self.environment, jiff::Timestamp::now())?;
-        Some(freeze_refusal(&self.inventory, self.command, &self.environment, &frozen))
+        let Some(frozen) =
+            crate::freeze::frozen(&self.inventory.freezes, &self.environment, jiff::Timestamp::now())
+        else {
+            return Recheck::Free;
+        };
+        match &self.reason {
+            Some(reason) => {
+                eprintln!(
+                    "warning: freeze overridden: {}; reason: {reason}",
+                    frozen.describe(&self.environment)
+                );
+                Recheck::Overridden(frozen.record(reason))
+            }
+            None => {
+                Recheck::Refused(freeze_refusal(&self.inventory, self.command, &self.environment, &frozen))
+            }
+        }
     }
 }
 
@@ -324,16 +349,20 @@ pub fn execute(
         inventory: Arc::clone(inventory),
         command,
         environment: plan.environment.clone(),
-        overridden: flags.override_freeze.is_some(),
+        reason: flags.override_freeze.clone(),
+        overridden_at_start: notes.freeze_override.is_some(),
     };
     let parallel = flags.parallel;
-    let outcome = session.run(names, started, |context: Context| async move {
+    let outcome = session.run(names, started, |mut context: Context| async move {
         use crate::hooks::{HookKind, RunOutcome};
+        let begins = context.rollout_begins.take();
         // Again with the lock held: a wait for the lock or at the prompt may have run into a
         // window that had not begun when the command started.
-        if let Some(refusal) = recheck.refusal() {
-            return refused(refused_skips, &refusal);
-        }
+        let late_override = match recheck.check() {
+            Recheck::Free => None,
+            Recheck::Overridden(granted) => Some(granted),
+            Recheck::Refused(refusal) => return refused(refused_skips, &refusal),
+        };
         // Networks that exist with other options anywhere: bad input, before any hook or target.
         if let Err(mismatch) =
             crate::netvol::preflight(&plan, &context.connections, parallel, &context.events).await
@@ -349,6 +378,9 @@ pub fn execute(
             // Before any pull: nothing on any target has changed.
             let refusal = crate::hooks::refusal(&pre);
             return refused(refused_skips, &refusal);
+        }
+        if let Some(begins) = begins {
+            let _ = begins.send(());
         }
         let applied = apply::apply(
             plan,
@@ -370,7 +402,11 @@ pub fn execute(
                     .await;
             *after_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ended;
         });
-        finish(applied, notes.rollback_to.as_deref(), after)
+        let mut finished = finish(applied, notes.rollback_to.as_deref(), after);
+        if let Some(record) = finished.record.as_mut() {
+            record.freeze_override = late_override;
+        }
+        finished
     })?;
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let applied = match value {

@@ -96,6 +96,9 @@ pub struct Context {
     /// The run's targets the lock could not reach, in target order (empty without a lock):
     /// not locked, never to be touched; the work reports them.
     pub unreached: Vec<Unreached>,
+    /// A deployment sends `()` once its gates passed and the rollout begins: the `started`
+    /// notice goes out then (a run refused before that never says it started).
+    pub rollout_begins: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// How the work ended, for `run_finished`.
@@ -245,15 +248,13 @@ impl Session {
             targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
         });
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let notices = self.notifiers().map(|n| (n, Outcomes::default()));
+        let notifiers = self.notifiers();
+        // Subscribed after the audit trail: once it has seen `run_finished`, that is on record.
+        let outcomes = Outcomes::default();
         let mut subscribers = self.subscribers();
-        // A webhook URL is a secret too: masked wherever a hook or a target might print it.
-        let mut secrets = self.secrets.clone();
-        if let Some((notifiers, outcomes)) = &notices {
-            subscribers.push(Box::new(outcomes.clone()));
-            secrets.extend(notifiers.iter().filter_map(|(_, url)| url.as_ref().ok().cloned()));
-        }
-        let mut dispatcher = tokio::spawn(crate::report::dispatch(receiver, secrets, subscribers));
+        subscribers.push(Box::new(outcomes.clone()));
+        let mut dispatcher =
+            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
         let _ = events.send(Event::RunStarted {
             run: self.base.run.clone(),
             command: self.what.clone(),
@@ -261,47 +262,73 @@ impl Session {
             targets,
         });
         let started = Instant::now();
-        let context = Context { events: events.clone(), cancel, connections, unreached };
-        // `started` goes out beside the work, so a slow receiver never delays a target.
-        let announce = async {
-            if let Some((notifiers, _)) = &notices {
-                self.notify(notifiers, &events, Moment::Started, Vec::new(), self.base.digest.clone()).await;
+        let (begins, begun) = tokio::sync::oneshot::channel();
+        let context =
+            Context { events: events.clone(), cancel, connections, unreached, rollout_begins: Some(begins) };
+        // `started` goes out once the work says its rollout begins (past the freeze re-check and
+        // `pre_deploy`), beside the work: a slow receiver never delays a target, nor the run's
+        // end (it is awaited only before the end notice, so receivers hear them in order).
+        let (start_events, wanted) = (events.clone(), &notifiers);
+        let mut start_notice = Box::pin(async move {
+            if let Some(notifiers) = wanted
+                && begun.await.is_ok()
+            {
+                let digest = self.base.digest.clone();
+                self.notify(notifiers, &start_events, Moment::Started, Vec::new(), digest, None).await;
+            }
+        });
+        let mut start_noticed = false;
+        // Boxed so that it is dropped (with its half of `rollout_begins`) as soon as it ended.
+        let mut work = Box::pin(work(context));
+        let mut quit = stop.clone();
+        let finish = loop {
+            tokio::select! {
+                finish = &mut work => break Some(finish),
+                () = &mut start_notice, if !start_noticed => start_noticed = true,
+                Ok(_) = quit.wait_for(|s| *s == Stop::Now) => break None,
             }
         };
-        let work = async { tokio::join!(work(context), announce).0 };
-        let mut quit = stop.clone();
-        let finish = tokio::select! {
-            finish = work => Some(finish),
-            Ok(_) = quit.wait_for(|s| *s == Stop::Now) => None,
-        };
+        drop(work);
         let outcome = match finish {
             Some(mut finish) => {
                 let summary = finish.summary(started);
                 // Succeeded means every target ended well: a run refused before any target
                 // (a failing `pre_deploy` hook), skipped targets or a stopped rollout did not.
-                let refused = summary.record.as_ref().is_some_and(|r| r.refused.is_some());
+                let refused = summary.record.as_ref().and_then(|r| r.refused.clone());
                 let good = summary.failed == 0
                     && summary.skipped == 0
                     && !summary.interrupted
                     && summary.stopped.is_none()
-                    && !refused;
+                    && refused.is_none();
                 // An app without a feed learns its digest during the rollout.
                 let digest = summary.digest.clone().or_else(|| self.base.digest.clone());
                 let _ = events.send(self.finished(summary));
-                // The hook and the end notice do not wait for each other.
+                // The end hook runs once `run_finished` is on record; it and the end notice do
+                // not wait for each other.
                 let after = async {
                     if let Some(after) = finish.after.take() {
+                        outcomes.after_the_end().await;
                         after.await;
                     }
                 };
                 let announce = async {
-                    if let Some((notifiers, outcomes)) = &notices {
+                    if !start_noticed {
+                        start_notice.as_mut().await;
+                    }
+                    if let Some(notifiers) = &notifiers {
                         let targets = outcomes.after_the_end().await;
                         let moment = if good { Moment::Succeeded } else { Moment::Failed };
-                        self.notify(notifiers, &events, moment, targets, digest).await;
+                        let refused = refused.map(|r| crate::secret::mask(&r, &self.secrets));
+                        self.notify(notifiers, &events, moment, targets, digest, refused).await;
                     }
                 };
-                tokio::join!(after, announce);
+                // A second signal cuts both short: the hook's process group is killed, and a
+                // notice still in flight is recorded as not delivered.
+                tokio::select! {
+                    _ = async { tokio::join!(after, announce) } => {}
+                    Ok(_) = quit.wait_for(|s| *s == Stop::Now) => {}
+                }
+                drop(start_notice);
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
                 Outcome::Finished { value: finish.value, audited }
@@ -309,13 +336,14 @@ impl Session {
             None => {
                 // The work is gone mid-flight. The receivers still hear that it failed, with the
                 // targets that ended so far, within the quick stop's deadline.
-                if let Some((notifiers, outcomes)) = &notices {
+                if let Some(notifiers) = &notifiers {
                     let targets = outcomes.so_far();
-                    let told =
-                        self.notify(notifiers, &events, Moment::Failed, targets, self.base.digest.clone());
+                    let digest = self.base.digest.clone();
+                    let told = self.notify(notifiers, &events, Moment::Failed, targets, digest, None);
                     let _ = tokio::time::timeout(QUICK_RELEASE, told).await;
                 }
                 // What already finished is still recorded (the trail gets a moment to catch up).
+                drop(start_notice);
                 drop(events);
                 if tokio::time::timeout(QUICK_RELEASE, &mut dispatcher).await.is_err() {
                     dispatcher.abort();
@@ -399,25 +427,13 @@ impl Session {
         if !matches!(self.base.command.as_str(), "deploy" | "promote" | "rollback") {
             return None;
         }
-        let env = &self.environment.name;
-        let wanted: Vec<_> = self
-            .inventory
-            .notifiers
-            .iter()
-            .filter(|n| n.environments.as_ref().is_none_or(|e| e.contains(env)))
-            .map(|n| {
-                let name = format!("notify.{}.url", n.name);
-                let url =
-                    crate::vars::read_source(&self.inventory, &name, &n.url, &|v| std::env::var(v).ok())
-                        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
-                (n.clone(), url)
-            })
-            .collect();
+        let wanted = notifiers_of(&self.inventory, &self.environment.name);
         (!wanted.is_empty()).then_some(wanted)
     }
 
     /// Sends the `moment` notice to every notifier that wants it, all at once, and puts each
-    /// delivery on the event stream.
+    /// delivery on the event stream as it ends. A send cut short (a second signal) is put there
+    /// as not delivered when it is dropped, so every notice is on record either way.
     async fn notify(
         &self,
         notifiers: &[(crate::inventory::Notifier, Result<Secret, String>)],
@@ -425,6 +441,7 @@ impl Session {
         moment: Moment,
         targets: Vec<crate::notify::TargetOutcome>,
         digest: Option<String>,
+        refused: Option<String>,
     ) {
         let actor = self.store.actor().describe();
         let notice = crate::notify::Notice {
@@ -437,11 +454,13 @@ impl Session {
             actor: crate::secret::mask(&actor, &self.secrets),
             time: crate::time::now_rfc3339(),
             targets,
+            refused,
         };
         let source = format!("ferry://{}", self.store.actor().host);
         let client = crate::notify::client();
         let sends = notifiers.iter().filter(|(n, _)| n.on.contains(&moment)).map(|(n, url)| {
             let (client, notice, source) = (&client, &notice, &source);
+            let mut unfinished = Unfinished { events, notifier: Some(n.name.clone()), moment };
             async move {
                 let failed = |error: String| crate::notify::Delivery {
                     notifier: n.name.clone(),
@@ -449,7 +468,7 @@ impl Session {
                     delivered: false,
                     error: Some(error),
                 };
-                match (client, url) {
+                let delivery = match (client, url) {
                     (Ok(client), Ok(url)) => {
                         let id = uuid::Uuid::now_v7().to_string();
                         let body = crate::notify::payload(n.format, notice, source, &id);
@@ -465,18 +484,18 @@ impl Session {
                     }
                     (Err(e), _) => failed(format!("no HTTP client: {e}")),
                     (_, Err(e)) => failed(format!("its url: {e}")),
-                }
+                };
+                unfinished.done();
+                let _ = events.send(Event::Notified {
+                    notifier: delivery.notifier,
+                    moment,
+                    delivered: delivery.delivered,
+                    attempts: delivery.attempts,
+                    error: delivery.error,
+                });
             }
         });
-        for delivery in futures_join_all(sends).await {
-            let _ = events.send(Event::Notified {
-                notifier: delivery.notifier,
-                moment,
-                delivered: delivery.delivered,
-                attempts: delivery.attempts,
-                error: delivery.error,
-            });
-        }
+        futures_join_all(sends).await;
     }
 
     /// The audit trail first (an outcome is on record before it is shown), then the renderer.
@@ -672,7 +691,63 @@ pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
             }
         }
     }
+    // A webhook URL is a secret too (its path or query is the credential): masked wherever a
+    // hook, a target or a receiver might print it, whole or in pieces.
+    for (_, url) in notifiers_of(inventory, &env.name) {
+        if let Ok(url) = url {
+            out.extend(crate::notify::url_secrets(&url));
+        }
+    }
     out
+}
+
+/// The notifiers configured for `environment`, each with its URL resolved (or why it could not
+/// be: its variable unset, its file missing).
+fn notifiers_of(
+    inventory: &Inventory,
+    environment: &str,
+) -> Vec<(crate::inventory::Notifier, Result<Secret, String>)> {
+    inventory
+        .notifiers
+        .iter()
+        .filter(|n| n.environments.as_ref().is_none_or(|e| e.iter().any(|name| name == environment)))
+        .map(|n| {
+            let name = format!("notify.{}.url", n.name);
+            let url = crate::vars::read_source(inventory, &name, &n.url, &super::process_env)
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
+            (n.clone(), url)
+        })
+        .collect()
+}
+
+/// A notice being sent; dropped before it ended (a second signal), it is put on the event
+/// stream as not delivered.
+struct Unfinished<'a> {
+    events: &'a Events,
+    /// `None` once the delivery's own event went out.
+    notifier: Option<String>,
+    moment: Moment,
+}
+
+impl Unfinished<'_> {
+    /// The delivery ended: its own event goes out instead.
+    fn done(&mut self) {
+        self.notifier = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(notifier) = self.notifier.take() {
+            let _ = self.events.send(Event::Notified {
+                notifier,
+                moment: self.moment,
+                delivered: false,
+                attempts: 0,
+                error: Some("cut short: the run was stopped (a second signal)".into()),
+            });
+        }
+    }
 }
 
 /// Runs every future to its end, concurrently on this task, in order of the input.

@@ -660,6 +660,13 @@ impl Checker<'_> {
                 }
             }
             let environments = notify.environments.map(|list| {
+                if list.get_ref().is_empty() {
+                    self.error(
+                        list.span(),
+                        format!("notifier \"{name}\" has no environment in `environments`: it would never send"),
+                        Some("name the environments it announces, or remove the key (all of them), or the table".into()),
+                    );
+                }
                 let mut names = Vec::new();
                 for env in list.into_inner() {
                     if !environments.iter().any(|e| &e.name == env.get_ref()) {

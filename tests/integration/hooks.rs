@@ -226,9 +226,34 @@ fn a_failed_rollout_runs_the_failed_hook_with_only_the_documented_environment() 
 }
 
 /// The freeze is checked again once the lock is held (here after a `--lock-wait`): a window
-/// that began while the deploy waited refuses it (exit 4) before any hook or target runs.
+/// that began while the deploy waited refuses it (exit 4) before any hook or target runs; with
+/// `--override-freeze --reason`, it proceeds and `run_finished` keeps the window and the reason.
 #[test]
 fn a_freeze_that_begins_while_a_deploy_waits_for_the_lock_refuses_it_once_the_lock_is_held() {
+    let (code, stderr, dir) = deploy_into_a_late_freeze(&[]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("deploy refused: staging is frozen by \"late\" until"), "{stderr}");
+    assert!(!dir.path().join("pre-ran").exists() && !dir.path().join("docker-calls").exists(), "nothing ran");
+    let finished = records(dir.path()).into_iter().rfind(|r| r["kind"] == "run_finished").unwrap();
+    assert!(finished["detail"]["refused"].as_str().unwrap().contains("frozen"), "{finished}");
+
+    let (code, stderr, dir) = deploy_into_a_late_freeze(&["--override-freeze", "--reason", "hotfix 7"]);
+    assert_eq!(code, Some(1), "the stand-in docker fails the rollout: {stderr}");
+    assert!(stderr.contains("warning: freeze overridden: staging is frozen by \"late\""), "{stderr}");
+    assert!(dir.path().join("pre-ran").exists() && dir.path().join("docker-calls").exists(), "it ran");
+    let finished = records(dir.path()).into_iter().rfind(|r| r["kind"] == "run_finished").unwrap();
+    let granted = &finished["detail"]["freeze_override"];
+    assert_eq!(
+        (granted["window"].as_str(), granted["reason"].as_str()),
+        (Some("late"), Some("hotfix 7")),
+        "{finished}"
+    );
+}
+
+/// Deploys (with `extra` flags) while another run holds the lock, into a freeze window that
+/// begins 3 s later, during the deploy's `--lock-wait`; the lock is released once it began.
+/// Returns the exit code, stderr and the folder.
+fn deploy_into_a_late_freeze(extra: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {
     let begins = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
     let until = begins + jiff::SignedDuration::from_secs(3600);
     let freeze = format!(
@@ -254,6 +279,7 @@ fn a_freeze_that_begins_while_a_deploy_waits_for_the_lock_refuses_it_once_the_lo
     assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stderr));
     let deploy = ferry(&DEPLOY)
         .args(["--lock-wait", "60s"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -264,10 +290,54 @@ fn a_freeze_that_begins_while_a_deploy_waits_for_the_lock_refuses_it_once_the_lo
     let released = ferry(&["lock", "release", "--env", "staging"]).output().unwrap();
     assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
     let out = deploy.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("deploy refused: staging is frozen by \"late\" until"), "{stderr}");
-    assert!(!dir.join("pre-ran").exists() && !dir.join("docker-calls").exists(), "nothing ran");
-    let finished = records(dir).into_iter().rfind(|r| r["kind"] == "run_finished").unwrap();
-    assert!(finished["detail"]["refused"].as_str().unwrap().contains("frozen"), "{finished}");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), folder)
+}
+
+/// A second Ctrl-C while the `failed` hook runs kills its process group at once (the first
+/// lets it finish): ferry does not wait out the hook's timeout with the lock held.
+#[test]
+fn a_second_signal_during_the_end_hook_kills_it() {
+    let test = with_hooks("failed = \"hooks/failed\"\ntimeout = \"120s\"");
+    let test = executable(test, "hooks/failed", "touch failed-began; exec sleep 120");
+    let folder = test.into_dir();
+    let dir = folder.path();
+    let path = format!("{}/bin:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let began = std::time::Instant::now();
+    let child = std::process::Command::new(crate::test::binary())
+        .args(["-i", &dir.join("ferry.toml").display().to_string()])
+        .args(DEPLOY)
+        .env_clear()
+        .env("PATH", &path)
+        .env("HOME", dir)
+        .env("WEB_DATABASE_URL", SECRET)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !dir.join("failed-began").exists() {
+        assert!(began.elapsed() < std::time::Duration::from_secs(30), "the failed hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    for _ in 0..2 {
+        assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = child.wait_with_output().unwrap();
+    // Far below the hook's 120 s: the hook's group was killed, not waited for.
+    assert!(began.elapsed() < std::time::Duration::from_secs(60), "{:?}", began.elapsed());
+    assert_ne!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let sleeping =
+        std::process::Command::new("pgrep").args(["-f", "exec sleep 120|^sleep 120$"]).output().unwrap();
+    assert!(
+        sleeping.stdout.is_empty(),
+        "the hook's process is gone: {}",
+        String::from_utf8_lossy(&sleeping.stdout)
+    );
+    let kinds: Vec<String> = records(dir).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert!(
+        kinds.contains(&"run_finished".to_string()) && kinds.contains(&"lock_released".to_string()),
+        "{kinds:?}"
+    );
 }

@@ -118,12 +118,12 @@ fn a_notifier_that_failed_is_still_said_under_quiet() {
 }
 
 #[test]
-fn a_notifier_with_no_moment_is_refused_at_its_line() {
+fn a_notifier_with_no_moment_or_no_environment_is_refused_at_its_line() {
     let dir = folder("exit 1");
     let inventory = dir.path().join("ferry.toml");
     let text = std::fs::read_to_string(&inventory)
         .unwrap()
-        .replace("format = \"slack\"\n", "format = \"slack\"\non = []\n");
+        .replace("format = \"slack\"\n", "format = \"slack\"\non = []\nenvironments = []\n");
     std::fs::write(&inventory, text).unwrap();
     let out = Command::new(crate::test::binary())
         .args(["-i", &inventory.display().to_string(), "check"])
@@ -140,4 +140,31 @@ fn a_notifier_with_no_moment_is_refused_at_its_line() {
         "{stderr}"
     );
     assert!(stderr.contains("on = []"), "{stderr}");
+    assert!(
+        stderr
+            .contains("error: notifier \"chat\" has no environment in `environments`: it would never send\n"),
+        "{stderr}"
+    );
+}
+
+/// A run refused before its rollout (here by a failing `pre_deploy` hook) never says it
+/// started; the one notice says it was refused, and why.
+#[test]
+fn a_refused_run_is_announced_once_as_refused() {
+    let chat = Receiver::start(200);
+    let dir = folder("echo docker-ran >> \"$(dirname \"$0\")/../docker-calls\"; exit 1");
+    let inventory = dir.path().join("ferry.toml");
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace("[notify.chat]", "[hooks]\npre_deploy = \"pre\"\n\n[notify.chat]");
+    std::fs::write(&inventory, text).unwrap();
+    std::fs::write(dir.path().join("pre"), "#!/bin/sh\necho window closed\nexit 1\n").unwrap();
+    std::fs::set_permissions(dir.path().join("pre"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = deploy(dir.path(), &chat).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("docker-calls").exists(), "nothing ran");
+    let bodies = chat.bodies("/chat/s3cretChat");
+    assert_eq!(bodies.len(), 1, "no started: {bodies:?}");
+    let text = bodies[0]["text"].as_str().unwrap();
+    assert!(text.starts_with("Deploy of web 1.0 to staging refused: pre_deploy hook pre exited 1"), "{text}");
 }
