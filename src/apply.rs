@@ -948,7 +948,7 @@ impl Job {
                     "the running container has the planned config but is not healthy: {why} \
                      (left as it is; `--force` replaces it)"
                 ),
-                logs: docker::logs(host, id).await,
+                logs: docker::logs(host, id, &self.settings.secrets).await,
             }),
         }
     }
@@ -964,7 +964,7 @@ impl Job {
         match self.gate(host, id).await {
             Ok(container) => Ok((Action::Started, Some(container.details))),
             Err(why) => {
-                let logs = docker::logs(host, id).await;
+                let logs = docker::logs(host, id, &self.settings.secrets).await;
                 let _ = docker::stop(host, id).await;
                 Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
             }

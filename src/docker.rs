@@ -409,14 +409,20 @@ pub fn repository_of(image: &str) -> &str {
     }
 }
 
-/// The last lines a container wrote (stdout and stderr), oldest first.
-pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
+/// The last lines a container wrote (stdout and stderr), oldest first, each masked with
+/// `secrets` before it is cut (a secret cut in half would no longer match the mask).
+pub async fn logs(host: &dyn Host, container: &str, secrets: &[crate::secret::Secret]) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
     match sh(host, "docker logs", &script, None, STEP_DEADLINE).await {
         Ok(out) => out
             .text()
             .lines()
-            .map(|line| crate::report::truncate_line(line, crate::report::TAIL_LINE_BYTES))
+            .map(|line| {
+                crate::report::truncate_line(
+                    &crate::secret::mask(line, secrets),
+                    crate::report::TAIL_LINE_BYTES,
+                )
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -801,13 +807,17 @@ mod tests {
     #[tokio::test]
     async fn container_log_lines_are_cut_to_the_tail_line_length() {
         let long = "x".repeat(10 * crate::report::TAIL_LINE_BYTES);
+        // The secret begins 6 bytes before the cut: cut first, masked after, "dsn-pw" stays.
+        let secret = crate::secret::Secret::new("dsn-pw-0123456789");
+        let at_cut = format!("{}{} end", "y".repeat(crate::report::TAIL_LINE_BYTES - 3 - 6), secret.expose());
         let host = crate::host::fake::FakeHost::new("t1")
-            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n")));
-        let lines = logs(&host, "web-lab").await;
-        assert_eq!(lines.len(), 2);
+            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n{at_cut}\n")));
+        let lines = logs(&host, "web-lab", std::slice::from_ref(&secret)).await;
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0], "short");
         assert_eq!(lines[1].len(), crate::report::TAIL_LINE_BYTES);
         assert!(lines[1].ends_with('…'), "a cut line is marked");
+        assert!(lines[2].ends_with("*** end") && !lines[2].contains("dsn-pw"), "masked before the cut");
     }
 
     #[test]

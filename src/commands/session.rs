@@ -60,6 +60,10 @@ const RENEWAL_ROUND: Duration = Duration::from_secs(60);
 /// How long a quit-now (second signal) may spend on releasing the lock.
 const QUICK_RELEASE: Duration = Duration::from_secs(5);
 
+/// How much longer a `started` notice still in flight at the run's end may take before the end
+/// notice goes out without it.
+const START_NOTICE_GRACE: Duration = Duration::from_secs(5);
+
 /// A mutating command's run: see the module docs.
 pub struct Session {
     /// The inventory.
@@ -312,8 +316,11 @@ impl Session {
                     }
                 };
                 let announce = async {
+                    // Receivers hear `started` first; one still in flight gets a little
+                    // longer, then is cut short (and recorded so), so the lock is not held for
+                    // a receiver that does not answer.
                     if !start_noticed {
-                        start_notice.as_mut().await;
+                        let _ = tokio::time::timeout(START_NOTICE_GRACE, start_notice.as_mut()).await;
                     }
                     if let Some(notifiers) = &notifiers {
                         let targets = outcomes.after_the_end().await;
@@ -328,6 +335,7 @@ impl Session {
                     _ = async { tokio::join!(after, announce) } => {}
                     Ok(_) = quit.wait_for(|s| *s == Stop::Now) => {}
                 }
+                // The `started` notice, if still in flight, is recorded as cut short.
                 drop(start_notice);
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
@@ -720,8 +728,8 @@ fn notifiers_of(
         .collect()
 }
 
-/// A notice being sent; dropped before it ended (a second signal), it is put on the event
-/// stream as not delivered.
+/// A notice being sent; dropped before it ended (the run's end passed its grace, or a second
+/// signal), it is put on the event stream as not delivered.
 struct Unfinished<'a> {
     events: &'a Events,
     /// `None` once the delivery's own event went out.
@@ -744,7 +752,7 @@ impl Drop for Unfinished<'_> {
                 moment: self.moment,
                 delivered: false,
                 attempts: 0,
-                error: Some("cut short: the run was stopped (a second signal)".into()),
+                error: Some("cut short: the run ended, or a second signal stopped it, first".into()),
             });
         }
     }

@@ -264,7 +264,7 @@ impl Runner<'_> {
         let endpoint = format!("ferry@10.200.0.1:5432/{}", self.world.db);
         self.ferry(&["state", "init"])
             .stdout(&format!(
-                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   1\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
+                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   2\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
             ))
             .run();
     }
@@ -957,13 +957,23 @@ fn a_missing_or_newer_schema_is_refused_with_exit_2() {
     a.ferry(&["audit", "bench", "--records", "3"]).stdout_contains("3 appends to the state store").run();
     // init again: nothing to do, nothing lost.
     a.ferry(&["state", "init"]).stdout_contains("records:  3 (0 delayed, 0 imported)\n").run();
+    let prefix_index = "select count(*) from pg_indexes where indexname = 'ferry_runs_run_prefix'";
+    assert_eq!(world.psql(prefix_index), "1");
+    // A store an older ferry made (schema 1: no prefix index) is used as it is; init upgrades it.
+    world.psql("drop index ferry_runs_run_prefix; delete from ferry_schema where version = 2");
+    a.ferry(&["audit", "bench", "--records", "1"]).stdout_contains("1 appends to the state store").run();
+    a.ferry(&["state", "init"]).stdout_contains("records:  4 (0 delayed, 0 imported)\n").run();
+    assert_eq!(
+        (world.psql("select max(version) from ferry_schema"), world.psql(prefix_index)),
+        ("2".into(), "1".into())
+    );
     world.psql("update ferry_schema set version = 99");
-    let newer = "the state store ferry@10.200.0.1:5432/ss_schema has schema version 99, newer than this ferry's 1\n  = help: upgrade ferry on this runner; an older ferry never writes a newer schema\n";
+    let newer = "the state store ferry@10.200.0.1:5432/ss_schema has schema version 99, newer than this ferry's 2\n  = help: upgrade ferry on this runner; an older ferry never writes a newer schema\n";
     for what in [&["history"][..], &["audit", "verify"][..], &["state", "init"][..]] {
         a.ferry(what).code(2).stderr(newer).run();
     }
     assert_eq!(world.psql("select max(version) from ferry_schema"), "99", "init never downgrades");
-    assert_eq!(world.psql("select count(*) from ferry_audit"), "3");
+    assert_eq!(world.psql("select count(*) from ferry_audit"), "4");
 }
 
 /// A runner's local log moves into the store once: 10,000 records, the chain verifies, and a
