@@ -657,6 +657,8 @@ impl Job {
                 version: &self.version,
             },
             proxy,
+            networks: &tp.networks,
+            volumes: &tp.volumes,
         };
         let unknown = if proxied.is_some() {
             "the old container still serves; the target removes the new one by itself unless this run \
@@ -1092,6 +1094,8 @@ mod tests {
             ],
             route: None,
             alias: None,
+            networks: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ pub mod known_hosts;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
+pub mod netvol;
 pub mod notify;
 pub mod output;
 pub mod plan;

@@ -146,6 +146,8 @@ impl<'a> Release<'a> {
             secrets: &self.secrets,
             secret_hashes: &self.secret_hashes,
             route: self.app.route(&self.env.name),
+            networks: self.app.networks(&self.env.name),
+            volumes: self.app.volumes(&self.env.name),
         }
     }
 

@@ -9,8 +9,12 @@
 //! Between the rollout and those hooks, image retention ([`crate::commands::prune`]) runs on the
 //! targets that succeeded: a warning when it fails, never the exit code.
 //!
+//! Before the hook, an app with `networks` or `volumes` has them checked on every target
+//! ([`crate::netvol::preflight`]): a network that exists with other options is exit 2 there.
+//!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
-//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed,
+//! 1 when a target failed or was unreachable, or the rollout stopped; 2 a network that exists
+//! with other options; 3 locked; 4 not confirmed,
 //! a host key refused or a failing `pre_deploy` hook; 130 interrupted.
 
 use std::sync::{Arc, Mutex};
@@ -334,8 +338,7 @@ pub fn execute(
     };
     let refused_skips = names.len();
     let hook_secrets = secrets.clone();
-    let (records, kept_inventory, parallel) =
-        (Arc::clone(&session.store), Arc::clone(inventory), flags.parallel);
+    let (records, kept_inventory) = (Arc::clone(&session.store), Arc::clone(inventory));
     let started = RunStarted {
         image: Some(plan.image.clone()),
         force: Some(flags.force),
@@ -352,6 +355,7 @@ pub fn execute(
         reason: flags.override_freeze.clone(),
         overridden_at_start: notes.freeze_override.is_some(),
     };
+    let parallel = flags.parallel;
     let outcome = session.run(names, started, |mut context: Context| async move {
         use crate::hooks::{HookKind, RunOutcome};
         let begins = context.rollout_begins.take();
@@ -362,6 +366,14 @@ pub fn execute(
             Recheck::Overridden(granted) => Some(granted),
             Recheck::Refused(refusal) => return refused(refused_skips, &refusal),
         };
+        // Networks that exist with other options anywhere: bad input, before any hook or target.
+        if let Err(mismatch) =
+            crate::netvol::preflight(&plan, &context.connections, parallel, &context.events).await
+        {
+            let mut finish = refused(refused_skips, &mismatch);
+            finish.value = Rolled::Invalid(mismatch);
+            return finish;
+        }
         let pre =
             crate::hooks::run(&hooks, HookKind::PreDeploy, &facts, None, &context.events, &hook_secrets)
                 .await;
@@ -423,6 +435,7 @@ pub fn execute(
     let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
     let applied = match value {
         Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
+        Rolled::Invalid(mismatch) => return Err(Error::Input(mismatch)),
         Rolled::Applied(applied) => *applied,
     };
     let after = after_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -445,6 +458,8 @@ pub fn execute(
 enum Rolled {
     /// The `pre_deploy` hook failed: nothing ran.
     Refused(Diagnostic),
+    /// The networks preflight found a network it cannot join (exit 2): nothing ran.
+    Invalid(Diagnostic),
     /// The rollout ran.
     Applied(Box<Applied>),
 }

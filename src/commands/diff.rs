@@ -184,6 +184,23 @@ fn compare(
         }
         _ => false,
     };
+    // Networks and volumes are in the argv (and the hash); said in their own words here.
+    let (networks, volumes) =
+        crate::netvol::from_labels(current.label("ferry.networks"), current.label("ferry.volumes"));
+    if networks != tp.networks {
+        let (now, planned) =
+            (crate::netvol::describe_networks(&networks), crate::netvol::describe_networks(&tp.networks));
+        reasons.push(format!("networks: {now} → {planned}"));
+    }
+    if volumes != tp.volumes {
+        let (now, planned) =
+            (crate::netvol::describe_volumes(&volumes), crate::netvol::describe_volumes(&tp.volumes));
+        reasons.push(format!("volumes: {now} → {planned}"));
+    }
+    let block_units: Vec<String> = units(&crate::netvol::block(&networks, &volumes))
+        .into_iter()
+        .chain(units(&crate::netvol::block(&tp.networks, &tp.volumes)))
+        .collect();
     let recorded = current
         .label("ferry.deployment")
         .and_then(|id| history.iter().rev().find(|d| d.id == id))
@@ -191,8 +208,9 @@ fn compare(
     match recorded {
         Some(r) => {
             // The image has its own reason above.
-            let images = [current.details.image.as_str(), plan.image.as_str()];
-            let changes = argv_changes(&r.argv, &tp.stable_argv, &images);
+            let mut skip = vec![current.details.image.as_str(), plan.image.as_str()];
+            skip.extend(block_units.iter().map(String::as_str));
+            let changes = argv_changes(&r.argv, &tp.stable_argv, &skip);
             if changes.is_empty() && reasons.is_empty() {
                 reasons.push(match &tp.route {
                     // The route's port, health and tls are in the hash, not in the argv.

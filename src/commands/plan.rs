@@ -148,6 +148,15 @@ pub fn human(plan: &Plan) -> String {
     if let Some(route) = plan.targets.first().and_then(|t| t.route.as_ref()) {
         out += &format!("proxy: {}\n", route.describe());
     }
+    if let Some(first) = plan.targets.first() {
+        if !first.networks.is_empty() {
+            out += &format!("networks (created where missing): {}\n", first.networks.join(", "));
+        }
+        if !first.volumes.is_empty() {
+            let volumes = crate::netvol::describe_volumes(&first.volumes);
+            out += &format!("volumes (created where missing, never removed): {volumes}\n");
+        }
+    }
     out += "\n";
     let rows: Vec<Vec<String>> = plan
         .targets

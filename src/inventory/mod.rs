@@ -305,6 +305,10 @@ pub struct AppEnvironment {
     pub secrets: BTreeMap<String, SecretDef>,
     /// `retention = { images = N }` for this environment, overriding the app's.
     pub retention: Option<usize>,
+    /// `networks` here: replaces the app's list in this environment.
+    pub networks: Option<Vec<String>>,
+    /// `volumes` here: replaces the app's volumes in this environment.
+    pub volumes: Option<Vec<crate::netvol::Volume>>,
 }
 
 /// An app: image, template, variables, env, secrets and health check.
@@ -349,6 +353,10 @@ pub struct App {
     /// `retention = { images = N }`: the deployments whose images each target keeps
     /// ([`crate::retention`]); default [`crate::retention::DEFAULT_IMAGES`].
     pub retention: usize,
+    /// `networks`: Docker networks the container joins (see [`crate::netvol`]).
+    pub networks: Vec<String>,
+    /// `volumes`: named volumes and their container paths, by name.
+    pub volumes: Vec<crate::netvol::Volume>,
 }
 
 /// `deploy_to = ["staging", "prod"]` on an app: where it deploys, so that an environment it
@@ -398,6 +406,18 @@ impl App {
     /// The app's route through the proxy in `environment`, if it sits behind the proxy there.
     pub fn route(&self, environment: &str) -> Option<&Route> {
         self.routes.get(environment)
+    }
+
+    /// The networks the container joins in `environment` (the environment's list replaces the
+    /// app's).
+    pub fn networks(&self, environment: &str) -> &[String] {
+        self.environments.get(environment).and_then(|e| e.networks.as_deref()).unwrap_or(&self.networks)
+    }
+
+    /// The volumes the container mounts in `environment` (the environment's table replaces the
+    /// app's).
+    pub fn volumes(&self, environment: &str) -> &[crate::netvol::Volume] {
+        self.environments.get(environment).and_then(|e| e.volumes.as_deref()).unwrap_or(&self.volumes)
     }
 }
 
@@ -1138,7 +1158,10 @@ impl Checker<'_> {
                     self.error(span, message, help);
                 }
             }
-            let environments = self.app_environments(app.environments, envs, &env, &secrets);
+            let networks = app.networks.map(|n| self.networks(n, !routes.is_empty())).unwrap_or_default();
+            let volumes = app.volumes.map(|v| self.volumes(v)).unwrap_or_default();
+            let environments =
+                self.app_environments(app.environments, envs, &env, &secrets, !routes.is_empty());
             let app = App {
                 name,
                 name_span,
@@ -1158,6 +1181,8 @@ impl Checker<'_> {
                 routes,
                 deploy_to,
                 retention,
+                networks,
+                volumes,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
             apps.push(app);
@@ -1353,6 +1378,7 @@ impl Checker<'_> {
         envs: &[Environment],
         app_env: &BTreeMap<String, EnvDef>,
         app_secrets: &BTreeMap<String, SecretDef>,
+        proxied: bool,
     ) -> BTreeMap<String, AppEnvironment> {
         let mut out = BTreeMap::new();
         for (name, overrides) in raw {
@@ -1386,9 +1412,90 @@ impl Checker<'_> {
                 }
             }
             let retention = overrides.retention.map(|r| self.retention(r));
-            out.insert(name, AppEnvironment { vars, env, secrets, retention });
+            let networks = overrides.networks.map(|n| self.networks(n, proxied));
+            let volumes = overrides.volumes.map(|v| self.volumes(v));
+            out.insert(name, AppEnvironment { vars, env, secrets, retention, networks, volumes });
         }
         out
+    }
+
+    /// `networks = [...]`: Docker names, each once, none of Docker's own networks nor the
+    /// proxy's (`proxied`: the app has a route somewhere, so `ferry` is joined already).
+    fn networks(&mut self, raw: Spanned<Vec<Spanned<String>>>, proxied: bool) -> Vec<String> {
+        let mut networks: Vec<String> = Vec::new();
+        for name in raw.into_inner() {
+            let text = name.get_ref();
+            let problem = if let Some(p) = crate::netvol::name_problem(text) {
+                Some((
+                    format!("network name {p}"),
+                    "use letters, digits, `_`, `.` and `-`, starting with a letter or digit".to_string(),
+                ))
+            } else if crate::netvol::PREDEFINED.contains(&text.as_str()) {
+                Some((
+                    format!("\"{text}\" is one of Docker's own networks"),
+                    "name a network of the app's own: ferry creates it (driver bridge) where it is missing"
+                        .into(),
+                ))
+            } else if text == crate::plan::NETWORK {
+                let why = if proxied {
+                    "the app joins it through its `proxy` route"
+                } else {
+                    "give the app a `proxy` route to join it"
+                };
+                Some((format!("\"{text}\" is the proxy's network"), format!("remove it: {why}")))
+            } else if networks.contains(text) {
+                Some((format!("network \"{text}\" is listed twice"), "list it once".into()))
+            } else {
+                None
+            };
+            match problem {
+                Some((message, help)) => self.error(name.span(), message, Some(help)),
+                None => networks.push(name.into_inner()),
+            }
+        }
+        networks
+    }
+
+    /// `volumes = { NAME = "/path" }`: Docker names, absolute container paths, each path once.
+    fn volumes(&mut self, raw: Spanned<raw::SpannedMap<Spanned<String>>>) -> Vec<crate::netvol::Volume> {
+        let mut volumes: Vec<crate::netvol::Volume> = Vec::new();
+        let mut entries: Vec<_> = raw.into_inner().into_iter().collect();
+        // File order, so a repeated path is reported at its second mention.
+        entries.sort_by_key(|(name, _)| name.span().start);
+        for (name, path) in entries {
+            if let Some(p) = crate::netvol::name_problem(name.get_ref()) {
+                self.error(
+                    name.span(),
+                    format!("volume name {p}"),
+                    Some("use letters, digits, `_`, `.` and `-`, starting with a letter or digit".into()),
+                );
+                continue;
+            }
+            if let Some(p) = crate::netvol::path_problem(path.get_ref()) {
+                self.error(
+                    path.span(),
+                    format!("volume \"{}\": {p}", name.get_ref()),
+                    Some("write the absolute path inside the container, like \"/var/lib/app\"".into()),
+                );
+                continue;
+            }
+            if let Some(other) = volumes.iter().find(|v| crate::netvol::same_path(&v.path, path.get_ref())) {
+                self.error(
+                    path.span(),
+                    format!(
+                        "volumes \"{}\" and \"{}\" are both mounted at {}",
+                        other.name,
+                        name.get_ref(),
+                        path.get_ref()
+                    ),
+                    Some("a container path takes one volume: give one of them another path".into()),
+                );
+                continue;
+            }
+            volumes.push(crate::netvol::Volume { name: name.into_inner(), path: path.into_inner() });
+        }
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        volumes
     }
 
     /// `deploy_to`: known environments, each once, at least one.

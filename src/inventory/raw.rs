@@ -257,6 +257,10 @@ pub struct RawApp {
     pub deploy_to: Option<Spanned<Vec<Spanned<String>>>>,
     /// `retention = { images = 5 }`.
     pub retention: Option<Spanned<RawRetention>>,
+    /// Docker networks the container joins, created by ferry when missing (issue 16).
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Named volumes: volume name -> absolute container path (issue 16).
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
 }
@@ -298,4 +302,8 @@ pub struct RawAppEnvironment {
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub proxy: Option<Spanned<RawRoute>>,
     pub retention: Option<Spanned<RawRetention>>,
+    /// Replaces the app's `networks` in this environment.
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Replaces the app's `volumes` in this environment.
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
 }

@@ -762,6 +762,7 @@ fn run_and_deploy_behave_the_same_for_a_fish_login_shell_as_for_bash_and_dash() 
 
 mod day_two;
 mod hooks;
+mod networks;
 mod proxied;
 mod retention;
 mod target;

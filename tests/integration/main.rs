@@ -37,6 +37,7 @@ mod logs_exec;
 mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
+mod netvol;
 mod notify;
 mod plan;
 #[cfg(feature = "lab")]
