@@ -337,6 +337,12 @@ pub async fn pull_and_list(
         ),
         None => pull,
     };
+    // Marked as pulled (or found) for a deployment, so that retention in another environment
+    // on this host does not remove it before this deployment's container uses it.
+    let pull = format!(
+        "{pull}; mkdir -p \"$HOME\"/{PULLED_DIR} && printf '%s\\n' {image} > \"$HOME\"/{PULLED_DIR}/\"$(printf %s {image} | cksum | cut -d' ' -f1)\"",
+        image = q(image)
+    );
     let script = format!(
         "{pull}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
@@ -353,6 +359,15 @@ pub async fn pull_and_list(
     let present = pulled.lines().any(|l| l == PRESENT);
     Ok((pulled_digest(pulled), present, parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
+
+/// Where, below a target's home, [`pull_and_list`] notes each image reference a deployment
+/// pulled or found (one small file per reference, its mtime the time): retention keeps an image
+/// noted in the last [`PULLED_FRESH_MINUTES`], whatever the records say, since a deployment of
+/// another environment may have pulled it and not yet started its container.
+pub const PULLED_DIR: &str = ".ferry/pulled";
+
+/// How long a pull note keeps its image from retention (longer than any pull-to-start).
+pub const PULLED_FRESH_MINUTES: u32 = 60;
 
 /// The line [`pull_and_list`]'s script prints when the image pinned by digest was there already.
 const PRESENT: &str = "ferry: image present, not pulled";

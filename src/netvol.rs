@@ -172,14 +172,27 @@ pub fn run_command(argv: &[String], networks: &[String], behind_proxy: bool) -> 
     }
     let mut create: Vec<String> = Vec::with_capacity(argv.len());
     let mut words = argv.iter().enumerate().peekable();
+    // Only the `--network` flags of ferry's own block (right after its `ferry.networks` label)
+    // move to `docker network connect`: the same words among the container's own arguments
+    // after the image are the app's.
+    let mut in_block = false;
     while let Some((i, word)) = words.next() {
         match (i, word.as_str()) {
             (1, "run") => create.push("create".into()),
             (2, "--detach") => {}
-            (_, "--network") if words.peek().is_some_and(|(_, n)| later.contains(n)) => {
+            (_, "--network") if in_block && words.peek().is_some_and(|(_, n)| later.contains(n)) => {
                 words.next();
             }
-            _ => create.push(word.clone()),
+            (_, "--network") if in_block => {
+                create.push(word.clone());
+                if let Some((_, n)) = words.next() {
+                    create.push(n.clone());
+                }
+            }
+            _ => {
+                in_block = word.starts_with("ferry.networks=");
+                create.push(word.clone());
+            }
         }
     }
     let create = crate::shell::join(&create).map_err(|e| e.to_string())?;
@@ -201,11 +214,11 @@ pub fn ensure_script(app: &str, networks: &[String], volumes: &[Volume]) -> Stri
     let mut out = String::new();
     for n in networks {
         out += &format!(
-            "n={n}; o=$(docker network inspect -f '{{{{.Driver}}}} {{{{.Internal}}}} {{{{.Scope}}}}' \"$n\" 2> /dev/null) \
-             || docker network create --driver {DRIVER} {labels} \"$n\" > /dev/null 2> \"$dir/err\" \
-             || o=$(docker network inspect -f '{{{{.Driver}}}} {{{{.Internal}}}} {{{{.Scope}}}}' \"$n\" 2>> \"$dir/err\") \
+            "n={n}; o=$(docker network inspect -f {INSPECT} \"$n\" 2> /dev/null) && [ \"${{o%% *}}\" = \"$n\" ] \
+             || {{ o=; docker network create --driver {DRIVER} {labels} \"$n\" > /dev/null 2> \"$dir/err\"; }} \
+             || {{ o=$(docker network inspect -f {INSPECT} \"$n\" 2>> \"$dir/err\") && [ \"${{o%% *}}\" = \"$n\" ]; }} \
              || {{ errs; say \"notstarted cannot create network $n\"; say 'done untouched'; exit 0; }}\n\
-             case ${{o:-{DRIVER} false {SCOPE}}} in '{DRIVER} false {SCOPE}') ;; *) say \"notstarted network $n exists with other options ($o)\"; say 'done untouched'; exit 0 ;; esac\n",
+             o=${{o#\"$n \"}}; case ${{o:-{DRIVER} false {SCOPE}}} in '{DRIVER} false {SCOPE}') ;; *) say \"notstarted network $n exists with other options ($o)\"; say 'done untouched'; exit 0 ;; esac\n",
             n = q(n),
         );
     }
@@ -270,6 +283,11 @@ impl Found {
     }
 }
 
+/// What `docker network inspect` prints for a network: its name first, because Docker also
+/// finds a network by a prefix of its id, so `db` could name a foreign network whose id starts
+/// with `db`: only a network whose name is the one asked for counts as it.
+const INSPECT: &str = "'{{.Name}} {{.Driver}} {{.Internal}} {{.Scope}}'";
+
 /// The preflight's script: one line per network and volume (read by [`parse_preflight`]).
 pub fn preflight_script(networks: &[String], volumes: &[Volume]) -> String {
     let names = |list: Vec<&str>| list.iter().map(|n| q(n)).collect::<Vec<_>>().join(" ");
@@ -277,7 +295,8 @@ pub fn preflight_script(networks: &[String], volumes: &[Volume]) -> String {
     if !networks.is_empty() {
         out += &format!(
             "for n in {}; do\n\
-               if o=$(docker network inspect -f '{{{{.Driver}}}} {{{{.Internal}}}} {{{{.Scope}}}}' \"$n\" 2>&1); then echo \"network $n $o\"\n\
+               if o=$(docker network inspect -f {INSPECT} \"$n\" 2>&1); then\n\
+                 if [ \"${{o%% *}}\" = \"$n\" ]; then echo \"network $n ${{o#\"$n \"}}\"; else echo \"network $n missing\"; fi\n\
                else case $o in *'No such network'*|*'not found'*) echo \"network $n missing\" ;; *) echo \"unknown $n $(printf '%s\\n' \"$o\" | tail -n 1)\" ;; esac; fi\n\
              done\n",
             names(networks.iter().map(String::as_str).collect())

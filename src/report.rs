@@ -502,13 +502,14 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-        // A notifier that failed is still said, on stderr: under cron with `--quiet`, the
-        // mail cron sends is the only way anyone learns that the webhook broke.
-        Style::Quiet => {
-            if let Event::Notified { delivered: false, .. } = event {
-                eprintln!("warning: {}", notified_line(event));
-            }
-        }
+        // A notifier or a retention step that failed is still said, on stderr: under cron with
+        // `--quiet`, the mail cron sends is the only way anyone learns of it.
+        Style::Quiet => match event {
+            Event::Notified { delivered: false, .. } => eprintln!("warning: {}", notified_line(event)),
+            // Retention that failed leaves images on the target's disk: said like a notifier.
+            Event::Pruned(pruned) if pruned.error.is_some() => eprintln!("warning: {}", pruned_line(pruned)),
+            _ => {}
+        },
     }
 }
 

@@ -113,8 +113,21 @@ impl Histories {
 /// The (app, environment) pairs whose images of `repository` `targets` hold, each with how many
 /// deployments it keeps.
 fn serving(inventory: &Inventory, repository: &str, targets: &[String]) -> Vec<((String, String), usize)> {
-    let indexes: Vec<usize> =
-        targets.iter().filter_map(|t| inventory.targets.iter().position(|x| x.name == *t)).collect();
+    // Every target name on the same Docker daemon as one of `targets`: two names (two users,
+    // an alias, every local target) can reach one host, whose images all of them hold.
+    let daemon = |t: &crate::inventory::Target| match t.transport {
+        crate::inventory::Transport::Local => (String::new(), 0, t.jump.clone()),
+        _ => (t.host.to_ascii_lowercase(), t.port, t.jump.clone()),
+    };
+    let daemons: Vec<_> =
+        inventory.targets.iter().filter(|t| targets.contains(&t.name)).map(daemon).collect();
+    let indexes: Vec<usize> = inventory
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| daemons.contains(&daemon(t)))
+        .map(|(i, _)| i)
+        .collect();
     let mut out = Vec::new();
     for env in inventory.environments.iter().filter(|e| indexes.iter().any(|i| e.targets.contains(i))) {
         for app in &inventory.apps {
@@ -254,6 +267,7 @@ struct TargetPrune {
 pub fn run(inventory: Inventory, args: &PruneArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.clone();
     let env = inventory.environment(&args.environment)?.clone();
+    app.check_deploys_to(&env.name)?;
     let targets: Vec<String> =
         select::select(&inventory, &app, &env, &args.limits)?.iter().map(|t| t.name.clone()).collect();
     let what = if args.dry_run {
@@ -501,6 +515,27 @@ template = "t.j2"
             kept.targets[target].keys().map(|d| kept.versions.get(d).cloned().unwrap_or_default()).collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn two_target_names_on_one_daemon_keep_each_others_environments() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = INVENTORY
+            .replace(
+                "[environments.prod]\ntargets = [\"a\", \"b\"]",
+                "[environments.prod]\ntargets = [\"b\", \"c\"]",
+            )
+            .replace("[targets.b]", "[targets.c]\nhost = \"10.200.0.21\"\nuser = \"deploy\"\n\n[targets.b]");
+        std::fs::write(dir.path().join("ferry.toml"), text).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/t.j2"), "docker run {{ image }}\n").unwrap();
+        let inventory = Inventory::load(&dir.path().join("ferry.toml")).unwrap();
+        // `a` (staging) and `c` (prod) are one host under two names: pruning staging on `a`
+        // keeps prod's images too.
+        let served: Vec<(String, String)> =
+            serving(&inventory, "acme/web", &["a".to_string()]).into_iter().map(|(k, _)| k).collect();
+        assert!(served.contains(&("web".into(), "prod".into())), "{served:?}");
+        assert!(served.contains(&("web".into(), "staging".into())), "{served:?}");
     }
 
     #[test]
