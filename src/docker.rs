@@ -339,9 +339,9 @@ pub async fn pull_and_list(
     };
     // Marked as pulled (or found) for a deployment, so that retention in another environment
     // on this host does not remove it before this deployment's container uses it.
+    let note = q(&format!("{app}\t{environment}\t{image}"));
     let pull = format!(
-        "{pull}; mkdir -p \"$HOME\"/{PULLED_DIR} && printf '%s\\n' {image} > \"$HOME\"/{PULLED_DIR}/\"$(printf %s {image} | cksum | cut -d' ' -f1)\"",
-        image = q(image)
+        "{pull}; mkdir -p \"$HOME\"/{PULLED_DIR} && printf '%s\\n' {note} > \"$HOME\"/{PULLED_DIR}/\"$(printf %s {note} | cksum | cut -d' ' -f1)\""
     );
     let script = format!(
         "{pull}; echo '--- containers'; \
@@ -360,10 +360,11 @@ pub async fn pull_and_list(
     Ok((pulled_digest(pulled), present, parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
 
-/// Where, below a target's home, [`pull_and_list`] notes each image reference a deployment
-/// pulled or found (one small file per reference, its mtime the time): retention keeps an image
-/// noted in the last [`PULLED_FRESH_MINUTES`], whatever the records say, since a deployment of
-/// another environment may have pulled it and not yet started its container.
+/// Where, below a target's home, [`pull_and_list`] notes each image a deployment pulled or
+/// found (one small file `APP\tENVIRONMENT\tIMAGE` per image, its mtime the time): retention
+/// keeps an image that another app or environment noted in the last [`PULLED_FRESH_MINUTES`],
+/// whatever the records say, since that deployment runs under its own lock and may not have
+/// started its container yet. Its own environment's notes it ignores (its lock is held).
 pub const PULLED_DIR: &str = ".ferry/pulled";
 
 /// How long a pull note keeps its image from retention (longer than any pull-to-start).

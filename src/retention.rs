@@ -122,9 +122,10 @@ pub struct Listing {
     /// A replace step of the app in the environment still runs there (its deployment id):
     /// its stopped containers are its to restore, not leftovers.
     pub busy: Option<String>,
-    /// Image references a deployment pulled (or found present) on the target lately (see
-    /// [`crate::docker::PULLED_DIR`]): kept, whatever the records say.
-    pub recent: BTreeSet<String>,
+    /// Images deployments pulled (or found present) on the target lately, as (app,
+    /// environment, reference) (see [`crate::docker::PULLED_DIR`]): another app's or
+    /// environment's are kept, whatever the records say.
+    pub recent: BTreeSet<(String, String, String)>,
 }
 
 /// An image to remove.
@@ -205,11 +206,12 @@ pub fn decide(repository: &str, app: &str, environment: &str, keep: &Keep, listi
             let kept = ours.iter().any(|r| r.split_once('@').is_some_and(|(_, d)| keep.contains_key(d)));
             // Pulled lately for a run that has not started its container yet (another
             // environment's deployment on this host, under its own lock): not ours to remove.
-            let fresh = image
-                .tags
-                .iter()
-                .chain(&image.digests)
-                .any(|r| listing.recent.iter().any(|n| familiar(n) == familiar(r)));
+            let fresh = image.tags.iter().chain(&image.digests).any(|r| {
+                listing
+                    .recent
+                    .iter()
+                    .any(|(a, e, n)| (a != app || e != environment) && familiar(n) == familiar(r))
+            });
             if kept || fresh || in_use.contains(image.id.as_str()) {
                 return None;
             }
@@ -431,7 +433,12 @@ pub fn parse_listing(text: &str) -> Result<Listing, String> {
         return Err("the listing is not what ferry's script prints".into());
     }
     let (recent, rest) = rest.split_once("--- images\n").ok_or("the listing ended early")?;
-    listing.recent = recent.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    for line in recent.lines().filter(|l| !l.trim().is_empty()) {
+        let [app, environment, image] = line.split('\t').collect::<Vec<_>>()[..] else {
+            return Err(format!("a pull note is not what ferry writes: {line:?}"));
+        };
+        listing.recent.insert((app.to_string(), environment.to_string(), image.to_string()));
+    }
     let (images, rest) = rest.split_once("--- containers\n").ok_or("the listing ended early")?;
     let (containers, _) = rest.split_once("--- end\n").ok_or("the listing ended early")?;
     let (count, containers) = containers.split_once('\n').unwrap_or((containers, ""));
@@ -645,7 +652,7 @@ mod tests {
     #[test]
     fn the_listing_reads_back_and_anything_short_or_strange_is_an_error() {
         let text = format!(
-            "--- recent\n{REPO}@{}\n--- images\nsha256:aa\t1234\t{REPO}:1.0\t{REPO}@{}\nsha256:bb\t99\t\t\n--- containers\ncount=2\n\
+            "--- recent\nweb\tstaging\t{REPO}@{}\n--- images\nsha256:aa\t1234\t{REPO}:1.0\t{REPO}@{}\nsha256:bb\t99\t\t\n--- containers\ncount=2\n\
              c1\t/web-prod\trunning\tsha256:aa\tweb\tprod\nc2\t/x\texited\tsha256:bb\t<no value>\t<no value>\n--- end\n",
             digest(7),
             digest(1)
@@ -657,7 +664,7 @@ mod tests {
         assert!(listing.images[1].digests.is_empty());
         assert_eq!(listing.containers[0].name, "web-prod");
         assert_eq!((listing.containers[1].app.as_str(), listing.busy.as_deref()), ("", None));
-        assert!(listing.recent.contains(&format!("{REPO}@{}", digest(7))));
+        assert!(listing.recent.contains(&("web".into(), "staging".into(), format!("{REPO}@{}", digest(7)))));
         let busy = parse_listing("--- busy\napp=web\ndeployment=run-3\n").unwrap();
         assert_eq!(busy.busy.as_deref(), Some("run-3"));
         // A container the listing lost (docker inspect failed half-way) would make its image
@@ -689,7 +696,11 @@ mod tests {
             images: vec![image("i1", 1), image("i2", 2), image("i3", 3)],
             containers: vec![container("web-prod", "i1"), container("web-prod-ferry-old-0193", "i2")],
             busy: None,
-            recent: [format!("{REPO}@{}", digest(3))].into(),
+            recent: [
+                ("web".to_string(), "staging".to_string(), format!("{REPO}@{}", digest(3))),
+                ("web".to_string(), "prod".to_string(), format!("{REPO}@{}", digest(2))),
+            ]
+            .into(),
         };
         let removals = decide(REPO, "web", "prod", &Keep::new(), &listing);
         assert_eq!(
@@ -697,7 +708,11 @@ mod tests {
             [("id-web-prod-ferry-old-0193".to_string(), "web-prod-ferry-old-0193".to_string())]
         );
         let ids: Vec<&str> = removals.images.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["i2"], "i1: the app's own (stopped) container; i3: pulled lately");
+        assert_eq!(
+            ids,
+            ["i2"],
+            "i1: the app's own (stopped) container; i3: staging pulled it lately; prod's own note on i2 does not count"
+        );
     }
 
     #[test]
