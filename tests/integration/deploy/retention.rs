@@ -36,10 +36,15 @@ fn images(fleet: &Fleet, repo: &str) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// The image ids that containers on h4 outside `except` use (running or stopped).
+/// The image ids on h4 that environments other than `except` hold: used by their containers
+/// (running or stopped), or pulled by their deployments within the hour (the pull notes other
+/// lab tests' deployments leave in ~/.ferry/pulled).
 fn used_by_others(fleet: &Fleet, except: &str) -> BTreeSet<String> {
     let script = "for c in $(docker ps -aq --no-trunc); do \
-                  docker inspect --format '{{index .Config.Labels \"ferry.environment\"}} {{.Image}}' $c; done";
+                  docker inspect --format '{{index .Config.Labels \"ferry.environment\"}} {{.Image}}' $c; done; \
+                  [ ! -d ~/.ferry/pulled ] || find ~/.ferry/pulled -type f -mmin -60 -exec cat {} + | \
+                  while IFS=$(printf '\\t') read -r app env image; do \
+                    id=$(docker image inspect --format '{{.Id}}' \"$image\" 2> /dev/null) && echo \"$env $id\"; done";
     let text = fleet.on_host(4, script);
     text.lines()
         .filter_map(|l| l.split_once(' '))
@@ -79,7 +84,7 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     )
     .unwrap();
     let clean = "docker ps -aq --filter label=ferry.environment=rt-other | xargs -r docker rm -f; \
-                 docker rm -f rt-keep-stale > /dev/null 2>&1; rm -rf /root/.ferry/locks/rt-other";
+                 docker rm -f web-rt-keep-ferry-old-stale > /dev/null 2>&1; rm -rf /root/.ferry/locks/rt-other";
     fleet.on_host(4, clean);
     fleet
         .ferry(&["deploy", "other", "--env", "rt-other", "--version", "0.0.0", "--yes", "--output", "json"])
@@ -137,12 +142,13 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     }
     assert_eq!(images(&fleet, OTHER_REPO), other, "another app's image is untouched");
 
-    // A stopped leftover of the app here goes with `prune`; one of another environment stays.
+    // A stopped leftover of a replace step of the app here goes with `prune`; one of another
+    // environment stays.
     let r6 = format!("{REPO}@{}", digests[5]);
     fleet.on_host(
         4,
         &format!(
-            "docker create --name rt-keep-stale --label ferry.app=web --label ferry.environment=rt-keep {r6} > /dev/null; \
+            "docker create --name web-rt-keep-ferry-old-stale --label ferry.app=web --label ferry.environment=rt-keep {r6} > /dev/null; \
              docker create --name rt-other-stale --label ferry.app=web --label ferry.environment=rt-other {OTHER_REPO}:0.0.0 > /dev/null 2>&1 || \
              docker create --name rt-other-stale --label ferry.app=web --label ferry.environment=rt-other $(docker image ls -q {OTHER_REPO} | head -n 1) > /dev/null"
         ),
@@ -164,9 +170,12 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     assert_eq!(said[0]["dry_run"], true);
     assert_eq!(said[0]["images"][0]["version"], "r5", "{}", said[0]);
     assert_eq!(said[0]["images"].as_array().unwrap().len(), 1, "{}", said[0]);
-    assert_eq!(said[0]["containers"], serde_json::json!(["rt-keep-stale"]));
+    assert_eq!(said[0]["containers"], serde_json::json!(["web-rt-keep-ferry-old-stale"]));
     assert!(present(&fleet, &digests[4]), "a dry run removes nothing");
-    assert_eq!(fleet.on_host(4, "docker ps -aq --filter name=rt-keep-stale").lines().count(), 1);
+    assert_eq!(
+        fleet.on_host(4, "docker ps -aq --filter name=web-rt-keep-ferry-old-stale").lines().count(),
+        1
+    );
 
     let out = fleet
         .ferry(&["prune", "web", "--env", "rt-keep", "--yes", "--output", "plain"])
@@ -179,7 +188,11 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     assert!(!out.stdout.contains("; 0 B freed"), "bytes freed: {}", out.stdout);
     assert!(!present(&fleet, &digests[4]), "r5 is gone");
     assert!(present(&fleet, &digests[5]) && present(&fleet, &digests[6]), "r7 runs, r6 is the rollback's");
-    assert_eq!(fleet.on_host(4, "docker ps -aq --filter name=rt-keep-stale"), "", "the leftover is gone");
+    assert_eq!(
+        fleet.on_host(4, "docker ps -aq --filter name=web-rt-keep-ferry-old-stale"),
+        "",
+        "the leftover is gone"
+    );
     assert_eq!(
         fleet.on_host(4, "docker ps -aq --filter name=rt-other-stale").lines().count(),
         1,
@@ -193,7 +206,7 @@ fn seven_deployments_keep_three_images_and_a_rollback_needs_no_registry() {
     let h4 = &record["detail"]["retention"]["h4"];
     assert!(h4["bytes"].as_u64().unwrap() > 0, "{record}");
     assert_eq!((&h4["dry_run"], &h4["images"][0]["version"]), (&false.into(), &"r5".into()), "{record}");
-    assert_eq!(h4["containers"], serde_json::json!(["rt-keep-stale"]), "{record}");
+    assert_eq!(h4["containers"], serde_json::json!(["web-rt-keep-ferry-old-stale"]), "{record}");
 
     // With the registry out of reach for h4, an image it lacks cannot be pulled (the block
     // works), and the rollback to r6 runs all the same: its image was kept, nothing is pulled.
