@@ -308,7 +308,7 @@ async fn pull_batch(
     let mut containers: HashMap<usize, Listed> = HashMap::new();
     for (i, outcome) in pulls {
         match outcome {
-            Ok((digest, briefs, leftovers)) => {
+            Ok((digest, _, briefs, leftovers)) => {
                 digests.push((i, digest));
                 containers.insert(i, (briefs, leftovers));
             }
@@ -371,7 +371,8 @@ async fn pull_batch(
 /// A target's containers of the app, and its replace steps that ended with nobody to read them.
 type Listed = (Vec<Brief>, Vec<replace::Leftover>);
 
-type PullOutcome = Result<(Option<String>, Vec<Brief>, Vec<replace::Leftover>), (DockerError, Duration)>;
+type PullOutcome =
+    Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), (DockerError, Duration)>;
 
 /// Pulls `image` on the targets at `indexes`, at most `parallel` at once.
 async fn pull_all(
@@ -400,8 +401,13 @@ async fn pull_all(
                 let _ =
                     events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
                 let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
-                if let Ok((Some(digest), _, _)) = &outcome {
-                    let _ = events.send(Event::TargetStep { target: name, step: format!("pulled {digest}") });
+                if let Ok((Some(digest), present, _, _)) = &outcome {
+                    let step = if *present {
+                        format!("{digest} is here already: not pulled")
+                    } else {
+                        format!("pulled {digest}")
+                    };
+                    let _ = events.send(Event::TargetStep { target: name, step });
                 }
                 outcome.map_err(|e| (e, started.elapsed()))
             }
@@ -651,6 +657,8 @@ impl Job {
                 version: &self.version,
             },
             proxy,
+            networks: &tp.networks,
+            volumes: &tp.volumes,
         };
         let unknown = if proxied.is_some() {
             "the old container still serves; the target removes the new one by itself unless this run \
@@ -911,7 +919,8 @@ impl Job {
             Err(e) => return Err(format!("post_deploy: {e}")),
         };
         self.step("post_deploy");
-        let mut sink = LineSplitter::new(&self.target.target, self.events.clone());
+        let mut sink =
+            LineSplitter::new(&self.target.target, self.events.clone()).masking(&self.settings.secrets);
         let heartbeat = async {
             loop {
                 tokio::time::sleep(replace::HEARTBEAT).await;
@@ -945,7 +954,7 @@ impl Job {
                     "the running container has the planned config but is not healthy: {why} \
                      (left as it is; `--force` replaces it)"
                 ),
-                logs: docker::logs(host, id).await,
+                logs: docker::logs(host, id, &self.settings.secrets).await,
             }),
         }
     }
@@ -961,7 +970,7 @@ impl Job {
         match self.gate(host, id).await {
             Ok(container) => Ok((Action::Started, Some(container.details))),
             Err(why) => {
-                let logs = docker::logs(host, id).await;
+                let logs = docker::logs(host, id, &self.settings.secrets).await;
                 let _ = docker::stop(host, id).await;
                 Err(Failure { status: Status::Failed, action: Action::Restored, error: why, logs })
             }
@@ -1085,6 +1094,8 @@ mod tests {
             ],
             route: None,
             alias: None,
+            networks: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 

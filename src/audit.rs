@@ -56,7 +56,8 @@ pub struct Actor {
     pub user: String,
     /// Host name of the machine running ferry.
     pub host: String,
-    /// `github-actions`, `gitlab-ci`, `jenkins`, `buildkite`, `ci`, `cron`, or `terminal`.
+    /// `github-actions`, `gitlab-ci`, `jenkins`, `buildkite`, `ci`, `terminal`, `cron`,
+    /// `systemd`, or `script` (see [`Actor::detect`]).
     pub via: String,
     /// The CI job, when one is detected (e.g. `owner/repo run 1234`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,8 +65,14 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// Detects the actor from the environment (`lookup`) and whether stdin is a terminal.
-    pub fn detect(lookup: &dyn Fn(&str) -> Option<String>, stdin_is_terminal: bool) -> Actor {
+    /// Detects the actor from the environment (`lookup`), whether stdin or stderr is a
+    /// terminal, and (asked only when neither CI nor a terminal says) whether cron started
+    /// this process (`under_cron`, see [`cron_ancestor`]).
+    pub fn detect(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        terminal: bool,
+        under_cron: &dyn Fn() -> bool,
+    ) -> Actor {
         let user = lookup("USER")
             .or_else(|| lookup("LOGNAME"))
             .or_else(user_of_process)
@@ -91,10 +98,16 @@ impl Actor {
             ("buildkite", get("BUILDKITE_BUILD_URL"))
         } else if get("CI").is_some_and(|v| v != "false" && v != "0") {
             ("ci", None)
-        } else if !stdin_is_terminal {
-            ("cron", None)
-        } else {
+        } else if terminal {
             ("terminal", None)
+        } else if under_cron() {
+            ("cron", None)
+        } else if get("INVOCATION_ID").is_some() {
+            // systemd sets it for every unit it starts (services, and the services timers run).
+            ("systemd", None)
+        } else {
+            // No terminal and nothing that says who: a script, an ssh command, a pipe.
+            ("script", None)
         };
         Actor { user, host, via: via.to_string(), job }
     }
@@ -122,6 +135,76 @@ fn user_of_process() -> Option<String> {
 fn join_some(parts: &[Option<String>]) -> Option<String> {
     let present: Vec<&str> = parts.iter().flatten().map(String::as_str).collect();
     (!present.is_empty()).then(|| present.join(" "))
+}
+
+/// Process names of cron daemons (and of the children they fork to run a job, which keep the
+/// daemon's name until they exec the job's shell): Debian's and cronie's (`cron`, `crond`, also
+/// dcron's), anacron, fcron, mcron, bcron (the scheduler and the job runner it forks), and
+/// supercronic (containers). Names are as the kernel keeps them (at most 15 bytes).
+const CRON_NAMES: [&str; 8] =
+    ["cron", "crond", "anacron", "fcron", "mcron", "bcron-sched", "bcron-exec", "supercronic"];
+
+/// How many ancestors are walked at most: a real chain is a handful deep; the bound only keeps
+/// a pid loop in a strange /proc (a bind-mounted fake, a race with pid reuse) from hanging.
+const MAX_ANCESTORS: usize = 256;
+
+/// The name of the first ancestor of process `start` (`"self"` for this one) that is a cron
+/// daemon, walking `PROC/PID/stat`'s parent pid up to pid 1 (included: a container may run cron
+/// as its pid 1). `proc_root` is `/proc`, or a fake tree in tests.
+///
+/// Why ancestors and not "no terminal": a script, an `ssh host ferry …` and a systemd timer have
+/// no terminal either, and were all recorded as `cron` before, so the record could not tell a
+/// scheduled job from a person's script. The cron daemon's process is the one fact only cron
+/// runs have. A busybox crond runs as `busybox` when started as `busybox crond`: its argv
+/// (`PROC/PID/cmdline`) says which applet it is.
+///
+/// An ancestor that cannot be read ends the walk with `None` (`script`): with /proc mounted
+/// `hidepid=2`, a job that cron runs as another user cannot see the root-owned daemon. The
+/// record then says `script`, never a `cron` it could not see.
+pub fn cron_ancestor(proc_root: &Path, start: &str) -> Option<String> {
+    let stat = |pid: &str| std::fs::read(proc_root.join(pid).join("stat")).ok().and_then(|b| parse_stat(&b));
+    let (_, mut pid) = stat(start)?;
+    for _ in 0..MAX_ANCESTORS {
+        if pid == 0 {
+            return None;
+        }
+        let (name, parent) = stat(&pid.to_string())?;
+        let cron = CRON_NAMES.contains(&name.as_str())
+            || (name == "busybox"
+                && std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
+                    .is_ok_and(|argv| is_busybox_crond(&argv)));
+        if cron {
+            return Some(name);
+        }
+        if pid == 1 {
+            return None;
+        }
+        pid = parent;
+    }
+    None
+}
+
+/// The process name and parent pid of a `/proc/PID/stat` line: `PID (NAME) STATE PPID …`. The
+/// name may hold spaces and parentheses itself, so it ends at the *last* `)`.
+pub fn parse_stat(stat: &[u8]) -> Option<(String, u32)> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let name = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((name, ppid))
+}
+
+/// Whether a `/proc/PID/cmdline` (NUL-separated argv) is busybox running its crond applet:
+/// `busybox crond …`, or a link named `crond` to busybox.
+pub fn is_busybox_crond(cmdline: &[u8]) -> bool {
+    let mut argv = cmdline.split(|&b| b == 0);
+    let base = |arg: &[u8]| arg.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec).unwrap_or_default();
+    let first = argv.next().map(base).unwrap_or_default();
+    let second = argv.next().map(base).unwrap_or_default();
+    first == b"crond" || (first == b"busybox" && second == b"crond")
 }
 
 /// What a caller records; the log adds sequence, time, id and the chain.
@@ -586,17 +669,140 @@ mod tests {
     }
 
     #[test]
-    fn detects_ci_and_cron() {
+    fn detects_ci_terminal_cron_systemd_and_scripts() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
+        let (cron, not_cron) = (|| true, || false);
         let gh = Actor::detect(
             &env(&[("GITHUB_ACTIONS", "true"), ("GITHUB_REPOSITORY", "acme/web"), ("GITHUB_RUN_ID", "42")]),
             false,
+            &cron,
         );
         assert_eq!((gh.via.as_str(), gh.job.as_deref()), ("github-actions", Some("acme/web run 42")));
-        assert_eq!(Actor::detect(&env(&[("CI", "true")]), false).via, "ci");
-        assert_eq!(Actor::detect(&env(&[]), false).via, "cron");
-        assert_eq!(Actor::detect(&env(&[]), true).via, "terminal");
+        assert_eq!(Actor::detect(&env(&[("CI", "true")]), false, &cron).via, "ci");
+        assert_eq!(Actor::detect(&env(&[]), true, &cron).via, "terminal");
+        assert_eq!(Actor::detect(&env(&[]), false, &cron).via, "cron");
+        // No terminal is not cron: a script, an ssh command, a pipe.
+        assert_eq!(Actor::detect(&env(&[]), false, &not_cron).via, "script");
+        let unit = env(&[("INVOCATION_ID", "0f2c")]);
+        assert_eq!(Actor::detect(&unit, false, &not_cron).via, "systemd");
+        assert_eq!(Actor::detect(&unit, true, &not_cron).via, "terminal");
+        assert_eq!(Actor::detect(&unit, false, &cron).via, "cron", "a cron job started from a unit's daemon");
+    }
+
+    /// A fake /proc: `(pid, stat name, ppid, cmdline)` per process, `self` being `me`.
+    fn fake_proc(me: u32, processes: &[(u32, &str, u32, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for &(pid, name, ppid, cmdline) in processes {
+            let folder = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(
+                folder.join("stat"),
+                format!("{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 1 0"),
+            )
+            .unwrap();
+            std::fs::write(folder.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+            if pid == me {
+                std::os::unix::fs::symlink(&folder, dir.path().join("self")).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn a_cron_daemon_among_the_ancestors_is_found_and_nothing_else_counts() {
+        // Debian's cron: daemon → forked child (still `cron`) → sh -c 'job' → ferry.
+        let debian = fake_proc(
+            40,
+            &[
+                (1, "systemd", 0, "/sbin/init"),
+                (7, "cron", 1, "/usr/sbin/cron -f"),
+                (30, "cron", 7, "/usr/sbin/cron -f"),
+                (31, "sh", 30, "/bin/sh -c ferry"),
+                (40, "ferry", 31, "ferry deploy"),
+            ],
+        );
+        assert_eq!(cron_ancestor(debian.path(), "self").as_deref(), Some("cron"));
+        let cronie =
+            fake_proc(9, &[(1, "init", 0, ""), (5, "crond", 1, "crond -n"), (9, "ferry", 5, "ferry")]);
+        assert_eq!(cron_ancestor(cronie.path(), "self").as_deref(), Some("crond"));
+        let anacron = fake_proc(
+            9,
+            &[(1, "init", 0, ""), (5, "anacron", 1, ""), (6, "run-parts", 5, ""), (9, "ferry", 6, "")],
+        );
+        assert_eq!(cron_ancestor(anacron.path(), "self").as_deref(), Some("anacron"));
+        let supercronic = fake_proc(
+            9,
+            &[(1, "supercronic", 0, "supercronic /etc/crontab"), (8, "sh", 1, ""), (9, "ferry", 8, "")],
+        );
+        assert_eq!(cron_ancestor(supercronic.path(), "self").as_deref(), Some("supercronic"));
+        let bcron = fake_proc(
+            9,
+            &[(1, "init", 0, ""), (4, "bcron-sched", 1, ""), (5, "bcron-exec", 4, ""), (9, "ferry", 5, "")],
+        );
+        assert_eq!(cron_ancestor(bcron.path(), "self").as_deref(), Some("bcron-exec"));
+        // A container whose pid 1 is cron.
+        let pid1 = fake_proc(9, &[(1, "cron", 0, "cron -f"), (8, "sh", 1, ""), (9, "ferry", 8, "")]);
+        assert_eq!(cron_ancestor(pid1.path(), "self").as_deref(), Some("cron"));
+        // An ssh command, a script from a terminal, a systemd timer: no cron.
+        for chain in [
+            [(1, "systemd", 0, ""), (5, "sshd", 1, ""), (8, "bash", 5, ""), (9, "ferry", 8, "")],
+            [
+                (1, "systemd", 0, ""),
+                (5, "tmux: server", 1, ""),
+                (8, "make (cron)", 5, ""),
+                (9, "ferry", 8, ""),
+            ],
+            [(1, "systemd", 0, ""), (5, "systemd", 1, ""), (8, "deploy.sh", 5, ""), (9, "ferry", 8, "")],
+        ] {
+            let tree = fake_proc(9, &chain);
+            assert_eq!(cron_ancestor(tree.path(), "self"), None, "{chain:?}");
+        }
+        // ferry itself named cron is not its own ancestor.
+        let itself = fake_proc(9, &[(1, "init", 0, ""), (8, "sh", 1, ""), (9, "cron", 8, "")]);
+        assert_eq!(cron_ancestor(itself.path(), "self"), None);
+    }
+
+    #[test]
+    fn busybox_counts_only_as_its_crond_applet() {
+        let applet =
+            fake_proc(9, &[(1, "init", 0, ""), (4, "busybox", 1, "busybox crond -f"), (9, "ferry", 4, "")]);
+        assert_eq!(cron_ancestor(applet.path(), "self").as_deref(), Some("busybox"));
+        let shell =
+            fake_proc(9, &[(1, "init", 0, ""), (4, "busybox", 1, "/bin/busybox sh"), (9, "ferry", 4, "")]);
+        assert_eq!(cron_ancestor(shell.path(), "self"), None);
+        assert!(is_busybox_crond(b"/usr/sbin/crond\0-f"));
+        assert!(is_busybox_crond(b"/bin/busybox\0crond\0-f"));
+        assert!(!is_busybox_crond(b"/bin/busybox\0ash"));
+        assert!(!is_busybox_crond(b""));
+    }
+
+    #[test]
+    fn a_broken_or_looping_proc_tree_ends_the_walk() {
+        // A missing parent, a loop, an unreadable stat: no answer, no hang.
+        let orphan = fake_proc(9, &[(9, "ferry", 8, "")]);
+        assert_eq!(cron_ancestor(orphan.path(), "self"), None);
+        let looped = fake_proc(9, &[(7, "sh", 8, ""), (8, "sh", 7, ""), (9, "ferry", 8, "")]);
+        assert_eq!(cron_ancestor(looped.path(), "self"), None);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(cron_ancestor(empty.path(), "self"), None);
+    }
+
+    #[test]
+    fn stat_lines_are_read_with_odd_names() {
+        assert_eq!(parse_stat(b"12 (cron) S 1 12 12 0"), Some(("cron".into(), 1)));
+        assert_eq!(parse_stat(b"12 (a) b (c)) R 77 1"), Some(("a) b (c)".into(), 77)));
+        assert_eq!(parse_stat(b"12 (cron S 1"), None);
+        assert_eq!(parse_stat(b"12 (cron) S x"), None);
+        assert_eq!(parse_stat(b")("), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stat_or_cmdline_is_read_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_stat(&bytes);
+            let _ = is_busybox_crond(&bytes);
+        }
     }
 }

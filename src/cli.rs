@@ -66,6 +66,7 @@ const EXAMPLES: &str = "Examples:
   ferry status web --env prod
   ferry status --env prod
   ferry remove web --env staging
+  ferry prune web --env prod --dry-run
   ferry maintenance on web --env prod --message 'Back at 10:00 UTC'
   ferry proxy status --env prod
   ferry promote web --to prod
@@ -95,6 +96,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop and remove an app's containers in an environment, and stop expecting it there
     Remove(RemoveArgs),
+    /// Remove an app's images that retention no longer keeps, and its stopped containers
+    Prune(PruneArgs),
     /// The proxy on the targets (apps with `proxy = {…}`): status, boot, reboot
     Proxy(ProxyArgs),
     /// Put an app behind the proxy in maintenance (503 with a message), or take it out
@@ -199,6 +202,10 @@ pub struct HistoryArgs {
     /// At most this many runs
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
+
+    /// Show one run: its targets' outcomes, container ids and errors (a run id from `ferry history`, or a unique prefix of one)
+    #[arg(long, value_name = "ID", conflicts_with_all = ["app", "environment", "since"])]
+    pub run: Option<String>,
 }
 
 /// `ferry state`.
@@ -333,6 +340,7 @@ pub struct ApplyFlags {
 
 /// `ferry deploy`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("overrides").args(["skip_lifecycle", "override_freeze"]).multiple(true)))]
 pub struct DeployArgs {
     #[command(flatten)]
     /// The app, environment and narrowing flags.
@@ -346,8 +354,12 @@ pub struct DeployArgs {
     #[arg(long, requires = "reason")]
     pub skip_lifecycle: bool,
 
-    /// Why the lifecycle is skipped (kept in the audit log)
-    #[arg(long, value_name = "TEXT", requires = "skip_lifecycle")]
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the lifecycle is skipped or the freeze overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "overrides")]
     pub reason: Option<String>,
 
     #[command(flatten)]
@@ -373,6 +385,14 @@ pub struct PromoteArgs {
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = flag(set))]
     pub sets: Vec<Set>,
 
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the freeze is overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "override_freeze")]
+    pub reason: Option<String>,
+
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
     pub apply: ApplyFlags,
@@ -391,6 +411,14 @@ pub struct RollbackArgs {
     /// Roll back to this deployment (an id from `ferry history`, or a unique prefix of one) instead of the previous one
     #[arg(long, value_name = "DEPLOYMENT_ID")]
     pub to: Option<String>,
+
+    /// Deploy inside a freeze window (`[[freeze]]`; needs --reason, audited)
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+
+    /// Why the freeze is overridden (kept in the audit log)
+    #[arg(long, value_name = "TEXT", requires = "override_freeze")]
+    pub reason: Option<String>,
 
     #[command(flatten)]
     /// Confirmation, parallelism and lock flags.
@@ -441,6 +469,18 @@ pub struct RemoveArgs {
     /// The lock expires after this long if ferry dies without releasing it
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = flag(duration))]
     pub lock_ttl: Duration,
+}
+
+/// `ferry prune`: `remove`'s flags, and `--dry-run`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    /// The app, environment, selection and lock flags.
+    pub common: RemoveArgs,
+
+    /// List what would be removed on each target; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `ferry proxy`.
@@ -863,8 +903,8 @@ impl Command {
             Command::Deploy(a) => Request::Deploy(request::Deploy {
                 selection: a.selection.into(),
                 version: a.version,
-                skip_lifecycle: a.skip_lifecycle.then(|| a.reason.unwrap_or_default()),
-                apply: a.apply.into(),
+                skip_lifecycle: a.skip_lifecycle.then(|| a.reason.clone().unwrap_or_default()),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Promote(a) => Request::Promote(request::Promote {
                 selection: request::Selection {
@@ -873,13 +913,13 @@ impl Command {
                     limits: a.limit,
                     sets: a.sets,
                 },
-                apply: a.apply.into(),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Rollback(a) => Request::Rollback(request::Rollback {
                 app: a.app,
                 environment: a.environment,
                 to: a.to,
-                apply: a.apply.into(),
+                apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),
             Command::Status(a) => Request::Status(request::Status {
                 app: a.app,
@@ -895,6 +935,16 @@ impl Command {
                 parallel: a.parallel,
                 connect_timeout: a.connect_timeout,
                 lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+            }),
+            Command::Prune(PruneArgs { common: a, dry_run }) => Request::Prune(request::Prune {
+                app: a.app,
+                environment: a.environment,
+                limits: a.limit,
+                yes: a.yes,
+                parallel: a.parallel,
+                connect_timeout: a.connect_timeout,
+                lock: request::LockTiming { ttl: a.lock_ttl, wait: a.lock_wait },
+                dry_run,
             }),
             Command::Proxy(a) => Request::Proxy(match a.action {
                 ProxyAction::Status { environment, limit, connect_timeout } => {
@@ -950,6 +1000,7 @@ impl Command {
                 environment: a.environment,
                 since: a.since,
                 limit: a.limit,
+                run: a.run,
             }),
             Command::Audit(a) => Request::Audit(match a.action {
                 AuditAction::Verify { log } => request::Audit::Verify { log },
@@ -973,9 +1024,15 @@ impl From<Selection> for request::Selection {
     }
 }
 
+/// The apply flags, with `--override-freeze --reason TEXT` (clap makes them come together).
+fn with_freeze(flags: ApplyFlags, override_freeze: bool, reason: Option<String>) -> request::Apply {
+    request::Apply { override_freeze: override_freeze.then(|| reason.unwrap_or_default()), ..flags.into() }
+}
+
 impl From<ApplyFlags> for request::Apply {
     fn from(a: ApplyFlags) -> Self {
         request::Apply {
+            override_freeze: None,
             yes: a.yes,
             force: a.force,
             quiet: a.quiet,

@@ -140,7 +140,7 @@ impl DockerError {
 }
 
 /// Runs `script`; a non-zero exit is a [`DockerError::Failed`] carrying stderr.
-async fn sh(
+pub(crate) async fn sh(
     host: &dyn Host,
     step: &'static str,
     script: &str,
@@ -164,7 +164,7 @@ fn last_lines(text: &str, n: usize) -> String {
 
 /// Quotes a value for a script. Values here are names, ids and paths that ferry produced or
 /// validated; a NUL (the only thing `quote` refuses) cannot be in them.
-fn q(value: &str) -> String {
+pub(crate) fn q(value: &str) -> String {
     shell::quote(value).unwrap_or_else(|_| "''".into())
 }
 
@@ -201,19 +201,14 @@ pub struct RemovedAll {
 /// refuses to start a second replace step beside a running one.
 pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result<RemovedAll, DockerError> {
     let script = format!(
-        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
-           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" || continue\n\
-           if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then\n\
-             echo '--- busy'; cat \"$d/meta\"; exit 0\n\
-           fi\n\
-         done\n\
-         ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
+        "{busy}ids=$(docker ps -aq --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env}) || exit 1\n\
          if [ -n \"$ids\" ]; then\n\
            docker inspect --format '{{{{.Name}}}}' $ids || exit 1\n\
            docker stop $ids > /dev/null || exit 1\n\
            docker rm $ids > /dev/null || exit 1\n\
          fi\n\
          echo '--- leftovers'\n{collect}",
+        busy = replace_busy_script(app, environment),
         app = q(app),
         env = q(environment),
         collect = crate::replace::collect_leftovers_script(app, environment),
@@ -239,6 +234,22 @@ pub async fn remove_all(host: &dyn Host, app: &str, environment: &str) -> Result
             .collect(),
         leftovers: crate::replace::parse_leftovers(leftovers),
     })
+}
+
+/// Script lines that print `--- busy` and the step's `meta` (`deployment=…`) and exit 0 when a
+/// replace step of `app` in `environment` still runs on the target (its runner died moments
+/// ago): its stopped containers are its own to start or restore.
+pub(crate) fn replace_busy_script(app: &str, environment: &str) -> String {
+    format!(
+        "for d in \"$HOME\"/.ferry/replace/*/; do\n\
+           [ -f \"$d/meta\" ] && grep -qxF app={app} \"$d/meta\" && grep -qxF environment={env} \"$d/meta\" || continue\n\
+           if [ -s \"$d/pid\" ] && kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && ! grep -q '^done ' \"$d/status\" 2>/dev/null; then\n\
+             echo '--- busy'; cat \"$d/meta\"; exit 0\n\
+           fi\n\
+         done\n",
+        app = q(app),
+        env = q(environment),
+    )
 }
 
 /// One container by name or id.
@@ -297,25 +308,46 @@ pub struct Brief {
 /// Pulls `image` and lists the containers of `app` in `environment`, in one round trip and
 /// one `docker ps` (a deployment's hot path: each docker CLI start costs tens of milliseconds
 /// of CPU on the target); also reads (and clears) the outcomes of this app's replace steps that
-/// ended with nobody to read them, so that the deployment can report them.
+/// ended with nobody to read them, so that the deployment can report them. An image pinned by
+/// digest that the target already has is not pulled (then the second value is true).
 pub async fn pull_and_list(
     host: &dyn Host,
     image: &str,
     app: &str,
     environment: &str,
     login: Option<&Login>,
-) -> Result<(Option<String>, Vec<Brief>, Vec<crate::replace::Leftover>), DockerError> {
+) -> Result<(Option<String>, bool, Vec<Brief>, Vec<crate::replace::Leftover>), DockerError> {
     // The password reaches `docker login` through the channel's stdin, never a command line,
     // and is stored only in a private client config (0700, random name) that this script
     // removes when the pull is done, whatever way it ends: nothing stays logged in.
     let login_step = login.map_or_else(String::new, login_script);
     let stdin = login.map(|l| l.password.expose().as_bytes());
+    let pull = format!(
+        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}",
+        image = q(image)
+    );
+    // An image pinned by digest that the target already has is those bytes: no pull, so a
+    // rollback to an image retention kept works with the registry out of reach.
+    let pull = match image.split_once('@').filter(|(_, d)| d.starts_with("sha256:")) {
+        Some((_, digest)) => format!(
+            "if docker image inspect {image} > /dev/null 2>&1; then echo {present}; echo {line}; else\n{pull}\nfi",
+            image = q(image),
+            present = q(PRESENT),
+            line = q(&format!("Digest: {digest}")),
+        ),
+        None => pull,
+    };
+    // Marked as pulled (or found) for a deployment, so that retention in another environment
+    // on this host does not remove it before this deployment's container uses it.
+    let note = q(&format!("{app}\t{environment}\t{image}"));
+    let pull = format!(
+        "{pull}; mkdir -p \"$HOME\"/{PULLED_DIR} && printf '%s\\n' {note} > \"$HOME\"/{PULLED_DIR}/\"$(printf %s {note} | cksum | cut -d' ' -f1)\""
+    );
     let script = format!(
-        "{login_step}docker pull {image} || exit 1; [ -z \"${{cfg:-}}\" ] || {{ rm -rf \"$cfg\"; cfg=; unset DOCKER_CONFIG; }}; echo '--- containers'; \
+        "{pull}; echo '--- containers'; \
          docker ps -a --no-trunc --filter label=ferry.app={app} --filter label=ferry.environment={env} \
            --format '{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"ferry.config-hash\"}}}}\t{{{{.Label \"ferry.version\"}}}}\t{{{{.Label \"ferry.digest\"}}}}' || exit 1\n\
          echo '--- leftovers'\n{collect}",
-        image = q(image),
         app = q(app),
         env = q(environment),
         collect = crate::replace::collect_leftovers_script(app, environment),
@@ -324,8 +356,22 @@ pub async fn pull_and_list(
     let text = out.text();
     let (pulled, listed) = text.split_once("--- containers\n").unwrap_or((&text, ""));
     let (listed, leftovers) = listed.split_once("--- leftovers\n").unwrap_or((listed, ""));
-    Ok((pulled_digest(pulled), parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
+    let present = pulled.lines().any(|l| l == PRESENT);
+    Ok((pulled_digest(pulled), present, parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
 }
+
+/// Where, below a target's home, [`pull_and_list`] notes each image a deployment pulled or
+/// found (one small file `APP\tENVIRONMENT\tIMAGE` per image, its mtime the time): retention
+/// keeps an image that another app or environment noted in the last [`PULLED_FRESH_MINUTES`],
+/// whatever the records say, since that deployment runs under its own lock and may not have
+/// started its container yet. Its own environment's notes it ignores (its lock is held).
+pub const PULLED_DIR: &str = ".ferry/pulled";
+
+/// How long a pull note keeps its image from retention (longer than any pull-to-start).
+pub const PULLED_FRESH_MINUTES: u32 = 60;
+
+/// The line [`pull_and_list`]'s script prints when the image pinned by digest was there already.
+const PRESENT: &str = "ferry: image present, not pulled";
 
 /// The lines that log a script in to `login`'s registry before it pulls: the password is read
 /// from the channel's stdin (the caller passes it), never a command line, into a private
@@ -409,14 +455,20 @@ pub fn repository_of(image: &str) -> &str {
     }
 }
 
-/// The last lines a container wrote (stdout and stderr), oldest first.
-pub async fn logs(host: &dyn Host, container: &str) -> Vec<String> {
+/// The last lines a container wrote (stdout and stderr), oldest first, each masked with
+/// `secrets` before it is cut (a secret cut in half would no longer match the mask).
+pub async fn logs(host: &dyn Host, container: &str, secrets: &[crate::secret::Secret]) -> Vec<String> {
     let script = format!("docker logs --tail {LOG_LINES} {} 2>&1", q(container));
     match sh(host, "docker logs", &script, None, STEP_DEADLINE).await {
         Ok(out) => out
             .text()
             .lines()
-            .map(|line| crate::report::truncate_line(line, crate::report::TAIL_LINE_BYTES))
+            .map(|line| {
+                crate::report::truncate_line(
+                    &crate::secret::mask(line, secrets),
+                    crate::report::TAIL_LINE_BYTES,
+                )
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -801,13 +853,17 @@ mod tests {
     #[tokio::test]
     async fn container_log_lines_are_cut_to_the_tail_line_length() {
         let long = "x".repeat(10 * crate::report::TAIL_LINE_BYTES);
+        // The secret begins 6 bytes before the cut: cut first, masked after, "dsn-pw" stays.
+        let secret = crate::secret::Secret::new("dsn-pw-0123456789");
+        let at_cut = format!("{}{} end", "y".repeat(crate::report::TAIL_LINE_BYTES - 3 - 6), secret.expose());
         let host = crate::host::fake::FakeHost::new("t1")
-            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n")));
-        let lines = logs(&host, "web-lab").await;
-        assert_eq!(lines.len(), 2);
+            .on("docker logs", crate::host::fake::Reply::ok(&format!("short\n{long}\n{at_cut}\n")));
+        let lines = logs(&host, "web-lab", std::slice::from_ref(&secret)).await;
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0], "short");
         assert_eq!(lines[1].len(), crate::report::TAIL_LINE_BYTES);
         assert!(lines[1].ends_with('…'), "a cut line is marked");
+        assert!(lines[2].ends_with("*** end") && !lines[2].contains("dsn-pw"), "masked before the cut");
     }
 
     #[test]

@@ -39,9 +39,56 @@ const BOOLEAN_SHORT_FLAGS: &[char] = &['d', 'i', 't', 'P', 'q'];
 pub fn check(
     words: &[shell::Word],
     image: &str,
-    proxied: bool,
+    managed: &Managed<'_>,
 ) -> Result<Vec<String>, (usize, String, Option<String>)> {
-    check_with_options(words, image, proxied).map(|(args, _)| args)
+    check_with_options(words, image, managed).map(|(args, _)| args)
+}
+
+/// What ferry adds to an app's `docker run` besides its name, labels and image, so that the
+/// template may not also say it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Managed<'a> {
+    /// The app sits behind the proxy: no published ports, no network of its own.
+    pub proxied: bool,
+    /// The app has `networks`: ferry attaches the container to them, the template names none.
+    pub networks: bool,
+    /// The app's `volumes`: the template mounts nothing else at their paths.
+    pub volumes: &'a [crate::netvol::Volume],
+}
+
+/// The refusal of a flag that the app's `networks` or `volumes` take over, if `flag` (with its
+/// value) is one.
+fn netvol_refusal(managed: &Managed<'_>, flag: &str, value: Option<&str>) -> Option<(String, String)> {
+    if managed.networks && matches!(flag, "--network" | "--net") {
+        return Some((
+            format!(
+                "the app has `networks`, so ferry attaches the container to them; this template also chooses a network ({flag})"
+            ),
+            format!("remove {flag} from the template, or list the network in the app's `networks`"),
+        ));
+    }
+    let value = value?;
+    let target = match flag {
+        "-v" | "--volume" => {
+            let mut parts = value.split(':');
+            let first = parts.next().unwrap_or_default();
+            parts.next().unwrap_or(first)
+        }
+        "--tmpfs" => value.split(':').next().unwrap_or_default(),
+        "--mount" => value
+            .split(',')
+            .find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                matches!(k.trim(), "target" | "dst" | "destination").then_some(v)
+            })
+            .unwrap_or_default(),
+        _ => return None,
+    };
+    let volume = managed.volumes.iter().find(|v| crate::netvol::same_path(&v.path, target))?;
+    Some((
+        format!("this template also mounts {target}, where the app's volume `{}` goes ({flag})", volume.name),
+        format!("remove the template's {flag} {value}, or the volume from the app's `volumes`"),
+    ))
 }
 
 /// The refusal of a flag that an app behind the proxy must not have, if `flag` is one.
@@ -69,7 +116,7 @@ fn proxied_refusal(flag: &str) -> Option<(String, String)> {
 pub fn check_with_options(
     words: &[shell::Word],
     image: &str,
-    proxied: bool,
+    managed: &Managed<'_>,
 ) -> Result<(Vec<String>, Vec<usize>), Refusal> {
     let first = words.first().map_or(0, |w| w.offset);
     let start = match words {
@@ -95,7 +142,7 @@ pub fn check_with_options(
     }
     let args = &words[start..];
     let mut options = Vec::new();
-    let image_at = find_image(args, &mut options, proxied)?;
+    let image_at = find_image(args, &mut options, managed)?;
     match image_at {
         Some(i) if args[i].text == image => Ok((
             args.iter().map(|w| w.text.clone()).collect(),
@@ -119,8 +166,9 @@ pub fn check_with_options(
 fn find_image(
     args: &[shell::Word],
     options: &mut Vec<usize>,
-    proxied: bool,
+    managed: &Managed<'_>,
 ) -> Result<Option<usize>, (usize, String, Option<String>)> {
+    let proxied = managed.proxied;
     let mut i = 0;
     while i < args.len() {
         let word = &args[i];
@@ -142,6 +190,9 @@ fn find_image(
         };
         if flag.starts_with("--") {
             if let Some((message, help)) = proxied.then(|| proxied_refusal(flag)).flatten() {
+                return refuse(&message, &help);
+            }
+            if let Some((message, help)) = netvol_refusal(managed, flag, value(args.get(i + 1)).as_deref()) {
                 return refuse(&message, &help);
             }
             match flag {
@@ -187,6 +238,9 @@ fn find_image(
             if c == 'l' && value.as_deref().is_some_and(|v| v.starts_with("ferry.")) {
                 return refuse("`ferry.*` labels are set by ferry", "use another label prefix");
             }
+            if let Some((message, help)) = netvol_refusal(managed, &format!("-{c}"), value.as_deref()) {
+                return refuse(&message, &help);
+            }
             if attached.is_empty() {
                 consumed = 2;
             }
@@ -203,7 +257,7 @@ mod tests {
 
     fn check_text(text: &str) -> Result<Vec<String>, String> {
         let words = shell::split(text).map_err(|e| e.message)?;
-        check(&words, "img:1", false).map_err(|e| e.1)
+        check(&words, "img:1", &Managed::default()).map_err(|e| e.1)
     }
 
     #[test]
@@ -221,12 +275,47 @@ mod tests {
             "docker run --network-alias x img:1",
         ] {
             let words = shell::split(bad).unwrap();
-            let err = check(&words, "img:1", true).err().map(|e| e.1).unwrap_or_default();
+            let err = check(&words, "img:1", &Managed { proxied: true, ..Managed::default() })
+                .err()
+                .map(|e| e.1)
+                .unwrap_or_default();
             assert!(err.contains("an app behind the proxy is reached through it"), "{bad}: {err}");
-            assert!(check(&words, "img:1", false).is_ok(), "{bad} is fine without a proxy");
+            assert!(check(&words, "img:1", &Managed::default()).is_ok(), "{bad} is fine without a proxy");
         }
         let words = shell::split("docker run -e P=1 --init img:1 -p 80").unwrap();
-        assert!(check(&words, "img:1", true).is_ok(), "flags after the image belong to the container");
+        assert!(
+            check(&words, "img:1", &Managed { proxied: true, ..Managed::default() }).is_ok(),
+            "flags after the image belong to the container"
+        );
+    }
+
+    #[test]
+    fn an_app_with_networks_or_volumes_keeps_the_template_off_them() {
+        let volumes = [crate::netvol::Volume { name: "data".into(), path: "/data".into() }];
+        let managed = Managed { networks: true, volumes: &volumes, ..Managed::default() };
+        for (bad, needle) in [
+            ("docker run --network host img:1", "chooses a network (--network)"),
+            ("docker run --net=bridge img:1", "chooses a network (--net)"),
+            ("docker run -v other:/data img:1", "mounts /data, where the app's volume `data` goes (-v)"),
+            ("docker run -v /data/ img:1", "mounts /data/"),
+            ("docker run --volume=/srv:/data:ro img:1", "(--volume)"),
+            ("docker run -itv x:/data img:1", "(-v)"),
+            ("docker run --mount type=bind,src=/srv,dst=/data img:1", "(--mount)"),
+            ("docker run --tmpfs /data:size=1m img:1", "(--tmpfs)"),
+        ] {
+            let words = shell::split(bad).unwrap();
+            let err = check(&words, "img:1", &managed).err().map(|e| e.1).unwrap_or_default();
+            assert!(err.contains(needle), "{bad}: {err}");
+            assert!(check(&words, "img:1", &Managed::default()).is_ok(), "{bad} is fine without the keys");
+        }
+        let fine =
+            shell::split("docker run -v logs:/logs --mount type=volume,target=/cache img:1 -v x:/data")
+                .unwrap();
+        assert!(check(&fine, "img:1", &managed).is_ok(), "other paths, and words after the image");
+        let only_volumes = Managed { volumes: &volumes, ..Managed::default() };
+        assert!(
+            check(&shell::split("docker run --network host img:1").unwrap(), "img:1", &only_volumes).is_ok()
+        );
     }
 
     #[test]

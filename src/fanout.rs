@@ -30,6 +30,9 @@ pub struct Work {
     /// target's sshd starts one session per run, not two; TIME is when ferry started the
     /// command, on ferry's clock like the local audit log (no `date` process on the target).
     pub mirror: Option<String>,
+    /// Masked in the output lines a result keeps, before a long line is cut (see
+    /// [`LineSplitter::masking`]).
+    pub secrets: Vec<crate::secret::Secret>,
 }
 
 /// How long the mirror line may take; it never holds up a run for longer.
@@ -291,7 +294,7 @@ async fn one_target(
         mirrored_command(&work.command, &line)
     });
     let command = mirrored.as_deref().unwrap_or(&work.command);
-    let mut sink = LineSplitter::new(&target.name, events.clone());
+    let mut sink = LineSplitter::new(&target.name, events.clone()).masking(&work.secrets);
     let outcome = connection.exec(command, work.stdin.as_deref(), work.deadline, &mut sink).await;
     sink.flush();
     result.tail = sink.tail.into_iter().collect();
@@ -513,6 +516,7 @@ mod tests {
             stdin: None,
             deadline: Some(Duration::from_secs(10)),
             mirror: None,
+            secrets: Vec::new(),
         };
         let settings = Settings {
             parallel: 3,
@@ -541,7 +545,8 @@ mod tests {
     async fn run_after_a_cancel_skips_every_target_and_reports_each_one() {
         let (dir, inventory) = local_inventory(&["a", "b"]);
         let targets: Vec<Target> = inventory.targets.clone();
-        let work = Work { command: "exit 0".into(), stdin: None, deadline: None, mirror: None };
+        let work =
+            Work { command: "exit 0".into(), stdin: None, deadline: None, mirror: None, secrets: Vec::new() };
         let settings = Settings {
             parallel: 1,
             ssh: ssh::Options {

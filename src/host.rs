@@ -626,7 +626,8 @@ async fn local_exec_until(
     local_status(child.wait().await.map_err(|e| ExecError::Lost(e.to_string()))?)
 }
 
-fn signal_name(sig: i32) -> String {
+/// The name of signal number `sig` as `ExitStatus::Signal` spells it (`KILL`, `TERM`).
+pub(crate) fn signal_name(sig: i32) -> String {
     match sig {
         1 => "HUP".into(),
         2 => "INT".into(),

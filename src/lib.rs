@@ -12,7 +12,8 @@
 //! subscribers (the renderers and the audit trail). Everything ferry remembers goes through a
 //! [`store::Store`] as [`records`]: the audit chain, the runner-side lease, and the
 //! [`deployments`] that `status`, `rollback` and the [`lifecycle`] gate read back. [`registry`]
-//! is the feed client, [`version`] orders tags.
+//! is the feed client, [`version`] orders tags. [`hooks`] runs the inventory's deploy hooks on
+//! the runner around a rollout.
 //!
 //! Stages up to [`plan`] are pure: they read the inventory and templates and produce a
 //! [`plan::Plan`], plain data that says exactly what would run where, without any network.
@@ -30,7 +31,9 @@ pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod fanout;
+pub mod freeze;
 pub mod glob;
+pub mod hooks;
 pub mod host;
 pub mod ids;
 pub mod inventory;
@@ -38,6 +41,8 @@ pub mod known_hosts;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
+pub mod netvol;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod planning;
@@ -48,6 +53,7 @@ pub mod render;
 pub mod replace;
 pub mod report;
 pub mod request;
+pub mod retention;
 pub mod rollout;
 pub mod secret;
 pub mod select;

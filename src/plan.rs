@@ -103,6 +103,12 @@ pub struct TargetPlan {
     /// points at (`CONTAINER-SHORTID`); set with `route`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// The networks the container joins, created where missing (issue 16).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// The named volumes it mounts, created where missing, never removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::netvol::Volume>,
 }
 
 /// The secrets env file for one container, sent to `docker run --env-file /dev/stdin` through
@@ -138,6 +144,10 @@ pub struct TargetInput<'a> {
     pub secret_hashes: &'a BTreeMap<String, String>,
     /// The app's route through the proxy in this environment, if it has one.
     pub route: Option<&'a Route>,
+    /// The networks the container joins (besides `ferry` behind the proxy).
+    pub networks: &'a [String],
+    /// The named volumes it mounts.
+    pub volumes: &'a [crate::netvol::Volume],
 }
 
 /// The Docker network ferry puts the proxy and every proxied container on.
@@ -185,6 +195,16 @@ fn routed(mut stable: Vec<String>, route: Option<&Route>) -> Vec<String> {
     if let Some(route) = route {
         stable.splice(at..at, proxy_block(route));
     }
+    stable
+}
+
+/// The stable argv with today's networks and volumes block ([`crate::netvol::block`]) right
+/// after the proxy block: a recorded one is replaced, as the route is (a volume added since the
+/// recorded deployment stays mounted after a rollback to it).
+fn attached(mut stable: Vec<String>, input: &TargetInput<'_>) -> Vec<String> {
+    let at = (proxy_at(&stable) + if input.route.is_some() { 6 } else { 0 }).min(stable.len());
+    let recorded = crate::netvol::block_len(&stable[at..]);
+    stable.splice(at..at + recorded, crate::netvol::block(input.networks, input.volumes));
     stable
 }
 
@@ -246,6 +266,8 @@ pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> 
     {
         rest = after;
     }
+    // The networks and volumes block of the day of the record (today's replaces it).
+    rest = &rest[crate::netvol::block_len(rest)..];
     let words: Vec<shell::Word> = ["docker", "run"]
         .into_iter()
         .map(str::to_string)
@@ -253,12 +275,15 @@ pub fn check_recorded(input: &TargetInput<'_>, argv: &[String], image: &str) -> 
         .enumerate()
         .map(|(offset, text)| shell::Word { text, offset, starts_line: offset == 0 })
         .collect();
-    crate::docker_run::check(&words, image, input.route.is_some()).map(|_| ()).map_err(
-        |(_, message, help)| match help {
-            Some(help) if input.route.is_some() => format!("{message} ({help})"),
-            _ => message,
-        },
-    )
+    let managed = crate::docker_run::Managed {
+        proxied: input.route.is_some(),
+        networks: !input.networks.is_empty(),
+        volumes: input.volumes,
+    };
+    crate::docker_run::check(&words, image, &managed).map(|_| ()).map_err(|(_, message, help)| match help {
+        Some(help) if input.route.is_some() => format!("{message} ({help})"),
+        _ => message,
+    })
 }
 
 /// Where the labels that change per deployment go in the argv: after the two stable ones.
@@ -267,7 +292,7 @@ const LABELS_END: usize = 9;
 /// Builds a target's plan from a stable argv (as [`target_plan`] makes it, or as an audit
 /// record kept it, for a rollback): adds the per-deployment labels and computes the hash.
 pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<String>) -> TargetPlan {
-    let stable = routed(piped_env_file(stable), input.route);
+    let stable = attached(routed(piped_env_file(stable), input.route), input);
     let env_file = env_file(input);
     let config_hash = config_hash(input, &stable);
     let mut volatile = vec![format!("ferry.version={}", input.version)];
@@ -310,6 +335,8 @@ pub fn finish(input: &TargetInput<'_>, stable: Vec<String>, health_cmd: Option<S
         exec_argv,
         route: input.route.cloned(),
         alias,
+        networks: input.networks.to_vec(),
+        volumes: input.volumes.to_vec(),
     }
 }
 
@@ -418,6 +445,58 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         text.split(' ').map(str::to_string).collect()
+    }
+
+    /// A rollback's recorded argv gets today's networks and volumes: the recorded block is
+    /// replaced (or one is added to a record from before them), and the record still passes the
+    /// check of what ferry would have rendered.
+    #[test]
+    fn a_recorded_block_is_replaced_by_todays_networks_and_volumes() {
+        let target = Target {
+            name: "t".into(),
+            name_span: 0..0,
+            host: "h".into(),
+            port: 22,
+            user: None,
+            identity: None,
+            roles: Vec::new(),
+            vars: Default::default(),
+            transport: Transport::Ssh,
+            jump: None,
+        };
+        let (secrets, hashes) = (Secrets::new(), BTreeMap::new());
+        let networks = vec!["nv-new".to_string()];
+        let volumes = vec![crate::netvol::Volume { name: "data".into(), path: "/data".into() }];
+        let input = TargetInput {
+            target: &target,
+            app: "web",
+            environment: "prod",
+            container: "web-prod",
+            image: "img",
+            version: "1",
+            digest: None,
+            deployment: "d",
+            secrets: &secrets,
+            secret_hashes: &hashes,
+            route: None,
+            networks: &networks,
+            volumes: &volumes,
+        };
+        let prefix =
+            "docker run --detach --name web-prod --label ferry.app=web --label ferry.environment=prod";
+        let today = format!(
+            "{prefix} --label ferry.networks=nv-new --network nv-new --label ferry.volumes=data:/data --volume data:/data -p 80:80 img"
+        );
+        for recorded in [
+            format!("{prefix} --label ferry.networks=nv-old --network nv-old -p 80:80 img"),
+            format!("{prefix} -p 80:80 img"),
+        ] {
+            check_recorded(&input, &words(&recorded), "img").unwrap();
+            assert_eq!(finish(&input, words(&recorded), None).stable_argv, words(&today), "{recorded}");
+        }
+        // A record whose template chose a network is refused once the app has `networks`.
+        let own = words(&format!("{prefix} --network host img"));
+        assert!(check_recorded(&input, &own, "img").unwrap_err().contains("chooses a network"));
     }
 
     #[test]

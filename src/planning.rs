@@ -90,6 +90,9 @@ impl<'a> Release<'a> {
     ) -> Result<Self, Error> {
         let app = inventory.app(request.app)?;
         let env = inventory.environment(request.environment)?;
+        // Every plan passes here (deploy, plan, promote, rollback): none for an environment the
+        // app does not deploy to, whatever the command checked first.
+        app.check_deploys_to(&env.name)?;
         // Checked here too: a version read back from a record did not pass the command line.
         crate::request::check_tag(request.version)?;
         let (secrets, problems) =
@@ -143,6 +146,8 @@ impl<'a> Release<'a> {
             secrets: &self.secrets,
             secret_hashes: &self.secret_hashes,
             route: self.app.route(&self.env.name),
+            networks: self.app.networks(&self.env.name),
+            volumes: self.app.volumes(&self.env.name),
         }
     }
 
@@ -188,12 +193,17 @@ pub fn build_plan(
     Ok(release.plan(plans))
 }
 
-/// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
-pub fn image_reference(inventory: &Inventory, app: &App, version: &str, digest: Option<&str>) -> String {
-    let repository = match app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) {
+/// The app's image repository as targets pull it: `registry/repo` (with a feed), else `repo`.
+pub fn repository(inventory: &Inventory, app: &App) -> String {
+    match app.feed.as_ref().and_then(|f| inventory.feeds.get(f)) {
         Some(feed) => format!("{}/{}", feed.registry, app.image),
         None => app.image.clone(),
-    };
+    }
+}
+
+/// `registry/repo@digest` when the digest is known, else `registry/repo:tag`.
+pub fn image_reference(inventory: &Inventory, app: &App, version: &str, digest: Option<&str>) -> String {
+    let repository = repository(inventory, app);
     match digest {
         Some(d) => format!("{repository}@{d}"),
         None => format!("{repository}:{version}"),

@@ -31,11 +31,15 @@ pub enum Kind {
     TrustRecorded,
     /// A synthetic record of `ferry audit bench`.
     Bench,
+    /// A notification of the run was sent, or could not be (issue 16).
+    Notified,
+    /// A deploy hook (`[hooks]`) ended on the runner.
+    HookFinished,
 }
 
 impl Kind {
     /// Every kind, for parsing.
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 10] = [
         Kind::RunStarted,
         Kind::TargetOutcome,
         Kind::RunFinished,
@@ -44,6 +48,8 @@ impl Kind {
         Kind::LockBroken,
         Kind::TrustRecorded,
         Kind::Bench,
+        Kind::Notified,
+        Kind::HookFinished,
     ];
 
     /// The word stored in the log.
@@ -57,6 +63,8 @@ impl Kind {
             Kind::LockBroken => "lock_broken",
             Kind::TrustRecorded => "trust_recorded",
             Kind::Bench => "bench",
+            Kind::Notified => "notified",
+            Kind::HookFinished => "hook_finished",
         }
     }
 
@@ -133,6 +141,11 @@ pub struct RunFinished {
     /// Refused before anything changed (a held lock, an unreachable target): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// A freeze window that began after the run started (during `--lock-wait` or the prompt)
+    /// and that `--override-freeze --reason` overrode: the window and the reason. One in force
+    /// when the run started is in `run_started`'s notes instead.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
+    pub freeze_override: Option<crate::freeze::Override>,
     /// Deployments: what ran where (read back by status, rollback, promote, the lifecycle).
     /// One this ferry cannot read (another version's shape) reads as none: the run's counts
     /// and outcome still show in `history`, and nothing acts on the unreadable part.
@@ -142,6 +155,10 @@ pub struct RunFinished {
     /// that they no longer expect the app there).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
     pub removal: Option<Removal>,
+    /// Image retention per target (`ferry prune`, and a deployment's step after its rollout):
+    /// what was removed (or would be, a dry run), the bytes freed, what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "readable")]
+    pub retention: Option<std::collections::BTreeMap<String, crate::retention::Pruned>>,
 }
 
 /// A value of type `T`, or none when it does not have `T`'s shape.
@@ -152,6 +169,35 @@ where
 {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(serde_json::from_value(value).ok())
+}
+
+/// `hook_finished`: how a deploy hook (`[hooks]`) ended on the runner; also the
+/// `hook_finished` event (`--output json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookFinished {
+    /// `pre_deploy`, `post_deploy` or `failed`.
+    pub hook: crate::hooks::HookKind,
+    /// The path as the inventory writes it.
+    pub path: String,
+    /// `FERRY_OUTCOME` as the hook saw it (`post_deploy`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<crate::hooks::RunOutcome>,
+    /// `ok`, `failed` (non-zero exit, a signal), `timed_out`, `error` (could not be started).
+    pub status: crate::hooks::HookStatus,
+    /// Exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal name, when it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// What went wrong (masked): `exited 1`, `still running after 5m: killed`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall time.
+    pub ms: u64,
+    /// The last output lines, both streams (masked).
+    #[serde(default)]
+    pub tail: Vec<String>,
 }
 
 /// `lock_acquired`, `lock_released`, `lock_broken`.

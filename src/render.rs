@@ -143,8 +143,12 @@ impl Renderer {
         let context = minijinja::value::merge_maps([Value::from(extra), base]);
         let name = ctx.app.template.as_str();
         let text = self.render_one(name, &context, ctx.vars)?;
-        let proxied = ctx.app.route(ctx.environment).is_some();
-        let args = self.command_args(name, &text, &context, ctx.image, proxied)?;
+        let managed = crate::docker_run::Managed {
+            proxied: ctx.app.route(ctx.environment).is_some(),
+            networks: !ctx.app.networks(ctx.environment).is_empty(),
+            volumes: ctx.app.volumes(ctx.environment),
+        };
+        let args = self.command_args(name, &text, &context, ctx.image, &managed)?;
         let health_cmd = match ctx.app.health.cmd {
             Some(_) => Some(self.render_one(&health_name(&ctx.app.name), &context, ctx.vars)?),
             None => None,
@@ -234,13 +238,13 @@ impl Renderer {
         text: &str,
         context: &Value,
         image: &str,
-        proxied: bool,
+        managed: &crate::docker_run::Managed<'_>,
     ) -> Result<Vec<String>, RenderError> {
         let fail = |offset: usize, message: String, help: Option<String>| {
             RenderError::Command(self.output_diagnostic(name, context, offset, message).maybe_help(help))
         };
         let words = shell::split(text).map_err(|e| fail(e.offset, e.message, None))?;
-        let (checked, options) = docker_run::check_with_options(&words, image, proxied)
+        let (checked, options) = docker_run::check_with_options(&words, image, managed)
             .map_err(|(offset, message, help)| fail(offset, message, help))?;
         if let Some(error) = self.option_from_value(name, context, &options) {
             return Err(error);

@@ -81,6 +81,11 @@ pub struct Request<'a> {
     pub meta: Meta<'a>,
     /// The proxy's part, for an app behind the proxy: start beside the old one, then switch.
     pub proxy: Option<ProxyStep<'a>>,
+    /// The networks the container joins: created where missing right before it is
+    /// (see [`crate::netvol`]).
+    pub networks: &'a [String],
+    /// The named volumes it mounts: created where missing.
+    pub volumes: &'a [crate::netvol::Volume],
 }
 
 /// What the proxied replace step needs besides [`Request`].
@@ -288,6 +293,7 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
          }}\n\
          alive() {{ [ $(( $(date +%s) - $(stat -c %Y \"$dir/seen\" 2>/dev/null || echo 0) )) -lt \"$abandon\" ]; }}\n\
          {read_env}exec < /dev/null\n\
+         {ensure}\
          if [ -n \"$old\" ]; then\n\
            docker stop \"$old\" > /dev/null 2> \"$dir/err\" || {{ errs; say 'notstarted cannot stop the old container'; say 'done untouched'; exit 0; }}\n\
            say stopped\n\
@@ -314,6 +320,7 @@ fn detached_script(request: &Request<'_>, run: &str) -> String {
         abandon = ABANDON_AFTER.as_secs(),
         lines = docker::LOG_LINES,
         gate = docker::gate_script(request.name, &request.gate),
+        ensure = crate::netvol::ensure_script(request.meta.app, request.networks, request.volumes),
     )
 }
 
@@ -346,6 +353,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
            fi\n\
            docker rm -f \"$next\" > /dev/null 2>&1 && say \"warn removed a stray $next (a replace step that ended without cleaning up)\"\n\
          fi\n\
+         {ensure}\
          id=$({feed}{run} 2> \"$dir/err\"); rc=$?\n\
          if [ \"$rc\" != 0 ]; then errs; say \"runfailed exit $rc\"; logs; discard discarded; fi\n\
          say \"started $(printf '%s\\n' \"$id\" | tail -n 1)\"\n\
@@ -400,6 +408,7 @@ fn proxied_script(request: &Request<'_>, proxy: &ProxyStep<'_>, run: &str) -> St
         alias_q = q(proxy.alias),
         port = proxy.port,
         drain_loop = DRAIN_LOOP,
+        ensure = crate::netvol::ensure_script(request.meta.app, request.networks, request.volumes),
     )
 }
 
@@ -433,8 +442,8 @@ const DRAIN_LOOP: &str = r#"ferry_peer() { printf '%02X%02X%02X%02X:%04X' "$4" "
 /// unread outcome, or refuses while one still runs, then starts the script with `setsid` (its
 /// output to a private file, the secrets through a pipe).
 fn launcher(request: &Request<'_>) -> Result<String, DockerError> {
-    let run = shell::join(request.argv)
-        .map_err(|e| DockerError::Failed { step: "docker run", message: e.to_string() })?;
+    let run = crate::netvol::run_command(request.argv, request.networks, request.proxy.is_some())
+        .map_err(|message| DockerError::Failed { step: "docker run", message })?;
     let script = match &request.proxy {
         Some(proxy) => proxied_script(request, proxy, &run),
         None => detached_script(request, &run),
@@ -666,6 +675,8 @@ mod tests {
             },
             meta: Meta { app: "web", environment: "dev", deployment: "d1", version: "1.0" },
             proxy: None,
+            networks: &[],
+            volumes: &[],
         }
     }
 
@@ -704,6 +715,20 @@ mod tests {
                 let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
                 assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
             }
+        }
+        // With networks and volumes: ensured first, and several networks connected before the start.
+        let networks = ["back".to_string(), "cache".to_string()];
+        let volumes = [crate::netvol::Volume { name: "data".into(), path: "/data".into() }];
+        for proxied in [None, Some(proxy.clone())] {
+            let request =
+                Request { networks: &networks, volumes: &volumes, proxy: proxied, ..request(&argv, None) };
+            let script = launcher(&request).unwrap();
+            assert!(
+                script.contains("docker volume create") && script.contains("docker network connect"),
+                "{script}"
+            );
+            let out = std::process::Command::new("/bin/sh").args(["-n", "-c", &script]).output().unwrap();
+            assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
         }
         let with_env = launcher(&request(&argv, Some(b"TOKEN=x"))).unwrap();
         assert!(!with_env.contains("TOKEN=x"), "the secrets travel on stdin only");

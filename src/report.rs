@@ -104,6 +104,44 @@ pub enum Event {
         /// Its targets.
         targets: Vec<String>,
     },
+    /// A notification of the run went to a receiver (`[notify.NAME]`), or could not.
+    Notified {
+        /// The notifier's name.
+        notifier: String,
+        /// `started`, `succeeded` or `failed`.
+        moment: crate::notify::Moment,
+        /// Whether the receiver took it.
+        delivered: bool,
+        /// Attempts made.
+        attempts: u32,
+        /// Why not (never the URL).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A deploy hook (`[hooks]`) starts on the runner.
+    HookStarted {
+        /// `pre_deploy`, `post_deploy` or `failed`.
+        hook: crate::hooks::HookKind,
+        /// Its path as the inventory writes it.
+        path: String,
+    },
+    /// One line of a hook's output (without its newline).
+    HookOutput {
+        /// Which hook.
+        hook: crate::hooks::HookKind,
+        /// `stdout` or `stderr`.
+        stream: Stream,
+        /// The line, lossily decoded as UTF-8.
+        line: String,
+        /// The line's share of the hook's backlog, given back when the event is dropped.
+        #[serde(skip)]
+        in_flight: InFlight,
+    },
+    /// A hook ended: how, and its last lines (also its `hook_finished` record).
+    HookFinished(crate::records::HookFinished),
+    /// Image retention on a target: what it removed (or would, `--dry-run`), bytes freed, and
+    /// what went wrong (also in the run's `run_finished` record, `retention`).
+    Pruned(crate::retention::Pruned),
     /// The run is over.
     RunFinished {
         /// Targets that succeeded.
@@ -331,10 +369,28 @@ impl AuditTrail {
                     ),
                 }
             }
+            Event::Notified { notifier, moment, delivered, attempts, error } => entry(
+                Kind::Notified,
+                Vec::new(),
+                serde_json::json!({
+                    "notifier": notifier,
+                    "moment": moment,
+                    "delivered": delivered,
+                    "attempts": attempts,
+                    "error": error,
+                }),
+            ),
+            Event::HookFinished(finished) => {
+                entry(Kind::HookFinished, Vec::new(), serde_json::to_value(finished).unwrap_or_default())
+            }
             Event::RunStarted { .. }
             | Event::TargetConnected { .. }
             | Event::TargetStep { .. }
-            | Event::BatchStarted { .. } => return Ok(()),
+            | Event::BatchStarted { .. }
+            | Event::HookStarted { .. }
+            | Event::HookOutput { .. }
+            // In the run's `run_finished` (`retention`), one record for the run.
+            | Event::Pruned(_) => return Ok(()),
         };
         self.store.append(&record).map(|_| ()).inspect_err(|_| self.unrecorded.push(record))
     }
@@ -432,10 +488,42 @@ fn render(style: &mut Style, out: &mut impl Write, event: &Event) {
             Event::BatchStarted { batch, targets } => {
                 let _ = writeln!(out, "batch {batch}: {}", targets.join(", "));
             }
+            Event::Notified { .. } => {
+                let _ = writeln!(out, "{}", notified_line(event));
+            }
+            Event::Pruned(pruned) => {
+                let _ = writeln!(out, "{}", pruned_line(pruned));
+            }
+            Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
+                if let Some(line) = hook_line(event) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
             _ => {}
         },
         Style::Interactive { multi, bars } => render_interactive(multi, bars, event),
-        Style::Quiet => {}
+        // A notifier or a retention step that failed is still said, on stderr: under cron with
+        // `--quiet`, the mail cron sends is the only way anyone learns of it.
+        Style::Quiet => match event {
+            Event::Notified { delivered: false, .. } => eprintln!("warning: {}", notified_line(event)),
+            // Retention that failed leaves images on the target's disk: said like a notifier.
+            Event::Pruned(pruned) if pruned.error.is_some() => eprintln!("warning: {}", pruned_line(pruned)),
+            _ => {}
+        },
+    }
+}
+
+/// A hook's event as one line: `hook NAME - running PATH`, `hook NAME | output`, `hook NAME -
+/// ok` or `hook NAME ! what went wrong`.
+fn hook_line(event: &Event) -> Option<String> {
+    match event {
+        Event::HookStarted { hook, path } => Some(format!("hook {hook} - running {path}")),
+        Event::HookOutput { hook, line, .. } => Some(format!("hook {hook} | {line}")),
+        Event::HookFinished(finished) => Some(match &finished.error {
+            None => format!("hook {} - ok", finished.hook),
+            Some(error) => format!("hook {} ! {error}", finished.hook),
+        }),
+        _ => None,
     }
 }
 
@@ -459,6 +547,21 @@ fn masked(secrets: &[Secret], event: Event) -> Event {
             Event::TargetFinished { target, status, exit_code, signal, error, ms, action, container, logs }
         }
         Event::TargetStep { target, step } => Event::TargetStep { target, step: mask(&step, secrets) },
+        Event::Notified { notifier, moment, delivered, attempts, error } => {
+            Event::Notified { notifier, moment, delivered, attempts, error: error.map(|e| mask(&e, secrets)) }
+        }
+        Event::HookOutput { hook, stream, line, in_flight } => {
+            Event::HookOutput { hook, stream, line: mask(&line, secrets), in_flight }
+        }
+        Event::Pruned(mut pruned) => {
+            pruned.error = pruned.error.map(|e| mask(&e, secrets));
+            Event::Pruned(pruned)
+        }
+        Event::HookFinished(mut finished) => {
+            finished.error = finished.error.map(|e| mask(&e, secrets));
+            finished.tail = finished.tail.iter().map(|l| mask(l, secrets)).collect();
+            Event::HookFinished(finished)
+        }
         other => other,
     }
 }
@@ -526,7 +629,42 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
         Event::BatchStarted { batch, targets } => {
             let _ = multi.println(format!("batch {batch}: {}", targets.join(", ")));
         }
+        Event::Notified { .. } => {
+            let _ = multi.println(notified_line(event));
+        }
+        Event::Pruned(pruned) => {
+            let _ = multi.println(pruned_line(pruned));
+        }
+        Event::HookStarted { .. } | Event::HookOutput { .. } | Event::HookFinished(_) => {
+            if let Some(line) = hook_line(event) {
+                let _ = multi.println(line);
+            }
+        }
         Event::RunFinished { .. } => {}
+    }
+}
+
+/// `web-1 - retention: removed 2 images (…), 0 containers; 12.3 MB freed`; `!` when something
+/// could not be removed.
+fn pruned_line(pruned: &crate::retention::Pruned) -> String {
+    let mark = if pruned.error.is_some() { '!' } else { '-' };
+    format!("{} {mark} retention: {}", pruned.target, pruned.describe())
+}
+
+/// `notified chat (started)`, or why it was not delivered.
+fn notified_line(event: &Event) -> String {
+    let Event::Notified { notifier, moment, delivered, attempts, error } = event else {
+        return String::new();
+    };
+    if *delivered {
+        format!("notified {notifier} ({})", moment.as_str())
+    } else {
+        format!(
+            "notify {notifier} ({}): not delivered after {}: {}",
+            moment.as_str(),
+            crate::output::count(*attempts as usize, "attempt"),
+            error.as_deref().unwrap_or("no answer")
+        )
     }
 }
 
@@ -538,11 +676,15 @@ fn render_interactive(multi: &MultiProgress, bars: &mut HashMap<String, Progress
 /// and summaries is a fixed number of cut lines.
 pub struct LineSplitter {
     target: String,
+    /// A hook's output instead of a target's: sent as [`Event::HookOutput`].
+    hook: Option<crate::hooks::HookKind>,
     events: Events,
     partial: [Vec<u8>; 2],
     /// The last lines seen (both streams), oldest first.
     pub tail: std::collections::VecDeque<String>,
     backlog: Arc<Backlog>,
+    /// Masked in a tail line before it is cut: a secret cut in half would no longer match.
+    secrets: Vec<crate::secret::Secret>,
 }
 
 /// Output bytes of one target sent on as events that no subscriber has handled yet, past which
@@ -620,11 +762,25 @@ impl LineSplitter {
     pub fn new(target: &str, events: Events) -> LineSplitter {
         LineSplitter {
             target: target.to_string(),
+            hook: None,
             events,
             partial: [Vec::new(), Vec::new()],
             tail: Default::default(),
             backlog: Arc::default(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// The same splitter, masking `secrets` in the tail it keeps (before a long line is cut, so
+    /// a secret that the cut would split is still found). The events are masked on their way.
+    pub fn masking(mut self, secrets: &[crate::secret::Secret]) -> LineSplitter {
+        self.secrets = secrets.to_vec();
+        self
+    }
+
+    /// A splitter for a deploy hook's output on the runner.
+    pub fn for_hook(hook: crate::hooks::HookKind, events: Events) -> LineSplitter {
+        LineSplitter { hook: Some(hook), ..LineSplitter::new(hook.as_str(), events) }
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) {
@@ -632,10 +788,14 @@ impl LineSplitter {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(truncate_line(&line, TAIL_LINE_BYTES));
+        self.tail.push_back(truncate_line(&crate::secret::mask(&line, &self.secrets), TAIL_LINE_BYTES));
         // The weight counts the event's own allocations too, so that short lines add up.
         let in_flight = InFlight::new(&self.backlog, line.len() + self.target.len() + 64);
-        let _ = self.events.send(Event::Output { target: self.target.clone(), stream, line, in_flight });
+        let event = match self.hook {
+            Some(hook) => Event::HookOutput { hook, stream, line, in_flight },
+            None => Event::Output { target: self.target.clone(), stream, line, in_flight },
+        };
+        let _ = self.events.send(event);
     }
 
     /// Sends what is left of unterminated last lines.
@@ -646,6 +806,29 @@ impl LineSplitter {
                 self.emit(stream, &rest);
             }
         }
+    }
+}
+
+/// `buffer` with every occurrence of each secret's bytes replaced by `***`, as
+/// [`crate::secret::mask`] does for text (the buffer may end inside a character).
+fn mask_bytes(buffer: &mut Vec<u8>, secrets: &[crate::secret::Secret]) {
+    for secret in secrets {
+        let needle = secret.expose().as_bytes();
+        if needle.is_empty() || buffer.len() < needle.len() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut i = 0;
+        while i < buffer.len() {
+            if buffer[i..].starts_with(needle) {
+                out.extend_from_slice(b"***");
+                i += needle.len();
+            } else {
+                out.push(buffer[i]);
+                i += 1;
+            }
+        }
+        *buffer = out;
     }
 }
 
@@ -663,7 +846,16 @@ impl OutputSink for LineSplitter {
             rest = &rest[newline + 1..];
         }
         self.partial[i].extend_from_slice(rest);
-        while self.partial[i].len() >= MAX_LINE_BYTES {
+        // A piece is cut only once the longest secret fits after the cut, and the buffer is
+        // masked first: a secret that would straddle the cut is masked whole, not sent in halves.
+        let margin = self.secrets.iter().map(|s| s.expose().len()).max().unwrap_or(0);
+        while self.partial[i].len() > MAX_LINE_BYTES + margin {
+            if margin > 0 {
+                mask_bytes(&mut self.partial[i], &self.secrets);
+                if self.partial[i].len() <= MAX_LINE_BYTES + margin {
+                    break;
+                }
+            }
             // Cut before a UTF-8 continuation byte, so that no character is split in two.
             let mut cut = MAX_LINE_BYTES;
             while cut > MAX_LINE_BYTES - 3 && self.partial[i][cut] & 0xC0 == 0x80 {
@@ -856,6 +1048,59 @@ mod tests {
         assert!(splitter.tail.iter().all(|l| l.len() <= TAIL_LINE_BYTES && l.ends_with('…')));
         assert_eq!(truncate_line("short", TAIL_LINE_BYTES), "short");
         assert_eq!(truncate_line("ééé", 5), "é…", "cut on a character boundary, marked");
+    }
+
+    #[test]
+    fn output_of_exactly_the_piece_size_without_a_newline_is_no_panic() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx);
+        // A hook's reads are 8 KiB: eight of them end exactly at the piece size.
+        for _ in 0..MAX_LINE_BYTES / 8192 {
+            splitter.output(Stream::Stdout, &[b'x'; 8192]);
+        }
+        splitter.output(Stream::Stdout, b"y");
+        splitter.flush();
+        let mut total = 0;
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            assert!(line.len() <= MAX_LINE_BYTES);
+            total += line.len();
+        }
+        assert_eq!(total, MAX_LINE_BYTES + 1);
+    }
+
+    #[test]
+    fn a_secret_across_a_piece_cut_is_masked_whole() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret begins 5 bytes before the piece size, and arrives in two writes.
+        splitter.output(Stream::Stdout, &vec![b'x'; MAX_LINE_BYTES - 5]);
+        splitter.output(Stream::Stdout, b"hunter2-");
+        splitter.output(Stream::Stdout, b"swordfish and more");
+        splitter.output(Stream::Stdout, &vec![b'z'; MAX_LINE_BYTES]);
+        splitter.flush();
+        let mut all = String::new();
+        while let Ok(Event::Output { line, .. }) = rx.try_recv() {
+            all.push_str(&line);
+        }
+        assert!(!all.contains("hunter") && !all.contains("swordfish"), "no half of it is sent");
+        assert!(all.contains("xxx*** and more"), "masked whole");
+    }
+
+    #[test]
+    fn a_secret_that_the_tail_cut_would_split_is_masked_before_the_cut() {
+        let secret = crate::secret::Secret::new("hunter2-swordfish");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::new("t", tx).masking(std::slice::from_ref(&secret));
+        // The secret starts 8 bytes before the cut: cut first, masked after, "hunter2-" stays.
+        let line = format!("{}hunter2-swordfish tail\n", "x".repeat(TAIL_LINE_BYTES - 3 - 8));
+        splitter.output(Stream::Stdout, line.as_bytes());
+        let kept = splitter.tail.back().unwrap();
+        assert!(!kept.contains("hunter"), "no part of the secret is kept: {}", &kept[kept.len() - 20..]);
+        assert!(kept.ends_with("*** tail"), "{}", &kept[kept.len() - 20..]);
+        let mut unmasked = LineSplitter::new("t", mpsc::unbounded_channel().0);
+        unmasked.output(Stream::Stdout, line.as_bytes());
+        assert!(unmasked.tail.back().unwrap().contains("hunter2-"), "the case this test is about");
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub enum Request {
     Status(Status),
     /// `ferry remove`.
     Remove(Remove),
+    /// `ferry prune`.
+    Prune(Prune),
     /// `ferry proxy status|boot|reboot`.
     Proxy(Proxy),
     /// `ferry maintenance on|off`.
@@ -122,6 +124,8 @@ pub struct Apply {
     pub connect_timeout: Duration,
     /// The environment lock.
     pub lock: LockTiming,
+    /// `--override-freeze --reason TEXT`: the reason.
+    pub override_freeze: Option<String>,
 }
 
 /// `ferry check`.
@@ -209,6 +213,27 @@ pub struct Remove {
     pub connect_timeout: Duration,
     /// The environment lock.
     pub lock: LockTiming,
+}
+
+/// `ferry prune`: `remove`'s selection and lock, and `--dry-run`.
+#[derive(Debug, Clone)]
+pub struct Prune {
+    /// App name.
+    pub app: String,
+    /// Environment name.
+    pub environment: String,
+    /// `--limit` globs.
+    pub limits: Vec<String>,
+    /// `--yes`: no confirmation prompt.
+    pub yes: bool,
+    /// Targets worked on at once.
+    pub parallel: usize,
+    /// Give up on a target whose SSH session is not up within this time.
+    pub connect_timeout: Duration,
+    /// The environment lock.
+    pub lock: LockTiming,
+    /// `--dry-run`: list what would be removed, remove nothing.
+    pub dry_run: bool,
 }
 
 /// `ferry proxy`.
@@ -409,6 +434,8 @@ pub struct History {
     pub since: Option<Duration>,
     /// At most this many runs.
     pub limit: usize,
+    /// Show this one run (an id or a unique prefix of one) in detail.
+    pub run: Option<String>,
 }
 
 /// `ferry audit …`.

@@ -162,6 +162,8 @@ pub struct HistoryFilter {
     pub since_ms: Option<i64>,
     /// At most this many runs (the newest).
     pub limit: usize,
+    /// Only runs whose id starts with this (`history --run`: an id or a prefix of one).
+    pub run: Option<String>,
 }
 
 /// The runner-side hold on an environment: released when dropped (or when the process dies).
@@ -362,7 +364,8 @@ impl Store for FileStore {
             .filter(|run| {
                 let head = first[*run];
                 let (app, env) = (head.entry.app.as_deref(), head.entry.environment.as_deref());
-                filter.app.as_deref().is_none_or(|a| app == Some(a))
+                filter.run.as_deref().is_none_or(|prefix| run.starts_with(prefix))
+                    && filter.app.as_deref().is_none_or(|a| app == Some(a))
                     && filter.environment.as_deref().is_none_or(|e| env == Some(e))
                     && filter
                         .since_ms

@@ -33,6 +33,9 @@ struct Report<'a> {
     targets: usize,
     renders: usize,
     warnings: &'a [Diagnostic],
+    /// Freeze windows in force now and starting within 7 days (absent without `[[freeze]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze: Option<crate::freeze::Outlook>,
 }
 
 /// Runs `ferry check`.
@@ -44,7 +47,7 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
     // One warning per unavailable secret, naming every deployment it would break.
     let mut unavailable = BTreeMap::new();
     for app in &inventory.apps {
-        for env in &inventory.environments {
+        for env in inventory.environments.iter().filter(|e| app.deploys_to(&e.name)) {
             let request = PlanRequest {
                 app: &app.name,
                 environment: &env.name,
@@ -88,6 +91,9 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
         eprint!("{}", w.render("warning"));
     }
     let path = inventory.source.path.display().to_string();
+    let names: Vec<&str> = inventory.environments.iter().map(|e| e.name.as_str()).collect();
+    let freeze = (!inventory.freezes.is_empty())
+        .then(|| crate::freeze::Outlook::at(&inventory.freezes, &names, jiff::Timestamp::now()));
     if is_json(output) {
         output::print_json(&Report {
             schema: 1,
@@ -99,6 +105,7 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
             targets: inventory.targets.len(),
             renders,
             warnings: &warnings,
+            freeze,
         })?;
     } else {
         let verdict = if ok { "ok" } else { "failed (warnings denied)" };
@@ -110,6 +117,9 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
             output::count(renders, "render"),
             output::count(warnings.len(), "warning")
         ))?;
+        for line in freeze.iter().flat_map(|f| &f.lines) {
+            output::print(&format!("freeze: {line}\n"))?;
+        }
     }
     Ok(if ok { 0 } else { EXIT_INVALID })
 }

@@ -4,13 +4,22 @@
 //! re-planning with the pinned digest, rendering `post_deploy`), the lock, the audit log and the
 //! summary. `rollback` runs through the same [`execute`] with a plan rebuilt from the record.
 //!
+//! The inventory's `[hooks]` ([`crate::hooks`]) run here, inside the session (the lock held):
+//! `pre_deploy` before the rollout, `post_deploy` or `failed` after it.
+//! Between the rollout and those hooks, image retention ([`crate::commands::prune`]) runs on the
+//! targets that succeeded: a warning when it fails, never the exit code.
+//!
+//! Before the hook, an app with `networks` or `volumes` has them checked on every target
+//! ([`crate::netvol::preflight`]): a network that exists with other options is exit 2 there.
+//!
 //! Exit code: 0 when every target runs the planned container (changed or already up to date);
-//! 1 when a target failed or was unreachable, or the rollout stopped; 3 locked; 4 not confirmed
-//! or a host key refused; 130 interrupted.
+//! 1 when a target failed or was unreachable, or the rollout stopped; 2 a network that exists
+//! with other options; 3 locked; 4 not confirmed,
+//! a host key refused or a failing `pre_deploy` hook; 130 interrupted.
 
 use std::sync::{Arc, Mutex};
 
-use super::session::{Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
+use super::session::{After, Context, EXIT_INTERRUPTED, Finish, Outcome, Session, known_secrets};
 use super::{new_deployment_id, runtime, ssh_options, store};
 use crate::apply::{self, Applied, Planner};
 use crate::audit::Entry;
@@ -32,10 +41,14 @@ pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Res
     // target is touched: every target then pulls and runs those bytes.
     let app = inventory.app(&args.selection.app)?;
     inventory.environment(&args.selection.environment)?;
+    // Before the feed is asked: a deploy that cannot happen is bad input, found offline.
+    app.check_deploys_to(&args.selection.environment)?;
+    let freeze = freeze_gate(&inventory, "deploy", &args.selection.environment, &args.apply)?;
     let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
     let skip = args.skip_lifecycle.clone();
-    let notes =
+    let mut notes =
         lifecycle_gate(&inventory, app, &args.selection.environment, &version, digest.as_deref(), skip)?;
+    notes.freeze_override = freeze;
     let release = Release { version, digest, kind: Kind::Deploy, notes };
     deploy_release(inventory, &args.selection, release, &args.apply, output)
 }
@@ -67,6 +80,96 @@ pub struct Notes {
     /// `--skip-lifecycle --reason`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_lifecycle: Option<String>,
+    /// `--override-freeze --reason` inside a freeze window: the window and the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_override: Option<crate::freeze::Override>,
+}
+
+/// Refuses (exit 4) to change `environment` inside a freeze window, before anything is asked or
+/// connected, unless `--override-freeze --reason` says why; returns what the record keeps of an
+/// override.
+pub fn freeze_gate(
+    inventory: &Inventory,
+    command: &str,
+    environment: &str,
+    flags: &ApplyFlags,
+) -> Result<Option<crate::freeze::Override>, Error> {
+    if let Some(reason) = &flags.override_freeze
+        && reason.trim().is_empty()
+    {
+        return Err(Error::Input(
+            Diagnostic::new("--reason: an empty reason")
+                .help("say why the freeze is overridden: it is kept in the audit log"),
+        ));
+    }
+    let Some(frozen) = crate::freeze::frozen(&inventory.freezes, environment, jiff::Timestamp::now()) else {
+        return Ok(None);
+    };
+    match &flags.override_freeze {
+        Some(reason) => {
+            eprintln!("warning: freeze overridden: {}; reason: {reason}", frozen.describe(environment));
+            Ok(Some(frozen.record(reason)))
+        }
+        None => Err(Error::Refused(freeze_refusal(inventory, command, environment, &frozen))),
+    }
+}
+
+/// Why `command` may not change `environment` now: the window, its end, and the way out.
+fn freeze_refusal(
+    inventory: &Inventory,
+    command: &str,
+    environment: &str,
+    frozen: &crate::freeze::Frozen<'_>,
+) -> Diagnostic {
+    Diagnostic::new(format!("{command} refused: {}", frozen.describe(environment)))
+        .at(&inventory.source, frozen.window.span.clone())
+        .help("wait until it ends, or pass --override-freeze --reason TEXT (the reason is kept in the audit log)")
+}
+
+/// The freeze check again, once the lock is held (see [`freeze_gate`] for the first one).
+struct FreezeRecheck {
+    inventory: Arc<Inventory>,
+    command: &'static str,
+    environment: String,
+    /// `--override-freeze --reason`: the run proceeds in any window, for this reason.
+    reason: Option<String>,
+    /// The first check already found a window (and its override is in `run_started`).
+    overridden_at_start: bool,
+}
+
+/// What the second freeze check says.
+enum Recheck {
+    /// No window, or one the first check already saw overridden.
+    Free,
+    /// A window that began after the first check, overridden: for `run_finished`.
+    Overridden(crate::freeze::Override),
+    /// A window that began after the first check, not overridden: exit 4.
+    Refused(Diagnostic),
+}
+
+impl FreezeRecheck {
+    fn check(&self) -> Recheck {
+        if self.overridden_at_start {
+            return Recheck::Free;
+        }
+        let Some(frozen) =
+            crate::freeze::frozen(&self.inventory.freezes, &self.environment, jiff::Timestamp::now())
+        else {
+            return Recheck::Free;
+        };
+        match &self.reason {
+            Some(reason) => {
+                eprintln!(
+                    "warning: freeze overridden: {}; reason: {reason}",
+                    frozen.describe(&self.environment)
+                );
+                Recheck::Overridden(frozen.record(reason))
+            }
+            None => {
+                Recheck::Refused(freeze_refusal(&self.inventory, self.command, &self.environment, &frozen))
+            }
+        }
+    }
 }
 
 /// Plans `release` from the inventory and runs it.
@@ -106,16 +209,12 @@ pub fn lifecycle_gate(
     digest: Option<&str>,
     skip: Option<String>,
 ) -> Result<Notes, Error> {
-    let by_phase = super::store(inventory)?.successes_by_phase(&app.name, &inventory.phases)?;
+    // The phases the app deploys to: a prod-only worker is not held back by staging.
+    let phases = app.phases(&inventory.phases);
+    let by_phase = super::store(inventory)?.successes_by_phase(&app.name, &phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
     let release = digest.unwrap_or(version);
-    let gate = crate::lifecycle::check(
-        &inventory.phases,
-        &inventory.optional_phases,
-        environment,
-        release,
-        successes,
-    );
+    let gate = crate::lifecycle::check(&phases, &inventory.optional_phases, environment, release, successes);
     let mut notes = Notes::default();
     match gate {
         crate::lifecycle::Gate::Free => {}
@@ -227,13 +326,69 @@ pub fn execute(
         lock: Some((flags.lock, format!("ferry {what}"))),
         ssh: ssh_options(inventory, flags.connect_timeout)?,
     };
+    let hooks = inventory.hooks.clone();
+    let facts = crate::hooks::Facts {
+        app: plan.app.clone(),
+        environment: plan.environment.clone(),
+        version: plan.version.clone(),
+        digest: plan.digest.clone(),
+        run: plan.deployment.clone(),
+        actor: session.store.actor().describe(),
+        targets: names.clone(),
+    };
+    let refused_skips = names.len();
+    let hook_secrets = secrets.clone();
+    let (records, kept_inventory) = (Arc::clone(&session.store), Arc::clone(inventory));
     let started = RunStarted {
         image: Some(plan.image.clone()),
         force: Some(flags.force),
         notes: serde_json::to_value(&notes).ok(),
         ..RunStarted::default()
     };
-    let outcome = session.run(names, started, |context: Context| async move {
+    // The `post_deploy` or `failed` hook's end, filled in once it ran (after `run_finished`).
+    let after_hook: Arc<Mutex<Option<crate::records::HookFinished>>> = Arc::default();
+    let after_slot = Arc::clone(&after_hook);
+    let recheck = FreezeRecheck {
+        inventory: Arc::clone(inventory),
+        command,
+        environment: plan.environment.clone(),
+        reason: flags.override_freeze.clone(),
+        overridden_at_start: notes.freeze_override.is_some(),
+    };
+    let parallel = flags.parallel;
+    let outcome = session.run(names, started, |mut context: Context| async move {
+        use crate::hooks::{HookKind, RunOutcome};
+        let begins = context.rollout_begins.take();
+        // Again with the lock held: a wait for the lock or at the prompt may have run into a
+        // window that had not begun when the command started.
+        let late_override = match recheck.check() {
+            Recheck::Free => None,
+            Recheck::Overridden(granted) => Some(granted),
+            Recheck::Refused(refusal) => return refused(refused_skips, &refusal),
+        };
+        // Networks that exist with other options anywhere: bad input, before any hook or target.
+        if let Err(mismatch) =
+            crate::netvol::preflight(&plan, &context.connections, parallel, &context.events).await
+        {
+            let mut finish = refused(refused_skips, &mismatch);
+            finish.value = Rolled::Invalid(mismatch);
+            return finish;
+        }
+        let pre =
+            crate::hooks::run(&hooks, HookKind::PreDeploy, &facts, None, &context.events, &hook_secrets)
+                .await;
+        if let Some(pre) = pre.filter(|p| p.status != crate::hooks::HookStatus::Ok) {
+            // Before any pull: nothing on any target has changed.
+            let refusal = crate::hooks::refusal(&pre);
+            return refused(refused_skips, &refusal);
+        }
+        // What retention keeps is read before anything changes (see `prune::Histories`).
+        let histories =
+            crate::commands::prune::Histories::read(&kept_inventory, &*records, &facts.app, &facts.targets)
+                .map_err(|e| e.to_string());
+        if let Some(begins) = begins {
+            let _ = begins.send(());
+        }
         let applied = apply::apply(
             plan,
             planner,
@@ -244,25 +399,95 @@ pub fn execute(
             context.cancel,
         )
         .await;
+        // Image retention on the targets that run the new container, under the lock and
+        // before `run_finished`: its outcome is part of the run, never its exit code.
+        let mut retention = Vec::new();
+        if !applied.interrupted {
+            let succeeded =
+                applied.reports.iter().filter(|r| r.status == Status::Ok).map(|r| r.target.clone()).collect();
+            retention = crate::commands::prune::after_rollout(
+                &kept_inventory,
+                &histories,
+                &applied.plan,
+                succeeded,
+                &context.connections,
+                parallel,
+                &context.events,
+            )
+            .await;
+        }
         drop(context.connections);
-        finish(applied, notes.rollback_to.as_deref())
+        let outcome = RunOutcome::of(applied.reports.iter().map(|r| r.status));
+        let facts = crate::hooks::Facts { digest: applied.plan.digest.clone(), ..facts };
+        let events = context.events;
+        let after: After = Box::pin(async move {
+            let ended =
+                crate::hooks::run(&hooks, outcome.hook(), &facts, Some(outcome), &events, &hook_secrets)
+                    .await;
+            *after_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ended;
+        });
+        let mut finished = finish(applied, notes.rollback_to.as_deref(), after, retention);
+        if let Some(record) = finished.record.as_mut() {
+            record.freeze_override = late_override;
+        }
+        finished
     })?;
-    let Outcome::Finished { value: applied, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
+    let Outcome::Finished { value, audited } = outcome else { return Ok(EXIT_INTERRUPTED) };
+    let applied = match value {
+        Rolled::Refused(refusal) => return Err(Error::Refused(refusal)),
+        Rolled::Invalid(mismatch) => return Err(Error::Input(mismatch)),
+        Rolled::Applied(applied) => *applied,
+    };
+    let after = after_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let hook_report = after.as_ref().map_or_else(String::new, crate::hooks::report);
     let nothing_to_say = flags.quiet
+        && hook_report.is_empty()
         && applied
             .reports
             .iter()
             .all(|r| r.status == Status::Ok && r.action == Some(crate::docker::Action::Unchanged));
     if output != OutputFormat::Json && !nothing_to_say {
-        output::print(&mask(&summary(&applied, &what), &secrets))?;
+        output::print(&mask(&(summary(&applied, &what) + &hook_report), &secrets))?;
     }
     let code = exit_code(&applied);
     // A deployment whose outcome is not on record did not fully succeed.
     Ok(if code == 0 && !audited { 1 } else { code })
 }
 
+/// What the work under the session ends with.
+enum Rolled {
+    /// The `pre_deploy` hook failed: nothing ran.
+    Refused(Diagnostic),
+    /// The networks preflight found a network it cannot join (exit 2): nothing ran.
+    Invalid(Diagnostic),
+    /// The rollout ran.
+    Applied(Box<Applied>),
+}
+
+/// A run that `pre_deploy` refused, as the session records it: every target skipped, and
+/// why in `run_finished` (`history` shows it as refused).
+fn refused(targets: usize, refusal: &Diagnostic) -> Finish<Rolled> {
+    let why = refusal.message.lines().next().unwrap_or_default().to_string();
+    Finish {
+        ok: 0,
+        failed: 0,
+        skipped: targets,
+        interrupted: false,
+        stopped: None,
+        record: Some(RunFinished { refused: Some(why), ..RunFinished::default() }),
+        digest: None,
+        after: None,
+        value: Rolled::Refused(refusal.clone()),
+    }
+}
+
 /// The rollout's end as the session records it: counts and the deployment's record.
-fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
+fn finish(
+    applied: Applied,
+    rollback_to: Option<&str>,
+    after: After,
+    retention: Vec<crate::retention::Pruned>,
+) -> Finish<Rolled> {
     let deployment =
         crate::deployments::detail(&applied.plan, &applied.reports, applied.interrupted, rollback_to);
     let count = |s: Status| applied.reports.iter().filter(|r| r.status == s).count();
@@ -272,9 +497,15 @@ fn finish(applied: Applied, rollback_to: Option<&str>) -> Finish<Applied> {
         skipped: count(Status::Skipped),
         interrupted: applied.interrupted,
         stopped: applied.stopped.clone(),
-        record: Some(RunFinished { deployment: Some(deployment), ..RunFinished::default() }),
+        record: Some(RunFinished {
+            deployment: Some(deployment),
+            retention: (!retention.is_empty())
+                .then(|| retention.into_iter().map(|p| (p.target.clone(), p)).collect()),
+            ..RunFinished::default()
+        }),
         digest: applied.plan.digest.clone(),
-        value: applied,
+        after: Some(after),
+        value: Rolled::Applied(Box::new(applied)),
     }
 }
 

@@ -41,6 +41,10 @@ struct Report<'a> {
     version: &'a str,
     digest: Option<&'a str>,
     targets: &'a [TargetDiff],
+    /// The environment's freeze windows now and in the next 7 days (absent when none), as in
+    /// `plan --output json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze: Option<&'a crate::freeze::Outlook>,
 }
 
 /// Runs `ferry plan --diff` for a plan built by tag; re-plans with the digest the targets know.
@@ -51,6 +55,7 @@ pub fn run(
     plan: Plan,
     connect_timeout: std::time::Duration,
     output: OutputFormat,
+    freeze: Option<&crate::freeze::Outlook>,
 ) -> Result<i32, Error> {
     let ssh = ssh_options(inventory, connect_timeout)?;
     let targets: Vec<_> = plan.targets.iter().filter_map(|t| inventory.target(&t.target)).collect();
@@ -100,6 +105,7 @@ pub fn run(
             version: &plan.version,
             digest: plan.digest.as_deref(),
             targets: &diffs,
+            freeze,
         })?,
         OutputFormat::Plain => output::print(
             &diffs
@@ -178,6 +184,23 @@ fn compare(
         }
         _ => false,
     };
+    // Networks and volumes are in the argv (and the hash); said in their own words here.
+    let (networks, volumes) =
+        crate::netvol::from_labels(current.label("ferry.networks"), current.label("ferry.volumes"));
+    if networks != tp.networks {
+        let (now, planned) =
+            (crate::netvol::describe_networks(&networks), crate::netvol::describe_networks(&tp.networks));
+        reasons.push(format!("networks: {now} → {planned}"));
+    }
+    if volumes != tp.volumes {
+        let (now, planned) =
+            (crate::netvol::describe_volumes(&volumes), crate::netvol::describe_volumes(&tp.volumes));
+        reasons.push(format!("volumes: {now} → {planned}"));
+    }
+    let block_units: Vec<String> = units(&crate::netvol::block(&networks, &volumes))
+        .into_iter()
+        .chain(units(&crate::netvol::block(&tp.networks, &tp.volumes)))
+        .collect();
     let recorded = current
         .label("ferry.deployment")
         .and_then(|id| history.iter().rev().find(|d| d.id == id))
@@ -185,8 +208,9 @@ fn compare(
     match recorded {
         Some(r) => {
             // The image has its own reason above.
-            let images = [current.details.image.as_str(), plan.image.as_str()];
-            let changes = argv_changes(&r.argv, &tp.stable_argv, &images);
+            let mut skip = vec![current.details.image.as_str(), plan.image.as_str()];
+            skip.extend(block_units.iter().map(String::as_str));
+            let changes = argv_changes(&r.argv, &tp.stable_argv, &skip);
             if changes.is_empty() && reasons.is_empty() {
                 reasons.push(match &tp.route {
                     // The route's port, health and tls are in the hash, not in the argv.

@@ -115,6 +115,7 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
                     stopped: None,
                     record: None,
                     digest: None,
+                    after: None,
                     value: 1,
                 },
             }
@@ -130,7 +131,13 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
             Outcome::Abandoned => EXIT_INTERRUPTED,
         });
     }
-    let work = Work { command: script, stdin: None, deadline: args.timeout, mirror: Some(mirror) };
+    let work = Work {
+        command: script,
+        stdin: None,
+        deadline: args.timeout,
+        mirror: Some(mirror),
+        secrets: secrets.clone(),
+    };
     let settings = Settings { parallel: args.parallel, ssh };
     let outcome = session.run(names, started, |context: Context| async move {
         let results = fanout::run(
@@ -152,6 +159,7 @@ pub fn run(inventory: Inventory, args: &Exec, output: OutputFormat) -> Result<i3
             stopped: None,
             record: None,
             digest: None,
+            after: None,
             value: (results, interrupted),
         }
     })?;
@@ -268,6 +276,7 @@ fn done(code: i32, ok: bool, interrupted: bool) -> Finish<i32> {
         stopped: None,
         record: None,
         digest: None,
+        after: None,
         value: code,
     }
 }

@@ -3,8 +3,8 @@
 //! The first question on a fleet someone else set up is "what is deployed where?". The
 //! inventory answers what is meant to be, offline and at once: no SSH, no store, no feed. One
 //! row per app and environment, with the targets the app runs on there (the environment's
-//! targets that have one of the app's roles), its image and feed. `ferry status --env ENV`
-//! then shows what actually runs.
+//! targets that have one of the app's roles), its image and feed. An app with `deploy_to` is
+//! listed in those environments only. `ferry status --env ENV` then shows what actually runs.
 
 use serde::Serialize;
 
@@ -21,7 +21,10 @@ struct App<'a> {
     image: &'a str,
     /// Its feed's name, if it has one.
     feed: Option<&'a str>,
-    /// Where it runs, per environment in inventory order.
+    /// `deploy_to`, when the app sets it: the only environments it deploys to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy_to: Option<&'a [String]>,
+    /// Where it runs, per environment it deploys to, in inventory order.
     environments: Vec<Placement<'a>>,
 }
 
@@ -86,9 +89,11 @@ fn list(inventory: &Inventory) -> Vec<App<'_>> {
             app: &app.name,
             image: &app.image,
             feed: app.feed.as_deref(),
+            deploy_to: app.deploy_to.as_ref().map(|d| d.environments.as_slice()),
             environments: inventory
                 .environments
                 .iter()
+                .filter(|env| app.deploys_to(&env.name))
                 .map(|env| Placement {
                     environment: &env.name,
                     targets: crate::select::select(inventory, app, env, &[])

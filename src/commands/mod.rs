@@ -20,6 +20,7 @@ pub mod ls;
 pub mod plan;
 pub mod promote;
 pub mod proxy_cmd;
+pub mod prune;
 pub mod remove;
 pub mod rollback;
 pub mod run;
@@ -65,6 +66,7 @@ fn dispatch(inventory: Inventory, request: Request, output: OutputFormat) -> Res
         Request::Rollback(r) => rollback::run(inventory, &r, output),
         Request::Status(r) => status::run(&inventory, &r, output),
         Request::Remove(r) => remove::run(inventory, &r, output),
+        Request::Prune(r) => prune::run(inventory, &r, output),
         Request::Proxy(r) => proxy_cmd::run(inventory, r, output),
         Request::Maintenance(r) => proxy_cmd::maintenance(inventory, r, output),
         Request::Ls => ls::run(&inventory, output),
@@ -259,10 +261,12 @@ pub fn audit_log(inventory: &Inventory) -> crate::audit::Log {
     crate::audit::Log::new(&state_dir(inventory), actor())
 }
 
-/// Who runs this process (user, host, CI job, cron or terminal).
+/// Who runs this process (user, host, CI job, terminal, cron, systemd or a script).
 fn actor() -> crate::audit::Actor {
     use std::io::IsTerminal;
-    crate::audit::Actor::detect(&process_env, std::io::stdin().is_terminal())
+    let terminal = std::io::stdin().is_terminal() || std::io::stderr().is_terminal();
+    let under_cron = || crate::audit::cron_ancestor(std::path::Path::new("/proc"), "self").is_some();
+    crate::audit::Actor::detect(&process_env, terminal, &under_cron)
 }
 
 /// The targets of `env`, in inventory order (locks cover all of them, whatever `--limit` says).

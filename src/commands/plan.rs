@@ -21,6 +21,10 @@ use super::feed::LATEST;
 /// otherwise). Input problems are found first, offline, so a broken inventory is exit 2 whether
 /// or not the feed answers.
 pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Result<i32, Error> {
+    // Before the store or the feed is asked: a plan that cannot be deployed is bad input.
+    let app = inventory.app(&args.selection.app)?;
+    inventory.environment(&args.selection.environment)?;
+    app.check_deploys_to(&args.selection.environment)?;
     let renderer = Renderer::new(inventory).map_err(Error::Render)?;
     let deployment = new_deployment_id();
     let asked = args.version.as_deref().unwrap_or(LATEST);
@@ -67,6 +71,20 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
     if let Some(note) = note.filter(|_| !is_json(output)) {
         eprintln!("note: {note}");
     }
+    // When a deploy of this plan would be refused: now, or within the next days.
+    let environment = [args.selection.environment.as_str()];
+    let freeze = crate::freeze::Outlook::at(&inventory.freezes, &environment, jiff::Timestamp::now());
+    if !is_json(output) {
+        for (i, line) in freeze.lines.iter().enumerate() {
+            let now = if i < freeze.active.len() {
+                " (a deploy now is refused without --override-freeze)"
+            } else {
+                ""
+            };
+            eprintln!("freeze: {line}{now}");
+        }
+    }
+    let freeze = Some(&freeze).filter(|f| !f.active.is_empty() || !f.upcoming.is_empty());
     if args.diff {
         let (version, digest) = (plan.version.clone(), plan.digest.clone());
         let request = PlanRequest {
@@ -81,7 +99,7 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
             missing_secrets: MissingSecrets::Error,
             hash_key: &hash_key,
         };
-        return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output);
+        return super::diff::run(inventory, &renderer, &request, plan, args.connect_timeout, output, freeze);
     }
     match output {
         OutputFormat::Json => {
@@ -94,8 +112,12 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
                 /// The feed's word on a named tag (absent without a feed, and for `latest`).
                 #[serde(skip_serializing_if = "Option::is_none")]
                 feed: Option<&'a super::feed::FeedCheck>,
+                /// The freeze windows of the environment now and in the next 7 days (absent
+                /// when none).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                freeze: Option<&'a crate::freeze::Outlook>,
             }
-            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref() })?;
+            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref(), freeze })?;
         }
         OutputFormat::Plain => output::print(&plain(&plan))?,
         OutputFormat::Human => output::print(&human(&plan))?,
@@ -125,6 +147,15 @@ pub fn human(plan: &Plan) -> String {
     }
     if let Some(route) = plan.targets.first().and_then(|t| t.route.as_ref()) {
         out += &format!("proxy: {}\n", route.describe());
+    }
+    if let Some(first) = plan.targets.first() {
+        if !first.networks.is_empty() {
+            out += &format!("networks (created where missing): {}\n", first.networks.join(", "));
+        }
+        if !first.volumes.is_empty() {
+            let volumes = crate::netvol::describe_volumes(&first.volumes);
+            out += &format!("volumes (created where missing, never removed): {volumes}\n");
+        }
     }
     out += "\n";
     let rows: Vec<Vec<String>> = plan

@@ -14,15 +14,20 @@ use crate::request::Promote as PromoteArgs;
 /// Runs `ferry promote`.
 pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Result<i32, Error> {
     let to = &args.selection.environment;
-    let app = inventory.app(&args.selection.app)?.name.clone();
+    let app_def = inventory.app(&args.selection.app)?;
     inventory.environment(to)?;
-    let by_phase = store(&inventory)?.successes_by_phase(&app, &inventory.phases)?;
+    app_def.check_deploys_to(to)?;
+    let freeze = super::deploy::freeze_gate(&inventory, "promote", to, &args.apply)?;
+    // The phases the app deploys to: it is promoted from the nearest of those.
+    let phases = app_def.phases(&inventory.phases);
+    let app = app_def.name.clone();
+    let by_phase = store(&inventory)?.successes_by_phase(&app, &phases)?;
     let successes = |phase: &str| by_phase.get(phase).map(|d| d.iter().collect()).unwrap_or_default();
-    let source = crate::lifecycle::source(&inventory.phases, &inventory.optional_phases, to, successes)
+    let source = crate::lifecycle::source(&phases, &inventory.optional_phases, to, successes)
         .map_err(|why| {
             // The first phase, or an environment outside the phases, has no earlier phase to
             // deploy to first: it is deployed to directly.
-            let help = match inventory.phases.iter().position(|p| p == to) {
+            let help = match phases.iter().position(|p| p == to) {
                 Some(0) | None => {
                     format!("there is no earlier phase: deploy to {to} directly with `ferry deploy {app} --env {to} --version TAG`")
                 }
@@ -63,6 +68,7 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
     let notes = Notes {
         promoted_from: Some(format!("{source_env} deployment {}", source.id)),
         lifecycle: Some(format!("passed {source_env} in deployment {}", source.id)),
+        freeze_override: freeze,
         ..Notes::default()
     };
     let release = Release {

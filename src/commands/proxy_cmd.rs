@@ -454,6 +454,7 @@ fn finish(done: Vec<Done>, interrupted: bool) -> Finish<(Vec<Done>, bool)> {
         stopped: None,
         record: Some(RunFinished::default()),
         digest: None,
+        after: None,
         value: (done, interrupted),
     }
 }

@@ -296,6 +296,7 @@ fn finish(removed: Vec<TargetRemoval>, interrupted: bool) -> Finish<(Vec<TargetR
         stopped: None,
         record: Some(RunFinished { removal: Some(removal), ..RunFinished::default() }),
         digest: None,
+        after: None,
         value: (removed, interrupted),
     }
 }

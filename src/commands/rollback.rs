@@ -26,6 +26,8 @@ use crate::request::Rollback as RollbackArgs;
 pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> Result<i32, Error> {
     let app = inventory.app(&args.app)?.name.clone();
     let env = inventory.environment(&args.environment)?.name.clone();
+    inventory.app(&app)?.check_deploys_to(&env)?;
+    let freeze = super::deploy::freeze_gate(&inventory, "rollback", &env, &args.apply)?;
     let store = store(&inventory)?;
     let changes = store.changes(&app, &env)?;
     let history = deployments::deployed(&changes);
@@ -77,6 +79,7 @@ pub fn run(inventory: Inventory, args: &RollbackArgs, output: OutputFormat) -> R
     );
     let inventory = Arc::clone(&planner.inventory);
     let to_id = to.id.clone();
-    let notes = super::deploy::Notes { rollback_to: Some(to_id), ..Default::default() };
+    let notes =
+        super::deploy::Notes { rollback_to: Some(to_id), freeze_override: freeze, ..Default::default() };
     execute(&inventory, plan, Arc::new(planner), Kind::Rollback, &args.apply, output, notes)
 }

@@ -38,6 +38,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
         stdin: None,
         deadline: args.timeout,
         mirror: Some(format!("ferry run {run_id} by {}: {shown}", store.actor().describe())),
+        secrets: secrets.clone(),
     };
     let settings =
         Settings { parallel: args.reach.parallel, ssh: ssh_options(&inventory, args.reach.connect_timeout)? };
@@ -89,6 +90,7 @@ pub fn run(inventory: Inventory, args: &RunArgs, output: OutputFormat) -> Result
             stopped: None,
             record: None,
             digest: None,
+            after: None,
             value: (results, interrupted),
         }
     })?;

@@ -18,7 +18,14 @@
 //!    others (whether the rest proceeds is the work's failure budget to say);
 //! 5. the event stream, with the audit trail and the renderer as its subscribers;
 //! 6. `run_finished`, or, when the run was refused before any work (a held lock), a
-//!    `run_finished` that says why.
+//!    `run_finished` that says why; then the work's [`After`] part (a deployment's
+//!    `post_deploy` or `failed` hook), the lock still held;
+//! 7. for a deployment (`deploy`, `promote`, `rollback`), the notifications of
+//!    `[notify.NAME]`: `started` once the lock is held, sent beside the work (a slow receiver
+//!    never delays a target), `succeeded` or `failed` after `run_finished` (so they carry
+//!    every target's outcome; a run abandoned by a second signal is announced as failed, with
+//!    the outcomes so far, within the quick stop's deadline). Each delivery is an event
+//!    (`notified`), shown and recorded; a notifier that fails never fails the run.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
@@ -33,6 +40,7 @@ use crate::fanout::{Cancel, Unreached};
 use crate::host::connect_all;
 use crate::inventory::{Environment, Inventory};
 use crate::lock::{self, EnvironmentLock, LockInfo, Taken};
+use crate::notify::Moment;
 use crate::output::OutputFormat;
 use crate::records::{self, Kind, LockChange, RunFinished, RunStarted};
 use crate::report::{AuditTrail, Event, Events, Reporter, Subscriber};
@@ -51,6 +59,10 @@ const RENEWAL_ROUND: Duration = Duration::from_secs(60);
 
 /// How long a quit-now (second signal) may spend on releasing the lock.
 const QUICK_RELEASE: Duration = Duration::from_secs(5);
+
+/// How much longer a `started` notice still in flight at the run's end may take before the end
+/// notice goes out without it.
+const START_NOTICE_GRACE: Duration = Duration::from_secs(5);
 
 /// A mutating command's run: see the module docs.
 pub struct Session {
@@ -88,6 +100,9 @@ pub struct Context {
     /// The run's targets the lock could not reach, in target order (empty without a lock):
     /// not locked, never to be touched; the work reports them.
     pub unreached: Vec<Unreached>,
+    /// A deployment sends `()` once its gates passed and the rollout begins: the `started`
+    /// notice goes out then (a run refused before that never says it started).
+    pub rollout_begins: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// How the work ended, for `run_finished`.
@@ -108,7 +123,14 @@ pub struct Finish<T> {
     pub record: Option<RunFinished>,
     /// The digest the run pinned on the way (an app without a feed), for its record.
     pub digest: Option<String>,
+    /// Work that runs once `run_finished` is on record, with the lock still held.
+    pub after: Option<After>,
 }
+
+/// What a run does after its end is on record and before its lock is released: a deployment's
+/// `post_deploy` or `failed` hook, which sees the run as ended (`ferry history` shows it) while
+/// no other run can change the environment yet. Its events are recorded like the work's.
+pub type After = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// [`Finish`] without the value: what `run_finished` says.
 struct Summary {
@@ -230,8 +252,13 @@ impl Session {
             targets.iter().filter_map(|n| held.connection(n).map(|c| (n.clone(), c))).collect()
         });
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let notifiers = self.notifiers();
+        // Subscribed after the audit trail: once it has seen `run_finished`, that is on record.
+        let outcomes = Outcomes::default();
+        let mut subscribers = self.subscribers();
+        subscribers.push(Box::new(outcomes.clone()));
         let mut dispatcher =
-            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), self.subscribers()));
+            tokio::spawn(crate::report::dispatch(receiver, self.secrets.clone(), subscribers));
         let _ = events.send(Event::RunStarted {
             run: self.base.run.clone(),
             command: self.what.clone(),
@@ -239,22 +266,92 @@ impl Session {
             targets,
         });
         let started = Instant::now();
-        let context = Context { events: events.clone(), cancel, connections, unreached };
+        let (begins, begun) = tokio::sync::oneshot::channel();
+        let context =
+            Context { events: events.clone(), cancel, connections, unreached, rollout_begins: Some(begins) };
+        // `started` goes out once the work says its rollout begins (past the freeze re-check and
+        // `pre_deploy`), beside the work: a slow receiver never delays a target, nor the run's
+        // end (it is awaited only before the end notice, so receivers hear them in order).
+        let (start_events, wanted) = (events.clone(), &notifiers);
+        let mut start_notice = Box::pin(async move {
+            if let Some(notifiers) = wanted
+                && begun.await.is_ok()
+            {
+                let digest = self.base.digest.clone();
+                self.notify(notifiers, &start_events, Moment::Started, Vec::new(), digest, None).await;
+            }
+        });
+        let mut start_noticed = false;
+        // Boxed so that it is dropped (with its half of `rollout_begins`) as soon as it ended.
+        let mut work = Box::pin(work(context));
         let mut quit = stop.clone();
-        let finish = tokio::select! {
-            finish = work(context) => Some(finish),
-            Ok(_) = quit.wait_for(|s| *s == Stop::Now) => None,
+        let finish = loop {
+            tokio::select! {
+                finish = &mut work => break Some(finish),
+                () = &mut start_notice, if !start_noticed => start_noticed = true,
+                Ok(_) = quit.wait_for(|s| *s == Stop::Now) => break None,
+            }
         };
+        drop(work);
         let outcome = match finish {
             Some(mut finish) => {
-                let _ = events.send(self.finished(finish.summary(started)));
+                let summary = finish.summary(started);
+                // Succeeded means every target ended well: a run refused before any target
+                // (a failing `pre_deploy` hook), skipped targets or a stopped rollout did not.
+                let refused = summary.record.as_ref().and_then(|r| r.refused.clone());
+                let good = summary.failed == 0
+                    && summary.skipped == 0
+                    && !summary.interrupted
+                    && summary.stopped.is_none()
+                    && refused.is_none();
+                // An app without a feed learns its digest during the rollout.
+                let digest = summary.digest.clone().or_else(|| self.base.digest.clone());
+                let _ = events.send(self.finished(summary));
+                // The end hook runs once `run_finished` is on record; it and the end notice do
+                // not wait for each other.
+                let after = async {
+                    if let Some(after) = finish.after.take() {
+                        outcomes.after_the_end().await;
+                        after.await;
+                    }
+                };
+                let announce = async {
+                    // Receivers hear `started` first; one still in flight gets a little
+                    // longer, then is cut short (and recorded so), so the lock is not held for
+                    // a receiver that does not answer.
+                    if !start_noticed {
+                        let _ = tokio::time::timeout(START_NOTICE_GRACE, start_notice.as_mut()).await;
+                    }
+                    if let Some(notifiers) = &notifiers {
+                        let targets = outcomes.after_the_end().await;
+                        let moment = if good { Moment::Succeeded } else { Moment::Failed };
+                        let refused = refused.map(|r| crate::secret::mask(&r, &self.secrets));
+                        self.notify(notifiers, &events, moment, targets, digest, refused).await;
+                    }
+                };
+                // A second signal cuts both short: the hook's process group is killed, and a
+                // notice still in flight is recorded as not delivered.
+                tokio::select! {
+                    _ = async { tokio::join!(after, announce) } => {}
+                    Ok(_) = quit.wait_for(|s| *s == Stop::Now) => {}
+                }
+                // The `started` notice, if still in flight, is recorded as cut short.
+                drop(start_notice);
                 drop(events);
                 let audited = matches!(dispatcher.await, Ok(Ok(())));
                 Outcome::Finished { value: finish.value, audited }
             }
             None => {
-                // The work is gone mid-flight. What already finished is still recorded (the
-                // trail gets a moment to catch up).
+                // The work is gone mid-flight. The receivers still hear that it failed, with the
+                // targets that ended so far, within the quick stop's deadline.
+                if let Some(notifiers) = &notifiers {
+                    let targets = outcomes.so_far();
+                    let digest = self.base.digest.clone();
+                    let told = self.notify(notifiers, &events, Moment::Failed, targets, digest, None);
+                    let _ = tokio::time::timeout(QUICK_RELEASE, told).await;
+                }
+                // What already finished is still recorded (the trail gets a moment to catch up).
+                drop(start_notice);
                 drop(events);
                 if tokio::time::timeout(QUICK_RELEASE, &mut dispatcher).await.is_err() {
                     dispatcher.abort();
@@ -329,6 +426,84 @@ impl Session {
         let interrupted = RunFinished { interrupted: true, ..RunFinished::default() };
         self.store.append(&self.entry(Kind::RunFinished, &interrupted))?;
         Ok(())
+    }
+
+    /// The notifiers of this run, when it is a deployment and any are configured for its
+    /// environment: a shared HTTP client and each notifier with its URL resolved. A URL that
+    /// cannot be resolved (its variable unset) is reported as a delivery that failed.
+    fn notifiers(&self) -> Option<Vec<(crate::inventory::Notifier, Result<Secret, String>)>> {
+        if !matches!(self.base.command.as_str(), "deploy" | "promote" | "rollback") {
+            return None;
+        }
+        let wanted = notifiers_of(&self.inventory, &self.environment.name);
+        (!wanted.is_empty()).then_some(wanted)
+    }
+
+    /// Sends the `moment` notice to every notifier that wants it, all at once, and puts each
+    /// delivery on the event stream as it ends. A send cut short (a second signal) is put there
+    /// as not delivered when it is dropped, so every notice is on record either way.
+    async fn notify(
+        &self,
+        notifiers: &[(crate::inventory::Notifier, Result<Secret, String>)],
+        events: &Events,
+        moment: Moment,
+        targets: Vec<crate::notify::TargetOutcome>,
+        digest: Option<String>,
+        refused: Option<String>,
+    ) {
+        let actor = self.store.actor().describe();
+        let notice = crate::notify::Notice {
+            moment,
+            app: self.base.app.clone().unwrap_or_default(),
+            environment: self.environment.name.clone(),
+            version: self.base.version.clone().unwrap_or_default(),
+            digest,
+            run: self.base.run.clone(),
+            actor: crate::secret::mask(&actor, &self.secrets),
+            time: crate::time::now_rfc3339(),
+            targets,
+            refused,
+        };
+        let source = format!("ferry://{}", self.store.actor().host);
+        let client = crate::notify::client();
+        let sends = notifiers.iter().filter(|(n, _)| n.on.contains(&moment)).map(|(n, url)| {
+            let (client, notice, source) = (&client, &notice, &source);
+            let mut unfinished = Unfinished { events, notifier: Some(n.name.clone()), moment };
+            async move {
+                let failed = |error: String| crate::notify::Delivery {
+                    notifier: n.name.clone(),
+                    attempts: 0,
+                    delivered: false,
+                    error: Some(error),
+                };
+                let delivery = match (client, url) {
+                    (Ok(client), Ok(url)) => {
+                        let id = uuid::Uuid::now_v7().to_string();
+                        let body = crate::notify::payload(n.format, notice, source, &id);
+                        crate::notify::send(
+                            client,
+                            &n.name,
+                            url,
+                            n.format,
+                            &body,
+                            crate::notify::FIRST_BACKOFF,
+                        )
+                        .await
+                    }
+                    (Err(e), _) => failed(format!("no HTTP client: {e}")),
+                    (_, Err(e)) => failed(format!("its url: {e}")),
+                };
+                unfinished.done();
+                let _ = events.send(Event::Notified {
+                    notifier: delivery.notifier,
+                    moment,
+                    delivered: delivery.delivered,
+                    attempts: delivery.attempts,
+                    error: delivery.error,
+                });
+            }
+        });
+        futures_join_all(sends).await;
     }
 
     /// The audit trail first (an outcome is on record before it is shown), then the renderer.
@@ -524,5 +699,129 @@ pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
             }
         }
     }
+    // A webhook URL is a secret too (its path or query is the credential): masked wherever a
+    // hook, a target or a receiver might print it, whole or in pieces.
+    for (_, url) in notifiers_of(inventory, &env.name) {
+        if let Ok(url) = url {
+            out.extend(crate::notify::url_secrets(&url));
+        }
+    }
     out
+}
+
+/// The notifiers configured for `environment`, each with its URL resolved (or why it could not
+/// be: its variable unset, its file missing).
+fn notifiers_of(
+    inventory: &Inventory,
+    environment: &str,
+) -> Vec<(crate::inventory::Notifier, Result<Secret, String>)> {
+    inventory
+        .notifiers
+        .iter()
+        .filter(|n| n.environments.as_ref().is_none_or(|e| e.iter().any(|name| name == environment)))
+        .map(|n| {
+            let name = format!("notify.{}.url", n.name);
+            let url = crate::vars::read_source(inventory, &name, &n.url, &super::process_env)
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
+            (n.clone(), url)
+        })
+        .collect()
+}
+
+/// A notice being sent; dropped before it ended (the run's end passed its grace, or a second
+/// signal), it is put on the event stream as not delivered.
+struct Unfinished<'a> {
+    events: &'a Events,
+    /// `None` once the delivery's own event went out.
+    notifier: Option<String>,
+    moment: Moment,
+}
+
+impl Unfinished<'_> {
+    /// The delivery ended: its own event goes out instead.
+    fn done(&mut self) {
+        self.notifier = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(notifier) = self.notifier.take() {
+            let _ = self.events.send(Event::Notified {
+                notifier,
+                moment: self.moment,
+                delivered: false,
+                attempts: 0,
+                error: Some("cut short: the run ended, or a second signal stopped it, first".into()),
+            });
+        }
+    }
+}
+
+/// Runs every future to its end, concurrently on this task, in order of the input.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *slot = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// Every target's outcome as the notifications tell it, collected from the event stream (a
+/// subscriber, so in the stream's order), and when the stream reached `run_finished`.
+#[derive(Clone, Default)]
+struct Outcomes {
+    targets: Arc<std::sync::Mutex<Vec<crate::notify::TargetOutcome>>>,
+    ended: Arc<tokio::sync::Notify>,
+    seen_end: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outcomes {
+    /// The outcomes once `run_finished` went through the stream (every target's end comes
+    /// before it); after 5 s, what there is.
+    async fn after_the_end(&self) -> Vec<crate::notify::TargetOutcome> {
+        let ended = self.ended.notified();
+        if !self.seen_end.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        }
+        self.so_far()
+    }
+
+    /// The outcomes the stream has carried until now (a run abandoned before its end).
+    fn so_far(&self) -> Vec<crate::notify::TargetOutcome> {
+        self.targets.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+impl Subscriber for Outcomes {
+    fn event(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::TargetFinished { target, status, error, .. } => {
+                if let Ok(mut targets) = self.targets.lock() {
+                    targets.push(crate::notify::TargetOutcome {
+                        target: target.clone(),
+                        status: status.label().to_string(),
+                        error: error.clone(),
+                    });
+                }
+            }
+            Event::RunFinished { .. } => {
+                self.seen_end.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.ended.notify_waiters();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }

@@ -261,7 +261,8 @@ fn selection<'a>(
     }
     let limited = select::select_environment(inventory, env, &[], &args.limits)?;
     let mut selected = Vec::new();
-    for app in &inventory.apps {
+    // The environment's apps: those that deploy to it.
+    for app in inventory.apps.iter().filter(|a| a.deploys_to(&env.name)) {
         let targets: Vec<&inventory::Target> = select::select(inventory, app, env, &[])?
             .into_iter()
             .filter(|t| limited.iter().any(|l| l.name == t.name))

@@ -8,6 +8,7 @@
 //! Nothing here touches the network; the only file-system reads are the inventory itself and the
 //! templates folder listing (to check that templates exist and stay inside it).
 
+mod freeze;
 pub mod proxy;
 pub mod raw;
 
@@ -77,6 +78,12 @@ pub struct Inventory {
     pub state_url: Option<SecretDef>,
     /// `[proxy]` (defaults when absent): the proxy that routes to apps with a `proxy` route.
     pub proxy: Proxy,
+    /// `[notify.NAME]`: where deployments are announced, by name.
+    pub notifiers: Vec<Notifier>,
+    /// `[[freeze]]` windows, in file order.
+    pub freezes: Vec<crate::freeze::Window>,
+    /// `[hooks]`: executables run on the runner around deploy, promote and rollback.
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// `[defaults]`: connection settings every target inherits, and the lowest variable layer.
@@ -201,6 +208,29 @@ impl std::fmt::Display for SecretSource {
     }
 }
 
+/// `[notify.NAME]`: a receiver of deployment notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifier {
+    /// NAME.
+    pub name: String,
+    /// The webhook URL: a secret (whoever has a chat's webhook URL posts into it).
+    pub url: SecretDef,
+    /// The payload's shape.
+    pub format: crate::notify::Format,
+    /// Which moments it is told of (`on`; default all three).
+    pub on: Vec<crate::notify::Moment>,
+    /// Only these environments (`environments`; `None`: every one).
+    pub environments: Option<Vec<String>>,
+}
+
+impl Notifier {
+    /// Whether a deployment to `environment` at `moment` is announced here.
+    pub fn wants(&self, environment: &str, moment: crate::notify::Moment) -> bool {
+        self.on.contains(&moment)
+            && self.environments.as_ref().is_none_or(|e| e.iter().any(|n| n == environment))
+    }
+}
+
 /// A secret source and where the inventory names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretDef {
@@ -273,6 +303,12 @@ pub struct AppEnvironment {
     pub env: BTreeMap<String, EnvDef>,
     /// Secrets that override or add to the app's.
     pub secrets: BTreeMap<String, SecretDef>,
+    /// `retention = { images = N }` for this environment, overriding the app's.
+    pub retention: Option<usize>,
+    /// `networks` here: replaces the app's list in this environment.
+    pub networks: Option<Vec<String>>,
+    /// `volumes` here: replaces the app's volumes in this environment.
+    pub volumes: Option<Vec<crate::netvol::Volume>>,
 }
 
 /// An app: image, template, variables, env, secrets and health check.
@@ -312,12 +348,76 @@ pub struct App {
     /// The app's route through the proxy per environment name (the app's `proxy` merged with
     /// the environment's, key by key); an environment without one runs the app unproxied.
     pub routes: BTreeMap<String, Route>,
+    /// `deploy_to`: the only environments the app deploys to; `None` deploys it to every one.
+    pub deploy_to: Option<DeployTo>,
+    /// `retention = { images = N }`: the deployments whose images each target keeps
+    /// ([`crate::retention`]); default [`crate::retention::DEFAULT_IMAGES`].
+    pub retention: usize,
+    /// `networks`: Docker networks the container joins (see [`crate::netvol`]).
+    pub networks: Vec<String>,
+    /// `volumes`: named volumes and their container paths, by name.
+    pub volumes: Vec<crate::netvol::Volume>,
+}
+
+/// `deploy_to = ["staging", "prod"]` on an app: where it deploys, so that an environment it
+/// has no place in (an ops-only one, staging for a prod-only worker) can be described. The
+/// name is not `environments`, which is the app's table of per-environment settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployTo {
+    /// The environments, in the order written.
+    pub environments: Vec<String>,
+    /// Where the key is written (`ferry.toml:12`), for messages.
+    pub at: String,
 }
 
 impl App {
+    /// How many deployments' images a target keeps in `environment` (its override, else the
+    /// app's).
+    pub fn retained_images(&self, environment: &str) -> usize {
+        self.environments.get(environment).and_then(|e| e.retention).unwrap_or(self.retention)
+    }
+
+    /// Whether the app deploys to `environment`: listed in `deploy_to`, or no `deploy_to`.
+    pub fn deploys_to(&self, environment: &str) -> bool {
+        self.deploy_to.as_ref().is_none_or(|d| d.environments.iter().any(|e| e == environment))
+    }
+
+    /// Exit 2 unless the app deploys to `environment`: deploy, plan, promote and rollback ask
+    /// this before anything else.
+    pub fn check_deploys_to(&self, environment: &str) -> Result<(), Diagnostic> {
+        match &self.deploy_to {
+            Some(d) if !self.deploys_to(environment) => Err(Diagnostic::new(format!(
+                "{} deploys only to {} (deploy_to, {})",
+                self.name,
+                d.environments.join(", "),
+                d.at
+            ))
+            .help(format!("to deploy it to {environment}, add \"{environment}\" to its deploy_to"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lifecycle phases that concern the app: `phases` without the environments it does not
+    /// deploy to, so a prod-only worker is not held back by a staging it never runs in.
+    pub fn phases(&self, phases: &[String]) -> Vec<String> {
+        phases.iter().filter(|p| self.deploys_to(p)).cloned().collect()
+    }
+
     /// The app's route through the proxy in `environment`, if it sits behind the proxy there.
     pub fn route(&self, environment: &str) -> Option<&Route> {
         self.routes.get(environment)
+    }
+
+    /// The networks the container joins in `environment` (the environment's list replaces the
+    /// app's).
+    pub fn networks(&self, environment: &str) -> &[String] {
+        self.environments.get(environment).and_then(|e| e.networks.as_deref()).unwrap_or(&self.networks)
+    }
+
+    /// The volumes the container mounts in `environment` (the environment's table replaces the
+    /// app's).
+    pub fn volumes(&self, environment: &str) -> &[crate::netvol::Volume] {
+        self.environments.get(environment).and_then(|e| e.volumes.as_deref()).unwrap_or(&self.volumes)
     }
 }
 
@@ -454,6 +554,13 @@ impl Checker<'_> {
         let apps = self.apps(raw.apps, &feeds, &targets, &environments, &templates_dir);
         let state_url = raw.state.map(|state| self.secret_def(state.into_inner().url));
         let proxy = raw.proxy.map(|p| self.proxy(p.into_inner(), &feeds)).unwrap_or_default();
+        let notifiers = self.notifiers(raw.notify, &environments);
+        let mut problems = Vec::new();
+        let freezes = freeze::windows(raw.freeze, &environments, &mut problems);
+        for (span, message, help) in problems {
+            self.error(span, message, help);
+        }
+        let hooks = self.hooks(raw.hooks);
         Inventory {
             source: Arc::clone(&self.shared),
             dir: self.dir.to_path_buf(),
@@ -467,7 +574,125 @@ impl Checker<'_> {
             apps,
             state_url,
             proxy,
+            notifiers,
+            freezes,
+            hooks,
         }
+    }
+
+    /// `[hooks]`: each path is checked now (a file with an execute bit), so a typo is exit 2
+    /// at its line before anything runs, not a refused deployment later.
+    fn hooks(&mut self, raw: Option<raw::RawHooks>) -> crate::hooks::Hooks {
+        // Absolute, so the hook starts whatever ferry's own working folder is.
+        let dir = self.dir.canonicalize().unwrap_or_else(|_| self.dir.to_path_buf());
+        let mut hooks = crate::hooks::Hooks { dir, ..crate::hooks::Hooks::default() };
+        let Some(raw) = raw else { return hooks };
+        if let Some(text) = raw.timeout {
+            match duration::parse(text.get_ref()) {
+                Ok(d) if !d.is_zero() => hooks.timeout = d,
+                Ok(_) => self.error(text.span(), "a hook timeout must be longer than 0", None),
+                Err(e) => self.errors.push(Diagnostic::new(e).at(self.source, text.span())),
+            }
+        }
+        hooks.pre_deploy = raw.pre_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.post_deploy = raw.post_deploy.and_then(|p| self.hook(p, &hooks.dir));
+        hooks.failed = raw.failed.and_then(|p| self.hook(p, &hooks.dir));
+        hooks
+    }
+
+    fn hook(&mut self, raw: Spanned<String>, dir: &Path) -> Option<crate::hooks::Hook> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = raw.get_ref();
+        let path = dir.join(text);
+        let problem = match std::fs::metadata(&path) {
+            _ if text.trim().is_empty() => Some(("a hook path is empty".to_string(), None)),
+            Err(_) => Some((format!("hook \"{text}\" not found"), None)),
+            Ok(m) if !m.is_file() => Some((format!("hook \"{text}\" is not a file"), None)),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some((
+                format!("hook \"{text}\" is not executable"),
+                Some(format!("make it executable: chmod +x {}", display_path(&path).display())),
+            )),
+            Ok(_) => None,
+        };
+        let Some((message, help)) = problem else {
+            return Some(crate::hooks::Hook { shown: text.clone(), path });
+        };
+        let help = help.unwrap_or_else(|| {
+            "name an executable file, relative to the inventory's folder (or remove the key)".into()
+        });
+        self.error(raw.span(), message, Some(help));
+        None
+    }
+
+    fn notifiers(
+        &mut self,
+        raw: raw::SpannedMap<Spanned<raw::RawNotify>>,
+        environments: &[Environment],
+    ) -> Vec<Notifier> {
+        use crate::notify::{Format, Moment};
+        let mut notifiers = Vec::new();
+        for (name, notify) in raw {
+            let name = name.into_inner();
+            let notify = notify.into_inner();
+            let format = match Format::parse(notify.format.get_ref()) {
+                Some(f) => f,
+                None => {
+                    self.error(
+                        notify.format.span(),
+                        format!("notifier \"{name}\" has an unknown format \"{}\"", notify.format.get_ref()),
+                        Some("write \"slack\", \"teams\" or \"cloudevents\"".into()),
+                    );
+                    continue;
+                }
+            };
+            let mut on = Vec::new();
+            match notify.on {
+                None => on = vec![Moment::Started, Moment::Succeeded, Moment::Failed],
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        // A notifier that never sends is a mistake more often than a choice.
+                        self.error(
+                            list.span(),
+                            format!("notifier \"{name}\" has no moment in `on`: it would never send"),
+                            Some("name any of \"started\", \"succeeded\", \"failed\", or remove the key (all three), or the table".into()),
+                        );
+                    }
+                    for word in list.into_inner() {
+                        match Moment::parse(word.get_ref()) {
+                            Some(m) if !on.contains(&m) => on.push(m),
+                            Some(_) => {}
+                            None => self.error(
+                                word.span(),
+                                format!("unknown moment \"{}\" in `on`", word.get_ref()),
+                                Some("write any of \"started\", \"succeeded\", \"failed\"".into()),
+                            ),
+                        }
+                    }
+                }
+            }
+            let environments = notify.environments.map(|list| {
+                if list.get_ref().is_empty() {
+                    self.error(
+                        list.span(),
+                        format!("notifier \"{name}\" has no environment in `environments`: it would never send"),
+                        Some("name the environments it announces, or remove the key (all of them), or the table".into()),
+                    );
+                }
+                let mut names = Vec::new();
+                for env in list.into_inner() {
+                    if !environments.iter().any(|e| &e.name == env.get_ref()) {
+                        let help = did_you_mean(env.get_ref(), environments.iter().map(|e| e.name.as_str()))
+                            .or(Some("name an environment defined as [environments.NAME]".into()));
+                        self.error(env.span(), format!("unknown environment \"{}\"", env.get_ref()), help);
+                    }
+                    names.push(env.into_inner());
+                }
+                names
+            });
+            let url = self.secret_def(notify.url);
+            notifiers.push(Notifier { name, url, format, on, environments });
+        }
+        notifiers
     }
 
     fn templates_dir(&self, configured: &Option<PathBuf>) -> PathBuf {
@@ -902,8 +1127,23 @@ impl Checker<'_> {
                     env_routes.insert(env_name.get_ref().clone(), proxy::layer(route, &mut problems));
                 }
             }
+            let deploy_to = app.deploy_to.map(|list| self.deploy_to(list, envs));
+            let retention = app.retention.map_or(crate::retention::DEFAULT_IMAGES, |r| self.retention(r));
+            let deploys_to = |env: &str| {
+                deploy_to.as_ref().is_none_or(|d: &DeployTo| d.environments.iter().any(|e| e == env))
+            };
+            for env_name in app.environments.keys() {
+                if let Some(d) = deploy_to.as_ref().filter(|_| !deploys_to(env_name.get_ref())) {
+                    let env = env_name.get_ref();
+                    self.error(
+                        env_name.span(),
+                        format!("app \"{name}\" has settings for \"{env}\", an environment it does not deploy to ({})", d.environments.join(", ")),
+                        Some(format!("add \"{env}\" to its deploy_to, or remove [apps.{name}.environments.{env}]")),
+                    );
+                }
+            }
             let mut routes = BTreeMap::new();
-            for e in envs {
+            for e in envs.iter().filter(|e| deploys_to(&e.name)) {
                 let merged = proxy::merge(app_route.as_ref(), env_routes.get(&e.name), &mut problems);
                 if let Some(route) = merged {
                     let at = env_routes.get(&e.name).or(app_route.as_ref()).map_or(0..0, |l| l.span.clone());
@@ -918,7 +1158,10 @@ impl Checker<'_> {
                     self.error(span, message, help);
                 }
             }
-            let environments = self.app_environments(app.environments, envs, &env, &secrets);
+            let networks = app.networks.map(|n| self.networks(n, !routes.is_empty())).unwrap_or_default();
+            let volumes = app.volumes.map(|v| self.volumes(v)).unwrap_or_default();
+            let environments =
+                self.app_environments(app.environments, envs, &env, &secrets, !routes.is_empty());
             let app = App {
                 name,
                 name_span,
@@ -936,6 +1179,10 @@ impl Checker<'_> {
                 versions,
                 environments,
                 routes,
+                deploy_to,
+                retention,
+                networks,
+                volumes,
             };
             self.check_app_has_targets(&app, app_span.start, targets, envs);
             apps.push(app);
@@ -1087,6 +1334,25 @@ impl Checker<'_> {
         crate::version::Rules { pattern, prerelease: raw.prerelease.unwrap_or(false) }
     }
 
+    /// `retention = { images = N }`: N at least 1 (the running image is always kept).
+    fn retention(&mut self, raw: Spanned<raw::RawRetention>) -> usize {
+        let images = raw.into_inner().images;
+        match usize::try_from(*images.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.error(
+                    images.span(),
+                    format!("retention.images = {}: keep at least 1", images.get_ref()),
+                    Some(
+                        "the number of deployments whose images each target keeps, e.g. { images = 5 }"
+                            .into(),
+                    ),
+                );
+                crate::retention::DEFAULT_IMAGES
+            }
+        }
+    }
+
     fn health(&mut self, raw: Spanned<raw::RawHealth>) -> Health {
         let raw = raw.into_inner();
         let mut health =
@@ -1112,6 +1378,7 @@ impl Checker<'_> {
         envs: &[Environment],
         app_env: &BTreeMap<String, EnvDef>,
         app_secrets: &BTreeMap<String, SecretDef>,
+        proxied: bool,
     ) -> BTreeMap<String, AppEnvironment> {
         let mut out = BTreeMap::new();
         for (name, overrides) in raw {
@@ -1144,14 +1411,127 @@ impl Checker<'_> {
                     );
                 }
             }
-            out.insert(name, AppEnvironment { vars, env, secrets });
+            let retention = overrides.retention.map(|r| self.retention(r));
+            let networks = overrides.networks.map(|n| self.networks(n, proxied));
+            let volumes = overrides.volumes.map(|v| self.volumes(v));
+            out.insert(name, AppEnvironment { vars, env, secrets, retention, networks, volumes });
         }
         out
     }
 
+    /// `networks = [...]`: Docker names, each once, none of Docker's own networks nor the
+    /// proxy's (`proxied`: the app has a route somewhere, so `ferry` is joined already).
+    fn networks(&mut self, raw: Spanned<Vec<Spanned<String>>>, proxied: bool) -> Vec<String> {
+        let mut networks: Vec<String> = Vec::new();
+        for name in raw.into_inner() {
+            let text = name.get_ref();
+            let problem = if let Some(p) = crate::netvol::name_problem(text) {
+                Some((
+                    format!("network name {p}"),
+                    "use letters, digits, `_`, `.` and `-`, starting with a letter or digit".to_string(),
+                ))
+            } else if crate::netvol::PREDEFINED.contains(&text.as_str()) {
+                Some((
+                    format!("\"{text}\" is one of Docker's own networks"),
+                    "name a network of the app's own: ferry creates it (driver bridge) where it is missing"
+                        .into(),
+                ))
+            } else if text == crate::plan::NETWORK {
+                let why = if proxied {
+                    "the app joins it through its `proxy` route"
+                } else {
+                    "give the app a `proxy` route to join it"
+                };
+                Some((format!("\"{text}\" is the proxy's network"), format!("remove it: {why}")))
+            } else if networks.contains(text) {
+                Some((format!("network \"{text}\" is listed twice"), "list it once".into()))
+            } else {
+                None
+            };
+            match problem {
+                Some((message, help)) => self.error(name.span(), message, Some(help)),
+                None => networks.push(name.into_inner()),
+            }
+        }
+        networks
+    }
+
+    /// `volumes = { NAME = "/path" }`: Docker names, absolute container paths, each path once.
+    fn volumes(&mut self, raw: Spanned<raw::SpannedMap<Spanned<String>>>) -> Vec<crate::netvol::Volume> {
+        let mut volumes: Vec<crate::netvol::Volume> = Vec::new();
+        let mut entries: Vec<_> = raw.into_inner().into_iter().collect();
+        // File order, so a repeated path is reported at its second mention.
+        entries.sort_by_key(|(name, _)| name.span().start);
+        for (name, path) in entries {
+            if let Some(p) = crate::netvol::name_problem(name.get_ref()) {
+                self.error(
+                    name.span(),
+                    format!("volume name {p}"),
+                    Some("use letters, digits, `_`, `.` and `-`, starting with a letter or digit".into()),
+                );
+                continue;
+            }
+            if let Some(p) = crate::netvol::path_problem(path.get_ref()) {
+                self.error(
+                    path.span(),
+                    format!("volume \"{}\": {p}", name.get_ref()),
+                    Some("write the absolute path inside the container, like \"/var/lib/app\"".into()),
+                );
+                continue;
+            }
+            if let Some(other) = volumes.iter().find(|v| crate::netvol::same_path(&v.path, path.get_ref())) {
+                self.error(
+                    path.span(),
+                    format!(
+                        "volumes \"{}\" and \"{}\" are both mounted at {}",
+                        other.name,
+                        name.get_ref(),
+                        path.get_ref()
+                    ),
+                    Some("a container path takes one volume: give one of them another path".into()),
+                );
+                continue;
+            }
+            volumes.push(crate::netvol::Volume { name: name.into_inner(), path: path.into_inner() });
+        }
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        volumes
+    }
+
+    /// `deploy_to`: known environments, each once, at least one.
+    fn deploy_to(&mut self, raw: Spanned<Vec<Spanned<String>>>, envs: &[Environment]) -> DeployTo {
+        let span = raw.span();
+        let at = format!("{}:{}", self.source.path.display(), self.source.line_of(span.start));
+        let list = raw.into_inner();
+        if list.is_empty() {
+            self.error(
+                span,
+                "deploy_to = [] deploys the app nowhere",
+                Some("list the environments it deploys to, or remove the key to deploy it to every environment".into()),
+            );
+        }
+        let mut environments: Vec<String> = Vec::with_capacity(list.len());
+        for name in list {
+            let text = name.get_ref();
+            if !envs.iter().any(|e| &e.name == text) {
+                let help = did_you_mean(text, envs.iter().map(|e| e.name.as_str()))
+                    .or_else(|| list_help("environments", envs.iter().map(|e| &e.name)));
+                self.error(name.span(), format!("unknown environment \"{text}\" in deploy_to"), help);
+            } else if environments.contains(text) {
+                self.error(name.span(), format!("\"{text}\" is listed twice in deploy_to"), None);
+                continue;
+            }
+            environments.push(name.into_inner());
+        }
+        DeployTo { environments, at }
+    }
+
+    /// Today's rule, kept: an app with roles must find a target with one of them in each
+    /// environment that has targets. With `deploy_to`, only in the environments it lists: an
+    /// ops-only environment (bastions, a database host) needs none of the app's roles.
     fn check_app_has_targets(&mut self, app: &App, at: usize, targets: &[Target], envs: &[Environment]) {
         let Some(roles) = &app.roles else { return };
-        for env in envs {
+        for env in envs.iter().filter(|e| app.deploys_to(&e.name)) {
             let any = env.targets.iter().any(|&i| targets[i].roles.iter().any(|r| roles.contains(r)));
             if !any && !env.targets.is_empty() {
                 self.error(
@@ -1249,7 +1629,8 @@ impl Checker<'_> {
     fn check_container_names(&mut self, apps: &[App], envs: &[Environment]) {
         for env in envs {
             let mut seen: HashMap<String, &App> = HashMap::new();
-            for app in apps {
+            // Two apps that never deploy to one environment never meet there.
+            for app in apps.iter().filter(|a| a.deploys_to(&env.name)) {
                 let name = container_name(app, &env.name);
                 if let Some(first) = seen.insert(name.clone(), app) {
                     self.error(

@@ -35,6 +35,46 @@ pub struct RawInventory {
     pub apps: SpannedMap<Spanned<RawApp>>,
     pub state: Option<Spanned<RawState>>,
     pub proxy: Option<Spanned<RawProxy>>,
+    #[serde(default)]
+    pub notify: SpannedMap<Spanned<RawNotify>>,
+    #[serde(default)]
+    pub freeze: Vec<Spanned<RawFreeze>>,
+    pub hooks: Option<RawHooks>,
+}
+
+/// `[notify.NAME]`: a receiver of deployment notifications (issue 16).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Spanned<RawSecretSource>,
+    pub format: Spanned<String>,
+    pub on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub environments: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[[freeze]]`: a window when deploys to some environments are refused (issue 16).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreeze {
+    pub name: Option<Spanned<String>>,
+    pub environments: Spanned<Vec<Spanned<String>>>,
+    pub reason: Spanned<String>,
+    pub from: Option<Spanned<toml::Value>>,
+    pub until: Option<Spanned<toml::Value>>,
+    pub days: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hours: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
+}
+
+/// `[hooks]`: executables on the runner around a deployment (issue 16; not the app's
+/// `post_deploy`, which runs on targets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_deploy: Option<Spanned<String>>,
+    pub post_deploy: Option<Spanned<String>>,
+    pub failed: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[proxy]`: the proxy every target of a proxied app runs (issue 15).
@@ -213,8 +253,23 @@ pub struct RawApp {
     pub post_deploy: Option<Spanned<String>>,
     pub versions: Option<RawVersions>,
     pub proxy: Option<Spanned<RawRoute>>,
+    /// The only environments the app deploys to (absent: every environment).
+    pub deploy_to: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `retention = { images = 5 }`.
+    pub retention: Option<Spanned<RawRetention>>,
+    /// Docker networks the container joins, created by ferry when missing (issue 16).
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Named volumes: volume name -> absolute container path (issue 16).
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
     #[serde(default)]
     pub environments: SpannedMap<Spanned<RawAppEnvironment>>,
+}
+
+/// `retention = { images = 5 }`: how many deployments' images each target keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub images: Spanned<i64>,
 }
 
 /// `versions = { pattern = "regex", prerelease = false }`.
@@ -246,4 +301,9 @@ pub struct RawAppEnvironment {
     #[serde(default)]
     pub secrets: SpannedMap<Spanned<RawSecretSource>>,
     pub proxy: Option<Spanned<RawRoute>>,
+    pub retention: Option<Spanned<RawRetention>>,
+    /// Replaces the app's `networks` in this environment.
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Replaces the app's `volumes` in this environment.
+    pub volumes: Option<Spanned<SpannedMap<Spanned<String>>>>,
 }

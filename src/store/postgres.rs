@@ -41,11 +41,17 @@ use crate::audit::{self, Actor, Entry, Origin, Record, Verification};
 use crate::deployments::{Change, Deployment};
 use crate::lock::{LockError, LockInfo};
 
-/// The schema this build of ferry reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema this build of ferry makes (`ferry state init`).
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// The oldest schema this build still reads and writes: version 2 only adds an index, so a
+/// store made by an older ferry works as it is (`history --run PREFIX` reads the runs table
+/// whole there) until `ferry state init` upgrades it.
+const OLDEST_USABLE_SCHEMA: i32 = 1;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE ferry_audit (
     seq bigint PRIMARY KEY,
     time_ms bigint NOT NULL,
@@ -87,7 +93,24 @@ CREATE TABLE ferry_leases (
     expires timestamptz NOT NULL,
     fence bigint NOT NULL
 );
-"];
+",
+    r"
+CREATE INDEX ferry_runs_run_prefix ON ferry_runs (run text_pattern_ops);
+",
+];
+
+/// The byte-wise range `[low, high)` of the run ids that start with `prefix`, for a prefix of
+/// the characters run ids are made of (lowercase hex and `-`, ASCII): `high` is `prefix` with
+/// its last byte one higher. `None` for anything else (then no index helps, and none is needed:
+/// no run id matches it).
+fn run_range(prefix: &str) -> Option<(String, String)> {
+    let last = *prefix.as_bytes().last()?;
+    if !prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-') {
+        return None;
+    }
+    let high = format!("{}{}", &prefix[..prefix.len() - 1], char::from(last + 1));
+    Some((prefix.to_string(), high))
+}
 
 /// The advisory lock that serializes appends (and migrations): "ferry" in ASCII.
 const CHAIN_LOCK: i64 = 0x0066_6572_7279;
@@ -435,7 +458,7 @@ impl PgStore {
 
     fn check_schema(&self) -> Result<(), StoreError> {
         match self.schema_version()? {
-            Some(SCHEMA_VERSION) => Ok(()),
+            Some(v) if (OLDEST_USABLE_SCHEMA..=SCHEMA_VERSION).contains(&v) => Ok(()),
             found => Err(StoreError::Schema { endpoint: self.endpoint(), found, wanted: SCHEMA_VERSION }),
         }
     }
@@ -1015,6 +1038,23 @@ impl super::Store for PgStore {
         }
         if let Some(since) = filter.since_ms {
             conditions.push(format!("time_ms >= {}", params.push(Param::Int(since))));
+        }
+        if let Some(prefix) = &filter.run {
+            // Not LIKE (whose `%` and `_` a prefix could hold), and not a range in the
+            // database's collation (which may order `-` otherwise than bytes do).
+            conditions.push(match run_range(prefix) {
+                // Byte-wise bounds with the pattern operators, which `ferry_runs_run_prefix`
+                // (text_pattern_ops) answers whatever the database's collation.
+                Some((low, high)) => format!(
+                    "run ~>=~ {} AND run ~<~ {}",
+                    params.push(Param::Text(low)),
+                    params.push(Param::Text(high))
+                ),
+                None => {
+                    let prefix = params.push(Param::Text(prefix.clone()));
+                    format!("left(run, char_length({prefix})) = {prefix}")
+                }
+            });
         }
         let condition =
             if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
@@ -1639,6 +1679,16 @@ mod tls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_prefix_is_a_byte_range_and_anything_else_is_not() {
+        assert_eq!(run_range("0193bbbb-0"), Some(("0193bbbb-0".into(), "0193bbbb-1".into())));
+        assert_eq!(run_range("0193f"), Some(("0193f".into(), "0193g".into())));
+        assert_eq!(run_range("0193-"), Some(("0193-".into(), "0193.".into())));
+        for other in ["", "0193%", "0193_", "0193G", "é", "01 93"] {
+            assert_eq!(run_range(other), None, "{other:?}");
+        }
+    }
 
     fn actor() -> Actor {
         Actor { user: "u".into(), host: "h".into(), via: "terminal".into(), job: None }

@@ -161,7 +161,7 @@ fn history_plain_is_tab_separated_without_a_header_and_human_shows_the_version()
     let folder = two_deployments();
     let plain = in_folder(&folder, &["history", "--output", "plain"]).stdout_snapshot().run();
     insta::assert_snapshot!("history_plain", redact(&plain.stdout));
-    assert!(plain.stdout.lines().all(|l| l.split('\t').count() == 10), "{}", plain.stdout);
+    assert!(plain.stdout.lines().all(|l| l.split('\t').count() == 11), "{}", plain.stdout);
     let human = in_folder(&folder, &["history"]).stdout_snapshot().run();
     insta::assert_snapshot!("history_human", redact(&human.stdout));
 }

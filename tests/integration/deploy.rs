@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::lab::{FAULTS, Lab, Restore, json_lines, lab};
+use crate::receiver::Receiver;
 use crate::test::Test;
 
 /// The deploy tests' template: `--stop-timeout 1` because busybox httpd as PID 1 ignores TERM.
@@ -760,6 +761,126 @@ fn run_and_deploy_behave_the_same_for_a_fish_login_shell_as_for_bash_and_dash() 
 }
 
 mod day_two;
+mod hooks;
+mod networks;
 mod proxied;
+mod retention;
 mod target;
 mod unreachable;
+
+/// Issue 16: `[notify.NAME]` announces a deployment: Slack gets `started` (after one retry of a
+/// 500) and `succeeded`, CloudEvents gets only `succeeded` (also after a 500: the retry carries
+/// the same event id) with every target's outcome and the digest, and a dead receiver is tried
+/// three times and recorded without failing the deploy. A deploy that fails says so to both,
+/// with the failed target's error. No payload and no output holds the app's secret or a
+/// webhook URL's secret path.
+#[test]
+fn notifications_announce_a_deployment_and_a_dead_receiver_never_fails_it() {
+    let chat = Receiver::start(500);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fleet = Fleet::new(Spec {
+        env: "d-notify",
+        port: 18190,
+        hosts: &[1, 2],
+        extra: "\n[notify.chat]\nurl = { env = \"CHAT_URL\" }\nformat = \"slack\"\n\n\
+                [notify.bus]\nurl = { env = \"BUS_URL\" }\nformat = \"cloudevents\"\non = [\"succeeded\", \"failed\"]\n\n\
+                [notify.dead]\nurl = { env = \"DEAD_URL\" }\nformat = \"teams\"\non = [\"succeeded\"]\n",
+        ..Spec::default()
+    });
+    let events = fleet
+        .deploy("1.0", &[])
+        .env("CHAT_URL", &format!("{}/chat/s3cretChat", chat.base))
+        .env("BUS_URL", &format!("{}/bus/s3cretBus", chat.base))
+        .env("DEAD_URL", &format!("http://127.0.0.1:{dead_port}/teams/s3cretDead"))
+        .never_prints("s3cretChat")
+        .never_prints("s3cretBus")
+        .never_prints("s3cretDead")
+        .run()
+        .json_lines();
+    let notified: Vec<(String, String, bool, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "notified")
+        .map(|e| {
+            (
+                e["notifier"].as_str().unwrap().to_string(),
+                e["moment"].as_str().unwrap().to_string(),
+                e["delivered"].as_bool().unwrap(),
+                e["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(notified.contains(&("chat".into(), "started".into(), true, 2)), "{notified:?}");
+    assert!(notified.contains(&("chat".into(), "succeeded".into(), true, 1)), "{notified:?}");
+    assert!(notified.contains(&("bus".into(), "succeeded".into(), true, 2)), "{notified:?}");
+    assert!(notified.contains(&("dead".into(), "succeeded".into(), false, 3)), "{notified:?}");
+    assert_eq!(notified.len(), 4, "{notified:?}");
+
+    let slack = chat.bodies("/chat/s3cretChat");
+    assert_eq!(slack.len(), 3, "started twice (a 500, then 200), succeeded once: {slack:?}");
+    assert_eq!(slack[1]["text"], "Deploying web 1.0 to d-notify");
+    assert_eq!(slack[2]["text"], "Deployed web 1.0 to d-notify");
+    assert_eq!(slack[2]["blocks"][0]["type"], "section");
+    let bus = chat.bodies("/bus/s3cretBus");
+    assert_eq!(bus.len(), 2, "a 500, then 200: {bus:?}");
+    assert_eq!(bus[0], bus[1], "the retry sends the same event (same id)");
+    let event = &bus[1];
+    assert_eq!(
+        (event["specversion"].as_str(), event["type"].as_str()),
+        (Some("1.0"), Some("dev.ferry.deploy.succeeded"))
+    );
+    assert_eq!(event["subject"], "web/d-notify");
+    assert!(event["data"]["digest"].as_str().unwrap().starts_with("sha256:"), "{event}");
+    let targets: Vec<(&str, &str)> = event["data"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(targets.len(), 2, "{event}");
+    assert!(targets.contains(&("h1", "ok")) && targets.contains(&("h2", "ok")), "{event}");
+    for (_, body) in chat.seen.lock().unwrap().iter() {
+        assert!(!body.contains(TOKEN) && !body.contains("s3cret"), "{body}");
+    }
+    // On record: every delivery, the failed one with why, and no URL.
+    let audit = std::fs::read_to_string(fleet.state().join("audit.jsonl")).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "notified")
+        .collect();
+    assert_eq!(records.len(), 4, "{audit}");
+    let dead = records.iter().find(|r| r["detail"]["notifier"] == "dead").unwrap();
+    assert_eq!(dead["detail"]["delivered"], false, "{dead}");
+    assert!(dead["detail"]["error"].as_str().unwrap().to_lowercase().contains("connect"), "{dead}");
+    assert!(!audit.contains("s3cret"), "{audit}");
+
+    // A version that fails its gate: `failed`, with the target's error, to chat and bus.
+    let out = fleet
+        .deploy("bad", &[])
+        .code(1)
+        .env("CHAT_URL", &format!("{}/chat/s3cretChat", chat.base))
+        .env("BUS_URL", &format!("{}/bus/s3cretBus", chat.base))
+        .env("DEAD_URL", &format!("http://127.0.0.1:{dead_port}/teams/s3cretDead"))
+        .never_prints("s3cretChat")
+        .run();
+    let events = json_lines(&out.stdout);
+    assert!(
+        events.iter().all(|e| e["type"] != "notified" || e["notifier"] != "dead"),
+        "dead: succeeded only"
+    );
+    let slack = chat.bodies("/chat/s3cretChat");
+    let failed = slack.last().unwrap();
+    assert!(
+        failed["text"].as_str().unwrap().starts_with("Deploy of web bad to d-notify failed on "),
+        "{failed}"
+    );
+    assert!(failed["blocks"][0]["text"]["text"].as_str().unwrap().contains("• h"), "{failed}");
+    let event = chat.bodies("/bus/s3cretBus").pop().unwrap();
+    assert_eq!(event["type"], "dev.ferry.deploy.failed");
+    let bad: Vec<&Value> =
+        event["data"]["targets"].as_array().unwrap().iter().filter(|t| t["status"] != "ok").collect();
+    assert!(
+        !bad.is_empty() && bad.iter().all(|t| t["error"].is_string() || t["status"] == "skipped"),
+        "{event}"
+    );
+}

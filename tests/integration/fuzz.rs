@@ -65,7 +65,30 @@ const TOML_TOKENS: &[&str] = &[
     "transport = \"local\"",
     "..",
     "\u{feff}",
+    "[[freeze]]\nenvironments = [\"prod\"]\nreason = \"r\"\n",
+    "hours = \"23:59-00:00\"",
+    "days = [\"sun-mon\"]",
+    "timezone = \"Europe/Berlin\"",
+    "from = \"2026-03-29T02:30:00+01:00\"",
+    "until = 2026-10-25T02:30:00+02:00",
 ];
+
+/// Freeze windows (issue 16) appended to the fuzzed inventory, so their keys get mutated too.
+const FREEZES: &str = r#"
+[[freeze]]
+name = "nights"
+environments = ["prod", "staging"]
+reason = "nights"
+days = ["fri-mon"]
+hours = "18:00-08:00"
+timezone = "Europe/Berlin"
+
+[[freeze]]
+environments = ["prod"]
+reason = "holidays"
+from = "2026-12-24T00:00:00+01:00"
+until = "2027-01-04T08:00:00+01:00"
+"#;
 
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -114,8 +137,17 @@ fn apply(text: &str, mutations: &[Mutation]) -> String {
     lines.join("\n")
 }
 
-/// Plans every app in every environment of a loaded inventory; errors are fine, panics are not.
+/// Plans every app in every environment of a loaded inventory, and asks its freeze windows
+/// about instants around DST changes; errors are fine, panics are not.
 fn plan_everything(inventory: &Inventory) {
+    let names: Vec<&str> = inventory.environments.iter().map(|e| e.name.as_str()).collect();
+    for at in ["2026-03-29T01:30:00Z", "2026-10-25T00:59:59Z", "2026-12-27T23:00:00Z"] {
+        let _ = ferry::freeze::Outlook::at(
+            &inventory.freezes,
+            &names,
+            at.parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
     let Ok(renderer) = Renderer::new(inventory) else { return };
     let lookup = |name: &str| (name != "UNSET").then(|| "secret".to_string());
     for app in &inventory.apps {
@@ -157,7 +189,7 @@ fn inventory_loader_never_panics() {
     });
     let result = runner.run(&prop::collection::vec(mutation(), 1..6), |mutations| {
         LOADER_RUNS.fetch_add(1, Ordering::Relaxed);
-        let text = apply(INVENTORY, &mutations);
+        let text = apply(&format!("{INVENTORY}{FREEZES}"), &mutations);
         if let Ok(inventory) = Inventory::parse(SourceFile::new("fuzz.toml", text), dir.path()) {
             plan_everything(&inventory);
         }

@@ -18,11 +18,15 @@ mod cli;
 mod contract;
 #[cfg(feature = "lab")]
 mod deploy;
+mod deploy_to;
 mod errors;
 #[cfg(feature = "lab")]
 mod feeds;
 mod flags;
+mod freeze;
 mod fuzz;
+mod history;
+mod hooks;
 #[cfg(feature = "lab")]
 mod hostkeys;
 #[cfg(feature = "lab")]
@@ -33,6 +37,8 @@ mod logs_exec;
 mod ls_init;
 #[cfg(feature = "lab")]
 mod mirror;
+mod netvol;
+mod notify;
 mod plan;
 #[cfg(feature = "lab")]
 mod postgres_lab;
@@ -42,8 +48,10 @@ mod proxy_config;
 #[cfg(feature = "lab")]
 mod proxy_lab;
 mod quoting;
+mod receiver;
 #[cfg(feature = "lab")]
 mod remove_lab;
+mod retention;
 mod run;
 mod secrets;
 #[cfg(feature = "lab")]

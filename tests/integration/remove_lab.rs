@@ -227,7 +227,9 @@ fn remove_takes_the_app_out_of_one_environment_only_and_status_stops_expecting_i
     fleet.ferry(&["audit", "verify"]).stdout_contains(", chain intact\n").run();
     fleet
         .ferry(&["history", "web", "--env", "r-a"])
-        .stdout_contains(" remove   web  r-a  -        2        ok       2 ok, 0 failed, 0 skipped\n")
+        .stdout_contains(
+            " remove   web  r-a  -        -             2        ok       2 ok, 0 failed, 0 skipped\n",
+        )
         .run();
 
     // status: the removed environment is clean (exit 0), and says why it is empty.

@@ -136,7 +136,7 @@ impl World {
     }
 
     /// A runner: its own state folder and `HOME`, user `user` on host `host`; `ci` makes it a
-    /// CI job (actor via `ci`), else it is a cron job (stdin is no terminal).
+    /// CI job (actor via `ci`), else a script (no terminal, no cron ancestor).
     fn runner(&self, user: &'static str, host: &'static str, ci: bool) -> Runner<'_> {
         let runner = Runner { world: self, user, host, ci };
         std::fs::create_dir_all(runner.home()).unwrap();
@@ -207,7 +207,7 @@ impl Runner<'_> {
 
     /// How this runner shows up as a holder and in history.
     fn actor(&self) -> String {
-        format!("{}@{} ({})", self.user, self.host, if self.ci { "ci" } else { "cron" })
+        format!("{}@{} ({})", self.user, self.host, if self.ci { "ci" } else { "script" })
     }
 
     /// The runner's environment (the state URL included, never in argv).
@@ -264,7 +264,7 @@ impl Runner<'_> {
         let endpoint = format!("ferry@10.200.0.1:5432/{}", self.world.db);
         self.ferry(&["state", "init"])
             .stdout(&format!(
-                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   1\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
+                "store:    {endpoint} (postgresql, ready)\ntls:      verify-full\nschema:   2\nrecords:  0 (0 delayed, 0 imported)\nhead:     (empty)\n"
             ))
             .run();
     }
@@ -360,6 +360,32 @@ fn two_runners_share_one_record_promote_history_and_rollback() {
     assert_eq!(b_seen["command"], "promote");
     // The store lists every run; A sees the same list.
     assert_eq!(a.history(), runs);
+    // Each shows the bytes it deployed; `--run` finds one in the store by the prefix the table
+    // shows, with its target's container (issue 16).
+    assert_eq!(
+        (a_seen["digest"].as_str(), b_seen["digest"].as_str()),
+        (Some(digest.as_str()), Some(digest.as_str()))
+    );
+    let one = a.ferry(&["history", "--run", &b_run[..13], "--output", "json"]).stdout_json().run().json();
+    assert_eq!(
+        (one["run"]["run"].as_str(), one["run"]["actor"].as_str()),
+        (Some(b_run.as_str()), Some("bob@runner-b (ci)"))
+    );
+    let target = &one["run"]["target_outcomes"][0];
+    assert_eq!(
+        (target["status"].as_str(), target["action"].as_str()),
+        (Some("ok"), Some("created")),
+        "{one}"
+    );
+    assert_eq!(target["container"]["digest"], digest.as_str(), "{one}");
+    assert_eq!(target["container"]["id"].as_str().map(str::len), Some(64), "{one}");
+    // The whole id (looked up by the runs table's key) finds the same run.
+    let whole = a.ferry(&["history", "--run", &b_run, "--output", "json"]).stdout_json().run().json();
+    assert_eq!(whole, one);
+    a.ferry(&["history", "--run", "0000ffff"])
+        .code(2)
+        .stderr("error: no run 0000ffff on record\n  = help: `ferry history` lists the runs on record\n")
+        .run();
 
     // A moves staging on and promotes it itself; then rolls prod back: the deployment it
     // returns to is B's promote, which only the database knows.
@@ -464,13 +490,13 @@ fn two_runners_deploying_one_environment_take_turns() {
     let deploy = ["deploy", "web", "--env", "ss3", "--version", "1.0", "--yes", "--output", "json"];
     let first = a.spawn(&deploy);
     wait_for("A's lease", Duration::from_secs(20), || {
-        world.lease("ss3").starts_with("alice@runner-a (cron)|")
+        world.lease("ss3").starts_with("alice@runner-a (script)|")
     });
     let refused = b
         .ferry(&["deploy", "web", "--env", "ss3", "--version", "2.0", "--yes"])
         .code(3)
         .stdout("")
-        .stderr_contains("environment ss3 is locked on the state store by alice@runner-a (cron) since ")
+        .stderr_contains("environment ss3 is locked on the state store by alice@runner-a (script) since ")
         .stderr_contains("wait for it with --lock-wait DURATION")
         .run();
     assert!(
@@ -569,14 +595,14 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
     let status = b
         .ferry(&["lock", "status", "--env", "ss4"])
         .stdout_contains("TARGET         STATE   HOLDER ")
-        .stdout_contains("\n(state store)  LOCKED  alice@runner-a (cron)  ")
-        .stdout_contains("\nh3             LOCKED  alice@runner-a (cron)  ")
+        .stdout_contains("\n(state store)  LOCKED  alice@runner-a (script)  ")
+        .stdout_contains("\nh3             LOCKED  alice@runner-a (script)  ")
         .run();
     assert_eq!(status.stdout.lines().count(), 3, "{}", status.stdout);
     b.ferry(&["deploy", "web", "--env", "ss4", "--version", "1.0", "--yes"])
         .code(3)
         .stdout("")
-        .stderr_contains("environment ss4 is locked on the state store by alice@runner-a (cron) since ")
+        .stderr_contains("environment ss4 is locked on the state store by alice@runner-a (script) since ")
         .run();
     b.ferry(&["lock", "release", "--env", "ss4", "--force"]).stdout("released ss4 on 2 targets\n").run();
     assert_eq!(world.lease("ss4"), "", "the lease row is gone");
@@ -590,7 +616,9 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
     assert_eq!(lease_broken["run"], a_run.as_str(), "{lease_broken}");
     assert_eq!(lease_broken["actor"]["user"], "bob");
     assert_eq!(lease_broken["detail"]["reason"], "forced");
-    assert!(lease_broken["detail"]["previous"].as_str().unwrap().starts_with("alice@runner-a (cron) since "));
+    assert!(
+        lease_broken["detail"]["previous"].as_str().unwrap().starts_with("alice@runner-a (script) since ")
+    );
     b.verify(records.len());
     let runs = b.history();
     let dead = runs.iter().find(|r| r["run"] == a_run.as_str()).unwrap();
@@ -611,7 +639,7 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
         ]
     );
     assert_eq!(dead["outcome"], "interrupted", "{dead}");
-    assert_eq!(dead["actor"], "alice@runner-a (cron)");
+    assert_eq!(dead["actor"], "alice@runner-a (script)");
     // Free again for everyone (a locked run, without the 30 s gate of a deploy).
     b.ferry(&["run", "--env", "ss4", "--lock", "--output", "json", "--", "true"]).stdout_json_lines().run();
 
@@ -620,17 +648,17 @@ fn a_killed_runners_lease_is_shown_broken_with_force_or_expires() {
         .stdout_contains("locked ss4 until ")
         .run();
     let taken = Instant::now();
-    assert!(world.lease("ss4").starts_with("alice@runner-a (cron)|"));
+    assert!(world.lease("ss4").starts_with("alice@runner-a (script)|"));
     // Taken by hand, and described so (not as a run that may be dead).
     b.ferry(&["lock", "acquire", "--env", "ss4"])
         .code(3)
         .stderr_contains(
-            "environment ss4 is locked on the state store, by hand: alice@runner-a (cron) took it with `ferry lock acquire` on ",
+            "environment ss4 is locked on the state store, by hand: alice@runner-a (script) took it with `ferry lock acquire` on ",
         )
         .stderr_contains(" (\"short freeze\"); it expires ")
         .run();
     b.ferry(&["lock", "status", "--env", "ss4"])
-        .stdout_contains("\n(state store)  LOCKED  alice@runner-a (cron)  ")
+        .stdout_contains("\n(state store)  LOCKED  alice@runner-a (script)  ")
         .stdout_contains("  short freeze\n")
         .run();
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(taken.elapsed()));
@@ -929,13 +957,23 @@ fn a_missing_or_newer_schema_is_refused_with_exit_2() {
     a.ferry(&["audit", "bench", "--records", "3"]).stdout_contains("3 appends to the state store").run();
     // init again: nothing to do, nothing lost.
     a.ferry(&["state", "init"]).stdout_contains("records:  3 (0 delayed, 0 imported)\n").run();
+    let prefix_index = "select count(*) from pg_indexes where indexname = 'ferry_runs_run_prefix'";
+    assert_eq!(world.psql(prefix_index), "1");
+    // A store an older ferry made (schema 1: no prefix index) is used as it is; init upgrades it.
+    world.psql("drop index ferry_runs_run_prefix; delete from ferry_schema where version = 2");
+    a.ferry(&["audit", "bench", "--records", "1"]).stdout_contains("1 appends to the state store").run();
+    a.ferry(&["state", "init"]).stdout_contains("records:  4 (0 delayed, 0 imported)\n").run();
+    assert_eq!(
+        (world.psql("select max(version) from ferry_schema"), world.psql(prefix_index)),
+        ("2".into(), "1".into())
+    );
     world.psql("update ferry_schema set version = 99");
-    let newer = "the state store ferry@10.200.0.1:5432/ss_schema has schema version 99, newer than this ferry's 1\n  = help: upgrade ferry on this runner; an older ferry never writes a newer schema\n";
+    let newer = "the state store ferry@10.200.0.1:5432/ss_schema has schema version 99, newer than this ferry's 2\n  = help: upgrade ferry on this runner; an older ferry never writes a newer schema\n";
     for what in [&["history"][..], &["audit", "verify"][..], &["state", "init"][..]] {
         a.ferry(what).code(2).stderr(newer).run();
     }
     assert_eq!(world.psql("select max(version) from ferry_schema"), "99", "init never downgrades");
-    assert_eq!(world.psql("select count(*) from ferry_audit"), "3");
+    assert_eq!(world.psql("select count(*) from ferry_audit"), "4");
 }
 
 /// A runner's local log moves into the store once: 10,000 records, the chain verifies, and a

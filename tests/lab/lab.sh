@@ -18,6 +18,7 @@
 #   tests/lab/lab.sh cut N | restore N          take host N's link down / up (bridge side)
 #   tests/lab/lab.sh drop N | undrop N          silently drop host N's SSH traffic (nft in its namespace)
 #   tests/lab/lab.sh sshd-stop N | sshd-start N stop / start host N's sshd
+#   tests/lab/lab.sh noregistry N | registry N  refuse / allow host N's connections to the registries
 #   tests/lab/lab.sh pg-stop | pg-start         stop PostgreSQL (its data stays) / start it again
 #   tests/lab/lab.sh pg-db NAME                 a fresh, empty database NAME owned by role ferry; prints its URL
 #   tests/lab/lab.sh psql DB SQL                runs SQL in DB as the superuser (unix socket), prints -At output
@@ -350,13 +351,16 @@ caddy_image_up() {
   rm -rf "$r"
 }
 
-# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in seven versions.
+# The deploy tests' app, ferry/web: busybox httpd serving /www/index.html, in fourteen tags.
 #   1.0, 1.1, 2.0  healthy, answering "ferry web 1.0" / "ferry web 1.1" / "ferry web 2.0"
 #   bad       httpd exits at once with an error on stderr (a broken build)
 #   health    has a HEALTHCHECK that passes once httpd answers
 #   sick      has a HEALTHCHECK that never passes (its /up answers: only the HEALTHCHECK fails it)
 #   noup      httpd runs and answers "ferry web noup", but has no /up (404): it never gets
 #             healthy behind the proxy (issue 15)
+#   r1 … r7   healthy like 1.0, each answering "ferry web rN" (so each is its own image): seven
+#             deployments of different images for the retention test (issue 16); not versions,
+#             so `latest` and the version listings of ferry/web do not see them
 # Every version whose httpd runs has `/up` (answers "up VERSION"; not noup) for the proxy's health
 # gate, and `/cgi-bin/slow`, a CGI that sleeps 3 s and then answers "ferry web VERSION": a
 # request in flight while the proxy switches, for the drain tests.
@@ -365,7 +369,7 @@ web_images_up() {
   local plain='{"Env":["PATH=/bin"],"Cmd":["httpd","-f","-p","80","-h","/www"]}'
   local check='"Healthcheck":{"Test":["CMD-SHELL","wget -q -O /dev/null http://127.0.0.1/ || exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
   local never='"Healthcheck":{"Test":["CMD-SHELL","exit 1"],"Interval":500000000,"Timeout":2000000000,"Retries":2}'
-  for v in 1.0 1.1 2.0 bad health sick noup; do
+  for v in 1.0 1.1 2.0 bad health sick noup r1 r2 r3 r4 r5 r6 r7; do
     echo "ferry web $v" > "$r/www/index.html"
     rm -f "$r/www/up"; rm -rf "$r/www/cgi-bin"
     [ "$v" = noup ] || echo "up $v" > "$r/www/up"
@@ -581,6 +585,14 @@ table inet ferry_cut {
 EOF
         ;;
   undrop) ip netns exec "$(ns "$2")" nft delete table inet ferry_cut ;;
+  # What a target can do with the registry out of reach (a rollback to an image it kept).
+  noregistry) ip netns exec "$(ns "$2")" nft -f - <<EOF
+table inet ferry_noreg {
+  chain output { type filter hook output priority 0; policy accept; ip daddr $NET.1 tcp dport { 5000, 5001 } reject with tcp reset; }
+}
+EOF
+        ;;
+  registry) ip netns exec "$(ns "$2")" nft delete table inet ferry_noreg ;;
   sshd-stop) stop "$(cat "$T/net/h$2/sshd.pid")" ;;
   sshd-start) rm -f "$T/net/h$2/sshd.pid"; start_sshd_in "$2" ;;
   leaks) leak_count ;;

@@ -19,7 +19,7 @@ use crate::test::Test;
 
 /// Held by each test here for its whole run: the link-cut test drops h5's SSH traffic, which
 /// would fail any other test's deploy to h5 meanwhile.
-static H5: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(super) static H5: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The lab host of these tests.
 const HOST: usize = 5;
@@ -29,7 +29,7 @@ const IP: &str = "10.200.0.15";
 const TEMPLATE: &str = "docker run --restart unless-stopped --stop-timeout 1\n  {{ image }}\n";
 
 /// One test's inventory (environments on h5, the app `web` behind the proxy) and state folder.
-struct Px {
+pub(super) struct Px {
     lab: Lab,
     dir: tempfile::TempDir,
     envs: Vec<String>,
@@ -40,7 +40,7 @@ struct Px {
 impl Px {
     /// `envs` on h5 (a lifecycle over them when there are two), each routing `ENV.pxd.test`;
     /// `extra` goes into `[apps.web]`.
-    fn new(envs: &[&str], extra: &str) -> Px {
+    pub(super) fn new(envs: &[&str], extra: &str) -> Px {
         let guard = H5.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let lab = lab();
         let dir = tempfile::tempdir().unwrap();
@@ -98,7 +98,7 @@ impl Px {
     }
 
     /// `ferry deploy web --env ENV --version V --yes --output json`.
-    fn deploy(&self, env: &str, version: &str) -> Test {
+    pub(super) fn deploy(&self, env: &str, version: &str) -> Test {
         self.ferry(&["deploy", "web", "--env", env, "--version", version, "--yes", "--output", "json"])
             .stdout_json_lines()
     }
@@ -119,7 +119,7 @@ impl Px {
     }
 
     /// Runs a command inside h5's namespaces (its dockerd, its /root); its stdout.
-    fn on_host(&self, script: &str) -> String {
+    pub(super) fn on_host(&self, script: &str) -> String {
         let holder = std::fs::read_to_string(self.lab.dir.join(format!("net/h{HOST}/holder.pid"))).unwrap();
         let out = Command::new("nsenter")
             .args(["-t", holder.trim(), "-m", "-n", "sh", "-c", script])
@@ -129,7 +129,7 @@ impl Px {
     }
 
     /// The names of the environment's containers on h5, sorted.
-    fn containers(&self, env: &str) -> Vec<String> {
+    pub(super) fn containers(&self, env: &str) -> Vec<String> {
         let text = self.on_host(&format!(
             "docker ps -a --filter label=ferry.environment={env} --format '{{{{.Names}}}}' | sort"
         ));
@@ -137,7 +137,7 @@ impl Px {
     }
 
     /// The `ferry.version` label of `web-ENV` on h5.
-    fn version(&self, env: &str) -> String {
+    pub(super) fn version(&self, env: &str) -> String {
         self.on_host(&format!("docker inspect -f '{{{{index .Config.Labels \"ferry.version\"}}}}' web-{env}"))
             .trim()
             .to_string()
@@ -149,7 +149,7 @@ impl Px {
     }
 
     /// Waits until `GET /` through the proxy answers `body` (the first deploy booted it).
-    fn wait_for(&self, env: &str, body: &str) {
+    pub(super) fn wait_for(&self, env: &str, body: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = Command::new("curl")
