@@ -332,16 +332,7 @@ pub fn run(inventory: Inventory, args: &PruneArgs, output: OutputFormat) -> Resu
     if output != OutputFormat::Json {
         output::print(&mask(&summary(&pruned, &what), &secrets))?;
     }
-    let code = if interrupted {
-        EXIT_INTERRUPTED
-    } else if pruned.iter().any(|r| r.status == Status::Refused) {
-        crate::error::EXIT_REFUSED
-    } else if pruned.iter().all(|r| r.status == Status::Ok) {
-        0
-    } else {
-        1
-    };
-    Ok(if code == 0 && !audited { 1 } else { code })
+    Ok(super::session::targets_exit_code(pruned.iter().map(|r| r.status), interrupted, audited))
 }
 
 /// Prunes every reachable target; the ones the session could not reach end as it found them.

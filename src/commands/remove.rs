@@ -106,17 +106,7 @@ pub fn run(inventory: Inventory, args: &RemoveArgs, output: OutputFormat) -> Res
     if output != OutputFormat::Json {
         output::print(&mask(&summary(&removed, &what), &secrets))?;
     }
-    let code = if interrupted {
-        EXIT_INTERRUPTED
-    } else if removed.iter().any(|r| r.status == Status::Refused) {
-        crate::error::EXIT_REFUSED
-    } else if removed.iter().all(|r| r.status == Status::Ok) {
-        0
-    } else {
-        1
-    };
-    // A removal whose outcome is not on record did not fully succeed.
-    Ok(if code == 0 && !audited { 1 } else { code })
+    Ok(super::session::targets_exit_code(removed.iter().map(|r| r.status), interrupted, audited))
 }
 
 /// What every target's removal needs.

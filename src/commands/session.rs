@@ -43,7 +43,7 @@ use crate::lock::{self, EnvironmentLock, LockInfo, Taken};
 use crate::notify::Moment;
 use crate::output::OutputFormat;
 use crate::records::{self, Kind, LockChange, RunFinished, RunStarted};
-use crate::report::{AuditTrail, Event, Events, Reporter, Subscriber};
+use crate::report::{AuditTrail, Event, Events, Reporter, Status, Subscriber};
 use crate::request::LockTiming;
 use crate::secret::Secret;
 use crate::store::Store;
@@ -571,7 +571,7 @@ impl Session {
         .await?;
         unreached.extend(held.unreachable.iter().map(|(target, why)| Unreached {
             target: target.clone(),
-            status: crate::report::Status::Unreachable,
+            status: Status::Unreachable,
             error: format!("cannot lock environment {name} there: {why}"),
             duration: started.elapsed(),
         }));
@@ -707,6 +707,26 @@ pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
         }
     }
     out
+}
+
+/// The exit code of a command that works on each target (`remove`, `prune`): 130 interrupted,
+/// 4 when a host key was refused, 0 when every target is ok and the run is on record, else 1
+/// (a run whose outcome is not on record did not fully succeed).
+pub fn targets_exit_code(
+    statuses: impl IntoIterator<Item = Status>,
+    interrupted: bool,
+    audited: bool,
+) -> i32 {
+    let statuses: Vec<Status> = statuses.into_iter().collect();
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else if statuses.contains(&Status::Refused) {
+        crate::error::EXIT_REFUSED
+    } else if statuses.iter().all(|s| *s == Status::Ok) && audited {
+        0
+    } else {
+        1
+    }
 }
 
 /// The notifiers configured for `environment`, each with its URL resolved (or why it could not
