@@ -333,9 +333,20 @@ async fn execute(
         // can be killed at the timeout.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return Ended::Error(format!("cannot be started: {e}")),
+    // "Text file busy" (ETXTBSY) is Linux's answer when a script written a moment ago is still
+    // open for writing in a process that forked meanwhile and has not exec'd yet (any
+    // multi-threaded writer: a CI step that generates the hook, or ferry's own tests). It is
+    // transient, so a few short retries; any other error is final.
+    let mut tries = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Ended::Error(format!("cannot be started: {e}")),
+        }
     };
     // Killed, with all it started, if this future is dropped before the hook ends.
     let mut group = Group(child.id());

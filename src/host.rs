@@ -404,7 +404,13 @@ pub fn endpoint(inventory: &Inventory, target: &Target) -> Endpoint {
         host: target.host.clone(),
         port: target.port,
         user,
-        identity: target.identity.as_deref().map(|p| resolve_path(&inventory.dir, p)),
+        identities: target.identity.as_deref().map(|p| resolve_path(&inventory.dir, p)).into_iter().collect(),
+        identities_only: false,
+        certificate_files: Vec::new(),
+        identity_agent: None,
+        host_key_alias: None,
+        known_hosts: None,
+        connect_timeout: None,
         jump: jump.map(|j| Box::new(endpoint(inventory, j))),
     }
 }

@@ -77,10 +77,49 @@ pub struct Endpoint {
     pub port: u16,
     /// Remote user.
     pub user: String,
-    /// Identity file, already resolved to a path.
-    pub identity: Option<PathBuf>,
-    /// The jump host to tunnel through (a direct-tcpip channel), if any.
+    /// Identity files to try first, in order, already resolved to paths (the inventory's
+    /// `identity`, then ssh_config `IdentityFile`s).
+    pub identities: Vec<PathBuf>,
+    /// ssh_config `IdentitiesOnly`: agent keys are used only when they match one of
+    /// [`Endpoint::identities`], and the default `~/.ssh/id_*` keys are not tried.
+    pub identities_only: bool,
+    /// ssh_config `CertificateFile`s (a certificate beside an identity, `IDENTITY-cert.pub`,
+    /// is found without being listed).
+    pub certificate_files: Vec<PathBuf>,
+    /// ssh_config `IdentityAgent`: `None` means `SSH_AUTH_SOCK`; a path is that socket.
+    pub identity_agent: Option<IdentityAgent>,
+    /// The name host keys and host certificate principals are checked against, when it is not
+    /// [`Endpoint::host`] (ssh_config `HostKeyAlias`).
+    pub host_key_alias: Option<String>,
+    /// This endpoint's known_hosts file, when it is not the run's (ssh_config
+    /// `UserKnownHostsFile`).
+    pub known_hosts: Option<Arc<KnownHosts>>,
+    /// This endpoint's connect timeout, when it is not the run's (ssh_config `ConnectTimeout`).
+    pub connect_timeout: Option<Duration>,
+    /// The jump host to tunnel through (a direct-tcpip channel), if any; it may have a jump
+    /// host of its own (a ProxyJump chain: the innermost is dialled first).
     pub jump: Option<Box<Endpoint>>,
+}
+
+/// Where agent keys come from (ssh_config `IdentityAgent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityAgent {
+    /// No agent (`IdentityAgent none`).
+    Disabled,
+    /// The agent listening on this socket.
+    Socket(PathBuf),
+}
+
+impl Endpoint {
+    /// The known_hosts file this endpoint's key is checked against.
+    pub fn known_hosts<'a>(&'a self, options: &'a Options) -> &'a Arc<KnownHosts> {
+        self.known_hosts.as_ref().unwrap_or(&options.known_hosts)
+    }
+
+    /// How long connect, handshake and authentication may take.
+    pub fn connect_timeout(&self, options: &Options) -> Duration {
+        self.connect_timeout.unwrap_or(options.connect_timeout)
+    }
 }
 
 /// Errors reaching or talking to a target over SSH.
@@ -235,7 +274,7 @@ impl Client {
         let client = Client {
             host: endpoint.host.clone(),
             port: endpoint.port,
-            known_hosts: Arc::clone(&options.known_hosts),
+            known_hosts: Arc::clone(endpoint.known_hosts(options)),
             seen: Arc::clone(&seen),
             capture_only,
         };
@@ -352,7 +391,7 @@ fn addr_of(endpoint: &Endpoint) -> String {
 pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(HostKey, Verdict), SshError> {
     let addr = addr_of(endpoint);
     let (client, seen) = Client::new(endpoint, options, true);
-    let config = config(endpoint, &options.known_hosts);
+    let config = config(endpoint, endpoint.known_hosts(options));
     let attempt = async {
         // Through the jump host when the target has one, as every other connection to it goes.
         match &endpoint.jump {
@@ -366,9 +405,10 @@ pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(H
         }
         Ok::<(), SshError>(())
     };
-    match tokio::time::timeout(options.connect_timeout, attempt).await {
+    let limit = endpoint.connect_timeout(options);
+    match tokio::time::timeout(limit, attempt).await {
         Ok(result) => result?,
-        Err(_) => return Err(SshError::Timeout { addr, secs: options.connect_timeout.as_secs() }),
+        Err(_) => return Err(SshError::Timeout { addr, secs: limit.as_secs() }),
     }
     let seen = seen.lock().ok().and_then(|s| s.clone());
     seen.map(|s| (s.key, s.verdict))
@@ -387,10 +427,9 @@ impl SshSession {
     /// Connects, checks the host key and authenticates, all within the connect timeout.
     pub async fn connect(endpoint: &Endpoint, options: &Options) -> Result<SshSession, SshError> {
         let addr = addr_of(endpoint);
-        let secs = options.connect_timeout.as_secs();
-        match tokio::time::timeout(options.connect_timeout, Self::connect_inner(endpoint, options, &addr))
-            .await
-        {
+        let limit = endpoint.connect_timeout(options);
+        let secs = limit.as_secs();
+        match tokio::time::timeout(limit, Self::connect_inner(endpoint, options, &addr)).await {
             Ok(result) => result,
             Err(_) => Err(SshError::Timeout { addr, secs }),
         }
@@ -402,7 +441,7 @@ impl SshSession {
         addr: &str,
     ) -> Result<SshSession, SshError> {
         let (client, seen) = Client::new(endpoint, options, false);
-        let config = config(endpoint, &options.known_hosts);
+        let config = config(endpoint, endpoint.known_hosts(options));
         let (handshake, via) = match &endpoint.jump {
             None => (client::connect_stream(config, tcp_connect(addr).await?, client).await, None),
             Some(jump) => {
@@ -415,7 +454,7 @@ impl SshSession {
             Ok(handle) => handle,
             Err(e) => {
                 let seen = seen.lock().ok().and_then(|s| s.clone());
-                return Err(host_key_error(endpoint, addr, &options.known_hosts, seen)
+                return Err(host_key_error(endpoint, addr, endpoint.known_hosts(options), seen)
                     .unwrap_or_else(|| protocol(addr, &e)));
             }
         };
@@ -428,7 +467,7 @@ impl SshSession {
         let mut tried = Vec::new();
         let user = endpoint.user.as_str();
         let rsa_hash = self.handle.best_supported_rsa_hash().await.ok().flatten().flatten();
-        if let Some(path) = &endpoint.identity {
+        for path in &endpoint.identities {
             tried.push(path.display().to_string());
             if self.try_key_file(user, path, rsa_hash, true).await? {
                 return Ok(());
@@ -438,7 +477,7 @@ impl SshSession {
             return Ok(());
         }
         for path in default_keys() {
-            if endpoint.identity.as_ref() == Some(&path) || !path.is_file() {
+            if endpoint.identities.contains(&path) || !path.is_file() {
                 continue;
             }
             tried.push(path.display().to_string());
