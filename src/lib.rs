@@ -59,6 +59,7 @@ pub mod secret;
 pub mod select;
 pub mod shell;
 pub mod ssh;
+pub mod ssh_config;
 pub mod store;
 pub mod terminal;
 pub mod time;
