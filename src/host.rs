@@ -27,6 +27,7 @@ use crate::ssh::{self, Endpoint, SshError, SshSession};
 
 #[cfg(test)]
 pub mod fake;
+pub mod resolve;
 
 /// A boxed future, so that [`Host`] stays usable as `dyn Host` (async trait methods are not
 /// dyn-compatible, and the `async-trait` crate is not in the tree).
@@ -394,25 +395,16 @@ impl Host for LocalHost {
     }
 }
 
-/// The SSH endpoint of `target` (user and identity resolved against the inventory).
+/// The SSH endpoint of `target`: the inventory's keys, then ssh_config (see [`resolve`]).
+/// Commands check every target's resolution before they connect ([`resolve::check_all`], in
+/// `ssh_options`), so the fallback to the inventory alone is only taken if the ssh_config file
+/// became unusable during the run.
 pub fn endpoint(inventory: &Inventory, target: &Target) -> Endpoint {
-    let user = target.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into());
-    // One hop: the inventory refuses a jump host that has a jump host itself.
-    let jump = target.jump.as_deref().and_then(|name| inventory.target(name)).filter(|j| j.jump.is_none());
-    Endpoint {
-        name: target.name.clone(),
-        host: target.host.clone(),
-        port: target.port,
-        user,
-        identities: target.identity.as_deref().map(|p| resolve_path(&inventory.dir, p)).into_iter().collect(),
-        identities_only: false,
-        certificate_files: Vec::new(),
-        identity_agent: None,
-        host_key_alias: None,
-        known_hosts: None,
-        connect_timeout: None,
-        jump: jump.map(|j| Box::new(endpoint(inventory, j))),
-    }
+    resolve::resolve(inventory, target).map(|r| r.endpoint).unwrap_or_else(|_| {
+        let jump =
+            target.jump.as_deref().and_then(|name| inventory.target(name)).filter(|j| j.jump.is_none());
+        resolve::plain(inventory, target, jump.map(|j| Box::new(resolve::plain(inventory, j, None))))
+    })
 }
 
 /// `~/x` against `$HOME`, relative paths against the inventory's folder.

@@ -463,6 +463,7 @@ mod tests {
             vars: Default::default(),
             transport: Transport::Ssh,
             jump: None,
+            spans: Default::default(),
         };
         let (secrets, hashes) = (Secrets::new(), BTreeMap::new());
         let networks = vec!["nv-new".to_string()];

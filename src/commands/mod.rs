@@ -137,11 +137,27 @@ pub fn ssh_options(
     inventory: &Inventory,
     connect_timeout: std::time::Duration,
 ) -> Result<crate::ssh::Options, Error> {
+    // Every target's ssh_config resolution is checked before anything connects: a refused
+    // directive stops the run here (exit 2) rather than halfway through.
+    warn_ssh_config(&crate::host::resolve::check_all(inventory)?);
     let known_hosts = crate::known_hosts::KnownHosts::load(&inventory.defaults.known_hosts).map_err(|e| {
         Diagnostic::new(format!("cannot read {}: {e}", inventory.defaults.known_hosts.display()))
             .help("fix its permissions, or point `known_hosts` in [defaults] at another file")
     })?;
     Ok(crate::ssh::Options { connect_timeout, known_hosts: std::sync::Arc::new(known_hosts) })
+}
+
+/// Prints what ssh_config sets that ferry does not apply (once per directive and process).
+pub fn warn_ssh_config(reported: &[crate::ssh_config::Reported]) {
+    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut shown) = SHOWN.lock() else { return };
+    for r in reported {
+        let line = format!("{}: {}", r.at, r.message);
+        if !shown.contains(&line) {
+            eprintln!("warning: {line}");
+            shown.push(line);
+        }
+    }
 }
 
 /// The state folder: `FERRY_STATE_DIR`, else the inventory's `state_dir`.

@@ -97,10 +97,57 @@ pub struct Defaults {
     pub identity: Option<String>,
     /// known_hosts file, relative to the inventory folder (default `known_hosts`).
     pub known_hosts: PathBuf,
+    /// Where `known_hosts` was written, when it was: an explicit file wins over ssh_config's
+    /// `UserKnownHostsFile`.
+    pub known_hosts_span: Option<Range<usize>>,
+    /// `ssh_config`: the OpenSSH client configuration to read (`None`: `"none"`, read none).
+    /// Default `~/.ssh/config`.
+    pub ssh_config: Option<String>,
+    /// Where `user`, `port` and `identity` were written in `[defaults]`.
+    pub spans: SshSpans,
     /// Where the audit log and local locks live (default `.ferry` beside the inventory).
     pub state_dir: PathBuf,
     /// The defaults variable layer.
     pub vars: Vars,
+}
+
+/// How many jump hosts a chain may have (ssh_config `ProxyJump` hops included).
+pub const MAX_JUMPS: usize = 8;
+
+/// Why the chain of `jump`s from target `name` cannot be followed: a cycle, or more than
+/// [`MAX_JUMPS`] hops. Unknown names are reported by the caller.
+fn jump_chain_problem(targets: &[Target], name: &str) -> Option<String> {
+    let mut chain = vec![name.to_string()];
+    let mut at = targets.iter().find(|t| t.name == name)?;
+    while let Some(next) = at.jump.as_deref() {
+        if chain.iter().any(|c| c == next) {
+            chain.push(next.to_string());
+            return Some(format!(
+                "the jump hosts of target \"{name}\" go round in a circle: {}",
+                chain.join(" -> ")
+            ));
+        }
+        chain.push(next.to_string());
+        if chain.len() > MAX_JUMPS + 1 {
+            return Some(format!("target \"{name}\" is more than {MAX_JUMPS} jump hosts away"));
+        }
+        at = targets.iter().find(|t| t.name == next)?;
+    }
+    None
+}
+
+/// Where a target's SSH settings were written in the inventory (byte spans; `None`: not
+/// written), so that `ferry vars` can say where each came from and ssh_config fills the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SshSpans {
+    /// `user`.
+    pub user: Option<Range<usize>>,
+    /// `port`.
+    pub port: Option<Range<usize>>,
+    /// `identity`.
+    pub identity: Option<Range<usize>>,
+    /// `jump` (targets only).
+    pub jump: Option<Range<usize>>,
 }
 
 /// Variables of one layer: name → value and where it was written.
@@ -148,6 +195,9 @@ pub struct Target {
     pub transport: Transport,
     /// Another target to reach this one through (an SSH jump host / bastion).
     pub jump: Option<String>,
+    /// Where `user`, `port`, `identity` and `jump` were written (the target's own table, else
+    /// `[defaults]`).
+    pub spans: SshSpans,
 }
 
 /// A named set of targets with its own variables and rollout policy.
@@ -705,14 +755,39 @@ impl Checker<'_> {
     }
 
     fn defaults(&mut self, raw: raw::RawDefaults) -> (Defaults, Option<PathBuf>) {
+        let spans = SshSpans {
+            user: raw.user.as_ref().map(Spanned::span),
+            port: raw.port.as_ref().map(Spanned::span),
+            identity: raw.identity.as_ref().map(Spanned::span),
+            jump: None,
+        };
         let port = raw.port.map_or(22, |p| self.port(p));
         let vars = self.vars(raw.vars);
         let templates = raw.templates.map(|t| self.dir.join(t));
+        let known_hosts_span = raw.known_hosts.as_ref().map(Spanned::span);
+        let ssh_config = match raw.ssh_config {
+            Some(c) if c.get_ref() == "none" => None,
+            Some(c) if c.get_ref().trim().is_empty() => {
+                self.error(
+                    c.span(),
+                    "ssh_config is empty",
+                    Some("name a file, or \"none\" to read none".into()),
+                );
+                None
+            }
+            Some(c) => Some(c.into_inner()),
+            None => Some("~/.ssh/config".to_string()),
+        };
         let defaults = Defaults {
-            user: raw.user,
+            user: raw.user.map(Spanned::into_inner),
             port,
-            identity: raw.identity,
-            known_hosts: self.dir.join(raw.known_hosts.unwrap_or_else(|| "known_hosts".into())),
+            identity: raw.identity.map(Spanned::into_inner),
+            known_hosts: self
+                .dir
+                .join(raw.known_hosts.map_or_else(|| "known_hosts".into(), Spanned::into_inner)),
+            known_hosts_span,
+            ssh_config,
+            spans,
             state_dir: self.dir.join(raw.state_dir.unwrap_or_else(|| ".ferry".into())),
             vars,
         };
@@ -808,6 +883,8 @@ impl Checker<'_> {
                     String::new()
                 }
             };
+            let target_port_span = target.port.as_ref().map(Spanned::span);
+            let jump_span = target.jump.as_ref().map(Spanned::span);
             let port = target.port.map_or(defaults.0.port, |p| self.port(p));
             let roles = target.roles.into_iter().map(Spanned::into_inner).collect();
             let vars = self.vars(target.vars);
@@ -815,17 +892,28 @@ impl Checker<'_> {
                 jumps.push((name.clone(), j.clone()));
                 j.into_inner()
             });
+            let spans = SshSpans {
+                user: target.user.as_ref().map(Spanned::span).or_else(|| defaults.0.spans.user.clone()),
+                port: target_port_span.or_else(|| defaults.0.spans.port.clone()),
+                identity: target
+                    .identity
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or_else(|| defaults.0.spans.identity.clone()),
+                jump: jump_span,
+            };
             targets.push(Target {
                 name,
                 name_span,
                 host,
                 port,
-                user: target.user.or_else(|| defaults.0.user.clone()),
-                identity: target.identity.or_else(|| defaults.0.identity.clone()),
+                user: target.user.map(Spanned::into_inner).or_else(|| defaults.0.user.clone()),
+                identity: target.identity.map(Spanned::into_inner).or_else(|| defaults.0.identity.clone()),
                 roles,
                 vars,
                 transport,
                 jump,
+                spans,
             });
         }
         // File order is the order users expect in tables and rollouts.
@@ -834,7 +922,8 @@ impl Checker<'_> {
         targets
     }
 
-    /// A jump host must be another SSH target that is reached directly (one hop).
+    /// A jump host must be another SSH target; it may have a jump host itself (a chain, as
+    /// ProxyJump `a,b` makes), without a cycle and at most [`MAX_JUMPS`] hops deep.
     fn check_jumps(&mut self, targets: &[Target], jumps: &[(String, Spanned<String>)]) {
         for (name, jump) in jumps {
             let via = targets.iter().find(|t| &t.name == jump.get_ref());
@@ -848,10 +937,9 @@ impl Checker<'_> {
                 (Some(v), _) if v.name == *name => {
                     Some((format!("target \"{name}\" cannot be its own jump host"), None))
                 }
-                (Some(v), _) if v.jump.is_some() => Some((
-                    format!("jump host \"{}\" has a jump host itself", v.name),
-                    Some("ferry goes through one jump host; reach the bastion directly".into()),
-                )),
+                (Some(_), _) if let Some(problem) = jump_chain_problem(targets, name) => {
+                    Some((problem, None))
+                }
                 (Some(v), Some(t)) if v.transport == Transport::Local || t.transport == Transport::Local => {
                     Some(("jump hosts work only between SSH targets".to_string(), None))
                 }

@@ -109,10 +109,11 @@ pub struct RawState {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
-    pub user: Option<String>,
+    pub user: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
-    pub identity: Option<String>,
-    pub known_hosts: Option<String>,
+    pub identity: Option<Spanned<String>>,
+    pub known_hosts: Option<Spanned<String>>,
+    pub ssh_config: Option<Spanned<String>>,
     pub templates: Option<String>,
     pub state_dir: Option<String>,
     #[serde(default)]
@@ -152,8 +153,8 @@ pub struct RawRollout {
 pub struct RawTarget {
     pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
-    pub user: Option<String>,
-    pub identity: Option<String>,
+    pub user: Option<Spanned<String>>,
+    pub identity: Option<Spanned<String>>,
     #[serde(default)]
     pub roles: Vec<Spanned<String>>,
     #[serde(default)]
