@@ -78,10 +78,20 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
             }
         }
     }
+    // Every SSH target through ssh_config, as a run would: refused directives are errors,
+    // security directives ferry does not apply are warnings.
+    let reported = match crate::host::resolve::check_all(inventory) {
+        Ok(reported) => reported,
+        Err(e) => {
+            errors.push(e.into());
+            Vec::new()
+        }
+    };
     if !errors.is_empty() {
         return Err(Error::Multiple(errors));
     }
     let mut warnings = warnings(inventory, &renderer);
+    warnings.extend(reported.iter().map(|r| Diagnostic::new(format!("{}: {}", r.at, r.message))));
     warnings.extend(unavailable.into_values().map(|(d, deploys)| {
         let message = format!("{} (deploying {} from here would fail)", d.message, deploys.join(", "));
         Diagnostic { message, ..d }

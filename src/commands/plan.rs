@@ -46,6 +46,19 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
     };
     // Offline first: every input problem is reported before any feed is asked.
     let mut plan = request(asked, None)?;
+    // Where each planned target is really reached, when ssh_config decides part of it.
+    let mut ssh: std::collections::BTreeMap<String, crate::host::resolve::Resolution> = Default::default();
+    for t in &plan.targets {
+        if let Some(target) =
+            inventory.target(&t.target).filter(|t| t.transport == crate::inventory::Transport::Ssh)
+        {
+            let resolution = crate::host::resolve::resolve(inventory, target)?;
+            super::warn_ssh_config(&resolution.reported);
+            if resolution.uses_config {
+                ssh.insert(t.target.clone(), resolution);
+            }
+        }
+    }
     let app = inventory.app(&args.selection.app)?;
     let mut check = None;
     let note = match (asked, app.feed.as_deref()) {
@@ -116,11 +129,23 @@ pub fn run(inventory: &Inventory, args: &PlanArgs, output: OutputFormat) -> Resu
                 /// when none).
                 #[serde(skip_serializing_if = "Option::is_none")]
                 freeze: Option<&'a crate::freeze::Outlook>,
+                /// Per target whose SSH settings come partly from ssh_config: each setting and
+                /// where it came from (absent when ssh_config decides nothing).
+                #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+                ssh: std::collections::BTreeMap<&'a str, &'a [crate::host::resolve::Provenance]>,
             }
-            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref(), freeze })?;
+            let ssh = ssh.iter().map(|(k, r)| (k.as_str(), r.provenance.as_slice())).collect();
+            output::print_json(&WithFeed { plan: &plan, feed: check.as_ref(), freeze, ssh })?;
         }
         OutputFormat::Plain => output::print(&plain(&plan))?,
-        OutputFormat::Human => output::print(&human(&plan))?,
+        OutputFormat::Human => {
+            let mut text = human(&plan);
+            for (name, r) in &ssh {
+                text +=
+                    &format!("ssh: {name} is {} (ssh_config)\n", crate::host::resolve::describe(&r.endpoint));
+            }
+            output::print(&text)?
+        }
     }
     Ok(0)
 }

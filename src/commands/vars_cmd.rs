@@ -22,6 +22,9 @@ struct Report<'a> {
     vars: &'a Variables,
     env: BTreeMap<&'a str, &'a str>,
     secrets: BTreeMap<&'a str, SecretReport>,
+    /// With a target: each SSH setting, its value and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssh: Option<&'a [crate::host::resolve::Provenance]>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +79,14 @@ pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i
         }
     }
     let target_name = target.map(|t| t.name.as_str());
+    let ssh = match target {
+        Some(t) if t.transport == crate::inventory::Transport::Ssh => {
+            let resolution = crate::host::resolve::resolve(inventory, t)?;
+            super::warn_ssh_config(&resolution.reported);
+            Some(resolution.provenance)
+        }
+        _ => None,
+    };
     if output == OutputFormat::Json {
         output::print_json(&Report {
             schema: 1,
@@ -86,6 +97,7 @@ pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i
             vars: &resolved,
             env: env_values,
             secrets,
+            ssh: ssh.as_deref(),
         })?;
         return Ok(0);
     }
@@ -124,6 +136,12 @@ pub fn run(inventory: &Inventory, args: &Vars, output: OutputFormat) -> Result<i
             .collect();
         out += "\n";
         out += &table(&["SECRET", "VALUE", "STATUS", "SOURCE"], &rows);
+    }
+    if let Some(ssh) = &ssh {
+        let rows: Vec<Vec<String>> =
+            ssh.iter().map(|p| vec![p.setting.to_string(), p.value.clone(), p.from.clone()]).collect();
+        out += "\n";
+        out += &table(&["SSH", "VALUE", "FROM"], &rows);
     }
     if target.is_none() && env.targets.iter().any(|&i| !inventory.targets[i].vars.is_empty()) {
         out += "\nnote: some targets set their own variables; add --target NAME to see them\n";

@@ -42,6 +42,8 @@ pub struct Resolution {
     pub provenance: Vec<Provenance>,
     /// Security-relevant directives read but not applied (the target's and its hops').
     pub reported: Vec<Reported>,
+    /// True when ssh_config set any of the target's settings.
+    pub uses_config: bool,
 }
 
 /// What every resolution of one inventory shares.
@@ -58,7 +60,23 @@ pub fn resolve(inventory: &Inventory, target: &Target) -> Result<Resolution, Dia
     let context = Context::new(inventory)?;
     let mut reported = Vec::new();
     let (endpoint, provenance) = context.target(target, &mut vec![target.name.clone()], &mut reported)?;
-    Ok(Resolution { endpoint, provenance, reported })
+    let inventory_file = format!("{}:", inventory.source.path.display());
+    let uses_config =
+        provenance.iter().any(|p| !p.from.starts_with("default") && !p.from.starts_with(&inventory_file));
+    Ok(Resolution { endpoint, provenance, reported, uses_config })
+}
+
+/// `user@host:port via HOP → HOP`, for plans.
+pub fn describe(endpoint: &Endpoint) -> String {
+    let mut hops = Vec::new();
+    let mut at = endpoint.jump.as_deref();
+    while let Some(hop) = at {
+        hops.push(format!("{}@{}:{}", hop.user, hop.host, hop.port));
+        at = hop.jump.as_deref();
+    }
+    hops.reverse();
+    let via = if hops.is_empty() { String::new() } else { format!(" via {}", hops.join(" → ")) };
+    format!("{}@{}:{}{via}", endpoint.user, endpoint.host, endpoint.port)
 }
 
 /// Resolves every SSH target (before any connection of a run) and returns the reported
@@ -79,7 +97,7 @@ pub fn config_path(inventory: &Inventory) -> Option<PathBuf> {
     match (written.strip_prefix("~/"), home) {
         (Some(rest), Some(home)) => Some(home.join(rest)),
         (Some(_), None) => None, // no home: no ~/.ssh/config, as for a missing file
-        _ => Some(inventory.dir.join(written)),
+        _ => Some(crate::diagnostic::normalize(&inventory.dir.join(written))),
     }
 }
 

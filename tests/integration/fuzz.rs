@@ -450,3 +450,88 @@ fn proxy_parsers_never_panic_and_a_parsed_route_round_trips() {
         panic!("{e}");
     }
 }
+
+/// Pieces of ssh_config lines: keywords, patterns, quotes, `=`, tokens, Match criteria.
+const SSH_CONFIG_TOKENS: &[&str] = &[
+    "Host ",
+    "Match ",
+    "Include ",
+    "HostName ",
+    "User ",
+    "Port ",
+    "IdentityFile ",
+    "ProxyJump ",
+    "ProxyCommand ",
+    "UserKnownHostsFile ",
+    "ConnectTimeout ",
+    "IdentitiesOnly ",
+    "StrictHostKeyChecking ",
+    "CanonicalizeHostname ",
+    "all ",
+    "host ",
+    "originalhost ",
+    "user ",
+    "localuser ",
+    "exec ",
+    "!",
+    "*",
+    "?",
+    ",",
+    "=",
+    "\"",
+    "'",
+    "\\",
+    "%",
+    "%h",
+    "%%",
+    "%p",
+    "%Z",
+    "~/",
+    "#",
+    " ",
+    "\t",
+    "\n",
+    "app",
+    "a,b",
+    "u@h:22",
+    "[::1]:2",
+    "none",
+    "yes",
+    "no",
+    "ssh://",
+    "é",
+];
+
+#[test]
+fn ssh_config_parser_never_panics() {
+    use ferry::ssh_config::{Query, SshConfig, expand_path, parse_jumps};
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let text = prop::collection::vec(0..SSH_CONFIG_TOKENS.len(), 0..60)
+        .prop_map(|picks| picks.iter().map(|&i| SSH_CONFIG_TOKENS[i]).collect::<String>());
+    let home = tempfile::tempdir().unwrap();
+    let executed = AtomicUsize::new(0);
+    let result = runner.run(&(text, any::<String>()), |(tokens, raw)| {
+        executed.fetch_add(1, Ordering::Relaxed);
+        for input in [&tokens, &raw] {
+            let _ = ferry::ssh_config::split_line(input);
+            let Ok(config) = SshConfig::parse("config", input, Some(home.path())) else { continue };
+            for alias in ["app", "h", "", "a,b"] {
+                let query = Query { alias, user: None, local_user: "root" };
+                let Ok(resolved) = config.resolve(&query) else { continue };
+                for s in resolved.identity_files.iter().chain(resolved.values.values()) {
+                    let _ = expand_path(s, &[('h', "x"), ('p', "22")], Some(home.path()));
+                    let _ = parse_jumps(&s.value);
+                }
+            }
+        }
+        Ok(())
+    });
+    println!("ssh_config parser: {} inputs", executed.load(Ordering::Relaxed));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

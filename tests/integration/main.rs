@@ -56,6 +56,7 @@ mod run;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
+mod ssh_config;
 #[cfg(feature = "lab")]
 mod ssh_config_lab;
 mod test;

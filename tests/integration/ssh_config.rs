@@ -1,0 +1,135 @@
+//! `[defaults] ssh_config` without the lab: where each SSH setting of a target came from
+//! (`ferry vars`, `ferry plan`), refused directives by file and line (exit 2), reported ones
+//! as warnings, and jump chains in the inventory. Nothing here connects: the commands used stop
+//! before any connection or never make one.
+
+use crate::test::Test;
+
+/// The test inventory reading `ssh_config` beside it, `prod-2` written as the alias `web-2`
+/// (without the defaults' `user`, so that ssh_config's `User` shows).
+fn with_config(config: &str) -> Test {
+    Test::new()
+        .replace("ferry.toml", "user = \"deploy\"\n", "ssh_config = \"ssh_config\"\n")
+        .replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"web-2\"\nport = 2222")
+        .write("ssh_config", config)
+}
+
+const CONFIG: &str = "# lab-free example\nHost web-*\n  HostName 10.0.1.12\n  User ops\n  Port 2200\n  \
+                      IdentityFile ~/.ssh/web_%r\n  ProxyJump bastion\n  ConnectTimeout 7\n";
+
+#[test]
+fn vars_shows_each_ssh_setting_and_where_it_came_from() {
+    with_config(CONFIG)
+        .env("HOME", "/home/ana")
+        .env("USER", "ana")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .stdout(
+            "web in prod on prod-2\n\n\
+             VARIABLE   VALUE    FROM\n\
+             log_level  \"debug\"  defaults (ferry.toml:3)\n\
+             port       9090     target prod-2 (ferry.toml:25), overrides app web (ferry.toml:35)\n\n\
+             CONTAINER ENV  TEMPLATE\nLOG_LEVEL      {{ log_level }}\n\n\
+             SECRET        VALUE  STATUS     SOURCE\nDATABASE_URL  ***    available  environment variable WEB_DATABASE_URL\n\n\
+             SSH              VALUE                   FROM\n\
+             hostname         10.0.1.12               ssh_config:3\n\
+             port             2222                    ferry.toml:23\n\
+             user             ops                     ssh_config:4\n\
+             identity         /home/ana/.ssh/web_ops  ssh_config:6\n\
+             connect_timeout  7                       ssh_config:8\n\
+             known_hosts      ./known_hosts           default\n\
+             jump             bastion                 ssh_config:7\n",
+        )
+        .run();
+}
+
+#[test]
+fn vars_json_has_the_ssh_settings() {
+    let out = with_config(CONFIG)
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2", "--output", "json"])
+        .stdout_json()
+        .run();
+    let ssh = out.json()["ssh"].clone();
+    assert_eq!(
+        ssh[0],
+        serde_json::json!({"setting": "hostname", "value": "10.0.1.12", "from": "ssh_config:3"})
+    );
+    assert_eq!(ssh[1], serde_json::json!({"setting": "port", "value": "2222", "from": "ferry.toml:23"}));
+}
+
+#[test]
+fn a_proxy_command_is_refused_naming_its_file_and_line() {
+    let error = "error: ssh_config:3: ProxyCommand is not supported by ferry (for target \"prod-2\")\n  \
+                 = help: use ProxyJump (or the inventory's `jump`), or set ssh_config = \"none\" in [defaults]\n";
+    with_config("Host web-2\n  User ops\n  ProxyCommand nc %h %p\n")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .code(2)
+        .stderr(error)
+        .run();
+    with_config("Host web-2\n  User ops\n  ProxyCommand nc %h %p\n")
+        .args(["check"])
+        .code(2)
+        .stderr(error)
+        .run();
+    // With ssh_config = "none" the file is not read at all.
+    with_config("Host web-2\n  ProxyCommand nc %h %p\n")
+        .replace("ferry.toml", "ssh_config = \"ssh_config\"", "ssh_config = \"none\"")
+        .args(["check"])
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .run();
+}
+
+#[test]
+fn an_unsupported_match_criterion_is_refused_when_reached() {
+    with_config("Match host web-2 exec \"test -f /x\"\n  User ops\n")
+        .args(["check"])
+        .code(2)
+        .stderr(
+            "error: ssh_config:1: Match exec is not supported by ferry (for target \"prod-2\")\n  \
+             = help: use Host blocks or Match host/originalhost/user/localuser/all, or set ssh_config = \"none\" in [defaults]\n",
+        )
+        .run();
+}
+
+#[test]
+fn strict_host_key_checking_no_is_a_warning_of_check() {
+    with_config("Host *\n  StrictHostKeyChecking accept-new\n")
+        .args(["check"])
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 1 warning\n")
+        .stderr(
+            "warning: ssh_config:2: StrictHostKeyChecking accept-new: ignored, ferry always checks host keys strictly\n",
+        )
+        .run();
+}
+
+#[test]
+fn plan_says_how_a_target_is_reached_when_ssh_config_decides_it() {
+    with_config(CONFIG)
+        .env("HOME", "/home/ana")
+        .args(["plan", "web", "--env", "prod", "--version", "1.0"])
+        .stdout_contains("ssh: prod-2 is ops@10.0.1.12:2222 via root@bastion:22 (ssh_config)\n")
+        .stderr_contains("note: feed main cannot be asked")
+        .run();
+}
+
+#[test]
+fn a_jump_host_may_have_a_jump_host_but_not_in_a_circle() {
+    Test::new()
+        .replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"10.0.1.12\"\njump = \"prod-1\"")
+        .replace("ferry.toml", "host = \"10.0.1.11\"", "host = \"10.0.1.11\"\njump = \"stg-1\"")
+        .args(["check"])
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .run();
+    let out = Test::new()
+        .replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"10.0.1.12\"\njump = \"prod-1\"")
+        .replace("ferry.toml", "host = \"10.0.1.11\"", "host = \"10.0.1.11\"\njump = \"prod-2\"")
+        .args(["check"])
+        .code(2)
+        .stderr(
+            "error: the jump hosts of target \"prod-1\" go round in a circle: prod-1 -> prod-2 -> prod-1\n  \
+             --> ferry.toml:19:8\n   |\n19 | jump = \"prod-2\"\n   |        ^^^^^^^^\n\n\
+             error: the jump hosts of target \"prod-2\" go round in a circle: prod-2 -> prod-1 -> prod-2\n  \
+             --> ferry.toml:24:8\n   |\n24 | jump = \"prod-1\"\n   |        ^^^^^^^^\n",
+        )
+        .run();
+    assert!(out.stderr.contains("go round in a circle: prod-1 -> prod-2 -> prod-1"), "{}", out.stderr);
+}
