@@ -37,6 +37,10 @@ struct Finding {
     host: String,
     #[serde(skip)]
     port: u16,
+    /// The known_hosts file this target's key is checked against and recorded in (the
+    /// inventory's, or ssh_config's `UserKnownHostsFile` for it).
+    #[serde(skip)]
+    file: std::path::PathBuf,
 }
 
 /// Runs `ferry trust`.
@@ -67,24 +71,27 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
             eprintln!("nothing recorded: not confirmed (pass --yes to record without asking)");
             return Ok(EXIT_REFUSED);
         }
-        record(&inventory.defaults.known_hosts, &to_write)?;
-        let keys: Vec<serde_json::Value> = to_write
-            .iter()
-            .map(|f| serde_json::json!({ "target": f.target, "address": f.address, "fingerprint": f.fingerprint, "replaced": f.state == "replace" }))
-            .collect();
-        let detail = serde_json::json!({ "known_hosts": inventory.defaults.known_hosts, "keys": keys });
-        store(inventory)?.append(&crate::audit::Entry {
-            run: super::new_deployment_id(),
-            command: "trust".into(),
-            environment: Some(env.name.clone()),
-            targets: to_write.iter().map(|f| f.target.clone()).collect(),
-            ..records::entry(records::Kind::TrustRecorded, &detail)
-        })?;
-        eprintln!(
-            "recorded {} in {}",
-            crate::output::count(to_write.len(), "host key"),
-            inventory.defaults.known_hosts.display()
-        );
+        // Each key goes to the file it is checked against: ssh_config may name another one.
+        let mut files: Vec<&Path> = to_write.iter().map(|f| f.file.as_path()).collect();
+        files.sort();
+        files.dedup();
+        for file in files {
+            let these: Vec<&Finding> = to_write.iter().copied().filter(|f| f.file == file).collect();
+            record(file, &these)?;
+            let keys: Vec<serde_json::Value> = these
+                .iter()
+                .map(|f| serde_json::json!({ "target": f.target, "address": f.address, "fingerprint": f.fingerprint, "replaced": f.state == "replace" }))
+                .collect();
+            let detail = serde_json::json!({ "known_hosts": file, "keys": keys });
+            store(inventory)?.append(&crate::audit::Entry {
+                run: super::new_deployment_id(),
+                command: "trust".into(),
+                environment: Some(env.name.clone()),
+                targets: these.iter().map(|f| f.target.clone()).collect(),
+                ..records::entry(records::Kind::TrustRecorded, &detail)
+            })?;
+            eprintln!("recorded {} in {}", crate::output::count(these.len(), "host key"), file.display());
+        }
     }
     Ok(if refused {
         EXIT_REFUSED
@@ -112,6 +119,7 @@ async fn fetch_one(
         key: None,
         host: endpoint.host.clone(),
         port: endpoint.port,
+        file: endpoint.known_hosts(options).path.clone(),
     };
     if local {
         return finding;
@@ -180,6 +188,7 @@ async fn fetch_all(
                 key: None,
                 host: String::new(),
                 port: 0,
+                file: Default::default(),
                 target,
             })
         })

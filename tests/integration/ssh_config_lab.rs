@@ -22,7 +22,8 @@ fn public_key(lab: &Lab, file: &str) -> String {
 }
 
 /// A folder with `ferry.toml` (no SSH settings but `ssh_config`), `ssh_config` (`extra` first,
-/// then the aliases) and `known_hosts` holding h1, h2 and `final_key` for 127.0.0.1.
+/// then the aliases) and `ssh_known_hosts` (its UserKnownHostsFile) holding h1, h2 and
+/// `final_key` for 127.0.0.1 (none when empty).
 fn setup(lab: &Lab, extra: &str, final_key: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -31,15 +32,18 @@ fn setup(lab: &Lab, extra: &str, final_key: &str) -> tempfile::TempDir {
         "{extra}Host h1-alias\n  HostName 127.0.0.1\n  User root\n  IdentityFile {key}\n  ProxyJump hop1,hop2\n\
          Host hop1\n  HostName 10.200.0.11\nHost hop2\n  HostName 10.200.0.12\n\
          Host *\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {kh}\n",
-        kh = d.join("known_hosts").display()
+        kh = d.join("ssh_known_hosts").display()
     );
     std::fs::write(d.join("ssh_config"), config).unwrap();
-    let known = format!(
-        "10.200.0.11 {}\n10.200.0.12 {}\n127.0.0.1 {final_key}\n",
+    let mut known = format!(
+        "10.200.0.11 {}\n10.200.0.12 {}\n",
         public_key(lab, "net/h1/hostkey.pub"),
         public_key(lab, "net/h2/hostkey.pub")
     );
-    std::fs::write(d.join("known_hosts"), known).unwrap();
+    if !final_key.is_empty() {
+        known += &format!("127.0.0.1 {final_key}\n");
+    }
+    std::fs::write(d.join("ssh_known_hosts"), known).unwrap();
     let inventory = format!(
         "[defaults]\nssh_config = \"{}\"\n\n[targets.p1]\nhost = \"h1-alias\"\n\n\
          [environments.p1-env]\ntargets = [\"p1\"]\n\n[feeds.lab]\nurl = \"http://10.200.0.1:5000\"\n\n\
@@ -127,5 +131,23 @@ fn a_proxy_command_is_refused_by_its_line_and_strict_host_key_checking_no_is_rep
         .stderr_contains(&format!(
             "warning: {config}:2: StrictHostKeyChecking no: ignored, ferry always checks host keys strictly\n"
         ))
+        .run();
+}
+
+#[test]
+fn trust_goes_through_the_hops_and_records_in_ssh_configs_known_hosts_file() {
+    let lab = lab();
+    let dir = setup(&lab, "", "");
+    let file = dir.path().join("ssh_known_hosts");
+    let before = std::fs::read_to_string(&file).unwrap();
+    ferry(dir.path(), &["trust", "--env", "p1-env", "--yes"])
+        .stdout_contains("p1      127.0.0.1  NEW    ssh-ed25519  ")
+        .stderr(&format!("recorded 1 host key in {}\n", file.display()))
+        .run();
+    let h2 = public_key(&lab, "net/h2/hostkey.pub");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{before}127.0.0.1 {h2}\n"));
+    assert!(!dir.path().join("known_hosts").exists(), "the inventory's own file is not written");
+    ferry(dir.path(), &["run", "--env", "p1-env", "--output", "plain", "--", "hostname"])
+        .stdout_contains("p1 | ferry-h2\n")
         .run();
 }
