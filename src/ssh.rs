@@ -366,7 +366,16 @@ async fn through_jump(
     options: &Options,
     addr: &str,
 ) -> Result<(russh::ChannelStream<client::Msg>, SshSession), SshError> {
-    let bastion = Box::pin(SshSession::connect_inner(jump, options, &addr_of(jump))).await?;
+    // Each hop has its own connect timeout (ssh_config ConnectTimeout per host, as OpenSSH).
+    let jump_addr = addr_of(jump);
+    let limit = jump.connect_timeout(options);
+    let bastion =
+        match tokio::time::timeout(limit, Box::pin(SshSession::connect_inner(jump, options, &jump_addr)))
+            .await
+        {
+            Ok(result) => result?,
+            Err(_) => return Err(SshError::Timeout { addr: jump_addr, secs: limit.as_secs() }),
+        };
     let channel = bastion
         .handle
         .channel_open_direct_tcpip(endpoint.host.clone(), u32::from(endpoint.port), "127.0.0.1", 0)
@@ -378,6 +387,19 @@ async fn through_jump(
     Ok((channel.into_stream(), bastion))
 }
 
+/// The time a whole chain may take: each hop's connect timeout (enforced in [`through_jump`])
+/// plus the endpoint's own, so a slow first hop does not eat the last one's time.
+fn chain_timeout(endpoint: &Endpoint, options: &Options) -> Duration {
+    let mut total = endpoint.connect_timeout(options);
+    let mut hop = endpoint.jump.as_deref();
+    while let Some(jump) = hop {
+        total += jump.connect_timeout(options);
+        hop = jump.jump.as_deref();
+    }
+    total
+}
+
+/// `host:port`, bracketed for IPv6, for messages and TCP connects.
 fn addr_of(endpoint: &Endpoint) -> String {
     if endpoint.host.contains(':') {
         format!("[{}]:{}", endpoint.host, endpoint.port)
@@ -405,7 +427,7 @@ pub async fn fetch_host_key(endpoint: &Endpoint, options: &Options) -> Result<(H
         }
         Ok::<(), SshError>(())
     };
-    let limit = endpoint.connect_timeout(options);
+    let limit = chain_timeout(endpoint, options);
     match tokio::time::timeout(limit, attempt).await {
         Ok(result) => result?,
         Err(_) => return Err(SshError::Timeout { addr, secs: limit.as_secs() }),
@@ -427,7 +449,7 @@ impl SshSession {
     /// Connects, checks the host key and authenticates, all within the connect timeout.
     pub async fn connect(endpoint: &Endpoint, options: &Options) -> Result<SshSession, SshError> {
         let addr = addr_of(endpoint);
-        let limit = endpoint.connect_timeout(options);
+        let limit = chain_timeout(endpoint, options);
         let secs = limit.as_secs();
         match tokio::time::timeout(limit, Self::connect_inner(endpoint, options, &addr)).await {
             Ok(result) => result,
