@@ -133,3 +133,26 @@ fn a_jump_host_may_have_a_jump_host_but_not_in_a_circle() {
         .run();
     assert!(out.stderr.contains("go round in a circle: prod-1 -> prod-2 -> prod-1"), "{}", out.stderr);
 }
+
+#[test]
+fn proxy_jump_follows_only_the_first_hops_own_proxy_jump_as_ssh_j_does() {
+    with_config("Host web-*\n  ProxyJump a,ops@b:2022\nHost a\n  ProxyJump z\nHost b\n  ProxyJump ignored\n")
+        .args(["plan", "web", "--env", "prod", "--version", "1.0"])
+        .stdout_contains(
+            "ssh: prod-2 is root@web-2:2222 via root@z:22 → root@a:22 → ops@b:2022 (ssh_config)\n",
+        )
+        .stderr_contains("note: feed main cannot be asked")
+        .run();
+}
+
+#[test]
+fn proxy_jump_hops_that_go_round_in_a_circle_are_refused() {
+    with_config("Host web-*\n  ProxyJump a\nHost a\n  ProxyJump b\nHost b\n  ProxyJump a\n")
+        .args(["check"])
+        .code(2)
+        .stderr(
+            "error: the jump hosts of target \"prod-2\" go round in a circle: prod-2 -> a -> b -> a\n  \
+             = help: break the circle in the inventory's `jump` or ssh_config's ProxyJump\n",
+        )
+        .run();
+}

@@ -151,3 +151,30 @@ fn trust_goes_through_the_hops_and_records_in_ssh_configs_known_hosts_file() {
         .stdout_contains("p1 | ferry-h2\n")
         .run();
 }
+
+#[test]
+fn an_inventory_jump_host_may_have_a_jump_host_of_its_own() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = lab.dir.join("ssh/client_key").display().to_string();
+    let known = format!(
+        "10.200.0.11 {}\n10.200.0.12 {}\n127.0.0.1 {}\n",
+        public_key(&lab, "net/h1/hostkey.pub"),
+        public_key(&lab, "net/h2/hostkey.pub"),
+        public_key(&lab, "net/h2/hostkey.pub")
+    );
+    std::fs::write(d.join("known_hosts"), known).unwrap();
+    std::fs::write(
+        d.join("ferry.toml"),
+        format!(
+            "[defaults]\nssh_config = \"none\"\nuser = \"root\"\nidentity = \"{key}\"\n\n\
+             [targets.p1-a]\nhost = \"10.200.0.11\"\n\n[targets.p1-b]\nhost = \"10.200.0.12\"\njump = \"p1-a\"\n\n\
+             [targets.p1-c]\nhost = \"127.0.0.1\"\njump = \"p1-b\"\n\n[environments.p1-chain]\ntargets = [\"p1-c\"]\n"
+        ),
+    )
+    .unwrap();
+    ferry(d, &["run", "--env", "p1-chain", "--output", "plain", "--", "hostname"])
+        .stdout_contains("p1-c | ferry-h2\n")
+        .run();
+}
