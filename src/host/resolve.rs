@@ -374,8 +374,14 @@ impl<'a> Context<'a> {
                 continue;
             }
             let p = path(s)?;
-            out.identity_origins.push((p.clone(), s.at.to_string()));
-            out.identities.push(p);
+            // A missing IdentityFile is skipped, as OpenSSH does (`Host *` blocks often name
+            // keys that only some machines have); the inventory's own `identity` must exist.
+            if p.exists() {
+                out.identity_origins.push((p.clone(), s.at.to_string()));
+                out.identities.push(p);
+            } else {
+                out.notes.push(("identity", format!("{} (missing, skipped)", p.display()), s.at.to_string()));
+            }
         }
         for s in &r.certificate_files {
             let p = path(s)?;

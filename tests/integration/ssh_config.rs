@@ -30,14 +30,14 @@ fn vars_shows_each_ssh_setting_and_where_it_came_from() {
              port       9090     target prod-2 (ferry.toml:25), overrides app web (ferry.toml:35)\n\n\
              CONTAINER ENV  TEMPLATE\nLOG_LEVEL      {{ log_level }}\n\n\
              SECRET        VALUE  STATUS     SOURCE\nDATABASE_URL  ***    available  environment variable WEB_DATABASE_URL\n\n\
-             SSH              VALUE                   FROM\n\
-             hostname         10.0.1.12               ssh_config:3\n\
-             port             2222                    ferry.toml:23\n\
-             user             ops                     ssh_config:4\n\
-             identity         /home/ana/.ssh/web_ops  ssh_config:6\n\
-             connect_timeout  7                       ssh_config:8\n\
-             known_hosts      ./known_hosts           default\n\
-             jump             bastion                 ssh_config:7\n",
+             SSH              VALUE                                      FROM\n\
+             hostname         10.0.1.12                                  ssh_config:3\n\
+             port             2222                                       ferry.toml:23\n\
+             user             ops                                        ssh_config:4\n\
+             identity         /home/ana/.ssh/web_ops (missing, skipped)  ssh_config:6\n\
+             connect_timeout  7                                          ssh_config:8\n\
+             known_hosts      ./known_hosts                              default\n\
+             jump             bastion                                    ssh_config:7\n",
         )
         .run();
 }
