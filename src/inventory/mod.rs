@@ -197,6 +197,13 @@ pub enum SecretSource {
     Env(String),
     /// A file (already resolved against the inventory folder).
     File(PathBuf),
+    /// A program run on the runner in the inventory's folder (src/secret_command.rs).
+    Command {
+        /// Its argv, never empty.
+        argv: Vec<String>,
+        /// How long it may run.
+        timeout: Duration,
+    },
 }
 
 impl std::fmt::Display for SecretSource {
@@ -204,6 +211,7 @@ impl std::fmt::Display for SecretSource {
         match self {
             SecretSource::Env(name) => write!(f, "environment variable {name}"),
             SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Command { argv, .. } => write!(f, "command {}", argv.join(" ")),
         }
     }
 }
@@ -1054,12 +1062,27 @@ impl Checker<'_> {
         feeds
     }
 
-    fn secret_def(&self, raw: Spanned<RawSecretSource>) -> SecretDef {
+    fn secret_def(&mut self, raw: Spanned<RawSecretSource>) -> SecretDef {
         let span = raw.span();
         let raw = raw.into_inner();
         let source = match raw.from {
             RawSecretFrom::Env(name) => SecretSource::Env(name),
             RawSecretFrom::File(path) => SecretSource::File(self.dir.join(path)),
+            RawSecretFrom::Command(argv) => {
+                let timeout = match raw.timeout.as_deref().map(crate::duration::parse) {
+                    None => crate::secret_command::DEFAULT_TIMEOUT,
+                    Some(Ok(d)) if !d.is_zero() => d,
+                    Some(Ok(_)) => {
+                        self.error(span.clone(), "a secret command's timeout must be longer than 0", None);
+                        crate::secret_command::DEFAULT_TIMEOUT
+                    }
+                    Some(Err(e)) => {
+                        self.error(span.clone(), format!("secret command timeout: {e}"), None);
+                        crate::secret_command::DEFAULT_TIMEOUT
+                    }
+                };
+                SecretSource::Command { argv, timeout }
+            }
         };
         SecretDef { source, span, allow_empty: raw.allow_empty }
     }
