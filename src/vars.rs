@@ -247,8 +247,7 @@ pub fn read_source(
                 Err(failure) => Err(missing(
                     format!("secret {name}: command {} {failure}", argv.first().map_or("", String::as_str)),
                     format!(
-                        "run the command by hand as the user that runs ferry, in {}; it may take {} (`timeout`)",
-                        inventory.dir.display(),
+                        "run it by hand in the inventory's folder, as the user that runs ferry; it may take {} (`timeout`)",
                         crate::duration::format(*timeout)
                     ),
                 )),

@@ -53,6 +53,7 @@ mod receiver;
 mod remove_lab;
 mod retention;
 mod run;
+mod secret_command;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
