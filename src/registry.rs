@@ -683,8 +683,9 @@ fn inline_auth(value: &serde_json::Value, registry: &str) -> Option<Credentials>
 /// What a credential helper's `get` printed (docker-credential-helpers `client.Get`):
 /// `{"ServerURL":…,"Username":…,"Secret":…}`. `Err` says why it is unusable, never with the
 /// secret: not JSON, no `Secret`, or an identity token (`Username` `<token>`: an OAuth refresh
-/// token, which ferry's registry client cannot exchange).
-pub fn parse_helper_answer(stdout: &str) -> Result<Credentials, String> {
+/// token, which ferry's registry client cannot exchange). An empty `Secret` is no entry:
+/// Debian's `docker-credential-pass` 0.6.4 answers so, exit 0, for a registry it does not hold.
+pub fn parse_helper_answer(stdout: &str) -> Result<Option<Credentials>, String> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(rename = "Username", default)]
@@ -710,9 +711,9 @@ pub fn parse_helper_answer(stdout: &str) -> Result<Credentials, String> {
             .to_string());
     }
     if answer.secret.is_empty() {
-        return Err("its answer has an empty Secret".to_string());
+        return Ok(None);
     }
-    Ok(Credentials { username: answer.username, password: Secret::new(answer.secret) })
+    Ok(Some(Credentials { username: answer.username, password: Secret::new(answer.secret) }))
 }
 
 #[cfg(test)]
@@ -988,8 +989,12 @@ mod tests {
 
     #[test]
     fn a_helper_answer_gives_credentials_or_says_why_not() {
-        let ok =
-            parse_helper_answer(r#"{"ServerURL":"reg:5000","Username":"tester","Secret":"s3cret"}"#).unwrap();
+        let ok = parse_helper_answer(r#"{"ServerURL":"reg:5000","Username":"tester","Secret":"s3cret"}"#)
+            .unwrap()
+            .unwrap();
+        assert!(
+            parse_helper_answer(r#"{"ServerURL":"reg:5000","Username":"","Secret":""}"#).unwrap().is_none()
+        );
         assert_eq!((ok.username.as_str(), ok.password.expose()), ("tester", "s3cret"));
         let token = parse_helper_answer(r#"{"ServerURL":"x","Username":"<token>","Secret":"refresh-xyz"}"#);
         assert!(token.as_ref().unwrap_err().contains("identity token"), "{token:?}");
@@ -1007,7 +1012,7 @@ mod tests {
             let _ = parse_helper_answer(&text);
             let json = serde_json::json!({"ServerURL": "r", "Username": user, "Secret": secret}).to_string();
             let parsed = parse_helper_answer(&json);
-            if let Ok(c) = parsed {
+            if let Ok(Some(c)) = parsed {
                 proptest::prop_assert_eq!(c.password.expose(), secret.as_str());
             }
         }

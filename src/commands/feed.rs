@@ -116,7 +116,7 @@ fn helper_credentials(
     };
     let known = secret_command::cached_values();
     match secret_command::output(invocation, &known) {
-        Ok(stdout) => registry::parse_helper_answer(stdout.expose()).map(Some).map_err(refuse),
+        Ok(stdout) => registry::parse_helper_answer(stdout.expose()).map_err(refuse),
         // Helpers print their errors on stdout (docker-credential-helpers `client.Get`).
         Err(secret_command::Failure::Exited { stdout, .. })
             if stdout.expose().contains("credentials not found") =>

@@ -54,6 +54,8 @@ mod remove_lab;
 mod retention;
 mod run;
 mod secret_command;
+#[cfg(feature = "lab")]
+mod secret_lab;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
