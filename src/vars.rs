@@ -234,6 +234,7 @@ pub fn read_source(
                 "create the file (readable by the user running ferry) or change the secret's source".into(),
             )),
         },
+        SecretSource::Plain(text) => Ok(Secret::new(text.as_str())),
         SecretSource::Command { argv, timeout } => {
             let known = plain_secrets(inventory, lookup_env);
             let invocation = secret_command::Invocation {
@@ -271,7 +272,8 @@ fn plain_secrets(inventory: &Inventory, lookup_env: &dyn Fn(&str) -> Option<Stri
         let value = match &def.source {
             SecretSource::Env(var) => lookup_env(var),
             SecretSource::File(path) => std::fs::read_to_string(path).ok(),
-            SecretSource::Command { .. } => None,
+            // Not a secret (a feed's plain username): masking it would hide every `AWS`.
+            SecretSource::Command { .. } | SecretSource::Plain(_) => None,
         };
         out.extend(value.map(|v| Secret::new(v.trim_end_matches(['\r', '\n']))));
     }
@@ -296,6 +298,7 @@ fn refuse_empty(
         SecretSource::Command { argv, .. } => {
             format!("secret {name}: command {} printed nothing", argv.first().map_or("", String::as_str))
         }
+        SecretSource::Plain(_) => format!("{name} is empty"),
     };
     Err(VarsError::MissingSecret(Diagnostic::new(what).at(&inventory.source, def.span.clone()).help(
         "GitHub Actions sets a missing secret to an empty string: check that the secret exists where the job runs; \

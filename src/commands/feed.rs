@@ -330,4 +330,20 @@ printf '{"ServerURL":"%s","Username":"tester","Secret":"s3cret-lab"}' "$key""#;
             assert!(!text.contains("refresh-s3cret"), "{text}");
         }
     }
+
+    #[test]
+    fn a_feed_login_may_have_a_plain_username_and_a_password_from_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.sh"), "printf 'ecr-token-x1\\n'\n").unwrap();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/web.j2"), "docker run {{ image }}\n").unwrap();
+        let text = "[feeds.ecr]\nurl = \"https://1234.dkr.ecr.example:443\"\nusername = \"AWS\"\n\
+                    password = { command = [\"sh\", \"token.sh\"] }\n\n\
+                    [apps.web]\nfeed = \"ecr\"\nimage = \"web\"\ntemplate = \"web.j2\"\n";
+        let source = crate::diagnostic::SourceFile::new("feed.toml", text.to_string());
+        let inventory = Inventory::parse(source, dir.path()).unwrap();
+        let login = login_for(&inventory, &inventory.apps[0]).unwrap().unwrap();
+        assert_eq!(login.registry, "1234.dkr.ecr.example:443");
+        assert_eq!((login.username.as_str(), login.password.expose()), ("AWS", "ecr-token-x1"));
+    }
 }

@@ -197,6 +197,8 @@ pub enum SecretSource {
     Env(String),
     /// A file (already resolved against the inventory folder).
     File(PathBuf),
+    /// Written in the inventory (only a feed's `username`, which is not a secret).
+    Plain(String),
     /// A program run on the runner in the inventory's folder (src/secret_command.rs).
     Command {
         /// Its argv, never empty.
@@ -212,6 +214,7 @@ impl std::fmt::Display for SecretSource {
             SecretSource::Env(name) => write!(f, "environment variable {name}"),
             SecretSource::File(path) => write!(f, "file {}", path.display()),
             SecretSource::Command { argv, .. } => write!(f, "command {}", argv.join(" ")),
+            SecretSource::Plain(_) => write!(f, "the inventory"),
         }
     }
 }
@@ -1053,7 +1056,10 @@ impl Checker<'_> {
                     String::new()
                 }
             };
-            let username = feed.username.map(|s| self.secret_def(s));
+            let username = feed.username.map(|s| {
+                let span = s.span();
+                self.secret_def_at(span, s.into_inner().0)
+            });
             let password = feed.password.map(|s| self.secret_def(s));
             let url = feed.url.into_inner();
             let ca_file = feed.ca_file.map(|f| self.dir.join(f));
@@ -1064,8 +1070,12 @@ impl Checker<'_> {
 
     fn secret_def(&mut self, raw: Spanned<RawSecretSource>) -> SecretDef {
         let span = raw.span();
-        let raw = raw.into_inner();
+        self.secret_def_at(span, raw.into_inner())
+    }
+
+    fn secret_def_at(&mut self, span: Range<usize>, raw: RawSecretSource) -> SecretDef {
         let source = match raw.from {
+            RawSecretFrom::Plain(text) => SecretSource::Plain(text),
             RawSecretFrom::Env(name) => SecretSource::Env(name),
             RawSecretFrom::File(path) => SecretSource::File(self.dir.join(path)),
             RawSecretFrom::Command(argv) => {

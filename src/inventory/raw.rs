@@ -167,7 +167,7 @@ pub struct RawTarget {
 #[serde(deny_unknown_fields)]
 pub struct RawFeed {
     pub url: Spanned<String>,
-    pub username: Option<Spanned<RawSecretSource>>,
+    pub username: Option<Spanned<RawUsername>>,
     pub password: Option<Spanned<RawSecretSource>>,
     pub ca_file: Option<String>,
 }
@@ -194,6 +194,28 @@ pub enum RawSecretFrom {
     File(String),
     /// A program run on the runner (argv, non-empty), its stdout the value.
     Command(Vec<String>),
+    /// Written in the inventory: only a feed's `username`, which is not a secret.
+    Plain(String),
+}
+
+/// A feed's `username`: a secret source, or a plain string (a user name is no secret, and
+/// some are fixed words: ECR's is `AWS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUsername(pub RawSecretSource);
+
+impl<'de> Deserialize<'de> for RawUsername {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(de)? {
+            toml::Value::String(text) if !text.is_empty() => Ok(RawUsername(RawSecretSource {
+                from: RawSecretFrom::Plain(text),
+                allow_empty: false,
+                timeout: None,
+            })),
+            toml::Value::String(_) => Err(D::Error::custom("`username` must not be empty")),
+            other => RawSecretSource::deserialize(other).map(RawUsername).map_err(D::Error::custom),
+        }
+    }
 }
 
 /// How a secret source is written, for error messages.

@@ -240,9 +240,12 @@ fn a_feed_whose_credentials_live_only_in_docker_credential_pass_lists_and_deploy
     let refused = ferry(&env_with("none"))
         .args(["-i", &inv, "versions", "p3-feed"])
         .code(1)
-        .stderr_contains("401")
+        .stderr(&format!(
+            "error: registry {secure} refused the credentials: it asks for a user name and password; the feed has none\n  \
+             = help: check the feed's username and password sources (or `docker login`)\n"
+        ))
         .run();
-    assert!(refused.stderr.contains("401"));
+    assert!(refused.stderr.contains("the feed has none"));
     for config in ["store", "helpers"] {
         let doc = ferry(&env_with(config))
             .args(["-i", &inv, "versions", "p3-feed", "--output", "json"])
