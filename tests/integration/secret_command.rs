@@ -106,6 +106,7 @@ fn check_does_not_run_commands() {
         .write("value.sh", &format!("echo run >> '{}'\necho x\n", runs.display()));
     test.args(["check"])
         .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .stderr("note: 1 secret comes from a command, which check does not run (plan and deploy do)\n")
         .run();
     assert!(!runs.exists(), "check ran the command");
 }
