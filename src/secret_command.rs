@@ -60,6 +60,8 @@ pub enum Failure {
     NoProgram,
     /// It could not be started (not found, not executable).
     NotStarted(String),
+    /// Its end could not be read (a guard: the runner says why).
+    Lost(String),
     /// It exited non-zero. `errors` is its stderr, masked and cut short; `stdout` is what it
     /// printed there (a credential helper's message; a secret command's partial value).
     Exited {
@@ -91,6 +93,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::NoProgram => write!(f, "has no program to run"),
             Failure::NotStarted(why) => write!(f, "cannot be started: {why}"),
+            Failure::Lost(why) => write!(f, "failed: {why}"),
             Failure::Exited { code, errors, .. } => write!(f, "exited {code}{}", said(errors)),
             Failure::Signal { name, errors } => write!(f, "was killed by SIG{name}{}", said(errors)),
             Failure::TimedOut(limit) => write!(
