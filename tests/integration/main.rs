@@ -56,6 +56,8 @@ mod run;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
+#[cfg(feature = "lab")]
+mod ssh_certs;
 mod test;
 mod vars;
 #[cfg(feature = "lab")]

@@ -156,7 +156,7 @@ cert_up() {
       2202) principals="h3,$ip"; validity=20200101:20200102 ;;
       2203) principals=other.lab; validity=-5m:+1d ;;
     esac
-    ssh-keygen -q -s "$T/ssh/host_ca" -I "h3-$port" -h -n "$principals" -V "$validity" "$c/hostkey.pub"
+    TZ=UTC ssh-keygen -q -s "$T/ssh/host_ca" -I "h3-$port" -h -n "$principals" -V "$validity" "$c/hostkey.pub"
     {
       echo "ListenAddress $ip:$port"
       echo "HostKey $c/hostkey"
