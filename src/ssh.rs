@@ -525,12 +525,25 @@ impl SshSession {
         let certificates = load_certificate_files(&endpoint.certificate_files)?;
         // The public keys of the identities, for `IdentitiesOnly`'s filter on agent keys.
         let mut identity_keys = Vec::new();
+        // An identity that cannot be used here (encrypted without FERRY_SSH_PASSPHRASE, a
+        // security key) may still be in the agent: with its `.pub` beside it, its error waits
+        // until the agent has been tried, and is the one reported if nothing gets in.
+        let mut deferred = None;
         for path in &endpoint.identities {
-            if self
+            match self
                 .try_key_file(user, path, rsa_hash, true, &certificates, &mut tried, &mut identity_keys)
-                .await?
+                .await
             {
-                return Ok(());
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e @ SshError::Key { .. }) => {
+                    let Ok(public) = PublicKey::read_openssh_file(public_path_of(path)) else {
+                        return Err(e);
+                    };
+                    identity_keys.push(public);
+                    deferred = deferred.or(Some(e));
+                }
+                Err(e) => return Err(e),
             }
         }
         let only = endpoint.identities_only.then_some(identity_keys.as_slice());
@@ -551,7 +564,7 @@ impl SshSession {
                 }
             }
         }
-        Err(SshError::Auth { user: user.to_string(), addr: self.addr.clone(), tried })
+        Err(deferred.unwrap_or(SshError::Auth { user: user.to_string(), addr: self.addr.clone(), tried }))
     }
 
     /// Tries one key file: its certificates first (`PATH-cert.pub`, then the `CertificateFile`s
@@ -890,6 +903,13 @@ const SECURITY_KEY: &str =
 /// True for FIDO security-key algorithms (`sk-ssh-ed25519@openssh.com`, `sk-ecdsa-…`).
 fn is_security_key(algorithm: &Algorithm) -> bool {
     matches!(algorithm, Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256)
+}
+
+/// An identity's public key file: `IDENTITY.pub` beside it.
+fn public_path_of(identity: &Path) -> PathBuf {
+    let mut name = identity.as_os_str().to_os_string();
+    name.push(".pub");
+    PathBuf::from(name)
 }
 
 /// Where OpenSSH looks for an identity's certificate: `IDENTITY-cert.pub` beside it.

@@ -231,3 +231,63 @@ fn the_agent_holding_the_only_key_and_its_certificate_gets_in() {
         )
         .run();
 }
+
+#[test]
+fn an_encrypted_identity_is_used_through_the_agent_that_holds_it() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    let agent = Agent::start(&agent_dir);
+    let sock = agent.socket.display().to_string();
+    // The identity file: the client key under a passphrase ferry is not given, its .pub beside.
+    let identity = dir.path().join("id_enc");
+    std::fs::copy(lab.dir.join("ssh/client_key"), &identity).unwrap();
+    std::fs::copy(lab.dir.join("ssh/client_key.pub"), dir.path().join("id_enc.pub")).unwrap();
+    std::fs::set_permissions(&identity, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "p2-passphrase", "-f"])
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inv = inventory(dir.path(), Some(&identity), &lab_key_line(&lab, 1));
+    let ferry = |env: &str| {
+        run(dir.path(), &inv, env).env("HOME", home.to_str().unwrap()).env("SSH_AUTH_SOCK", &sock)
+    };
+    // The agent is empty: the identity's own error is what ferry reports.
+    ferry("p2-h1")
+        .code(1)
+        .stdout_contains(&format!("h1 ! cannot use key {}: ", identity.display()))
+        .stdout_contains("(if it is encrypted, set FERRY_SSH_PASSPHRASE)\n")
+        .run();
+    agent.add(&lab, &agent_dir, "ssh/client_key", false);
+    ferry("p2-h1").stdout_contains("h1 | ferry-h1\n").run();
+}
+
+#[test]
+fn trust_records_nothing_for_a_host_under_a_cert_authority_line() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let inv = inventory(dir.path(), Some(&lab.dir.join("ssh/cert/client_key")), &ca_line(&lab));
+    let trust = |env: &str| {
+        Test::bare()
+            .env("FERRY_STATE_DIR", &dir.path().join("state").display().to_string())
+            .args(["-i", &inv, "trust", "--env", env, "--yes"])
+    };
+    trust("p2-c2201").stdout_contains("TRUSTED").run();
+    trust("p2-c2203")
+        .code(4)
+        .stdout_contains(
+            "REFUSED  ssh-ed25519",
+        )
+        .stdout_contains("certificate refused: its principals (other.lab) do not include 10.200.0.13; trust records no key for a host under an @cert-authority line (fix the certificate or the CA line)")
+        .run();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("known_hosts")).unwrap(),
+        ca_line(&lab),
+        "nothing recorded"
+    );
+}
