@@ -19,8 +19,9 @@
 //!   each with its certificate first (`IDENTITY-cert.pub`, `CertificateFile`), then the agent
 //!   (`IdentityAgent`, else `SSH_AUTH_SOCK`; its certificates too), then `~/.ssh/id_ed25519`,
 //!   `id_ecdsa`, `id_rsa`; `IdentitiesOnly` limits the agent to the identities' keys and drops
-//!   the defaults. RSA certificates from files and security keys (sk-*) are not offered: russh
-//!   names the former with SHA-1 (refused by OpenSSH 8.8+) and cannot sign with the latter.
+//!   the defaults. An RSA certificate from a file is signed here ([`LocalSigner`]) so that it is
+//!   named by its SHA-2 hash (russh's own path names it with SHA-1, which OpenSSH 8.8+ refuses);
+//!   security keys (sk-*) are not offered: russh cannot sign with them.
 //! * Host certificates are asked for only when an `@cert-authority` line of known_hosts matches
 //!   the host, and then checked as OpenSSH does (see [`crate::known_hosts`]).
 //! * An exit status is only ever what the server reported: a channel that closes without one
@@ -615,19 +616,25 @@ impl SshSession {
                 .cloned(),
         );
         for (cert_path, cert) in certificates {
-            let label = format!("cert {} of {}", cert.key_id(), cert_path.display());
-            if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
-                // russh names an RSA certificate `ssh-rsa-cert-v01@openssh.com` (SHA-1), which
-                // OpenSSH 8.8 and later refuse: not offered rather than failing obscurely.
-                tried.push(format!("{label} (not offered: RSA certificates from files are not supported; use an Ed25519 or ECDSA key, or the agent)"));
-                continue;
-            }
-            tried.push(label);
-            let result = self
-                .handle
-                .authenticate_openssh_cert(user, Arc::clone(&key), cert)
-                .await
-                .map_err(|e| protocol(&self.addr, &e))?;
+            tried.push(format!("cert {} of {}", cert.key_id(), cert_path.display()));
+            let result = if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
+                // russh's own certificate path names an RSA certificate
+                // `ssh-rsa-cert-v01@openssh.com` (SHA-1), which OpenSSH 8.8 and later refuse;
+                // signing here names it by the SHA-2 hash the server supports.
+                let hash = rsa_hash.or(Some(HashAlg::Sha512));
+                let mut signer = LocalSigner(Arc::clone(&key));
+                self.handle.authenticate_certificate_with(user, cert, hash, &mut signer).await.map_err(
+                    |e| SshError::Key {
+                        path: path.to_path_buf(),
+                        message: format!("cannot sign with it: {e}"),
+                    },
+                )?
+            } else {
+                self.handle
+                    .authenticate_openssh_cert(user, Arc::clone(&key), cert)
+                    .await
+                    .map_err(|e| protocol(&self.addr, &e))?
+            };
             if matches!(result, AuthResult::Success) {
                 return Ok(true);
             }
@@ -896,6 +903,47 @@ fn host_key_error(endpoint: &Endpoint, addr: &str, kh: &KnownHosts, seen: Option
     }
 }
 
+/// A [`russh::Signer`] over a private key held here, for certificate authentication with a
+/// chosen RSA hash (see `try_key_file`): it returns what an agent's signature would give,
+/// the data followed by the signature blob as an SSH string.
+struct LocalSigner(Arc<russh::keys::PrivateKey>);
+
+impl russh::Signer for LocalSigner {
+    type Error = russh::AgentAuthError;
+
+    fn auth_sign(
+        &mut self,
+        _identity: &russh::keys::agent::AgentIdentity,
+        hash_alg: Option<HashAlg>,
+        mut to_sign: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, Self::Error>> + Send {
+        let signed = sign_locally(&self.0, hash_alg, &to_sign).map(|blob| {
+            to_sign.extend_from_slice(&blob);
+            to_sign
+        });
+        async move { signed.map_err(|e| russh::AgentAuthError::Key(e.into())) }
+    }
+}
+
+/// `data` signed with `key` (RSA with `hash_alg`), as the SSH string of its signature blob.
+fn sign_locally(
+    key: &russh::keys::PrivateKey,
+    hash_alg: Option<HashAlg>,
+    data: &[u8],
+) -> Result<Vec<u8>, russh::keys::ssh_key::Error> {
+    use russh::keys::signature::Signer as _;
+    use russh::keys::ssh_encoding::Encode as _;
+    use russh::keys::ssh_key::private::KeypairData;
+    let signature: russh::keys::ssh_key::Signature = match key.key_data() {
+        KeypairData::Rsa(rsa) => (rsa, hash_alg).try_sign(data)?,
+        other => other.try_sign(data)?,
+    };
+    let blob = signature.encode_vec()?;
+    let mut out = Vec::with_capacity(blob.len() + 4);
+    blob.as_slice().encode(&mut out)?;
+    Ok(out)
+}
+
 /// Why security-key identities are not used.
 const SECURITY_KEY: &str =
     "security-key (sk-*) keys are not supported: ferry's SSH library (russh) cannot sign with them";
@@ -945,6 +993,23 @@ mod tests {
     fn names(recorded: &[&str]) -> Vec<String> {
         let recorded: Vec<String> = recorded.iter().map(|t| t.to_string()).collect();
         host_key_algorithms(&recorded).iter().map(|a| a.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn a_local_signature_is_the_ssh_string_of_a_signature_that_verifies() {
+        use russh::keys::signature::Verifier as _;
+        use russh::keys::ssh_encoding::Decode as _;
+        use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+        let key = russh::keys::PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&[3; 32])), "")
+            .unwrap();
+        let blob = sign_locally(&key, None, b"session data").unwrap();
+        let mut reader = blob.as_slice();
+        let inner = Vec::<u8>::decode(&mut reader).unwrap();
+        assert!(reader.is_empty(), "one SSH string");
+        let signature = russh::keys::ssh_key::Signature::decode(&mut inner.as_slice()).unwrap();
+        assert_eq!(signature.algorithm(), Algorithm::Ed25519);
+        key.public_key().key_data().verify(b"session data", &signature).unwrap();
+        assert!(key.public_key().key_data().verify(b"other data", &signature).is_err());
     }
 
     #[test]

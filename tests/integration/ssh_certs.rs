@@ -126,6 +126,25 @@ fn a_user_certificate_is_what_gets_in_where_no_key_is_authorized() {
     std::fs::copy(lab.dir.join("ssh/cert/client_key-cert.pub"), dir.path().join("client_key-cert.pub"))
         .unwrap();
     run(dir.path(), &inv, "p2-c2201").stdout_contains("c2201 | ferry-h3\n").run();
+    // An RSA key with a certificate from the same user CA: offered under its SHA-2 name
+    // (rsa-sha2-512-cert-v01@openssh.com), which OpenSSH 9 accepts; the SHA-1 one it refuses.
+    let rsa = dir.path().join("id_rsa_p2");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-C", "p2-rsa", "-f"])
+        .arg(&rsa)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let sign = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(lab.dir.join("ssh/user_ca"))
+        .args(["-I", "p2-rsa-user", "-n", "root", "-V", "-5m:+1h"])
+        .arg(dir.path().join("id_rsa_p2.pub"))
+        .status()
+        .unwrap();
+    assert!(sign.success());
+    let inv = inventory(dir.path(), Some(&rsa), &ca_line(&lab));
+    run(dir.path(), &inv, "p2-c2201").stdout_contains("c2201 | ferry-h3\n").run();
     // A certificate for the other key is not this key's: tried by name, refused.
     let other = dir.path().join("other_key");
     std::fs::copy(lab.dir.join("ssh/other_key"), &other).unwrap();
