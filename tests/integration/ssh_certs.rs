@@ -310,3 +310,77 @@ fn trust_records_nothing_for_a_host_under_a_cert_authority_line() {
         "nothing recorded"
     );
 }
+
+/// An endpoint for lab host h1 as root with these identities, `IdentitiesOnly` on (so the
+/// default `~/.ssh/id_*` keys of the machine running the tests are never read), and `agent`.
+fn h1_endpoint(identities: Vec<PathBuf>, agent: ferry::ssh::IdentityAgent) -> ferry::ssh::Endpoint {
+    ferry::ssh::Endpoint {
+        name: "h1".into(),
+        host: "10.200.0.11".into(),
+        port: 22,
+        user: "root".into(),
+        identities,
+        identities_only: true,
+        certificate_files: Vec::new(),
+        identity_agent: Some(agent),
+        host_key_alias: None,
+        known_hosts: None,
+        connect_timeout: None,
+        jump: None,
+    }
+}
+
+/// Connects to `endpoint` with the lab's known_hosts; the error's text, or "ok".
+fn connect(lab: &Lab, endpoint: &ferry::ssh::Endpoint) -> String {
+    let known_hosts = ferry::known_hosts::KnownHosts::load(&lab.dir.join("known_hosts")).unwrap();
+    let options = ferry::ssh::Options {
+        connect_timeout: std::time::Duration::from_secs(20),
+        known_hosts: std::sync::Arc::new(known_hosts),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        match ferry::ssh::SshSession::connect(endpoint, &options).await {
+            Ok(session) => {
+                session.close().await;
+                "ok".to_string()
+            }
+            Err(e) => e.to_string(),
+        }
+    })
+}
+
+#[test]
+fn identities_only_limits_the_agent_to_the_identities_keys_and_identity_agent_picks_the_socket() {
+    use ferry::ssh::IdentityAgent;
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    let agent = Agent::start(&agent_dir);
+    agent.add(&lab, &agent_dir, "ssh/client_key", false);
+    // Identities known only by their public halves: the private keys are in the agent, or nowhere.
+    let client = dir.path().join("client");
+    std::fs::copy(lab.dir.join("ssh/client_key.pub"), dir.path().join("client.pub")).unwrap();
+    let other = dir.path().join("other");
+    std::fs::copy(lab.dir.join("ssh/other_key.pub"), dir.path().join("other.pub")).unwrap();
+    let socket = IdentityAgent::Socket(agent.socket.clone());
+
+    assert_eq!(connect(&lab, &h1_endpoint(vec![client.clone()], socket.clone())), "ok");
+    // The agent's (authorized) key is not one of the identities: not offered, so nothing gets
+    // in, and the identity's own error is the one reported.
+    let refused = connect(&lab, &h1_endpoint(vec![other.clone()], socket.clone()));
+    assert!(refused.starts_with(&format!("cannot use key {}: ", other.display())), "{refused}");
+    // `IdentityAgent none`: the agent is not asked at all.
+    let off = connect(&lab, &h1_endpoint(vec![client.clone()], IdentityAgent::Disabled));
+    assert!(off.starts_with(&format!("cannot use key {}: ", client.display())), "{off}");
+    // A socket with no agent behind it is named in the list of what was tried.
+    let gone = dir.path().join("no-agent.sock");
+    let missing = connect(&lab, &h1_endpoint(Vec::new(), IdentityAgent::Socket(gone.clone())));
+    assert_eq!(
+        missing,
+        format!(
+            "authentication as root@10.200.0.11:22 failed; tried: agent at {} (cannot connect)",
+            gone.display()
+        )
+    );
+}
