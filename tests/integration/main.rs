@@ -59,6 +59,8 @@ mod secret_lab;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
+#[cfg(feature = "lab")]
+mod ssh_certs;
 mod test;
 mod vars;
 #[cfg(feature = "lab")]
