@@ -238,6 +238,11 @@ impl KnownHosts {
         if now >= before {
             return refuse(format!("it has expired ({window}, now {})", unix_time(now)));
         }
+        // OpenSSH >= 8.2 leaves ssh-rsa out of its default CASignatureAlgorithms: a CA
+        // signature made with SHA-1 is refused even when it verifies.
+        if cert.signature().algorithm() == (russh::keys::ssh_key::Algorithm::Rsa { hash: None }) {
+            return refuse("its CA signature uses ssh-rsa (SHA-1)".into());
+        }
         let fingerprint = cert.signature_key().fingerprint(HashAlg::Sha256);
         if cert.validate_at(now, [&fingerprint]).is_err() {
             return refuse(format!("its signature by CA {} does not verify", ca.describe()));
@@ -341,6 +346,12 @@ pub fn update(path: &Path, change: impl FnOnce(&str) -> String) -> std::io::Resu
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // A rename over /dev/null or a device would replace it for the whole machine.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
+    }
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -614,6 +625,16 @@ mod tests {
     }
 
     #[test]
+    fn update_refuses_a_path_that_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = update(dir.path(), |t| t.to_string()).unwrap_err();
+        assert!(err.to_string().ends_with("is not a regular file"), "{err}");
+        let err = update(Path::new("/dev/null"), |t| format!("{t}x\n")).unwrap_err();
+        assert_eq!(err.to_string(), "/dev/null is not a regular file");
+        assert!(!Path::new("/dev/null.lock").exists(), "no lock file next to /dev/null");
+    }
+
+    #[test]
     fn hmac_sha1_matches_rfc_2202_case_2() {
         let mac = hmac_sha1(b"Jefe", b"what do ya want for nothing?");
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
@@ -828,6 +849,23 @@ mod tests {
             assert!(
                 r.starts_with("its signature by CA ssh-ed25519 SHA256:") && r.ends_with(" does not verify"),
                 "{r}"
+            );
+        }
+
+        /// Made by `ssh-keygen -s ca -t ssh-rsa` / `-t rsa-sha2-512` from one RSA CA (1024 bits,
+        /// a fixture only), principal h3, valid forever.
+        const RSA_CA: &str = "AAAAB3NzaC1yc2EAAAADAQABAAAAgQDr6aDlmAXiYtP0TyjmFtTuWKSRlaIwpsQrT2Ro8PqNl5TT1INFGr3lr3MZQK1GXH7xkanh6ma9KemKeeT17V3tvbt3ADKxQVrk/fm+5H5r7Xy9CQAQrVgyl4gOaLCEPlK/nHbwXStXSufP0y8HCUzNwzYhi/HKUS5jXF5R75qHQQ==";
+        const SHA1_SIGNED: &str = "AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIF4RyH7DPRsgUj7lWhO+NR+oSfTnnpagbwQHlJQF4J+GAAAAIHkvmBX43a1ZRay/8IKkE89B0lhyI0s+h3EvKquPAzLaAAAAAAAAAAAAAAACAAAAAmgzAAAABgAAAAJoMwAAAAAAAAAA//////////8AAAAAAAAAAAAAAAAAAACXAAAAB3NzaC1yc2EAAAADAQABAAAAgQDr6aDlmAXiYtP0TyjmFtTuWKSRlaIwpsQrT2Ro8PqNl5TT1INFGr3lr3MZQK1GXH7xkanh6ma9KemKeeT17V3tvbt3ADKxQVrk/fm+5H5r7Xy9CQAQrVgyl4gOaLCEPlK/nHbwXStXSufP0y8HCUzNwzYhi/HKUS5jXF5R75qHQQAAAI8AAAAHc3NoLXJzYQAAAICzLQwqhN3TWWToBJAYS9lt5IyZVD4AZbHAvru/eZ7/xlwo879O0Uq6Uvinyzo4g9hKIeKlcefc1raUXrydPMim90E3PdYhFaOiHnaDU59sk3m+vUaE9mt9ORs6jmcjK0/Ep9v13jNt4lwBbdMa2D1lL5C+xsKFayLGoLFf6JiqvA==";
+        const SHA512_SIGNED: &str = "AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIA1dbAjfn05Ht64OpeB7WF+GID+eEgPrNWHEXSahtXSBAAAAIHkvmBX43a1ZRay/8IKkE89B0lhyI0s+h3EvKquPAzLaAAAAAAAAAAAAAAACAAAAAmgzAAAABgAAAAJoMwAAAAAAAAAA//////////8AAAAAAAAAAAAAAAAAAACXAAAAB3NzaC1yc2EAAAADAQABAAAAgQDr6aDlmAXiYtP0TyjmFtTuWKSRlaIwpsQrT2Ro8PqNl5TT1INFGr3lr3MZQK1GXH7xkanh6ma9KemKeeT17V3tvbt3ADKxQVrk/fm+5H5r7Xy9CQAQrVgyl4gOaLCEPlK/nHbwXStXSufP0y8HCUzNwzYhi/HKUS5jXF5R75qHQQAAAJQAAAAMcnNhLXNoYTItNTEyAAAAgBijib5sZf26JpgsQvZP8E12I8onszdVAQbbcP47FQqfM7Rl5I+bRhCfZQWQMEQ2i5As82YiixeKD45M26LsQBmOJiHgwD6cKmCDzSjNGdqdSXDXPs+2uW5QR64fjzJH8qQwG1gbRwXugWHDsPei7O9KKBO5vloMUMMNFhhFusEQ";
+
+        #[test]
+        fn a_ca_signature_made_with_sha1_is_refused_as_openssh_does() {
+            let kh = file(&format!("@cert-authority * ssh-rsa {RSA_CA}\n"));
+            let decode = |b: &str| Certificate::from_bytes(&Base64::decode_vec(b).unwrap()).unwrap();
+            assert_eq!(kh.check_certificate(NAME, "h3", &decode(SHA512_SIGNED), NOW), Verdict::Trusted);
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "h3", &decode(SHA1_SIGNED), NOW)),
+                "its CA signature uses ssh-rsa (SHA-1)"
             );
         }
     }

@@ -202,17 +202,31 @@ impl State<'_, '_> {
                     }
                     *active = outer;
                 }
-                Entry::Directive { key, args } if *active => self.set(at, key, args),
+                Entry::Directive { key, args } if *active => self.set(at, key, args)?,
                 Entry::Directive { .. } => {}
             }
         }
         Ok(())
     }
 
-    fn set(&mut self, at: &Origin, key: &str, args: &[String]) {
+    fn set(&mut self, at: &Origin, key: &str, args: &[String]) -> Result<(), ConfigError> {
         let value = args.join(" ");
         let setting = Setting { value, at: at.clone() };
         match key {
+            // The first UserKnownHostsFile line wins. Several files on it would mean checking
+            // their union (an `@revoked` line in a later one counts): ferry reads one file, so
+            // it refuses instead of ignoring the others. One quoted path keeps its spaces.
+            "userknownhostsfile" if !self.resolved.values.contains_key(key) => {
+                if args.len() > 1 {
+                    return Err(error_at(
+                        at,
+                        format!("UserKnownHostsFile names {} files; ferry reads only one", args.len()),
+                        "name one file, or set `known_hosts` in [defaults]",
+                    ));
+                }
+                let value = args.first().cloned().unwrap_or_default();
+                self.resolved.values.insert(key.to_string(), Setting { value, at: at.clone() });
+            }
             "identityfile" => self.resolved.identity_files.push(setting),
             "certificatefile" => self.resolved.certificate_files.push(setting),
             // ProxyCommand and ProxyJump exclude each other: the first one set wins.
@@ -223,6 +237,7 @@ impl State<'_, '_> {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Evaluates a `Match` line left to right; criteria after a false one are not reached.

@@ -207,9 +207,10 @@ impl<'a> Context<'a> {
         let known_hosts = if let Some(span) = &inv.defaults.known_hosts_span {
             note("known_hosts", inv.defaults.known_hosts.display().to_string(), self.inventory_at(span));
             None
-        } else if let Some((path, at)) = &settings.known_hosts {
-            note("known_hosts", path.display().to_string(), at.clone());
-            Some(known_hosts_file(path)?)
+        } else if let Some(found) = settings.known_hosts.take() {
+            let (path, at) = found?;
+            note("known_hosts", path.display().to_string(), at);
+            Some(known_hosts_file(&path)?)
         } else {
             note("known_hosts", inv.defaults.known_hosts.display().to_string(), "default".into());
             None
@@ -324,8 +325,8 @@ impl<'a> Context<'a> {
         let mut settings = self.settings(&r, &tokens, name)?;
         let mut identities = std::mem::take(&mut settings.identities);
         identities.extend(defaults.identity.as_deref().map(|p| super::resolve_path(&self.inventory.dir, p)));
-        let known_hosts = match (&defaults.known_hosts_span, &settings.known_hosts) {
-            (None, Some((path, _))) => Some(known_hosts_file(path)?),
+        let known_hosts = match (&defaults.known_hosts_span, settings.known_hosts.take()) {
+            (None, Some(found)) => Some(known_hosts_file(&found?.0)?),
             _ => None,
         };
         let jump = match (via, own_jump, r.get("proxyjump")) {
@@ -423,14 +424,27 @@ impl<'a> Context<'a> {
             out.notes.push(("connect_timeout", s.value.clone(), s.at.to_string()));
         }
         if let Some(s) = r.get("userknownhostsfile") {
-            // Several files may be named; ferry reads and writes the first, as OpenSSH writes.
-            let first = s.value.split_whitespace().next().unwrap_or_default();
-            let p = if first.eq_ignore_ascii_case("none") {
-                PathBuf::from("/dev/null")
-            } else {
-                path(&Setting { value: first.to_string(), at: s.at.clone() })?
+            // `none`, /dev/null or a device would make `ferry trust` rename a file over it, and
+            // every host would be unknown: ferry needs a real file it can read and write.
+            let unusable = || {
+                Diagnostic::new(format!(
+                    "{}: UserKnownHostsFile {} is not a file ferry can use (for target \"{name}\")",
+                    s.at, s.value
+                ))
+                .help("ferry needs a known_hosts file: set `known_hosts` in [defaults] or give a real file")
             };
-            out.known_hosts = Some((p, s.at.to_string()));
+            // The error waits until the file is used: `known_hosts` in [defaults] overrides it.
+            out.known_hosts = Some(if s.value.eq_ignore_ascii_case("none") {
+                Err(unusable())
+            } else {
+                let p = path(s)?;
+                let regular = std::fs::metadata(&p).map(|m| m.is_file());
+                if p == Path::new("/dev/null") || matches!(regular, Ok(false)) {
+                    Err(unusable())
+                } else {
+                    Ok((p, s.at.to_string()))
+                }
+            });
         }
         Ok(out)
     }
@@ -454,7 +468,8 @@ struct Settings {
     identity_agent: Option<IdentityAgent>,
     host_key_alias: Option<String>,
     connect_timeout: Option<Duration>,
-    known_hosts: Option<(PathBuf, String)>,
+    /// UserKnownHostsFile and its line, or why it cannot be used.
+    known_hosts: Option<Result<(PathBuf, String), Diagnostic>>,
     notes: Vec<(&'static str, String, String)>,
 }
 

@@ -156,3 +156,51 @@ fn proxy_jump_hops_that_go_round_in_a_circle_are_refused() {
         )
         .run();
 }
+
+#[test]
+fn a_known_hosts_file_that_is_none_dev_null_or_no_file_is_refused_naming_its_line() {
+    let help =
+        "  = help: ferry needs a known_hosts file: set `known_hosts` in [defaults] or give a real file\n";
+    for value in ["none", "/dev/null", "/tmp"] {
+        with_config(&format!("Host web-2\n  User ops\n  UserKnownHostsFile {value}\n"))
+            .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+            .code(2)
+            .stderr(&format!(
+                "error: ssh_config:3: UserKnownHostsFile {value} is not a file ferry can use (for target \"prod-2\")\n{help}"
+            ))
+            .run();
+    }
+    // `known_hosts` in [defaults] wins over ssh_config, so the line is not used then.
+    with_config("Host web-2\n  User ops\n  UserKnownHostsFile none\n")
+        .replace(
+            "ferry.toml",
+            "ssh_config = \"ssh_config\"\n",
+            "ssh_config = \"ssh_config\"\nknown_hosts = \"kh\"\n",
+        )
+        .args(["check"])
+        .stdout("ferry.toml: ok: 1 app × 2 environments, 3 targets, 3 renders, 0 warnings\n")
+        .run();
+}
+
+#[test]
+fn several_known_hosts_files_are_refused_and_a_quoted_path_stays_one() {
+    with_config("Host web-2\n  User ops\n  UserKnownHostsFile ~/.ssh/known_hosts ~/.ssh/known_hosts2\n")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .code(2)
+        .stderr(
+            "error: ssh_config:3: UserKnownHostsFile names 2 files; ferry reads only one (for target \"prod-2\")\n  \
+             = help: name one file, or set `known_hosts` in [defaults]\n",
+        )
+        .run();
+    let out = with_config("Host web-2\n  User ops\n  UserKnownHostsFile \"/tmp/my hosts\"\n")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2", "--output", "json"])
+        .stdout_json()
+        .run();
+    let ssh = out.json()["ssh"].clone();
+    assert!(
+        ssh.as_array().unwrap().contains(
+            &serde_json::json!({"setting": "known_hosts", "value": "/tmp/my hosts", "from": "ssh_config:3"})
+        ),
+        "{ssh}"
+    );
+}
