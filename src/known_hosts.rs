@@ -298,7 +298,13 @@ fn unix_time(seconds: u64) -> String {
 /// hosts, wildcard and negated patterns (they are not this host's own entry), `@revoked` and
 /// `@cert-authority` lines, comments.
 pub fn without_host(text: &str, host: &str, port: u16) -> String {
-    let name = host_name(host, port).to_ascii_lowercase();
+    without_name(text, &host_name(host, port))
+}
+
+/// [`without_host`] for the host known_hosts calls `name` (see [`lookup_name`]): a host with a
+/// HostKeyAlias is checked, and so replaced, under its alias.
+pub fn without_name(text: &str, name: &str) -> String {
+    let name = name.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         let trimmed = line.trim_start();
@@ -386,7 +392,12 @@ pub fn update(path: &Path, change: impl FnOnce(&str) -> String) -> std::io::Resu
 
 /// The line to append for `host`/`port` presenting `key`.
 pub fn entry_line(host: &str, port: u16, key: &HostKey) -> String {
-    format!("{} {} {}", host_name(host, port), key.algorithm, key.base64)
+    entry_line_for(&host_name(host, port), key)
+}
+
+/// The line to append for the host known_hosts calls `name` (see [`lookup_name`]).
+pub fn entry_line_for(name: &str, key: &HostKey) -> String {
+    format!("{name} {} {}", key.algorithm, key.base64)
 }
 
 fn parse_line(line: usize, text: &str) -> Option<Entry> {

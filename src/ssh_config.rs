@@ -230,7 +230,10 @@ impl State<'_, '_> {
             "identityfile" => self.resolved.identity_files.push(setting),
             "certificatefile" => self.resolved.certificate_files.push(setting),
             // ProxyCommand and ProxyJump exclude each other: the first one set wins.
-            "proxycommand" if self.resolved.values.contains_key("proxyjump") => {}
+            // After `ProxyJump none` no jump wins, so a later ProxyCommand is kept (and refused
+            // by the resolver) rather than silently dropped.
+            "proxycommand"
+                if self.resolved.get("proxyjump").is_some_and(|j| !j.value.eq_ignore_ascii_case("none")) => {}
             "proxyjump" if self.resolved.values.contains_key("proxycommand") => {}
             _ if KEPT.contains(&key) => {
                 self.resolved.values.entry(key.to_string()).or_insert(setting);

@@ -33,10 +33,6 @@ struct Finding {
     error: Option<String>,
     #[serde(skip)]
     key: Option<HostKey>,
-    #[serde(skip)]
-    host: String,
-    #[serde(skip)]
-    port: u16,
     /// The known_hosts file this target's key is checked against and recorded in (the
     /// inventory's, or ssh_config's `UserKnownHostsFile` for it).
     #[serde(skip)]
@@ -111,14 +107,13 @@ async fn fetch_one(
 ) -> Finding {
     let mut finding = Finding {
         target: endpoint.name.clone(),
-        address: known_hosts::host_name(&endpoint.host, endpoint.port),
+        // Connections check a HostKeyAlias, so the key is recorded (and replaced) under it too.
+        address: known_hosts::lookup_name(&endpoint.host, endpoint.port, endpoint.host_key_alias.as_deref()),
         algorithm: None,
         fingerprint: None,
         state: "local",
         error: None,
         key: None,
-        host: endpoint.host.clone(),
-        port: endpoint.port,
         file: endpoint.known_hosts(options).path.clone(),
     };
     if local {
@@ -196,8 +191,6 @@ async fn fetch_all(
                 state: "error",
                 error: Some(e.to_string()),
                 key: None,
-                host: String::new(),
-                port: 0,
                 file: Default::default(),
                 target,
             })
@@ -247,14 +240,14 @@ fn record(path: &Path, findings: &[&Finding]) -> Result<(), Error> {
     known_hosts::update(path, |current| {
         let mut text = current.to_string();
         for f in findings.iter().filter(|f| f.state == "replace") {
-            text = known_hosts::without_host(&text, &f.host, f.port);
+            text = known_hosts::without_name(&text, &f.address);
         }
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         for f in findings {
             if let Some(key) = &f.key {
-                text += &known_hosts::entry_line(&f.host, f.port, key);
+                text += &known_hosts::entry_line_for(&f.address, key);
                 text.push('\n');
             }
         }

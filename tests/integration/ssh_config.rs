@@ -204,3 +204,15 @@ fn several_known_hosts_files_are_refused_and_a_quoted_path_stays_one() {
         "{ssh}"
     );
 }
+
+#[test]
+fn a_proxy_command_after_proxy_jump_none_is_refused_not_skipped() {
+    with_config("Host web-2\n  ProxyJump none\n  ProxyCommand nc %h %p\n")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .code(2)
+        .stderr(
+            "error: ssh_config:3: ProxyCommand is not supported by ferry (for target \"prod-2\")\n  \
+             = help: use ProxyJump (or the inventory's `jump`), or set ssh_config = \"none\" in [defaults]\n",
+        )
+        .run();
+}

@@ -153,6 +153,35 @@ fn trust_goes_through_the_hops_and_records_in_ssh_configs_known_hosts_file() {
 }
 
 #[test]
+fn trust_records_and_replaces_a_host_key_alias_under_the_alias_that_connections_check() {
+    let lab = lab();
+    let dir = setup(&lab, "Host h1-alias\n  HostKeyAlias fx-final\n", "");
+    // This helper's environment name (fx-), so it never meets another test's state.
+    let toml = dir.path().join("ferry.toml");
+    std::fs::write(&toml, std::fs::read_to_string(&toml).unwrap().replace("p1-env", "fx-env")).unwrap();
+    let file = dir.path().join("ssh_known_hosts");
+    let before = std::fs::read_to_string(&file).unwrap();
+    ferry(dir.path(), &["trust", "--env", "fx-env", "--yes"])
+        .stdout_contains(" fx-final ")
+        .stdout_contains(" NEW ")
+        .stderr(&format!("recorded 1 host key in {}\n", file.display()))
+        .run();
+    let h2 = public_key(&lab, "net/h2/hostkey.pub");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{before}fx-final {h2}\n"));
+    ferry(dir.path(), &["run", "--env", "fx-env", "--output", "plain", "--", "hostname"])
+        .stdout_contains("p1 | ferry-h2\n")
+        .run();
+    // A wrong key under the alias is replaced under the alias, and 127.0.0.1's line stays.
+    let h1 = public_key(&lab, "net/h1/hostkey.pub");
+    std::fs::write(&file, format!("{before}127.0.0.1 {h1}\nfx-final {h1}\n")).unwrap();
+    ferry(dir.path(), &["trust", "--env", "fx-env", "--yes", "--replace", "p1"])
+        .stdout_contains(" fx-final ")
+        .stderr_contains("recorded 1 host key")
+        .run();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{before}127.0.0.1 {h1}\nfx-final {h2}\n"));
+}
+
+#[test]
 fn an_inventory_jump_host_may_have_a_jump_host_of_its_own() {
     let lab = lab();
     let dir = tempfile::tempdir().unwrap();
