@@ -433,8 +433,15 @@ fn read_file(
     depth: usize,
 ) -> Result<Option<Vec<(Origin, Entry)>>, ConfigError> {
     let name = display_path(path, home);
-    match std::fs::read(path) {
-        Ok(bytes) => {
+    match read_secure(path) {
+        Ok(Err(message)) => Err(ConfigError {
+            at: None,
+            file: name,
+            message,
+            help: "run `chmod go-w` on it (and own it), as ssh requires, or set ssh_config = \"none\" in [defaults]"
+                .into(),
+        }),
+        Ok(Ok(bytes)) => {
             let text = String::from_utf8_lossy(&bytes);
             parse_text(&name, &text, home, depth).map(Some)
         }
@@ -446,6 +453,30 @@ fn read_file(
             help: "fix its permissions, or set ssh_config = \"none\" in [defaults]".into(),
         }),
     }
+}
+
+/// Reads a config file that only its reader (or root) can have written, as OpenSSH's
+/// `secure_permissions` demands: a group- or world-writable file, or one owned by another
+/// user, could make ssh (and ferry) connect anywhere with any key. The checks are on the
+/// opened file, so a rename in between cannot swap it. `Ok(Err(why))` when it is refused.
+fn read_secure(path: &Path) -> std::io::Result<Result<Vec<u8>, String>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let uid = rustix::process::getuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != uid {
+        return Ok(Err(format!("bad owner: owned by uid {}, not by uid {uid} or root", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Ok(Err(format!(
+            "bad permissions: mode {:o} is group- or world-writable",
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Ok(bytes))
 }
 
 fn parse_text(

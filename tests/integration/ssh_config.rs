@@ -216,3 +216,29 @@ fn a_proxy_command_after_proxy_jump_none_is_refused_not_skipped() {
         )
         .run();
 }
+
+#[test]
+fn a_config_or_include_others_can_write_is_refused_as_ssh_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |test: &Test, file: &str, mode: u32| {
+        std::fs::set_permissions(test.path().join(file), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let test = with_config("Host web-2\n  User ops\n");
+    chmod(&test, "ssh_config", 0o666);
+    test.args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .code(2)
+        .stderr(
+            "error: ssh_config: bad permissions: mode 666 is group- or world-writable\n  \
+             = help: run `chmod go-w` on it (and own it), as ssh requires, or set ssh_config = \"none\" in [defaults]\n",
+        )
+        .run();
+    let test = with_config("Include PLACEHOLDER\n").write("more.conf", "Host web-2\n  User ops\n");
+    let included = test.path().join("more.conf").display().to_string();
+    let test = test.replace("ssh_config", "PLACEHOLDER", &included);
+    chmod(&test, "more.conf", 0o620);
+    test.args(["check"])
+        .code(2)
+        .stderr_contains("bad permissions: mode 620 is group- or world-writable\n")
+        .stderr_contains("more.conf")
+        .run();
+}
