@@ -187,7 +187,8 @@ impl State<'_, '_> {
         for (at, entry) in entries {
             match entry {
                 Entry::Host { patterns } => {
-                    *active = host_matches(patterns, &self.query.alias.to_lowercase())
+                    // `Host` compares the alias as typed, case and all (OpenSSH's match_pattern).
+                    *active = host_matches(patterns, self.query.alias)
                 }
                 Entry::Match { args } => *active = self.match_line(at, args)?,
                 Entry::Include { files } => {
@@ -275,7 +276,12 @@ impl State<'_, '_> {
                         "user" => self.user_so_far().to_string(),
                         _ => self.query.local_user.to_string(),
                     };
-                    pattern_list_matches(list, &subject)
+                    // Host names compare without case on both sides (OpenSSH's match_hostname).
+                    if matches!(name.as_str(), "host" | "originalhost") {
+                        pattern_list_matches(&list.to_lowercase(), &subject)
+                    } else {
+                        pattern_list_matches(list, &subject)
+                    }
                 }
                 other => {
                     return Err(error_at(

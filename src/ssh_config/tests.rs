@@ -182,3 +182,26 @@ fn proxy_jump_hops_parse() {
     assert!(parse_jumps("a:notaport").is_err());
     assert!(parse_jumps("a,,b").is_err());
 }
+
+/// What `ssh -G -F FILE ALIAS` (OpenSSH 9) printed: `Host` matches the alias as typed, case
+/// and all; `Match host`/`originalhost` ignore case on both sides.
+#[test]
+fn host_is_case_sensitive_and_match_host_is_not_as_ssh_g_printed() {
+    let home = home();
+    let user = |config: &str, alias: &str| {
+        resolve(config, alias, home.path()).unwrap().get("user").map(|u| u.value.clone())
+    };
+    let port = |config: &str, alias: &str| {
+        resolve(config, alias, home.path()).unwrap().get("port").map(|p| p.value.clone())
+    };
+    let hosts = "Host Web\n  User capital\nHost web\n  User lower\n";
+    assert_eq!(user(hosts, "Web").as_deref(), Some("capital"));
+    assert_eq!(user(hosts, "web").as_deref(), Some("lower"));
+    assert_eq!(user(hosts, "WEB"), None);
+    let original = "Match originalhost WEB2\n  Port 2345\n";
+    assert_eq!(port(original, "web2").as_deref(), Some("2345"));
+    assert_eq!(port(original, "WEB2").as_deref(), Some("2345"));
+    let host = "Match host APP\n  Port 2346\n";
+    assert_eq!(port(host, "App").as_deref(), Some("2346"));
+    assert_eq!(port(host, "app").as_deref(), Some("2346"));
+}
