@@ -655,8 +655,31 @@ pub fn expand_path(
         (Some(rest), Some(home)) => format!("{}/{rest}", home.display()),
         _ => setting.value.clone(),
     };
+    let value = expand_env(&value).map_err(|m| error_at(&setting.at, m, "set it, or write the path out"))?;
     let expanded = expand(&value, tokens).map_err(|m| error_at(&setting.at, m, "use %% for a literal %"))?;
     Ok(PathBuf::from(expanded))
+}
+
+/// `${NAME}` replaced by the environment variable, before `%` tokens, as OpenSSH does for
+/// paths; an unset one is an error (ssh stops too) rather than an empty piece of a path.
+fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated ${{ in {value}"));
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(format!("environment variable ${{{name}}} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// One ProxyJump hop: `[user@]host[:port]` or `ssh://[user@]host[:port]`.

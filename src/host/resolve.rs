@@ -398,14 +398,24 @@ impl<'a> Context<'a> {
                 Some(IdentityAgent::Disabled)
             } else if s.value == "SSH_AUTH_SOCK" {
                 None
-            } else if let Some(var) = s.value.strip_prefix('$') {
-                let var = var.trim_start_matches('{').trim_end_matches('}');
-                std::env::var_os(var).map(|v| IdentityAgent::Socket(PathBuf::from(v)))
+            } else if let Some(var) = s.value.strip_prefix('$').filter(|v| !v.starts_with('{')) {
+                // `$NAME` unset turns the agent off, as ssh does; it never falls back to
+                // SSH_AUTH_SOCK. (`${NAME}` is path expansion: unset is an error.)
+                match std::env::var_os(var).filter(|v| !v.is_empty()) {
+                    Some(v) => Some(IdentityAgent::Socket(PathBuf::from(v))),
+                    None => Some(IdentityAgent::Disabled),
+                }
             } else {
                 Some(IdentityAgent::Socket(path(s)?))
             };
+            let shown = match &agent {
+                Some(IdentityAgent::Disabled) if s.value.starts_with('$') => {
+                    format!("{} (unset: no agent)", s.value)
+                }
+                _ => s.value.clone(),
+            };
             out.identity_agent = agent;
-            out.notes.push(("identity_agent", s.value.clone(), s.at.to_string()));
+            out.notes.push(("identity_agent", shown, s.at.to_string()));
         }
         if let Some(s) = r.get("hostkeyalias") {
             out.host_key_alias = Some(s.value.clone());

@@ -242,3 +242,36 @@ fn a_config_or_include_others_can_write_is_refused_as_ssh_does() {
         .stderr_contains("more.conf")
         .run();
 }
+
+#[test]
+fn environment_variables_in_paths_expand_and_an_unset_one_is_refused_by_its_line() {
+    with_config("Host web-2\n  User ops\n  IdentityFile ${FX_UNSET_17}/key\n")
+        .unset("FX_UNSET_17")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2"])
+        .code(2)
+        .stderr(
+            "error: ssh_config:3: environment variable ${FX_UNSET_17} is not set (for target \"prod-2\")\n  \
+             = help: set it, or write the path out\n",
+        )
+        .run();
+    let out = with_config(
+        "Host web-2\n  User ops\n  UserKnownHostsFile ${FX_DIR_17}/kh\n  IdentityAgent $FX_UNSET_17\n",
+    )
+    .env("FX_DIR_17", "/tmp/fx dir")
+    .unset("FX_UNSET_17")
+    .args(["vars", "web", "--env", "prod", "--target", "prod-2", "--output", "json"])
+    .stdout_json()
+    .run();
+    let ssh = out.json()["ssh"].clone();
+    let rows = ssh.as_array().unwrap();
+    assert!(
+        rows.contains(
+            &serde_json::json!({"setting": "known_hosts", "value": "/tmp/fx dir/kh", "from": "ssh_config:3"})
+        ),
+        "{ssh}"
+    );
+    assert!(
+        rows.contains(&serde_json::json!({"setting": "identity_agent", "value": "$FX_UNSET_17 (unset: no agent)", "from": "ssh_config:4"})),
+        "{ssh}"
+    );
+}
