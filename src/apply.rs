@@ -75,6 +75,18 @@ pub struct Settings {
     pub proxy: crate::inventory::Proxy,
     /// When `[proxy] feed` has credentials: targets log in before they pull the proxy image.
     pub proxy_login: Option<docker::Login>,
+    /// `--archive`: what a target that lacks the image id is sent instead of a pull.
+    pub upload: Option<Upload>,
+}
+
+/// An image archive to stream into `docker load` where the image id is missing, and the slots
+/// that bound how many targets receive it at once (the runner's uplink is shared by them all).
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The archive, read before the rollout.
+    pub archive: Arc<crate::archive::ImageArchive>,
+    /// Targets sent to at once.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How one target ended.
@@ -314,7 +326,8 @@ async fn pull_batch(
             }
             Err((e, ms)) => {
                 let mut r = report(&plan.targets[i].target, failed_status(&e), Some(Action::Untouched), None);
-                r.error = Some(format!("pull {image}: {e}"));
+                let verb = if docker::is_image_id(&image) { "load" } else { "pull" };
+                r.error = Some(format!("{verb} {image}: {e}"));
                 r.duration = ms;
                 finished(events, Some(&r));
                 reports[i] = Some(r);
@@ -396,8 +409,14 @@ async fn pull_all(
             let (name, image, events) = (plan.targets[i].target.clone(), image.to_string(), events.clone());
             let (app, environment, login) =
                 (plan.app.clone(), plan.environment.clone(), settings.login.clone());
+            let upload = settings.upload.clone();
             async move {
                 let started = Instant::now();
+                if docker::is_image_id(&image) {
+                    let outcome =
+                        find_or_load(&*host, &name, &image, &app, &environment, upload, &events).await;
+                    return outcome.map_err(|e| (e, started.elapsed()));
+                }
                 let _ =
                     events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
                 let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
@@ -427,6 +446,79 @@ async fn pull_all(
         })
         .collect()
 }
+
+/// For an image id (`--archive`, or a rollback to such a deployment): looks for it (listing
+/// the containers in the same round trip); where it is missing, streams the archive into
+/// `docker load`, counting the bytes sent. Without an archive a missing image is an error that
+/// says how to bring it back.
+async fn find_or_load(
+    host: &dyn Host,
+    name: &str,
+    id: &str,
+    app: &str,
+    environment: &str,
+    upload: Option<Upload>,
+    events: &Events,
+) -> PullOutcome2 {
+    let step = |step: String| {
+        let _ = events.send(Event::TargetStep { target: name.to_string(), step });
+    };
+    let (_, present, briefs, leftovers) = docker::pull_and_list(host, id, app, environment, None).await?;
+    if present {
+        step(format!("{id} is here already: nothing sent (0 bytes)"));
+        return Ok((Some(id.to_string()), true, briefs, leftovers));
+    }
+    let Some(upload) = upload else {
+        return Err(DockerError::Failed {
+            step: "docker image inspect",
+            message: format!(
+                "image {id} is not on this target any more, and no registry has it (it came from an archive): re-deploy it with --archive"
+            ),
+        });
+    };
+    let archive = &upload.archive;
+    // A closed semaphore is never closed here; treat it as no bound rather than fail.
+    let _slot = upload.slots.acquire().await.ok();
+    step(format!("sending {} ({} bytes) to docker load", archive.path.display(), archive.size));
+    let file = tokio::fs::File::open(&archive.path).await.map_err(|e| DockerError::Failed {
+        step: "docker load",
+        message: format!("cannot read {}: {e}", archive.path.display()),
+    })?;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = crate::archive::Counted::new(file, Arc::clone(&sent));
+    let load = docker::load(host, Box::pin(reader), id);
+    tokio::pin!(load);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut load => break loaded,
+            _ = tick.tick() => step(format!(
+                "sending: {} of {} bytes", sent.load(std::sync::atomic::Ordering::Relaxed), archive.size
+            )),
+        }
+    };
+    let bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
+    match loaded {
+        Ok(()) => {
+            step(format!("loaded {id}: {bytes} bytes sent"));
+            Ok((Some(id.to_string()), false, briefs, leftovers))
+        }
+        Err(DockerError::Failed { step, message }) if archive.layout == crate::archive::Layout::Oci => {
+            Err(DockerError::Failed {
+                step,
+                message: format!(
+                    "{message} (an OCI archive: Docker before 25 loads only `docker save` archives; convert it with `skopeo copy oci-archive:{file} docker-archive:IMAGE.tar:NAME:TAG`)",
+                    file = archive.path.display()
+                ),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`find_or_load`] gives: as a pull, without the elapsed time.
+type PullOutcome2 = Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), DockerError>;
 
 fn failed_status(e: &DockerError) -> Status {
     if e.is_connection() { Status::Error } else { Status::Failed }
@@ -1145,6 +1237,7 @@ mod tests {
             secrets: vec![crate::secret::Secret::new(SECRET_VALUE)],
             proxy: crate::inventory::Proxy::default(),
             proxy_login: None,
+            upload: None,
         }
     }
 
