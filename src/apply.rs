@@ -1528,6 +1528,63 @@ mod tests {
         assert!(!line.contains(SECRET_VALUE));
     }
 
+    /// `--archive`: a target that has the image id is sent nothing; one that lacks it gets the
+    /// file's bytes on the `docker load` command's stdin; without an archive (a rollback), a
+    /// missing id is an error that says how to bring it back.
+    #[tokio::test]
+    async fn an_image_id_is_looked_for_and_loaded_only_where_missing() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("img.tar");
+        std::fs::write(&file, b"archive bytes").unwrap();
+        let archive = crate::archive::ImageArchive {
+            path: file,
+            size: 13,
+            id: id.clone(),
+            tags: vec!["acme/web:1.0".into()],
+            layout: crate::archive::Layout::Docker,
+        };
+        let upload = Upload { archive: Arc::new(archive), slots: Arc::new(tokio::sync::Semaphore::new(1)) };
+        let listed = "--- containers\n--- leftovers\n";
+        let present = format!("ferry: image present, not pulled\nDigest: {id}\n{listed}");
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+
+        let has = FakeHost::new("has").on("docker ps", Reply::ok(&present));
+        let got = find_or_load(&has, "has", &id, "web", "dev", Some(upload.clone()), &events).await.unwrap();
+        assert_eq!((got.0, got.1), (Some(id.clone()), true));
+        assert_eq!(has.calls().len(), 1, "only looked");
+
+        let lacks = FakeHost::new("lacks")
+            .on("docker load", Reply::ok("Loaded image: acme/web:1.0\n"))
+            .on("docker ps", Reply::ok(listed));
+        let got = find_or_load(&lacks, "lacks", &id, "web", "dev", Some(upload), &events).await.unwrap();
+        assert_eq!((got.0, got.1), (Some(id.clone()), false));
+        let calls = lacks.calls();
+        assert!(
+            calls[1].command.contains(&format!("docker load || exit 1\ndocker image inspect {id} ")),
+            "{calls:?}"
+        );
+        assert_eq!(calls[1].stdin.as_deref(), Some(&b"archive bytes"[..]));
+
+        let gone = FakeHost::new("gone").on("docker ps", Reply::ok(listed));
+        let err = find_or_load(&gone, "gone", &id, "web", "dev", None, &events).await.unwrap_err();
+        assert!(err.to_string().ends_with("(it came from an archive): re-deploy it with --archive"), "{err}");
+
+        let mut steps = Vec::new();
+        while let Ok(Event::TargetStep { target, step }) = received.try_recv() {
+            steps.push(format!("{target}: {step}"));
+        }
+        let sending = steps.iter().filter(|s| s.starts_with("lacks: sending ")).count();
+        assert_eq!(sending, 1, "{steps:?}");
+        assert_eq!(
+            steps.iter().filter(|s| !s.starts_with("lacks: sending ")).collect::<Vec<_>>(),
+            [
+                &format!("has: {id} is here already: nothing sent (0 bytes)"),
+                &format!("lacks: loaded {id}: 13 bytes sent")
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_pull_touches_nothing() {
         let (host, r) =

@@ -384,7 +384,7 @@ pub async fn load(
     id: &str,
 ) -> Result<(), DockerError> {
     let script = format!(
-        "docker load || exit 1
+        "docker load || exit 1\n\
          docker image inspect {id} > /dev/null 2>&1 || {{ echo 'docker load ended, but image {id} is not there' >&2; exit 1; }}",
         id = q(id)
     );

@@ -878,6 +878,28 @@ mod tests {
         );
     }
 
+    /// The runner streams a reader into the command while reading its output (more than a
+    /// pipe buffer each way, so writing all first would deadlock), and a command that stops
+    /// reading early ends the stream instead of hanging it.
+    #[tokio::test]
+    async fn exec_reader_streams_into_the_command_and_survives_one_that_stops_reading() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(3_000_000).collect();
+        let mut out = crate::exec::Capture::default();
+        let reader: ByteReader<'_> = Box::pin(std::io::Cursor::new(payload.clone()));
+        let status = LocalHost::new("t")
+            .exec_reader("tee /dev/stderr | wc -c", reader, Some(Duration::from_secs(30)), &mut out)
+            .await
+            .unwrap();
+        assert_eq!((status, out.text().trim()), (ExitStatus::Code(0), "3000000"));
+        let mut out = crate::exec::Capture::default();
+        let reader: ByteReader<'_> = Box::pin(std::io::Cursor::new(payload));
+        let status = LocalHost::new("t")
+            .exec_reader("head -c 10 > /dev/null; exit 3", reader, Some(Duration::from_secs(30)), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(status, ExitStatus::Code(3));
+    }
+
     #[test]
     fn a_script_ending_in_a_here_document_keeps_its_last_newline() {
         let script = "cat <<EOF\nline\nEOF\n";
