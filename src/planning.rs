@@ -339,7 +339,10 @@ impl RecordPlanner {
             hash_key: &self.hash_key,
         };
         // Without a new digest, the image is the one on record, whatever the feed says today.
-        let image = digest.is_none().then(|| self.record.recorded.image.clone());
+        // An image id (`--archive`) is what the record ran, whatever the digest: no repository
+        // has it.
+        let recorded = &self.record.recorded.image;
+        let image = (digest.is_none() || crate::docker::is_image_id(recorded)).then(|| recorded.clone());
         Release::new(&self.inventory, &request, image)
     }
 

@@ -201,6 +201,7 @@ fn an_archive_reaches_three_hosts_once_and_its_deployments_roll_back() {
     assert_eq!(fleet.running(2), format!("{second_id} {second_id} 2.0"));
     let out = fleet
         .ferry(&["rollback", "p5-app", "--env", ENV, "--yes", "--output", "json"])
+        .stderr_contains("rollback: p5-app in p5-arc returns to deployment ")
         .stdout_json_lines()
         .run();
     let events = json_lines(&out.stdout);
@@ -213,6 +214,7 @@ fn an_archive_reaches_three_hosts_once_and_its_deployments_roll_back() {
     fleet.on_host(1, &format!("docker rmi -f {second_id}"));
     let out = fleet
         .ferry(&["rollback", "p5-app", "--env", ENV, "--yes", "--output", "json"])
+        .stderr_contains("rollback: p5-app in p5-arc returns to deployment ")
         .code(1)
         .stdout_json_lines()
         .run();
