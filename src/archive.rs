@@ -372,6 +372,37 @@ mod tests {
         assert_eq!(got, (format!("sha256:{config_hex}"), vec![":1.0".to_string()], Layout::Oci));
     }
 
+    /// A multi-platform index inside `index.json`: linux/amd64 is picked; without it, exit 2.
+    #[test]
+    fn a_nested_index_picks_linux_amd64() {
+        let config_hex = sha(CONFIG);
+        let manifest = format!(r#"{{"config":{{"digest":"sha256:{config_hex}"}},"layers":[]}}"#);
+        let manifest_hex = sha(manifest.as_bytes());
+        let other = "0".repeat(64);
+        let nested = |arch: &str| {
+            format!(
+                r#"{{"manifests":[{{"digest":"sha256:{other}","platform":{{"os":"linux","architecture":"arm64"}}}},{{"digest":"sha256:{manifest_hex}","platform":{{"os":"linux","architecture":"{arch}"}}}}]}}"#
+            )
+        };
+        for (arch, ok) in [("amd64", true), ("s390x", false)] {
+            let nested = nested(arch);
+            let nested_hex = sha(nested.as_bytes());
+            let index = format!(
+                r#"{{"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:{nested_hex}"}}]}}"#
+            );
+            let data = tar(&[
+                (&format!("blobs/sha256/{config_hex}"), CONFIG.to_vec()),
+                (&format!("blobs/sha256/{manifest_hex}"), manifest.clone().into_bytes()),
+                (&format!("blobs/sha256/{nested_hex}"), nested.into_bytes()),
+                ("index.json", index.into_bytes()),
+            ]);
+            match inspect_bytes(data) {
+                Ok(got) => assert!(ok && got.0 == format!("sha256:{config_hex}"), "{arch}: {got:?}"),
+                Err(e) => assert!(!ok && e.contains("none is linux/amd64"), "{arch}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn two_images_are_refused() {
         let hex = sha(CONFIG);
