@@ -331,7 +331,8 @@ pub fn execute(
     let prompt = format!("{what} ({})", crate::output::count(plan.targets.len(), "target"));
     Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
     let store = store(inventory)?;
-    let login = super::feed::login_for(inventory, &app)?;
+    // `--archive` pulls nothing: the feed's credentials are neither needed nor read.
+    let login = if notes.archive.is_some() { None } else { super::feed::login_for(inventory, &app)? };
     let proxy_login =
         if app.route(&env.name).is_some() { super::feed::proxy_login(inventory)? } else { None };
     let mut secrets = known_secrets(inventory, &env.name);
