@@ -459,7 +459,7 @@ async fn find_or_load(
     environment: &str,
     upload: Option<Upload>,
     events: &Events,
-) -> PullOutcome2 {
+) -> Found {
     let step = |step: String| {
         let _ = events.send(Event::TargetStep { target: name.to_string(), step });
     };
@@ -517,8 +517,8 @@ async fn find_or_load(
     }
 }
 
-/// What [`find_or_load`] gives: as a pull, without the elapsed time.
-type PullOutcome2 = Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), DockerError>;
+/// What [`find_or_load`] gives: a pull's outcome, without the elapsed time.
+type Found = Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), DockerError>;
 
 fn failed_status(e: &DockerError) -> Status {
     if e.is_connection() { Status::Error } else { Status::Failed }

@@ -277,6 +277,7 @@ fn config_hex(path: &str) -> Option<String> {
     is_hex64(hex).then(|| hex.to_string())
 }
 
+/// Whether `s` is 64 lower-case hex digits (a SHA-256 in an image reference).
 fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
