@@ -415,13 +415,19 @@ const PRESENT: &str = "ferry: image present, not pulled";
 /// from the channel's stdin (the caller passes it), never a command line, into a private
 /// client config (`$cfg`, exported as `DOCKER_CONFIG`) that the script removes when it exits,
 /// whatever way. A caller that goes on after the pull removes it earlier with [`LOGOUT`].
+/// The config starts with an (empty) `auths` entry: a config without one makes the Docker CLI
+/// pick a default credential store (`pass` when `docker-credential-pass` and `pass` are
+/// installed, docker/cli `DetectDefaultStore`), and on a target whose store is not set up
+/// `docker login` then fails ("pass not initialized"), or stores the password there.
 pub fn login_script(login: &Login) -> String {
     format!(
         "{DOCKER_CONFIG_SWEEP}\
          cfg=$(umask 077 && mkdir -p \"$HOME/.ferry\" && mktemp -d \"$HOME/.ferry/{DOCKER_CONFIG_PREFIX}XXXXXXXX\") || exit 1\n\
          trap 'rm -rf \"$cfg\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
          export DOCKER_CONFIG=\"$cfg\"\n\
+         printf '%s' {} > \"$cfg/config.json\" || exit 1\n\
          docker login --username {} --password-stdin {} > /dev/null || exit 1\n",
+        q(&serde_json::json!({ "auths": { &login.registry: {} } }).to_string()),
         q(&login.username),
         q(&login.registry)
     )

@@ -236,7 +236,14 @@ pub async fn run(
     let _ = events.send(Event::HookStarted { hook: kind, path: hook.shown.clone() });
     let started = Instant::now();
     let mut splitter = LineSplitter::for_hook(kind, events.clone()).masking(secrets);
-    let ended = execute(&hook.path, &hooks.dir, &env, hooks.timeout, &mut splitter).await;
+    let spawn = Spawn {
+        program: hook.path.as_os_str(),
+        args: &[],
+        dir: Some(&hooks.dir),
+        env: Some(&env),
+        stdin: None,
+    };
+    let ended = execute(&spawn, hooks.timeout, &mut splitter).await;
     splitter.flush();
     let (status, exit_code, signal, error) = match ended {
         Ended::Exited(0) => (HookStatus::Ok, Some(0), None, None),
@@ -305,28 +312,46 @@ fn tail_text(finished: &HookFinished) -> String {
     text
 }
 
-/// How the process ended.
-enum Ended {
+/// How a process started by [`execute`] ended.
+pub(crate) enum Ended {
+    /// It exited with this code.
     Exited(i32),
+    /// A signal (its name, without `SIG`) killed it.
     Signal(String),
+    /// It outlived the limit: its process group was killed.
     TimedOut(Duration),
+    /// It could not be started, or its end could not be read.
     Error(String),
 }
 
-/// Runs `path` with exactly `env` in `dir`, output to `sink`, for at most `limit`.
-async fn execute(
-    path: &Path,
-    dir: &Path,
-    env: &[(String, String)],
-    limit: Duration,
-    sink: &mut LineSplitter,
-) -> Ended {
-    let mut command = tokio::process::Command::new(path);
+/// What [`execute`] starts: a hook, a secret `command` or a Docker credential helper
+/// (src/secret_command.rs), so all of them share one read loop, one timeout and one kill.
+pub(crate) struct Spawn<'a> {
+    /// The executable: a path, or a name looked up in `PATH`.
+    pub program: &'a std::ffi::OsStr,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Its working directory (`None`: ferry's own).
+    pub dir: Option<&'a Path>,
+    /// Exactly these variables (`None`: ferry's environment, passed through).
+    pub env: Option<&'a [(String, String)]>,
+    /// Bytes written to its stdin, which is then closed (`None`: stdin is /dev/null).
+    pub stdin: Option<&'a [u8]>,
+}
+
+/// Runs `spawn`, output to `sink`, for at most `limit`; in its own process group, killed with
+/// everything it started at the limit or when this future is dropped.
+pub(crate) async fn execute(spawn: &Spawn<'_>, limit: Duration, sink: &mut dyn OutputSink) -> Ended {
+    let mut command = tokio::process::Command::new(spawn.program);
+    command.args(spawn.args);
+    if let Some(env) = spawn.env {
+        command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    if let Some(dir) = spawn.dir {
+        command.current_dir(dir);
+    }
     command
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
-        .stdin(Stdio::null())
+        .stdin(if spawn.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group: a terminal's Ctrl-C goes to ferry, which decides; and the whole group
@@ -353,31 +378,18 @@ async fn execute(
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Ended::Error("cannot be started: no output pipes".into());
     };
+    let mut input = child.stdin.take().zip(spawn.stdin);
     let run = async {
-        let (mut out_buf, mut err_buf) = ([0u8; 8192], [0u8; 8192]);
-        let (mut out_open, mut err_open) = (true, true);
-        let mut status = None;
-        let mut drain_until = None;
-        while out_open || err_open || status.is_none() {
-            let drained = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now));
-            tokio::select! {
-                n = out.read(&mut out_buf), if out_open => match n {
-                    Ok(0) | Err(_) => out_open = false,
-                    Ok(n) => sink.output(Stream::Stdout, &out_buf[..n]),
-                },
-                n = err.read(&mut err_buf), if err_open => match n {
-                    Ok(0) | Err(_) => err_open = false,
-                    Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
-                },
-                s = child.wait(), if status.is_none() => {
-                    status = Some(s);
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN);
-                }
-                // Something the hook left running still holds its output: the hook is done.
-                () = drained, if drain_until.is_some() => break,
+        // Written while the output is read: a program that answers before it has read all of
+        // its input cannot block on a full pipe.
+        let feed = async {
+            if let Some((mut pipe, bytes)) = input.take() {
+                use tokio::io::AsyncWriteExt;
+                // A program that exits without reading its input is its own business.
+                let _ = pipe.write_all(bytes).await;
             }
-            sink.ready().await;
-        }
+        };
+        let (status, ()) = tokio::join!(read_all(&mut child, &mut out, &mut err, sink), feed);
         status
     };
     match tokio::time::timeout(limit, run).await {
@@ -399,6 +411,41 @@ async fn execute(
             Ended::TimedOut(limit)
         }
     }
+}
+
+/// Reads a started process's output into `sink` until it exited and its pipes closed (or
+/// [`DRAIN`] after it exited, when something it started holds them open).
+async fn read_all(
+    child: &mut tokio::process::Child,
+    out: &mut tokio::process::ChildStdout,
+    err: &mut tokio::process::ChildStderr,
+    sink: &mut dyn OutputSink,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    let (mut out_buf, mut err_buf) = ([0u8; 8192], [0u8; 8192]);
+    let (mut out_open, mut err_open) = (true, true);
+    let mut status = None;
+    let mut drain_until = None;
+    while out_open || err_open || status.is_none() {
+        let drained = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now));
+        tokio::select! {
+            n = out.read(&mut out_buf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => sink.output(Stream::Stdout, &out_buf[..n]),
+            },
+            n = err.read(&mut err_buf), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
+            },
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+                drain_until = Some(tokio::time::Instant::now() + DRAIN);
+            }
+            // Something the hook left running still holds its output: the hook is done.
+            () = drained, if drain_until.is_some() => break,
+        }
+        sink.ready().await;
+    }
+    status
 }
 
 /// A hook's process group, killed (SIGKILL) on [`Group::kill`] or on drop unless disarmed.

@@ -4,14 +4,23 @@
 //! tool and not the other. So this reads the same format: comma-separated host patterns with
 //! `*`/`?` wildcards and `!` negation, `[host]:port` for other ports, hashed names
 //! (`|1|salt|hmac`, HMAC-SHA1, from `HashKnownHosts yes`), `@revoked` keys (always refused), and
-//! host names compared case-insensitively. `@cert-authority` lines are skipped (ferry does not
-//! accept host certificates). Keys are compared as their algorithm name and base64 blob, so this
-//! module needs no SSH library.
+//! host names compared case-insensitively. Keys are compared as their algorithm name and base64
+//! blob.
+//!
+//! `@cert-authority` lines make a host certificate acceptable (see [`KnownHosts::check_certificate`]),
+//! with OpenSSH's rules and no more lenient: the certificate is a host certificate, signed by a CA
+//! listed for the host, valid now, without critical options, naming the host exactly among its
+//! principals, and neither its key nor its CA is `@revoked`. A certificate that fails is refused;
+//! there is no fallback to the plain key (ferry asks for a certificate only when a CA line matches
+//! the host, so the plain-key path would find nothing recorded anyway).
 
 use std::path::{Path, PathBuf};
 
 use base64ct::{Base64, Base64Unpadded, Encoding};
 use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -56,12 +65,29 @@ pub enum Verdict {
     },
     /// The host is not in the file.
     Unknown,
+    /// The host presented a certificate that the file's `@cert-authority` lines do not make
+    /// acceptable; `reason` says which rule it broke, with the details an operator needs.
+    UntrustedCertificate {
+        /// Why, e.g. "it expired at 2020-01-02T00:00:00Z (valid 2020-01-01T00:00:00Z to …)".
+        reason: String,
+    },
+}
+
+/// What a line is: a host key, a revoked key, or a certificate authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// A plain line: this key is the host's.
+    Plain,
+    /// `@revoked`: this key is refused wherever it shows up for the matching hosts.
+    Revoked,
+    /// `@cert-authority`: host certificates signed by this key are the hosts' keys.
+    CertAuthority,
 }
 
 /// One parsed line.
 #[derive(Debug, Clone)]
 struct Entry {
-    revoked: bool,
+    marker: Marker,
     patterns: Vec<String>,
     key: HostKey,
     line: usize,
@@ -100,15 +126,23 @@ impl KnownHosts {
 
     /// Checks `key` presented by `host` on `port`.
     pub fn check(&self, host: &str, port: u16, key: &HostKey) -> Verdict {
-        let name = host_name(host, port).to_ascii_lowercase();
+        self.check_name(&host_name(host, port), key)
+    }
+
+    /// Checks `key` presented by the host known_hosts calls `name` (see [`lookup_name`]).
+    pub fn check_name(&self, name: &str, key: &HostKey) -> Verdict {
+        let name = name.to_ascii_lowercase();
         let mut known = Vec::new();
-        for entry in self.entries.iter().filter(|e| matches_host(&e.patterns, &name)) {
+        for entry in self.entries.iter().filter(|e| e.marker != Marker::CertAuthority) {
+            if !matches_host(&entry.patterns, &name) {
+                continue;
+            }
             if entry.key == *key {
-                if entry.revoked {
+                if entry.marker == Marker::Revoked {
                     return Verdict::Revoked;
                 }
                 known.push(entry.key.clone());
-            } else if !entry.revoked {
+            } else if entry.marker == Marker::Plain {
                 known.push(entry.key.clone());
             }
         }
@@ -126,7 +160,7 @@ impl KnownHosts {
         let name = host_name(host, port).to_ascii_lowercase();
         self.entries
             .iter()
-            .filter(|e| !e.revoked && matches_host(&e.patterns, &name))
+            .filter(|e| e.marker == Marker::Plain && matches_host(&e.patterns, &name))
             .map(|e| e.line)
             .collect()
     }
@@ -136,14 +170,120 @@ impl KnownHosts {
     /// an RSA and an Ed25519 key, of which only the RSA one is recorded, then shows the RSA
     /// one instead of being refused as changed. Empty when the host is not in the file.
     pub fn key_types_for(&self, host: &str, port: u16) -> Vec<String> {
-        let name = host_name(host, port).to_ascii_lowercase();
+        self.key_types_for_name(&host_name(host, port))
+    }
+
+    /// [`KnownHosts::key_types_for`] the host known_hosts calls `name` (see [`lookup_name`]).
+    pub fn key_types_for_name(&self, name: &str) -> Vec<String> {
+        let name = name.to_ascii_lowercase();
         let mut types: Vec<String> = Vec::new();
-        for entry in self.entries.iter().filter(|e| !e.revoked && matches_host(&e.patterns, &name)) {
+        for entry in
+            self.entries.iter().filter(|e| e.marker == Marker::Plain && matches_host(&e.patterns, &name))
+        {
             if !types.contains(&entry.key.algorithm) {
                 types.push(entry.key.algorithm.clone());
             }
         }
         types
+    }
+
+    /// True when an `@cert-authority` line matches the host known_hosts calls `name`: only then
+    /// is the host asked for a certificate (as OpenSSH does).
+    pub fn has_cert_authority_for(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.entries.iter().any(|e| e.marker == Marker::CertAuthority && matches_host(&e.patterns, &name))
+    }
+
+    /// The verdict on a host certificate presented by the host known_hosts calls `name`, which
+    /// ferry reached as `principal` (its HostName, or HostKeyAlias), at `now` (Unix seconds).
+    /// OpenSSH's rules (`sshconnect.c` `check_host_key`, `hostfile.c` `check_key_not_revoked`):
+    /// neither the certified key nor the CA is `@revoked` for the host; a host certificate; its
+    /// CA is listed by an `@cert-authority` line for the host and its signature verifies; valid
+    /// now; no critical options; `principal` is exactly one of its principals (no wildcards).
+    pub fn check_certificate(&self, name: &str, principal: &str, cert: &Certificate, now: u64) -> Verdict {
+        let refuse = |reason: String| Verdict::UntrustedCertificate { reason };
+        let lower = name.to_ascii_lowercase();
+        let matching = |marker: Marker| -> Vec<&Entry> {
+            self.entries.iter().filter(|e| e.marker == marker && matches_host(&e.patterns, &lower)).collect()
+        };
+        let (Some(inner), Some(ca)) = (key_of(cert.public_key()), key_of(cert.signature_key())) else {
+            return refuse("its key or its CA's key cannot be read".into());
+        };
+        if matching(Marker::Revoked).iter().any(|e| e.key == inner) {
+            return refuse(format!("its key {} is @revoked", inner.describe()));
+        }
+        if matching(Marker::Revoked).iter().any(|e| e.key == ca) {
+            return refuse(format!("its CA {} is @revoked", ca.describe()));
+        }
+        if cert.cert_type() != CertType::Host {
+            return refuse("it is a user certificate, not a host certificate".into());
+        }
+        let cas = matching(Marker::CertAuthority);
+        if cas.is_empty() {
+            return refuse(format!("no @cert-authority line names {name}"));
+        }
+        if !cas.iter().any(|e| e.key == ca) {
+            let listed: Vec<String> = cas.iter().map(|e| e.key.describe()).collect();
+            return refuse(format!(
+                "it is signed by CA {}, but the @cert-authority lines for {name} name {}",
+                ca.describe(),
+                listed.join(", ")
+            ));
+        }
+        let (after, before) = (cert.valid_after(), cert.valid_before());
+        let window = format!("valid from {} to {}", unix_time(after), unix_time(before));
+        if now < after {
+            return refuse(format!("it is not valid yet ({window}, now {})", unix_time(now)));
+        }
+        if now >= before {
+            return refuse(format!("it has expired ({window}, now {})", unix_time(now)));
+        }
+        let fingerprint = cert.signature_key().fingerprint(HashAlg::Sha256);
+        if cert.validate_at(now, [&fingerprint]).is_err() {
+            return refuse(format!("its signature by CA {} does not verify", ca.describe()));
+        }
+        if !cert.critical_options().is_empty() {
+            let names: Vec<&str> = cert.critical_options().keys().map(String::as_str).collect();
+            return refuse(format!(
+                "it has critical options ({}), which a host certificate must not have",
+                names.join(", ")
+            ));
+        }
+        let principals = cert.valid_principals();
+        if principals.is_empty() {
+            return refuse("it names no principals (a host certificate must name its hosts)".into());
+        }
+        if !principals.iter().any(|p| p == principal) {
+            return refuse(format!("its principals ({}) do not include {principal}", principals.join(", ")));
+        }
+        Verdict::Trusted
+    }
+}
+
+/// The name known_hosts knows a host by: its HostKeyAlias as is when it has one (as OpenSSH
+/// does, without the port), else `host` on port 22 and `[host]:port` on others.
+pub fn lookup_name(host: &str, port: u16, alias: Option<&str>) -> String {
+    match alias {
+        Some(alias) => alias.to_string(),
+        None => host_name(host, port),
+    }
+}
+
+/// A key as known_hosts writes it (`None` only for key data ssh-key cannot encode).
+pub fn key_of(data: &KeyData) -> Option<HostKey> {
+    let openssh = PublicKey::new(data.clone(), "").to_openssh().ok()?;
+    let mut fields = openssh.split_whitespace();
+    Some(HostKey { algorithm: fields.next()?.to_string(), base64: fields.next()?.to_string() })
+}
+
+/// Unix seconds as an RFC 3339 UTC time, "forever" for the largest value (OpenSSH's "no end").
+fn unix_time(seconds: u64) -> String {
+    if seconds == u64::MAX {
+        return "forever".into();
+    }
+    match i64::try_from(seconds).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()) {
+        Some(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        None => format!("{seconds} (Unix time)"),
     }
 }
 
@@ -245,19 +385,20 @@ fn parse_line(line: usize, text: &str) -> Option<Entry> {
     }
     let mut fields = text.split_whitespace();
     let mut first = fields.next()?;
-    let mut revoked = false;
+    let mut marker = Marker::Plain;
     if first.starts_with('@') {
-        match first {
-            "@revoked" => revoked = true,
-            _ => return None, // @cert-authority and unknown markers: not host keys
-        }
+        marker = match first {
+            "@revoked" => Marker::Revoked,
+            "@cert-authority" => Marker::CertAuthority,
+            _ => return None, // unknown markers: skipped, as OpenSSH does
+        };
         first = fields.next()?;
     }
     let algorithm = fields.next()?.to_string();
     let base64 = fields.next()?.to_string();
     Base64::decode_vec(&base64).ok()?;
     let patterns = first.split(',').map(str::to_string).collect();
-    Some(Entry { revoked, patterns, key: HostKey { algorithm, base64 }, line })
+    Some(Entry { marker, patterns, key: HostKey { algorithm, base64 }, line })
 }
 
 /// OpenSSH semantics: a negated match excludes the host whatever else matches.
@@ -477,5 +618,217 @@ mod tests {
         let mac = hmac_sha1(b"Jefe", b"what do ya want for nothing?");
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    }
+
+    mod certificates {
+        use super::super::*;
+        use russh::keys::PrivateKey;
+        use russh::keys::ssh_key::certificate::Builder;
+        use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+
+        const NOW: u64 = 1_800_000_000;
+
+        fn keypair(seed: u8) -> PrivateKey {
+            PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&[seed; 32])), "").unwrap()
+        }
+
+        fn line_key(key: &PrivateKey) -> String {
+            key.public_key().to_openssh().unwrap()
+        }
+
+        /// A certificate for host key 1, signed by `ca`, with `change` applied to the builder.
+        fn cert(ca: &PrivateKey, change: impl FnOnce(&mut Builder)) -> Certificate {
+            let host = keypair(1);
+            let mut builder =
+                Builder::new([9u8; 16], host.public_key().key_data().clone(), NOW - 60, NOW + 3600).unwrap();
+            builder.cert_type(CertType::Host).unwrap();
+            builder.key_id("h3").unwrap();
+            builder.valid_principal("10.200.0.13").unwrap();
+            builder.valid_principal("h3").unwrap();
+            change(&mut builder);
+            builder.sign(ca).unwrap()
+        }
+
+        fn with_window(ca: &PrivateKey, after: u64, before: u64) -> Certificate {
+            let host = keypair(1);
+            let mut builder =
+                Builder::new([9u8; 16], host.public_key().key_data().clone(), after, before).unwrap();
+            builder.cert_type(CertType::Host).unwrap();
+            builder.valid_principal("10.200.0.13").unwrap();
+            builder.sign(ca).unwrap()
+        }
+
+        fn file(text: &str) -> KnownHosts {
+            KnownHosts::parse(Path::new("kh"), text)
+        }
+
+        fn reason(verdict: Verdict) -> String {
+            match verdict {
+                Verdict::UntrustedCertificate { reason } => reason,
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+
+        const NAME: &str = "[10.200.0.13]:2201";
+
+        #[test]
+        fn a_valid_certificate_from_a_listed_ca_is_trusted_and_only_for_matching_hosts() {
+            let ca = keypair(7);
+            let kh =
+                file(&format!("@cert-authority [10.200.0.13]:2201,[10.200.0.13]:2202 {}\n", line_key(&ca)));
+            assert!(kh.has_cert_authority_for(NAME));
+            assert!(!kh.has_cert_authority_for("10.200.0.13"), "port matters");
+            assert!(kh.key_types_for_name(NAME).is_empty(), "a CA is no host key");
+            assert_eq!(kh.check_certificate(NAME, "10.200.0.13", &cert(&ca, |_| {}), NOW), Verdict::Trusted);
+            assert_eq!(kh.check_certificate(NAME, "h3", &cert(&ca, |_| {}), NOW), Verdict::Trusted);
+            let host_key = key_of(keypair(1).public_key().key_data()).unwrap();
+            assert_eq!(
+                kh.check_name(NAME, &host_key),
+                Verdict::Unknown,
+                "the CA line does not trust the bare key"
+            );
+            assert!(
+                reason(kh.check_certificate("[10.200.0.13]:2203", "10.200.0.13", &cert(&ca, |_| {}), NOW))
+                    .starts_with("no @cert-authority line names [10.200.0.13]:2203")
+            );
+        }
+
+        #[test]
+        fn expired_and_not_yet_valid_certificates_are_refused_with_their_window() {
+            let ca = keypair(7);
+            let kh = file(&format!("@cert-authority {NAME} {}\n", line_key(&ca)));
+            let expired = with_window(&ca, 1_577_836_800, 1_577_923_200); // 2020-01-01..02
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "10.200.0.13", &expired, NOW)),
+                "it has expired (valid from 2020-01-01T00:00:00Z to 2020-01-02T00:00:00Z, now 2027-01-15T08:00:00Z)"
+            );
+            let later = with_window(&ca, NOW + 10, u64::MAX);
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "10.200.0.13", &later, NOW)),
+                "it is not valid yet (valid from 2027-01-15T08:00:10Z to forever, now 2027-01-15T08:00:00Z)"
+            );
+            // The end is exclusive, the start inclusive (PROTOCOL.certkeys).
+            assert_eq!(kh.check_certificate(NAME, "10.200.0.13", &later, NOW + 10), Verdict::Trusted);
+            assert!(
+                reason(kh.check_certificate(NAME, "10.200.0.13", &expired, 1_577_923_200))
+                    .starts_with("it has expired")
+            );
+        }
+
+        #[test]
+        fn the_name_must_be_exactly_one_of_the_principals() {
+            let ca = keypair(7);
+            let kh = file(&format!("@cert-authority * {}\n", line_key(&ca)));
+            let other = cert(&ca, |_| {});
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "10.200.0.130", &other, NOW)),
+                "its principals (10.200.0.13, h3) do not include 10.200.0.130"
+            );
+            assert!(
+                reason(kh.check_certificate(NAME, "H3", &other, NOW)).contains("do not include H3"),
+                "exact"
+            );
+            let wildcard = {
+                let host = keypair(1);
+                let mut b = Builder::new([9u8; 16], host.public_key().key_data().clone(), NOW - 60, NOW + 60)
+                    .unwrap();
+                b.cert_type(CertType::Host).unwrap();
+                b.valid_principal("*").unwrap();
+                b.sign(&ca).unwrap()
+            };
+            assert!(
+                reason(kh.check_certificate(NAME, "h3", &wildcard, NOW)).contains("(*) do not include h3"),
+                "no wildcards"
+            );
+            let none = {
+                let host = keypair(1);
+                let mut b = Builder::new([9u8; 16], host.public_key().key_data().clone(), NOW - 60, NOW + 60)
+                    .unwrap();
+                b.cert_type(CertType::Host).unwrap();
+                b.all_principals_valid().unwrap();
+                b.sign(&ca).unwrap()
+            };
+            assert!(
+                reason(kh.check_certificate(NAME, "h3", &none, NOW)).starts_with("it names no principals")
+            );
+        }
+
+        #[test]
+        fn user_certificates_critical_options_and_other_cas_are_refused() {
+            let ca = keypair(7);
+            let kh = file(&format!("@cert-authority * {}\n", line_key(&ca)));
+            let user = cert(&ca, |b| {
+                b.cert_type(CertType::User).unwrap_err(); // set once already: build a user one below
+            });
+            assert_eq!(
+                kh.check_certificate(NAME, "h3", &user, NOW),
+                Verdict::Trusted,
+                "the builder refused a second type"
+            );
+            let user = {
+                let host = keypair(1);
+                let mut b = Builder::new([9u8; 16], host.public_key().key_data().clone(), NOW - 60, NOW + 60)
+                    .unwrap();
+                b.cert_type(CertType::User).unwrap();
+                b.valid_principal("h3").unwrap();
+                b.sign(&ca).unwrap()
+            };
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "h3", &user, NOW)),
+                "it is a user certificate, not a host certificate"
+            );
+            let forced = cert(&ca, |b| {
+                b.critical_option("force-command", "true").unwrap();
+            });
+            assert_eq!(
+                reason(kh.check_certificate(NAME, "h3", &forced, NOW)),
+                "it has critical options (force-command), which a host certificate must not have"
+            );
+            let stranger = keypair(8);
+            let by_stranger = cert(&stranger, |_| {});
+            let r = reason(kh.check_certificate(NAME, "h3", &by_stranger, NOW));
+            assert!(r.starts_with("it is signed by CA ssh-ed25519 SHA256:"), "{r}");
+            assert!(
+                r.contains("but the @cert-authority lines for [10.200.0.13]:2201 name ssh-ed25519 SHA256:"),
+                "{r}"
+            );
+        }
+
+        #[test]
+        fn a_revoked_ca_or_certified_key_is_refused() {
+            let ca = keypair(7);
+            let good = cert(&ca, |_| {});
+            let ca_line = format!("@cert-authority * {}\n", line_key(&ca));
+            let kh = file(&format!("{ca_line}@revoked * {}\n", line_key(&ca)));
+            let r = reason(kh.check_certificate(NAME, "h3", &good, NOW));
+            assert!(r.starts_with("its CA ssh-ed25519 SHA256:") && r.ends_with(" is @revoked"), "{r}");
+            let kh = file(&format!("{ca_line}@revoked {NAME} {}\n", line_key(&keypair(1))));
+            let r = reason(kh.check_certificate(NAME, "h3", &good, NOW));
+            assert!(r.starts_with("its key ssh-ed25519 SHA256:") && r.ends_with(" is @revoked"), "{r}");
+            let kh = file(&format!("{ca_line}@revoked other {}\n", line_key(&keypair(1))));
+            assert_eq!(
+                kh.check_certificate(NAME, "h3", &good, NOW),
+                Verdict::Trusted,
+                "revoked for another host"
+            );
+        }
+
+        #[test]
+        fn a_forged_signature_is_refused() {
+            let ca = keypair(7);
+            let kh = file(&format!("@cert-authority * {}\n", line_key(&ca)));
+            let good = cert(&ca, |_| {});
+            // Same fields, the principal list changed after signing: the CA's signature no longer fits.
+            let mut bytes = good.to_bytes().unwrap();
+            let at = bytes.windows(2).rposition(|w| w == b"h3").unwrap();
+            bytes[at + 1] = b'4';
+            let forged = Certificate::from_bytes(&bytes).unwrap();
+            assert_eq!(forged.valid_principals(), ["10.200.0.13", "h4"]);
+            let r = reason(kh.check_certificate(NAME, "h4", &forged, NOW));
+            assert!(
+                r.starts_with("its signature by CA ssh-ed25519 SHA256:") && r.ends_with(" does not verify"),
+                "{r}"
+            );
+        }
     }
 }

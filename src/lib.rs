@@ -57,6 +57,7 @@ pub mod request;
 pub mod retention;
 pub mod rollout;
 pub mod secret;
+pub mod secret_command;
 pub mod select;
 pub mod shell;
 pub mod ssh;

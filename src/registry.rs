@@ -101,7 +101,7 @@ pub enum RegistryError {
 }
 
 /// Registry credentials.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// User name.
     pub username: String,
@@ -617,24 +617,103 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RegistryEr
         .with_no_client_auth())
 }
 
-/// Credentials for `registry` from a Docker client config (`~/.docker/config.json` `auths`).
-pub fn docker_config_credentials(config: &str, registry: &str) -> Option<Credentials> {
-    let value: serde_json::Value = serde_json::from_str(config).ok()?;
+/// Where a Docker client config (`~/.docker/config.json`) keeps a registry's credentials.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DockerAuth {
+    /// In `auths`, inline.
+    Inline(Credentials),
+    /// With a credential helper: run `docker-credential-NAME get` with `key` on stdin.
+    Helper {
+        /// NAME (from `credHelpers`, else `credsStore`).
+        name: String,
+        /// The registry as Docker names it to helpers: `host[:port]`, or
+        /// `https://index.docker.io/v1/` for Docker Hub.
+        key: String,
+    },
+    /// Nowhere: pull anonymously.
+    Nothing,
+}
+
+/// The key Docker stores `registry`'s credentials under (docker/cli `ResolveAuthConfig`):
+/// `host[:port]`, except Docker Hub's historical URL. Credential helpers match it exactly.
+pub fn docker_auth_key(registry: &str) -> String {
+    if ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry) {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        registry.to_string()
+    }
+}
+
+/// Where `config` keeps `registry`'s credentials, in Docker's order (docker/cli
+/// `getConfiguredCredentialStore`): `credHelpers[registry]`, else `credsStore`, else `auths`.
+/// `DOCKER_AUTH_CONFIG` (newer CLIs) is not read.
+pub fn docker_config_credentials(config: &str, registry: &str) -> DockerAuth {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(config) else { return DockerAuth::Nothing };
+    let key = docker_auth_key(registry);
+    let helper = value
+        .get("credHelpers")
+        .and_then(|h| h.get(&key).or_else(|| h.get(registry)))
+        .or_else(|| value.get("credsStore"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|name| !name.is_empty());
+    if let Some(name) = helper {
+        return DockerAuth::Helper { name: name.to_string(), key };
+    }
+    inline_auth(&value, registry).map_or(DockerAuth::Nothing, DockerAuth::Inline)
+}
+
+/// `auths` entry of `registry`, under any of the names `docker login` writes.
+fn inline_auth(value: &serde_json::Value, registry: &str) -> Option<Credentials> {
     let auths = value.get("auths")?.as_object()?;
-    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry);
     let keys = [
         registry.to_string(),
         format!("https://{registry}"),
         format!("http://{registry}"),
         format!("https://{registry}/v1/"),
-        if hub { "https://index.docker.io/v1/".to_string() } else { String::new() },
+        docker_auth_key(registry),
     ];
-    let entry = keys.iter().filter(|k| !k.is_empty()).find_map(|k| auths.get(k))?;
+    let entry = keys.iter().find_map(|k| auths.get(k))?;
     let auth = entry.get("auth")?.as_str()?;
     let decoded = base64ct::Base64::decode_vec(auth).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (username, password) = text.split_once(':')?;
     Some(Credentials { username: username.to_string(), password: Secret::new(password.to_string()) })
+}
+
+/// What a credential helper's `get` printed (docker-credential-helpers `client.Get`):
+/// `{"ServerURL":…,"Username":…,"Secret":…}`. `Err` says why it is unusable, never with the
+/// secret: not JSON, no `Secret`, or an identity token (`Username` `<token>`: an OAuth refresh
+/// token, which ferry's registry client cannot exchange). An empty `Secret` is no entry:
+/// Debian's `docker-credential-pass` 0.6.4 answers so, exit 0, for a registry it does not hold.
+pub fn parse_helper_answer(stdout: &str) -> Result<Option<Credentials>, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let answer: Answer = serde_json::from_str(stdout.trim()).map_err(|e| {
+        // Only where and what kind: serde_json's own message may quote the input.
+        let kind = match e.classify() {
+            serde_json::error::Category::Data => "not the expected fields",
+            _ => "not JSON",
+        };
+        format!(
+            "its answer is not the JSON a credential helper prints ({kind}, line {} column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if answer.username == "<token>" {
+        return Err("it holds an identity token (Username \"<token>\"), which ferry cannot use: \
+                    only a user name and password (or access token) work"
+            .to_string());
+    }
+    if answer.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials { username: answer.username, password: Secret::new(answer.secret) }))
 }
 
 #[cfg(test)]
@@ -881,10 +960,61 @@ mod tests {
     #[test]
     fn reads_docker_config_auths() {
         let config = r#"{"auths":{"10.200.0.1:5001":{"auth":"dGVzdGVyOnMzY3JldA=="},"https://index.docker.io/v1/":{"auth":"aHViOnB3"}}}"#;
-        let lab = docker_config_credentials(config, "10.200.0.1:5001").unwrap();
+        let DockerAuth::Inline(lab) = docker_config_credentials(config, "10.200.0.1:5001") else { panic!() };
         assert_eq!((lab.username.as_str(), lab.password.expose()), ("tester", "s3cret"));
-        assert_eq!(docker_config_credentials(config, "docker.io").unwrap().username, "hub");
-        assert!(docker_config_credentials(config, "other:5000").is_none());
-        assert!(docker_config_credentials("not json", "x").is_none());
+        let DockerAuth::Inline(hub) = docker_config_credentials(config, "docker.io") else { panic!() };
+        assert_eq!(hub.username, "hub");
+        assert_eq!(docker_config_credentials(config, "other:5000"), DockerAuth::Nothing);
+        assert_eq!(docker_config_credentials("not json", "x"), DockerAuth::Nothing);
+    }
+
+    #[test]
+    fn cred_helpers_win_over_the_store_which_wins_over_auths() {
+        let helper = |name: &str, key: &str| DockerAuth::Helper { name: name.into(), key: key.into() };
+        let config = r#"{"auths":{"reg:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}},"credsStore":"pass",
+                         "credHelpers":{"ecr.example:443":"ecr-login","https://index.docker.io/v1/":"hub"}}"#;
+        assert_eq!(
+            docker_config_credentials(config, "ecr.example:443"),
+            helper("ecr-login", "ecr.example:443")
+        );
+        assert_eq!(docker_config_credentials(config, "reg:5000"), helper("pass", "reg:5000"));
+        assert_eq!(
+            docker_config_credentials(config, "docker.io"),
+            helper("hub", "https://index.docker.io/v1/")
+        );
+        let only_helpers = r#"{"auths":{"reg:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}},"credHelpers":{"x:1":"pass"},"credsStore":""}"#;
+        assert_eq!(docker_config_credentials(only_helpers, "x:1"), helper("pass", "x:1"));
+        assert!(matches!(docker_config_credentials(only_helpers, "reg:5000"), DockerAuth::Inline(_)));
+    }
+
+    #[test]
+    fn a_helper_answer_gives_credentials_or_says_why_not() {
+        let ok = parse_helper_answer(r#"{"ServerURL":"reg:5000","Username":"tester","Secret":"s3cret"}"#)
+            .unwrap()
+            .unwrap();
+        assert!(
+            parse_helper_answer(r#"{"ServerURL":"reg:5000","Username":"","Secret":""}"#).unwrap().is_none()
+        );
+        assert_eq!((ok.username.as_str(), ok.password.expose()), ("tester", "s3cret"));
+        let token = parse_helper_answer(r#"{"ServerURL":"x","Username":"<token>","Secret":"refresh-xyz"}"#);
+        assert!(token.as_ref().unwrap_err().contains("identity token"), "{token:?}");
+        assert!(!token.unwrap_err().contains("refresh-xyz"));
+        for garbage in ["s3cret-lab is not json", r#""s3cret-lab""#, r#"{"Secret":["s3cret-lab"]}"#] {
+            let why = parse_helper_answer(garbage).unwrap_err();
+            assert!(why.starts_with("its answer is not the JSON"), "{why}");
+            assert!(!why.contains("s3cret-lab"), "{why}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_helper_answer_parser_never_panics(text in ".*", user in ".*", secret in ".*") {
+            let _ = parse_helper_answer(&text);
+            let json = serde_json::json!({"ServerURL": "r", "Username": user, "Secret": secret}).to_string();
+            let parsed = parse_helper_answer(&json);
+            if let Ok(Some(c)) = parsed {
+                proptest::prop_assert_eq!(c.password.expose(), secret.as_str());
+            }
+        }
     }
 }

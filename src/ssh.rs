@@ -15,8 +15,15 @@
 //!   minute. Keepalives run in russh's session task, so they cannot end a wait while that task
 //!   is itself stuck; the deadlines of ferry's own commands are therefore enforced around the
 //!   whole call as well, by [`crate::host::Bounded`].
-//! * Authentication tries the target's identity file (passphrase from `FERRY_SSH_PASSPHRASE`),
-//!   then the ssh-agent at `SSH_AUTH_SOCK`, then `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+//! * Authentication tries the target's identity files (passphrase from `FERRY_SSH_PASSPHRASE`),
+//!   each with its certificate first (`IDENTITY-cert.pub`, `CertificateFile`), then the agent
+//!   (`IdentityAgent`, else `SSH_AUTH_SOCK`; its certificates too), then `~/.ssh/id_ed25519`,
+//!   `id_ecdsa`, `id_rsa`; `IdentitiesOnly` limits the agent to the identities' keys and drops
+//!   the defaults. An RSA certificate from a file is signed here ([`LocalSigner`]) so that it is
+//!   named by its SHA-2 hash (russh's own path names it with SHA-1, which OpenSSH 8.8+ refuses);
+//!   security keys (sk-*) are not offered: russh cannot sign with them.
+//! * Host certificates are asked for only when an `@cert-authority` line of known_hosts matches
+//!   the host, and then checked as OpenSSH does (see [`crate::known_hosts`]).
 //! * An exit status is only ever what the server reported: a channel that closes without one
 //!   (connection lost, sshd killed) is an error, never a success.
 
@@ -26,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{
+    Algorithm, Certificate, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
+};
 use russh::{ChannelMsg, Disconnect, Preferred, Pty, Sig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -187,6 +196,19 @@ pub enum SshError {
         /// The known_hosts file.
         file: PathBuf,
     },
+    /// The host presented a certificate that known_hosts' `@cert-authority` lines do not make
+    /// acceptable (expired, wrong principal, revoked, unknown CA, ...). No fallback to its key.
+    #[error("host certificate of {target} ({addr}) is refused: {reason} (known_hosts: {})", file.display())]
+    UntrustedHostCertificate {
+        /// Target name.
+        target: String,
+        /// `host:port`.
+        addr: String,
+        /// Which rule it broke, with details.
+        reason: String,
+        /// The known_hosts file.
+        file: PathBuf,
+    },
     /// No key was accepted.
     #[error("authentication as {user}@{addr} failed; tried: {}", if tried.is_empty() { "no keys (none found)".to_string() } else { tried.join(", ") })]
     Auth {
@@ -246,6 +268,7 @@ impl SshError {
             SshError::UnknownHostKey { .. }
                 | SshError::ChangedHostKey { .. }
                 | SshError::RevokedHostKey { .. }
+                | SshError::UntrustedHostCertificate { .. }
         )
     }
 }
@@ -257,10 +280,12 @@ struct Seen {
     verdict: Verdict,
 }
 
-/// The russh handler: checks the host key; everything else is defaults.
+/// The russh handler: checks the host key or certificate; everything else is defaults.
 struct Client {
-    host: String,
-    port: u16,
+    /// The name known_hosts knows the host by (`[host]:port`, or its HostKeyAlias).
+    lookup: String,
+    /// The name a host certificate must list as a principal (HostName, or HostKeyAlias).
+    principal: String,
     known_hosts: Arc<KnownHosts>,
     seen: Arc<Mutex<Option<Seen>>>,
     /// When true, record the key and refuse the session (for `ferry trust`).
@@ -272,8 +297,8 @@ impl Client {
     fn new(endpoint: &Endpoint, options: &Options, capture_only: bool) -> (Client, Arc<Mutex<Option<Seen>>>) {
         let seen = Arc::new(Mutex::new(None));
         let client = Client {
-            host: endpoint.host.clone(),
-            port: endpoint.port,
+            lookup: lookup_name(endpoint),
+            principal: endpoint.host_key_alias.clone().unwrap_or_else(|| endpoint.host.clone()),
             known_hosts: Arc::clone(endpoint.known_hosts(options)),
             seen: Arc::clone(&seen),
             capture_only,
@@ -286,16 +311,25 @@ impl client::Handler for Client {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let PublicKeyOrCertificate::PublicKey { key, .. } = server_key else {
-            return Ok(false); // host certificates are not accepted
+        let unreadable = || russh::Error::from(russh::keys::Error::CouldNotReadKey);
+        let (host_key, verdict) = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                let host_key = crate::known_hosts::key_of(key.key_data()).ok_or_else(unreadable)?;
+                let verdict = self.known_hosts.check_name(&self.lookup, &host_key);
+                (host_key, verdict)
+            }
+            // Offered only when an @cert-authority line matches (see `config`); a certificate
+            // replaces the key check, it never falls back to it.
+            PublicKeyOrCertificate::Certificate(cert) => {
+                let host_key = crate::known_hosts::key_of(cert.public_key()).ok_or_else(unreadable)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let verdict = self.known_hosts.check_certificate(&self.lookup, &self.principal, cert, now);
+                (host_key, verdict)
+            }
         };
-        let openssh = key.to_openssh().map_err(|e| russh::Error::from(russh::keys::Error::from(e)))?;
-        let mut fields = openssh.split_whitespace();
-        let host_key = HostKey {
-            algorithm: fields.next().unwrap_or_default().to_string(),
-            base64: fields.next().unwrap_or_default().to_string(),
-        };
-        let verdict = self.known_hosts.check(&self.host, self.port, &host_key);
         let trusted = verdict == Verdict::Trusted && !self.capture_only;
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some(Seen { key: host_key, verdict });
@@ -322,17 +356,35 @@ pub struct SshSession {
 }
 
 /// The client configuration for `endpoint`: russh's defaults, with the host-key algorithms
-/// narrowed to the key types known_hosts records for it (see [`host_key_algorithms`]).
+/// narrowed to the key types known_hosts records for it (see [`host_key_algorithms`]), and
+/// host certificates asked for (ahead of plain keys) only when an `@cert-authority` line
+/// matches the host, as OpenSSH does: a host without one is never offered the chance to
+/// present a certificate that nothing could check.
 fn config(endpoint: &Endpoint, known_hosts: &KnownHosts) -> Arc<client::Config> {
-    let recorded = known_hosts.key_types_for(&endpoint.host, endpoint.port);
+    let name = lookup_name(endpoint);
+    let recorded = known_hosts.key_types_for_name(&name);
+    let certificates = if known_hosts.has_cert_authority_for(&name) {
+        Preferred::DEFAULT.key
+    } else {
+        Cow::Borrowed(&[][..])
+    };
     Arc::new(client::Config {
         nodelay: true,
         keepalive_interval: Some(KEEPALIVE_INTERVAL),
         keepalive_max: KEEPALIVE_MAX,
         inactivity_timeout: None,
-        preferred: Preferred { key: host_key_algorithms(&recorded), ..Preferred::default() },
+        preferred: Preferred {
+            key: host_key_algorithms(&recorded),
+            host_key_certificates: certificates,
+            ..Preferred::default()
+        },
         ..client::Config::default()
     })
+}
+
+/// The name known_hosts knows `endpoint` by (its HostKeyAlias, else `[host]:port`).
+fn lookup_name(endpoint: &Endpoint) -> String {
+    crate::known_hosts::lookup_name(&endpoint.host, endpoint.port, endpoint.host_key_alias.as_deref())
 }
 
 /// The host-key algorithms to offer a host whose recorded key types are `recorded`, as
@@ -463,38 +515,72 @@ impl SshSession {
         Ok(session)
     }
 
+    /// Tries, in order: each identity file (its certificates first: `IDENTITY-cert.pub` and
+    /// the `CertificateFile`s for its key), the agent (certificates and keys; under
+    /// `IdentitiesOnly` only those of an identity's key), then the default `~/.ssh/id_*` keys
+    /// (not under `IdentitiesOnly`). The error lists everything tried.
     async fn authenticate(&mut self, endpoint: &Endpoint) -> Result<(), SshError> {
         let mut tried = Vec::new();
         let user = endpoint.user.as_str();
         let rsa_hash = self.handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+        let certificates = load_certificate_files(&endpoint.certificate_files)?;
+        // The public keys of the identities, for `IdentitiesOnly`'s filter on agent keys.
+        let mut identity_keys = Vec::new();
+        // An identity that cannot be used here (encrypted without FERRY_SSH_PASSPHRASE, a
+        // security key) may still be in the agent: with its `.pub` beside it, its error waits
+        // until the agent has been tried, and is the one reported if nothing gets in.
+        let mut deferred = None;
         for path in &endpoint.identities {
-            tried.push(path.display().to_string());
-            if self.try_key_file(user, path, rsa_hash, true).await? {
-                return Ok(());
+            match self
+                .try_key_file(user, path, rsa_hash, true, &certificates, &mut tried, &mut identity_keys)
+                .await
+            {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e @ SshError::Key { .. }) => {
+                    let Ok(public) = PublicKey::read_openssh_file(public_path_of(path)) else {
+                        return Err(e);
+                    };
+                    identity_keys.push(public);
+                    deferred = deferred.or(Some(e));
+                }
+                Err(e) => return Err(e),
             }
         }
-        if self.try_agent(user, rsa_hash, &mut tried).await {
+        let only = endpoint.identities_only.then_some(identity_keys.as_slice());
+        if self.try_agent(user, rsa_hash, endpoint.identity_agent.as_ref(), only, &mut tried).await {
             return Ok(());
         }
-        for path in default_keys() {
-            if endpoint.identities.contains(&path) || !path.is_file() {
-                continue;
-            }
-            tried.push(path.display().to_string());
-            if self.try_key_file(user, &path, rsa_hash, false).await? {
-                return Ok(());
+        if !endpoint.identities_only {
+            for path in default_keys() {
+                if endpoint.identities.contains(&path) || !path.is_file() {
+                    continue;
+                }
+                let mut ignored = Vec::new();
+                if self
+                    .try_key_file(user, &path, rsa_hash, false, &certificates, &mut tried, &mut ignored)
+                    .await?
+                {
+                    return Ok(());
+                }
             }
         }
-        Err(SshError::Auth { user: user.to_string(), addr: self.addr.clone(), tried })
+        Err(deferred.unwrap_or(SshError::Auth { user: user.to_string(), addr: self.addr.clone(), tried }))
     }
 
-    /// Tries one key file; an unreadable explicit identity is an error, a default one is skipped.
+    /// Tries one key file: its certificates first (`PATH-cert.pub`, then the `CertificateFile`s
+    /// that certify its key), then the key itself. An unreadable explicit identity is an error,
+    /// a default one is skipped.
+    #[allow(clippy::too_many_arguments)]
     async fn try_key_file(
         &mut self,
         user: &str,
         path: &Path,
         rsa_hash: Option<HashAlg>,
         explicit: bool,
+        certificate_files: &[(PathBuf, Certificate)],
+        tried: &mut Vec<String>,
+        identity_keys: &mut Vec<PublicKey>,
     ) -> Result<bool, SshError> {
         let passphrase = std::env::var("FERRY_SSH_PASSPHRASE").ok();
         let key = match russh::keys::load_secret_key(path, passphrase.as_deref()) {
@@ -506,24 +592,122 @@ impl SshSession {
             }
             Err(_) => return Ok(false),
         };
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        if is_security_key(&key.algorithm()) {
+            if explicit {
+                return Err(SshError::Key { path: path.to_path_buf(), message: SECURITY_KEY.into() });
+            }
+            return Ok(false);
+        }
+        identity_keys.push(key.public_key().clone());
+        let key = Arc::new(key);
+        let mut certificates = Vec::new();
+        let beside = cert_path_of(path);
+        if beside.is_file() {
+            match russh::keys::load_openssh_certificate(&beside) {
+                Ok(cert) => certificates.push((beside, cert)),
+                // A broken certificate beside a key is the operator's to fix, not to skip.
+                Err(e) => return Err(SshError::Key { path: beside, message: e.to_string() }),
+            }
+        }
+        certificates.extend(
+            certificate_files
+                .iter()
+                .filter(|(_, cert)| cert.public_key() == key.public_key().key_data())
+                .cloned(),
+        );
+        for (cert_path, cert) in certificates {
+            tried.push(format!("cert {} of {}", cert.key_id(), cert_path.display()));
+            let result = if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
+                // russh's own certificate path names an RSA certificate
+                // `ssh-rsa-cert-v01@openssh.com` (SHA-1), which OpenSSH 8.8 and later refuse;
+                // signing here names it by the SHA-2 hash the server supports.
+                let hash = rsa_hash.or(Some(HashAlg::Sha512));
+                let mut signer = LocalSigner(Arc::clone(&key));
+                self.handle.authenticate_certificate_with(user, cert, hash, &mut signer).await.map_err(
+                    |e| SshError::Key {
+                        path: path.to_path_buf(),
+                        message: format!("cannot sign with it: {e}"),
+                    },
+                )?
+            } else {
+                self.handle
+                    .authenticate_openssh_cert(user, Arc::clone(&key), cert)
+                    .await
+                    .map_err(|e| protocol(&self.addr, &e))?
+            };
+            if matches!(result, AuthResult::Success) {
+                return Ok(true);
+            }
+        }
+        tried.push(path.display().to_string());
+        let key = PrivateKeyWithHashAlg::new(key, rsa_hash);
         let result =
             self.handle.authenticate_publickey(user, key).await.map_err(|e| protocol(&self.addr, &e))?;
         Ok(matches!(result, AuthResult::Success))
     }
 
-    async fn try_agent(&mut self, user: &str, rsa_hash: Option<HashAlg>, tried: &mut Vec<String>) -> bool {
-        if std::env::var_os("SSH_AUTH_SOCK").is_none() {
-            return false;
-        }
-        let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await else {
+    /// Tries the agent's certificates and keys (`agent`: the endpoint's `IdentityAgent`, else
+    /// `SSH_AUTH_SOCK`); with `only`, just those whose key is one of these (`IdentitiesOnly`).
+    /// An agent that cannot be reached is skipped, and said so in `tried`.
+    async fn try_agent(
+        &mut self,
+        user: &str,
+        rsa_hash: Option<HashAlg>,
+        agent: Option<&IdentityAgent>,
+        only: Option<&[PublicKey]>,
+        tried: &mut Vec<String>,
+    ) -> bool {
+        use russh::keys::agent::AgentIdentity;
+        use russh::keys::agent::client::AgentClient;
+        let socket = match agent {
+            Some(IdentityAgent::Disabled) => return false,
+            Some(IdentityAgent::Socket(path)) => path.clone(),
+            None => match std::env::var_os("SSH_AUTH_SOCK") {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => return false,
+            },
+        };
+        let Ok(mut client) = AgentClient::connect_uds(&socket).await else {
+            tried.push(format!("agent at {} (cannot connect)", socket.display()));
             return false;
         };
-        let Ok(identities) = agent.request_identities().await else { return false };
+        let Ok(identities) = client.request_identities().await else {
+            tried.push(format!("agent at {} (it listed no keys)", socket.display()));
+            return false;
+        };
+        if identities.is_empty() {
+            tried.push(format!("agent at {} (no keys in it)", socket.display()));
+        }
         for identity in identities {
-            let russh::keys::agent::AgentIdentity::PublicKey { key, comment } = identity else { continue };
-            tried.push(format!("agent key {comment}"));
-            let result = self.handle.authenticate_publickey_with(user, key, rsa_hash, &mut agent).await;
+            let (key_data, algorithm) = match &identity {
+                AgentIdentity::PublicKey { key, .. } => (key.key_data().clone(), key.algorithm()),
+                AgentIdentity::Certificate { certificate, .. } => {
+                    (certificate.public_key().clone(), certificate.algorithm())
+                }
+            };
+            if only.is_some_and(|keys| !keys.iter().any(|k| k.key_data() == &key_data)) {
+                continue;
+            }
+            let result = match identity {
+                AgentIdentity::PublicKey { key, comment } => {
+                    if is_security_key(&algorithm) {
+                        tried.push(format!("agent key {comment} (not offered: {SECURITY_KEY})"));
+                        continue;
+                    }
+                    tried.push(format!("agent key {comment}"));
+                    self.handle.authenticate_publickey_with(user, key, rsa_hash, &mut client).await
+                }
+                AgentIdentity::Certificate { certificate, comment } => {
+                    if is_security_key(&algorithm) {
+                        tried.push(format!("agent cert {comment} (not offered: {SECURITY_KEY})"));
+                        continue;
+                    }
+                    tried.push(format!("agent cert {} ({comment})", certificate.key_id()));
+                    // The agent signs with the certified key; RSA signs with SHA-2 here, so
+                    // the certificate's name is SHA-2 too.
+                    self.handle.authenticate_certificate_with(user, certificate, rsa_hash, &mut client).await
+                }
+            };
             if matches!(result, Ok(AuthResult::Success)) {
                 return true;
             }
@@ -765,10 +949,91 @@ fn host_key_error(endpoint: &Endpoint, addr: &str, kh: &KnownHosts, seen: Option
         Verdict::Trusted => None,
         Verdict::Unknown => Some(SshError::UnknownHostKey { target, addr, key, file }),
         Verdict::Revoked => Some(SshError::RevokedHostKey { target, addr, key, file }),
+        Verdict::UntrustedCertificate { reason } => {
+            Some(SshError::UntrustedHostCertificate { target, addr, reason, file })
+        }
         Verdict::Changed { known } => {
             Some(SshError::ChangedHostKey { target, addr, presented: key, known, file })
         }
     }
+}
+
+/// A [`russh::Signer`] over a private key held here, for certificate authentication with a
+/// chosen RSA hash (see `try_key_file`): it returns what an agent's signature would give,
+/// the data followed by the signature blob as an SSH string.
+struct LocalSigner(Arc<russh::keys::PrivateKey>);
+
+impl russh::Signer for LocalSigner {
+    type Error = russh::AgentAuthError;
+
+    fn auth_sign(
+        &mut self,
+        _identity: &russh::keys::agent::AgentIdentity,
+        hash_alg: Option<HashAlg>,
+        mut to_sign: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, Self::Error>> + Send {
+        let signed = sign_locally(&self.0, hash_alg, &to_sign).map(|blob| {
+            to_sign.extend_from_slice(&blob);
+            to_sign
+        });
+        async move { signed.map_err(|e| russh::AgentAuthError::Key(e.into())) }
+    }
+}
+
+/// `data` signed with `key` (RSA with `hash_alg`), as the SSH string of its signature blob.
+fn sign_locally(
+    key: &russh::keys::PrivateKey,
+    hash_alg: Option<HashAlg>,
+    data: &[u8],
+) -> Result<Vec<u8>, russh::keys::ssh_key::Error> {
+    use russh::keys::signature::Signer as _;
+    use russh::keys::ssh_encoding::Encode as _;
+    use russh::keys::ssh_key::private::KeypairData;
+    let signature: russh::keys::ssh_key::Signature = match key.key_data() {
+        KeypairData::Rsa(rsa) => (rsa, hash_alg).try_sign(data)?,
+        other => other.try_sign(data)?,
+    };
+    let blob = signature.encode_vec()?;
+    let mut out = Vec::with_capacity(blob.len() + 4);
+    blob.as_slice().encode(&mut out)?;
+    Ok(out)
+}
+
+/// Why security-key identities are not used.
+const SECURITY_KEY: &str =
+    "security-key (sk-*) keys are not supported: ferry's SSH library (russh) cannot sign with them";
+
+/// True for FIDO security-key algorithms (`sk-ssh-ed25519@openssh.com`, `sk-ecdsa-…`).
+fn is_security_key(algorithm: &Algorithm) -> bool {
+    matches!(algorithm, Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256)
+}
+
+/// An identity's public key file: `IDENTITY.pub` beside it.
+fn public_path_of(identity: &Path) -> PathBuf {
+    let mut name = identity.as_os_str().to_os_string();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Where OpenSSH looks for an identity's certificate: `IDENTITY-cert.pub` beside it.
+fn cert_path_of(identity: &Path) -> PathBuf {
+    let mut name = identity.as_os_str().to_os_string();
+    name.push("-cert.pub");
+    PathBuf::from(name)
+}
+
+/// The endpoint's `CertificateFile`s, read; one that cannot be read is an error (it was asked
+/// for by name).
+#[allow(clippy::result_large_err)] // SshError is what every connection step returns
+fn load_certificate_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Certificate)>, SshError> {
+    paths
+        .iter()
+        .map(|path| {
+            russh::keys::load_openssh_certificate(path)
+                .map(|cert| (path.clone(), cert))
+                .map_err(|e| SshError::Key { path: path.clone(), message: e.to_string() })
+        })
+        .collect()
 }
 
 fn default_keys() -> Vec<PathBuf> {
@@ -783,6 +1048,23 @@ mod tests {
     fn names(recorded: &[&str]) -> Vec<String> {
         let recorded: Vec<String> = recorded.iter().map(|t| t.to_string()).collect();
         host_key_algorithms(&recorded).iter().map(|a| a.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn a_local_signature_is_the_ssh_string_of_a_signature_that_verifies() {
+        use russh::keys::signature::Verifier as _;
+        use russh::keys::ssh_encoding::Decode as _;
+        use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+        let key = russh::keys::PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&[3; 32])), "")
+            .unwrap();
+        let blob = sign_locally(&key, None, b"session data").unwrap();
+        let mut reader = blob.as_slice();
+        let inner = Vec::<u8>::decode(&mut reader).unwrap();
+        assert!(reader.is_empty(), "one SSH string");
+        let signature = russh::keys::ssh_key::Signature::decode(&mut inner.as_slice()).unwrap();
+        assert_eq!(signature.algorithm(), Algorithm::Ed25519);
+        key.public_key().key_data().verify(b"session data", &signature).unwrap();
+        assert!(key.public_key().key_data().verify(b"other data", &signature).is_err());
     }
 
     #[test]

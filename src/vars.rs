@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::diagnostic::Diagnostic;
 use crate::inventory::{App, Environment, Inventory, SecretDef, SecretSource, Target, Vars};
 use crate::secret::Secret;
+use crate::secret_command;
 
 /// Errors of the variables stage.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,15 @@ pub fn resolve_secrets(
     let mut out = Secrets::new();
     let mut problems = Vec::new();
     for (name, def) in secret_defs(app, env) {
+        // `ferry check` validates without running programs (a PR's job must not ask a vault);
+        // the value it cannot know stands in, as for a variable this machine lacks.
+        if missing == MissingSecrets::Placeholder && matches!(def.source, SecretSource::Command { .. }) {
+            out.insert(
+                name.to_string(),
+                ResolvedSecret { source: def.source.clone(), value: Secret::new(PLACEHOLDER) },
+            );
+            continue;
+        }
         let value = match (
             read_source(inventory, name, def, lookup_env).and_then(|v| refuse_empty(inventory, name, def, v)),
             missing,
@@ -224,7 +234,50 @@ pub fn read_source(
                 "create the file (readable by the user running ferry) or change the secret's source".into(),
             )),
         },
+        SecretSource::Plain(text) => Ok(Secret::new(text.as_str())),
+        SecretSource::Command { argv, timeout } => {
+            let known = plain_secrets(inventory, lookup_env);
+            let invocation = secret_command::Invocation {
+                argv,
+                stdin: None,
+                dir: Some(&inventory.dir),
+                timeout: *timeout,
+            };
+            match secret_command::output(invocation, &known) {
+                Ok(stdout) => Ok(secret_command::value(&stdout)),
+                Err(failure) => Err(missing(
+                    format!("secret {name}: command {} {failure}", argv.first().map_or("", String::as_str)),
+                    format!(
+                        "run it by hand in the inventory's folder, as the user that runs ferry; it may take {} (`timeout`)",
+                        crate::duration::format(*timeout)
+                    ),
+                )),
+            }
+        }
     }
+}
+
+/// The values of every secret the inventory reads from a variable or a file (that this machine
+/// has), and of every command already run: what a failing command's stderr is masked with.
+/// Commands not yet run are not started for this.
+fn plain_secrets(inventory: &Inventory, lookup_env: &dyn Fn(&str) -> Option<String>) -> Vec<Secret> {
+    let apps = inventory
+        .apps
+        .iter()
+        .flat_map(|a| a.secrets.values().chain(a.environments.values().flat_map(|o| o.secrets.values())));
+    let feeds = inventory.feeds.values().flat_map(|f| f.username.iter().chain(&f.password));
+    let others = inventory.notifiers.iter().map(|n| &n.url).chain(&inventory.state_url);
+    let mut out = secret_command::cached_values();
+    for def in apps.chain(feeds).chain(others) {
+        let value = match &def.source {
+            SecretSource::Env(var) => lookup_env(var),
+            SecretSource::File(path) => std::fs::read_to_string(path).ok(),
+            // Not a secret (a feed's plain username): masking it would hide every `AWS`.
+            SecretSource::Command { .. } | SecretSource::Plain(_) => None,
+        };
+        out.extend(value.map(|v| Secret::new(v.trim_end_matches(['\r', '\n']))));
+    }
+    out
 }
 
 /// An empty value, unless the secret says `allow_empty = true`, is taken for a missing one: CI
@@ -242,6 +295,10 @@ fn refuse_empty(
     let what = match &def.source {
         SecretSource::Env(var) => format!("secret {name}: environment variable {var} is set but empty"),
         SecretSource::File(path) => format!("secret {name}: file {} is empty", path.display()),
+        SecretSource::Command { argv, .. } => {
+            format!("secret {name}: command {} printed nothing", argv.first().map_or("", String::as_str))
+        }
+        SecretSource::Plain(_) => format!("{name} is empty"),
     };
     Err(VarsError::MissingSecret(Diagnostic::new(what).at(&inventory.source, def.span.clone()).help(
         "GitHub Actions sets a missing secret to an empty string: check that the secret exists where the job runs; \

@@ -120,8 +120,24 @@ pub fn run(inventory: &Inventory, args: &Check, output: OutputFormat) -> Result<
         for line in freeze.iter().flat_map(|f| &f.lines) {
             output::print(&format!("freeze: {line}\n"))?;
         }
+        let commands = command_secrets(inventory);
+        if commands > 0 {
+            let which =
+                if commands == 1 { "1 secret comes".to_string() } else { format!("{commands} secrets come") };
+            eprintln!("note: {which} from a command, which check does not run (plan and deploy do)");
+        }
     }
     Ok(if ok { 0 } else { EXIT_INVALID })
+}
+
+/// How many secret definitions of apps read a `command`: `check` leaves them unrun.
+fn command_secrets(inventory: &Inventory) -> usize {
+    inventory
+        .apps
+        .iter()
+        .flat_map(|a| a.secrets.values().chain(a.environments.values().flat_map(|o| o.secrets.values())))
+        .filter(|d| matches!(d.source, crate::inventory::SecretSource::Command { .. }))
+        .count()
 }
 
 /// Unused variables, env values no template reads, and `|safe` uses.

@@ -4,7 +4,8 @@
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::inventory::{App, Inventory};
-use crate::registry::{self, Credentials, Endpoint, Registry, RegistryError};
+use crate::registry::{self, Credentials, DockerAuth, Endpoint, Registry, RegistryError};
+use crate::secret_command;
 use crate::vars;
 
 use super::process_env;
@@ -56,7 +57,7 @@ fn feed_parts_named(inventory: &Inventory, feed: Option<&str>) -> Result<Option<
             username: vars::read_source(inventory, "username", user, &process_env)?.expose().to_string(),
             password: vars::read_source(inventory, "password", password, &process_env)?,
         }),
-        (None, None) => docker_config(&endpoint.registry),
+        (None, None) => docker_config(&endpoint.registry)?,
         _ => {
             return Err(Diagnostic::new(format!(
                 "feed {} has a username or a password, not both",
@@ -69,14 +70,69 @@ fn feed_parts_named(inventory: &Inventory, feed: Option<&str>) -> Result<Option<
     Ok(Some((endpoint, credentials, feed.ca_file.clone())))
 }
 
-/// Credentials from `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` (its `auths`;
-/// credential helpers are not run).
-fn docker_config(registry: &str) -> Option<Credentials> {
-    let dir = process_env("DOCKER_CONFIG")
+/// Credentials from `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, as Docker finds
+/// them: the registry's credential helper (`credHelpers`, else `credsStore`), else `auths`.
+/// No config, or no entry: none (anonymous pulls).
+fn docker_config(registry: &str) -> Result<Option<Credentials>, Error> {
+    let Some(dir) = process_env("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
-        .or_else(|| process_env("HOME").map(|h| std::path::Path::new(&h).join(".docker")))?;
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    registry::docker_config_credentials(&text, registry)
+        .or_else(|| process_env("HOME").map(|h| std::path::Path::new(&h).join(".docker")))
+    else {
+        return Ok(None);
+    };
+    let file = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
+    match registry::docker_config_credentials(&text, registry) {
+        DockerAuth::Nothing => Ok(None),
+        DockerAuth::Inline(credentials) => Ok(Some(credentials)),
+        DockerAuth::Helper { name, key } => helper_credentials(
+            &format!("docker-credential-{name}"),
+            &key,
+            &file,
+            secret_command::DEFAULT_TIMEOUT,
+        ),
+    }
+}
+
+/// Asks `program get` (`docker-credential-NAME`) for `key`'s credentials, as Docker does (the key on stdin,
+/// JSON on stdout), through the secret commands' runner (timeout, masking, one run per run).
+/// "credentials not found" is no credentials; anything unusable is exit 2 naming the helper.
+fn helper_credentials(
+    program: &str,
+    key: &str,
+    file: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<Option<Credentials>, Error> {
+    let argv = [program.to_string(), "get".to_string()];
+    let invocation =
+        secret_command::Invocation { argv: &argv, stdin: Some(key.as_bytes()), dir: None, timeout };
+    let refuse = |why: String| {
+        Error::Input(
+            Diagnostic::new(format!("registry {key}: credential helper {program} (named in {}) {why}", file.display()))
+                .help(format!(
+                    "check `echo {key} | {program} get` as the user that runs ferry, or give the feed `username` and `password`"
+                )),
+        )
+    };
+    let known = secret_command::cached_values();
+    match secret_command::output(invocation, &known) {
+        Ok(stdout) => registry::parse_helper_answer(stdout.expose()).map_err(refuse),
+        // Helpers print their errors on stdout (docker-credential-helpers `client.Get`).
+        Err(secret_command::Failure::Exited { stdout, .. })
+            if stdout.expose().contains("credentials not found") =>
+        {
+            Ok(None)
+        }
+        Err(secret_command::Failure::Exited { code, errors, stdout }) if errors.is_empty() => {
+            let said = secret_command::shown(stdout.expose(), &known);
+            Err(refuse(if said.is_empty() {
+                format!("exited {code}")
+            } else {
+                format!("exited {code}: {said}")
+            }))
+        }
+        Err(failure) => Err(refuse(failure.to_string())),
+    }
 }
 
 /// A registry error as a command error: setup problems are input errors (exit 2), the rest
@@ -190,4 +246,104 @@ pub async fn check_tag(inventory: &Inventory, app: &App, tag: &str) -> Result<Op
         Err(e) => (None, Some(e.to_string())),
     };
     Ok(Some(FeedCheck { feed, tag: tag.to_string(), digest, error }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    /// A stub credential helper answering with `body` (a shell script; its stdin is the key).
+    fn helper(body: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker-credential-stub");
+        std::fs::write(&path, format!("#!/bin/sh\n[ \"$1\" = get ] || exit 9\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = path.display().to_string();
+        (dir, program)
+    }
+
+    fn ask(body: &str, key: &str, timeout: Duration) -> (String, Result<Option<Credentials>, Error>) {
+        let (_dir, program) = helper(body);
+        let answer = helper_credentials(&program, key, std::path::Path::new("/cfg/config.json"), timeout);
+        (program, answer)
+    }
+
+    fn message(e: &Error) -> String {
+        e.diagnostics().first().map(|d| d.message.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_found_entry_is_the_credentials_for_exactly_the_key_sent() {
+        let body = r#"key=$(cat); [ "$key" = "10.200.0.1:5001" ] || exit 7
+printf '{"ServerURL":"%s","Username":"tester","Secret":"s3cret-lab"}' "$key""#;
+        let (_, answer) = ask(body, "10.200.0.1:5001", Duration::from_secs(10));
+        let c = answer.unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password.expose()), ("tester", "s3cret-lab"));
+    }
+
+    #[test]
+    fn not_found_is_no_credentials() {
+        let (_, answer) = ask(
+            "cat >/dev/null; echo 'credentials not found in native keychain'; exit 1",
+            "a:1",
+            Duration::from_secs(10),
+        );
+        assert!(answer.unwrap().is_none());
+    }
+
+    #[test]
+    fn identity_tokens_garbage_failures_and_hangs_are_exit_2_naming_the_helper() {
+        let cases = [
+            (
+                r#"printf '{"ServerURL":"b:1","Username":"<token>","Secret":"refresh-s3cret"}'"#,
+                "b:1",
+                "holds an identity token",
+            ),
+            (
+                "echo 'refresh-s3cret, not json'",
+                "c:1",
+                "its answer is not the JSON a credential helper prints (not JSON, line 1 column 1)",
+            ),
+            (
+                "echo 'gpg: decryption failed: No secret key'; exit 1",
+                "d:1",
+                "exited 1: gpg: decryption failed: No secret key",
+            ),
+            ("sleep 30", "e:1", "was still running after 500ms"),
+        ];
+        for (body, key, expected) in cases {
+            let started = std::time::Instant::now();
+            let (program, answer) = ask(body, key, Duration::from_millis(500));
+            assert!(started.elapsed() < Duration::from_millis(1500));
+            let e = answer.unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{body}");
+            let text = message(&e);
+            assert!(
+                text.starts_with(&format!(
+                    "registry {key}: credential helper {program} (named in /cfg/config.json) "
+                )),
+                "{text}"
+            );
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("refresh-s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_feed_login_may_have_a_plain_username_and_a_password_from_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.sh"), "printf 'ecr-token-x1\\n'\n").unwrap();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/web.j2"), "docker run {{ image }}\n").unwrap();
+        let text = "[feeds.ecr]\nurl = \"https://1234.dkr.ecr.example:443\"\nusername = \"AWS\"\n\
+                    password = { command = [\"sh\", \"token.sh\"] }\n\n\
+                    [apps.web]\nfeed = \"ecr\"\nimage = \"web\"\ntemplate = \"web.j2\"\n";
+        let source = crate::diagnostic::SourceFile::new("feed.toml", text.to_string());
+        let inventory = Inventory::parse(source, dir.path()).unwrap();
+        let login = login_for(&inventory, &inventory.apps[0]).unwrap().unwrap();
+        assert_eq!(login.registry, "1234.dkr.ecr.example:443");
+        assert_eq!((login.username.as_str(), login.password.expose()), ("AWS", "ecr-token-x1"));
+    }
 }

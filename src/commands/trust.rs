@@ -60,7 +60,7 @@ pub fn run(inventory: &Inventory, args: &Trust, output: OutputFormat) -> Result<
         output::print(&render(&findings))?;
     }
     let to_write: Vec<&Finding> = findings.iter().filter(|f| matches!(f.state, "new" | "replace")).collect();
-    let refused = findings.iter().any(|f| matches!(f.state, "changed" | "revoked"));
+    let refused = findings.iter().any(|f| matches!(f.state, "changed" | "revoked" | "refused"));
     let failed = findings.iter().any(|f| f.state == "error");
     if !to_write.is_empty() {
         if !confirmed(args.yes, to_write.len())? {
@@ -132,6 +132,16 @@ async fn fetch_one(
                     "changed"
                 }
                 Verdict::Revoked => "revoked",
+                // A host under an @cert-authority line is trusted through its CA: trust never
+                // records its plain key beside the CA (that would bypass the certificate's
+                // checks); the CA line, or the certificate, is what must change.
+                Verdict::UntrustedCertificate { reason } => {
+                    finding.error = Some(format!(
+                        "certificate refused: {reason}; trust records no key for a host under an \
+                         @cert-authority line (fix the certificate or the CA line)"
+                    ));
+                    "refused"
+                }
             };
             finding.algorithm = Some(key.algorithm.clone());
             finding.fingerprint = Some(key.fingerprint());

@@ -197,6 +197,15 @@ pub enum SecretSource {
     Env(String),
     /// A file (already resolved against the inventory folder).
     File(PathBuf),
+    /// Written in the inventory (only a feed's `username`, which is not a secret).
+    Plain(String),
+    /// A program run on the runner in the inventory's folder (src/secret_command.rs).
+    Command {
+        /// Its argv, never empty.
+        argv: Vec<String>,
+        /// How long it may run.
+        timeout: Duration,
+    },
 }
 
 impl std::fmt::Display for SecretSource {
@@ -204,6 +213,8 @@ impl std::fmt::Display for SecretSource {
         match self {
             SecretSource::Env(name) => write!(f, "environment variable {name}"),
             SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Command { argv, .. } => write!(f, "command {}", argv.join(" ")),
+            SecretSource::Plain(_) => write!(f, "the inventory"),
         }
     }
 }
@@ -1045,7 +1056,10 @@ impl Checker<'_> {
                     String::new()
                 }
             };
-            let username = feed.username.map(|s| self.secret_def(s));
+            let username = feed.username.map(|s| {
+                let span = s.span();
+                self.secret_def_at(span, s.into_inner().0)
+            });
             let password = feed.password.map(|s| self.secret_def(s));
             let url = feed.url.into_inner();
             let ca_file = feed.ca_file.map(|f| self.dir.join(f));
@@ -1054,12 +1068,31 @@ impl Checker<'_> {
         feeds
     }
 
-    fn secret_def(&self, raw: Spanned<RawSecretSource>) -> SecretDef {
+    fn secret_def(&mut self, raw: Spanned<RawSecretSource>) -> SecretDef {
         let span = raw.span();
-        let raw = raw.into_inner();
+        self.secret_def_at(span, raw.into_inner())
+    }
+
+    fn secret_def_at(&mut self, span: Range<usize>, raw: RawSecretSource) -> SecretDef {
         let source = match raw.from {
+            RawSecretFrom::Plain(text) => SecretSource::Plain(text),
             RawSecretFrom::Env(name) => SecretSource::Env(name),
             RawSecretFrom::File(path) => SecretSource::File(self.dir.join(path)),
+            RawSecretFrom::Command(argv) => {
+                let timeout = match raw.timeout.as_deref().map(crate::duration::parse) {
+                    None => crate::secret_command::DEFAULT_TIMEOUT,
+                    Some(Ok(d)) if !d.is_zero() => d,
+                    Some(Ok(_)) => {
+                        self.error(span.clone(), "a secret command's timeout must be longer than 0", None);
+                        crate::secret_command::DEFAULT_TIMEOUT
+                    }
+                    Some(Err(e)) => {
+                        self.error(span.clone(), format!("secret command timeout: {e}"), None);
+                        crate::secret_command::DEFAULT_TIMEOUT
+                    }
+                };
+                SecretSource::Command { argv, timeout }
+            }
         };
         SecretDef { source, span, allow_empty: raw.allow_empty }
     }

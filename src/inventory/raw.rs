@@ -167,19 +167,22 @@ pub struct RawTarget {
 #[serde(deny_unknown_fields)]
 pub struct RawFeed {
     pub url: Spanned<String>,
-    pub username: Option<Spanned<RawSecretSource>>,
+    pub username: Option<Spanned<RawUsername>>,
     pub password: Option<Spanned<RawSecretSource>>,
     pub ca_file: Option<String>,
 }
 
-/// `{ env = "NAME" }` or `{ file = "path" }`, optionally with `allow_empty = true`. A bare
-/// string is refused: credentials and secrets are never written inline in an inventory.
+/// `{ env = "NAME" }`, `{ file = "path" }` or `{ command = ["prog", "arg"] }` (with an optional
+/// `timeout`), optionally with `allow_empty = true`. A bare string is refused: credentials and
+/// secrets are never written inline in an inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawSecretSource {
     /// Where the value is read.
     pub from: RawSecretFrom,
     /// An empty value is meant (else it is refused: CI systems turn a missing secret into "").
     pub allow_empty: bool,
+    /// How long a `command` may run (checked with the rest of the inventory).
+    pub timeout: Option<String>,
 }
 
 /// The place a secret is read from.
@@ -189,7 +192,34 @@ pub enum RawSecretFrom {
     Env(String),
     /// A file, relative to the inventory's folder.
     File(String),
+    /// A program run on the runner (argv, non-empty), its stdout the value.
+    Command(Vec<String>),
+    /// Written in the inventory: only a feed's `username`, which is not a secret.
+    Plain(String),
 }
+
+/// A feed's `username`: a secret source, or a plain string (a user name is no secret, and
+/// some are fixed words: ECR's is `AWS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUsername(pub RawSecretSource);
+
+impl<'de> Deserialize<'de> for RawUsername {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(de)? {
+            toml::Value::String(text) if !text.is_empty() => Ok(RawUsername(RawSecretSource {
+                from: RawSecretFrom::Plain(text),
+                allow_empty: false,
+                timeout: None,
+            })),
+            toml::Value::String(_) => Err(D::Error::custom("`username` must not be empty")),
+            other => RawSecretSource::deserialize(other).map(RawUsername).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// How a secret source is written, for error messages.
+const SOURCE_FORMS: &str = "{ env = \"VAR\" }, { file = \"path\" } or { command = [\"prog\", \"arg\"] }";
 
 impl<'de> Deserialize<'de> for RawSecretSource {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -197,40 +227,68 @@ impl<'de> Deserialize<'de> for RawSecretSource {
         let table = match toml::Value::deserialize(de)? {
             toml::Value::Table(table) => table,
             _ => {
-                return Err(D::Error::custom(
-                    "secret values are never written inline: use { env = \"VAR\" } or { file = \"path\" }",
-                ));
+                return Err(D::Error::custom(format!(
+                    "secret values are never written inline: use {SOURCE_FORMS}"
+                )));
             }
         };
         let mut source = None;
         let mut allow_empty = false;
+        let mut timeout = None;
         for (key, value) in table {
-            if key == "allow_empty" {
-                allow_empty =
-                    value.as_bool().ok_or_else(|| D::Error::custom("`allow_empty` must be true or false"))?;
-                continue;
-            }
-            let text = match value {
-                toml::Value::String(text) if !text.is_empty() => text,
-                _ => return Err(D::Error::custom(format!("`{key}` must be a non-empty string"))),
-            };
-            source = match (key.as_str(), source) {
-                ("env", None) => Some(RawSecretFrom::Env(text)),
-                ("file", None) => Some(RawSecretFrom::File(text)),
-                ("env" | "file", Some(_)) => {
-                    return Err(D::Error::custom("give only one of `env` or `file`"));
+            let from = match (key.as_str(), value) {
+                ("allow_empty", value) => {
+                    allow_empty = value
+                        .as_bool()
+                        .ok_or_else(|| D::Error::custom("`allow_empty` must be true or false"))?;
+                    continue;
+                }
+                ("timeout", toml::Value::String(text)) => {
+                    timeout = Some(text);
+                    continue;
+                }
+                ("timeout", _) => return Err(D::Error::custom("`timeout` must be a duration like \"10s\"")),
+                ("env", toml::Value::String(text)) if !text.is_empty() => RawSecretFrom::Env(text),
+                ("file", toml::Value::String(text)) if !text.is_empty() => RawSecretFrom::File(text),
+                ("command", toml::Value::Array(items)) => {
+                    let argv: Option<Vec<String>> =
+                        items.into_iter().map(|i| i.as_str().map(String::from)).collect();
+                    match argv {
+                        Some(argv) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                            RawSecretFrom::Command(argv)
+                        }
+                        _ => {
+                            return Err(D::Error::custom(
+                                "`command` must be a list of strings, the program first: [\"op\", \"read\", \"op://vault/item/field\"]",
+                            ));
+                        }
+                    }
+                }
+                ("command", _) => {
+                    return Err(D::Error::custom(
+                        "`command` is a list (no shell): [\"op\", \"read\", \"op://vault/item/field\"]",
+                    ));
+                }
+                ("env" | "file", _) => {
+                    return Err(D::Error::custom(format!("`{key}` must be a non-empty string")));
                 }
                 (other, _) => {
                     return Err(D::Error::custom(format!(
-                        "unknown key `{other}` in a secret source: use {{ env = \"VAR\" }} or {{ file = \"path\" }}"
+                        "unknown key `{other}` in a secret source: use {SOURCE_FORMS}"
                     )));
                 }
             };
+            if source.replace(from).is_some() {
+                return Err(D::Error::custom("give only one of `env`, `file` or `command`"));
+            }
         }
         let from = source.ok_or_else(|| {
-            D::Error::custom("a secret source needs `env` or `file`, e.g. { env = \"DB_PASSWORD\" }")
+            D::Error::custom(format!("a secret source needs `env`, `file` or `command`, e.g. {SOURCE_FORMS}"))
         })?;
-        Ok(RawSecretSource { from, allow_empty })
+        if timeout.is_some() && !matches!(from, RawSecretFrom::Command(_)) {
+            return Err(D::Error::custom("`timeout` is only for a `command` source"));
+        }
+        Ok(RawSecretSource { from, allow_empty, timeout })
     }
 }
 

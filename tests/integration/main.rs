@@ -55,9 +55,14 @@ mod receiver;
 mod remove_lab;
 mod retention;
 mod run;
+mod secret_command;
+#[cfg(feature = "lab")]
+mod secret_lab;
 mod secrets;
 #[cfg(feature = "lab")]
 mod shared_store;
+#[cfg(feature = "lab")]
+mod ssh_certs;
 mod test;
 mod vars;
 #[cfg(feature = "lab")]

@@ -133,8 +133,56 @@ EOF
   start_sshd_in "$n"
 }
 
+# SSH certificates (issue 17): a host CA and a user CA, and three more sshd in h3's namespaces,
+# each with an Ed25519 host key certified by the host CA: 2201 valid (principals h3 and its
+# address; it also trusts the user CA and has no authorized keys), 2202 expired, 2203 for
+# another name. The client key's copy in ssh/cert/ carries a user certificate for root.
+CERT_PORTS="2201 2202 2203"
+cert_up() {
+  local n=3 d=$T/net/h3 ip port principals validity c
+  ip=$(ip_of $n)
+  mkdir -p "$T/ssh/cert"
+  [ -f "$T/ssh/host_ca" ] || ssh-keygen -q -t ed25519 -N '' -f "$T/ssh/host_ca" -C ferry-lab-host-ca
+  [ -f "$T/ssh/user_ca" ] || ssh-keygen -q -t ed25519 -N '' -f "$T/ssh/user_ca" -C ferry-lab-user-ca
+  cp "$T/ssh/client_key" "$T/ssh/client_key.pub" "$T/ssh/cert/"
+  chmod 600 "$T/ssh/cert/client_key"
+  ssh-keygen -q -s "$T/ssh/user_ca" -I ferry-lab-user -n root -V -5m:+1d "$T/ssh/cert/client_key.pub"
+  for port in $CERT_PORTS; do
+    c=$d/cert$port
+    mkdir -p "$c"
+    [ -f "$c/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$c/hostkey" -C "h3-$port"
+    case $port in
+      2201) principals="h3,$ip"; validity=-5m:+1d ;;
+      2202) principals="h3,$ip"; validity=20200101:20200102 ;;
+      2203) principals=other.lab; validity=-5m:+1d ;;
+    esac
+    TZ=UTC ssh-keygen -q -s "$T/ssh/host_ca" -I "h3-$port" -h -n "$principals" -V "$validity" "$c/hostkey.pub"
+    {
+      echo "ListenAddress $ip:$port"
+      echo "HostKey $c/hostkey"
+      echo "HostCertificate $c/hostkey-cert.pub"
+      echo "PidFile $c/sshd.pid"
+      if [ "$port" = 2201 ]; then
+        echo "TrustedUserCAKeys $T/ssh/user_ca.pub"
+        echo "AuthorizedKeysFile none"
+      else
+        echo "AuthorizedKeysFile $T/ssh/authorized_keys"
+      fi
+      printf '%s\n' "PermitRootLogin prohibit-password" "PubkeyAuthentication yes" "PasswordAuthentication no" \
+        "KbdInteractiveAuthentication no" "UsePAM no" "StrictModes no" "PrintMotd no" "LogLevel VERBOSE"
+    } > "$c/sshd_config"
+    nsenter -t "$(cat "$d/holder.pid")" -m -u -n /usr/sbin/sshd -f "$c/sshd_config" -E "$c/sshd.log"
+    for _ in $(seq 50); do [ -s "$c/sshd.pid" ] && alive "$(cat "$c/sshd.pid")" && break; sleep 0.1; done
+    [ -s "$c/sshd.pid" ] || { log "sshd on h3:$port did not start"; cat "$c/sshd.log" >&2; return 1; }
+  done
+}
+
 host_down() { # N
-  local n=$1 d=$T/net/h$1
+  local n=$1 d=$T/net/h$1 c
+  for c in "$d"/cert*/; do
+    [ -s "$c/sshd.pid" ] && stop "$(cat "$c/sshd.pid")"
+    rm -f "$c/sshd.pid"
+  done
   if [ -s "$d/dockerd.pid" ] && alive "$(cat "$d/dockerd.pid")"; then
     nsenter -t "$(cat "$d/dockerd.pid")" -m -n sh -c 'ids=$(docker ps -aq 2>/dev/null); [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1' || true
     stop "$(cat "$d/dockerd.pid")"
@@ -518,6 +566,7 @@ up() {
   postgres_up                                     # after the registry: its CA signs the server's cert
   users_up
   for i in $(seq "$n"); do host_up "$i"; done
+  [ "$n" -ge 3 ] && cert_up
   image_up
   write_inventory "$n"
   for i in $(seq "$n"); do                        # dockerd answers in each host
