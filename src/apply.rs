@@ -75,6 +75,18 @@ pub struct Settings {
     pub proxy: crate::inventory::Proxy,
     /// When `[proxy] feed` has credentials: targets log in before they pull the proxy image.
     pub proxy_login: Option<docker::Login>,
+    /// `--archive`: what a target that lacks the image id is sent instead of a pull.
+    pub upload: Option<Upload>,
+}
+
+/// An image archive to stream into `docker load` where the image id is missing, and the slots
+/// that bound how many targets receive it at once (the runner's uplink is shared by them all).
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The archive, read before the rollout.
+    pub archive: Arc<crate::archive::ImageArchive>,
+    /// Targets sent to at once.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How one target ended.
@@ -314,7 +326,8 @@ async fn pull_batch(
             }
             Err((e, ms)) => {
                 let mut r = report(&plan.targets[i].target, failed_status(&e), Some(Action::Untouched), None);
-                r.error = Some(format!("pull {image}: {e}"));
+                let verb = if docker::is_image_id(&image) { "load" } else { "pull" };
+                r.error = Some(format!("{verb} {image}: {e}"));
                 r.duration = ms;
                 finished(events, Some(&r));
                 reports[i] = Some(r);
@@ -396,8 +409,14 @@ async fn pull_all(
             let (name, image, events) = (plan.targets[i].target.clone(), image.to_string(), events.clone());
             let (app, environment, login) =
                 (plan.app.clone(), plan.environment.clone(), settings.login.clone());
+            let upload = settings.upload.clone();
             async move {
                 let started = Instant::now();
+                if docker::is_image_id(&image) {
+                    let outcome =
+                        find_or_load(&*host, &name, &image, &app, &environment, upload, &events).await;
+                    return outcome.map_err(|e| (e, started.elapsed()));
+                }
                 let _ =
                     events.send(Event::TargetStep { target: name.clone(), step: format!("pulling {image}") });
                 let outcome = docker::pull_and_list(&*host, &image, &app, &environment, login.as_ref()).await;
@@ -427,6 +446,79 @@ async fn pull_all(
         })
         .collect()
 }
+
+/// For an image id (`--archive`, or a rollback to such a deployment): looks for it (listing
+/// the containers in the same round trip); where it is missing, streams the archive into
+/// `docker load`, counting the bytes sent. Without an archive a missing image is an error that
+/// says how to bring it back.
+async fn find_or_load(
+    host: &dyn Host,
+    name: &str,
+    id: &str,
+    app: &str,
+    environment: &str,
+    upload: Option<Upload>,
+    events: &Events,
+) -> Found {
+    let step = |step: String| {
+        let _ = events.send(Event::TargetStep { target: name.to_string(), step });
+    };
+    let (_, present, briefs, leftovers) = docker::pull_and_list(host, id, app, environment, None).await?;
+    if present {
+        step(format!("{id} is here already: nothing sent (0 bytes)"));
+        return Ok((Some(id.to_string()), true, briefs, leftovers));
+    }
+    let Some(upload) = upload else {
+        return Err(DockerError::Failed {
+            step: "docker image inspect",
+            message: format!(
+                "image {id} is not on this target any more, and no registry has it (it came from an archive): re-deploy it with --archive"
+            ),
+        });
+    };
+    let archive = &upload.archive;
+    // A closed semaphore is never closed here; treat it as no bound rather than fail.
+    let _slot = upload.slots.acquire().await.ok();
+    step(format!("sending {} ({} bytes) to docker load", archive.path.display(), archive.size));
+    let file = tokio::fs::File::open(&archive.path).await.map_err(|e| DockerError::Failed {
+        step: "docker load",
+        message: format!("cannot read {}: {e}", archive.path.display()),
+    })?;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = crate::archive::Counted::new(file, Arc::clone(&sent));
+    let load = docker::load(host, Box::pin(reader), id);
+    tokio::pin!(load);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut load => break loaded,
+            _ = tick.tick() => step(format!(
+                "sending: {} of {} bytes", sent.load(std::sync::atomic::Ordering::Relaxed), archive.size
+            )),
+        }
+    };
+    let bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
+    match loaded {
+        Ok(()) => {
+            step(format!("loaded {id}: {bytes} bytes sent"));
+            Ok((Some(id.to_string()), false, briefs, leftovers))
+        }
+        Err(DockerError::Failed { step, message }) if archive.layout == crate::archive::Layout::Oci => {
+            Err(DockerError::Failed {
+                step,
+                message: format!(
+                    "{message} (an OCI archive: Docker before 25 loads only `docker save` archives; convert it with `skopeo copy oci-archive:{file} docker-archive:IMAGE.tar:NAME:TAG`)",
+                    file = archive.path.display()
+                ),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`find_or_load`] gives: a pull's outcome, without the elapsed time.
+type Found = Result<(Option<String>, bool, Vec<Brief>, Vec<replace::Leftover>), DockerError>;
 
 fn failed_status(e: &DockerError) -> Status {
     if e.is_connection() { Status::Error } else { Status::Failed }
@@ -1145,6 +1237,7 @@ mod tests {
             secrets: vec![crate::secret::Secret::new(SECRET_VALUE)],
             proxy: crate::inventory::Proxy::default(),
             proxy_login: None,
+            upload: None,
         }
     }
 
@@ -1433,6 +1526,63 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains(SECRET_VALUE));
+    }
+
+    /// `--archive`: a target that has the image id is sent nothing; one that lacks it gets the
+    /// file's bytes on the `docker load` command's stdin; without an archive (a rollback), a
+    /// missing id is an error that says how to bring it back.
+    #[tokio::test]
+    async fn an_image_id_is_looked_for_and_loaded_only_where_missing() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("img.tar");
+        std::fs::write(&file, b"archive bytes").unwrap();
+        let archive = crate::archive::ImageArchive {
+            path: file,
+            size: 13,
+            id: id.clone(),
+            tags: vec!["acme/web:1.0".into()],
+            layout: crate::archive::Layout::Docker,
+        };
+        let upload = Upload { archive: Arc::new(archive), slots: Arc::new(tokio::sync::Semaphore::new(1)) };
+        let listed = "--- containers\n--- leftovers\n";
+        let present = format!("ferry: image present, not pulled\nDigest: {id}\n{listed}");
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+
+        let has = FakeHost::new("has").on("docker ps", Reply::ok(&present));
+        let got = find_or_load(&has, "has", &id, "web", "dev", Some(upload.clone()), &events).await.unwrap();
+        assert_eq!((got.0, got.1), (Some(id.clone()), true));
+        assert_eq!(has.calls().len(), 1, "only looked");
+
+        let lacks = FakeHost::new("lacks")
+            .on("docker load", Reply::ok("Loaded image: acme/web:1.0\n"))
+            .on("docker ps", Reply::ok(listed));
+        let got = find_or_load(&lacks, "lacks", &id, "web", "dev", Some(upload), &events).await.unwrap();
+        assert_eq!((got.0, got.1), (Some(id.clone()), false));
+        let calls = lacks.calls();
+        assert!(
+            calls[1].command.contains(&format!("docker load || exit 1\ndocker image inspect {id} ")),
+            "{calls:?}"
+        );
+        assert_eq!(calls[1].stdin.as_deref(), Some(&b"archive bytes"[..]));
+
+        let gone = FakeHost::new("gone").on("docker ps", Reply::ok(listed));
+        let err = find_or_load(&gone, "gone", &id, "web", "dev", None, &events).await.unwrap_err();
+        assert!(err.to_string().ends_with("(it came from an archive): re-deploy it with --archive"), "{err}");
+
+        let mut steps = Vec::new();
+        while let Ok(Event::TargetStep { target, step }) = received.try_recv() {
+            steps.push(format!("{target}: {step}"));
+        }
+        let sending = steps.iter().filter(|s| s.starts_with("lacks: sending ")).count();
+        assert_eq!(sending, 1, "{steps:?}");
+        assert_eq!(
+            steps.iter().filter(|s| !s.starts_with("lacks: sending ")).collect::<Vec<_>>(),
+            [
+                &format!("has: {id} is here already: nothing sent (0 bytes)"),
+                &format!("lacks: loaded {id}: 13 bytes sent")
+            ]
+        );
     }
 
     #[tokio::test]

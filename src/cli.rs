@@ -347,8 +347,12 @@ pub struct DeployArgs {
     pub selection: Selection,
 
     /// The image tag to deploy; `latest` means the newest version the app's rules allow
-    #[arg(long, value_name = "TAG", required = true, value_parser = flag(tag))]
-    pub version: String,
+    #[arg(long, value_name = "TAG", required_unless_present = "archive", value_parser = flag(tag))]
+    pub version: Option<String>,
+
+    /// Deploy the image in this `docker save` archive, streamed over SSH into `docker load` (no registry)
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<std::path::PathBuf>,
 
     /// Deploy even though the release has not passed the previous lifecycle phase (audited)
     #[arg(long, requires = "reason")]
@@ -903,6 +907,7 @@ impl Command {
             Command::Deploy(a) => Request::Deploy(request::Deploy {
                 selection: a.selection.into(),
                 version: a.version,
+                archive: a.archive,
                 skip_lifecycle: a.skip_lifecycle.then(|| a.reason.clone().unwrap_or_default()),
                 apply: with_freeze(a.apply, a.override_freeze, a.reason),
             }),

@@ -335,6 +335,14 @@ pub async fn pull_and_list(
             present = q(PRESENT),
             line = q(&format!("Digest: {digest}")),
         ),
+        // An image id (`--archive`, or a rollback to such a deployment): no registry has it,
+        // so it is only looked for; a missing one the caller loads (or reports).
+        None if is_image_id(image) => format!(
+            "if docker image inspect {image} > /dev/null 2>&1; then echo {present}; echo {line}; fi",
+            image = q(image),
+            present = q(PRESENT),
+            line = q(&format!("Digest: {image}")),
+        ),
         None => pull,
     };
     // Marked as pulled (or found) for a deployment, so that retention in another environment
@@ -358,6 +366,36 @@ pub async fn pull_and_list(
     let (listed, leftovers) = listed.split_once("--- leftovers\n").unwrap_or((listed, ""));
     let present = pulled.lines().any(|l| l == PRESENT);
     Ok((pulled_digest(pulled), present, parse_briefs(listed), crate::replace::parse_leftovers(leftovers)))
+}
+
+/// Whether `image` is an image id (`sha256:<64 hex>`), as a deployment from `--archive` runs.
+pub fn is_image_id(image: &str) -> bool {
+    image.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// How long streaming an archive into `docker load` may take on one target.
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// Streams an image archive into `docker load` on `host`, then checks that image `id` is there
+/// (an archive whose image docker stored under another id would otherwise run something else).
+pub async fn load(
+    host: &dyn Host,
+    archive: crate::host::ByteReader<'_>,
+    id: &str,
+) -> Result<(), DockerError> {
+    let script = format!(
+        "docker load || exit 1\n\
+         docker image inspect {id} > /dev/null 2>&1 || {{ echo 'docker load ended, but image {id} is not there' >&2; exit 1; }}",
+        id = q(id)
+    );
+    let mut out = Capture::default();
+    let status = host.exec_reader(&script, archive, Some(LOAD_DEADLINE), &mut out).await?;
+    if status.success() {
+        return Ok(());
+    }
+    let errors = out.errors();
+    let message = if errors.is_empty() { status.to_string() } else { last_lines(&errors, 3) };
+    Err(DockerError::Failed { step: "docker load", message })
 }
 
 /// Where, below a target's home, [`pull_and_list`] notes each image a deployment pulled or

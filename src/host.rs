@@ -55,6 +55,25 @@ pub trait Host: Send + Sync {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>>;
 
+    /// Runs a shell command line with `stdin` streamed into it as the command reads (an image
+    /// archive into `docker load`, `--archive`), output streamed to `sink` meanwhile, and a
+    /// deadline after which the command is killed. SSH and the runner stream; this default (the
+    /// fake's) reads `stdin` whole and runs [`Host::exec`].
+    fn exec_reader<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: ByteReader<'a>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move {
+            let mut stdin = stdin;
+            let mut data = Vec::new();
+            stdin.read_to_end(&mut data).await.map_err(|e| ExecError::Spawn(e.to_string()))?;
+            self.exec(command, Some(&data), deadline, sink).await
+        })
+    }
+
     /// Runs a shell command line whose stdin stays open (and empty) until `stop` resolves and
     /// then gets EOF; output streamed to `sink`. For commands that run until ferry stops them
     /// (`docker logs --follow`): EOF is the stop signal the remote script waits for, and it
@@ -84,6 +103,9 @@ pub trait Host: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
+/// A stream of bytes for a command's stdin ([`Host::exec_reader`]).
+pub type ByteReader<'a> = Pin<Box<dyn tokio::io::AsyncRead + Send + 'a>>;
+
 /// A target's name with its open connection.
 pub type Connected = (String, Arc<dyn Host>);
 
@@ -112,6 +134,16 @@ impl<H: Host + ?Sized> Host for Arc<H> {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
         (**self).exec(command, stdin, deadline, sink)
+    }
+
+    fn exec_reader<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: ByteReader<'a>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        (**self).exec_reader(command, stdin, deadline, sink)
     }
 
     fn exec_until<'a>(
@@ -230,6 +262,28 @@ impl<H: Host> Host for Bounded<H> {
         })
     }
 
+    fn exec_reader<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: ByteReader<'a>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        let Some(limit) = deadline else { return self.inner.exec_reader(command, stdin, None, sink) };
+        Box::pin(async move {
+            let bound = limit + ANSWER_GRACE;
+            match tokio::time::timeout(bound, self.inner.exec_reader(command, stdin, Some(limit), sink)).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ExecError::Lost(format!(
+                    "no answer from {} within {}: the link is down or the SSH session is stuck",
+                    self.inner.describe(),
+                    crate::duration::format(bound),
+                ))),
+            }
+        })
+    }
+
     fn exec_until<'a>(
         &'a self,
         command: &'a str,
@@ -289,6 +343,23 @@ impl Host for SshHost {
             }
             let framed = frame(command, stdin);
             self.session.exec(REMOTE_COMMAND, Some(&framed), deadline, sink).await
+        })
+    }
+
+    fn exec_reader<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: ByteReader<'a>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move {
+            if command.contains('\0') {
+                return Err(ExecError::Spawn("a command cannot contain a NUL byte".into()));
+            }
+            // The framed script first, then the stream: REMOTE_COMMAND hands the rest to it.
+            let framed = std::io::Cursor::new(frame(command, None)).chain(stdin);
+            self.session.exec_reader(REMOTE_COMMAND, Box::pin(framed), deadline, sink).await
         })
     }
 
@@ -357,6 +428,16 @@ impl Host for LocalHost {
         sink: &'a mut dyn OutputSink,
     ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
         Box::pin(local_exec(command, stdin, deadline, sink))
+    }
+
+    fn exec_reader<'a>(
+        &'a self,
+        command: &'a str,
+        stdin: ByteReader<'a>,
+        deadline: Option<Duration>,
+        sink: &'a mut dyn OutputSink,
+    ) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(local_exec_reader(command, stdin, deadline, sink))
     }
 
     fn exec_until<'a>(
@@ -566,6 +647,63 @@ async fn local_exec(
     local_status(status.map_err(|e| ExecError::Lost(e.to_string()))?)
 }
 
+/// [`Host::exec_reader`] for the runner: `stdin` copied into the child while its output is read
+/// (a command that stops reading early ends the copy, and its exit status says why).
+async fn local_exec_reader(
+    command: &str,
+    mut stdin: ByteReader<'_>,
+    deadline: Option<Duration>,
+    sink: &mut dyn OutputSink,
+) -> Result<ExitStatus, ExecError> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ExecError::Spawn(e.to_string()))?;
+    let (Some(mut pipe), Some(mut out), Some(mut err)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(ExecError::Spawn("no pipes".into()));
+    };
+    let run = async {
+        let copy = async move {
+            let copied = tokio::io::copy(&mut stdin, &mut pipe).await;
+            drop(pipe);
+            copied
+        };
+        tokio::pin!(copy);
+        let (mut out_buf, mut err_buf) = ([0u8; 16384], [0u8; 16384]);
+        let (mut out_open, mut err_open, mut copying) = (true, true, true);
+        while out_open || err_open {
+            tokio::select! {
+                _ = &mut copy, if copying => copying = false,
+                n = out.read(&mut out_buf), if out_open => match n {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => sink.output(Stream::Stdout, &out_buf[..n]),
+                },
+                n = err.read(&mut err_buf), if err_open => match n {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => sink.output(Stream::Stderr, &err_buf[..n]),
+                },
+            }
+            sink.ready().await;
+        }
+        child.wait().await
+    };
+    let status = match deadline {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(status) => status,
+            Err(_) => return Err(ExecError::Deadline(limit)),
+        },
+        None => run.await,
+    };
+    local_status(status.map_err(|e| ExecError::Lost(e.to_string()))?)
+}
+
 /// A local process's end as a target's exit status.
 fn local_status(status: std::process::ExitStatus) -> Result<ExitStatus, ExecError> {
     use std::os::unix::process::ExitStatusExt;
@@ -730,6 +868,28 @@ mod tests {
             (status, out.text(), quick.elapsed()),
             (Ok(ExitStatus::Code(0)), "hi\n".into(), Duration::ZERO)
         );
+    }
+
+    /// The runner streams a reader into the command while reading its output (more than a
+    /// pipe buffer each way, so writing all first would deadlock), and a command that stops
+    /// reading early ends the stream instead of hanging it.
+    #[tokio::test]
+    async fn exec_reader_streams_into_the_command_and_survives_one_that_stops_reading() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(3_000_000).collect();
+        let mut out = crate::exec::Capture::default();
+        let reader: ByteReader<'_> = Box::pin(std::io::Cursor::new(payload.clone()));
+        let status = LocalHost::new("t")
+            .exec_reader("tee /dev/stderr | wc -c", reader, Some(Duration::from_secs(30)), &mut out)
+            .await
+            .unwrap();
+        assert_eq!((status, out.text().trim()), (ExitStatus::Code(0), "3000000"));
+        let mut out = crate::exec::Capture::default();
+        let reader: ByteReader<'_> = Box::pin(std::io::Cursor::new(payload));
+        let status = LocalHost::new("t")
+            .exec_reader("head -c 10 > /dev/null; exit 3", reader, Some(Duration::from_secs(30)), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(status, ExitStatus::Code(3));
     }
 
     #[test]

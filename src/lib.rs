@@ -20,6 +20,7 @@
 //! The binary (`src/main.rs`) is a thin wrapper over [`cli::run`].
 
 pub mod apply;
+pub mod archive;
 pub mod audit;
 pub mod cli;
 pub mod commands;

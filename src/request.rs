@@ -166,8 +166,10 @@ pub struct Vars {
 pub struct Deploy {
     /// What to deploy where.
     pub selection: Selection,
-    /// The tag, or `latest`.
-    pub version: String,
+    /// The tag, or `latest`; with `--archive`, the tag to record (default: the archive's).
+    pub version: Option<String>,
+    /// `--archive FILE`: an image archive streamed to the targets instead of a registry pull.
+    pub archive: Option<std::path::PathBuf>,
     /// `--skip-lifecycle --reason TEXT`: the reason.
     pub skip_lifecycle: Option<String>,
     /// Confirmation, parallelism, lock.

@@ -14,6 +14,11 @@
 //! stopped containers of the app in the environment (never the running one, never another
 //! environment's), before the images, so the images only they used can go too.
 //!
+//! Images loaded from an archive (`deploy --archive`) have no repository digest, only their
+//! archive's tags: [`decide`] never picks an image without one, so retention never removes
+//! them (neither the ones the records keep, by image id, nor older ones; `docker image prune`
+//! on the target is the way to drop those by hand).
+//!
 //! The decision is two pure functions ([`keep`]: records in, a set of digests out; [`decide`]:
 //! that set and the target's listing in, what to remove out), unit-tested; the target is asked
 //! twice at most: one script lists, one removes (none for a dry run, or with nothing to remove).

@@ -787,6 +787,61 @@ impl SshSession {
         })
     }
 
+    /// Runs `command` with `stdin` streamed into the channel while its output is read (the
+    /// channel split in two halves): russh sends only what the SSH window allows, so a target
+    /// that reads slowly slows the stream instead of ferry buffering the file. A command that
+    /// ends before reading everything ends the stream; its exit status says why.
+    pub async fn exec_reader(
+        &self,
+        command: &str,
+        stdin: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send + '_>>,
+        deadline: Option<Duration>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, ExecError> {
+        let lost = |e: russh::Error| ExecError::Lost(format!("SSH with {}: {e}", self.addr));
+        let channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        let (mut read, write) = channel.split();
+        let mut status = None;
+        let mut send_error = None;
+        let run = async {
+            let send = async {
+                write.data(stdin).await?;
+                write.eof().await
+            };
+            tokio::pin!(send);
+            let mut sending = true;
+            loop {
+                tokio::select! {
+                    sent = &mut send, if sending => {
+                        sending = false;
+                        send_error = sent.err();
+                    }
+                    msg = read.wait() => {
+                        let Some(msg) = msg else { break };
+                        absorb(msg, &mut status, sink);
+                        sink.ready().await;
+                    }
+                }
+            }
+        };
+        match deadline {
+            Some(limit) => {
+                if tokio::time::timeout(limit, run).await.is_err() {
+                    let _ = write.signal(Sig::KILL).await;
+                    let _ = write.close().await;
+                    return Err(ExecError::Deadline(limit));
+                }
+            }
+            None => run.await,
+        }
+        match (status, send_error) {
+            (Some(status), _) => Ok(status),
+            (None, Some(e)) => Err(lost(e)),
+            (None, None) => Err(self.no_status()),
+        }
+    }
+
     /// Runs `command` with `stdin` sent first and the channel's stdin then left open (and
     /// empty) until `stop` resolves; then it gets EOF, and the command has [`STOP_GRACE`] to end
     /// before it is signalled and abandoned. For commands that run until told to stop: `docker

@@ -44,13 +44,47 @@ pub fn run(inventory: Inventory, args: &DeployArgs, output: OutputFormat) -> Res
     // Before the feed is asked: a deploy that cannot happen is bad input, found offline.
     app.check_deploys_to(&args.selection.environment)?;
     let freeze = freeze_gate(&inventory, "deploy", &args.selection.environment, &args.apply)?;
-    let (version, digest) = runtime()?.block_on(super::feed::resolve(&inventory, app, &args.version))?;
+    // `--archive`: the image id and tag come from the file, before any SSH; no registry is asked.
+    let archive = args.archive.as_deref().map(crate::archive::read).transpose()?;
+    let (version, digest) = match &archive {
+        Some(archive) => (archive_version(archive, args.version.as_deref())?, Some(archive.id.clone())),
+        None => {
+            let version = args.version.as_deref().unwrap_or("latest");
+            runtime()?.block_on(super::feed::resolve(&inventory, app, version))?
+        }
+    };
     let skip = args.skip_lifecycle.clone();
     let mut notes =
         lifecycle_gate(&inventory, app, &args.selection.environment, &version, digest.as_deref(), skip)?;
     notes.freeze_override = freeze;
+    if let Some(archive) = archive {
+        notes.source = Some("archive".into());
+        notes.archive_file = Some(archive.path.display().to_string());
+        notes.archive = Some(Arc::new(archive));
+    }
     let release = Release { version, digest, kind: Kind::Deploy, notes };
     deploy_release(inventory, &args.selection, release, &args.apply, output)
+}
+
+/// The version an archive's deployment records: `--version`, else the archive's tag.
+fn archive_version(archive: &crate::archive::ImageArchive, asked: Option<&str>) -> Result<String, Error> {
+    let version = match asked {
+        Some("latest") => {
+            return Err(Error::Input(
+                Diagnostic::new("--version latest asks the feed, and --archive asks no registry")
+                    .help("give the tag to record with --version TAG, or leave it out to use the archive's"),
+            ));
+        }
+        Some(tag) => tag.to_string(),
+        None => archive.tag().map(str::to_string).ok_or_else(|| {
+            Error::Input(
+                Diagnostic::new(format!("--archive {}: its image has no tag", archive.path.display()))
+                    .help("give the version to record with --version TAG"),
+            )
+        })?,
+    };
+    crate::request::check_tag(&version)?;
+    Ok(version)
 }
 
 /// A version to roll out, and why it may.
@@ -83,6 +117,15 @@ pub struct Notes {
     /// `--override-freeze --reason` inside a freeze window: the window and the reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_override: Option<crate::freeze::Override>,
+    /// Where the image came from when not from a registry: `archive` (`--archive`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `--archive`: the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_file: Option<String>,
+    /// `--archive`: the archive itself, for the load step (not recorded).
+    #[serde(skip)]
+    pub archive: Option<Arc<crate::archive::ImageArchive>>,
 }
 
 /// Refuses (exit 4) to change `environment` inside a freeze window, before anything is asked or
@@ -192,6 +235,7 @@ pub fn deploy_release(
         deployment: new_deployment_id(),
         digest: Mutex::new(release.digest.clone()),
         hash_key,
+        image: release.notes.archive.as_ref().map(|a| a.id.clone()),
         inventory: Arc::new(inventory),
     };
     let plan = planner.plan(release.digest.as_deref())?;
@@ -287,7 +331,8 @@ pub fn execute(
     let prompt = format!("{what} ({})", crate::output::count(plan.targets.len(), "target"));
     Session::confirm(flags.yes, &prompt, || super::plan::human(&plan))?;
     let store = store(inventory)?;
-    let login = super::feed::login_for(inventory, &app)?;
+    // `--archive` pulls nothing: the feed's credentials are neither needed nor read.
+    let login = if notes.archive.is_some() { None } else { super::feed::login_for(inventory, &app)? };
     let proxy_login =
         if app.route(&env.name).is_some() { super::feed::proxy_login(inventory)? } else { None };
     let mut secrets = known_secrets(inventory, &env.name);
@@ -305,6 +350,11 @@ pub fn execute(
         secrets: secrets.clone(),
         proxy: inventory.proxy.clone(),
         proxy_login,
+        // Uploads share the runner's uplink: at most 4 at once (fewer with a lower --parallel).
+        upload: notes.archive.as_ref().map(|archive| apply::Upload {
+            archive: Arc::clone(archive),
+            slots: Arc::new(tokio::sync::Semaphore::new(flags.parallel.clamp(1, 4))),
+        }),
     };
     let session = Session {
         inventory: Arc::clone(inventory),

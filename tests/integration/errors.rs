@@ -365,3 +365,60 @@ fn a_value_starting_with_a_dash_is_fine_where_docker_reads_a_flags_value_or_the_
         .stderr("note: app web has no feed: planned the tag \"latest\" (deploy needs --version TAG)\n")
         .run();
 }
+
+/// `--archive` is read on the runner before any target is reached: an archive that is not one,
+/// is missing, or holds two images, and `--version latest` (a feed lookup) with it, are bad
+/// input; none of them connects anywhere.
+#[test]
+fn a_bad_archive_is_bad_input_before_any_connection() {
+    let test = Test::new().write("junk.tar", "not a tar");
+    let junk = fails(test, &["deploy", "web", "--env", "staging", "--archive", "junk.tar", "--yes"]);
+    assert_eq!(
+        junk,
+        "error: --archive junk.tar: not a readable tar file: failed to read entire block\n  \
+         = help: give a file made by `docker save` (or `skopeo copy … docker-archive:FILE`) holding one image\n"
+    );
+    let missing =
+        fails(Test::new(), &["deploy", "web", "--env", "staging", "--archive", "none.tar", "--yes"]);
+    assert!(missing.starts_with("error: --archive none.tar: cannot open it: "), "{missing}");
+}
+
+/// A `docker save` archive (legacy layout) of `images` copies of one small image.
+fn save_archive(images: usize) -> Vec<u8> {
+    use sha2::Digest;
+    let config = br#"{"architecture":"amd64","os":"linux","config":{}}"#;
+    let hex: String = sha2::Sha256::digest(config).iter().map(|b| format!("{b:02x}")).collect();
+    let one = format!(r#"{{"Config":"{hex}.json","RepoTags":["acme/web:1.0"],"Layers":[]}}"#);
+    let manifest = format!("[{}]", vec![one; images].join(","));
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in
+        [(format!("{hex}.json"), config.to_vec()), ("manifest.json".into(), manifest.into_bytes())]
+    {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn an_archive_of_two_images_or_with_version_latest_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("two.tar"), save_archive(2)).unwrap();
+    std::fs::write(dir.path().join("one.tar"), save_archive(1)).unwrap();
+    let two = dir.path().join("two.tar").display().to_string();
+    let one = dir.path().join("one.tar").display().to_string();
+    let stderr = fails(Test::new(), &["deploy", "web", "--env", "staging", "--archive", &two, "--yes"]);
+    assert!(
+        stderr.contains("two.tar: manifest.json lists 2 images; ferry deploys an archive of exactly one\n"),
+        "{stderr}"
+    );
+    let args = ["deploy", "web", "--env", "staging", "--archive", &one, "--version", "latest", "--yes"];
+    assert_eq!(
+        fails(Test::new(), &args),
+        "error: --version latest asks the feed, and --archive asks no registry\n  \
+         = help: give the tag to record with --version TAG, or leave it out to use the archive's\n"
+    );
+}

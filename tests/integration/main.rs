@@ -12,6 +12,8 @@
 // A failing test is a panic: that is how the harness reports it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "lab")]
+mod archive_lab;
 mod audit;
 mod check;
 mod cli;
