@@ -371,7 +371,7 @@ fn report(resolved: &Resolved) -> Vec<Reported> {
     for (key, setting) in &resolved.values {
         let lower = setting.value.to_ascii_lowercase();
         let message = match key.as_str() {
-            "stricthostkeychecking" if matches!(lower.as_str(), "no" | "off" | "accept-new") => {
+            "stricthostkeychecking" if matches!(lower.as_str(), "no" | "off" | "false" | "accept-new") => {
                 format!(
                     "StrictHostKeyChecking {}: ignored, ferry always checks host keys strictly",
                     setting.value

@@ -386,8 +386,17 @@ impl<'a> Context<'a> {
         }
         for s in &r.certificate_files {
             let p = path(s)?;
-            out.notes.push(("certificate_file", p.display().to_string(), s.at.to_string()));
-            out.certificate_files.push(p);
+            // Skipped when missing, like a missing IdentityFile (ssh only warns about it).
+            if p.is_file() {
+                out.notes.push(("certificate_file", p.display().to_string(), s.at.to_string()));
+                out.certificate_files.push(p);
+            } else {
+                out.notes.push((
+                    "certificate_file",
+                    format!("{} (missing, skipped)", p.display()),
+                    s.at.to_string(),
+                ));
+            }
         }
         if let Some(s) = r.get("identitiesonly") {
             out.identities_only = yes_no(s).map_err(|e| config_error(e, name))?;

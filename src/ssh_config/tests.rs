@@ -137,6 +137,10 @@ fn security_directives_are_reported_not_applied() {
         ]
     );
     assert!(resolve("StrictHostKeyChecking yes\n", "app", home.path()).unwrap().reported.is_empty());
+    // `false` is OpenSSH's other spelling of `no`.
+    let r = resolve("StrictHostKeyChecking false\n", "app", home.path()).unwrap();
+    assert_eq!(r.reported.len(), 1, "{:?}", r.reported);
+    assert!(r.reported[0].message.starts_with("StrictHostKeyChecking false: ignored"));
 }
 
 #[test]

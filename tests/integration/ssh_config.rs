@@ -275,3 +275,18 @@ fn environment_variables_in_paths_expand_and_an_unset_one_is_refused_by_its_line
         "{ssh}"
     );
 }
+
+#[test]
+fn a_missing_certificate_file_is_skipped_like_a_missing_identity_file() {
+    let out = with_config("Host web-2\n  User ops\n  CertificateFile /nonexistent/fx-cert.pub\n")
+        .args(["vars", "web", "--env", "prod", "--target", "prod-2", "--output", "json"])
+        .stdout_json()
+        .run();
+    let ssh = out.json()["ssh"].clone();
+    assert!(
+        ssh.as_array().unwrap().contains(&serde_json::json!({
+            "setting": "certificate_file", "value": "/nonexistent/fx-cert.pub (missing, skipped)", "from": "ssh_config:3"
+        })),
+        "{ssh}"
+    );
+}
