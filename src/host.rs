@@ -478,14 +478,15 @@ impl Host for LocalHost {
 
 /// The SSH endpoint of `target`: the inventory's keys, then ssh_config (see [`resolve`]).
 /// Commands check every target's resolution before they connect ([`resolve::check_all`], in
-/// `ssh_options`), so the fallback to the inventory alone is only taken if the ssh_config file
-/// became unusable during the run.
-pub fn endpoint(inventory: &Inventory, target: &Target) -> Endpoint {
-    resolve::resolve(inventory, target).map(|r| r.endpoint).unwrap_or_else(|_| {
-        let jump =
-            target.jump.as_deref().and_then(|name| inventory.target(name)).filter(|j| j.jump.is_none());
-        resolve::plain(inventory, target, jump.map(|j| Box::new(resolve::plain(inventory, j, None))))
-    })
+/// `ssh_options`), so this fails only if the ssh_config file became unusable during the run.
+// The error is the connection error every caller returns anyway (`open`, `connect_all`).
+#[allow(clippy::result_large_err)]
+pub fn endpoint(inventory: &Inventory, target: &Target) -> Result<Endpoint, SshError> {
+    // No fallback to the inventory alone: that would drop HostName, ProxyJump, the known_hosts
+    // file or `IdentityAgent none` the user's ssh_config asks for, and dial something else.
+    resolve::resolve(inventory, target)
+        .map(|r| r.endpoint)
+        .map_err(|d| SshError::Settings { target: target.name.clone(), message: d.to_string() })
 }
 
 /// `~/x` against `$HOME`, relative paths against the inventory's folder.
@@ -502,7 +503,7 @@ pub async fn open(
     target: &Target,
     options: &ssh::Options,
 ) -> Result<Arc<dyn Host>, SshError> {
-    open_endpoint(target.transport, &endpoint(inventory, target), options).await
+    open_endpoint(target.transport, &endpoint(inventory, target)?, options).await
 }
 
 /// Opens a connection from owned parts (for tasks that outlive the inventory borrow).
@@ -525,7 +526,7 @@ pub async fn open_endpoint(
 /// Opens a connection to each of `targets` at once; one result per target, in the same order.
 /// Locks use it: they must reach every target of an environment before any work starts.
 pub async fn connect_all(inventory: &Inventory, targets: &[&Target], options: &ssh::Options) -> Vec<Opened> {
-    let parts: Vec<(Transport, Endpoint)> =
+    let parts: Vec<(Transport, Result<Endpoint, SshError>)> =
         targets.iter().map(|t| (t.transport, endpoint(inventory, t))).collect();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let outcomes = crate::fanout::ordered(
@@ -533,7 +534,7 @@ pub async fn connect_all(inventory: &Inventory, targets: &[&Target], options: &s
         crate::fanout::Limits::parallel(targets.len()),
         |_, (transport, endpoint)| {
             let options = options.clone();
-            async move { open_endpoint(transport, &endpoint, &options).await }
+            async move { open_endpoint(transport, &endpoint?, &options).await }
         },
         |_, _| {},
     )

@@ -235,6 +235,15 @@ pub enum SshError {
         /// What russh reported.
         message: String,
     },
+    /// The target's SSH settings could not be worked out (its ssh_config became unusable
+    /// after the run checked it): the target fails rather than being dialled without them.
+    #[error("cannot work out how to reach {target}: {message}")]
+    Settings {
+        /// Target name.
+        target: String,
+        /// What the ssh_config reader said.
+        message: String,
+    },
     /// The connection attempt itself failed inside ferry (its task panicked): a bug, reported
     /// as this target's error so that the target is never missing from a run.
     #[error("connecting failed: {0}")]

@@ -56,8 +56,8 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
             follow: args.follow,
         },
     };
-    let parts: Vec<(Transport, Endpoint)> =
-        targets.iter().map(|t| (t.transport, crate::host::endpoint(inventory, t))).collect();
+    let parts: Vec<(String, Transport, Result<Endpoint, crate::ssh::SshError>)> =
+        targets.iter().map(|t| (t.name.clone(), t.transport, crate::host::endpoint(inventory, t))).collect();
     let code = runtime()?.block_on(async {
         let (stop_tx, stop) = watch::channel(false);
         if args.follow {
@@ -68,23 +68,24 @@ pub fn run(inventory: &Inventory, args: &Logs, output: OutputFormat) -> Result<i
         let outcomes = fanout::ordered(
             parts,
             fanout::Limits::parallel(targets.len()),
-            |_, (transport, endpoint)| {
+            |_, (name, transport, endpoint)| {
                 let (ask, events, stop, ssh, secrets) =
                     (ask.clone(), events.clone(), stop.clone(), ssh.clone(), secrets.clone());
                 async move {
-                    let (read, code) = match crate::host::open_endpoint(transport, &endpoint, &ssh).await {
-                        Ok(connection) => {
-                            let read = read(&*connection, &ask, events, stop).await;
-                            connection.close().await;
-                            (read, 1)
-                        }
-                        Err(e) => (Err(e.to_string()), if e.is_host_key() { EXIT_REFUSED } else { 1 }),
-                    };
+                    let (read, code) =
+                        match async { crate::host::open_endpoint(transport, &endpoint?, &ssh).await }.await {
+                            Ok(connection) => {
+                                let read = read(&*connection, &ask, events, stop).await;
+                                connection.close().await;
+                                (read, 1)
+                            }
+                            Err(e) => (Err(e.to_string()), if e.is_host_key() { EXIT_REFUSED } else { 1 }),
+                        };
                     // Said when it happens: a follow may run for hours after.
                     match read {
                         Ok(()) => 0,
                         Err(e) => {
-                            eprintln!("{}: {}", endpoint.name, mask(&e, &secrets));
+                            eprintln!("{name}: {}", mask(&e, &secrets));
                             code
                         }
                     }

@@ -175,7 +175,21 @@ async fn fetch_all(
         limits,
         |_, (endpoint, local, replace)| {
             let options = options.clone();
-            async move { fetch_one(endpoint, local, replace, &options).await }
+            async move {
+                match endpoint {
+                    Ok(endpoint) => fetch_one(endpoint, local, replace, &options).await,
+                    Err(e) => Finding {
+                        address: String::new(),
+                        algorithm: None,
+                        fingerprint: None,
+                        state: "error",
+                        error: Some(e.to_string()),
+                        key: None,
+                        file: Default::default(),
+                        target: String::new(),
+                    },
+                }
+            }
         },
         |_, _| {},
     )
@@ -183,8 +197,11 @@ async fn fetch_all(
     names
         .into_iter()
         .zip(outcomes)
-        .map(|(target, outcome)| {
-            outcome.unwrap_or_else(|e| Finding {
+        .map(|(target, outcome)| match outcome {
+            // A target whose settings could not be worked out comes back unnamed.
+            Ok(finding) if finding.target.is_empty() => Finding { target, ..finding },
+            Ok(finding) => finding,
+            Err(e) => Finding {
                 address: String::new(),
                 algorithm: None,
                 fingerprint: None,
@@ -193,7 +210,7 @@ async fn fetch_all(
                 key: None,
                 file: Default::default(),
                 target,
-            })
+            },
         })
         .collect()
 }
