@@ -65,12 +65,21 @@ impl ImageArchive {
 pub struct Counted<R> {
     inner: R,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The file read, named in a read error (which otherwise reaches the user as a bare
+    /// "Input/output error" from the SSH layer).
+    name: Option<std::path::PathBuf>,
 }
 
 impl<R> Counted<R> {
     /// `inner`, counting into `count`.
     pub fn new(inner: R, count: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Counted<R> {
-        Counted { inner, count }
+        Counted { inner, count, name: None }
+    }
+
+    /// Names `path` in read errors.
+    #[must_use]
+    pub fn named(self, path: &Path) -> Counted<R> {
+        Counted { name: Some(path.to_path_buf()), ..self }
     }
 }
 
@@ -84,7 +93,13 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before) as u64;
         self.count.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
-        polled
+        match (polled, &self.name) {
+            (std::task::Poll::Ready(Err(e)), Some(name)) => std::task::Poll::Ready(Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", crate::diagnostic::display_path(name).display()),
+            ))),
+            (polled, _) => polled,
+        }
     }
 }
 
