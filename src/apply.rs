@@ -485,7 +485,7 @@ async fn find_or_load(
         message: format!("cannot read {}: {e}", archive.path.display()),
     })?;
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reader = crate::archive::Counted::new(file, Arc::clone(&sent));
+    let reader = crate::archive::Counted::new(file, Arc::clone(&sent)).named(&archive.path);
     let load = docker::load(host, Box::pin(reader), id);
     tokio::pin!(load);
     let mut tick = tokio::time::interval(Duration::from_secs(2));

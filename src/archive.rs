@@ -65,12 +65,21 @@ impl ImageArchive {
 pub struct Counted<R> {
     inner: R,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The file read, named in a read error (which otherwise reaches the user as a bare
+    /// "Input/output error" from the SSH layer).
+    name: Option<std::path::PathBuf>,
 }
 
 impl<R> Counted<R> {
     /// `inner`, counting into `count`.
     pub fn new(inner: R, count: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Counted<R> {
-        Counted { inner, count }
+        Counted { inner, count, name: None }
+    }
+
+    /// Names `path` in read errors.
+    #[must_use]
+    pub fn named(self, path: &Path) -> Counted<R> {
+        Counted { name: Some(path.to_path_buf()), ..self }
     }
 }
 
@@ -84,7 +93,13 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before) as u64;
         self.count.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
-        polled
+        match (polled, &self.name) {
+            (std::task::Poll::Ready(Err(e)), Some(name)) => std::task::Poll::Ready(Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", crate::diagnostic::display_path(name).display()),
+            ))),
+            (polled, _) => polled,
+        }
     }
 }
 
@@ -194,18 +209,33 @@ pub fn inspect<F: Read + Seek>(file: &mut F) -> Result<(String, Vec<String>, Lay
     Err("neither manifest.json (docker save) nor index.json (OCI) in it: not an image archive".into())
 }
 
-/// Every regular file of the tar by normalised name, with its data span.
+/// Every regular file of the tar by normalised name ([`clean`]), with its data span. The names
+/// ferry reads (manifest.json, index.json, a config, blobs) must be single regular files: a
+/// second entry of the same name, or a link, could make `docker load` see other bytes than
+/// the ones checked here (it extracts the last one, and follows links).
 fn index<F: Read + Seek>(file: &mut F) -> Result<HashMap<String, Span>, String> {
     let mut archive = tar::Archive::new(&mut *file);
     let entries = archive.entries_with_seek().map_err(|e| format!("not a tar file: {e}"))?;
     let mut found = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("not a readable tar file: {e}"))?;
-        if !entry.header().entry_type().is_file() {
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
             continue;
         }
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let name = path.trim_start_matches("./").to_string();
+        let name = clean(&String::from_utf8_lossy(&entry.path_bytes()));
+        if read_by_ferry(&name) {
+            if !seen.insert(name.clone()) {
+                return Err(format!("{name} is in it twice: not an archive docker save makes"));
+            }
+            if !kind.is_file() {
+                return Err(format!("{name} is a link, not a file: not an archive docker save makes"));
+            }
+        }
+        if !kind.is_file() {
+            continue;
+        }
         let span = Span { offset: entry.raw_file_position(), size: entry.size() };
         found.insert(name, span);
     }
@@ -215,13 +245,39 @@ fn index<F: Read + Seek>(file: &mut F) -> Result<HashMap<String, Span>, String> 
     Ok(found)
 }
 
+/// Whether `name` (cleaned) is one ferry reads and checks: the manifests, a legacy config
+/// (`<hex>.json` at the top), a blob. Layers elsewhere may be links (`docker save` of Docker 25
+/// links the legacy `<id>/layer.tar` names to the blobs).
+fn read_by_ferry(name: &str) -> bool {
+    name == "manifest.json"
+        || name == "index.json"
+        || name.starts_with("blobs/")
+        || (!name.contains('/') && name.ends_with(".json"))
+}
+
+/// A tar entry name as Go's `filepath.Clean` (what `docker load` uses) leaves it, relative:
+/// no leading `/` or `./`, no empty or `.` parts, `..` resolved (never above the top).
+fn clean(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
+}
+
 /// The bytes of entry `name` (at most [`JSON_LIMIT`]).
 fn read_entry<F: Read + Seek>(
     file: &mut F,
     entries: &HashMap<String, Span>,
     name: &str,
 ) -> Result<Vec<u8>, String> {
-    let span = entries.get(name.trim_start_matches("./")).ok_or_else(|| format!("{name} is not in it"))?;
+    let span = entries.get(&clean(name)).ok_or_else(|| format!("{name} is not in it"))?;
     if span.size > JSON_LIMIT {
         return Err(format!("{name} is {} bytes, more than an image's metadata can be", span.size));
     }
@@ -336,6 +392,83 @@ mod tests {
 
     fn inspect_bytes(data: Vec<u8>) -> Result<(String, Vec<String>, Layout), String> {
         inspect(&mut Cursor::new(data))
+    }
+
+    /// A tar with names written as given (the builder refuses `..` and a leading `/`); a
+    /// `Some(target)` is a symbolic link.
+    fn raw_tar(files: &[(&str, Vec<u8>, Option<&str>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data, link) in files {
+            let mut header = tar::Header::new_old();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_mode(0o644);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+                    header.set_cksum();
+                    builder.append(&header, &[][..]).unwrap();
+                }
+                None => {
+                    header.set_size(data.len() as u64);
+                    header.set_cksum();
+                    builder.append(&header, &data[..]).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn names_are_cleaned_as_docker_load_cleans_them() {
+        assert_eq!(clean("/manifest.json"), "manifest.json");
+        assert_eq!(clean("./a/../manifest.json"), "manifest.json");
+        assert_eq!(clean("../../blobs//sha256/./x"), "blobs/sha256/x");
+        let hex = sha(CONFIG);
+        let manifest = format!(r#"[{{"Config":"{hex}.json","RepoTags":["p5/app:1.0"],"Layers":[]}}]"#);
+        let odd = raw_tar(&[
+            (&format!("/x/../{hex}.json"), CONFIG.to_vec(), None),
+            ("./manifest.json", manifest.clone().into_bytes(), None),
+        ]);
+        assert_eq!(inspect_bytes(odd).unwrap().0, format!("sha256:{hex}"));
+    }
+
+    #[test]
+    fn a_second_manifest_or_a_linked_config_is_refused() {
+        let hex = sha(CONFIG);
+        let config = format!("{hex}.json");
+        let manifest = format!(r#"[{{"Config":"{config}","RepoTags":["p5/app:1.0"],"Layers":[]}}]"#);
+        let twice = raw_tar(&[
+            (&config, CONFIG.to_vec(), None),
+            ("manifest.json", manifest.clone().into_bytes(), None),
+            ("/manifest.json", b"[]".to_vec(), None),
+        ]);
+        assert_eq!(
+            inspect_bytes(twice).unwrap_err(),
+            "manifest.json is in it twice: not an archive docker save makes"
+        );
+        let linked = raw_tar(&[
+            ("other.bin", CONFIG.to_vec(), None),
+            (&config, Vec::new(), Some("other.bin")),
+            ("manifest.json", manifest.into_bytes(), None),
+        ]);
+        assert_eq!(
+            inspect_bytes(linked).unwrap_err(),
+            format!("{config} is a link, not a file: not an archive docker save makes")
+        );
+        // A layer may be a link (Docker 25 links legacy layer names to blobs).
+        let hex_layer = raw_tar(&[
+            ("blobs/sha256/aa", vec![1], None),
+            ("l/layer.tar", Vec::new(), Some("../blobs/sha256/aa")),
+            (&config, CONFIG.to_vec(), None),
+            (
+                "manifest.json",
+                format!(r#"[{{"Config":"{config}","RepoTags":[],"Layers":["l/layer.tar"]}}]"#).into_bytes(),
+                None,
+            ),
+        ]);
+        assert!(inspect_bytes(hex_layer).is_ok());
     }
 
     #[test]

@@ -242,6 +242,7 @@ pub async fn run(
         dir: Some(&hooks.dir),
         env: Some(&env),
         stdin: None,
+        detached: false,
     };
     let ended = execute(&spawn, hooks.timeout, &mut splitter).await;
     splitter.flush();
@@ -337,6 +338,22 @@ pub(crate) struct Spawn<'a> {
     pub env: Option<&'a [(String, String)]>,
     /// Bytes written to its stdin, which is then closed (`None`: stdin is /dev/null).
     pub stdin: Option<&'a [u8]>,
+    /// In a session of its own, without a controlling terminal (secret commands, credential
+    /// helpers): one that would prompt fails at once instead of being stopped (SIGTTIN) in a
+    /// background process group until its timeout.
+    pub detached: bool,
+}
+
+/// Starts `command` in a new session (`setsid`): no controlling terminal, so a program that
+/// opens `/dev/tty` to prompt gets an error; the session's process group id is the child's pid,
+/// so the group kill at the timeout reaches it and what it started, as with `process_group(0)`.
+#[allow(unsafe_code)]
+fn detach(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes the setsid
+    // system call, which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
 }
 
 /// Runs `spawn`, output to `sink`, for at most `limit`; in its own process group, killed with
@@ -354,10 +371,14 @@ pub(crate) async fn execute(spawn: &Spawn<'_>, limit: Duration, sink: &mut dyn O
         .stdin(if spawn.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if spawn.detached {
+        detach(&mut command);
+    } else {
         // Its own group: a terminal's Ctrl-C goes to ferry, which decides; and the whole group
         // can be killed at the timeout.
-        .process_group(0)
-        .kill_on_drop(true);
+        command.process_group(0);
+    }
     // "Text file busy" (ETXTBSY) is Linux's answer when a script written a moment ago is still
     // open for writing in a process that forked meanwhile and has not exec'd yet (any
     // multi-threaded writer: a CI step that generates the hook, or ferry's own tests). It is

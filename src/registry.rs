@@ -646,9 +646,10 @@ pub fn docker_auth_key(registry: &str) -> String {
 
 /// Where `config` keeps `registry`'s credentials, in Docker's order (docker/cli
 /// `getConfiguredCredentialStore`): `credHelpers[registry]`, else `credsStore`, else `auths`.
-/// `DOCKER_AUTH_CONFIG` (newer CLIs) is not read.
-pub fn docker_config_credentials(config: &str, registry: &str) -> DockerAuth {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(config) else { return DockerAuth::Nothing };
+/// `DOCKER_AUTH_CONFIG` (newer CLIs) is not read. A config that is not JSON is an error (with
+/// its line and column), not "no credentials": an anonymous pull's refusal would hide the typo.
+pub fn docker_config_credentials(config: &str, registry: &str) -> Result<DockerAuth, serde_json::Error> {
+    let value = serde_json::from_str::<serde_json::Value>(config)?;
     let key = docker_auth_key(registry);
     let helper = value
         .get("credHelpers")
@@ -657,9 +658,9 @@ pub fn docker_config_credentials(config: &str, registry: &str) -> DockerAuth {
         .and_then(serde_json::Value::as_str)
         .filter(|name| !name.is_empty());
     if let Some(name) = helper {
-        return DockerAuth::Helper { name: name.to_string(), key };
+        return Ok(DockerAuth::Helper { name: name.to_string(), key });
     }
-    inline_auth(&value, registry).map_or(DockerAuth::Nothing, DockerAuth::Inline)
+    Ok(inline_auth(&value, registry).map_or(DockerAuth::Nothing, DockerAuth::Inline))
 }
 
 /// `auths` entry of `registry`, under any of the names `docker login` writes.
@@ -960,12 +961,17 @@ mod tests {
     #[test]
     fn reads_docker_config_auths() {
         let config = r#"{"auths":{"10.200.0.1:5001":{"auth":"dGVzdGVyOnMzY3JldA=="},"https://index.docker.io/v1/":{"auth":"aHViOnB3"}}}"#;
-        let DockerAuth::Inline(lab) = docker_config_credentials(config, "10.200.0.1:5001") else { panic!() };
+        let DockerAuth::Inline(lab) = docker_config_credentials(config, "10.200.0.1:5001").unwrap() else {
+            panic!()
+        };
         assert_eq!((lab.username.as_str(), lab.password.expose()), ("tester", "s3cret"));
-        let DockerAuth::Inline(hub) = docker_config_credentials(config, "docker.io") else { panic!() };
+        let DockerAuth::Inline(hub) = docker_config_credentials(config, "docker.io").unwrap() else {
+            panic!()
+        };
         assert_eq!(hub.username, "hub");
-        assert_eq!(docker_config_credentials(config, "other:5000"), DockerAuth::Nothing);
-        assert_eq!(docker_config_credentials("not json", "x"), DockerAuth::Nothing);
+        assert_eq!(docker_config_credentials(config, "other:5000").unwrap(), DockerAuth::Nothing);
+        let broken = docker_config_credentials("{\n  \"auths\": {,}\n}", "x").unwrap_err();
+        assert_eq!((broken.line(), broken.column()), (2, 13), "the line and column to fix: {broken}");
     }
 
     #[test]
@@ -974,17 +980,20 @@ mod tests {
         let config = r#"{"auths":{"reg:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}},"credsStore":"pass",
                          "credHelpers":{"ecr.example:443":"ecr-login","https://index.docker.io/v1/":"hub"}}"#;
         assert_eq!(
-            docker_config_credentials(config, "ecr.example:443"),
+            docker_config_credentials(config, "ecr.example:443").unwrap(),
             helper("ecr-login", "ecr.example:443")
         );
-        assert_eq!(docker_config_credentials(config, "reg:5000"), helper("pass", "reg:5000"));
+        assert_eq!(docker_config_credentials(config, "reg:5000").unwrap(), helper("pass", "reg:5000"));
         assert_eq!(
-            docker_config_credentials(config, "docker.io"),
+            docker_config_credentials(config, "docker.io").unwrap(),
             helper("hub", "https://index.docker.io/v1/")
         );
         let only_helpers = r#"{"auths":{"reg:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}},"credHelpers":{"x:1":"pass"},"credsStore":""}"#;
-        assert_eq!(docker_config_credentials(only_helpers, "x:1"), helper("pass", "x:1"));
-        assert!(matches!(docker_config_credentials(only_helpers, "reg:5000"), DockerAuth::Inline(_)));
+        assert_eq!(docker_config_credentials(only_helpers, "x:1").unwrap(), helper("pass", "x:1"));
+        assert!(matches!(
+            docker_config_credentials(only_helpers, "reg:5000").unwrap(),
+            DockerAuth::Inline(_)
+        ));
     }
 
     #[test]

@@ -208,7 +208,10 @@ pub fn decide(repository: &str, app: &str, environment: &str, keep: &Keep, listi
         .filter_map(|image| {
             let ours: Vec<&String> = image.digests.iter().filter(|r| of_repository(r, repository)).collect();
             let digest = ours.first()?.split_once('@')?.1.to_string();
-            let kept = ours.iter().any(|r| r.split_once('@').is_some_and(|(_, d)| keep.contains_key(d)));
+            // An archive's deployment records the image id (`deploy --archive`); the same image
+            // may carry a repository digest from an earlier pull, and is kept all the same.
+            let kept = keep.contains_key(&image.id)
+                || ours.iter().any(|r| r.split_once('@').is_some_and(|(_, d)| keep.contains_key(d)));
             // Pulled lately for a run that has not started its container yet (another
             // environment's deployment on this host, under its own lock): not ours to remove.
             let fresh = image.tags.iter().chain(&image.digests).any(|r| {
@@ -624,6 +627,21 @@ mod tests {
         let removals = decide(REPO, "web", "prod", &keep_all, &busy);
         assert!(removals.containers.is_empty());
         assert!(removals.images.is_empty(), "id6 is in use by the stopped container");
+    }
+
+    #[test]
+    fn an_image_an_archive_deployment_keeps_by_its_id_stays_though_it_has_a_digest() {
+        // `deploy --archive` records the image id; the image also has a repository digest.
+        let id = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let mut archived = deployment(2, true);
+        archived.digest = Some(id.into());
+        archived.recorded.image = id.into();
+        let keep_all = keep(&[deployment(1, true), archived], 1, None);
+        assert!(keep_all.contains_key(id), "{keep_all:?}");
+        let listing = Listing { images: vec![image(2, id), image(3, "sha256:other")], ..Listing::default() };
+        let removals = decide(REPO, "web", "prod", &keep_all, &listing);
+        let gone: Vec<&str> = removals.images.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(gone, ["sha256:other"], "the archive's image is the rollback's and stays");
     }
 
     #[test]

@@ -152,7 +152,21 @@ pub fn output(invocation: Invocation<'_>, known: &[Secret]) -> Result<Secret, Fa
 /// for masking.
 pub fn cached_values() -> Vec<Secret> {
     let cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache.values().filter_map(|answer| answer.as_ref().ok()).map(value).collect()
+    let mut out: Vec<Secret> = cache.values().filter_map(|answer| answer.as_ref().ok()).map(value).collect();
+    out.extend(REMEMBERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned());
+    out
+}
+
+/// Values taken out of a command's answer (a credential helper's `Secret` inside its JSON):
+/// the whole answer alone would not mask the password where it shows up by itself.
+static REMEMBERED: Mutex<Vec<Secret>> = Mutex::new(Vec::new());
+
+/// Makes `secret` a known secret of this run (see [`cached_values`]).
+pub fn remember(secret: &Secret) {
+    let mut remembered = REMEMBERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !remembered.iter().any(|s| s.expose() == secret.expose()) {
+        remembered.push(secret.clone());
+    }
 }
 
 /// A secret command's value: its stdout with one trailing `\n` or `\r\n` removed (what `echo`
@@ -172,6 +186,7 @@ fn run(invocation: Invocation<'_>, known: &[Secret]) -> Result<Secret, Failure> 
         dir: invocation.dir,
         env: None,
         stdin: invocation.stdin,
+        detached: true,
     };
     let mut kept = Kept::default();
     let ended = std::thread::scope(|scope| {
@@ -315,5 +330,22 @@ mod tests {
         // stdin is /dev/null otherwise: `cat` ends at once.
         let (_d, argv) = script("cat; echo done", &[]);
         assert_eq!(ask(&argv, Duration::from_secs(5), &[]).unwrap().expose(), "done\n");
+    }
+
+    #[test]
+    fn a_command_runs_in_a_session_of_its_own_without_a_terminal() {
+        // A session leader (sid = its pid) has no controlling terminal: a prompt on /dev/tty
+        // fails at once instead of stopping the program (SIGTTIN) until the timeout.
+        let (_d, argv) = script(
+            r#"[ "$(cut -d' ' -f6 /proc/$$/stat)" = "$$" ] && echo leader; (: < /dev/tty) 2>/dev/null || echo no-tty"#,
+            &[],
+        );
+        assert_eq!(ask(&argv, Duration::from_secs(5), &[]).unwrap().expose(), "leader\nno-tty\n");
+    }
+
+    #[test]
+    fn a_remembered_value_is_a_known_secret() {
+        remember(&Secret::new("helper-password-7f3a"));
+        assert!(cached_values().iter().any(|s| s.expose() == "helper-password-7f3a"));
     }
 }

@@ -824,6 +824,16 @@ impl SshSession {
                 tokio::select! {
                     sent = &mut send, if sending => {
                         sending = false;
+                        // The input could not be read here (a local file's read error): the
+                        // command would wait for the rest until the deadline (an hour for
+                        // `docker load`). It gets EOF and the channel closes; the error is
+                        // the outcome. A send refused by the far end (the command stopped
+                        // reading) is not: its exit status says more.
+                        if let Err(russh::Error::IO(e)) = sent {
+                            let _ = write.eof().await;
+                            let _ = write.close().await;
+                            return Some(e);
+                        }
                         send_error = sent.err();
                     }
                     msg = read.wait() => {
@@ -833,16 +843,21 @@ impl SshSession {
                     }
                 }
             }
+            None
         };
-        match deadline {
-            Some(limit) => {
-                if tokio::time::timeout(limit, run).await.is_err() {
+        let unread = match deadline {
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(unread) => unread,
+                Err(_) => {
                     let _ = write.signal(Sig::KILL).await;
                     let _ = write.close().await;
                     return Err(ExecError::Deadline(limit));
                 }
-            }
+            },
             None => run.await,
+        };
+        if let Some(e) = unread {
+            return Err(ExecError::Lost(format!("sending to {}: {e}", self.addr)));
         }
         match (status, send_error) {
             (Some(status), _) => Ok(status),

@@ -126,6 +126,10 @@ pub struct Notes {
     /// `--archive`: the archive itself, for the load step (not recorded).
     #[serde(skip)]
     pub archive: Option<Arc<crate::archive::ImageArchive>>,
+    /// The image id a promoted archive deployment ran (not recorded: the plan's image is): no
+    /// registry has `repo@<image id>`, so the targets are checked for the id instead.
+    #[serde(skip)]
+    pub image: Option<String>,
 }
 
 /// Refuses (exit 4) to change `environment` inside a freeze window, before anything is asked or
@@ -235,7 +239,7 @@ pub fn deploy_release(
         deployment: new_deployment_id(),
         digest: Mutex::new(release.digest.clone()),
         hash_key,
-        image: release.notes.archive.as_ref().map(|a| a.id.clone()),
+        image: release.notes.archive.as_ref().map(|a| a.id.clone()).or_else(|| release.notes.image.clone()),
         inventory: Arc::new(inventory),
     };
     let plan = planner.plan(release.digest.as_deref())?;

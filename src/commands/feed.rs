@@ -81,8 +81,25 @@ fn docker_config(registry: &str) -> Result<Option<Credentials>, Error> {
         return Ok(None);
     };
     let file = dir.join("config.json");
-    let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
-    match registry::docker_config_credentials(&text, registry) {
+    // Only a missing config means no credentials; an unreadable or broken one is a mistake
+    // to fix, not a reason to pull anonymously.
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Input(
+                Diagnostic::new(format!("cannot read the Docker config {}: {e}", file.display()))
+                    .help("make it readable by the user running ferry, or point DOCKER_CONFIG elsewhere"),
+            ));
+        }
+    };
+    let auth = registry::docker_config_credentials(&text, registry).map_err(|e| {
+        Error::Input(
+            Diagnostic::new(format!("the Docker config {} is not valid JSON: {e}", file.display()))
+                .help("fix it (or move it away) and run again; `docker login` rewrites it"),
+        )
+    })?;
+    match auth {
         DockerAuth::Nothing => Ok(None),
         DockerAuth::Inline(credentials) => Ok(Some(credentials)),
         DockerAuth::Helper { name, key } => helper_credentials(
@@ -116,7 +133,14 @@ fn helper_credentials(
     };
     let known = secret_command::cached_values();
     match secret_command::output(invocation, &known) {
-        Ok(stdout) => registry::parse_helper_answer(stdout.expose()).map_err(refuse),
+        Ok(stdout) => {
+            let answer = registry::parse_helper_answer(stdout.expose()).map_err(refuse)?;
+            // The password by itself, not only the helper's whole JSON answer, is what masks it.
+            if let Some(credentials) = &answer {
+                secret_command::remember(&credentials.password);
+            }
+            Ok(answer)
+        }
         // Helpers print their errors on stdout (docker-credential-helpers `client.Get`).
         Err(secret_command::Failure::Exited { stdout, .. })
             if stdout.expose().contains("credentials not found") =>

@@ -69,6 +69,9 @@ pub fn run(inventory: Inventory, args: &PromoteArgs, output: OutputFormat) -> Re
         promoted_from: Some(format!("{source_env} deployment {}", source.id)),
         lifecycle: Some(format!("passed {source_env} in deployment {}", source.id)),
         freeze_override: freeze,
+        // An archive's deployment ran an image id that no registry has: the targets are
+        // checked for it (and a target without it fails, saying so) instead of pulling.
+        image: crate::docker::is_image_id(&source.recorded.image).then(|| source.recorded.image.clone()),
         ..Notes::default()
     };
     let release = Release {

@@ -694,8 +694,17 @@ pub fn known_secrets(inventory: &Inventory, environment: &str) -> Vec<Secret> {
     let mut out = Vec::new();
     for app in &inventory.apps {
         for (name, def) in crate::vars::secret_defs(app, env) {
-            if let Ok(secret) = crate::vars::read_source(inventory, name, def, &super::process_env) {
-                out.push(secret);
+            match crate::vars::read_source(inventory, name, def, &super::process_env) {
+                Ok(secret) => out.push(secret),
+                // A command that fails here would otherwise leave its value unmasked without a
+                // word (an unset variable or a missing file has no value on this machine to
+                // leak); its stderr is already masked with the values known so far.
+                Err(crate::vars::VarsError::MissingSecret(d) | crate::vars::VarsError::InvalidSecret(d))
+                    if matches!(def.source, crate::inventory::SecretSource::Command { .. }) =>
+                {
+                    eprintln!("note: {}; its value is not masked in this output", d.message);
+                }
+                Err(_) => {}
             }
         }
     }

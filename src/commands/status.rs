@@ -299,6 +299,11 @@ async fn moved_tags(inventory: &Inventory, app: &inventory::App, statuses: &[Tar
     let mut out = Vec::new();
     for s in statuses {
         let (Some(version), Some(digest)) = (&s.version, &s.digest) else { continue };
+        // Started from an image id (`deploy --archive`): its digest is the image's, which no
+        // feed tag ever points at, so the feed has nothing to say about it.
+        if s.container.as_ref().is_some_and(|c| crate::docker::is_image_id(&c.image)) {
+            continue;
+        }
         if !asked.contains_key(version) {
             let now = registry.digest(&repository, version).await.map_err(|e| e.to_string());
             asked.insert(version.clone(), now);

@@ -355,3 +355,41 @@ fn a_recorded_argv_passes_the_same_checks_as_a_rendered_one() {
         .run();
     assert!(!out.stderr.contains("would have rendered"), "{}", out.stderr);
 }
+
+/// `promote` of a deployment made with `--archive` (its record's image and digest are the
+/// image id) deploys that image id: the targets are checked for it, not asked to pull
+/// `repo@<image id>` from a registry that never had it.
+#[test]
+fn promote_of_an_archived_deployment_deploys_its_image_id() {
+    let (folder, _) = three_records();
+    let log = ferry::audit::Log::new(
+        &folder.path().join(".ferry"),
+        ferry::audit::Actor { user: "ci".into(), host: "h".into(), via: "terminal".into(), job: None },
+    );
+    let id = format!("sha256:{}", "ab".repeat(32));
+    log.append(ferry::audit::Entry {
+        kind: "run_finished".into(),
+        run: "01900000-0000-7000-8000-0000000000dd".into(),
+        command: "deploy".into(),
+        app: Some("web".into()),
+        environment: Some("staging".into()),
+        version: Some("1.0".into()),
+        detail: serde_json::json!({ "ok": 1, "failed": 0, "skipped": 0, "interrupted": false, "digest": id,
+            "deployment": { "image": id, "succeeded": true, "targets": { "stg-1": {
+                "container": "web-staging", "config_hash": "x", "argv": [], "secrets": [],
+                "status": "ok", "action": "created" } } } }),
+        ..ferry::audit::Entry::default()
+    })
+    .unwrap();
+    // The targets are on loopback, port 1: unreachable, but the record says what was planned.
+    ferry(&folder)
+        .args(["promote", "web", "--to", "prod", "--yes"])
+        .code(1)
+        .stdout_contains("prod-1 ! unreachable: cannot connect to 127.0.0.1:1: ")
+        .stderr_contains("from staging (deployment 01900000-0000-7000-8000-0000000000dd) to prod")
+        .run();
+    let text = std::fs::read_to_string(folder.path().join(".ferry/audit.jsonl")).unwrap();
+    let promoted = text.lines().rfind(|l| l.contains("\"run_finished\"")).unwrap();
+    assert!(promoted.contains(&format!("\"image\":\"{id}\"")), "{promoted}");
+    assert!(!text.contains(&format!("@{id}")), "{text}");
+}

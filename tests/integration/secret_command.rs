@@ -110,3 +110,22 @@ fn check_does_not_run_commands() {
         .run();
     assert!(!runs.exists(), "check ran the command");
 }
+
+#[test]
+fn a_command_that_fails_for_masking_is_a_note_and_the_command_goes_on() {
+    // `logs` runs the environment's secret commands only to mask their values; a failure is
+    // said (masked), not silent. The targets are on loopback, port 1: nothing listens there.
+    let out = with_command(r#"["sh", "fail.sh"]"#, "")
+        .replace("ferry.toml", "host = \"10.0.0.11\"", "host = \"127.0.0.1\"\nport = 1")
+        .replace("ferry.toml", "host = \"10.0.1.11\"", "host = \"127.0.0.1\"\nport = 1")
+        .replace("ferry.toml", "host = \"10.0.1.12\"", "host = \"127.0.0.2\"\nport = 1")
+        .write("fail.sh", "echo \"vault: token $WEB_TOKEN expired\" >&2\nexit 3\n")
+        .args(["logs", "web", "--env", "prod"])
+        .code(1)
+        .never_prints("tok-Hq2-also-never-shown")
+        .stderr_contains(
+            "note: secret DATABASE_URL: command sh exited 3: vault: token *** expired; its value is not masked in this output\n",
+        )
+        .run();
+    assert_eq!(out.stderr.matches("note: secret DATABASE_URL").count(), 1, "{}", out.stderr);
+}

@@ -176,6 +176,8 @@ fn a_secret_from_pass_reaches_the_container_byte_exact_and_appears_nowhere_else(
     let (code, stdout, stderr) = ferry_watching_argv(&args, &env, VALUE);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(!stdout.contains(VALUE) && !stderr.contains(VALUE), "{stdout}\n{stderr}");
+    // JSON escapes the quotes and the backslash of a leaked value: a plain piece of it, too.
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"), "{stdout}\n{stderr}");
     let events = json_lines(&stdout);
     let finished: Vec<&Value> = events.iter().filter(|e| e["type"] == "target_finished").collect();
     assert_eq!(finished.len(), 1);
@@ -224,6 +226,7 @@ fn a_feed_whose_credentials_live_only_in_docker_credential_pass_lists_and_deploy
         ("store", r#"{"credsStore":"pass"}"#.to_string()),
         ("helpers", format!(r#"{{"credHelpers":{{"{secure}":"pass"}}}}"#)),
         ("none", "{}".to_string()),
+        ("broken", r#"{"credsStore":"pass",}"#.to_string()),
     ];
     for (name, config) in &configs {
         std::fs::create_dir_all(store.path().join(name)).unwrap();
@@ -246,6 +249,12 @@ fn a_feed_whose_credentials_live_only_in_docker_credential_pass_lists_and_deploy
         ))
         .run();
     assert!(refused.stderr.contains("the feed has none"));
+    // A config that is not JSON is a mistake to fix, not "no credentials" (anonymous, refused).
+    ferry(&env_with("broken"))
+        .args(["-i", &inv, "versions", "p3-feed"])
+        .code(2)
+        .stderr_contains("/broken/config.json is not valid JSON: trailing comma at line 1 column 22\n")
+        .run();
     for config in ["store", "helpers"] {
         let doc = ferry(&env_with(config))
             .args(["-i", &inv, "versions", "p3-feed", "--output", "json"])
