@@ -166,7 +166,10 @@ async fn fetch_all(
 ) -> Vec<Finding> {
     let parts: Vec<_> = targets
         .iter()
-        .map(|t| (endpoint(inventory, t), t.transport == Transport::Local, replace.contains(&t.name)))
+        .map(|t| {
+            let endpoint = endpoint(inventory, t).map_err(|e| failed(t.name.clone(), e.to_string()));
+            (endpoint, t.transport == Transport::Local, replace.contains(&t.name))
+        })
         .collect();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let limits = crate::fanout::Limits::parallel(targets.len());
@@ -178,16 +181,7 @@ async fn fetch_all(
             async move {
                 match endpoint {
                     Ok(endpoint) => fetch_one(endpoint, local, replace, &options).await,
-                    Err(e) => Finding {
-                        address: String::new(),
-                        algorithm: None,
-                        fingerprint: None,
-                        state: "error",
-                        error: Some(e.to_string()),
-                        key: None,
-                        file: Default::default(),
-                        target: String::new(),
-                    },
+                    Err(finding) => finding,
                 }
             }
         },
@@ -197,22 +191,22 @@ async fn fetch_all(
     names
         .into_iter()
         .zip(outcomes)
-        .map(|(target, outcome)| match outcome {
-            // A target whose settings could not be worked out comes back unnamed.
-            Ok(finding) if finding.target.is_empty() => Finding { target, ..finding },
-            Ok(finding) => finding,
-            Err(e) => Finding {
-                address: String::new(),
-                algorithm: None,
-                fingerprint: None,
-                state: "error",
-                error: Some(e.to_string()),
-                key: None,
-                file: Default::default(),
-                target,
-            },
-        })
+        .map(|(target, outcome)| outcome.unwrap_or_else(|e| failed(target, e.to_string())))
         .collect()
+}
+
+/// The finding for a target that could not be asked at all.
+fn failed(target: String, error: String) -> Finding {
+    Finding {
+        address: String::new(),
+        algorithm: None,
+        fingerprint: None,
+        state: "error",
+        error: Some(error),
+        key: None,
+        file: Default::default(),
+        target,
+    }
 }
 
 fn render(findings: &[Finding]) -> String {
